@@ -1,0 +1,84 @@
+"""Build the parts of a run from its typed config: models, masks, data.
+
+    encoder, predictor = build_models(cfg)
+    model = build_jepa(cfg)
+    mask_sampler = build_mask_sampler(cfg)
+    dataset = build_dataset(cfg, train=True)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from engine.config import Config, ConfigError
+
+
+def encoder_kwargs(cfg: Config) -> dict:
+    from engine.models.vit import VIT_SIZES
+    size = dict(VIT_SIZES[cfg.model.model_name])
+    md = cfg.model
+    for key in ("depth", "num_heads", "embed_dim"):
+        if getattr(md, key) is not None:
+            size[key] = getattr(md, key)
+    if size["embed_dim"] % size["num_heads"]:
+        raise ConfigError(f"model: embed_dim {size['embed_dim']} is not divisible by num_heads {size['num_heads']}")
+    kw = dict(img_size=cfg.data.crop_size, patch_size=cfg.patch_size, num_frames=cfg.frames_per_clip,
+              tubelet_size=cfg.data.tubelet_size, use_sdpa=cfg.meta.use_sdpa,
+              use_activation_checkpointing=md.use_activation_checkpointing, **size)
+    if not cfg.is_image:
+        kw.update(uniform_power=md.uniform_power, use_rope=md.use_rope, use_silu=md.use_silu, wide_silu=md.wide_silu)
+    return kw
+
+
+def build_models(cfg: Config):
+    from engine.models.predictor import build_predictor
+    from engine.models.vit import VisionTransformer
+    encoder = VisionTransformer(**encoder_kwargs(cfg))
+    predictor = build_predictor(cfg, encoder)
+    return encoder, predictor
+
+
+def num_mask_tokens(cfg: Config) -> int:
+    return 1 if cfg.is_image else len(cfg.mask)
+
+
+def build_jepa(cfg: Config):
+    from engine.jepa import JEPA
+    encoder, predictor = build_models(cfg)
+    return JEPA(encoder, predictor, loss="smooth_l1" if cfg.is_image else "l1", loss_exp=cfg.loss.loss_exp)
+
+
+def build_mask_sampler(cfg: Config):
+    from engine.masks import MaskCollator
+    if cfg.is_image:
+        raw = dataclasses.asdict(cfg.mask)
+        raw.pop("patch_size", None)
+    else:
+        raw = [dataclasses.asdict(m) for m in cfg.mask]
+    return MaskCollator.from_config(raw, cfg.token_grid, mode=cfg.meta.mask_mode)
+
+
+def build_dataset(cfg: Config, train: bool = True, index_files=None):
+    """The training data set (random crops) or an evaluation one (center crops, labelled)."""
+    from engine.data.datasets import ImageFolderDataset, VideoDataset
+    from engine.data.transforms import ImageTransform, VideoTransform, VideoEvalTransform, ImageEvalTransform
+    d, aug = cfg.data, cfg.data_aug
+    if cfg.is_image:
+        if train:
+            tf = ImageTransform(d.crop_size, scale=tuple(d.crop_scale), horizontal_flip=d.use_horizontal_flip)
+        else:
+            tf = ImageEvalTransform(d.crop_size)
+        root = index_files or d.image_folder or d.root_path
+        if root is None:
+            raise ConfigError("data.image_folder: an image folder is required for app ijepa")
+        return ImageFolderDataset(root, transform=tf)
+    files = index_files if index_files is not None else d.datasets
+    if not files:
+        raise ConfigError("data.datasets: at least one index file (CSV of 'path label' lines) is required")
+    if train:
+        tf = VideoTransform(d.crop_size, random_resize_scale=tuple(aug.random_resize_scale),
+                            random_resize_aspect_ratio=tuple(aug.random_resize_aspect_ratio),
+                            horizontal_flip=aug.horizontal_flip)
+    else:
+        tf = VideoEvalTransform(d.crop_size)
+    return VideoDataset(files, weights=d.datasets_weights if train else None, frames_per_clip=cfg.frames_per_clip,
+                        frame_step=d.sampling_rate, fps=d.fps, num_clips=d.num_clips if train else 1, transform=tf)

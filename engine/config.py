@@ -1,0 +1,526 @@
+"""Typed run configuration, read from YAML in the reference repos' layout.
+
+    cfg = load_config("configs/tiny_cpu.yaml", overrides=["optimization.lr=1e-3", "mask.0.num_blocks=4"])
+    cfg.data.batch_size, cfg.model.model_name, cfg.mask[0].spatial_scale, cfg.ignored_keys
+
+Sections: data, data_aug, mask, model, loss, optimization, meta, logging (+ top-level app/folder and
+the launcher keys). The V-JEPA (`configs/pretrain/*.yaml`), V-JEPA 2 (`configs/train/*/*.yaml`) and
+I-JEPA (`configs/*.yaml`) files load unchanged: I-JEPA's layout (model keys under meta, one mask
+dict) is mapped onto the same typed sections. Keys that only the reference launcher uses are
+accepted and listed in `cfg.ignored_keys`. Anything else that is unknown, ill-typed or impossible
+raises ConfigError naming the key and what was expected.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, ill-typed or impossible; the message names it."""
+
+
+# Keys read only by the reference launchers (SLURM sizes, data copying): accepted, reported, unused.
+LAUNCHER_KEYS = {
+    "": ("nodes", "tasks_per_node", "cpus_per_task", "mem_per_gpu"),
+    "meta": ("copy_data", "sync_gc"),
+    "data": ("log_resource_utilization",),
+}
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class DataConfig:
+    dataset_type: str = "videodataset"
+    datasets: list[str] = field(default_factory=list)
+    datasets_weights: Optional[list[float]] = None
+    dataset_fpcs: Optional[list[int]] = None          # V-JEPA 2: frames per clip for each dataset
+    batch_size: int = 24
+    num_clips: int = 1
+    num_frames: int = 16
+    tubelet_size: int = 2
+    sampling_rate: int = 4                            # frame step between sampled frames
+    fps: Optional[float] = None                       # V-JEPA 2: sample at this frame rate instead
+    clip_duration: Optional[float] = None
+    crop_size: int = 224
+    patch_size: int = 16
+    pin_mem: bool = False
+    num_workers: int = 1
+    persistent_workers: bool = True
+    filter_short_videos: bool = False
+    decode_one_clip: bool = True
+    mask_type: str = "multiblock3d"
+    # V-JEPA 2-AC (robot trajectories)
+    camera_views: Optional[list[str]] = None
+    stereo_view: bool = False
+    # I-JEPA (image folders)
+    root_path: Optional[str] = None
+    image_folder: Optional[str] = None
+    crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])
+    color_jitter_strength: float = 0.0
+    use_color_distortion: bool = False
+    use_gaussian_blur: bool = False
+    use_horizontal_flip: bool = False
+    # ours
+    reader: str = "auto"                              # auto | pyav | dali
+    val_datasets: list[str] = field(default_factory=list)   # labelled index files for the probe
+
+
+@dataclass
+class DataAugConfig:
+    auto_augment: bool = False
+    motion_shift: bool = False
+    random_resize_aspect_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    random_resize_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])
+    reprob: float = 0.0
+    horizontal_flip: bool = True
+
+
+@dataclass
+class VideoMaskConfig:
+    """One V-JEPA multiblock-3D mask config (one entry of the `mask` list)."""
+    aspect_ratio: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    num_blocks: int = 8
+    spatial_scale: list[float] = field(default_factory=lambda: [0.15, 0.15])
+    temporal_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    max_temporal_keep: float = 1.0
+    max_keep: Optional[int] = None
+    full_complement: bool = False
+
+
+@dataclass
+class ImageMaskConfig:
+    """I-JEPA multiblock-2D masks (the `mask` dict)."""
+    allow_overlap: bool = False
+    aspect_ratio: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    enc_mask_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
+    min_keep: int = 10
+    num_enc_masks: int = 1
+    num_pred_masks: int = 4
+    patch_size: Optional[int] = None                  # I-JEPA keeps the patch size here
+    pred_mask_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])
+
+
+@dataclass
+class ModelConfig:
+    model_name: str = "vit_large"
+    pred_depth: int = 12
+    pred_embed_dim: int = 384
+    pred_num_heads: Optional[int] = None
+    uniform_power: bool = False
+    use_mask_tokens: bool = True
+    zero_init_mask_tokens: bool = True
+    use_rope: bool = False
+    use_silu: bool = False
+    use_pred_silu: bool = False
+    wide_silu: bool = True
+    use_activation_checkpointing: bool = False
+    compile_model: bool = False
+    # V-JEPA 2-AC
+    pred_is_frame_causal: bool = False
+    use_extrinsics: bool = False
+    # ours: override the preset's encoder size (small CPU runs)
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    embed_dim: Optional[int] = None
+
+
+@dataclass
+class LossConfig:
+    loss_exp: float = 1.0
+    reg_coeff: float = 0.0
+    auto_steps: int = 1
+    normalize_reps: bool = True
+
+
+@dataclass
+class OptimizationConfig:
+    ipe: Optional[int] = None                         # iterations per epoch (None: the data set's length)
+    ipe_scale: float = 1.0
+    clip_grad: Optional[float] = None
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    epochs: int = 300
+    warmup: float = 40                                # epochs of linear warm-up
+    start_lr: float = 2e-4
+    lr: float = 6.25e-4
+    final_lr: float = 1e-6
+    ema: list[float] = field(default_factory=lambda: [0.998, 1.0])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    is_anneal: bool = False
+    anneal_ckpt: Optional[str] = None
+    resume_anneal: bool = False
+    anneal: Optional[int] = None
+
+
+@dataclass
+class MetaConfig:
+    seed: int = 0
+    dtype: str = "float32"
+    use_sdpa: bool = True
+    load_checkpoint: bool = False
+    read_checkpoint: Optional[str] = None
+    save_every_freq: int = -1                         # epochs between kept checkpoints (reference)
+    eval_freq: int = 100
+    skip_batches: int = -1
+    # V-JEPA 2-AC
+    resume_checkpoint: Optional[str] = None
+    pretrain_checkpoint: Optional[str] = None
+    load_predictor: bool = False
+    context_encoder_key: str = "encoder"
+    target_encoder_key: str = "target_encoder"
+    # ours
+    mask_mode: str = "ragged"                         # ragged (train every kept token) | compat
+    checkpoint_every: int = 0                         # optimizer steps between checkpoints; 0: epoch ends
+    log_every: int = 10
+
+
+@dataclass
+class LoggingConfig:
+    folder: Optional[str] = None
+    write_tag: str = "jepa"
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    app: str = "vjepa"                                # vjepa | ijepa | vjepa_droid
+    folder: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    data_aug: DataAugConfig = field(default_factory=DataAugConfig)
+    mask: Any = field(default_factory=lambda: [VideoMaskConfig()])   # list[VideoMaskConfig] | ImageMaskConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ignored_keys: list[str] = field(default_factory=list)
+    source: Optional[str] = None
+
+    # -- derived quantities every part needs ---------------------------------------------------
+    @property
+    def is_image(self) -> bool:
+        return self.app == "ijepa"
+
+    @property
+    def frames_per_clip(self) -> int:
+        if self.is_image:
+            return 1
+        if self.data.dataset_fpcs:
+            return max(self.data.dataset_fpcs)
+        return self.data.num_frames
+
+    @property
+    def patch_size(self) -> int:
+        if self.is_image and self.mask.patch_size is not None:
+            return self.mask.patch_size
+        return self.data.patch_size
+
+    @property
+    def token_grid(self) -> tuple[int, ...]:
+        """Tokens per axis: (T', H', W') for video, (H', W') for images."""
+        hw = self.data.crop_size // self.patch_size
+        if self.is_image:
+            return (hw, hw)
+        return (self.frames_per_clip // self.data.tubelet_size, hw, hw)
+
+    @property
+    def dtype(self):
+        import torch
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.meta.dtype]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("ignored_keys")
+        d.pop("source")
+        return d
+
+
+SECTIONS = {
+    "data": DataConfig, "data_aug": DataAugConfig, "model": ModelConfig, "loss": LossConfig,
+    "optimization": OptimizationConfig, "meta": MetaConfig, "logging": LoggingConfig,
+}
+
+
+# -- typed construction ------------------------------------------------------------------------
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Check `value` against the annotation `tp`; ints are accepted for floats. Errors name `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads 1e-3 without a dot as a string: accept numeric strings.
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls, raw: dict, prefix: str, ignored: list[str], launcher_keys=()):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k in launcher_keys:
+            ignored.append(key)
+            continue
+        if k not in fields:
+            raise ConfigError(f"{key}: unknown key; {cls.__name__} accepts {sorted(fields)}")
+        kwargs[k] = _coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _ijepa_to_common(raw: dict) -> dict:
+    """I-JEPA keeps model keys under meta and names a few things differently: map them."""
+    raw = copy.deepcopy(raw)
+    meta = raw["meta"] = raw.get("meta") or {}
+    model = raw["model"] = raw.get("model") or {}
+    for src, dst in (("model_name", "model_name"), ("pred_depth", "pred_depth"), ("pred_emb_dim", "pred_embed_dim")):
+        if src in meta:
+            model[dst] = meta.pop(src)
+    if "use_bfloat16" in meta:
+        meta["dtype"] = "bfloat16" if meta.pop("use_bfloat16") else "float32"
+    raw["app"] = "ijepa"
+    return raw
+
+
+def config_from_dict(raw: dict, source: Optional[str] = None) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source or 'config'}: expected a YAML mapping at the top level")
+    ignored: list[str] = []
+    if isinstance(raw.get("mask"), dict) or raw.get("app") == "ijepa":
+        raw = _ijepa_to_common(raw)
+    top_fields = {"app", "folder", "mask", *SECTIONS}
+    kwargs: dict = {}
+    for k, v in raw.items():
+        if k in LAUNCHER_KEYS[""]:
+            ignored.append(k)
+        elif k not in top_fields:
+            raise ConfigError(f"{k}: unknown top-level key; expected one of {sorted(top_fields)}")
+    kwargs["app"] = _coerce(raw.get("app", "vjepa"), str, "app")
+    kwargs["folder"] = _coerce(raw.get("folder"), Optional[str], "folder")
+    for name, cls in SECTIONS.items():
+        kwargs[name] = _build(cls, raw.get(name) or {}, name, ignored, LAUNCHER_KEYS.get(name, ()))
+    mask = raw.get("mask")
+    if kwargs["app"] == "ijepa":
+        kwargs["mask"] = _build(ImageMaskConfig, mask or {}, "mask", ignored)
+    elif mask is None:
+        kwargs["mask"] = [VideoMaskConfig()]
+    elif isinstance(mask, list):
+        kwargs["mask"] = [_build(VideoMaskConfig, m, f"mask.{i}", ignored) for i, m in enumerate(mask)]
+    else:
+        raise ConfigError(f"mask: expected a list of mask configs (video) or a mapping (I-JEPA), got {mask!r}")
+    cfg = Config(**kwargs, ignored_keys=ignored, source=source)
+    validate(cfg)
+    return cfg
+
+
+# -- validation of values ----------------------------------------------------------------------
+
+def _range(key, pair, lo, hi, lo_open=True):
+    if len(pair) != 2 or pair[0] > pair[1]:
+        raise ConfigError(f"{key}: expected [min, max] with min <= max, got {pair}")
+    for v in pair:
+        if (v <= lo if lo_open else v < lo) or v > hi:
+            raise ConfigError(f"{key}: values must lie in {'(' if lo_open else '['}{lo}, {hi}], got {pair}")
+
+
+def validate(cfg: Config) -> None:
+    d, o, m = cfg.data, cfg.optimization, cfg.meta
+    if cfg.app not in ("vjepa", "ijepa", "vjepa_droid"):
+        raise ConfigError(f"app: expected vjepa, ijepa or vjepa_droid, got {cfg.app!r}")
+    if m.dtype not in DTYPES:
+        raise ConfigError(f"meta.dtype: expected one of {DTYPES}, got {m.dtype!r}")
+    if m.mask_mode not in ("ragged", "compat"):
+        raise ConfigError(f"meta.mask_mode: expected ragged or compat, got {m.mask_mode!r}")
+    if d.reader not in ("auto", "pyav", "dali"):
+        raise ConfigError(f"data.reader: expected auto, pyav or dali, got {d.reader!r}")
+    for key, v in (("data.batch_size", d.batch_size), ("data.crop_size", d.crop_size),
+                   ("data.tubelet_size", d.tubelet_size), ("data.num_clips", d.num_clips),
+                   ("data.sampling_rate", d.sampling_rate), ("optimization.epochs", o.epochs)):
+        if v < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {v}")
+    patch_key = "mask.patch_size" if cfg.is_image and cfg.mask.patch_size is not None else "data.patch_size"
+    if cfg.patch_size < 1 or d.crop_size % cfg.patch_size:
+        raise ConfigError(f"{patch_key}: {cfg.patch_size} must be >= 1 and divide data.crop_size ({d.crop_size})")
+    if not cfg.is_image:
+        fpc_key = "data.dataset_fpcs" if d.dataset_fpcs else "data.num_frames"
+        if cfg.frames_per_clip < 1 or cfg.frames_per_clip % d.tubelet_size:
+            raise ConfigError(f"{fpc_key}: frames per clip ({cfg.frames_per_clip}) must be a positive multiple "
+                              f"of data.tubelet_size ({d.tubelet_size})")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers: must be >= 0, got {d.num_workers}")
+    if d.datasets_weights is not None and len(d.datasets_weights) != len(d.datasets):
+        raise ConfigError(f"data.datasets_weights: {len(d.datasets_weights)} weights for {len(d.datasets)} datasets")
+    if d.dataset_fpcs is not None and d.datasets and len(d.dataset_fpcs) != len(d.datasets):
+        raise ConfigError(f"data.dataset_fpcs: {len(d.dataset_fpcs)} values for {len(d.datasets)} datasets")
+    _range("data_aug.random_resize_scale", cfg.data_aug.random_resize_scale, 0.0, float("inf"))
+    _range("data_aug.random_resize_aspect_ratio", cfg.data_aug.random_resize_aspect_ratio, 0.0, float("inf"))
+    if len(o.ema) != 2 or not all(0.0 <= v <= 1.0 for v in o.ema):
+        raise ConfigError(f"optimization.ema: expected [start, end] momenta in [0, 1], got {o.ema}")
+    if len(o.betas) != 2 or not all(0.0 <= v < 1.0 for v in o.betas):
+        raise ConfigError(f"optimization.betas: expected two values in [0, 1), got {o.betas}")
+    for key, v in (("optimization.lr", o.lr), ("optimization.start_lr", o.start_lr),
+                   ("optimization.final_lr", o.final_lr), ("optimization.weight_decay", o.weight_decay),
+                   ("optimization.final_weight_decay", o.final_weight_decay), ("optimization.warmup", o.warmup)):
+        if v < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {v}")
+    if o.ipe is not None and o.ipe < 1:
+        raise ConfigError(f"optimization.ipe: must be >= 1, got {o.ipe}")
+    if o.ipe_scale <= 0:
+        raise ConfigError(f"optimization.ipe_scale: must be > 0, got {o.ipe_scale}")
+    if o.clip_grad is not None and o.clip_grad <= 0:
+        raise ConfigError(f"optimization.clip_grad: must be > 0 or null, got {o.clip_grad}")
+    if o.is_anneal and o.anneal_ckpt is None:
+        raise ConfigError("optimization.anneal_ckpt: required when optimization.is_anneal is true")
+    if cfg.loss.loss_exp <= 0:
+        raise ConfigError(f"loss.loss_exp: must be > 0, got {cfg.loss.loss_exp}")
+    if cfg.is_image:
+        mk = cfg.mask
+        _range("mask.enc_mask_scale", mk.enc_mask_scale, 0.0, 1.0)
+        _range("mask.pred_mask_scale", mk.pred_mask_scale, 0.0, 1.0)
+        _range("mask.aspect_ratio", mk.aspect_ratio, 0.0, float("inf"))
+        if mk.num_enc_masks < 1 or mk.num_pred_masks < 1:
+            raise ConfigError("mask.num_enc_masks / mask.num_pred_masks: must be >= 1")
+    else:
+        if not cfg.mask:
+            raise ConfigError("mask: at least one mask config is needed")
+        for i, mk in enumerate(cfg.mask):
+            _range(f"mask.{i}.spatial_scale", mk.spatial_scale, 0.0, 1.0)
+            _range(f"mask.{i}.temporal_scale", mk.temporal_scale, 0.0, 1.0)
+            _range(f"mask.{i}.aspect_ratio", mk.aspect_ratio, 0.0, float("inf"))
+            if mk.num_blocks < 1:
+                raise ConfigError(f"mask.{i}.num_blocks: must be >= 1, got {mk.num_blocks}")
+            if not 0.0 < mk.max_temporal_keep <= 1.0:
+                raise ConfigError(f"mask.{i}.max_temporal_keep: must lie in (0, 1], got {mk.max_temporal_keep}")
+    _validate_model(cfg)
+
+
+def _validate_model(cfg: Config) -> None:
+    md = cfg.model
+    try:
+        from engine.models.vit import VIT_SIZES
+    except ImportError:  # models not importable (e.g. a config-only install): skip the name check
+        VIT_SIZES = None
+    if VIT_SIZES is not None and md.model_name not in VIT_SIZES:
+        raise ConfigError(f"model.model_name: unknown {md.model_name!r}; expected one of {sorted(VIT_SIZES)}")
+    for key, v in (("model.pred_depth", md.pred_depth), ("model.pred_embed_dim", md.pred_embed_dim)):
+        if v < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {v}")
+    for key, v in (("model.depth", md.depth), ("model.num_heads", md.num_heads), ("model.embed_dim", md.embed_dim),
+                   ("model.pred_num_heads", md.pred_num_heads)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {v}")
+    if md.embed_dim is not None and md.num_heads is not None and md.embed_dim % md.num_heads:
+        raise ConfigError(f"model.embed_dim: {md.embed_dim} is not divisible by model.num_heads ({md.num_heads})")
+    if md.pred_num_heads is not None and md.pred_embed_dim % md.pred_num_heads:
+        raise ConfigError(f"model.pred_embed_dim: {md.pred_embed_dim} is not divisible by "
+                          f"model.pred_num_heads ({md.pred_num_heads})")
+
+
+# -- YAML + command-line overrides -------------------------------------------------------------
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    path, value = item.split("=", 1)
+    parts = path.strip().split(".")
+    node: Any = raw
+    for i, p in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"--set {path}: {where} is not an index of a {len(node)}-item list")
+            node = node[int(p)]
+        else:
+            node = node.setdefault(p, {})
+            if node is None:
+                node = raw[p] = {}
+    last = parts[-1]
+    parsed = yaml.safe_load(value) if value.strip() else None
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {path}: {last} is not an index of a {len(node)}-item list")
+        node[int(last)] = parsed
+    elif isinstance(node, dict):
+        node[last] = parsed
+    else:
+        raise ConfigError(f"--set {path}: {'.'.join(parts[:-1])} is not a section")
+
+
+def load_raw(path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return raw or {}
+
+
+def load_config(path=None, overrides=(), raw: Optional[dict] = None) -> Config:
+    """Read a YAML file (or a parsed dict), apply `section.key=value` overrides, type and check it."""
+    if raw is None:
+        raw = load_raw(path) if path is not None else {}
+    raw = copy.deepcopy(raw)
+    for item in overrides or ():
+        _apply_override(raw, item)
+    try:
+        return config_from_dict(raw, source=str(path) if path is not None else None)
+    except ConfigError as e:
+        if path is not None:
+            raise ConfigError(f"{path}: {e}") from None
+        raise
+
+
+def save_config(cfg: Config, path) -> None:
+    from engine.runtime.io import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

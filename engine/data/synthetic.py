@@ -1,0 +1,250 @@
+"""Procedural videos of moving objects, written as real video files (PyAV), plus a reference index CSV.
+
+Usage:
+    from engine.data.synthetic import generate_videos, generate_split
+    csv = generate_videos("data/generated/toy", 60, num_frames=16, size=64, fps=8, codec="h264", seed=0)
+    train_csv, val_csv = generate_split("data/generated/toy", train=300, val=60)
+    # each CSV line: "/abs/path/000017.mp4 2" (space separated, as in the V-JEPA reference)
+
+Every video shows one "actor" object over a static background with 0-3 static distractors. The class
+is the actor's MOTION; appearance (shape, colours, size, background, distractors, start position,
+speed, direction sign) is drawn independently of the class, so a single frame does not reveal it.
+The classes are chosen to be invariant under a horizontal flip (the training transform flips):
+"horizontal" covers both left and right, "orbit" both senses, so flipping never changes a label.
+
+    static      the actor does not move
+    horizontal  constant speed along x, bouncing off the side walls
+    vertical    constant speed along y, bouncing off the top and bottom
+    orbit       circular motion around a random centre, either sense
+    gravity     a ball under gravity bouncing on the floor (random apex height), drifting sideways
+    pulse       the actor stays in place and its size oscillates (num_classes=6 only)
+
+Physics is in pixels per second (scaled by size/64), so a higher fps gives the same motion, sampled
+finer. Video i's content depends only on (seed, split, i): adding videos never changes earlier ones.
+Also here: `write_video` (atomic PyAV writer) and `write_counter_video` / `read_counter`, a video whose
+frames encode their own index (for testing clip sampling after a lossy decode).
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+
+import av
+import numpy as np
+
+MOTION_CLASSES = ("static", "horizontal", "vertical", "orbit", "gravity", "pulse")
+SHAPES = ("disk", "square", "diamond", "ring", "cross")
+
+# codec name -> (encoder, container format, file suffix, pixel format, encoder options)
+CODECS = {
+    "h264": ("libx264", "mp4", ".mp4", "yuv420p", {"preset": "veryfast", "crf": "18"}),
+    "vp9": ("libvpx-vp9", "mp4", ".mp4", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}),
+    "mjpeg": ("mjpeg", "avi", ".avi", "yuvj420p", {}),
+}
+
+
+# ----------------------------------------------------------------------------- writing video files
+def write_video(path, frames_THW3: np.ndarray, fps: int = 8, codec: str = "h264", gop: int | None = None) -> Path:
+    """Encode uint8 frames [T, H, W, 3] to `path` atomically (a temp name, then os.replace)."""
+    encoder, fmt, _, pix_fmt, options = CODECS[codec]
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    T, H, W, _ = frames_THW3.shape
+    container = av.open(str(tmp), "w", format=fmt)
+    try:
+        stream = container.add_stream(encoder, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        stream.options = dict(options)
+        stream.codec_context.thread_count = 1  # tiny frames: threads only add latency; also deterministic
+        if codec == "mjpeg":
+            stream.codec_context.bit_rate = 8_000_000  # the default bit rate blurs small frames badly
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        for t in range(T):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THW3[t]), format="rgb24")
+            frame.pts = t
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():  # flush delayed frames
+            container.mux(packet)
+    finally:
+        container.close()
+    os.replace(tmp, path)
+    return path
+
+
+def write_counter_video(path, num_frames: int, fps: int = 8, size: int = 64, codec: str = "h264",
+                        gop: int | None = None) -> Path:
+    """A video whose frame k shows k in binary: 16 bars (2 rows of 8), white = bit set. Survives lossy codecs."""
+    k_T = np.arange(num_frames)
+    bits_T16 = (k_T[:, None] >> np.arange(16)[None, :]) & 1
+    bar = size // 8
+    # pixel (y, x) shows bit (y >= size/2) * 8 + x // bar
+    bit_of_px_HW = (np.arange(size)[:, None] >= size // 2) * 8 + np.minimum(np.arange(size)[None, :] // bar, 7)
+    frames = (bits_T16[:, bit_of_px_HW] * 255).astype(np.uint8)  # [T, H, W]
+    return write_video(path, np.repeat(frames[..., None], 3, axis=-1), fps=fps, codec=codec, gop=gop)
+
+
+def read_counter(frames_THW3) -> np.ndarray:
+    """Inverse of write_counter_video for decoded (or cropped-to-full) frames: the index of each frame."""
+    f = np.asarray(frames_THW3, dtype=np.float32).mean(-1)  # [T, H, W]
+    T, H, W = f.shape
+    bar = W // 8
+    # sample the centre of each bar, away from edges the codec smears
+    ys = [H // 4, 3 * H // 4]
+    xs = [b * bar + bar // 2 for b in range(8)]
+    bits = np.stack([f[:, y, x] > 127 for y in ys for x in xs], axis=1)  # [T, 16]
+    return (bits.astype(np.int64) << np.arange(16)).sum(1)
+
+
+# ----------------------------------------------------------------------------- drawing
+def shape_alpha(shape: str, dy, dx, r):
+    """Soft (anti-aliased) coverage in [0, 1] of a shape of radius r at offsets (dy, dx); broadcasts."""
+    if shape == "disk":
+        d = np.sqrt(dx * dx + dy * dy)
+    elif shape == "square":
+        d = np.maximum(np.abs(dx), np.abs(dy)) * 1.1
+    elif shape == "diamond":
+        d = (np.abs(dx) + np.abs(dy)) * 0.8
+    elif shape == "ring":
+        d = np.abs(np.sqrt(dx * dx + dy * dy) - 0.65 * r) * 2.6 + 0.1 * r
+    elif shape == "cross":
+        d = np.minimum(np.maximum(np.abs(dx), 2.5 * np.abs(dy)), np.maximum(2.5 * np.abs(dx), np.abs(dy)))
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    # sub-pixel edges make slow motion visible frame to frame
+    return np.clip(r - d + 0.5, 0.0, 1.0)
+
+
+def random_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Static float32 [H, W, 3] background: a colour, a linear gradient and a faint stripe texture."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = rng.uniform(0, 255, 3)
+    ang = rng.uniform(0, 2 * np.pi)
+    grad = (np.cos(ang) * xx + np.sin(ang) * yy - 0.5)[..., None] * rng.uniform(-60, 60, 3)
+    freq, ang2 = rng.uniform(2, 8), rng.uniform(0, np.pi)
+    stripes = np.sin(2 * np.pi * freq * (np.cos(ang2) * xx + np.sin(ang2) * yy))[..., None] * rng.uniform(0, 14, 3)
+    return np.clip(base + grad + stripes, 0, 255).astype(np.float32)
+
+
+def contrasting_colour(rng: np.random.Generator, bg_mean) -> np.ndarray:
+    """A random colour far (L1 >= 180) from the background mean, so the actor is always visible."""
+    for _ in range(50):
+        c = rng.uniform(0, 255, 3)
+        if np.abs(c - bg_mean).sum() >= 180:
+            return c
+    return 255.0 - np.asarray(bg_mean)
+
+
+def _reflect(p, lo, hi):
+    """Position of a point moving freely from p, bounced elastically between lo and hi (vectorised)."""
+    span = hi - lo
+    m = np.mod(p - lo, 2 * span)
+    return lo + np.where(m > span, 2 * span - m, m)
+
+
+def trajectory(cls: str, rng: np.random.Generator, num_frames: int, size: int, fps: float, r: float):
+    """Actor centre (y, x) and radius per frame: arrays [T, 2] and [T]. Units: pixels, seconds."""
+    s = size / 64.0
+    t_T = np.arange(num_frames) / fps
+    lo, hi = r, size - 1 - r
+    y0, x0 = rng.uniform(lo, hi, 2)
+    speed = rng.uniform(14, 24) * s * rng.choice([-1.0, 1.0])
+    radius_T = np.full(num_frames, r)
+    if cls in ("static", "pulse"):
+        yx_T2 = np.tile([y0, x0], (num_frames, 1))
+        if cls == "pulse":
+            amp, f, ph = rng.uniform(0.35, 0.5), rng.uniform(0.6, 1.0), rng.uniform(0, 2 * np.pi)
+            radius_T = r * (1 + amp * np.sin(2 * np.pi * f * t_T + ph))
+    elif cls == "horizontal":
+        yx_T2 = np.stack([np.full(num_frames, y0), _reflect(x0 + speed * t_T, lo, hi)], 1)
+    elif cls == "vertical":
+        yx_T2 = np.stack([_reflect(y0 + speed * t_T, lo, hi), np.full(num_frames, x0)], 1)
+    elif cls == "orbit":
+        R = rng.uniform(10, 18) * s
+        cy, cx = rng.uniform(lo + R, hi - R, 2)
+        phase = rng.uniform(0, 2 * np.pi) + speed / R * t_T  # angular speed = linear speed / R
+        yx_T2 = np.stack([cy + R * np.sin(phase), cx + R * np.cos(phase)], 1)
+    elif cls == "gravity":
+        # an elastic ball bouncing on the floor (y = hi) with a random apex height and phase, drifting in x;
+        # closed form so it is vectorised: tau = time since the last apex, in [-P/2, P/2)
+        g = 70.0 * s
+        h = rng.uniform(min(20 * s, hi - lo), hi - lo)
+        period = 2 * np.sqrt(2 * h / g)
+        tau_T = np.mod(rng.uniform(0, period) + t_T, period) - period / 2
+        vx = rng.uniform(6, 14) * s * rng.choice([-1.0, 1.0])
+        yx_T2 = np.stack([hi - h + 0.5 * g * tau_T**2, _reflect(x0 + vx * t_T, lo, hi)], 1)
+    else:
+        raise ValueError(f"unknown motion class {cls!r}")
+    return yx_T2.astype(np.float32), radius_T.astype(np.float32)
+
+
+def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size: int = 64, fps: float = 8,
+                classes=MOTION_CLASSES):
+    """Draw one video of motion class `classes[label]`: (uint8 frames [T, H, W, 3], actor centre [T, 2])."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    bg_HW3 = random_background(rng, size)
+    s = size / 64.0
+    for _ in range(rng.integers(0, 4)):  # static distractors, baked into the background
+        cy, cx, rr = rng.uniform(0, size, 2).tolist() + [rng.uniform(3, 8) * s]
+        a = shape_alpha(SHAPES[rng.integers(len(SHAPES))], yy - cy, xx - cx, rr)[..., None]
+        bg_HW3 = bg_HW3 * (1 - a) + a * contrasting_colour(rng, bg_HW3.mean((0, 1)))
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = contrasting_colour(rng, bg_HW3.mean((0, 1)))
+    r = rng.uniform(4.5, 8) * s
+    yx_T2, radius_T = trajectory(classes[label], rng, num_frames, size, fps, r)
+    dy_THW = yy[None] - yx_T2[:, 0, None, None]
+    dx_THW = xx[None] - yx_T2[:, 1, None, None]
+    a_THW1 = shape_alpha(shape, dy_THW, dx_THW, radius_T[:, None, None])[..., None]
+    frames = bg_HW3[None] * (1 - a_THW1) + a_THW1 * colour
+    return np.clip(frames + 0.5, 0, 255).astype(np.uint8), yx_T2
+
+
+# ----------------------------------------------------------------------------- data sets on disk
+def generate_videos(out_dir, num_videos: int, *, num_frames: int = 16, size: int = 64, fps: int = 8,
+                    codec: str = "h264", seed: int = 0, num_classes: int = 5, name: str = "videos",
+                    progress: bool = False) -> Path:
+    """Write `num_videos` videos to out_dir/name/NNNNNN.<ext> and the index out_dir/name.csv; return its path.
+
+    Labels are balanced: video i has label i % num_classes. A rerun with identical arguments and a
+    complete previous output returns at once (out_dir/name.json records the arguments).
+    """
+    if not 2 <= num_classes <= len(MOTION_CLASSES):
+        raise ValueError(f"num_classes must be in [2, {len(MOTION_CLASSES)}], got {num_classes}")
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+    out_dir = Path(out_dir).resolve()
+    video_dir = out_dir / name
+    video_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, meta_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
+    meta = dict(num_videos=num_videos, num_frames=num_frames, size=size, fps=fps, codec=codec, seed=seed,
+                num_classes=num_classes, name=name, classes=list(MOTION_CLASSES[:num_classes]), version=1)
+    if csv_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
+        return csv_path
+    meta_path.unlink(missing_ok=True)  # written last: its presence means the CSV is complete
+    suffix = CODECS[codec][2]
+    split_id = zlib.crc32(name.encode())  # different names (train/val) draw different videos
+    it = range(num_videos)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"generating {name}", unit="video")
+    lines = []
+    for i in it:
+        label = i % num_classes
+        rng = np.random.default_rng([seed, split_id, i])
+        frames, _ = render_clip(label, rng, num_frames, size, fps)
+        path = write_video(video_dir / f"{i:06d}{suffix}", frames, fps=fps, codec=codec)
+        lines.append(f"{path} {label}\n")
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, csv_path)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return csv_path
+
+
+def generate_split(out_dir, train: int, val: int, **kwargs) -> tuple[Path, Path]:
+    """Write train.csv and val.csv (with videos under out_dir/train and out_dir/val); return both paths."""
+    return (generate_videos(out_dir, train, name="train", **kwargs),
+            generate_videos(out_dir, val, name="val", **kwargs))

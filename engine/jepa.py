@@ -1,0 +1,159 @@
+"""The JEPA step: predict the target encoder's representation of masked tokens from visible ones.
+
+    model = JEPA(encoder, predictor, target_encoder, loss="l1")
+    loss, info = model(clips_B3THW, masks)        # masks: engine.masks.BatchMasks
+    loss.backward(); optimizer.step(); model.update_target(momentum)
+
+One step, for every (context c, target m) pair of the batch's masks:
+    target encoder (all N tokens, no grad) -> layer_norm -> targets gathered at the target tokens
+    context encoder on the visible tokens, packed: every (context mask, sample) is one sequence,
+        so ONE pass serves all mask configs and no token is truncated or padded
+    predictor: context tokens + mask tokens at the target positions, packed per (pair, sample)
+    loss: mean over each pair's target tokens of |pred - target|^p / p (V-JEPA), or smooth L1
+        (I-JEPA), averaged over pairs
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from engine.packing import Packed, pack_index_sets
+
+
+class JEPA(nn.Module):
+    def __init__(self, encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Module | None = None,
+                 loss: str = "l1", loss_exp: float = 1.0):
+        super().__init__()
+        if loss not in ("l1", "smooth_l1"):
+            raise ValueError(f"JEPA: loss must be 'l1' or 'smooth_l1', got {loss!r}")
+        self.encoder = encoder
+        self.predictor = predictor
+        # The target is an fp32 copy that is never trained: no grads, updated only by the EMA.
+        self.target_encoder = target_encoder if target_encoder is not None else copy.deepcopy(encoder)
+        self.target_encoder.float()
+        for p in self.target_encoder.parameters():
+            p.requires_grad_(False)
+        self.loss_type = loss
+        self.loss_exp = float(loss_exp)
+        self._ema = None
+
+    # -- the three passes ----------------------------------------------------------------------
+    @torch.no_grad()
+    def targets(self, x) -> torch.Tensor:
+        """Layer-normed target-encoder features of all tokens, [B, N, D]."""
+        h_BND = self.target_encoder.forward_dense(self.target_encoder.embed(x))
+        return F.layer_norm(h_BND, (h_BND.size(-1),))
+
+    def forward(self, x, masks):
+        B = x.shape[0]
+        N = self.encoder.num_patches
+        plan = plan_packing(masks, B, N, device=x.device)
+
+        h_BND = self.targets(x)
+        h_TD = kernels.gather_tokens(h_BND, plan.tgt.rows_T)
+
+        z_TD = self.encoder.forward_packed(self.encoder.embed(x), plan.ctx)
+        if plan.ctx_rows_for_pairs is not None:   # a context serves several targets (I-JEPA)
+            z_TD = z_TD.index_select(0, plan.ctx_rows_for_pairs)
+        p_TD = self.predictor.forward_packed(z_TD, plan.ctx_pairs, plan.tgt, plan.mask_index_S)
+
+        loss = self.loss_fn(p_TD, h_TD, plan)
+        info = {"ctx_tokens": int(plan.ctx.rows_T.numel()), "tgt_tokens": int(plan.tgt.rows_T.numel())}
+        return loss, info
+
+    def loss_fn(self, p_TD, h_TD, plan: "PackingPlan") -> torch.Tensor:
+        p_TD = p_TD.float()
+        h_TD = h_TD.float()
+        if self.loss_type == "smooth_l1":
+            # I-JEPA: one mean over every predicted element of every pair.
+            return F.smooth_l1_loss(p_TD, h_TD)
+        err_T = (p_TD - h_TD).abs().pow(self.loss_exp).sum(-1) / self.loss_exp
+        # Per pair: the mean over its tokens and features (as the reference's per-mask mean),
+        # then the mean over pairs. Ragged sets weight every token of a pair equally.
+        per_pair = torch.zeros(plan.num_pairs, device=err_T.device, dtype=err_T.dtype)
+        per_pair.index_add_(0, plan.pair_of_row_T, err_T)
+        denom = plan.tgt_tokens_per_pair.to(err_T.dtype).clamp_min(1) * p_TD.shape[-1]
+        return (per_pair / denom).mean()
+
+    # -- EMA -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_target(self, momentum) -> None:
+        from engine.runtime.ema import TargetEMA
+        if self._ema is None:
+            self._ema = TargetEMA(self.encoder, self.target_encoder)
+        self._ema(momentum)
+
+
+class PackingPlan:
+    """Index bookkeeping for one batch's masks, built once on the host.
+
+    ctx:        the context sequences: one per (context mask c, sample b), order c-major
+    ctx_pairs:  the predictor's context sequences: one per (pair p, sample b), order p-major
+    tgt:        the predictor's target sequences: one per (pair p, sample b), same order
+    """
+
+    def __init__(self, ctx: Packed, ctx_pairs: Packed, tgt: Packed, ctx_rows_for_pairs, mask_index_S,
+                 pair_of_row_T, tgt_tokens_per_pair):
+        self.ctx, self.ctx_pairs, self.tgt = ctx, ctx_pairs, tgt
+        self.ctx_rows_for_pairs = ctx_rows_for_pairs
+        self.mask_index_S = mask_index_S
+        self.pair_of_row_T = pair_of_row_T
+        self.tgt_tokens_per_pair = tgt_tokens_per_pair
+        self.num_pairs = int(tgt_tokens_per_pair.numel())
+
+
+def plan_packing(masks, B: int, N: int, device=None) -> PackingPlan:
+    C, M = len(masks.ctx), len(masks.tgt)
+    for name, sets in (("ctx", masks.ctx), ("tgt", masks.tgt)):
+        for i, per_sample in enumerate(sets):
+            if len(per_sample) != B:
+                raise ValueError(f"masks.{name}[{i}] has {len(per_sample)} samples, the batch has {B}")
+    samples = list(range(B))
+    ctx = pack_index_sets([s for c in range(C) for s in masks.ctx[c]], samples * C, N)
+    pairs = list(masks.pairs)
+    ctx_of_pair = [c for c, _ in pairs]
+    identity = ctx_of_pair == list(range(C))
+    ctx_pairs = ctx if identity else pack_index_sets(
+        [masks.ctx[c][b] for c in ctx_of_pair for b in samples], samples * len(pairs), N)
+    tgt = pack_index_sets([masks.tgt[m][b] for _, m in pairs for b in samples], samples * len(pairs), N)
+
+    ctx_rows_for_pairs = None
+    if not identity:
+        # Rows of z (packed c-major) that feed each (pair, sample) sequence, in pair order.
+        starts = ctx.cu_seqlens.long()
+        pieces = [torch.arange(int(starts[c * B + b]), int(starts[c * B + b + 1])) for c in ctx_of_pair for b in samples]
+        ctx_rows_for_pairs = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
+
+    mask_index_S = torch.as_tensor(masks.mask_index, dtype=torch.long).repeat_interleave(B)
+    tgt_lens_S = tgt.seqlens_S.long()
+    pair_of_row_T = torch.repeat_interleave(torch.arange(len(pairs)).repeat_interleave(B), tgt_lens_S)
+    tgt_tokens_per_pair = tgt_lens_S.view(len(pairs), B).sum(1)
+    plan = PackingPlan(ctx, ctx_pairs, tgt, ctx_rows_for_pairs, mask_index_S, pair_of_row_T, tgt_tokens_per_pair)
+    if device is not None and torch.device(device).type != "cpu":
+        plan.ctx, plan.ctx_pairs, plan.tgt = ctx.to(device), ctx_pairs.to(device), tgt.to(device)
+        for k in ("ctx_rows_for_pairs", "mask_index_S", "pair_of_row_T", "tgt_tokens_per_pair"):
+            v = getattr(plan, k)
+            if v is not None:
+                setattr(plan, k, v.to(device, non_blocking=True))
+    return plan
+
+
+def jepa_loss_reference(encoder, predictor, target_encoder, x, masks_enc, masks_pred, loss_exp=1.0):
+    """The reference V-JEPA step's loss (rectangular [B, K] masks), for parity tests.
+
+    Equivalent to the reference's forward_target / forward_context / loss_fn with the same masks.
+    """
+    with torch.no_grad():
+        h = target_encoder(x)
+        h = F.layer_norm(h, (h.size(-1),))
+        hs = [torch.gather(h, 1, m[..., None].expand(-1, -1, h.size(-1))) for m in masks_pred]
+    z = encoder(x, masks_enc)
+    zs = predictor(z, hs, masks_enc, masks_pred)
+    loss = 0.0
+    for zi, hi in zip(zs, hs):
+        loss = loss + torch.mean(torch.abs(zi - hi) ** loss_exp) / loss_exp
+    return loss / len(masks_pred)

@@ -1,0 +1,62 @@
+"""Ragged token-index sets packed into one flat sequence batch (cu_seqlens), the form every
+packed pass in the engine uses.
+
+    packed = pack_index_sets([ctx_b0, ctx_b1, ...], samples=[0, 1, ...], tokens_per_sample=N)
+    z_TD = kernels.gather_tokens(x_BND, packed.rows_T)
+
+Sequence s holds the token ids `idx_sets[s]` (unique, within [0, N)) of sample `samples[s]`.
+Several sequences may come from one sample (one per mask config): that is how one pass serves
+all mask configs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Packed:
+    rows_T: torch.Tensor        # int64 [T]: flat row ids into a [B*N, D] view of the token grid
+    pos_T: torch.Tensor         # int64 [T]: token position inside its sample (rows_T % N)
+    cu_seqlens: torch.Tensor    # int32 [S+1]: sequence s is rows cu_seqlens[s]:cu_seqlens[s+1]
+    max_seqlen: int
+    sample_S: torch.Tensor      # int64 [S]: the sample each sequence comes from
+    tokens_per_sample: int      # N
+
+    @property
+    def num_seqs(self) -> int:
+        return self.sample_S.numel()
+
+    @property
+    def seqlens_S(self) -> torch.Tensor:
+        return self.cu_seqlens[1:] - self.cu_seqlens[:-1]
+
+    def to(self, device) -> "Packed":
+        return Packed(self.rows_T.to(device), self.pos_T.to(device), self.cu_seqlens.to(device),
+                      self.max_seqlen, self.sample_S.to(device), self.tokens_per_sample)
+
+    def seq_id_T(self) -> torch.Tensor:
+        """int64 [T]: the sequence each packed row belongs to."""
+        return torch.repeat_interleave(torch.arange(self.num_seqs, device=self.rows_T.device),
+                                       self.seqlens_S.long())
+
+
+def pack_index_sets(idx_sets, samples, tokens_per_sample: int) -> Packed:
+    """Pack per-sequence token-id tensors (1-D int64, unique within [0, N)) into a Packed."""
+    if len(idx_sets) != len(samples):
+        raise ValueError(f"pack_index_sets: {len(idx_sets)} index sets but {len(samples)} sample ids")
+    N = int(tokens_per_sample)
+    lens = [int(i.numel()) for i in idx_sets]
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    if lens:
+        cu[1:] = torch.cumsum(torch.tensor(lens, dtype=torch.int64), 0).to(torch.int32)
+    if lens and sum(lens):
+        pos = torch.cat([i.reshape(-1).to(torch.int64) for i in idx_sets])
+    else:
+        pos = torch.zeros(0, dtype=torch.int64)
+    sample_S = torch.as_tensor(list(samples), dtype=torch.int64)
+    if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= N):
+        raise ValueError(f"pack_index_sets: token ids must lie in [0, {N}), got {int(pos.min())}..{int(pos.max())}")
+    rows = pos + torch.repeat_interleave(sample_S, torch.tensor(lens, dtype=torch.int64)) * N
+    return Packed(rows, pos, cu, max(lens, default=0), sample_S, N)

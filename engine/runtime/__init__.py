@@ -1,0 +1,1 @@
+"""Training runtime: schedules, EMA, checkpoints, logging."""

@@ -1,0 +1,52 @@
+"""Training checkpoints: atomic files plus an atomically written `latest` pointer.
+
+    save_checkpoint(folder, step, state)      # folder/checkpoints/step_0000123.pt, then folder/checkpoints/latest
+    state = load_latest(folder)               # None when the run has no checkpoint yet
+
+A crash at any point leaves either the previous checkpoint or the new one, never a torn file:
+each file is written to a temporary name, fsynced and renamed; `latest` moves only after.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.runtime.io import atomic_torch_save, atomic_write_text
+
+KEEP_LAST = 2
+
+
+def checkpoint_dir(folder) -> Path:
+    return Path(folder) / "checkpoints"
+
+
+def save_checkpoint(folder, step: int, state: dict, keep_last: int = KEEP_LAST) -> Path:
+    d = checkpoint_dir(folder)
+    path = d / f"step_{step:07d}.pt"
+    atomic_torch_save(state, path)
+    atomic_write_text(d / "latest", path.name + "\n")
+    # Older checkpoints go only after `latest` points at the new one.
+    old = sorted(d.glob("step_*.pt"))[:-keep_last] if keep_last > 0 else []
+    for p in old:
+        if p != path:
+            p.unlink(missing_ok=True)
+    return path
+
+
+def latest_path(folder) -> Path | None:
+    d = checkpoint_dir(folder)
+    pointer = d / "latest"
+    if not pointer.exists():
+        return None
+    path = d / pointer.read_text().strip()
+    if not path.exists():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+def load_latest(folder, map_location="cpu") -> dict | None:
+    path = latest_path(folder)
+    if path is None:
+        return None
+    return torch.load(path, map_location=map_location, weights_only=False)

@@ -1,0 +1,194 @@
+"""The single-process training loop (the DeepSpeed engine wraps the same step for many ranks).
+
+    trainer = Trainer(cfg, output_dir)
+    summary = trainer.fit(max_steps=None, resume=False)
+
+Per optimizer step i: set lr/wd from the schedules, forward the JEPA step under autocast (bf16:
+no GradScaler), backward, clip (after the warm-up epochs, as the reference), AdamW step, EMA of the
+target with momentum(i), log a row, checkpoint every `meta.checkpoint_every` steps. A checkpoint
+holds everything a resume needs (models, target, optimizer, step, data-stream position, RNG
+states), so a resumed run's losses equal the uninterrupted run's, step for step.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.builders import build_dataset, build_jepa, build_mask_sampler
+from engine.config import Config, save_config
+from engine.runtime.checkpoint import latest_path, load_latest, save_checkpoint
+from engine.runtime.metrics import MetricsLogger, plot_loss
+from engine.runtime.schedules import Schedules, apply_to_optimizer
+
+log = logging.getLogger("engine.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def param_groups(named_modules, zero_init_bias_wd: bool = True) -> list[dict]:
+    """AdamW groups as the reference: no weight decay on biases and 1-D parameters."""
+    groups = []
+    for module in named_modules:
+        decay = [p for n, p in module.named_parameters() if p.requires_grad and "bias" not in n and p.ndim != 1]
+        no_decay = [p for n, p in module.named_parameters() if p.requires_grad and ("bias" in n or p.ndim == 1)]
+        groups.append({"params": decay})
+        groups.append({"params": no_decay, "WD_exclude": zero_init_bias_wd, "weight_decay": 0.0})
+    return groups
+
+
+def autocast(dtype: torch.dtype, device: torch.device):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, output_dir, device: str | torch.device = "cpu", progress: bool = True):
+        self.cfg = cfg
+        self.out = Path(output_dir)
+        self.device = torch.device(device)
+        self.progress = progress
+        seed_everything(cfg.meta.seed)
+        self.model = build_jepa(cfg).to(self.device)
+        opt = cfg.optimization
+        self.optimizer = torch.optim.AdamW(param_groups([self.model.encoder, self.model.predictor]),
+                                           betas=tuple(opt.betas), eps=opt.eps)
+        self.dataset = build_dataset(cfg, train=True)
+        from engine.data.loader import make_loader
+        self.loader = make_loader(self.dataset, batch_size=cfg.data.batch_size, seed=cfg.meta.seed,
+                                  mask_sampler=build_mask_sampler(cfg), num_workers=cfg.data.num_workers,
+                                  pin_memory=cfg.data.pin_mem and self.device.type == "cuda")
+        self.ipe = opt.ipe or max(1, len(self.dataset) // cfg.data.batch_size)
+        self.total_steps = opt.epochs * self.ipe
+        self.sched = Schedules.from_config(opt, self.ipe)
+        self.step = 0
+
+    # -- state for exact resume ----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "encoder": self.model.encoder.state_dict(),
+            "predictor": self.model.predictor.state_dict(),
+            "target_encoder": self.model.target_encoder.state_dict(),
+            "opt": self.optimizer.state_dict(),
+            "step": self.step,
+            "epoch": self.step // self.ipe,
+            "loader": self.loader.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.encoder.load_state_dict(state["encoder"])
+        self.model.predictor.load_state_dict(state["predictor"])
+        self.model.target_encoder.load_state_dict(state["target_encoder"])
+        self.optimizer.load_state_dict(state["opt"])
+        self.loader.load_state_dict(state["loader"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out, self.step, self.state_dict())
+
+    # -- one optimizer step ----------------------------------------------------------------------
+    def train_step(self, clips, masks) -> dict:
+        cfg, i = self.cfg, self.step
+        lr, wd, m = self.sched.lr(i), self.sched.wd(i), self.sched.momentum(i)
+        apply_to_optimizer(self.optimizer, lr, wd)
+        clips = clips.to(self.device, non_blocking=True)
+        with autocast(cfg.dtype, self.device):
+            loss, info = self.model(clips, masks)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {i}: loss is {loss.item()}; stopping before it corrupts the weights")
+        loss.backward()
+        enc_norm = pred_norm = float("nan")
+        epoch = i // self.ipe
+        if cfg.optimization.clip_grad is not None and epoch > cfg.optimization.warmup:
+            enc_norm = float(torch.nn.utils.clip_grad_norm_(self.model.encoder.parameters(), cfg.optimization.clip_grad))
+            pred_norm = float(torch.nn.utils.clip_grad_norm_(self.model.predictor.parameters(), cfg.optimization.clip_grad))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.update_target(m)
+        self.step += 1
+        return {"loss": float(loss), "lr": lr, "wd": wd, "momentum": m, "enc_grad_norm": enc_norm,
+                "pred_grad_norm": pred_norm, **info}
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self, max_steps: int | None = None, resume: bool = False) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            state = load_latest(self.out)
+            if state is None:
+                log.warning("--resume: no checkpoint in %s; starting from step 0", self.out)
+            else:
+                self.load_state_dict(state)
+                log.info("resumed from %s at step %d", latest_path(self.out), self.step)
+        save_config(self.cfg, self.out / "config.yaml")
+        metrics = MetricsLogger(self.out, tag=self.cfg.logging.write_tag, tensorboard=self.cfg.logging.tensorboard)
+        metrics.truncate_after(self.step)
+        stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
+        every = self.cfg.meta.checkpoint_every or self.ipe
+        bar = _progress(self.progress, total=stop, initial=self.step)
+        it = iter(self.loader)
+        B = self.cfg.data.batch_size
+        losses, t_run = [], time.perf_counter()
+        wait_total = step_total = 0.0
+        while self.step < stop:
+            t0 = time.perf_counter()
+            clips, _labels, masks = next(it)
+            t1 = time.perf_counter()
+            row = self.train_step(clips, masks)
+            t2 = time.perf_counter()
+            wait_total += t1 - t0
+            step_total += t2 - t0
+            losses.append(row["loss"])
+            metrics.write({"step": self.step - 1, "epoch": (self.step - 1) // self.ipe,
+                           "itr": (self.step - 1) % self.ipe, "step_ms": 1e3 * (t2 - t0),
+                           "data_wait_ms": 1e3 * (t1 - t0), "samples_per_s": B / max(t2 - t0, 1e-9), **row})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                clips_s=f"{B / max(t2 - t0, 1e-9):.1f}", wait=f"{wait_total / max(step_total, 1e-9):.0%}")
+            if self.step % every == 0 or self.step == stop:
+                self.save()
+        if bar is not None:
+            bar.close()
+        metrics.close()
+        if (self.out / "metrics.csv").exists():
+            plot_loss(self.out / "metrics.csv", self.out / "loss.png")
+        elapsed = time.perf_counter() - t_run
+        steps_done = len(losses)
+        return {
+            "steps": self.step,
+            "steps_this_run": steps_done,
+            "final_loss": float(np.mean(losses[-20:])) if losses else math.nan,
+            "first_loss": losses[0] if losses else math.nan,
+            "steps_per_s": steps_done / elapsed if elapsed > 0 else math.nan,
+            "data_wait_fraction": wait_total / step_total if step_total > 0 else math.nan,
+            "peak_rss_mb": _peak_rss_mb(),
+            "checkpoint": str(latest_path(self.out)) if latest_path(self.out) else None,
+        }
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

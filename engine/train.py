@@ -1,0 +1,70 @@
+"""Entry point: train a JEPA model from a YAML config.
+
+    python -m engine.train --config configs/tiny_cpu.yaml [--set section.key=value ...]
+                           [--output DIR] [--max-steps N] [--resume]
+
+`--max-steps` stops after N optimizer steps whatever the schedules say (they keep their length, so a
+stopped run can be resumed and continues exactly). The output folder gets config.yaml, metrics.csv,
+TensorBoard events (tb/), loss.png and checkpoints/ with an atomically written `latest` pointer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from engine.config import ConfigError, load_config
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="YAML run config (reference layout)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set optimization.lr=1e-3")
+    p.add_argument("--output", help="output folder (default: logging.folder, else runs/<write_tag>)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--resume", action="store_true", help="continue from the output folder's latest checkpoint")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
+    return p.parse_args(argv)
+
+
+def output_dir(cfg, arg) -> Path:
+    if arg:
+        return Path(arg)
+    if cfg.logging.folder:
+        return Path(cfg.logging.folder)
+    if cfg.folder:
+        return Path(cfg.folder)
+    return Path("runs") / cfg.logging.write_tag
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.max_steps is not None and args.max_steps < 0:
+        print("--max-steps must be >= 0", file=sys.stderr)
+        raise SystemExit(2)
+    if cfg.ignored_keys:
+        logging.getLogger("engine.train").info("ignored launcher-only keys: %s", ", ".join(cfg.ignored_keys))
+    if cfg.app == "vjepa_droid":
+        print("config error: app vjepa_droid (action-conditioned training) is not supported by engine.train yet",
+              file=sys.stderr)
+        raise SystemExit(2)
+    from engine.runtime.trainer import Trainer
+    trainer = Trainer(cfg, output_dir(cfg, args.output), device=args.device, progress=not args.no_progress)
+    summary = trainer.fit(max_steps=args.max_steps, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Fused ops for JEPA training, usable on any tensor.
+
+Each op module holds its plain-torch reference `<op>_ref`, its fast kernels and the dispatch:
+
+    import kernels
+    y_TD = kernels.gather_tokens(x_BND, rows_T)
+    o_THD = kernels.block_attention(q, k, v, cu_q, cu_k, max_seqlen_q=Lq, max_seqlen_k=Lk)
+    kernels.ema_(target_params, source_params, momentum)
+    kernels.use_backend("torch")   # or JEPA_KERNEL_BACKEND=torch|cpp|triton|cuda
+"""
+from kernels._backend import BACKENDS, backend, current_backend, use_backend
+from kernels.block_attention import block_attention, block_attention_ref
+from kernels.ema import ema_, ema_ref
+from kernels.gather import gather_tokens, gather_tokens_ref, scatter_tokens, scatter_tokens_ref
+
+__all__ = [
+    "BACKENDS", "backend", "current_backend", "use_backend",
+    "block_attention", "block_attention_ref",
+    "ema_", "ema_ref",
+    "gather_tokens", "gather_tokens_ref", "scatter_tokens", "scatter_tokens_ref",
+]
