@@ -1,0 +1,195 @@
+"""Clip index sampling (V-JEPA / V-JEPA 2 semantics) and PyAV decoding of only the frames a clip needs.
+
+Usage:
+    rng = np.random.default_rng(0)
+    with VideoReader("clip.mp4") as vr:
+        step = vr.frame_step_for(fps=4)                  # V-JEPA 2 fps sampling: ceil(video fps) // fps
+        idx = sample_clip_indices(vr.info.num_frames, 16, step, num_clips=1, rng=rng)
+        clip_THW3 = vr.decode(idx[0])                    # uint8 [16, H, W, 3]
+    clip_THW3 = decode_clip("clip.mp4", [0, 4, 8])       # one-shot helper
+
+Sampling (reference semantics, with an exact step): the video is cut into num_clips equal segments; in
+each, a window of frames_per_clip frames spaced frame_step apart starts at a random frame (the
+reference draws its window end with np.random.randint; here an explicit Generator keeps it
+deterministic). The reference spaces frames with np.linspace over the window, which gives steps of
+frame_step*fpc/(fpc-1) rounded down (0,4,8,12,17,...); here the step is exactly frame_step. A segment
+shorter than the window yields its frames every frame_step and is padded by repeating its last frame.
+
+Decoding: frames are decoded in order and decoding stops after the last needed frame; a jump of more
+than `seek_threshold` frames (to a clip late in a long video, or between clips) seeks to the nearest
+keyframe instead of decoding through the gap. Any failure raises VideoDecodeError (or PyAV's error).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be opened or decoded as its metadata promises (truncated, corrupt, empty)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    exact: bool  # num_frames from the container's frame count (else estimated from the duration)
+
+
+def frame_step_for(video_fps: float, *, fps: float | None = None, duration: float | None = None,
+                   frames_per_clip: int | None = None) -> int:
+    """V-JEPA 2: step = ceil(video_fps) // fps; or, with a clip duration in seconds, int(duration * fps / fpc)."""
+    if (fps is None) == (duration is None):
+        raise ValueError("give exactly one of fps= or duration=")
+    vfps = math.ceil(video_fps)
+    step = vfps // fps if fps is not None else int(duration * vfps / frames_per_clip)
+    return max(1, int(step))
+
+
+def sample_clip_indices(num_video_frames: int, frames_per_clip: int, frame_step: int, num_clips: int = 1,
+                        rng: np.random.Generator | None = None, *, random_clip_sampling: bool = True,
+                        allow_clip_overlap: bool = False) -> list[np.ndarray]:
+    """Frame indices of `num_clips` clips: a list of int64 arrays [frames_per_clip], each within [0, N)."""
+    N, fpc, step = int(num_video_frames), int(frames_per_clip), int(frame_step)
+    if N <= 0 or fpc <= 0 or step <= 0 or num_clips <= 0:
+        raise ValueError(f"bad clip sampling arguments: {N=}, {fpc=}, {step=}, {num_clips=}")
+    rng = rng if rng is not None else np.random.default_rng()
+    span = (fpc - 1) * step + 1  # frames covered by one clip
+    part = N // num_clips  # the reference's partition length
+    clips = []
+    for i in range(num_clips):
+        if part >= span:
+            start = int(rng.integers(0, part - span + 1)) if random_clip_sampling else 0
+            idx = i * part + start + step * np.arange(fpc)
+        elif not allow_clip_overlap or num_clips == 1:
+            # short segment: every step-th frame, then repeat the segment's last frame
+            seg = max(part, 1)
+            idx = i * part + np.minimum(step * np.arange(fpc), seg - 1)
+            idx = np.minimum(idx, N - 1)
+        else:
+            # overlapping clips spread evenly over a video too short to hold them side by side
+            first = np.minimum(step * np.arange(fpc), min(span, N) - 1)
+            shift = (N - span) // (num_clips - 1) if N > span else 0
+            idx = first + i * shift
+        clips.append(idx.astype(np.int64))
+    return clips
+
+
+class VideoReader:
+    """An open video file: `info` and `decode(frame_indices)`. Use as a context manager (or call close)."""
+
+    def __init__(self, path, seek_threshold: int = 64, threads: int = 0):
+        self.path = str(path)
+        self.seek_threshold = seek_threshold
+        try:
+            self._container = av.open(self.path)
+        except (av.FFmpegError, UnicodeDecodeError) as e:  # garbage or empty files fail here
+            raise VideoDecodeError(f"cannot open {self.path}: {e}") from e
+        if not self._container.streams.video:
+            self.close()
+            raise VideoDecodeError(f"no video stream in {self.path}")
+        self._stream = s = self._container.streams.video[0]
+        if threads:
+            s.thread_type, s.codec_context.thread_count = "AUTO", threads
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        fps = float(rate) if rate else 0.0
+        self._start_pts = s.start_time or 0
+        exact = bool(s.frames and s.frames > 0)
+        if exact:
+            n = int(s.frames)
+        elif s.duration and fps:
+            n = int(s.duration * s.time_base * fps + 1e-6)
+        elif self._container.duration and fps:
+            n = int(self._container.duration / av.time_base * fps + 1e-6)
+        else:
+            n = sum(1 for _ in self._container.decode(s))  # no metadata at all: count once
+            self._container.seek(0)
+        if n <= 0 or s.width <= 0:
+            self.close()
+            raise VideoDecodeError(f"empty video {self.path}")
+        self.info = VideoInfo(n, fps, int(s.width), int(s.height), exact)
+
+    def frame_step_for(self, **kwargs) -> int:
+        return frame_step_for(self.info.fps, **kwargs)
+
+    # -- decoding
+    def _sequential(self):
+        for k, frame in enumerate(self._container.decode(self._stream)):
+            yield k, frame
+
+    def _from_seek(self, target: int):
+        """Seek to the keyframe at or before `target`; yield (index from pts, frame)."""
+        s = self._stream
+        fps, tb = self.info.fps, float(s.time_base)
+        self._container.seek(self._start_pts + int(target / fps / tb), stream=s, backward=True, any_frame=False)
+        for frame in self._container.decode(s):
+            if frame.pts is None:
+                raise VideoDecodeError(f"frames without timestamps after a seek in {self.path}")
+            yield int(round((frame.pts - self._start_pts) * tb * fps)), frame
+
+    def _decode_pass(self, targets: np.ndarray, allow_seek: bool) -> dict:
+        # groups of needed frames separated by gaps worth a seek
+        cuts = np.nonzero(np.diff(targets) > self.seek_threshold)[0] + 1 if allow_seek else []
+        got, frames_iter, pos = {}, None, 0
+        for group in np.split(targets, cuts):
+            want, last = set(group.tolist()), int(group[-1])
+            if frames_iter is None and (not allow_seek or group[0] <= self.seek_threshold):
+                frames_iter = self._sequential()
+            elif frames_iter is None or group[0] - pos > self.seek_threshold:
+                frames_iter = self._from_seek(int(group[0]))
+            for k, frame in frames_iter:
+                pos = k + 1
+                if k in want:
+                    got[k] = frame.to_ndarray(format="rgb24")
+                if k >= last:
+                    break
+        return got
+
+    def decode(self, frame_indices) -> np.ndarray:
+        """uint8 [T, H, W, 3] for the given frame indices (any order, repeats allowed)."""
+        idx_T = np.asarray(frame_indices, dtype=np.int64).ravel()
+        if idx_T.size == 0 or idx_T.min() < 0:
+            raise ValueError(f"bad frame indices {idx_T}")
+        targets = np.unique(idx_T)
+        try:
+            got = self._decode_pass(targets, allow_seek=True)
+            if len(got) < len(targets) and targets[-1] > self.seek_threshold:
+                # a seek may land past its target in odd files: retry once, decoding from the start
+                self._container.close()
+                self._container = av.open(self.path)
+                self._stream = self._container.streams.video[0]
+                got = self._decode_pass(targets, allow_seek=False)
+        except av.FFmpegError as e:
+            raise VideoDecodeError(f"decode error in {self.path}: {e}") from e
+        missing = [int(k) for k in targets if k not in got]
+        if missing:
+            if not got or self.info.exact:
+                raise VideoDecodeError(f"{self.path}: frames {missing[:4]} not decodable "
+                                       f"({len(got)} of {len(targets)} decoded; truncated?)")
+            # estimated frame counts can overshoot by a frame or two: pad with the last real frame
+            for k in missing:
+                earlier = [j for j in got if j < k]
+                got[k] = got[max(earlier)] if earlier else got[min(got)]
+        return np.stack([got[int(k)] for k in idx_T])
+
+    def close(self):
+        if getattr(self, "_container", None) is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def decode_clip(path, frame_indices, seek_threshold: int = 64) -> np.ndarray:
+    """Decode the given frames of one video: uint8 [T, H, W, 3]."""
+    with VideoReader(path, seek_threshold=seek_threshold) as vr:
+        return vr.decode(frame_indices)

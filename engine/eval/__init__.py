@@ -1,0 +1,1 @@
+"""Evaluation: frozen attentive probe."""

@@ -1,0 +1,106 @@
+"""Frozen attentive probe: how much a (frozen) encoder's features tell about a clip's label.
+
+    result = probe_encoder(encoder, train_ds, val_ds, num_classes=6)
+    result["val_acc"]
+
+The encoder runs once over every clip (center crop, no augmentation) and its token features are
+cached; then a small attentive pooler (one learned query cross-attending to all tokens, as the
+reference's attentive probe) plus a linear classifier is trained on them. Caching is what makes the
+probe cheap enough to run in CI: the encoder is frozen, so its features never change.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AttentiveProbe(nn.Module):
+    def __init__(self, dim: int, num_classes: int, num_heads: int = 4):
+        super().__init__()
+        while dim % num_heads:
+            num_heads -= 1
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.norm_in = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_out = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, feats_BND):
+        kv = self.norm_in(feats_BND)
+        pooled, _ = self.attn(self.query.expand(feats_BND.shape[0], -1, -1), kv, kv, need_weights=False)
+        return self.head(self.norm_out(pooled[:, 0]))
+
+
+@torch.no_grad()
+def extract_features(encoder, dataset, batch_size: int = 16, num_workers: int = 0, seed: int = 0):
+    """Token features [M, N, D] (fp32) and labels [M] of every item of `dataset`."""
+    encoder.eval()
+    loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers)
+    feats, labels = [], []
+    for clips, y in loader:
+        feats.append(encoder.forward_dense(encoder.embed(clips)).float())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels).long()
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """The engine's datasets take (index, seed) keys; a plain DataLoader passes ints."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        clip, label = self.dataset[(i, self.seed)]
+        return clip, label
+
+
+def train_probe(train_feats, train_labels, val_feats, val_labels, num_classes: int, *, epochs: int = 60,
+                batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        probe = AttentiveProbe(train_feats.shape[-1], num_classes)
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(train_feats) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    for _ in range(epochs):
+        probe.train()
+        perm = torch.randperm(len(train_feats), generator=g)
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(probe(train_feats[idx]), train_labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    probe.eval()
+    with torch.no_grad():
+        train_acc = _accuracy(probe, train_feats, train_labels)
+        val_acc = _accuracy(probe, val_feats, val_labels)
+    return {"train_acc": train_acc, "val_acc": val_acc, "epochs": epochs}
+
+
+def _accuracy(probe, feats, labels, batch_size: int = 256) -> float:
+    correct = 0
+    for i in range(0, len(feats), batch_size):
+        correct += int((probe(feats[i:i + batch_size]).argmax(-1) == labels[i:i + batch_size]).sum())
+    return correct / max(1, len(feats))
+
+
+def probe_encoder(encoder, train_ds, val_ds, num_classes: int | None = None, *, epochs: int = 60,
+                  num_workers: int = 0, seed: int = 0) -> dict:
+    tr_x, tr_y = extract_features(encoder, train_ds, num_workers=num_workers, seed=seed)
+    va_x, va_y = extract_features(encoder, val_ds, num_workers=num_workers, seed=seed)
+    if num_classes is None:
+        num_classes = int(max(tr_y.max(), va_y.max())) + 1
+    result = train_probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed)
+    result["chance"] = float(torch.bincount(va_y, minlength=num_classes).max()) / len(va_y)
+    return result

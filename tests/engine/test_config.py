@@ -1,0 +1,97 @@
+"""Config: reference layouts load, bad values name their key."""
+import pytest
+import yaml
+
+from engine.config import ConfigError, load_config
+
+CONFIGS = ["configs/tiny_cpu.yaml", "configs/vjepa_vitl16.yaml", "configs/vjepa_vith16.yaml",
+           "configs/vjepa2_vitl16.yaml", "configs/ijepa_vith14.yaml"]
+
+
+@pytest.fixture
+def tiny_raw():
+    return yaml.safe_load(open("configs/tiny_cpu.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.data.crop_size % cfg.patch_size == 0
+
+
+def test_vjepa_reference_values():
+    cfg = load_config("configs/vjepa_vitl16.yaml")
+    assert cfg.model.model_name == "vit_large" and cfg.model.pred_depth == 12 and cfg.model.pred_embed_dim == 384
+    assert cfg.optimization.lr == 0.000625 and cfg.optimization.ema == [0.998, 1.0]
+    assert cfg.optimization.clip_grad == 10.0 and cfg.optimization.ipe_scale == 1.25
+    assert cfg.token_grid == (8, 14, 14)
+    assert [m.num_blocks for m in cfg.mask] == [8, 2] and cfg.mask[1].spatial_scale == [0.7, 0.7]
+    assert sorted(cfg.ignored_keys) == ["nodes", "tasks_per_node"]
+
+
+def test_vjepa2_reference_values():
+    cfg = load_config("configs/vjepa2_vitl16.yaml")
+    assert cfg.model.use_rope and cfg.data.fps == 4 and cfg.frames_per_clip == 16
+    assert cfg.optimization.ema == [0.99925, 0.99925] and cfg.token_grid == (8, 16, 16)
+    assert {"cpus_per_task", "mem_per_gpu"} <= set(cfg.ignored_keys)
+
+
+def test_ijepa_layout_is_mapped():
+    cfg = load_config("configs/ijepa_vith14.yaml")
+    assert cfg.is_image and cfg.model.model_name == "vit_huge" and cfg.model.pred_embed_dim == 384
+    assert cfg.meta.dtype == "bfloat16" and cfg.patch_size == 14 and cfg.token_grid == (16, 16)
+    assert cfg.mask.num_pred_masks == 4 and cfg.mask.pred_mask_scale == [0.15, 0.2]
+    assert "meta.copy_data" in cfg.ignored_keys
+
+
+def test_action_conditioned_keys_are_known(tiny_raw):
+    raw = dict(tiny_raw, app="vjepa_droid")
+    raw["model"] = dict(raw["model"], pred_is_frame_causal=True, use_extrinsics=False)
+    raw["loss"] = dict(raw["loss"], auto_steps=2, normalize_reps=True)
+    raw["meta"] = dict(raw["meta"], pretrain_checkpoint="x.pt", context_encoder_key="target_encoder")
+    cfg = load_config(raw=raw)
+    assert cfg.model.pred_is_frame_causal and cfg.loss.auto_steps == 2
+
+
+def test_overrides():
+    cfg = load_config("configs/tiny_cpu.yaml", ["optimization.lr=0.5", "mask.1.num_blocks=3", "meta.seed=7"])
+    assert cfg.optimization.lr == 0.5 and cfg.mask[1].num_blocks == 3 and cfg.meta.seed == 7
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.patch_size=7", "data.patch_size"),              # does not divide crop 64
+    ("data.num_frames=7", "data.num_frames"),              # not a multiple of the tubelet
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.batch_size=eight", "data.batch_size"),
+    ("optimization.ema=[0.9]", "optimization.ema"),
+    ("optimization.lr=-1", "optimization.lr"),
+    ("mask.0.spatial_scale=[0.5, 1.5]", "mask.0.spatial_scale"),
+    ("mask.0.num_blocks=0", "mask.0.num_blocks"),
+    ("meta.dtype=float8", "meta.dtype"),
+    ("meta.mask_mode=padded", "meta.mask_mode"),
+    ("model.use_rope=maybe", "model.use_rope"),
+    ("model.pred_num_heads=5", "model.pred_embed_dim"),    # 96 not divisible by 5
+    ("data.nonsense=1", "data.nonsense"),
+    ("optimization.is_anneal=true", "optimization.anneal_ckpt"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("configs/tiny_cpu.yaml", [override])
+
+
+def test_unknown_section_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="trainer"):
+        load_config(raw={"trainer": {}})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config("configs/tiny_cpu.yaml", ["optimization.lr"])
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config("configs/tiny_cpu.yaml", ["mask.5.num_blocks=1"])
