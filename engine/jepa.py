@@ -143,17 +143,17 @@ def plan_packing(masks, B: int, N: int, device=None) -> PackingPlan:
 
 
 def jepa_loss_reference(encoder, predictor, target_encoder, x, masks_enc, masks_pred, loss_exp=1.0):
-    """The reference V-JEPA step's loss (rectangular [B, K] masks), for parity tests.
-
-    Equivalent to the reference's forward_target / forward_context / loss_fn with the same masks.
+    """The reference V-JEPA step's loss (rectangular [B, K] masks, one per mask config), for parity
+    tests: the reference's forward_target / forward_context (its multi-mask wrappers run the encoder
+    and predictor once per mask config, config i using mask token i) / loss_fn.
     """
     with torch.no_grad():
         h = target_encoder(x)
         h = F.layer_norm(h, (h.size(-1),))
         hs = [torch.gather(h, 1, m[..., None].expand(-1, -1, h.size(-1))) for m in masks_pred]
-    z = encoder(x, masks_enc)
-    zs = predictor(z, hs, masks_enc, masks_pred)
     loss = 0.0
-    for zi, hi in zip(zs, hs):
-        loss = loss + torch.mean(torch.abs(zi - hi) ** loss_exp) / loss_exp
+    for i, (me, mp, hi) in enumerate(zip(masks_enc, masks_pred, hs)):
+        zi = encoder(x, masks=[me])
+        pi = predictor(zi, hi, [me], [mp], mask_index=i)
+        loss = loss + torch.mean(torch.abs(pi - hi) ** loss_exp) / loss_exp
     return loss / len(masks_pred)
