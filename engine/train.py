@@ -2,6 +2,8 @@
 
     python -m engine.train --config configs/tiny_cpu.yaml [--set section.key=value ...]
                            [--output DIR] [--max-steps N] [--resume]
+    deepspeed --num_gpus N --module engine.train --config ... --deepspeed configs/deepspeed/zero3.json
+        [--grad-accum K] [--offload-optimizer]      (on CPU: DS_ACCELERATOR=cpu; torchrun works too)
 
 `--max-steps` stops after N optimizer steps whatever the schedules say (they keep their length, so a
 stopped run can be resumed and continues exactly). The output folder gets config.yaml, metrics.csv,
@@ -29,6 +31,11 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
+    p.add_argument("--deepspeed", metavar="CONFIG.json",
+                   help="train with DeepSpeed (e.g. configs/deepspeed/zero3.json); implied with zero0.json "
+                        "when a launcher (deepspeed, torchrun) started this process")
+    p.add_argument("--grad-accum", type=int, help="DeepSpeed: micro-batches per optimizer step (overrides the JSON)")
+    p.add_argument("--offload-optimizer", action="store_true", help="DeepSpeed: keep optimizer state on the CPU")
     return p.parse_args(argv)
 
 
@@ -59,6 +66,24 @@ def main(argv=None) -> dict:
         print("config error: app vjepa_droid (action-conditioned training) is not supported by engine.train yet",
               file=sys.stderr)
         raise SystemExit(2)
+    from engine.runtime.distributed import launched_by_launcher
+    if args.deepspeed or launched_by_launcher():
+        # Many ranks (or one, under a launcher): DeepSpeed. A broken launch raises LaunchError, never
+        # falls back to the single-process trainer.
+        from engine.runtime.distributed import LaunchError
+        from engine.runtime.ds_trainer import DSTrainer
+        try:
+            trainer = DSTrainer(cfg, output_dir(cfg, args.output), ds_config=args.deepspeed or 0,
+                                grad_accum=args.grad_accum, offload_optimizer=args.offload_optimizer,
+                                progress=not args.no_progress)
+        except LaunchError as e:
+            print(f"launch error: {e}", file=sys.stderr)
+            raise SystemExit(3)
+        summary = trainer.fit(max_steps=args.max_steps, resume=args.resume)
+        summary.pop("losses", None)
+        if trainer.rank == 0:
+            print(json.dumps(summary, indent=2))
+        return summary
     from engine.runtime.trainer import Trainer
     trainer = Trainer(cfg, output_dir(cfg, args.output), device=args.device, progress=not args.no_progress)
     summary = trainer.fit(max_steps=args.max_steps, resume=args.resume)

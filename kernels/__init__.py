@@ -10,12 +10,14 @@ Each op module holds its plain-torch reference `<op>_ref`, its fast kernels and 
 """
 from kernels._backend import BACKENDS, backend, current_backend, use_backend
 from kernels.block_attention import block_attention, block_attention_ref
-from kernels.ema import ema_, ema_ref
-from kernels.gather import gather_tokens, gather_tokens_ref, scatter_tokens, scatter_tokens_ref
+from kernels.ema import FlatEMA, ema_, ema_ref
+from kernels.gather import (gather_layer_norm, gather_layer_norm_ref, gather_tokens, gather_tokens_ref,
+                            scatter_tokens, scatter_tokens_ref)
 
 __all__ = [
     "BACKENDS", "backend", "current_backend", "use_backend",
     "block_attention", "block_attention_ref",
-    "ema_", "ema_ref",
+    "FlatEMA", "ema_", "ema_ref",
+    "gather_layer_norm", "gather_layer_norm_ref",
     "gather_tokens", "gather_tokens_ref", "scatter_tokens", "scatter_tokens_ref",
 ]

@@ -1,15 +1,22 @@
-"""Masked-token gather and scatter.
+"""Masked-token gather and scatter (+ a gather fused with the target layer norm).
 
     y_BKD = kernels.gather_tokens(x_BND, idx_BK)        # padded form
     y_TD  = kernels.gather_tokens(x_BND, rows_T)        # packed form: flat row ids into B*N
     x_BND = kernels.scatter_tokens(y_TD, rows_T, B, N)  # inverse: rows placed into zeros
+    h_TD  = kernels.gather_layer_norm(h_BND, rows_T)    # == F.layer_norm(h_BND, (D,))[rows] (forward only)
 
 Indices are unique per sample (mask generators guarantee it), so the backward of the gather is a
-scatter without atomics.
+scatter without atomics (the C++ kernel always checks this for free; JEPA_KERNEL_DEBUG=1 checks it
+on the other backends). All go through the custom ops `jepa::gather_rows`, `jepa::scatter_rows`,
+`jepa::gather_layer_norm`, whose backend is picked per call (kernels._backend): cpp on CPU when built,
+triton on CUDA, torch otherwise.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from kernels import _ops
 
 
 def _check_x(x_BND):
@@ -49,9 +56,227 @@ def scatter_tokens_ref(y_TD: torch.Tensor, rows_T: torch.Tensor, B: int, N: int)
     return out.view(B, N, -1)
 
 
-def gather_tokens(x_BND, idx, cu_seqlens=None):
-    return gather_tokens_ref(x_BND, idx)
+def gather_layer_norm_ref(x_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Plain-torch definition: the target path's layer norm (no affine), then the gather.
+
+    Equivalent pytorch code::
+
+        gather_tokens_ref(F.layer_norm(x_BND, (D,), eps=eps), idx)   # eps 1e-5 = F.layer_norm default
+    """
+    _check_x(x_BND)
+    return gather_tokens_ref(F.layer_norm(x_BND, (x_BND.shape[-1],), eps=eps), idx)
 
 
-def scatter_tokens(y_TD, rows_T, B, N):
-    return scatter_tokens_ref(y_TD, rows_T, B, N)
+# -- checks shared by all backends ---------------------------------------------------------------
+def _check_rows(rows_T, M: int, op: str):
+    if rows_T.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{op}: indices must be int64 or int32, got {rows_T.dtype}")
+    if rows_T.dim() != 1:
+        raise ValueError(f"{op}: rows must be 1-D [T], got shape {tuple(rows_T.shape)}")
+    # Off CPU a range check syncs, so it runs only in debug mode; the kernels mask bad rows instead.
+    # Under torch.compile it is data-dependent: skipped there (the cpp kernel still checks every row).
+    if torch.compiler.is_compiling():
+        return
+    if rows_T.numel() and (rows_T.device.type == "cpu" or _ops.debug()):
+        lo, hi = int(rows_T.min()), int(rows_T.max())
+        if lo < 0 or hi >= M:
+            raise IndexError(f"{op}: index out of range: indices span [{lo}, {hi}] but there are {M} rows (B*N)")
+
+
+def _check_unique(rows_T, op: str):
+    if _ops.debug() and torch.unique(rows_T).numel() != rows_T.numel():
+        raise ValueError(f"{op}: indices are not unique (JEPA_KERNEL_DEBUG=1 check); the backward "
+                         f"scatter has no atomics and needs unique indices per sample")
+
+
+def _to_rows(x_BND, idx, op: str):
+    """idx_BK (per-sample token ids) or rows_T (flat ids) -> flat rows into [B*N, D]."""
+    _check_x(x_BND)
+    B, N, _ = x_BND.shape
+    if idx.dim() == 2:
+        if idx.shape[0] != B:
+            raise ValueError(f"{op}: idx_BK has batch {idx.shape[0]}, x has {B}")
+        _check_rows(idx.reshape(-1), N, op)   # per-sample range, so a bad id cannot land in another sample
+        offs_B1 = torch.arange(B, device=idx.device, dtype=idx.dtype)[:, None] * N
+        return (idx + offs_B1).reshape(-1)
+    if idx.dim() != 1:
+        raise ValueError(f"{op}: idx must be [B, K] or flat rows [T], got shape {tuple(idx.shape)}")
+    return idx
+
+
+# -- backends ------------------------------------------------------------------------------------
+def _gather_impl(x_MD, rows_T):
+    b = _ops.pick(x_MD.device, "gather_tokens")
+    if b == "cpp":
+        _ops.require_cpp("gather_tokens")
+        return torch.ops.jepa_cpp.gather_rows(x_MD, rows_T)
+    if b == "triton":
+        from kernels.triton_gather import gather_rows_triton
+        return gather_rows_triton(x_MD, rows_T)
+    if b == "cuda":
+        _ops.require_cuda("gather_tokens")
+        return torch.ops.jepa_cuda.gather_rows(x_MD.contiguous(), rows_T.long())
+    return x_MD.index_select(0, rows_T)
+
+
+def _scatter_impl(y_TD, rows_T, M: int):
+    _check_unique(rows_T, "scatter_tokens")
+    b = _ops.pick(y_TD.device, "scatter_tokens")
+    if b == "cpp":
+        _ops.require_cpp("scatter_tokens")
+        return torch.ops.jepa_cpp.scatter_rows(y_TD, rows_T, M)
+    if b == "triton":
+        from kernels.triton_gather import scatter_rows_triton
+        return scatter_rows_triton(y_TD, rows_T, M)
+    if b == "cuda":
+        _ops.require_cuda("scatter_tokens")
+        return torch.ops.jepa_cuda.scatter_rows(y_TD.contiguous(), rows_T.long(), M)
+    return y_TD.new_zeros(M, y_TD.shape[-1]).index_copy_(0, rows_T, y_TD)
+
+
+@torch.library.custom_op("jepa::gather_rows", mutates_args=())
+def gather_rows(x_MD: torch.Tensor, rows_T: torch.Tensor) -> torch.Tensor:
+    """y_TD = x_MD[rows_T] (rows unique when a backward is needed)."""
+    return _gather_impl(x_MD, rows_T)
+
+
+@torch.library.custom_op("jepa::scatter_rows", mutates_args=())
+def scatter_rows(y_TD: torch.Tensor, rows_T: torch.Tensor, M: int) -> torch.Tensor:
+    """x_MD = zeros(M, D); x_MD[rows_T] = y_TD."""
+    return _scatter_impl(y_TD, rows_T, M)
+
+
+@torch.library.custom_op("jepa::gather_layer_norm", mutates_args=())
+def gather_layer_norm_rows(x_MD: torch.Tensor, rows_T: torch.Tensor, eps: float) -> torch.Tensor:
+    """y_TD = layer_norm(x_MD[rows_T]) without affine params. Forward only (targets carry no grad)."""
+    b = _ops.pick(x_MD.device, "gather_layer_norm")
+    if b == "cpp":
+        _ops.require_cpp("gather_layer_norm")
+        return torch.ops.jepa_cpp.gather_layer_norm(x_MD, rows_T, eps)
+    if b == "triton":
+        from kernels.triton_gather import gather_layer_norm_triton
+        return gather_layer_norm_triton(x_MD, rows_T, eps)
+    if b == "cuda":
+        _ops.require_cuda("gather_layer_norm")
+        return torch.ops.jepa_cuda.gather_layer_norm(x_MD.contiguous(), rows_T.long(), eps)
+    return F.layer_norm(x_MD.index_select(0, rows_T), (x_MD.shape[-1],), eps=eps)
+
+
+@gather_rows.register_fake
+def _(x_MD, rows_T):
+    return x_MD.new_empty(rows_T.shape[0], x_MD.shape[1])
+
+
+@scatter_rows.register_fake
+def _(y_TD, rows_T, M):
+    return y_TD.new_empty(M, y_TD.shape[1])
+
+
+@gather_layer_norm_rows.register_fake
+def _(x_MD, rows_T, eps):
+    return x_MD.new_empty(rows_T.shape[0], x_MD.shape[1])
+
+
+def _gather_setup(ctx, inputs, output):
+    x_MD, rows_T = inputs
+    ctx.save_for_backward(rows_T)
+    ctx.M = x_MD.shape[0]
+
+
+def _gather_backward(ctx, grad_TD):
+    (rows_T,) = ctx.saved_tensors
+    return scatter_rows(grad_TD.contiguous(), rows_T, ctx.M), None
+
+
+def _scatter_setup(ctx, inputs, output):
+    _, rows_T, _ = inputs
+    ctx.save_for_backward(rows_T)
+
+
+def _scatter_backward(ctx, grad_MD):
+    (rows_T,) = ctx.saved_tensors
+    return gather_rows(grad_MD.contiguous(), rows_T), None, None
+
+
+gather_rows.register_autograd(_gather_backward, setup_context=_gather_setup)
+scatter_rows.register_autograd(_scatter_backward, setup_context=_scatter_setup)
+
+
+# Eager fast path: the same impls under a plain autograd.Function, which skips the custom-op
+# dispatch (~100 us per call, as much as the copy itself for small shapes). torch.compile uses the ops.
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_MD, rows_T):
+        ctx.save_for_backward(rows_T)
+        ctx.M = x_MD.shape[0]
+        return _gather_impl(x_MD, rows_T)
+
+    @staticmethod
+    def backward(ctx, grad_TD):
+        (rows_T,) = ctx.saved_tensors
+        return _ScatterRows.apply(grad_TD.contiguous(), rows_T, ctx.M), None
+
+
+class _ScatterRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y_TD, rows_T, M):
+        ctx.save_for_backward(rows_T)
+        return _scatter_impl(y_TD, rows_T, M)
+
+    @staticmethod
+    def backward(ctx, grad_MD):
+        (rows_T,) = ctx.saved_tensors
+        return _GatherRows.apply(grad_MD.contiguous(), rows_T), None, None
+
+
+def _gather(x_MD, rows_T):
+    return gather_rows(x_MD, rows_T) if torch.compiler.is_compiling() else _GatherRows.apply(x_MD, rows_T)
+
+
+def _scatter(y_TD, rows_T, M):
+    return scatter_rows(y_TD, rows_T, M) if torch.compiler.is_compiling() else _ScatterRows.apply(y_TD, rows_T, M)
+
+
+def _cpp_checks_rows(t) -> bool:
+    """The C++ kernels bounds-check every row themselves: skip the Python min/max pass then."""
+    if torch.compiler.is_compiling():   # the check is data-dependent: not traced (kernels still check)
+        return True
+    return t.device.type == "cpu" and _ops.pick(t.device, "gather_tokens") == "cpp"
+
+
+# -- public API ------------------------------------------------------------------------------------
+def gather_tokens(x_BND: torch.Tensor, idx: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
+    """Gather token rows: idx_BK -> [B, K, D] (padded) or flat rows_T -> [T, D] (packed).
+
+    `cu_seqlens` (the packing of rows_T) is accepted for symmetry with block_attention; the gather
+    itself does not need it. Differentiable w.r.t. x (backward: a scatter without atomics)."""
+    rows_T = _to_rows(x_BND, idx, "gather_tokens")
+    B, N, D = x_BND.shape
+    if idx.dim() == 1 and not _cpp_checks_rows(x_BND):
+        _check_rows(rows_T, B * N, "gather_tokens")
+    elif idx.dim() == 1 and rows_T.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"gather_tokens: indices must be int64 or int32, got {rows_T.dtype}")
+    y_TD = _gather(x_BND.reshape(B * N, D), rows_T)
+    return y_TD.view(B, idx.shape[1], D) if idx.dim() == 2 else y_TD
+
+
+def scatter_tokens(y_TD: torch.Tensor, rows_T: torch.Tensor, B: int, N: int) -> torch.Tensor:
+    """Inverse of the packed gather: [T, D] rows placed at rows_T of a zero [B, N, D]."""
+    if y_TD.dim() != 2 or rows_T.dim() != 1 or rows_T.shape[0] != y_TD.shape[0]:
+        raise ValueError(f"scatter_tokens: need y [T, D] and rows [T], got {tuple(y_TD.shape)} and "
+                         f"{tuple(rows_T.shape)}")
+    if not _cpp_checks_rows(y_TD):
+        _check_rows(rows_T, B * N, "scatter_tokens")
+    return _scatter(y_TD, rows_T, B * N).view(B, N, y_TD.shape[-1])
+
+
+def gather_layer_norm(x_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """layer_norm (no affine, eps 1e-5 as F.layer_norm(h, (D,))) of only the gathered rows.
+
+    Forward only: the target path runs under no_grad. Same idx forms as gather_tokens."""
+    rows_T = _to_rows(x_BND, idx, "gather_layer_norm")
+    B, N, D = x_BND.shape
+    if idx.dim() == 1:
+        _check_rows(rows_T, B * N, "gather_layer_norm")
+    y_TD = gather_layer_norm_rows(x_BND.reshape(B * N, D), rows_T, float(eps))
+    return y_TD.view(B, idx.shape[1], D) if idx.dim() == 2 else y_TD

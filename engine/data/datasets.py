@@ -8,9 +8,9 @@ Usage:
     imgs = ImageFolderDataset("data/images", transform=ImageTransform(crop_size=64))
 
 An index CSV has one "<video path> <integer label>" per line, space separated (the V-JEPA reference
-format); the path may itself contain spaces (the label is the last field); a relative path is taken
-relative to the CSV's folder; blank lines and lines starting with '#' are ignored. Several CSVs can
-be mixed; `weights` (one per CSV) gives each CSV's share of the draws, as the reference's
+format); the path may itself contain spaces (the label is the last whitespace-separated field); a
+relative path is taken relative to the CSV's folder; blank lines and lines starting with '#' are ignored.
+Several CSVs can be mixed; `weights` (one per CSV) gives each CSV's share of the draws, as the reference's
 `datasets_weights` (the loader then samples with replacement from `sample_weights`).
 
 Bad files (missing, empty, truncated, corrupt) are not fatal: the sample at the next index is taken
@@ -40,7 +40,7 @@ def read_index_csv(path) -> tuple[list[str], list[int]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        parts = line.rsplit(" ", 1)
+        parts = line.rsplit(maxsplit=1)  # the label is the last field; the path may hold spaces
         try:
             if len(parts) != 2 or not parts[0].strip():
                 raise ValueError
@@ -54,10 +54,10 @@ def read_index_csv(path) -> tuple[list[str], list[int]]:
 
 
 class _SkipBadFiles(torch.utils.data.Dataset):
-    """Shared skip-and-count logic: subclasses set paths, labels, source; define _load(path, rng), _finish(data, rng)."""
+    """Skip-and-count logic: subclasses set paths, labels, source; define _load(path, rng), _finish(data, rng)."""
 
     max_consecutive_failures: int = 50
-    warn_on_skip = True  # the loader turns this off in workers and logs once in the main process
+    warn_on_skip = True  # make_loader turns this off: it logs each bad path once, in the main process
 
     def _init_skips(self, max_consecutive_failures):
         self.skipped = 0  # skip events in this process (a bad file hit in two epochs counts twice)
@@ -79,7 +79,7 @@ class _SkipBadFiles(torch.utils.data.Dataset):
             i = (index + attempt) % n
             try:
                 data = self._load(self.paths[i], rng)
-            except Exception as e:  # noqa: BLE001 -- any unreadable file is skipped, the transform is not guarded
+            except Exception as e:  # noqa: BLE001 -- any unreadable file is skipped (the transform is not)
                 last_err = e
                 self._note_bad(self.paths[i], e)
                 skipped.append(self.paths[i])
@@ -112,6 +112,8 @@ class VideoDataset(_SkipBadFiles):
         self.index_csvs = [str(p) for p in index_csvs]
         if fps is not None and duration is not None:
             raise ValueError("give at most one of fps= and duration= (either overrides frame_step)")
+        if fps is None and duration is None and not (frame_step and frame_step > 0):
+            raise ValueError(f"frame_step must be a positive int without fps/duration, got {frame_step}")
         self.frames_per_clip, self.frame_step, self.fps, self.duration = frames_per_clip, frame_step, fps, duration
         self.num_clips, self.transform = num_clips, transform
         self.random_clip_sampling, self.allow_clip_overlap = random_clip_sampling, allow_clip_overlap

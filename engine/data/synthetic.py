@@ -39,13 +39,39 @@ SHAPES = ("disk", "square", "diamond", "ring", "cross")
 
 # codec name -> (encoder, container format, file suffix, pixel format, encoder options)
 CODECS = {
-    "h264": ("libx264", "mp4", ".mp4", "yuv420p", {"preset": "veryfast", "crf": "18"}),
+    # mbtree off: x264's macroblock-tree rate control gave run-to-run different bytes here
+    "h264": ("libx264", "mp4", ".mp4", "yuv420p", {"preset": "veryfast", "crf": "18", "x264-params": "mbtree=0"}),
     "vp9": ("libvpx-vp9", "mp4", ".mp4", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}),
     "mjpeg": ("mjpeg", "avi", ".avi", "yuvj420p", {}),
 }
 
 
 # ----------------------------------------------------------------------------- writing video files
+def rgb_to_yuv420(frames_THW3: np.ndarray, full_range: bool = False) -> np.ndarray:
+    """uint8 RGB [T, H, W, 3] -> planar YUV 4:2:0 [T, H*3/2, W] (BT.601; limited range unless full_range).
+
+    Done here, vectorised over all frames, rather than by PyAV's per-frame swscale call inside encode():
+    one explicit, versioned conversion keeps the generated files bit-identical for a seed.
+    """
+    T, H, W, _ = frames_THW3.shape
+    if H % 2 or W % 2:
+        raise ValueError(f"frame size must be even for 4:2:0, got {H}x{W}")
+    rgb = frames_THW3.astype(np.float32)
+    if full_range:  # JPEG (yuvj420p)
+        m = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+        off = (0, 128, 128)
+    else:
+        m = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
+        off = (16, 128, 128)
+    yuv = rgb @ m.T.astype(np.float32) + np.asarray(off, np.float32)  # [T, H, W, 3]
+    y = yuv[..., 0]
+    uv = yuv[..., 1:].reshape(T, H // 2, 2, W // 2, 2, 2).mean((2, 4))  # 2x2 chroma averages
+    u = uv[..., 0].reshape(T, H // 4, W)  # each chroma plane is H/2 x W/2 = H/4 rows of W
+    v = uv[..., 1].reshape(T, H // 4, W)
+    out = np.concatenate([y, u, v], axis=1)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def write_video(path, frames_THW3: np.ndarray, fps: int = 8, codec: str = "h264", gop: int | None = None) -> Path:
     """Encode uint8 frames [T, H, W, 3] to `path` atomically (a temp name, then os.replace)."""
     encoder, fmt, _, pix_fmt, options = CODECS[codec]
@@ -62,8 +88,9 @@ def write_video(path, frames_THW3: np.ndarray, fps: int = 8, codec: str = "h264"
             stream.codec_context.bit_rate = 8_000_000  # the default bit rate blurs small frames badly
         if gop is not None:
             stream.codec_context.gop_size = gop
+        yuv_TPW = rgb_to_yuv420(frames_THW3, full_range=pix_fmt == "yuvj420p")
         for t in range(T):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THW3[t]), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(yuv_TPW[t], format=pix_fmt)
             frame.pts = t
             for packet in stream.encode(frame):
                 container.mux(packet)

@@ -3,8 +3,9 @@
 Usage:
     tf = VideoTransform(crop_size=64, random_resize_scale=(0.3, 1.0))
     x_CTHW = tf(clip_THW3_uint8, np.random.default_rng(seed))   # float32 [3, T, 64, 64], normalised
-    x_CTHW = EvalVideoTransform(crop_size=64)(clip_THW3_uint8)    # resize short side + centre crop
-    x_CHW = ImageTransform(crop_size=64)(img_HW3_uint8, rng)      # I-JEPA: the same on one frame
+    x_CTHW = VideoEvalTransform(crop_size=64)(clip_THW3_uint8)    # resize short side + centre crop
+    x_CHW = ImageTransform(crop_size=64, scale=(0.3, 1.0))(img_HW3_uint8, rng)   # I-JEPA: one frame
+    x_CHW = ImageEvalTransform(crop_size=64)(img_HW3_uint8)
 
 Reference semantics (V-JEPA app/vjepa/transforms.py): ONE random resized crop box per clip (area scale,
 log-uniform aspect ratio, 10 tries, then a centre crop), bilinear resize (align_corners=False, no
@@ -78,7 +79,7 @@ class VideoTransform:
         return _resize_normalise(region, (self.crop_size, self.crop_size), flip, self.scale_C, self.bias_C)
 
 
-class EvalVideoTransform:
+class VideoEvalTransform:
     """Evaluation: resize the short side to crop_size*256/224, centre crop crop_size -> float32 [3, T, S, S].
 
     Implemented as crop-then-resize: the centre box in source pixels that the resized centre crop
@@ -101,12 +102,25 @@ class EvalVideoTransform:
         return _resize_normalise(region, (self.crop_size, self.crop_size), False, self.scale_C, self.bias_C)
 
 
+EvalVideoTransform = VideoEvalTransform  # alias
+
+
 class ImageTransform:
     """I-JEPA augmentation for one uint8 image [H, W, 3] -> float32 [3, S, S] (a one-frame VideoTransform)."""
 
-    def __init__(self, crop_size: int = 224, random_resize_scale=(0.3, 1.0), random_resize_aspect_ratio=(3 / 4, 4 / 3),
-                 horizontal_flip: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.video = VideoTransform(crop_size, random_resize_scale, random_resize_aspect_ratio, horizontal_flip, mean, std)
+    def __init__(self, crop_size: int = 224, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3), horizontal_flip: bool = True,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.video = VideoTransform(crop_size, scale, ratio, horizontal_flip, mean, std)
 
     def __call__(self, img_HW3: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         return self.video(img_HW3[None], rng)[:, 0]
+
+
+class ImageEvalTransform:
+    """Evaluation for one image: resize short side to crop_size*256/224, centre crop -> float32 [3, S, S]."""
+
+    def __init__(self, crop_size: int = 224, short_side_size: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.video = VideoEvalTransform(crop_size, short_side_size, mean, std)
+
+    def __call__(self, img_HW3: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        return self.video(img_HW3[None])[:, 0]

@@ -1,0 +1,264 @@
+"""Kernel microbenchmarks: gather (fwd+bwd), gather+layer_norm, EMA, vs the reference ways.
+
+    python bench/run_kernels.py [--quick] [--csv bench/results/kernels_cpu.csv]
+
+Per op and shape it prints time, GB/s, % of this machine's copy bandwidth (a big `copy_`, measured in
+the same run), ratios vs the reference ways and peak memory, and the GPU arithmetic (bytes moved,
+time at 3 TB/s). Reference ways: gather = `torch.gather` with an index repeated to [B,K,D] (V-JEPA's
+apply_masks) and a flat `index_select` over [B*N, D] (the best plain-torch way); gather+LN = full
+`F.layer_norm` then gather; EMA = per-parameter `mul_().add_()` loop (V-JEPA), `_foreach_mul_` +
+`_foreach_add_` (V-JEPA 2), `_foreach_lerp_`.
+
+Times come from this process (glibc defaults: freed memory is reused, as in training). Peak memory is
+measured in a child run of this script: the rise of peak RSS during one call (Linux clear_refs + VmHWM)
+with glibc forced to mmap large blocks (MALLOC_MMAP_THRESHOLD_), so freed memory leaves RSS at once.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import kernels  # noqa: E402
+from kernels import _ops  # noqa: E402
+
+GPU_BW = 3e12
+
+
+PEAK_MODE = "--peak-child" in sys.argv   # child run: one call per way, peaks only
+
+
+def timeit(fn, reps: int, warmup: int = 1) -> float:
+    if PEAK_MODE:
+        fn()   # warm (lazy init, first-touch of inputs), so the peak counts only the call itself
+        return 1.0
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_mb(fn) -> float:
+    """Rise of peak RSS during one call of fn, in MB (nan where clear_refs is not allowed)."""
+    if not PEAK_MODE:
+        return float("nan")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return float("nan")
+    base = _status("VmRSS")
+    fn()
+    return (_status("VmHWM") - base) / 1e6
+
+
+def copy_bandwidth(quick: bool) -> float:
+    n = (64 if quick else 256) << 20 >> 2   # fp32 elements
+    a, b = torch.randn(n), torch.empty(n)
+    t = timeit(lambda: b.copy_(a), reps=5 if quick else 10)
+    return 2 * n * 4 / t / 1e9
+
+
+ROWS = []
+PEAKS = {}
+LOG = True
+
+
+def emit(op, shape, method, t, nbytes, copy_bw, ref_t=None, vs=None, peak=float("nan"), extra=None):
+    gbs = nbytes / t / 1e9
+    row = {"op": op, "shape": shape, "method": method, "ms": round(t * 1e3, 3), "GB_s": round(gbs, 2),
+           "pct_copy_bw": round(100 * gbs / copy_bw, 1), "peak_MB": round(peak, 1),
+           "bytes_MB": round(nbytes / 1e6, 2), "gpu_us_at_3TBs": round(nbytes / GPU_BW * 1e6, 1)}
+    if extra:
+        row.update(extra)
+    if (op, shape, method) in PEAKS:
+        row["peak_MB"] = peak = PEAKS[(op, shape, method)]
+    ROWS.append(row)
+    if LOG:
+        print(f"  {method:<28} {t*1e3:9.3f} ms {gbs:7.1f} GB/s {row['pct_copy_bw']:6.1f}% copy  peak {peak:8.1f} MB"
+          + (f"  {extra}" if extra else ""))
+
+
+# -- gather ----------------------------------------------------------------------------------------
+def bench_gather(B, N, D, keep, copy_bw, reps):
+    K = max(1, int(N * keep))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, N, D, generator=g, requires_grad=True)
+    idx_BK = torch.stack([torch.randperm(N, generator=g)[:K].sort().values for _ in range(B)])
+    rows_T = (idx_BK + torch.arange(B)[:, None] * N).reshape(-1)
+    gy = torch.randn(B * K, D, generator=g)
+    shape = f"B{B} N{N} D{D} keep{keep}"
+    # fwd reads K rows + writes K rows; bwd writes the whole [B,N,D] grad (zeros + K rows) and reads K rows
+    nbytes = 4 * D * (2 * B * K + B * N + B * K)
+
+    def repeated():
+        x.grad = None
+        y = torch.gather(x, 1, idx_BK.unsqueeze(-1).repeat(1, 1, D))   # V-JEPA apply_masks
+        y.backward(gy.view(B, K, D))
+
+    def index_select():
+        x.grad = None
+        y = x.reshape(B * N, D).index_select(0, rows_T)
+        y.backward(gy)
+
+    def ours():
+        x.grad = None
+        y = kernels.gather_tokens(x, rows_T)
+        y.backward(gy)
+
+    print(f"gather fwd+bwd {shape}  ({nbytes/1e6:.0f} MB moved)")
+    res = {}
+    for name, fn in (("torch.gather repeated idx", repeated), ("flat index_select", index_select),
+                     ("kernels.gather_tokens", ours)):
+        res[name] = (timeit(fn, reps), peak_mb(fn))
+    t_rep, t_is = res["torch.gather repeated idx"][0], res["flat index_select"][0]
+    for name, (t, pk) in res.items():
+        emit("gather_fwd_bwd", shape, name, t, nbytes, copy_bw, peak=pk,
+             extra={"x_vs_repeated": round(t_rep / t, 2), "x_vs_index_select": round(t_is / t, 2)})
+
+    # target path: full layer_norm then gather, vs layer_norm of only the gathered rows
+    with torch.no_grad():
+        xd = x.detach()
+        nb_ref = 4 * D * (2 * B * N + 2 * B * K)
+        nb_ours = 4 * D * (2 * B * K)
+        t_ref = timeit(lambda: F.layer_norm(xd, (D,)).reshape(B * N, D).index_select(0, rows_T), reps)
+        pk_ref = peak_mb(lambda: F.layer_norm(xd, (D,)).reshape(B * N, D).index_select(0, rows_T))
+        t_o = timeit(lambda: kernels.gather_layer_norm(xd, rows_T), reps)
+        pk_o = peak_mb(lambda: kernels.gather_layer_norm(xd, rows_T))
+    print(f"gather_layer_norm {shape}")
+    emit("gather_layer_norm", shape, "layer_norm then gather", t_ref, nb_ref, copy_bw, peak=pk_ref,
+         extra={"x_vs_ref": 1.0})
+    emit("gather_layer_norm", shape, "kernels.gather_layer_norm", t_o, nb_ours, copy_bw, peak=pk_o,
+         extra={"x_vs_ref": round(t_ref / t_o, 2)})
+
+
+# -- EMA -------------------------------------------------------------------------------------------
+def vit_params(D, depth):
+    shapes = [(D, 3, 16, 16), (D,)]   # patch embed
+    for _ in range(depth):
+        shapes += [(D,), (D,), (3 * D, D), (3 * D,), (D, D), (D,), (D,), (D,), (4 * D, D), (4 * D,), (D, 4 * D), (D,)]
+    return shapes + [(D,), (D,)]
+
+
+def bench_ema(name, shapes, sdt, copy_bw, reps):
+    g = torch.Generator().manual_seed(0)
+    tl = [torch.randn(s, generator=g) for s in shapes]
+    sl = [torch.randn(s, generator=g).to(sdt) for s in shapes]
+    n = sum(t.numel() for t in tl)
+    m = 0.996
+    nbytes = n * (8 + sl[0].element_size())   # read+write target, read source
+    shape = f"{name} {n/1e6:.0f}M params {len(shapes)} tensors src {str(sdt).split('.')[-1]}"
+    print(f"ema {shape}")
+    flat_t = torch.cat([t.reshape(-1) for t in tl])
+    flat_s = torch.cat([s.reshape(-1) for s in sl])
+
+    def loop():
+        for t, s in zip(tl, sl):
+            t.mul_(m).add_((1 - m) * s)
+
+    def foreach():
+        torch._foreach_mul_(tl, m)
+        torch._foreach_add_(tl, sl, alpha=1 - m)
+
+    def lerp():
+        torch._foreach_lerp_(tl, sl if sdt == torch.float32 else [s.float() for s in sl], 1 - m)
+
+    mt = torch.tensor(m)
+    ways = [("per-param mul_.add_ loop", loop), ("_foreach_mul_+_foreach_add_", foreach), ("_foreach_lerp_", lerp),
+            ("kernels.ema_ (list)", lambda: kernels.ema_(tl, sl, mt)),
+            ("kernels.ema_ (flat buffer)", lambda: kernels.ema_(flat_t, flat_s, mt))]
+    res = {w: (timeit(fn, reps), peak_mb(fn)) for w, fn in ways}
+    t_loop, t_lerp = res["per-param mul_.add_ loop"][0], res["_foreach_lerp_"][0]
+    for w, (t, pk) in res.items():
+        emit("ema", shape, w, t, nbytes, copy_bw, peak=pk,
+             extra={"x_vs_loop": round(t_loop / t, 2), "x_vs_lerp": round(t_lerp / t, 2)})
+
+
+def run(args, copy_bw, peaks=None, log=True):
+    global PEAKS, LOG
+    PEAKS, LOG = peaks or {}, log
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"copy_ bandwidth (read+write): {copy_bw:.1f} GB/s\n")
+    ROWS.append({"op": "copy_", "shape": "fp32", "method": "copy_", "GB_s": round(copy_bw, 2), "pct_copy_bw": 100.0})
+
+    if args.quick:
+        gathers = [(2, 1568, 384, 0.25), (2, 2048, 1024, 0.7)]
+        emas = [("ViT-L depth 2", vit_params(1024, 2), torch.float32)]
+        reps = 3
+    else:
+        gathers = [(8, 1568, 384, 0.1), (8, 1568, 384, 0.25), (8, 1568, 384, 0.7),
+                   (4, 2048, 1024, 0.1), (4, 2048, 1024, 0.4), (4, 2048, 1024, 0.7),
+                   (2, 1568, 1408, 0.25), (2, 1568, 1408, 0.7)]
+        emas = [("ViT-L", vit_params(1024, 24), torch.float32), ("ViT-L", vit_params(1024, 24), torch.bfloat16),
+                ("ViT-H depth16", vit_params(1280, 16), torch.float32)]
+        reps = 7
+    for B, N, D, keep in gathers:
+        bench_gather(B, N, D, keep, copy_bw, reps)
+    for name, shapes, sdt in emas:
+        bench_ema(name, shapes, sdt, copy_bw, reps)
+
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small shapes, few reps (< 60 s)")
+    ap.add_argument("--csv", default=None, help="write the table here")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--peak-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-peak", action="store_true", help="skip the peak-memory child run")
+    args = ap.parse_args()
+    if args.peak_child:
+        sys.stdout = sys.stderr   # the JSON line below is the only thing on stdout
+        run(args, copy_bw=1.0, log=False)
+        json.dump(ROWS, sys.__stdout__)
+        return
+    peaks = {}
+    if not args.no_peak:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+        cmd = [sys.executable, __file__, "--peak-child"] + (["--quick"] if args.quick else [])
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        peaks = {(r["op"], r["shape"], r["method"]): r.get("peak_MB") for r in json.loads(out.splitlines()[-1])}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backend = "cpp" if _ops.cpp_available() else "torch (extension not built!)"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, kernels backend on CPU: {backend}")
+    run(args, copy_bandwidth(args.quick), peaks=peaks)
+
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        keys = []
+        for r in ROWS:
+            keys += [k for k in r if k not in keys]
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(ROWS)
+        print(f"\nwrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

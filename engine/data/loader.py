@@ -1,0 +1,221 @@
+"""A resumable, deterministic, rank-sharded data loader over the datasets in engine.data.datasets.
+
+Usage:
+    loader = make_loader(dataset, batch_size=8, seed=0, mask_sampler=collator.sample, num_workers=2)
+    for step, (clips_B3THW, labels_B, masks) in zip(range(num_steps), loader):   # endless, epoch by epoch
+        ...
+        ckpt["loader"] = loader.state_dict()           # {"epoch", "batch_in_epoch", ...}
+    loader.load_state_dict(ckpt["loader"])            # then iter(loader): the batches not yet seen
+    frac_waiting = loader.last_wait_seconds / step_seconds
+
+Determinism: epoch e's order is a permutation drawn from (seed, e) (weighted draws with replacement
+when the dataset has `sample_weights`), cut to a multiple of world_size (drop_last) or wrapped to
+one, and rank r takes positions r, r+W, r+2W, ... (no overlap between ranks). Each sample gets a seed
+hashed from (seed, e, its position in the epoch's order), which drives its clip choice and its
+augmentation, so a sample's content does not depend on num_workers, timing or resume. The collate
+(run in the workers) calls mask_sampler(batch_size, np.random.default_rng([seed, global_batch]))
+with global_batch = (e * batches_per_epoch + batch_in_epoch) * world_size + rank (distinct per rank).
+Hence a loader restored from state_dict() yields exactly the batches an uninterrupted one would.
+
+The batch sampler yields lists of (index, sample_seed, global_batch) keys; the dataset sees
+(index, sample_seed). Batches are (clips [B, 3, T, H, W] (a list of them when num_clips > 1, or
+[B, 3, H, W] for images), labels int64 [B], masks or None).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _splitmix64(x):
+    """A strong 64-bit integer hash (vectorised); wraps around by design."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def sample_seeds(seed: int, epoch: int, positions) -> np.ndarray:
+    """Per-sample seeds (uint64 -> Python ints < 2**63) from (seed, epoch, position in the epoch's order)."""
+    h = _splitmix64(_splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)) ^ np.uint64(epoch))
+    return (_splitmix64(h ^ np.asarray(positions, dtype=np.uint64)) >> np.uint64(1)).astype(np.int64)
+
+
+class EpochBatchSampler:
+    """Yields this rank's batches of one epoch, from a settable (epoch, first batch) position."""
+
+    def __init__(self, num_samples, batch_size, seed, *, shuffle=True, drop_last=True, rank=0, world_size=1,
+                 weights=None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.n, self.batch_size, self.seed = int(num_samples), int(batch_size), int(seed)
+        self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
+        self.weights = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+        usable = (self.n // world_size) * world_size if drop_last else math.ceil(self.n / world_size) * world_size
+        self.positions = np.arange(rank, usable, world_size)  # this rank's positions in the epoch order
+        m = len(self.positions)
+        self.batches_per_epoch = m // self.batch_size if drop_last else math.ceil(m / self.batch_size)
+        self.epoch, self.start_batch = 0, 0
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Dataset indices of epoch `epoch`, all ranks (length >= every used position)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.weights is not None:
+            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
+        else:
+            order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        reps = math.ceil((self.positions[-1] + 1) / self.n) if len(self.positions) else 1
+        return np.tile(order, reps)  # wraps around when padding to a multiple of world_size
+
+    def global_batch(self, epoch: int, batch: int) -> int:
+        return (epoch * self.batches_per_epoch + batch) * self.world_size + self.rank
+
+    def __len__(self):
+        return self.batches_per_epoch - self.start_batch
+
+    def __iter__(self):
+        epoch, B = self.epoch, self.batch_size
+        order = self.epoch_order(epoch)
+        for b in range(self.start_batch, self.batches_per_epoch):
+            pos = self.positions[b * B:(b + 1) * B]
+            seeds = sample_seeds(self.seed, epoch, pos)
+            gb = self.global_batch(epoch, b)
+            yield [(int(order[p]), int(s), gb) for p, s in zip(pos, seeds)]
+
+
+class _Fetch(torch.utils.data.Dataset):
+    """Wraps a dataset so each item also carries the files skipped to produce it and its global batch."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed, gb = key
+        if hasattr(self.dataset, "get"):
+            x, label, skipped = self.dataset.get((index, seed))
+        else:
+            (x, label), skipped = self.dataset[(index, seed)], []
+        return x, label, skipped, gb
+
+
+class Collate:
+    """Stacks samples; draws the batch's masks from a generator seeded by (seed, global batch)."""
+
+    def __init__(self, seed: int, mask_sampler=None):
+        self.seed, self.mask_sampler = int(seed), mask_sampler
+
+    def __call__(self, samples):
+        xs, labels, skipped, gbs = zip(*samples)
+        if isinstance(xs[0], (list, tuple)):  # num_clips > 1: one batched tensor per clip
+            clips = [torch.stack(c) for c in zip(*xs)]
+        else:
+            clips = torch.stack(xs)
+        labels_B = torch.as_tensor(labels, dtype=torch.int64)
+        masks = None
+        if self.mask_sampler is not None:
+            masks = self.mask_sampler(len(samples), np.random.default_rng([self.seed, gbs[0]]))
+        return clips, labels_B, masks, [p for s in skipped for p in s]
+
+
+class ResumableLoader:
+    """Endless iterator of batches, epoch after epoch; state_dict()/load_state_dict() resume exactly."""
+
+    def __init__(self, dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
+                 rank=0, world_size=1, pin_memory=False, prefetch_factor=2, multiprocessing_context=None):
+        self.dataset = dataset
+        self.sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle=shuffle, drop_last=drop_last,
+                                         rank=rank, world_size=world_size,
+                                         weights=getattr(dataset, "sample_weights", None))
+        if self.sampler.batches_per_epoch == 0:
+            raise ValueError(f"{len(dataset)} samples over {world_size} rank(s) make no batch of {batch_size}")
+        if hasattr(dataset, "warn_on_skip"):
+            dataset.warn_on_skip = False  # skips are logged once here, not once per worker
+        self._dl = torch.utils.data.DataLoader(
+            _Fetch(dataset), batch_sampler=self.sampler, collate_fn=Collate(seed, mask_sampler),
+            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed))  # leave the global torch RNG untouched
+        self.epoch, self.batch_in_epoch = 0, 0
+        self.skipped_files, self.bad_paths = 0, set()
+        self.wait_seconds, self.last_wait_seconds = 0.0, 0.0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    def __len__(self):
+        return self.batches_per_epoch
+
+    def __iter__(self):
+        while True:
+            self.epoch, self.batch_in_epoch = self._position()
+            self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch_in_epoch
+            it = iter(self._dl)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    clips, labels, masks, skipped = next(it)
+                except StopIteration:
+                    break
+                self.last_wait_seconds = time.perf_counter() - t0
+                self.wait_seconds += self.last_wait_seconds
+                self._record_skips(skipped)
+                self.batch_in_epoch += 1
+                yield clips, labels, masks
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _record_skips(self, paths):
+        self.skipped_files += len(paths)
+        for p in paths:
+            if p not in self.bad_paths:
+                self.bad_paths.add(p)
+                logger.warning("skipped unreadable file %s (%d skips so far)", p, self.skipped_files)
+
+    def _position(self):
+        """(epoch, batch) of the next batch; the end of an epoch is the start of the next."""
+        if self.batch_in_epoch >= self.batches_per_epoch:
+            return self.epoch + 1, 0
+        return self.epoch, self.batch_in_epoch
+
+    def state_dict(self) -> dict:
+        s = self.sampler
+        epoch, batch = self._position()
+        return {"epoch": epoch, "batch_in_epoch": batch, "seed": s.seed, "rank": s.rank,
+                "world_size": s.world_size, "batch_size": s.batch_size, "num_samples": s.n,
+                "skipped_files": self.skipped_files}
+
+    def load_state_dict(self, state: dict, strict: bool = True):
+        """Resume at (epoch, batch_in_epoch). strict: refuse a state from a differently shaped loader."""
+        if strict:
+            mine = self.state_dict()
+            bad = [k for k in ("seed", "world_size", "batch_size", "num_samples") if k in state and state[k] != mine[k]]
+            if bad:
+                raise ValueError("loader state does not match this loader: "
+                                 + ", ".join(f"{k}={state[k]} (here {mine[k]})" for k in bad))
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self.skipped_files = int(state.get("skipped_files", self.skipped_files))
+
+
+def make_loader(dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
+                rank=0, world_size=1, pin_memory=False, prefetch_factor=2,
+                multiprocessing_context=None) -> ResumableLoader:
+    """See the module docstring; `mask_sampler` is any picklable callable (batch_size, rng) -> masks.
+
+    multiprocessing_context: None (fork on Linux: fast start) or "forkserver"/"spawn" (workers start
+    clean, ~1 s each, for parents holding threads that are not fork-safe).
+    """
+    return ResumableLoader(dataset, batch_size=batch_size, seed=seed, mask_sampler=mask_sampler,
+                           num_workers=num_workers, drop_last=drop_last, shuffle=shuffle, rank=rank,
+                           world_size=world_size, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
+                           multiprocessing_context=multiprocessing_context)

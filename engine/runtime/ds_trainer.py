@@ -1,0 +1,221 @@
+"""The DeepSpeed training loop: the single-process Trainer's step on many ranks, ZeRO 0-3.
+
+    # under a launcher (deepspeed / torchrun / a spawn helper that sets RANK, WORLD_SIZE, ...):
+    trainer = DSTrainer(cfg, output_dir, ds_config="configs/deepspeed/zero3.json", grad_accum=1)
+    summary = trainer.fit(max_steps=None, resume=False)
+
+Per optimizer step i (k = gradient_accumulation_steps micro-batches of cfg.data.batch_size per rank):
+set lr/wd from the schedules and the clip threshold (0 during warm-up, as the reference), k times
+{forward under autocast, engine.backward (scales by 1/k), engine.step()}, then the EMA of the target
+with momentum(i) on this rank's local shards, only when DeepSpeed applied the step. The logged loss is
+the mean over micro-batches and ranks (one scalar all-reduce): the global batch's loss.
+
+Checkpoints: DeepSpeed's own format in <out>/ds_checkpoints/step_XXXXXXX/ plus per-rank resume state
+(loader position, RNG states) and an atomically written `latest`; see engine.runtime.distributed.
+`python -c "from engine.runtime.distributed import export_fp32; export_fp32('<out>/ds_checkpoints', 'model.pt')"`
+writes one consolidated fp32 file (encoder / predictor / target_encoder).
+
+Test hook: JEPA_FAULT_KILL="RANK:STEP" makes that rank SIGKILL itself at the start of that step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from engine.config import Config, save_config
+from engine.runtime import distributed as D
+from engine.runtime.metrics import MetricsLogger
+from engine.runtime.schedules import Schedules, apply_to_optimizer
+from engine.runtime.trainer import _peak_rss_mb, _progress, autocast, seed_everything
+
+log = logging.getLogger("engine.train")
+
+
+class DSTrainer:
+    def __init__(self, cfg: Config, output_dir, ds_config="configs/deepspeed/zero0.json", *,
+                 grad_accum: int | None = None, offload_optimizer: bool = False, progress: bool = True,
+                 timeout_s: float | None = None, model=None, dataset=None, mask_sampler=None,
+                 track_memory: bool = False):
+        """model / dataset / mask_sampler default to the builders' (tests and benches pass their own)."""
+        self.cfg = cfg
+        self.out = Path(output_dir)
+        self.progress = progress
+        self.ctx = D.init_distributed(timeout_s=timeout_s)
+        self.rank, self.world = self.ctx.rank, self.ctx.world_size
+        self.device = self.ctx.device
+        seed_everything(cfg.meta.seed)  # same seed on every rank: identical initial weights
+        if model is None:
+            from engine.builders import build_jepa
+            model = build_jepa(cfg)
+        self.model = model.to(self.device)
+        opt = cfg.optimization
+        B = cfg.data.batch_size
+        self.ds_config = D.load_ds_config(ds_config, micro_batch=B, world_size=self.world, grad_accum=grad_accum,
+                                          offload_optimizer=offload_optimizer)
+        self.stage = D.zero_stage(self.ds_config)
+        self.engine = D.initialize(self.model, self.ds_config, betas=opt.betas, eps=opt.eps)
+        self.accum = int(self.ds_config["gradient_accumulation_steps"])
+        if dataset is None:
+            from engine.builders import build_dataset
+            dataset = build_dataset(cfg, train=True)
+        if mask_sampler is None:
+            from engine.builders import build_mask_sampler
+            mask_sampler = build_mask_sampler(cfg)
+        from engine.data.loader import make_loader
+        self.loader = make_loader(dataset, batch_size=B, seed=cfg.meta.seed, mask_sampler=mask_sampler,
+                                  num_workers=cfg.data.num_workers, rank=self.rank, world_size=self.world,
+                                  pin_memory=cfg.data.pin_mem and self.device.type == "cuda")
+        # An optimizer step eats `accum` micro-batches per rank.
+        self.ipe = opt.ipe or max(1, self.loader.batches_per_epoch // self.accum)
+        self.total_steps = opt.epochs * self.ipe
+        self.sched = Schedules.from_config(opt, self.ipe)
+        self.ema = D.ShardLocalEMA(self.model)
+        self.track_memory = track_memory
+        self.memory: dict | None = None
+        self.step = 0
+        self._fault = _parse_fault(os.environ.get("JEPA_FAULT_KILL"))
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "ds_checkpoints"
+
+    # -- one optimizer step --------------------------------------------------------------------------
+    def train_step(self, micro_batches) -> dict:
+        """micro_batches: `accum` (clips, masks) pairs of this rank."""
+        cfg, i = self.cfg, self.step
+        opt = cfg.optimization
+        lr, wd, m = self.sched.lr(i), self.sched.wd(i), self.sched.momentum(i)
+        apply_to_optimizer(self.engine.optimizer, lr, wd)
+        clip = opt.clip_grad if opt.clip_grad is not None and i // self.ipe > opt.warmup else 0.0
+        D.set_grad_clip(self.engine, clip)
+        losses, info = [], {}
+        for j, (clips, masks) in enumerate(micro_batches):
+            clips = (clips.to(self.device, non_blocking=True) if torch.is_tensor(clips)
+                     else [c.to(self.device, non_blocking=True) for c in clips])  # num_clips > 1
+            with autocast(cfg.dtype, self.device):
+                loss, info = self.engine(clips, masks)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"rank {self.rank} step {i}: loss is {loss.item()}; stopping before it "
+                                         "corrupts the weights")
+            self.engine.backward(loss)
+            if self.track_memory and i == 1 and j == len(micro_batches) - 1:  # Adam state exists
+                self.memory = D.memory_report(self.engine, self.model)  # grads are alive here
+            self.engine.step()
+            losses.append(loss.detach().float())
+        if self.engine.was_step_applied():
+            self.ema(m)
+        loss_g = torch.stack(losses).mean().to(self.device)
+        dist.all_reduce(loss_g)
+        self.step += 1
+        gn = self.engine.get_global_grad_norm()
+        return {"loss": float(loss_g) / self.world, "lr": lr, "wd": wd, "momentum": m,
+                "enc_grad_norm": float(gn) if gn is not None else math.nan, **info}
+
+    # -- state ----------------------------------------------------------------------------------------
+    def save(self) -> str:
+        client = {"step": self.step, "epoch": self.step // self.ipe, "world_size": self.world,
+                  "zero_stage": self.stage, "config": self.cfg.to_dict()}
+        rank_state = {"loader": self.loader.state_dict(), "step": self.step,
+                      "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                              "python": random.getstate()}}
+        return D.save(self.engine, self.ckpt_dir, self.step, client, rank_state)
+
+    def load(self) -> bool:
+        got = D.load(self.engine, self.ckpt_dir)
+        if got is None:
+            return False
+        client, rank_state = got
+        if client.get("world_size", self.world) != self.world:
+            raise RuntimeError(f"checkpoint was written by {client['world_size']} ranks; this run has {self.world}")
+        self.step = int(client["step"])
+        self.loader.load_state_dict(rank_state["loader"])
+        torch.set_rng_state(rank_state["rng"]["torch"])
+        np.random.set_state(rank_state["rng"]["numpy"])
+        random.setstate(rank_state["rng"]["python"])
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def fit(self, max_steps: int | None = None, resume: bool = False) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if self.load():
+                log.info("rank %d resumed from %s at step %d", self.rank, D.read_latest(self.ckpt_dir), self.step)
+            elif self.rank == 0:
+                log.warning("--resume: no checkpoint in %s; starting from step 0", self.ckpt_dir)
+        lead = self.rank == 0
+        metrics = None
+        if lead:
+            save_config(self.cfg, self.out / "config.yaml")
+            metrics = MetricsLogger(self.out, tag=self.cfg.logging.write_tag,
+                                    tensorboard=self.cfg.logging.tensorboard)
+            metrics.truncate_after(self.step)
+            _truncate_jsonl(self.out / "losses.jsonl", self.step)
+        stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
+        every = self.cfg.meta.checkpoint_every or self.ipe
+        bar = _progress(self.progress and lead, total=stop, initial=self.step)
+        it = iter(self.loader)
+        B_global = self.cfg.data.batch_size * self.accum * self.world
+        losses, t_run = [], time.perf_counter()
+        try:
+            while self.step < stop:
+                if self._fault and self._fault == (self.rank, self.step):
+                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: a rank that dies mid-run
+                t0 = time.perf_counter()
+                micro = [(clips, masks) for clips, _labels, masks in (next(it) for _ in range(self.accum))]
+                t1 = time.perf_counter()
+                row = self.train_step(micro)
+                t2 = time.perf_counter()
+                losses.append(row["loss"])
+                if lead:
+                    s = self.step - 1
+                    metrics.write({"step": s, "epoch": s // self.ipe, "itr": s % self.ipe, "step_ms": 1e3 * (t2 - t0),
+                                   "data_wait_ms": 1e3 * (t1 - t0), "samples_per_s": B_global / max(t2 - t0, 1e-9),
+                                   **{k: v for k, v in row.items() if k in _METRIC_KEYS}})
+                    with open(self.out / "losses.jsonl", "a") as f:  # full precision, for resume checks
+                        f.write(json.dumps({"step": s, "loss": row["loss"]}) + "\n")
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                if self.step % every == 0 or self.step == stop:
+                    self.save()
+        except Exception as e:
+            log.error("rank %d/%d failed at step %d: %s: %s", self.rank, self.world, self.step, type(e).__name__, e)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics is not None:
+                metrics.close()
+        elapsed = time.perf_counter() - t_run
+        return {"steps": self.step, "steps_this_run": len(losses), "world_size": self.world, "zero_stage": self.stage,
+                "losses": losses, "final_loss": float(np.mean(losses[-20:])) if losses else math.nan,
+                "steps_per_s": len(losses) / elapsed if elapsed > 0 else math.nan, "peak_rss_mb": _peak_rss_mb(),
+                "checkpoint": D.read_latest(self.ckpt_dir), "memory": self.memory}
+
+
+_METRIC_KEYS = {"loss", "lr", "wd", "momentum", "enc_grad_norm", "ctx_tokens", "tgt_tokens"}
+
+
+def _parse_fault(spec):
+    if not spec:
+        return None
+    r, s = spec.split(":")
+    return int(r), int(s)
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
+    from engine.runtime.io import atomic_write_text
+    atomic_write_text(path, "".join(r + "\n" for r in rows))

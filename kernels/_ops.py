@@ -1,0 +1,91 @@
+"""Loading the compiled extensions, shared by every op module.
+
+    from kernels import _ops
+    if _ops.cpp_available(): torch.ops.jepa_cpp.gather_rows(x_MD, rows_T)
+    _ops.require_cpp("gather_tokens")     # raises with the build command when it is missing
+
+`kernels._C` (csrc/cpu/*.cpp) registers `torch.ops.jepa_cpp.*` when imported; `kernels._C_cuda`
+(csrc/cuda, CUDA builds only) registers `torch.ops.jepa_cuda.*`. A fresh clone with nothing built still
+imports: ops fall back to their torch reference with one warning. The public `jepa::<op>` custom ops
+are defined in each op module with torch.library.custom_op.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+
+BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `make build`)"
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str):
+    try:
+        return importlib.import_module(name), None
+    except ImportError as e:   # not built (or built against another torch)
+        return None, e
+
+
+def cpp_available() -> bool:
+    return _load("kernels._C")[0] is not None
+
+
+def cuda_available() -> bool:
+    return _load("kernels._C_cuda")[0] is not None
+
+
+def require_cpp(op: str):
+    mod, err = _load("kernels._C")
+    if mod is None:
+        raise RuntimeError(f"{op}: the C++ extension kernels._C is not built ({err}); {BUILD_HINT}")
+    return mod
+
+
+def require_cuda(op: str):
+    mod, err = _load("kernels._C_cuda")
+    if mod is None:
+        raise RuntimeError(f"{op}: the CUDA extension kernels._C_cuda is not built ({err}); "
+                           f"it is built only where torch has CUDA and nvcc exists")
+    return mod
+
+
+_warned = False
+
+
+def warn_fallback(op: str) -> None:
+    """Once per process: the C++ ops are missing, so CPU calls use the torch reference."""
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(f"kernels: C++ extension not built, {op} and other CPU ops use the slower torch "
+                      f"reference; {BUILD_HINT}", RuntimeWarning, stacklevel=3)
+
+
+def debug() -> bool:
+    """JEPA_KERNEL_DEBUG=1 turns on extra (slow, syncing) checks such as index uniqueness."""
+    return os.environ.get("JEPA_KERNEL_DEBUG", "0") not in ("", "0")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def pick(device, op: str, cpu_native=True) -> str:
+    """The backend for one call: the forced one, else cpp on CPU (when built) and triton on CUDA."""
+    from kernels._backend import current_backend
+    b = current_backend()
+    if b != "auto":
+        return b
+    if device.type == "cpu":
+        if cpu_native and cpp_available():
+            return "cpp"
+        warn_fallback(op)
+        return "torch"
+    if device.type == "cuda":
+        return "triton" if triton_available() else ("cuda" if cuda_available() else "torch")
+    return "torch"

@@ -1,0 +1,195 @@
+"""ZeRO 0-3 on 2 CPU ranks vs one process on the same global batch: losses, EMA target, memory, accumulation.
+
+One spawn of 2 ranks runs every stage in turn (start-up dominates a run on this machine).
+"""
+import pytest
+import torch
+
+from tests.distributed.spawn import run_ranks
+from tests.distributed.toy import TINY_OVERRIDES, ToyDataset, ToyJEPA, ToyMaskSampler, cat_masks
+
+STEPS = 6
+# warm-up 0 and a small clip so that the global-norm clip fires from epoch 1 (step 2) on. eps=1e-6: the
+# L1 loss can give a gradient element that is 0 up to rounding (signs that cancel), and Adam with a tiny
+# eps turns +-1e-10 of summation-order noise into a +-lr step; a larger eps keeps that noise noise.
+OVERRIDES = TINY_OVERRIDES + ["optimization.ipe=2", "optimization.epochs=4", "optimization.warmup=0",
+                              "optimization.clip_grad=0.05", "optimization.start_lr=0.005",
+                              "optimization.lr=0.01", "optimization.eps=1e-6"]
+
+
+def _cfg(extra=()):
+    from engine.config import load_config
+    return load_config("configs/tiny_cpu.yaml", OVERRIDES + list(extra))
+
+
+def _gathered(model, stage):
+    import contextlib
+
+    import deepspeed
+    params = list(model.parameters())
+    ctx = deepspeed.zero.GatheredParameters(params) if stage == 3 else contextlib.nullcontext()
+    with ctx:
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _worker(rank, out_root):
+    from engine.runtime.ds_trainer import DSTrainer
+    res = {}
+    for stage in (0, 1, 2, 3):
+        torch.manual_seed(0)
+        model = ToyJEPA()
+        tr = DSTrainer(_cfg(), f"{out_root}/s{stage}", ds_config=stage, model=model, dataset=ToyDataset(),
+                       mask_sampler=ToyMaskSampler(), progress=False, track_memory=True)
+        s = tr.fit(max_steps=STEPS)
+        local_numel = {n: (p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel())
+                       for n, p in model.named_parameters()}
+        res[stage] = {"losses": s["losses"], "memory": s["memory"], "params": _gathered(model, stage),
+                      "local_numel": local_numel}
+        if stage == 3:
+            res["z3_checks"] = _zero3_checks(tr, model)
+    # bf16 autocast (DeepSpeed keeps fp32 weights and an fp32 target), ZeRO-3
+    torch.manual_seed(0)
+    model = ToyJEPA()
+    tr = DSTrainer(_cfg(["meta.dtype=bfloat16"]), f"{out_root}/s3bf16", ds_config=3, model=model,
+                   dataset=ToyDataset(), mask_sampler=ToyMaskSampler(), progress=False)
+    res["3bf16"] = {"losses": tr.fit(max_steps=STEPS)["losses"],
+                    "dtypes": {str(p.ds_tensor.dtype) for p in model.parameters()}}
+    # ZeRO-3 with the optimizer state offloaded to the CPU (torch AdamW, no DeepSpeedCPUAdam build)
+    torch.manual_seed(0)
+    model = ToyJEPA()
+    tr = DSTrainer(_cfg(), f"{out_root}/s3off", ds_config=3, offload_optimizer=True, model=model,
+                   dataset=ToyDataset(), mask_sampler=ToyMaskSampler(), progress=False)
+    res["3off"] = {"losses": tr.fit(max_steps=STEPS)["losses"], "params": _gathered(model, 3)}
+    # gradient accumulation: k=2 micro-batches of 2 == one batch of 4 (fixed masks, ZeRO-2)
+    for k, b in ((2, 2), (1, 4)):
+        torch.manual_seed(0)
+        model = ToyJEPA()
+        tr = DSTrainer(_cfg([f"data.batch_size={b}"]), f"{out_root}/acc{k}", ds_config=2, grad_accum=k,
+                       model=model, dataset=ToyDataset(), mask_sampler=ToyMaskSampler(fixed=True), progress=False)
+        res[f"acc{k}"] = {"losses": tr.fit(max_steps=4)["losses"], "params": _gathered(model, 2)}
+    return res
+
+
+def _zero3_checks(tr, model):
+    """The target shares the encoder's process group and split; its EMA touches only local shards and
+    makes no collective call."""
+    import torch.distributed as dist
+    same_group = all(t.ds_process_group is s.ds_process_group and t.ds_tensor.numel() == s.ds_tensor.numel()
+                     for t, s in zip(model.target_encoder.parameters(), model.encoder.parameters()))
+    calls = []
+    names = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "barrier",
+             "reduce_scatter", "all_to_all_single", "send", "recv")
+    saved = {n: getattr(dist, n) for n in names}
+    for n in names:
+        setattr(dist, n, lambda *a, _n=n, **k: calls.append(_n))
+    try:
+        before = [t.ds_tensor.clone() for t in model.target_encoder.parameters()]
+        tr.ema(0.5)
+    finally:
+        for n, f in saved.items():
+            setattr(dist, n, f)
+    expect = [0.5 * b + 0.5 * s.ds_tensor for b, s in zip(before, model.encoder.parameters())]
+    ok = all(torch.allclose(t.ds_tensor, e, rtol=0, atol=1e-7) for t, e in zip(model.target_encoder.parameters(), expect))
+    empty = all(p.data.numel() == 0 for p in model.target_encoder.parameters())  # not gathered outside a forward
+    return {"same_group": same_group, "collectives": calls, "ema_ok": ok, "target_partitioned": empty}
+
+
+def _reference(steps):
+    """One process, plain torch, on the 2-rank global batch (rank 0's batch + rank 1's batch)."""
+    from engine.data.loader import make_loader
+    from engine.runtime.schedules import Schedules, apply_to_optimizer
+    from engine.runtime.trainer import param_groups
+    cfg = _cfg()
+    opt = cfg.optimization
+    torch.manual_seed(0)
+    model = ToyJEPA()
+    optim = torch.optim.AdamW([g for g in param_groups([model.encoder, model.predictor]) if g["params"]],
+                              lr=0.0, betas=tuple(opt.betas), eps=opt.eps)
+    its = [iter(make_loader(ToyDataset(), batch_size=cfg.data.batch_size, seed=cfg.meta.seed,
+                            mask_sampler=ToyMaskSampler(), rank=r, world_size=2)) for r in (0, 1)]
+    sched = Schedules.from_config(opt, opt.ipe)
+    trainable = [p for m in (model.encoder, model.predictor) for p in m.parameters()]
+    losses = []
+    for i in range(steps):
+        apply_to_optimizer(optim, sched.lr(i), sched.wd(i))
+        batches = [next(it) for it in its]
+        x = torch.cat([b[0] for b in batches])
+        loss, _ = model(x, cat_masks([b[2] for b in batches]))
+        loss.backward()
+        if i // opt.ipe > opt.warmup:
+            torch.nn.utils.clip_grad_norm_(trainable, opt.clip_grad)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        model.update_target(sched.momentum(i))
+        losses.append(loss.item())
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero")
+    r0, r1 = run_ranks(_worker, 2, args=(str(out),), timeout_s=300)
+    return r0, r1, _reference(STEPS)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, "3off"])
+def test_stage_matches_one_process(runs, stage):
+    r0, r1, (ref_losses, ref_params) = runs
+    assert r0[stage]["losses"] == r1[stage]["losses"]  # the logged loss is the all-reduced global one
+    torch.testing.assert_close(torch.tensor(r0[stage]["losses"]), torch.tensor(ref_losses), rtol=2e-5, atol=0)
+    for n, ref in ref_params.items():  # encoder, predictor and the EMA target
+        torch.testing.assert_close(r0[stage]["params"][n], ref, rtol=1e-5, atol=1e-5, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(r1[stage]["params"][n], r0[stage]["params"][n], rtol=0, atol=0)
+    if stage == "3off":
+        return
+    # the EMA moved the target away from its initial copy
+    assert any(not torch.equal(r0[stage]["params"][n], r0[stage]["params"][n.replace("target_encoder", "encoder")])
+               for n in ref_params if n.startswith("target_encoder"))
+
+
+def test_stages_agree_bitwise_1_2(runs):
+    r0 = runs[0]
+    assert r0[1]["losses"] == r0[2]["losses"]
+
+
+def test_zero3_holds_half_per_rank(runs):
+    r0, r1, _ = runs
+    full = {n: p.numel() for n, p in r0[0]["params"].items()}
+    for r in (r0, r1):
+        for n, numel in full.items():  # every parameter, the target's included, is split in two
+            assert r[3]["local_numel"][n] == (numel + 1) // 2, n
+        assert r[0]["local_numel"] == full
+    P_train = sum(v for n, v in full.items() if not n.startswith("target_encoder"))
+    P_tgt = sum(v for n, v in full.items() if n.startswith("target_encoder"))
+    m0, m3 = r0[0]["memory"], r0[3]["memory"]
+    pad = 4 * len(full)  # at most one fp32 element of padding per parameter
+    assert m0["params"] == 4 * P_train and m0["target"] == 4 * P_tgt
+    assert abs(m3["params"] - 2 * P_train) <= pad and abs(m3["target"] - 2 * P_tgt) <= pad
+    assert m0["grads"] >= 4 * P_train and abs(m3["grads"] - 2 * P_train) <= pad
+    assert m0["optim_state"] == 8 * P_train and abs(m3["optim_state"] - 4 * P_train) <= 2 * pad
+    assert m3["master"] == 0  # with fp32 weights the master partition IS the weight shard (aliased)
+    assert m3["total"] <= 0.6 * m0["total"]
+    # stage 1 splits the optimizer state, stage 2 the gradients too
+    assert abs(r0[1]["memory"]["optim_state"] - 4 * P_train) <= 2 * pad and r0[1]["memory"]["master"] == 0
+    assert r0[2]["memory"]["grads"] <= 0.65 * m0["grads"]  # the partition + one reduce bucket
+
+
+def test_grad_accumulation_equals_big_batch(runs):
+    r0 = runs[0]
+    torch.testing.assert_close(torch.tensor(r0["acc2"]["losses"]), torch.tensor(r0["acc1"]["losses"]),
+                               rtol=2e-6, atol=0)
+    for n, p in r0["acc1"]["params"].items():
+        torch.testing.assert_close(r0["acc2"]["params"][n], p, rtol=1e-5, atol=1e-5)
+
+
+def test_zero3_target_partitioned_like_encoder_and_ema_is_local(runs):
+    for r in runs[:2]:
+        c = r["z3_checks"]
+        assert c["same_group"] and c["target_partitioned"] and c["ema_ok"]
+        assert c["collectives"] == []
+
+
+def test_bf16_autocast_zero3_close_to_fp32(runs):
+    r0, _, (ref_losses, _) = runs
+    assert r0["3bf16"]["dtypes"] == {"torch.float32"}  # weights and EMA target stay fp32
+    torch.testing.assert_close(torch.tensor(r0["3bf16"]["losses"]), torch.tensor(ref_losses), rtol=3e-2, atol=0)

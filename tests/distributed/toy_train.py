@@ -1,0 +1,37 @@
+"""Train the toy JEPA with DSTrainer under a real launcher (the resume and failure tests run this).
+
+    torchrun --standalone --nproc_per_node 2 -m tests.distributed.toy_train --out DIR --stage 3 --steps 8
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module tests.distributed.toy_train --out DIR ...
+"""
+import argparse
+import json
+
+import torch
+
+from tests.distributed.toy import TINY_OVERRIDES, ToyDataset, ToyJEPA, ToyMaskSampler
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--stage", type=int, default=3)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--every", type=int, default=3)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--local_rank", type=int, default=None)  # the deepspeed launcher passes it
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    from engine.config import load_config
+    from engine.runtime.ds_trainer import DSTrainer
+    cfg = load_config("configs/tiny_cpu.yaml", TINY_OVERRIDES + [f"meta.checkpoint_every={a.every}"])
+    torch.manual_seed(0)
+    tr = DSTrainer(cfg, a.out, ds_config=a.stage, model=ToyJEPA(), dataset=ToyDataset(),
+                   mask_sampler=ToyMaskSampler(), progress=False, timeout_s=a.timeout)
+    s = tr.fit(max_steps=a.steps, resume=a.resume)
+    if tr.rank == 0:
+        print("SUMMARY " + json.dumps({k: s[k] for k in ("steps", "steps_this_run", "losses")}))
+
+
+if __name__ == "__main__":
+    main()
