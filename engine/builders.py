@@ -24,8 +24,10 @@ def encoder_kwargs(cfg: Config) -> dict:
     kw = dict(img_size=cfg.data.crop_size, patch_size=cfg.patch_size, num_frames=cfg.frames_per_clip,
               tubelet_size=cfg.data.tubelet_size, use_sdpa=cfg.meta.use_sdpa,
               use_activation_checkpointing=md.use_activation_checkpointing, **size)
+    preset_rope = size.pop("use_rope", False)   # the *_rope presets
     if not cfg.is_image:
-        kw.update(uniform_power=md.uniform_power, use_rope=md.use_rope, use_silu=md.use_silu, wide_silu=md.wide_silu)
+        kw.update(uniform_power=md.uniform_power, use_rope=md.use_rope or preset_rope, use_silu=md.use_silu,
+                  wide_silu=md.wide_silu, rope_reference_layout=md.rope_reference_layout)
     return kw
 
 

@@ -118,6 +118,7 @@ class ModelConfig:
     use_mask_tokens: bool = True
     zero_init_mask_tokens: bool = True
     use_rope: bool = False
+    rope_reference_layout: bool = True   # ours: the released V-JEPA 2 RoPE frequency layout (see models/rope.py)
     use_silu: bool = False
     use_pred_silu: bool = False
     wide_silu: bool = True

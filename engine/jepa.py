@@ -53,8 +53,9 @@ class JEPA(nn.Module):
         N = self.encoder.num_patches
         plan = plan_packing(masks, B, N, device=x.device)
 
-        h_BND = self.targets(x)
-        h_TD = kernels.gather_tokens(h_BND, plan.tgt.rows_T)
+        with torch.no_grad():   # layer norm fused into the gather: only target rows are normalised
+            h_BND = self.target_encoder.forward_dense(self.target_encoder.embed(x))
+            h_TD = kernels.gather_layer_norm(h_BND, plan.tgt.rows_T)
 
         z_TD = self.encoder.forward_packed(self.encoder.embed(x), plan.ctx)
         if plan.ctx_rows_for_pairs is not None:   # a context serves several targets (I-JEPA)

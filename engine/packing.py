@@ -36,6 +36,11 @@ class Packed:
         return Packed(self.rows_T.to(device), self.pos_T.to(device), self.cu_seqlens.to(device),
                       self.max_seqlen, self.sample_S.to(device), self.tokens_per_sample)
 
+    def rows_unique(self) -> bool:
+        """True when no sample has two sequences, so no row repeats (the fused gather's backward
+        needs that; several mask configs of one sample share rows)."""
+        return bool(torch.unique(self.sample_S).numel() == self.num_seqs)
+
     def seq_id_T(self) -> torch.Tensor:
         """int64 [T]: the sequence each packed row belongs to."""
         return torch.repeat_interleave(torch.arange(self.num_seqs, device=self.rows_T.device),

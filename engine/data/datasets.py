@@ -54,7 +54,10 @@ def read_index_csv(path) -> tuple[list[str], list[int]]:
 
 
 class _SkipBadFiles(torch.utils.data.Dataset):
-    """Skip-and-count logic: subclasses set paths, labels, source; define _load(path, rng), _finish(data, rng)."""
+    """Skip-and-count logic: subclasses set paths, labels, source; define _load(path, rng), _finish(data, rng).
+
+    (Or override _load_index(i, rng) and _label(i, data) when a sample is not one file, e.g. a tar member.)
+    """
 
     max_consecutive_failures: int = 50
     warn_on_skip = True  # make_loader turns this off: it logs each bad path once, in the main process
@@ -78,15 +81,21 @@ class _SkipBadFiles(torch.utils.data.Dataset):
         for attempt in range(min(n, self.max_consecutive_failures)):
             i = (index + attempt) % n
             try:
-                data = self._load(self.paths[i], rng)
+                data = self._load_index(i, rng)
             except Exception as e:  # noqa: BLE001 -- any unreadable file is skipped (the transform is not)
                 last_err = e
                 self._note_bad(self.paths[i], e)
                 skipped.append(self.paths[i])
                 continue
-            return self._finish(data, rng), int(self.labels[i]), skipped
+            return self._finish(data, rng), self._label(i, data), skipped
         raise RuntimeError(f"{len(skipped)} consecutive files failed to load starting at index {index} "
                            f"(last: {skipped[-1]}: {last_err!r}); check {self.source}") from last_err
+
+    def _load_index(self, i, rng):
+        return self._load(self.paths[i], rng)
+
+    def _label(self, i, data) -> int:
+        return int(self.labels[i])
 
     def __getitem__(self, key):
         sample, label, _ = self.get(key)
@@ -110,14 +119,8 @@ class VideoDataset(_SkipBadFiles):
         if isinstance(index_csvs, (str, Path)):
             index_csvs = [index_csvs]
         self.index_csvs = [str(p) for p in index_csvs]
-        if fps is not None and duration is not None:
-            raise ValueError("give at most one of fps= and duration= (either overrides frame_step)")
-        if fps is None and duration is None and not (frame_step and frame_step > 0):
-            raise ValueError(f"frame_step must be a positive int without fps/duration, got {frame_step}")
-        self.frames_per_clip, self.frame_step, self.fps, self.duration = frames_per_clip, frame_step, fps, duration
-        self.num_clips, self.transform = num_clips, transform
-        self.random_clip_sampling, self.allow_clip_overlap = random_clip_sampling, allow_clip_overlap
-        self.seek_threshold = seek_threshold
+        self._init_clip_args(frames_per_clip, frame_step, fps, duration, num_clips, transform, random_clip_sampling,
+                             allow_clip_overlap, seek_threshold)
         self.paths, labels, self.num_samples_per_dataset = [], [], []
         for csv in self.index_csvs:
             p, lab = read_index_csv(csv)
@@ -136,17 +139,32 @@ class VideoDataset(_SkipBadFiles):
         self.source = "index file(s) " + ", ".join(self.index_csvs)
         self._init_skips(max_consecutive_failures)
 
+    def _init_clip_args(self, frames_per_clip, frame_step, fps, duration, num_clips, transform, random_clip_sampling,
+                        allow_clip_overlap, seek_threshold):
+        if fps is not None and duration is not None:
+            raise ValueError("give at most one of fps= and duration= (either overrides frame_step)")
+        if fps is None and duration is None and not (frame_step and frame_step > 0):
+            raise ValueError(f"frame_step must be a positive int without fps/duration, got {frame_step}")
+        self.frames_per_clip, self.frame_step, self.fps, self.duration = frames_per_clip, frame_step, fps, duration
+        self.num_clips, self.transform = num_clips, transform
+        self.random_clip_sampling, self.allow_clip_overlap = random_clip_sampling, allow_clip_overlap
+        self.seek_threshold = seek_threshold
+
+    def sample_indices(self, vr, rng) -> list:
+        """This dataset's clip frame indices for an open VideoReader (the sampling rules in one place)."""
+        step = self.frame_step
+        if self.fps is not None:
+            step = vr.frame_step_for(fps=self.fps)
+        elif self.duration is not None:
+            step = vr.frame_step_for(duration=self.duration, frames_per_clip=self.frames_per_clip)
+        return sample_clip_indices(vr.info.num_frames, self.frames_per_clip, step, self.num_clips, rng,
+                                   random_clip_sampling=self.random_clip_sampling,
+                                   allow_clip_overlap=self.allow_clip_overlap)
+
     def _load(self, path, rng):
         # the clip indices need the video's length, so the clip is sampled here, from the sample's rng
         with VideoReader(path, seek_threshold=self.seek_threshold) as vr:
-            step = self.frame_step
-            if self.fps is not None:
-                step = vr.frame_step_for(fps=self.fps)
-            elif self.duration is not None:
-                step = vr.frame_step_for(duration=self.duration, frames_per_clip=self.frames_per_clip)
-            clips = sample_clip_indices(vr.info.num_frames, self.frames_per_clip, step, self.num_clips, rng,
-                                        random_clip_sampling=self.random_clip_sampling,
-                                        allow_clip_overlap=self.allow_clip_overlap)
+            clips = self.sample_indices(vr, rng)
             frames = vr.decode(np.concatenate(clips))
         return [frames[k * self.frames_per_clip:(k + 1) * self.frames_per_clip] for k in range(self.num_clips)]
 

@@ -131,11 +131,17 @@ class ResumableLoader:
     """Endless iterator of batches, epoch after epoch; state_dict()/load_state_dict() resume exactly."""
 
     def __init__(self, dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
-                 rank=0, world_size=1, pin_memory=False, prefetch_factor=2, multiprocessing_context=None):
+                 rank=0, world_size=1, pin_memory=False, prefetch_factor=2, multiprocessing_context=None,
+                 batch_sampler=None):
         self.dataset = dataset
-        self.sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle=shuffle, drop_last=drop_last,
-                                         rank=rank, world_size=world_size,
-                                         weights=getattr(dataset, "sample_weights", None))
+        if batch_sampler is None and hasattr(dataset, "make_batch_sampler"):  # e.g. ShardVideoDataset
+            batch_sampler = dataset.make_batch_sampler(batch_size, seed, shuffle=shuffle, drop_last=drop_last,
+                                                       rank=rank, world_size=world_size)
+        if batch_sampler is None:
+            batch_sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle=shuffle, drop_last=drop_last,
+                                              rank=rank, world_size=world_size,
+                                              weights=getattr(dataset, "sample_weights", None))
+        self.sampler = batch_sampler
         if self.sampler.batches_per_epoch == 0:
             raise ValueError(f"{len(dataset)} samples over {world_size} rank(s) make no batch of {batch_size}")
         if hasattr(dataset, "warn_on_skip"):
@@ -209,8 +215,12 @@ class ResumableLoader:
 
 def make_loader(dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
                 rank=0, world_size=1, pin_memory=False, prefetch_factor=2,
-                multiprocessing_context=None) -> ResumableLoader:
+                multiprocessing_context=None, batch_sampler=None) -> ResumableLoader:
     """See the module docstring; `mask_sampler` is any picklable callable (batch_size, rng) -> masks.
+
+    batch_sampler: None (EpochBatchSampler, or the dataset's own `make_batch_sampler(...)` when it has one,
+    as the tar-shard dataset does: each rank then reads its own shards) or any object with the same
+    interface (epoch, start_batch, batches_per_epoch, global_batch, seed, rank, world_size, batch_size, n).
 
     multiprocessing_context: None (fork on Linux: fast start) or "forkserver"/"spawn" (workers start
     clean, ~1 s each, for parents holding threads that are not fork-safe).
@@ -218,4 +228,4 @@ def make_loader(dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, 
     return ResumableLoader(dataset, batch_size=batch_size, seed=seed, mask_sampler=mask_sampler,
                            num_workers=num_workers, drop_last=drop_last, shuffle=shuffle, rank=rank,
                            world_size=world_size, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
-                           multiprocessing_context=multiprocessing_context)
+                           multiprocessing_context=multiprocessing_context, batch_sampler=batch_sampler)

@@ -7,6 +7,7 @@ Usage:
         idx = sample_clip_indices(vr.info.num_frames, 16, step, num_clips=1, rng=rng)
         clip_THW3 = vr.decode(idx[0])                    # uint8 [16, H, W, 3]
     clip_THW3 = decode_clip("clip.mp4", [0, 4, 8])       # one-shot helper
+    VideoReader(io.BytesIO(data), name="shard-000003.tar:000017.mp4")   # an in-memory file works too
 
 Sampling (reference semantics, with an exact step): the video is cut into num_clips equal segments; in
 each, a window of frames_per_clip frames spaced frame_step apart starts at a random frame (the
@@ -99,11 +100,14 @@ def sample_clip_indices(num_video_frames: int, frames_per_clip: int, frame_step:
 class VideoReader:
     """An open video file: `info` and `decode(frame_indices)`. Use as a context manager (or call close)."""
 
-    def __init__(self, path, seek_threshold: int = 64, threads: int = 0):
-        self.path = str(path)
+    def __init__(self, path, seek_threshold: int = 64, threads: int = 0, name: str | None = None):
+        # `path` may also be a seekable binary file object (a tar member read into memory); `name`
+        # then names it in error messages
+        self._file = path if hasattr(path, "read") else None
+        self.path = str(name or getattr(path, "name", None) or "<stream>") if self._file is not None else str(path)
         self.seek_threshold = seek_threshold
         try:
-            self._container = av.open(self.path)
+            self._container = self._open()
         except (av.FFmpegError, UnicodeDecodeError) as e:  # garbage or empty files fail here
             raise VideoDecodeError(f"cannot open {self.path}: {e}") from e
         if not self._container.streams.video:
@@ -129,6 +133,12 @@ class VideoReader:
             self.close()
             raise VideoDecodeError(f"empty video {self.path}")
         self.info = VideoInfo(n, fps, int(s.width), int(s.height), exact)
+
+    def _open(self):
+        if self._file is not None:
+            self._file.seek(0)
+            return av.open(self._file)
+        return av.open(self.path)
 
     def frame_step_for(self, **kwargs) -> int:
         return frame_step_for(self.info.fps, **kwargs)
@@ -177,7 +187,7 @@ class VideoReader:
             if len(got) < len(targets) and targets[-1] > self.seek_threshold:
                 # a seek may land past its target in odd files: retry once, decoding from the start
                 self._container.close()
-                self._container = av.open(self.path)
+                self._container = self._open()
                 self._stream = self._container.streams.video[0]
                 got = self._decode_pass(targets, allow_seek=False)
         except av.FFmpegError as e:

@@ -122,7 +122,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.model.update_target(m)
         self.step += 1
-        return {"loss": float(loss), "lr": lr, "wd": wd, "momentum": m, "enc_grad_norm": enc_norm,
+        return {"loss": float(loss.detach()), "lr": lr, "wd": wd, "momentum": m, "enc_grad_norm": enc_norm,
                 "pred_grad_norm": pred_norm, **info}
 
     # -- the loop --------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""Transformer pieces shared by the encoder and the predictor. Parameter names follow the reference
+modules (qkv, proj, fc1/fc2[/fc3], norm1/norm2) so reference checkpoints load key for key.
+
+Every block runs on one of two token layouts (`Tokens`):
+- dense  [B, N, D]: every sample holds the same N tokens (the target encoder): batched SDPA;
+- packed [T, D]: ragged sequences back to back with cu_seqlens (context, predictor): each sequence
+  attends only within itself through `kernels.block_attention`; no padding, no dense T x T mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from engine.models.rope import Rope3D
+
+
+@dataclass
+class Tokens:
+    """How the rows of x are grouped, and where each token sits in the grid (for RoPE)."""
+    ids: torch.Tensor                        # grid ids: [B, N] or [N] (dense), [T] (packed)
+    cu_seqlens: Optional[torch.Tensor] = None  # int32 [S+1]: packed layout when set
+    max_seqlen: int = 0
+    rope: Optional[tuple] = None             # (cos, sin) tables for ids, built once per forward
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+
+class PatchEmbed(nn.Module):
+    """Conv patchify: images [B, C, H, W] (2D) or videos [B, C, T, H, W] (3D tubelets) -> [B, N, D]."""
+
+    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3, tubelet_size: Optional[int] = None):
+        super().__init__()
+        if tubelet_size is None:
+            self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        else:
+            k = (tubelet_size, patch_size, patch_size)
+            self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=k, stride=k)
+
+    def forward(self, x):
+        want = self.proj.weight.dim()
+        if x.dim() != want:
+            raise ValueError(f"PatchEmbed: expected a {want}-D input ({'[B,C,T,H,W]' if want == 5 else '[B,C,H,W]'}), "
+                             f"got shape {tuple(x.shape)}")
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: Optional[float] = None,
+                 rope: Optional[Rope3D] = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale  # None: 1/sqrt(head_dim), as SDPA's default
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+
+    def forward(self, x, tok: Tokens):
+        lead = x.shape[:-1]                                         # (B, N) or (T,)
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)  # [..., H, Dh]
+        if self.rope is not None:
+            cos, sin = tok.rope
+            q, k = self.rope.apply(q, cos, sin), self.rope.apply(k, cos, sin)
+        if tok.packed:
+            o = kernels.block_attention(q, k, v, tok.cu_seqlens, tok.cu_seqlens, max_seqlen_q=tok.max_seqlen,
+                                        max_seqlen_k=tok.max_seqlen, scale=self.scale)
+        else:
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               scale=self.scale).transpose(1, 2)
+        return self.proj(o.reshape(*lead, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """silu(fc1 x) * fc2 x -> fc3; `wide` shrinks the hidden size to 2/3 (rounded up to 8), as the reference."""
+
+    def __init__(self, dim: int, hidden: int, wide: bool = True):
+        super().__init__()
+        if wide:
+            hidden = (int(2 * hidden / 3) + 7) // 8 * 8
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(dim, hidden)
+        self.fc3 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 qk_scale: Optional[float] = None, norm_eps: float = 1e-6, use_silu: bool = False,
+                 wide_silu: bool = True, rope: Optional[Rope3D] = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, rope=rope)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = SwiGLU(dim, hidden, wide_silu) if use_silu else MLP(dim, hidden)
+
+    def forward(self, x, tok: Tokens):
+        x = x + self.attn(self.norm1(x), tok)
+        return x + self.mlp(self.norm2(x))
+
+
+def run_blocks(blocks: nn.ModuleList, x, tok: Tokens, checkpoint: bool):
+    """Apply the blocks; with activation checkpointing each block's activations are recomputed in
+    the backward instead of kept (non-reentrant, so the non-tensor `tok` passes through)."""
+    for blk in blocks:
+        if checkpoint and torch.is_grad_enabled():
+            x = torch.utils.checkpoint.checkpoint(blk, x, tok, use_reentrant=False)
+        else:
+            x = blk(x, tok)
+    return x
+
+
+def init_reference_weights(module: nn.Module, blocks: nn.ModuleList, std: float = 0.02) -> None:
+    """The reference init: truncated normal (std, cut at +-2) for Linear and conv weights, zero biases,
+    unit LayerNorms, then each block's output projections divided by sqrt(2 * layer)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for layer_id, blk in enumerate(blocks, start=1):
+            blk.attn.proj.weight.div_((2.0 * layer_id) ** 0.5)
+            # fc2 even for SwiGLU (where it is an input projection): the reference does so.
+            blk.mlp.fc2.weight.div_((2.0 * layer_id) ** 0.5)
