@@ -56,7 +56,13 @@ def build_mask_sampler(cfg: Config):
         raw.pop("patch_size", None)
     else:
         raw = [dataclasses.asdict(m) for m in cfg.mask]
-    return MaskCollator.from_config(raw, cfg.token_grid, mode=cfg.meta.mask_mode)
+    mask_tokens = None
+    fpcs = cfg.data.dataset_fpcs
+    if not cfg.is_image and fpcs:
+        # V-JEPA 2 indexes mask tokens by frames-per-clip group, not by mask config; clips here have
+        # the longest group's length, so every config uses that group's token.
+        mask_tokens = [list(fpcs).index(max(fpcs))] * len(raw)
+    return MaskCollator.from_config(raw, cfg.token_grid, mode=cfg.meta.mask_mode, mask_tokens=mask_tokens)
 
 
 def build_dataset(cfg: Config, train: bool = True, index_files=None):

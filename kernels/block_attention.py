@@ -2,17 +2,31 @@
 
     o_THD = kernels.block_attention(q_THD, k_THD, v_THD, cu_seqlens_q, cu_seqlens_k,
                                     max_seqlen_q=Lq, max_seqlen_k=Lk)
+    o_THD = kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=L, max_seqlen_k=L, block_causal=frame_T)
 
 `q/k/v` hold S sequences packed along T (sequence s is rows cu_seqlens[s]:cu_seqlens[s+1]); each
 sequence attends only within itself, so no FLOP is spent on padding and no dense T x T mask exists.
 `block_causal` (optional) gives a frame id per token (int tensors [Tq] and [Tk], or one tensor when
-q and k share cu_seqlens): a query attends to keys whose frame id is <= its own.
+q and k share cu_seqlens): a query attends to keys whose frame id is <= its own. A query row that
+sees no key (an empty key sequence, or no key of an earlier-or-equal frame) gets a zero output.
+
+Backends (kernels.use_backend / JEPA_KERNEL_BACKEND; "auto" picks by device):
+  CPU  "cpp" (auto): kernels/cpu_attention.py, length buckets over ATen's fused CPU flash kernels
+       (no build needed; the measurements behind this choice are in that module's docstring).
+  CUDA "cuda" (auto when it fits): flash_attn_varlen_func when flash_attn is installed (fp16/bf16,
+       Dh % 8 == 0, Dh <= 256, no block_causal), else xformers memory_efficient_attention with a
+       BlockDiagonalMask (no block_causal), else "triton": kernels/triton_attention.py.
+  "torch": block_attention_ref below.
+The cpp and triton paths go through the custom ops `jepa::block_attention_fwd` / `_bwd` (fake impls
+and registered autograd, so torch.compile traces them). Under autocast, q/k/v are cast to the
+autocast dtype (as SDPA is); outside it, mixed dtypes are promoted.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from kernels import _ops
 from kernels._backend import current_backend
 
 
@@ -23,24 +37,40 @@ def _frame_ids(block_causal, T_q: int, T_k: int):
         fq, fk = block_causal
     else:
         fq = fk = block_causal
+    for name, f in (("block_causal (query frames)", fq), ("block_causal (key frames)", fk)):
+        if not isinstance(f, torch.Tensor) or f.is_floating_point() or f.is_complex() or f.dtype == torch.bool:
+            raise TypeError(f"block_attention: {name} must be an integer tensor of frame ids, got "
+                            f"{getattr(f, 'dtype', type(f).__name__)}")
     if fq.shape != (T_q,) or fk.shape != (T_k,):
         raise ValueError(
-            f"block_causal frame ids must have shapes ({T_q},) and ({T_k},), got {tuple(fq.shape)} and {tuple(fk.shape)}")
+            f"block_attention: block_causal frame ids must have shapes ({T_q},) and ({T_k},), got {tuple(fq.shape)} and {tuple(fk.shape)}")
     return fq, fk
 
 
 def check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k):
     """Shape/dtype checks shared by every backend: errors name the argument."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 3:
-            raise ValueError(f"block_attention: {name} must be [T, H, Dh], got shape {tuple(t.shape)}")
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"block_attention: {name} must be [T, H, Dh], got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"block_attention: {name} must be floating point, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"block_attention: {name} is on {t.device}, q on {q.device}")
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(cu, torch.Tensor) or cu.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"block_attention: {name} must be an int32/int64 tensor, got "
+                            f"{getattr(cu, 'dtype', type(cu).__name__)}")
     if k.shape != v.shape or q.shape[1:] != k.shape[1:]:
         raise ValueError(f"block_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} disagree")
     for name, cu, T in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
         if cu.dim() != 1 or cu.numel() < 1:
             raise ValueError(f"block_attention: {name} must be 1-D [S+1], got shape {tuple(cu.shape)}")
         if int(cu[0]) != 0 or int(cu[-1]) != T:
-            raise ValueError(f"block_attention: {name} must start at 0 and end at {T}, got {cu[0]}..{cu[-1]}")
+            raise ValueError(f"block_attention: {name} must start at 0 and end at {T} (the tokens of "
+                             f"{'q' if name == 'cu_seqlens_q' else 'k'}), got {int(cu[0])}..{int(cu[-1])}")
+        if cu.numel() > 1 and bool((cu[1:] < cu[:-1]).any()):
+            raise ValueError(f"block_attention: {name} must be non-decreasing (sequence lengths >= 0)")
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError("block_attention: cu_seqlens_q and cu_seqlens_k hold different sequence counts")
 
@@ -78,12 +108,161 @@ def block_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=Non
     return out
 
 
+
+
+# -- backend selection ------------------------------------------------------------------------------
+def _flash_attn_available() -> bool:
+    try:
+        from flash_attn import flash_attn_varlen_func  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _xformers_available() -> bool:
+    try:
+        from xformers.ops import fmha  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def select_impl(q: torch.Tensor, block_causal=None) -> str:
+    """The implementation one call runs: "torch", "cpu", "triton", "flash_attn" or "xformers"."""
+    b = current_backend()
+    dev = q.device.type
+    if b == "torch" or (b == "auto" and dev not in ("cpu", "cuda")):
+        return "torch"
+    if b == "cpp" or (b == "auto" and dev == "cpu"):
+        if dev != "cpu":
+            raise ValueError(f"block_attention: backend 'cpp' needs CPU tensors, got {q.device}")
+        return "cpu"
+    if b == "triton":
+        if not _ops.triton_available():
+            raise RuntimeError("block_attention: backend 'triton' forced but triton is not installed")
+        return "triton"
+    # "cuda" or auto on a CUDA tensor: a library kernel when one fits, else our Triton kernel
+    fits = block_causal is None and q.dtype in (torch.float16, torch.bfloat16)
+    if dev == "cuda" and fits and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256 and _flash_attn_available():
+        return "flash_attn"
+    if dev == "cuda" and block_causal is None and _xformers_available():
+        return "xformers"
+    if b == "cuda":
+        raise RuntimeError(f"block_attention: backend 'cuda' needs flash_attn or xformers on a CUDA tensor "
+                           f"(and no block_causal); got device {q.device}, dtype {q.dtype}, "
+                           f"block_causal {'set' if block_causal is not None else 'None'}")
+    if _ops.triton_available():
+        return "triton"
+    return "torch"
+
+
+# -- custom ops: forward returns (out, lse); the backward is its own op --------------------------------
+def _lse_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("jepa::block_attention_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+            max_q: int, max_k: int, scale: float, fq: torch.Tensor | None,
+            fk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if q.device.type == "cpu" and current_backend() != "triton":
+        from kernels.cpu_attention import block_attention_cpu_fwd
+        out, lse = block_attention_cpu_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)
+    else:
+        from kernels.triton_attention import block_attention_triton_fwd
+        out, lse = block_attention_triton_fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk)
+    return out.contiguous(), lse.to(_lse_dtype(q.dtype)).contiguous()
+
+
+@_fwd_op.register_fake
+def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:2], dtype=_lse_dtype(q.dtype))
+
+
+@torch.library.custom_op("jepa::block_attention_bwd", mutates_args=())
+def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+            lse: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int, scale: float,
+            fq: torch.Tensor | None, fk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if q.device.type == "cpu" and current_backend() != "triton":
+        from kernels.cpu_attention import block_attention_cpu_bwd
+        g = block_attention_cpu_bwd(dout, q, k, v, out, lse, cu_q, cu_k, scale, fq, fk)
+    else:
+        from kernels.triton_attention import block_attention_triton_bwd
+        g = block_attention_triton_bwd(dout, q, k, v, out, lse.float(), cu_q, cu_k, max_q, max_k, scale, fq, fk)
+    return tuple(t.contiguous() for t in g)
+
+
+@_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, fq, fk):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, fq, fk)
+    ctx.meta = (max_q, max_k, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, cu_q, cu_k, fq, fk = ctx.saved_tensors
+    max_q, max_k, scale = ctx.meta
+    dq, dk, dv = _bwd_op(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, fq, fk)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+# -- public entry point --------------------------------------------------------------------------------
+def _common_dtype(q, k, v):
+    """SDPA's autocast rule (cast to the autocast dtype), else type promotion for mixed inputs."""
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+    else:
+        dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    return tuple(t if t.dtype == dt else t.to(dt) for t in (q, k, v))
+
+
+def _max_len(cu, given):
+    if given is not None:
+        return int(given)
+    return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+
+
 def block_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None,
                     scale=None, block_causal=None):
-    """Dispatching entry point (see module docstring). Backends other than "torch" are added by
-    the fused-kernel implementations; until one is available for the device, the reference runs."""
-    backend = current_backend()
-    if backend not in ("auto", "torch"):
-        raise NotImplementedError(f"block_attention has no {backend!r} backend yet")
-    return block_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=max_seqlen_q,
-                               max_seqlen_k=max_seqlen_k, scale=scale, block_causal=block_causal)
+    """o_THD for packed q/k/v [T, H, Dh] (see module docstring); differentiable w.r.t. q, k, v.
+
+    max_seqlen_q/k: the longest sequence (the Triton grid; computed from cu_seqlens when None).
+    scale: softmax scale, default 1/sqrt(Dh). block_causal: frame ids (tensor or (fq, fk) pair)."""
+    compiling = torch.compiler.is_compiling()
+    if not compiling and (q.device.type == "cpu" or _ops.debug()):
+        check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k)   # reads cu values: a sync off CPU
+    elif any(t.dim() != 3 for t in (q, k, v)):
+        raise ValueError(f"block_attention: q/k/v must be [T, H, Dh], got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    fq, fk = _frame_ids(block_causal, q.shape[0], k.shape[0])
+    q, k, v = _common_dtype(q, k, v)
+    scale = float(scale) if scale is not None else q.shape[-1] ** -0.5
+    impl = select_impl(q, block_causal)
+    if impl == "torch":
+        return block_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+                                   max_seqlen_k=max_seqlen_k, scale=scale, block_causal=block_causal)
+    max_q, max_k = _max_len(cu_seqlens_q, max_seqlen_q), _max_len(cu_seqlens_k, max_seqlen_k)
+    if impl == "flash_attn":
+        from flash_attn import flash_attn_varlen_func
+        return flash_attn_varlen_func(q, k, v, cu_seqlens_q.int(), cu_seqlens_k.int(), max_q, max_k,
+                                      softmax_scale=scale, causal=False)
+    if impl == "xformers":
+        from xformers.ops import fmha
+        # BlockDiagonalMask wants Python lengths (a sync); it keeps the packed layout as batch 1
+        bias = fmha.BlockDiagonalMask.from_seqlens(torch.diff(cu_seqlens_q).tolist(),
+                                                   torch.diff(cu_seqlens_k).tolist())
+        return fmha.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias, scale=scale)[0]
+    out, _ = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, scale, fq, fk)
+    return out

@@ -9,6 +9,13 @@ Usage:
     python -m engine.data bench --index DIR/train.csv [--frames 16 --step 1 --crop 64 --batch 8 --workers 0
                                 --batches 20]
         -> decode + transform throughput through the real loader, in clips/s
+    python -m engine.data prepare --input DIR|CSV --output DIR [--codec vp9|h264|mjpeg --size 128
+                                  --shard-size 100 --workers 1]
+        -> DIR/shard-NNNNNN.tar + DIR/index.json + DIR/index.csv (transcoded, resized, sharded)
+    python -m engine.data robot --output DIR --num N [--frames 32 --size 64 --fps 10 --seed 0]
+        -> DIR/robot.csv + DIR/robot/NNNNNN.mp4 (+ .actions.npy, .states.npy): a pybullet KUKA arm
+    python -m engine.data atari --output DIR --num N [--frames 32 --games breakout pong ... --size S]
+        -> DIR/atari.csv + DIR/atari/NNNNNN.mp4 (+ .actions.npy, .states.npy): ale-py gameplay
 """
 from __future__ import annotations
 
@@ -62,6 +69,28 @@ def main(argv=None):
     b.add_argument("--batch", type=int, default=8)
     b.add_argument("--workers", type=int, default=0)
     b.add_argument("--batches", type=int, default=20)
+    pr = sub.add_parser("prepare", help="transcode + resize + shard videos into tar shards with an index")
+    pr.add_argument("--input", required=True, help="an index CSV ('path label' lines) or a folder of videos")
+    pr.add_argument("--output", required=True)
+    pr.add_argument("--codec", default="vp9", choices=sorted(CODECS))
+    pr.add_argument("--size", type=int, default=128, help="short side in pixels (0: keep)")
+    pr.add_argument("--shard-size", type=int, default=100, help="videos per tar shard")
+    pr.add_argument("--workers", type=int, default=1)
+    for name, helptext in (("robot", "pybullet KUKA arm episodes (random / reach / push) with actions + states"),
+                           ("atari", "Atari gameplay (ale-py ROMs) with actions + RAM states")):
+        r = sub.add_parser(name, help=helptext)
+        r.add_argument("--output", required=True)
+        r.add_argument("--num", type=int, required=True)
+        r.add_argument("--frames", type=int, default=32)
+        r.add_argument("--seed", type=int, default=0)
+        r.add_argument("--codec", default="h264", choices=sorted(CODECS))
+        if name == "robot":
+            r.add_argument("--size", type=int, default=64)
+            r.add_argument("--fps", type=int, default=10)
+        else:
+            r.add_argument("--size", type=int, default=None, help="short side (default: the 208x160 screen)")
+            r.add_argument("--games", nargs="+", default=None)
+            r.add_argument("--frameskip", type=int, default=4)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if args.cmd == "generate":
@@ -71,6 +100,27 @@ def main(argv=None):
         print(f"wrote {train} and {val} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "bench":
         print(f"{bench(args):.1f} clips/s")
+    elif args.cmd == "prepare":
+        from .prepare import prepare, summary
+
+        index = prepare(args.input, args.output, codec=args.codec, size=args.size or None,
+                        shard_size=args.shard_size, workers=args.workers, progress=True)
+        print(summary(index))
+        print(f"wrote {args.output}/index.json in {time.perf_counter() - t0:.1f} s")
+    elif args.cmd == "robot":
+        from .sources import generate_robot
+
+        csv = generate_robot(args.output, args.num, num_frames=args.frames, size=args.size, fps=args.fps,
+                             codec=args.codec, seed=args.seed, progress=True)
+        print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
+    elif args.cmd == "atari":
+        from .sources import generate_atari
+        from .sources.atari import GAMES
+
+        csv = generate_atari(args.output, args.num, num_frames=args.frames, games=args.games or GAMES,
+                             frameskip=args.frameskip, size=args.size, codec=args.codec, seed=args.seed,
+                             progress=True)
+        print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
     else:
         root = generate_images(args.output, args.num, size=args.size, seed=args.seed, progress=True)
         print(f"wrote {args.num} images under {root} in {time.perf_counter() - t0:.1f} s")

@@ -101,9 +101,11 @@ def index_sets(mask_BN: np.ndarray) -> list[torch.Tensor]:
 class MaskCollator:
     """Draws a batch's masks from one or more generators (MultiBlock3D / TubeMask, one per mask config,
     or a single MultiBlock2D). A generator contributes its contexts, its targets and its own (c, m) pairs;
-    pairs of generator g use mask token g (V-JEPA: one mask token per mask config; I-JEPA: token 0)."""
+    pairs of generator g use mask token g (V-JEPA: one mask token per mask config; I-JEPA: token 0),
+    or `mask_tokens[g]` when given (V-JEPA 2: every config of a frames-per-clip group shares the
+    group's token)."""
 
-    def __init__(self, generators, mode: str = "ragged"):
+    def __init__(self, generators, mode: str = "ragged", mask_tokens=None):
         if not isinstance(generators, (list, tuple)):
             generators = [generators]
         if not generators:
@@ -114,6 +116,9 @@ class MaskCollator:
         if len(sizes) > 1:
             raise ValueError(f"generators: all must share one token grid, got token counts {sorted(sizes)}")
         self.generators, self.mode = list(generators), mode
+        if mask_tokens is not None and len(mask_tokens) != len(self.generators):
+            raise ValueError(f"mask_tokens: one per generator ({len(self.generators)}), got {list(mask_tokens)}")
+        self.mask_tokens = list(range(len(self.generators))) if mask_tokens is None else [int(t) for t in mask_tokens]
         self.num_tokens = sizes.pop()
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> BatchMasks:
@@ -123,7 +128,7 @@ class MaskCollator:
         for g_i, gen in enumerate(self.generators):
             g_ctx, g_tgt, g_pairs = gen.sample(batch_size, rng, compat=self.mode == "compat")
             pairs += [(len(ctx) + c, len(tgt) + m) for c, m in g_pairs]
-            mask_index += [g_i] * len(g_pairs)
+            mask_index += [self.mask_tokens[g_i]] * len(g_pairs)
             ctx += g_ctx
             tgt += g_tgt
         return BatchMasks(ctx, tgt, pairs, mask_index)
@@ -131,7 +136,7 @@ class MaskCollator:
     __call__ = sample
 
     @classmethod
-    def from_config(cls, mask_cfg, grid, mode: str = "ragged") -> "MaskCollator":
+    def from_config(cls, mask_cfg, grid, mode: str = "ragged", mask_tokens=None) -> "MaskCollator":
         """From the YAML `mask` section as parsed: a list of dicts (V-JEPA / V-JEPA 2: one MultiBlock3D per
         entry, or a TubeMask for an entry with `ratio`) or one dict (I-JEPA: a MultiBlock2D; its
         `patch_size` key is the caller's business and is ignored here)."""
@@ -149,7 +154,7 @@ class MaskCollator:
                 raise ValueError(f"mask.{i}: expected a dict, got {m!r}")
             kind = TubeMask if "ratio" in m else MultiBlock3D
             gens.append(_build(kind, grid, m, f"mask.{i}"))
-        return cls(gens, mode=mode)
+        return cls(gens, mode=mode, mask_tokens=mask_tokens)
 
 
 def _build(kind, grid, cfg: dict, where: str):

@@ -72,3 +72,33 @@ def test_cli_reports_bad_config_key(tmp_path):
     r = subprocess.run([sys.executable, "-m", "engine.train", "--config", "configs/tiny_cpu.yaml",
                         "--set", "data.patch_size=7", "--output", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "data.patch_size" in r.stderr and "divide" in r.stderr
+
+
+def test_ijepa_tiny_config_trains_on_generated_images(tmp_path):
+    from engine.data.images import generate_images
+    from engine.runtime.trainer import Trainer
+    root = generate_images(tmp_path / "images", 40, size=64, seed=0)
+    cfg = load_config("configs/ijepa_tiny_cpu.yaml", [
+        f"data.image_folder={root}", "data.batch_size=4", "data.num_workers=0", "model.depth=2",
+        "model.embed_dim=48", "model.num_heads=2", "model.pred_depth=1", "model.pred_embed_dim=32",
+        "optimization.ipe=3", "optimization.epochs=2", "logging.tensorboard=false"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    summary = trainer.fit(max_steps=3)
+    assert summary["steps"] == 3 and torch.isfinite(torch.tensor(summary["final_loss"]))
+    assert hasattr(trainer.model.predictor, "mask_token")            # I-JEPA's single mask token
+    assert trainer.model.encoder.patch_embed.proj.weight.dim() == 4  # 2D patches
+
+
+def test_vjepa2_style_run_with_rope_swiglu_and_checkpointing(videos, tmp_path):
+    """RoPE + SwiGLU + activation checkpointing train, and checkpointing changes no number."""
+    from engine.runtime.trainer import Trainer
+    extra = ["model.use_rope=true", "model.use_silu=true", "model.use_pred_silu=true",
+             "logging.tensorboard=false"]
+    plain = Trainer(_cfg(videos, *extra), tmp_path / "a", progress=False)
+    plain.fit(max_steps=2)
+    ckpt = Trainer(_cfg(videos, *extra, "model.use_activation_checkpointing=true"), tmp_path / "b", progress=False)
+    ckpt.fit(max_steps=2)
+    assert plain.model.encoder.pos_embed is None and plain.model.encoder.rope is not None
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    for pa, pb in zip(plain.model.encoder.parameters(), ckpt.model.encoder.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)

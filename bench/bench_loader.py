@@ -1,0 +1,185 @@
+"""Video loader throughput on CPU: our PyAV path, DALI's CPU decoder, and a reference-style loader.
+
+Usage:
+    .venv/bin/python bench/bench_loader.py                      # -> bench/results/loader_cpu.csv + a table
+    .venv/bin/python bench/bench_loader.py --crops 64 --codecs vp9 --batches 3 --videos 8   # quicker
+
+All loaders read the same files (320x240, 30 fps, 64 frames, synthetic moving objects) and give the
+same output: float32 clips [B, 3, 16, S, S] (16 frames, frame_step 4, random resized crop, flip,
+ImageNet normalisation), S = 224 (reference size) or 64 (the tiny configs).
+    pyav       engine.data: VideoDataset + VideoTransform + make_loader (decode only the needed frames,
+               reused swscale context, crop the uint8 region first, resize only the crop)
+    dali_cpu   engine.data.dali.make_dali_loader: the same sample plans, decoded and augmented by DALI's
+               CPU operators (VP9 / MJPEG only); "workers" = DALI threads
+    reference  the V-JEPA VideoDataset's way: decode the needed frames at full resolution, convert the
+               whole clip to float32, then crop + resize + flip + normalise in the worker (decoded with
+               PyAV's per-frame to_ndarray here, as decord is not installed)
+workers=0 runs each loader in this process and counts clips per CPU-second (process time, DALI's
+threads included): the cost per clip, the least disturbed number on a shared machine. workers=1, 2
+count clips per wall-second with that many DataLoader workers (DALI: threads). Batches after the first
+are timed (start-up excluded); each number is the best of --rounds interleaved runs; frames = clips * 16.
+Ratios are against the reference loader with the same codec, crop size and workers, in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.data import VideoDataset, VideoTransform, make_loader  # noqa: E402
+from engine.data.synthetic import CODECS, render_clip, write_video  # noqa: E402
+from engine.data.transforms import IMAGENET_MEAN, IMAGENET_STD, random_crop_box  # noqa: E402
+from engine.data.video import sample_clip_indices  # noqa: E402
+
+FPC, STEP, T_VIDEO, W, H, FPS = 16, 4, 64, 320, 240, 30
+
+
+def make_videos(out: Path, codec: str, n: int) -> Path:
+    """n videos of 320x240 (a 320x320 render cut to 240 rows) and their index CSV."""
+    d = out / codec
+    d.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        frames, _ = render_clip(i % 5, np.random.default_rng([7, i]), num_frames=T_VIDEO, size=W, fps=FPS)
+        p = write_video(d / f"{i:04d}{CODECS[codec][2]}", np.ascontiguousarray(frames[:, 40:40 + H]), fps=FPS,
+                        codec=codec)
+        lines.append(f"{p} {i % 5}\n")
+    csv_path = out / f"{codec}.csv"
+    csv_path.write_text("".join(lines))
+    return csv_path
+
+
+class ReferenceStyleDataset(torch.utils.data.Dataset):
+    """Decode full-resolution frames, whole clip to float32, then crop/resize/flip/normalise (reference order)."""
+
+    def __init__(self, paths, crop):
+        self.paths, self.crop = paths, crop
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) * 255
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        import av
+
+        rng = np.random.default_rng(i)
+        with av.open(self.paths[i]) as c:
+            s = c.streams.video[0]
+            (idx,) = sample_clip_indices(s.frames, FPC, STEP, 1, rng)
+            want, got = set(idx.tolist()), {}
+            for k, frame in enumerate(c.decode(s)):
+                if k in want:
+                    got[k] = frame.to_ndarray(format="rgb24")
+                if k >= idx[-1]:
+                    break
+        buffer = np.stack([got[k] for k in idx.tolist()])                      # uint8 [T, H, W, 3]
+        x = torch.tensor(buffer, dtype=torch.float32).permute(3, 0, 1, 2)        # float32 [3, T, H, W], full size
+        top, left, h, w = random_crop_box(rng, x.shape[2], x.shape[3], (0.3, 1.0), (3 / 4, 4 / 3))
+        x = F.interpolate(x[:, :, top:top + h, left:left + w], size=(self.crop, self.crop), mode="bilinear",
+                          align_corners=False)
+        if rng.uniform() < 0.5:
+            x = x.flip(-1)
+        return (x - self.mean) / self.std, 0
+
+
+def timed(it, batches: int, clock=time.perf_counter) -> float:
+    """clips per second of `clock` over `batches` batches after a first (start-up) batch."""
+    x = next(it)[0]
+    B = x.shape[0]
+    t0 = clock()
+    for _ in range(batches):
+        x = next(it)[0]
+    assert x.shape[1:3] == (3, FPC), x.shape
+    return batches * B / (clock() - t0)
+
+
+def make_iter(kind: str, csv_path: Path, crop: int, workers: int, batch: int):
+    """An endless iterator of (clips, ...) batches; workers=0: in this process (DALI: one thread)."""
+    if kind in ("pyav", "dali_cpu"):
+        ds = VideoDataset([csv_path], frames_per_clip=FPC, frame_step=STEP, transform=VideoTransform(crop))
+        if kind == "pyav":
+            return iter(make_loader(ds, batch_size=batch, seed=0, num_workers=workers))
+        from engine.data.dali import make_dali_loader
+
+        return iter(make_dali_loader(ds, batch_size=batch, seed=0, num_threads=max(1, workers)))
+    paths = [ln.rsplit(" ", 1)[0] for ln in csv_path.read_text().splitlines()]
+    dl = torch.utils.data.DataLoader(ReferenceStyleDataset(paths, crop), batch_size=batch, shuffle=True,
+                                     num_workers=workers, persistent_workers=workers > 0, drop_last=True)
+
+    def endless():
+        while True:
+            yield from dl
+    return endless()
+
+
+def measure(kinds, csv_path, crop, workers, batch, batches, rounds) -> dict:
+    """Best of `rounds` interleaved runs per loader (the machine is shared: the best run is the least disturbed).
+
+    workers=0: clips per CPU-second of this process (DALI's threads included), loaders run in-process;
+    workers>=1: clips per wall-second with that many DataLoader workers (DALI: threads).
+    """
+    clock = time.process_time if workers == 0 else time.perf_counter
+    best = {k: 0.0 for k in kinds}
+    for _ in range(rounds):
+        for k in kinds:
+            it = make_iter(k, csv_path, crop, workers, batch)
+            best[k] = max(best[k], timed(it, batches, clock))
+            del it
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--codecs", nargs="+", default=["h264", "vp9", "mjpeg"])
+    ap.add_argument("--crops", nargs="+", type=int, default=[224, 64])
+    ap.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2],
+                    help="0 = in-process, measured in clips per CPU-second")
+    ap.add_argument("--videos", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "loader_cpu.csv"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # the loaders' own parallelism is what is measured
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        csvs = {c: make_videos(Path(tmp), c, args.videos) for c in args.codecs}
+        for codec in args.codecs:
+            kinds = ["reference", "pyav"] + (["dali_cpu"] if codec in ("vp9", "mjpeg") else [])
+            for crop in args.crops:
+                for workers in args.workers:
+                    res = measure(kinds, csvs[codec], crop, workers, args.batch, args.batches, args.rounds)
+                    for k in kinds:
+                        rows.append({"loader": k, "codec": codec, "crop": crop, "workers": workers,
+                                     "unit": "clips/cpu-s" if workers == 0 else "clips/s",
+                                     "clips_per_s": round(res[k], 2), "frames_per_s": round(res[k] * FPC, 1),
+                                     "vs_reference": round(res[k] / res["reference"], 2)})
+                        r = rows[-1]
+                        print(f"{k:10s} {codec:6s} {crop:4d} px  workers={workers}: {res[k]:7.1f} {r['unit']:11s} "
+                              f"({res[k] * FPC:6.0f} frames)  x{r['vs_reference']:.2f} vs reference", flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"\n{'loader':10s} {'codec':6s} {'crop':>4s} {'wk':>2s} {'unit':11s} {'clips':>7s} {'frames':>7s} {'x ref':>6s}")
+    for r in rows:
+        print(f"{r['loader']:10s} {r['codec']:6s} {r['crop']:4d} {r['workers']:2d} {r['unit']:11s} "
+              f"{r['clips_per_s']:7.1f} {r['frames_per_s']:7.0f} {r['vs_reference']:6.2f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

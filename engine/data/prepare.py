@@ -1,0 +1,200 @@
+"""Transcode, resize and shard a video collection: `python -m engine.data prepare`.
+
+Usage:
+    python -m engine.data prepare --input data/raw --output data/shards [--codec vp9|h264|mjpeg] [--size 128]
+                                  [--shard-size 100] [--workers 2]
+    from engine.data.prepare import prepare
+    index = prepare("data/train.csv", "data/shards", codec="vp9", size=128, shard_size=100)
+
+Input: an index CSV in the reference format ("<path> <label>" lines), or a folder: its video files
+(.mp4 .webm .avi .mkv .mov, recursively); with class sub-folders the label is the sorted folder index,
+else 0. Per-frame arrays saved beside a video as <stem>.actions.npy / <stem>.states.npy (the robot and
+Atari sources write them) travel into the shard with it.
+
+Each video is decoded in full, resized so its short side is `size` (aspect kept, even sides; None keeps
+the size), re-encoded with `codec` at its own frame rate and written to tar shards (engine.data.shards
+layout). Output: DIR/shard-NNNNNN.tar, DIR/index.json ({"shards": [{"path", "count", "frames",
+"duration"}], totals, "skipped": [{"path", "error"}], arguments}) and DIR/index.csv (one line per shard:
+path,count,frames,duration). Inputs that cannot be decoded are skipped, counted and named (log + index);
+if none can be, a ValueError names the first failures. Work is spread over `workers` processes; sample
+keys and order follow the input order, so the output does not depend on `workers`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .datasets import read_index_csv
+from .shards import ShardWriter
+from .synthetic import CODECS
+
+logger = logging.getLogger(__name__)
+INPUT_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
+ARRAY_NAMES = ("actions", "states")
+
+
+def list_inputs(source) -> tuple[list[str], list[int], list[str] | None]:
+    """(paths, labels, class names or None) from an index CSV or a folder of videos."""
+    p = Path(source)
+    if p.is_file():
+        paths, labels = read_index_csv(p)
+        return paths, labels, None
+    if not p.is_dir():
+        raise ValueError(f"--input {source}: neither an index CSV nor a folder")
+    classes = sorted(d.name for d in p.iterdir() if d.is_dir())
+    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in INPUT_EXTS and not f.name.startswith("."))
+    if classes and all(f.parent != p for f in files):
+        cls_idx = {c: i for i, c in enumerate(classes)}
+        labels = [cls_idx[f.relative_to(p).parts[0]] for f in files]
+    else:
+        classes, labels = None, [0] * len(files)
+    if not files:
+        raise ValueError(f"--input {source}: no video files ({', '.join(INPUT_EXTS)})")
+    return [str(f) for f in files], labels, classes
+
+
+def _even(x: float) -> int:
+    return max(2, int(round(x / 2)) * 2)
+
+
+def transcode(path, codec: str = "vp9", size: int | None = None, gop: int | None = None) -> tuple[bytes, dict]:
+    """Decode `path` fully, resize (short side `size`), re-encode: (file bytes, meta without label)."""
+    encoder, fmt, suffix, pix_fmt, options = CODECS[codec]
+    buf = io.BytesIO()
+    out = av.open(buf, "w", format=fmt)  # in memory: nothing half-written on disk
+    frames = 0
+    try:
+        with av.open(str(path)) as src:
+            if not src.streams.video:
+                raise ValueError("no video stream")
+            s = src.streams.video[0]
+            rate = s.average_rate or s.guessed_rate or s.base_rate or Fraction(25)
+            rate = Fraction(rate).limit_denominator(1001)
+            H, W = s.codec_context.height, s.codec_context.width
+            if size:
+                k = size / min(H, W)
+                oh, ow = _even(H * k), _even(W * k)
+            else:
+                oh, ow = H - H % 2, W - W % 2
+            st = out.add_stream(encoder, rate=rate)
+            st.width, st.height, st.pix_fmt = ow, oh, pix_fmt
+            st.options = dict(options)
+            st.codec_context.thread_count = 1
+            if codec == "mjpeg":
+                st.codec_context.bit_rate = 8_000_000
+            if gop is not None:
+                st.codec_context.gop_size = gop
+            st.codec_context.time_base = Fraction(1) / rate
+            for frame in src.decode(s):
+                f = frame.reformat(width=ow, height=oh, format=pix_fmt, interpolation="AREA" if size and
+                                   size < min(H, W) else "BILINEAR")
+                f.pts, f.time_base = frames, st.codec_context.time_base
+                for packet in st.encode(f):
+                    out.mux(packet)
+                frames += 1
+            if frames == 0:
+                raise ValueError("no decodable frames")
+            for packet in st.encode():
+                out.mux(packet)
+    finally:
+        out.close()
+    fps = float(rate)
+    meta = {"fps": fps, "num_frames": frames, "duration": round(frames / fps, 4), "width": ow, "height": oh,
+            "codec": codec}
+    return buf.getvalue(), meta
+
+
+def _sidecar_arrays(path) -> dict:
+    p = Path(path)
+    out = {}
+    for name in ARRAY_NAMES:
+        f = p.with_name(f"{p.stem}.{name}.npy")
+        if f.exists():
+            out[name] = np.load(f, allow_pickle=False)
+    return out
+
+
+def _work(job):
+    """One input -> ("ok", key, bytes, meta, arrays) or ("bad", path, error)."""
+    i, path, label, codec, size = job
+    try:
+        data, meta = transcode(path, codec, size)
+        arrays = _sidecar_arrays(path)
+        for name, a in arrays.items():
+            if len(a) != meta["num_frames"]:
+                raise ValueError(f"{name}.npy has {len(a)} rows for {meta['num_frames']} frames")
+    except Exception as e:  # noqa: BLE001 -- a bad input is named and skipped, never fatal
+        return "bad", path, f"{type(e).__name__}: {e}"
+    meta.update(label=int(label), source=str(path))
+    return "ok", f"{i:08d}", data, meta, arrays
+
+
+def prepare(input, output, *, codec: str = "vp9", size: int | None = 128, shard_size: int = 100,
+            workers: int = 1, progress: bool = False) -> dict:
+    """See the module docstring; returns the index dict (also written to output/index.json)."""
+    if codec not in CODECS:
+        raise ValueError(f"--codec: expected one of {sorted(CODECS)}, got {codec!r}")
+    if size is not None and size < 2:
+        raise ValueError(f"--size: must be >= 2, got {size}")
+    paths, labels, classes = list_inputs(input)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("shard-*.tar"):  # a rerun replaces the previous shards
+        old.unlink()
+    ext = CODECS[codec][2].lstrip(".")
+    jobs = [(i, p, lab, codec, size) for i, (p, lab) in enumerate(zip(paths, labels))]
+    skipped = []
+    if workers > 1:
+        import multiprocessing as mp
+        pool = mp.get_context("forkserver").Pool(workers)
+        results = pool.imap(_work, jobs, chunksize=1)
+    else:
+        pool, results = None, map(_work, jobs)
+    if progress:
+        from tqdm import tqdm
+        results = tqdm(results, total=len(jobs), desc=f"prepare {codec} {size or 'orig'}", unit="video")
+    try:
+        with ShardWriter(out, shard_size=shard_size) as w:
+            for r in results:
+                if r[0] == "bad":
+                    skipped.append({"path": r[1], "error": r[2]})
+                    logger.warning("skipping %s: %s", r[1], r[2])
+                    continue
+                _, key, data, meta, arrays = r
+                w.write(key, data, ext, meta, arrays=arrays)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    if not w.shards:
+        raise ValueError(f"--input {input}: none of {len(paths)} videos could be prepared; first failures: "
+                         + "; ".join(f"{s['path']}: {s['error']}" for s in skipped[:3]))
+    index = {"version": 1, "codec": codec, "size": size, "shard_size": shard_size, "input": str(input),
+             "num_samples": sum(s["count"] for s in w.shards), "num_frames": sum(s["frames"] for s in w.shards),
+             "duration": round(sum(s["duration"] for s in w.shards), 4), "classes": classes,
+             "shards": w.shards, "skipped": skipped}
+    tmp = out / ".index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, out / "index.json")
+    with open(out / "index.csv", "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["path", "count", "frames", "duration"])
+        for s in w.shards:
+            wr.writerow([s["path"], s["count"], s["frames"], s["duration"]])
+    return index
+
+
+def summary(index: dict) -> str:
+    hours = index["duration"] / 3600
+    lines = [f"{index['num_samples']} videos ({index['num_frames']} frames, {hours:.2f} h) in "
+             f"{len(index['shards'])} shard(s); {len(index['skipped'])} skipped"]
+    lines += [f"  skipped {s['path']}: {s['error']}" for s in index["skipped"]]
+    return "\n".join(lines)

@@ -1,0 +1,349 @@
+"""Tar shards in the webdataset layout: a writer, a tar-header scanner, and a clip dataset that reads members in place.
+
+Usage:
+    with ShardWriter("data/shards", shard_size=100) as w:          # data/shards/shard-000000.tar, ...
+        w.write("000017", video_bytes, "mp4", {"label": 2, "fps": 8.0, "num_frames": 16, "duration": 2.0},
+                arrays={"actions": actions_TA, "states": states_TS})
+    ds = ShardVideoDataset("data/shards/index.json", frames_per_clip=16, frame_step=4,
+                           transform=VideoTransform(crop_size=64))
+    loader = make_loader(ds, batch_size=8, seed=0, rank=rank, world_size=world)   # each rank: its own shards
+    loader.state_dict() / loader.load_state_dict(state)                          # resume the stream
+
+Layout of one sample (members share the key: the name up to the first dot of the base name):
+    <key>.mp4 | .webm | .avi | .mkv   the encoded video
+    <key>.json                        {"label", "fps", "num_frames", "duration", "width", "height", "codec", "source"}
+    <key>.cls                         the label as ASCII text (webdataset convention)
+    <key>.info.i32                    int32 [label, num_frames, ceil(fps)] little-endian: for DALI's
+                                      readers.webdataset, which reads raw typed bytes but cannot parse JSON
+    <key>.actions.npy, .states.npy    per-frame actions / states for sources that have them (robot, atari)
+
+Reading: each tar's headers are scanned once (tarfile, no extraction) for the (offset, size) of every
+member; a sample's video is then read with one seek + read and decoded from memory by PyAV. A missing
+or unreadable tar is skipped with a warning (`bad_shards`); a truncated tar keeps its complete members.
+
+Stream order (ShardBatchSampler): in epoch e the shards are permuted by (seed, e) and rank r takes
+shards r, r+W, r+2W, ...; each shard's samples are permuted by (seed, e, shard) and read shard after
+shard, so a rank reads few tars, mostly sequentially. Every rank runs the same number of batches per
+epoch: floor(L / B) with L the smallest sample count any rank can be dealt (the S // W smallest shards),
+the rest of a rank's stream is dropped that epoch (drop_last) -- or, with drop_last=False, ceil(L' / B)
+with L' the largest possible count, a rank's stream wrapping onto its own start. Sample seeds and mask
+seeds follow engine.data.loader, so the stream is identical for any num_workers and a loader restored
+from state_dict() continues with the clips it has not seen yet.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import VideoDataset
+from .loader import sample_seeds
+from .video import VideoReader
+
+logger = logging.getLogger(__name__)
+VIDEO_EXTS = ("mp4", "webm", "avi", "mkv")
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """'dir/000017.actions.npy' -> ('dir/000017', 'actions.npy'): the webdataset key / extension rule."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext
+
+
+# ----------------------------------------------------------------------------- writing
+def _tar_add(tf: tarfile.TarFile, name: str, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: same input -> same bytes
+    tf.addfile(info, io.BytesIO(data))
+
+
+def _npy_bytes(a) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Writes samples into out_dir/<prefix>-NNNNNN.tar, `shard_size` samples per tar; each tar appears atomically."""
+
+    def __init__(self, out_dir, shard_size: int = 100, prefix: str = "shard"):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.shard_size, self.prefix = int(shard_size), prefix
+        self.shards: list[dict] = []  # per finished shard: path, count, frames, duration
+        self._tf, self._cur, self._keys = None, None, set()
+
+    def write(self, key: str, video: bytes, ext: str, meta: dict, arrays: dict | None = None):
+        """Add one sample; meta needs label, num_frames, fps (duration, width, height... are kept as given)."""
+        if "." in key or not key or key in self._keys:
+            raise ValueError(f"shard key {key!r}: must be non-empty, unique and without dots")
+        if ext not in VIDEO_EXTS:
+            raise ValueError(f"video extension {ext!r}: expected one of {VIDEO_EXTS}")
+        missing = [k for k in ("label", "num_frames", "fps") if k not in meta]
+        if missing:
+            raise ValueError(f"sample {key}: meta lacks {missing}")
+        if self._tf is None:
+            path = self.out_dir / f"{self.prefix}-{len(self.shards):06d}.tar"
+            tmp = path.with_name(f".{path.name}.tmp")
+            self._tf = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
+            self._cur = {"path": path.name, "count": 0, "frames": 0, "duration": 0.0, "_tmp": tmp}
+        self._keys.add(key)
+        label, nf, fps = int(meta["label"]), int(meta["num_frames"]), float(meta["fps"])
+        _tar_add(self._tf, f"{key}.{ext}", video)
+        _tar_add(self._tf, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+        _tar_add(self._tf, f"{key}.cls", str(label).encode())
+        _tar_add(self._tf, f"{key}.info.i32", np.asarray([label, nf, math.ceil(fps)], "<i4").tobytes())
+        for name, a in (arrays or {}).items():
+            _tar_add(self._tf, f"{key}.{name}.npy", _npy_bytes(a))
+        c = self._cur
+        c["count"] += 1
+        c["frames"] += nf
+        c["duration"] += float(meta.get("duration", nf / fps if fps else 0.0))
+        if c["count"] >= self.shard_size:
+            self._finish_shard()
+
+    def _finish_shard(self):
+        self._tf.close()
+        c = self._cur
+        os.replace(c.pop("_tmp"), self.out_dir / c["path"])
+        c["duration"] = round(c["duration"], 4)
+        self.shards.append(c)
+        self._tf = self._cur = None
+
+    def close(self) -> list[dict]:
+        if self._tf is not None:
+            self._finish_shard()
+        return self.shards
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ----------------------------------------------------------------------------- reading
+def scan_shard(path) -> tuple[list[dict], str | None]:
+    """Samples of one tar in stored order: ([{"key", "members": {ext: (offset, size)}}], problem or None).
+
+    Reads headers only. A truncated tar yields its complete samples and names the problem; a sample
+    without a video member is dropped (and named).
+    """
+    path = str(path)
+    size = os.path.getsize(path)
+    samples, by_key, problem = [], {}, None
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, ext = split_member_name(m.name)
+                if m.offset_data + m.size > size:
+                    problem = f"truncated at member {m.name}"
+                    if key in by_key:  # the cut sample is incomplete: drop it whole
+                        samples.remove(by_key.pop(key))
+                    break
+                if not ext or os.path.basename(m.name).startswith("."):
+                    continue
+                if key not in by_key:
+                    by_key[key] = {"key": key, "members": {}}
+                    samples.append(by_key[key])
+                by_key[key]["members"][ext] = (m.offset_data, m.size)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if not samples:
+            raise
+        problem = f"unreadable after {len(samples)} samples: {e}"
+    no_video = [s["key"] for s in samples if not any(e in s["members"] for e in VIDEO_EXTS)]
+    if no_video:
+        problem = (problem + "; " if problem else "") + f"{len(no_video)} sample(s) without a video: {no_video[:3]}"
+        samples = [s for s in samples if s["key"] not in set(no_video)]
+    return samples, problem
+
+
+def read_member(tar_path, offset: int, size: int) -> bytes:
+    with open(tar_path, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise OSError(f"{tar_path}: member at {offset} is truncated ({len(data)} of {size} bytes)")
+    return data
+
+
+def resolve_shards(source) -> list[str]:
+    """Tar paths from an index.json (written by `prepare`), a folder (its index.json, else its *.tar), or tars."""
+    if isinstance(source, (list, tuple)):
+        out = []
+        for s in source:
+            out += resolve_shards(s)
+        return out
+    p = Path(source)
+    if p.is_dir():
+        p = p / "index.json" if (p / "index.json").exists() else p
+        if p.is_dir():
+            tars = sorted(str(t) for t in p.glob("*.tar"))
+            if not tars:
+                raise ValueError(f"{source}: no index.json and no .tar shards in this folder")
+            return tars
+    if p.suffix == ".json":
+        idx = json.loads(p.read_text())
+        if "shards" not in idx:
+            raise ValueError(f"{p}: not a shard index (no 'shards' key)")
+        return [str(Path(s["path"]) if Path(s["path"]).is_absolute() else p.parent / s["path"]) for s in idx["shards"]]
+    if p.suffix == ".tar" or not p.exists():
+        return [str(p)]  # a missing tar is reported (and skipped) by the dataset
+    raise ValueError(f"{source}: expected an index.json, a folder of shards or .tar files")
+
+
+class ShardBatchSampler:
+    """This rank's batches over its own shards for one epoch; the loader sets `epoch` and `start_batch`."""
+
+    def __init__(self, shard_counts, batch_size, seed, *, shuffle=True, drop_last=True, rank=0, world_size=1):
+        counts = np.asarray(shard_counts, dtype=np.int64)
+        S, W = len(counts), int(world_size)
+        if not 0 <= rank < W:
+            raise ValueError(f"rank {rank} not in [0, {W})")
+        if S < W:
+            raise ValueError(f"{S} shard(s) for {W} ranks: each rank needs a shard of its own; "
+                             f"prepare the data with a smaller --shard-size")
+        self.counts, self.offsets = counts, np.concatenate([[0], np.cumsum(counts)])
+        self.n, self.batch_size, self.seed = int(counts.sum()), int(batch_size), int(seed)
+        self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, int(rank), W
+        srt = np.sort(counts)
+        if drop_last:  # every rank is dealt at least S // W shards, at least the smallest ones
+            self.samples_per_epoch = int(srt[:S // W].sum())
+            self.batches_per_epoch = self.samples_per_epoch // self.batch_size
+        else:
+            self.samples_per_epoch = int(srt[::-1][:math.ceil(S / W)].sum())
+            self.batches_per_epoch = math.ceil(self.samples_per_epoch / self.batch_size)
+        self.epoch, self.start_batch = 0, 0
+
+    def rank_shards(self, epoch: int, rank: int | None = None) -> np.ndarray:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.counts)) if self.shuffle \
+            else np.arange(len(self.counts))
+        return order[(self.rank if rank is None else rank)::self.world_size]
+
+    def rank_stream(self, epoch: int, rank: int | None = None) -> np.ndarray:
+        """Dataset indices of a rank's whole stream in epoch `epoch` (before the per-epoch cut)."""
+        parts = []
+        for s in self.rank_shards(epoch, rank):
+            n = int(self.counts[s])
+            within = np.random.default_rng([self.seed, epoch, int(s)]).permutation(n) if self.shuffle else np.arange(n)
+            parts.append(self.offsets[s] + within)
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def global_batch(self, epoch: int, batch: int) -> int:
+        return (epoch * self.batches_per_epoch + batch) * self.world_size + self.rank
+
+    def __len__(self):
+        return self.batches_per_epoch - self.start_batch
+
+    def __iter__(self):
+        epoch, B, W = self.epoch, self.batch_size, self.world_size
+        stream = self.rank_stream(epoch)
+        for b in range(self.start_batch, self.batches_per_epoch):
+            pos = np.arange(b * B, min((b + 1) * B, self.samples_per_epoch))
+            seeds = sample_seeds(self.seed, epoch, pos * W + self.rank)  # distinct across ranks
+            gb = self.global_batch(epoch, b)
+            yield [(int(stream[p % len(stream)]), int(s), gb) for p, s in zip(pos, seeds)]
+
+
+class ShardVideoDataset(VideoDataset):
+    """Clips from tar shards, same clip sampling and transforms as VideoDataset; samples are read in place.
+
+    Items: (clip float32 [3, T, H, W] (list of num_clips), label); labels come from `<key>.cls` (else the
+    JSON's "label"). `make_loader` picks up `make_batch_sampler`, so each rank reads its own shards.
+    """
+
+    def __init__(self, shards, frames_per_clip: int = 16, frame_step: int = 4, fps: float | None = None,
+                 duration: float | None = None, num_clips: int = 1, transform=None, random_clip_sampling: bool = True,
+                 allow_clip_overlap: bool = False, max_consecutive_failures: int | None = None,
+                 seek_threshold: int = 64):
+        self._init_clip_args(frames_per_clip, frame_step, fps, duration, num_clips, transform, random_clip_sampling,
+                             allow_clip_overlap, seek_threshold)
+        self.shard_paths, self.shard_counts, self.bad_shards = [], [], {}
+        self.paths, self._members = [], []  # per sample: "tar:key" (for messages), (tar index, {ext: (off, size)})
+        for tar in resolve_shards(shards):
+            try:
+                samples, problem = scan_shard(tar)
+            except (tarfile.TarError, EOFError, OSError) as e:
+                samples, problem = [], f"{type(e).__name__}: {e}"
+            if problem:
+                self.bad_shards[tar] = problem
+                logger.warning("shard %s: %s%s", tar, problem, "" if samples else " (skipped)")
+            if not samples:
+                continue
+            t = len(self.shard_paths)
+            self.shard_paths.append(tar)
+            self.shard_counts.append(len(samples))
+            for s in samples:
+                self.paths.append(f"{tar}:{s['key']}")
+                self._members.append((t, s["members"]))
+        if not self.paths:
+            raise ValueError(f"no readable samples in shards {shards!r}: {self.bad_shards}")
+        self.labels = np.full(len(self.paths), -1, np.int64)  # filled as samples are read
+        self.sample_weights, self.index_csvs = None, []
+        self.source = f"shards {shards!r}" if not isinstance(shards, (list, tuple)) else f"{len(shards)} shard paths"
+        self._init_skips(max_consecutive_failures)
+
+    def make_batch_sampler(self, batch_size, seed, *, shuffle=True, drop_last=True, rank=0, world_size=1):
+        return ShardBatchSampler(self.shard_counts, batch_size, seed, shuffle=shuffle, drop_last=drop_last,
+                                 rank=rank, world_size=world_size)
+
+    # -- members
+    def read_component(self, i: int, ext: str) -> bytes:
+        """Raw bytes of sample i's member `<key>.<ext>` (KeyError naming the sample if it has none)."""
+        t, members = self._members[i]
+        if ext not in members:
+            raise KeyError(f"{self.paths[i]}: no member .{ext} (has {sorted(members)})")
+        return read_member(self.shard_paths[t], *members[ext])
+
+    def read_array(self, i: int, name: str) -> np.ndarray:
+        """A saved per-frame array of sample i, e.g. read_array(i, "actions")."""
+        return np.load(io.BytesIO(self.read_component(i, f"{name}.npy")), allow_pickle=False)
+
+    def read_meta(self, i: int) -> dict:
+        return json.loads(self.read_component(i, "json"))
+
+    def video_ext(self, i: int) -> str:
+        members = self._members[i][1]
+        return next(e for e in VIDEO_EXTS if e in members)
+
+    def read_video(self, i: int) -> io.BytesIO:
+        ext = self.video_ext(i)
+        buf = io.BytesIO(self.read_component(i, ext))
+        buf.name = f"{self.paths[i]}.{ext}"  # names the member in decode errors
+        return buf
+
+    def read_label(self, i: int) -> int:
+        members = self._members[i][1]
+        try:
+            return int(self.read_component(i, "cls").decode().strip()) if "cls" in members else \
+                int(self.read_meta(i)["label"])
+        except (ValueError, KeyError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.paths[i]}: no readable label ({e})") from e
+
+    # -- _SkipBadFiles hooks
+    def _load_index(self, i, rng):
+        label = self.read_label(i)
+        self.labels[i] = label
+        return self._load(self.read_video(i), rng), label
+
+    def _label(self, i, data) -> int:
+        return int(data[1])
+
+    def _finish(self, data, rng):
+        return super()._finish(data[0], rng)
+
+    def decode(self, i: int, frame_indices) -> np.ndarray:
+        """uint8 [T, H, W, 3]: given frames of sample i (tests, tools)."""
+        with VideoReader(self.read_video(i), seek_threshold=self.seek_threshold) as vr:
+            return vr.decode(frame_indices)

@@ -1,0 +1,58 @@
+"""Shared writer for the real sources: video + per-frame arrays + index CSV, written atomically.
+
+Usage:
+    with SourceWriter(out_dir, name="robot", codec="h264", fps=10) as w:
+        w.add(i, frames_THW3, label, actions_TA, states_TS)      # -> out_dir/robot/000017.mp4 (+ .npy files)
+    csv_path = w.csv_path                                         # out_dir/robot.csv, written on exit
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..synthetic import CODECS, write_video
+
+
+def _save_npy(path: Path, a: np.ndarray):
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, a, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+class SourceWriter:
+    def __init__(self, out_dir, name: str, codec: str = "h264", fps: int = 10, meta: dict | None = None):
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+        self.out_dir = Path(out_dir).resolve()
+        self.video_dir = self.out_dir / name
+        self.video_dir.mkdir(parents=True, exist_ok=True)
+        self.name, self.codec, self.fps, self.meta = name, codec, fps, dict(meta or {})
+        self.csv_path = self.out_dir / f"{name}.csv"
+        self.lines: list[str] = []
+
+    def add(self, i: int, frames_THW3: np.ndarray, label: int, actions: np.ndarray, states: np.ndarray) -> Path:
+        T = len(frames_THW3)
+        if len(actions) != T or len(states) != T:
+            raise ValueError(f"video {i}: {T} frames but {len(actions)} actions and {len(states)} states")
+        path = self.video_dir / f"{i:06d}{CODECS[self.codec][2]}"
+        _save_npy(path.with_name(f"{path.stem}.actions.npy"), np.asarray(actions))
+        _save_npy(path.with_name(f"{path.stem}.states.npy"), np.asarray(states))
+        write_video(path, frames_THW3, fps=self.fps, codec=self.codec)  # last: its presence means complete
+        self.lines.append(f"{path} {int(label)}\n")
+        return path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            return
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        tmp.write_text("".join(self.lines))
+        os.replace(tmp, self.csv_path)
+        meta = dict(self.meta, name=self.name, codec=self.codec, fps=self.fps, num_videos=len(self.lines))
+        self.csv_path.with_suffix(".json").write_text(json.dumps(meta, indent=1))

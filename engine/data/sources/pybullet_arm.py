@@ -1,0 +1,156 @@
+"""A KUKA iiwa arm (pybullet_data) reaching for and pushing a cube, rendered with pybullet's TinyRenderer.
+
+Usage:
+    from engine.data.sources import generate_robot
+    csv = generate_robot("data/robot", 30, num_frames=32, size=64, fps=10, seed=0)
+    # data/robot/robot/000007.mp4 + 000007.actions.npy (float32 [T, 3]) + 000007.states.npy (float32 [T, 10])
+    python -m engine.data robot --output data/robot --num 30 [--frames 32 --size 64 --fps 10]
+
+Each episode: a fresh world (plane, arm, an 8 cm red cube at a random spot), the arm starting from a
+jittered home pose, a camera with a random yaw. Per frame the controller issues an end-effector
+displacement (the action, metres, |a| <= 3 cm per axis), solved by inverse kinematics and tracked by
+the joint motors for 240/fps physics steps of 1/240 s. Row t of the arrays belongs to frame t: the
+state seen in frame t and the action taken after it. Policies (the label is the policy's index):
+    random  a smoothed random walk of the end effector inside the workspace
+    reach   move to 10 cm above the cube
+    push    go behind the cube (seen from a random push direction), lower, push it along that direction
+states: end-effector position (3) and orientation quaternion xyzw (4), cube position (3).
+Episode i depends only on (seed, i).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .common import SourceWriter
+
+POLICIES = ("random", "reach", "push")
+EE_LINK = 6  # lbr_iiwa_link_7
+HOME_Q = np.array([0.0, 0.5, 0.0, -1.3, 0.0, 1.3, 0.0])
+WORKSPACE_LO = np.array([0.30, -0.35, 0.04])
+WORKSPACE_HI = np.array([0.75, 0.35, 0.60])
+MAX_STEP = 0.03
+
+
+class _Arm:
+    """One pybullet client (DIRECT: no window) holding the scene of the current episode."""
+
+    def __init__(self):
+        import pybullet as pb
+        import pybullet_data
+
+        self.pb = pb
+        self.cid = pb.connect(pb.DIRECT)
+        self.data_path = pybullet_data.getDataPath()
+
+    def reset(self, rng: np.random.Generator):
+        pb, c = self.pb, self.cid
+        pb.resetSimulation(physicsClientId=c)
+        pb.setAdditionalSearchPath(self.data_path, physicsClientId=c)
+        pb.setGravity(0, 0, -9.8, physicsClientId=c)
+        pb.loadURDF("plane.urdf", physicsClientId=c)
+        self.arm = pb.loadURDF("kuka_iiwa/model.urdf", [0, 0, 0], useFixedBase=True, physicsClientId=c)
+        cube_xy = [rng.uniform(0.45, 0.65), rng.uniform(-0.2, 0.2)]
+        self.cube = pb.loadURDF("cube_small.urdf", [*cube_xy, 0.04], globalScaling=1.6, physicsClientId=c)
+        pb.changeVisualShape(self.cube, -1, rgbaColor=[0.9, 0.15, 0.1, 1], physicsClientId=c)  # visible at 64 px
+        q = HOME_Q + rng.uniform(-0.15, 0.15, 7)
+        for j in range(7):
+            pb.resetJointState(self.arm, j, q[j], physicsClientId=c)
+        self.down = pb.getQuaternionFromEuler([0, np.pi, 0])  # tool pointing at the floor
+        self.view = pb.computeViewMatrixFromYawPitchRoll([0.45, 0, 0.3], 1.25, float(rng.uniform(35, 75)), -30, 0, 2)
+        self.proj = pb.computeProjectionMatrixFOV(50, 1.0, 0.05, 5)
+        self.target = np.clip(self.ee()[0], WORKSPACE_LO, WORKSPACE_HI)
+
+    def ee(self):
+        s = self.pb.getLinkState(self.arm, EE_LINK, computeForwardKinematics=True, physicsClientId=self.cid)
+        return np.asarray(s[4]), np.asarray(s[5])
+
+    def cube_pos(self):
+        return np.asarray(self.pb.getBasePositionAndOrientation(self.cube, physicsClientId=self.cid)[0])
+
+    def render(self, size: int) -> np.ndarray:
+        w, h, rgba, _, _ = self.pb.getCameraImage(size, size, self.view, self.proj, renderer=self.pb.ER_TINY_RENDERER,
+                                                  physicsClientId=self.cid)
+        return np.asarray(rgba, np.uint8).reshape(h, w, 4)[..., :3]
+
+    def act(self, delta, substeps: int):
+        pb, c = self.pb, self.cid
+        self.target = np.clip(self.target + delta, WORKSPACE_LO, WORKSPACE_HI)
+        q = pb.calculateInverseKinematics(self.arm, EE_LINK, self.target.tolist(), self.down, maxNumIterations=50,
+                                          physicsClientId=c)
+        pb.setJointMotorControlArray(self.arm, list(range(7)), pb.POSITION_CONTROL, targetPositions=q[:7],
+                                     forces=[300.0] * 7, physicsClientId=c)
+        for _ in range(substeps):
+            pb.stepSimulation(physicsClientId=c)
+
+    def close(self):
+        self.pb.disconnect(physicsClientId=self.cid)
+
+
+def _toward(src, dst, noise, rng):
+    return np.clip(dst - src + rng.normal(0, noise, 3), -MAX_STEP, MAX_STEP)
+
+
+def run_episode(arm: _Arm, policy: str, rng: np.random.Generator, num_frames: int = 32, size: int = 64,
+                fps: int = 10):
+    """(uint8 frames [T, size, size, 3], float32 actions [T, 3], float32 states [T, 10]) of one episode."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown robot policy {policy!r}; expected one of {POLICIES}")
+    arm.reset(rng)
+    substeps = max(1, round(240 / fps))
+    frames, actions, states = [], [], []
+    vel = np.zeros(3)
+    push_dir = rng.normal(size=2)
+    push_dir = np.append(push_dir / np.linalg.norm(push_dir), 0.0)
+    phase = 0
+    for t in range(num_frames):
+        pos, orn = arm.ee()
+        cube = arm.cube_pos()
+        frames.append(arm.render(size))
+        states.append(np.concatenate([pos, orn, cube]))
+        if policy == "random":
+            vel = 0.8 * vel + 0.2 * rng.normal(0, 0.05, 3)
+            a = np.clip(vel, -MAX_STEP, MAX_STEP)
+        elif policy == "reach":
+            a = _toward(arm.target, cube + [0, 0, 0.10], 0.002, rng)
+        else:  # push: above the start point, down, then along push_dir
+            start = cube - 0.10 * push_dir
+            if phase == 0:
+                goal = start + [0, 0, 0.12]
+            elif phase == 1:
+                goal = start + [0, 0, 0.05]
+            else:
+                goal = arm.target + 0.03 * push_dir
+                goal[2] = 0.05
+            a = _toward(arm.target, goal, 0.001, rng)
+            if phase < 2 and np.linalg.norm(goal - arm.target) < 0.015:
+                phase += 1
+        actions.append(a)
+        arm.act(a, substeps)
+    return np.stack(frames), np.asarray(actions, np.float32), np.asarray(states, np.float32)
+
+
+def generate_robot(out_dir, num_videos: int, *, num_frames: int = 32, size: int = 64, fps: int = 10,
+                   codec: str = "h264", seed: int = 0, policies=POLICIES, name: str = "robot",
+                   progress: bool = False):
+    """Write num_videos episodes (policy i % len(policies)); return the index CSV path."""
+    if size % 4:
+        raise ValueError(f"size must be a multiple of 4 (4:2:0 video), got {size}")
+    policies = tuple(policies)
+    meta = {"source": "pybullet kuka_iiwa", "classes": list(policies), "num_frames": num_frames, "size": size,
+            "seed": seed, "arrays": {"actions": "float32 [T, 3] end-effector displacement (m)",
+                                     "states": "float32 [T, 10] end-effector xyz, quaternion xyzw, cube xyz"}}
+    arm = _Arm()
+    it = range(num_videos)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"robot episodes -> {out_dir}", unit="video")
+    try:
+        with SourceWriter(out_dir, name, codec=codec, fps=fps, meta=meta) as w:
+            for i in it:
+                label = i % len(policies)
+                frames, actions, states = run_episode(arm, policies[label], np.random.default_rng([seed, i]),
+                                                      num_frames, size, fps)
+                w.add(i, frames, POLICIES.index(policies[label]), actions, states)
+    finally:
+        arm.close()
+    return w.csv_path

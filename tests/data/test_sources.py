@@ -1,0 +1,93 @@
+"""Real sources (pybullet arm, Atari) and clip sampling rules on videos with known frame content.
+
+Run: .venv/bin/python -m pytest tests/data/test_sources.py -q
+"""
+import json
+
+import numpy as np
+import pytest
+
+from engine.data import ShardVideoDataset, VideoDataset, decode_clip, read_index_csv, write_counter_video
+from engine.data.__main__ import main as cli_main
+from engine.data.prepare import prepare
+from engine.data.synthetic import read_counter
+
+from .conftest import write_csv
+
+pybullet = pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
+ale_py = pytest.importorskip("ale_py", reason="ale-py (requirements.txt) is not installed")
+
+
+def _arrays(path):
+    stem = str(path).rsplit(".", 1)[0]
+    return np.load(f"{stem}.actions.npy"), np.load(f"{stem}.states.npy")
+
+
+def test_robot_episodes(tmp_path):
+    cli_main(["robot", "--output", str(tmp_path), "--num", "3", "--frames", "16", "--size", "32"])
+    paths, labels = read_index_csv(tmp_path / "robot.csv")
+    assert labels == [0, 1, 2] and json.loads((tmp_path / "robot.json").read_text())["classes"] == \
+        ["random", "reach", "push"]
+    for p, label in zip(paths, labels):
+        frames = decode_clip(p, range(16))
+        actions, states = _arrays(p)
+        assert frames.shape == (16, 32, 32, 3) and actions.shape == (16, 3) and states.shape == (16, 10)
+        assert np.abs(actions).max() <= 0.03 + 1e-6
+        assert frames.std(0).mean() > 0.5  # the arm moves in the picture
+        ee, cube = states[:, :3], states[:, 7:]
+        if label == 1:  # reach: ends above the cube
+            assert np.linalg.norm(ee[-1, :2] - cube[-1, :2]) < 0.05
+            assert np.linalg.norm(ee[-1] - cube[-1]) < np.linalg.norm(ee[0] - cube[0])
+    # deterministic: same seed, same episode
+    cli_main(["robot", "--output", str(tmp_path / "again"), "--num", "1", "--frames", "16", "--size", "32"])
+    np.testing.assert_array_equal(_arrays(paths[0])[1], _arrays(read_index_csv(tmp_path / "again" / "robot.csv")[0][0])[1])
+
+
+def test_atari_plays_and_shards(tmp_path):
+    cli_main(["atari", "--output", str(tmp_path), "--num", "2", "--frames", "12", "--games", "breakout", "pong"])
+    paths, labels = read_index_csv(tmp_path / "atari.csv")
+    assert labels == [0, 1]
+    for p in paths:
+        frames = decode_clip(p, range(12))
+        actions, states = _arrays(p)
+        assert frames.shape == (12, 208, 160, 3) and actions.shape == (12,) and states.shape == (12, 128)
+        assert states.dtype == np.uint8 and (states[0] != states[-1]).any()  # RAM changes as the game runs
+    # the arrays travel into the shards with their video
+    prepare(tmp_path / "atari.csv", tmp_path / "shards", codec="vp9", size=64, shard_size=1)
+    ds = ShardVideoDataset(tmp_path / "shards", frames_per_clip=4, frame_step=2)
+    assert len(ds) == 2 and ds.read_array(1, "actions").tolist() == _arrays(paths[1])[0].tolist()
+    assert ds.read_array(1, "states").shape == (12, 128) and ds[(1, 0)][0].shape == (4, 84, 64, 3)  # 208x160 -> short side 64, even
+    with pytest.raises(ValueError, match="unknown Atari game"):
+        cli_main(["atari", "--output", str(tmp_path / "x"), "--num", "1", "--games", "nosuchgame"])
+
+
+# ----------------------------------------------------------------------------- sampling on known content
+@pytest.fixture(scope="module")
+def counter_shards(tmp_path_factory):
+    """One 30 fps counter video (48 frames) as a file and as a one-sample shard."""
+    d = tmp_path_factory.mktemp("cs")
+    (d / "in").mkdir()
+    v = write_counter_video(d / "in" / "c.mp4", 48, fps=30, size=32, codec="h264")
+    prepare(d / "in", d / "shards", codec="h264", size=None)
+    return write_csv(d / "c.csv", [v]), d / "shards"
+
+
+@pytest.mark.parametrize("where", ["file", "shard"])
+def test_sampling_rules(counter_shards, where):
+    csv, shards = counter_shards
+
+    def ds(**kw):
+        return VideoDataset([csv], **kw) if where == "file" else ShardVideoDataset(shards, **kw)
+
+    for seed in range(4):
+        k = read_counter(ds(frames_per_clip=5, frame_step=4)[(0, seed)][0].numpy())
+        assert np.all(np.diff(k) == 4) and 0 <= k[0] <= 48 - 17  # frame_step, random start inside the video
+        k = read_counter(ds(frames_per_clip=4, frame_step=None, fps=10)[(0, seed)][0].numpy())
+        assert np.all(np.diff(k) == 3)  # 30 fps sampled at 10 fps
+        k = read_counter(ds(frames_per_clip=4, frame_step=None, duration=0.8)[(0, seed)][0].numpy())
+        assert np.all(np.diff(k) == 6)  # 4 frames over 0.8 s of a 30 fps video: every 6th
+    k = read_counter(ds(frames_per_clip=8, frame_step=9)[(0, 0)][0].numpy())
+    assert k.tolist() == [0, 9, 18, 27, 36, 45, 47, 47]  # too short: every 9th, then the last frame repeated
+    two = ds(frames_per_clip=3, frame_step=2, num_clips=2)[(0, 1)][0]
+    a, b = read_counter(two[0].numpy()), read_counter(two[1].numpy())
+    assert a.max() < 24 <= b.min()  # one clip per half
