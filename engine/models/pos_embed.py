@@ -31,6 +31,9 @@ def sincos_3d(dim: int, grid_depth: int, grid_size: int, uniform_power: bool = F
         dd = hd = wd = int(math.ceil(dim / 6) * 2)
     else:
         dd, hd, wd = dim // 2, dim // 4, dim // 4
+    if dd % 2 or hd % 2:
+        raise ValueError(f"sincos_3d: embed_dim {dim} splits into odd blocks ({dd}, {hd}, {wd}); sin-cos "
+                         f"positions need embed_dim % 8 == 0 (or uniform_power)")
     pe = torch.cat([sincos_1d(dd, d), sincos_1d(hd, h), sincos_1d(wd, w)], dim=1)
     return pe[:, :dim].float()
 

@@ -1,0 +1,154 @@
+"""Models: packed passes equal per-sample dense passes, positions, presets, bad input."""
+import math
+
+import pytest
+import torch
+
+from engine.models import VIT_SIZES, Predictor, VisionTransformer
+from engine.models.pos_embed import sincos_3d
+from engine.models.rope import Rope3D
+from engine.packing import pack_index_sets
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def tiny_vit(**kw):
+    args = dict(img_size=32, patch_size=8, num_frames=4, tubelet_size=2, embed_dim=48, depth=2, num_heads=3)
+    args.update(kw)
+    torch.manual_seed(0)
+    return VisionTransformer(**args).eval()
+
+
+def ragged_sets(N, lens, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(N, generator=g)[:k].sort().values for k in lens]
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_packed_encoder_equals_each_sample_alone(rope):
+    # RoPE: head dim 20, so part of each head is not rotated
+    enc = tiny_vit(use_rope=rope, embed_dim=60 if rope else 48, num_heads=3)
+    x = torch.randn(3, 3, 4, 32, 32)
+    N = enc.num_patches
+    sets = ragged_sets(N, [1, 17, N])                           # one token, odd, full
+    packed = pack_index_sets(sets, [0, 1, 2], N)
+    with torch.no_grad():
+        z_TD = enc.forward_packed(enc.embed(x), packed)
+        for b, idx in enumerate(sets):
+            alone = enc(x[b:b + 1], masks=[idx[None]])[0]
+            lo, hi = int(packed.cu_seqlens[b]), int(packed.cu_seqlens[b + 1])
+            torch.testing.assert_close(z_TD[lo:hi], alone, **TOL)
+        full = enc(x)                                           # dense path == packed full set
+        torch.testing.assert_close(z_TD[int(packed.cu_seqlens[2]):], full[2], **TOL)
+
+
+def test_packed_gradients_equal_per_sample_gradients():
+    enc = tiny_vit()
+    x = torch.randn(2, 3, 4, 32, 32)
+    sets = ragged_sets(enc.num_patches, [5, 23], seed=1)
+    packed = pack_index_sets(sets, [0, 1], enc.num_patches)
+    enc.forward_packed(enc.embed(x), packed).square().sum().backward()
+    g_packed = [p.grad.clone() for p in enc.parameters() if p.requires_grad]
+    enc.zero_grad()
+    sum(enc(x[b:b + 1], masks=[s[None]]).square().sum() for b, s in enumerate(sets)).backward()
+    for a, b in zip(g_packed, [p.grad for p in enc.parameters() if p.requires_grad]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
+
+
+def test_shared_rows_across_mask_configs_get_summed_gradients():
+    """Two mask configs of one sample share tokens: the input gradient accumulates both."""
+    enc = tiny_vit(depth=1)
+    x_BND = enc.embed(torch.randn(1, 3, 4, 32, 32)).detach().requires_grad_(True)
+    idx = torch.arange(10)
+    packed = pack_index_sets([idx, idx], [0, 0], enc.num_patches)
+    assert not packed.rows_unique()
+    enc.forward_packed(x_BND, packed).sum().backward()
+    g2 = x_BND.grad.clone()
+    x_BND.grad = None
+    enc.forward_packed(x_BND, pack_index_sets([idx], [0], enc.num_patches)).sum().backward()
+    torch.testing.assert_close(g2, 2 * x_BND.grad)
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_packed_predictor_equals_each_sample_alone(rope):
+    enc = tiny_vit()
+    torch.manual_seed(1)
+    pred = Predictor(enc.grid, 48, predictor_embed_dim=40, depth=2, num_heads=2, use_rope=rope,
+                     num_mask_tokens=2, zero_init_mask_tokens=False).eval()
+    N = enc.num_patches
+    ctx_sets, tgt_sets = ragged_sets(N, [3, 20], 2), ragged_sets(N, [9, 1], 3)
+    ctx, tgt = pack_index_sets(ctx_sets, [0, 1], N), pack_index_sets(tgt_sets, [0, 1], N)
+    z_TD = torch.randn(ctx.rows_T.numel(), 48)
+    with torch.no_grad():
+        p_TD = pred.forward_packed(z_TD, ctx, tgt, torch.tensor([1, 0]))
+        for s in range(2):
+            zc = z_TD[int(ctx.cu_seqlens[s]):int(ctx.cu_seqlens[s + 1])][None]
+            alone = pred(zc, None, [ctx_sets[s][None]], [tgt_sets[s][None]], mask_index=[1, 0][s])[0]
+            torch.testing.assert_close(p_TD[int(tgt.cu_seqlens[s]):int(tgt.cu_seqlens[s + 1])], alone, **TOL)
+    assert p_TD.shape == (10, 48)
+
+
+def test_sincos_3d_layout():
+    pe = sincos_3d(16, grid_depth=2, grid_size=3)
+    assert pe.shape == (18, 16)
+    # token (t=1, h=2, w=0) is row 1*9 + 2*3 + 0; depth block = first 8 dims: [sin(t*w_i) | cos(t*w_i)]
+    row = pe[1 * 9 + 2 * 3]
+    omega = [1.0 / 10000 ** (i / 4) for i in range(4)]
+    torch.testing.assert_close(row[:4], torch.tensor([math.sin(1 * w) for w in omega]))
+    torch.testing.assert_close(row[8:10], torch.tensor([math.sin(2 * 1.0), math.sin(2 * 0.01)]))  # h: 4 dims
+    torch.testing.assert_close(row[12:14], torch.tensor([0.0, 0.0]))   # w = 0
+    assert sincos_3d(20, 2, 3, uniform_power=True).shape == (18, 20)    # 3 x 8 dims, cut to 20
+
+
+def _scores(rope, q, k, pos_q, pos_k):
+    cq, sq = rope.tables(torch.tensor([pos_q]))
+    ck, sk = rope.tables(torch.tensor([pos_k]))
+    return float((rope.apply(q, cq, sq) * rope.apply(k, ck, sk)).sum())
+
+
+def test_rope_textbook_layout_is_relative_and_reference_layout_is_not():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 24), torch.randn(1, 1, 24)
+    grid = (4, 6, 6)
+    fixed, quirk = Rope3D(24, grid, reference_layout=False), Rope3D(24, grid, reference_layout=True)
+    # shifting both tokens one column keeps the score with the textbook layout
+    a = _scores(fixed, q, k, 1 * 36 + 2 * 6 + 1, 0 * 36 + 3 * 6 + 4)
+    b = _scores(fixed, q, k, 1 * 36 + 2 * 6 + 2, 0 * 36 + 3 * 6 + 5)
+    assert a == pytest.approx(b, rel=1e-5)
+    a = _scores(quirk, q, k, 1 * 36 + 2 * 6 + 1, 0 * 36 + 3 * 6 + 4)
+    b = _scores(quirk, q, k, 1 * 36 + 2 * 6 + 2, 0 * 36 + 3 * 6 + 5)
+    assert abs(a - b) > 1e-3
+    # the textbook layout is a rotation (keeps norms; the reference layout is not); the tail beyond
+    # 3 axes x 6 dims is untouched
+    r = Rope3D(20, grid, reference_layout=False)
+    c, s = r.tables(torch.tensor([50]))
+    x = torch.randn(1, 2, 20)
+    y = r.apply(x, c, s)
+    torch.testing.assert_close(y.norm(), x.norm())
+    assert torch.equal(y[..., 18:], x[..., 18:]) and r.rotated == 18
+
+
+@pytest.mark.parametrize("name,params_m", [("vit_large", 303.3), ("vit_huge", 630.8), ("vit_giant", 1011.6)])
+def test_presets_have_the_reference_sizes(name, params_m):
+    with torch.device("meta"):
+        enc = VisionTransformer(img_size=224, patch_size=16, num_frames=16, tubelet_size=2, **VIT_SIZES[name])
+    n = sum(p.numel() for p in enc.parameters() if p.requires_grad) / 1e6
+    assert n == pytest.approx(params_m, rel=0.01)
+
+
+def test_bf16_autocast_forward():
+    enc = tiny_vit()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = enc(torch.randn(2, 3, 4, 32, 32), masks=[torch.tensor([[0, 5, 9], [1, 2, 3]])])
+    assert out.shape == (2, 3, 48) and out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="patch_size 7 does not divide img_size 32"):
+        VisionTransformer(img_size=32, patch_size=7, num_frames=4)
+    with pytest.raises(ValueError, match="tubelet_size 3 does not divide num_frames 4"):
+        VisionTransformer(img_size=32, patch_size=8, num_frames=4, tubelet_size=3)
+    with pytest.raises(ValueError, match=r"embed_dim 60 splits into odd blocks"):
+        tiny_vit(embed_dim=60)
+    with pytest.raises(ValueError, match=r"expected a 5-D input"):
+        tiny_vit()(torch.randn(2, 3, 32, 32))
