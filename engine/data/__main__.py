@@ -10,7 +10,7 @@ Usage:
                                 --batches 20]
         -> decode + transform throughput through the real loader, in clips/s
     python -m engine.data prepare --input DIR|CSV --output DIR [--codec vp9|h264|mjpeg --size 128
-                                  --shard-size 100 --workers 1]
+                                  --shard-size 100 --workers 1 --gop N]
         -> DIR/shard-NNNNNN.tar + DIR/index.json + DIR/index.csv (transcoded, resized, sharded)
     python -m engine.data robot --output DIR --num N [--frames 32 --size 64 --fps 10 --seed 0]
         -> DIR/robot.csv + DIR/robot/NNNNNN.mp4 (+ .actions.npy, .states.npy): a pybullet KUKA arm
@@ -76,6 +76,7 @@ def main(argv=None):
     pr.add_argument("--size", type=int, default=128, help="short side in pixels (0: keep)")
     pr.add_argument("--shard-size", type=int, default=100, help="videos per tar shard")
     pr.add_argument("--workers", type=int, default=1)
+    pr.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")
     for name, helptext in (("robot", "pybullet KUKA arm episodes (random / reach / push) with actions + states"),
                            ("atari", "Atari gameplay (ale-py ROMs) with actions + RAM states")):
         r = sub.add_parser(name, help=helptext)
@@ -104,7 +105,8 @@ def main(argv=None):
         from .prepare import prepare, summary
 
         index = prepare(args.input, args.output, codec=args.codec, size=args.size or None,
-                        shard_size=args.shard_size, workers=args.workers, progress=True)
+                        shard_size=args.shard_size, workers=args.workers, gop=args.gop,
+                        progress=True)
         print(summary(index))
         print(f"wrote {args.output}/index.json in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "robot":

@@ -2,7 +2,7 @@
 
 Usage:
     python -m engine.data prepare --input data/raw --output data/shards [--codec vp9|h264|mjpeg] [--size 128]
-                                  [--shard-size 100] [--workers 2]
+                                  [--shard-size 100] [--workers 2] [--gop 16]
     from engine.data.prepare import prepare
     index = prepare("data/train.csv", "data/shards", codec="vp9", size=128, shard_size=100)
 
@@ -12,7 +12,9 @@ else 0. Per-frame arrays saved beside a video as <stem>.actions.npy / <stem>.sta
 Atari sources write them) travel into the shard with it.
 
 Each video is decoded in full, resized so its short side is `size` (aspect kept, even sides; None keeps
-the size), re-encoded with `codec` at its own frame rate and written to tar shards (engine.data.shards
+the size), re-encoded with `codec` at its own frame rate (keyframe every `gop` frames if given: the
+PyAV reader decodes only the GOPs a clip touches, so a short GOP makes strided clips cheaper to decode
+at the price of larger files) and written to tar shards (engine.data.shards
 layout). Output: DIR/shard-NNNNNN.tar, DIR/index.json ({"shards": [{"path", "count", "frames",
 "duration"}], totals, "skipped": [{"path", "error"}], arguments}) and DIR/index.csv (one line per shard:
 path,count,frames,duration). Inputs that cannot be decoded are skipped, counted and named (log + index);
@@ -124,9 +126,9 @@ def _sidecar_arrays(path) -> dict:
 
 def _work(job):
     """One input -> ("ok", key, bytes, meta, arrays) or ("bad", path, error)."""
-    i, path, label, codec, size = job
+    i, path, label, codec, size, gop = job
     try:
-        data, meta = transcode(path, codec, size)
+        data, meta = transcode(path, codec, size, gop)
         arrays = _sidecar_arrays(path)
         for name, a in arrays.items():
             if len(a) != meta["num_frames"]:
@@ -138,7 +140,7 @@ def _work(job):
 
 
 def prepare(input, output, *, codec: str = "vp9", size: int | None = 128, shard_size: int = 100,
-            workers: int = 1, progress: bool = False) -> dict:
+            workers: int = 1, gop: int | None = None, progress: bool = False) -> dict:
     """See the module docstring; returns the index dict (also written to output/index.json)."""
     if codec not in CODECS:
         raise ValueError(f"--codec: expected one of {sorted(CODECS)}, got {codec!r}")
@@ -150,7 +152,7 @@ def prepare(input, output, *, codec: str = "vp9", size: int | None = 128, shard_
     for old in out.glob("shard-*.tar"):  # a rerun replaces the previous shards
         old.unlink()
     ext = CODECS[codec][2].lstrip(".")
-    jobs = [(i, p, lab, codec, size) for i, (p, lab) in enumerate(zip(paths, labels))]
+    jobs = [(i, p, lab, codec, size, gop) for i, (p, lab) in enumerate(zip(paths, labels))]
     skipped = []
     if workers > 1:
         import multiprocessing as mp
@@ -177,7 +179,8 @@ def prepare(input, output, *, codec: str = "vp9", size: int | None = 128, shard_
     if not w.shards:
         raise ValueError(f"--input {input}: none of {len(paths)} videos could be prepared; first failures: "
                          + "; ".join(f"{s['path']}: {s['error']}" for s in skipped[:3]))
-    index = {"version": 1, "codec": codec, "size": size, "shard_size": shard_size, "input": str(input),
+    index = {"version": 1, "codec": codec, "size": size, "shard_size": shard_size, "gop": gop,
+             "input": str(input),
              "num_samples": sum(s["count"] for s in w.shards), "num_frames": sum(s["frames"] for s in w.shards),
              "duration": round(sum(s["duration"] for s in w.shards), 4), "classes": classes,
              "shards": w.shards, "skipped": skipped}

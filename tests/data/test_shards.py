@@ -6,6 +6,7 @@ import json
 import logging
 import tarfile
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -95,7 +96,7 @@ def test_prepare_keeps_frames_and_arrays(tmp_path):
     src = write_counter_video(tmp_path / "v" / "c.mp4", 30, fps=15, size=32, codec="h264")
     np.save(tmp_path / "v" / "c.actions.npy", np.arange(30))
     np.save(tmp_path / "v" / "c.states.npy", np.arange(60).reshape(30, 2))
-    cli_main(["prepare", "--input", str(tmp_path / "v"), "--output", str(tmp_path / "s"), "--size", "0",
+    cli_main(["prepare", "--input", str(tmp_path / "v"), "--output", str(tmp_path / "s"), "--size", "0", "--gop", "8",
               "--codec", "vp9"])
     ds = ShardVideoDataset(tmp_path / "s", frames_per_clip=6, frame_step=5)
     assert read_counter(ds.decode(0, [0, 7, 29, 29])).tolist() == [0, 7, 29, 29]
@@ -103,6 +104,9 @@ def test_prepare_keeps_frames_and_arrays(tmp_path):
     clip, _ = ds[(0, 3)]
     k = read_counter(clip.numpy())
     assert np.all(np.diff(k) == 5) and k[0] <= 4  # frame_step on the shard path
+    with av.open(ds.read_video(0)) as c:
+        keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
+    assert len(keys) == 30 and sum(keys) == 4  # --gop 8: keyframes at 0, 8, 16, 24
     m = ds.read_meta(0)
     assert m["fps"] == 15 and m["num_frames"] == 30 and m["source"] == str(src)
 
