@@ -7,6 +7,8 @@ Usage:
 All loaders read the same files (320x240, 30 fps, 64 frames, synthetic moving objects) and give the
 same output: float32 clips [B, 3, 16, S, S] (16 frames, frame_step 4, random resized crop, flip,
 ImageNet normalisation), S = 224 (reference size) or 64 (the tiny configs).
+Codecs: h264, vp9 and mjpeg with the encoders' default keyframe intervals (x264: 250, so one GOP per
+video), and h264_gop8 / vp9_gop8 with a keyframe every 8 frames (prepare --gop 8).
     pyav       engine.data: VideoDataset + VideoTransform + make_loader (decode only the needed frames,
                reused swscale context, crop the uint8 region first, resize only the crop)
     dali_cpu   engine.data.dali.make_dali_loader: the same sample plans, decoded and augmented by DALI's
@@ -45,17 +47,22 @@ from engine.data.video import sample_clip_indices  # noqa: E402
 FPC, STEP, T_VIDEO, W, H, FPS = 16, 4, 64, 320, 240, 30
 
 
-def make_videos(out: Path, codec: str, n: int) -> Path:
-    """n videos of 320x240 (a 320x320 render cut to 240 rows) and their index CSV."""
-    d = out / codec
+def make_videos(out: Path, name: str, n: int) -> Path:
+    """n videos of 320x240 (a 320x320 render cut to 240 rows) and their index CSV.
+
+    name: a codec ("h264", "vp9", "mjpeg") or "<codec>_gop<N>": a keyframe every N frames, as
+    `python -m engine.data prepare --gop N` writes them.
+    """
+    codec, _, gop = name.partition("_gop")
+    d = out / name
     d.mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
         frames, _ = render_clip(i % 5, np.random.default_rng([7, i]), num_frames=T_VIDEO, size=W, fps=FPS)
         p = write_video(d / f"{i:04d}{CODECS[codec][2]}", np.ascontiguousarray(frames[:, 40:40 + H]), fps=FPS,
-                        codec=codec)
+                        codec=codec, gop=int(gop) if gop else None)
         lines.append(f"{p} {i % 5}\n")
-    csv_path = out / f"{codec}.csv"
+    csv_path = out / f"{name}.csv"
     csv_path.write_text("".join(lines))
     return csv_path
 
@@ -142,7 +149,8 @@ def measure(kinds, csv_path, crop, workers, batch, batches, rounds) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--codecs", nargs="+", default=["h264", "vp9", "mjpeg"])
+    ap.add_argument("--codecs", nargs="+", default=["h264", "vp9", "mjpeg", "h264_gop8", "vp9_gop8"],
+                    help="codec or codec_gopN (a keyframe every N frames)")
     ap.add_argument("--crops", nargs="+", type=int, default=[224, 64])
     ap.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2],
                     help="0 = in-process, measured in clips per CPU-second")
@@ -157,7 +165,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         csvs = {c: make_videos(Path(tmp), c, args.videos) for c in args.codecs}
         for codec in args.codecs:
-            kinds = ["reference", "pyav"] + (["dali_cpu"] if codec in ("vp9", "mjpeg") else [])
+            kinds = ["reference", "pyav"] + (["dali_cpu"] if codec.split("_")[0] in ("vp9", "mjpeg") else [])
             for crop in args.crops:
                 for workers in args.workers:
                     res = measure(kinds, csvs[codec], crop, workers, args.batch, args.batches, args.rounds)
@@ -174,7 +182,8 @@ def main(argv=None):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\n{'loader':10s} {'codec':6s} {'crop':>4s} {'wk':>2s} {'unit':11s} {'clips':>7s} {'frames':>7s} {'x ref':>6s}")
+    print(f"\n{'loader':10s} {'codec':6s} {'crop':>4s} {'wk':>2s} {'unit':11s} {'clips':>7s} {'frames':>7s} "
+          f"{'x ref':>6s}")
     for r in rows:
         print(f"{r['loader']:10s} {r['codec']:6s} {r['crop']:4d} {r['workers']:2d} {r['unit']:11s} "
               f"{r['clips_per_s']:7.1f} {r['frames_per_s']:7.0f} {r['vs_reference']:6.2f}")

@@ -1,4 +1,4 @@
-"""Generate the synthetic data sets from the command line.
+"""Make, prepare and benchmark data sets from the command line.
 
 Usage:
     python -m engine.data generate --output data/generated/toy --videos 300 --val 60 [--frames 16 --size 64

@@ -108,6 +108,17 @@ class _Fetch(torch.utils.data.Dataset):
         return x, label, skipped, gb
 
 
+def _stack(xs):
+    """torch.stack; in a worker process straight into shared memory, as torch's default_collate does:
+    the batch then crosses to the main process without another copy (38 MB per batch of 4 clips at 224)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(xs)
+    x = xs[0]
+    storage = x.untyped_storage()._new_shared(len(xs) * x.numel() * x.element_size(), device=x.device)
+    out = x.new(storage).resize_(len(xs), *x.shape)
+    return torch.stack(xs, out=out)
+
+
 class Collate:
     """Stacks samples; draws the batch's masks from a generator seeded by (seed, global batch)."""
 
@@ -117,9 +128,9 @@ class Collate:
     def __call__(self, samples):
         xs, labels, skipped, gbs = zip(*samples)
         if isinstance(xs[0], (list, tuple)):  # num_clips > 1: one batched tensor per clip
-            clips = [torch.stack(c) for c in zip(*xs)]
+            clips = [_stack(c) for c in zip(*xs)]
         else:
-            clips = torch.stack(xs)
+            clips = _stack(xs)
         labels_B = torch.as_tensor(labels, dtype=torch.int64)
         masks = None
         if self.mask_sampler is not None:

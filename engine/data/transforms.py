@@ -49,6 +49,8 @@ def random_crop_box(rng: np.random.Generator, height: int, width: int, scale, ra
 
 def _resize_normalise(region_THW3: np.ndarray, out_hw, flip: bool, scale_C, bias_C) -> torch.Tensor:
     """uint8 [T, h, w, 3] region -> float32 [3, T, H, W]: resize, optional flip, x * scale + bias."""
+    if not region_THW3.flags.writeable:  # e.g. np.asarray(PIL image): torch wants writable memory to share
+        region_THW3 = region_THW3.copy()
     x_T3hw = torch.from_numpy(region_THW3).permute(0, 3, 1, 2)  # a uint8 view with channels-last strides
     if tuple(x_T3hw.shape[-2:]) != tuple(out_hw):
         # resized in uint8: torch's vectorised channels-last uint8 bilinear kernel (no antialias, like the

@@ -8,7 +8,7 @@
     loss, info = engine(clips, masks); engine.backward(loss); engine.step()
     if engine.was_step_applied(): ema(momentum)
     D.save(engine, out / "checkpoints", step, client_state, rank_state)   # DeepSpeed format + atomic `latest`
-    D.export_fp32(out / "checkpoints", "model_fp32.pt")                    # encoder/predictor/target_encoder
+    D.export_fp32(out / "ds_checkpoints", "model.pth.tar")   # consolidated fp32, the reference layout
     D.run_local(fn, world_size=2, args=(...,))   # fn(rank, *args) on W local CPU ranks (tests, benches, notebooks)
 
 Launch (one machine; on CPU add DS_ACCELERATOR=cpu, gloo is picked automatically):
@@ -391,38 +391,65 @@ def load(engine, ckpt_dir, tag: str | None = None):
     return client_state, torch.load(rank_file, map_location="cpu", weights_only=False)
 
 
-def export_fp32(ckpt_dir, out_path, tag: str | None = None) -> dict:
-    """Consolidate a DeepSpeed checkpoint into one fp32 file with encoder/predictor/target_encoder.
+def export_fp32(ckpt_dir, out_path, tag: str | None = None, kind: str | None = None) -> dict:
+    """Consolidate a DeepSpeed checkpoint into one fp32 file in the reference layout.
 
-    Offline (no process group). Stages 0-2 keep fp32 parameters whole in the model-states file;
-    ZeRO-3 keeps the trainable ones as fp32 optimizer partitions and the frozen target as per-rank
-    fragments, which deepspeed's zero_to_fp32 stitches together.
+    Offline (no process group, any number of ranks wrote it). Stages 0-2 keep fp32 parameters whole
+    in the model-states file; ZeRO-3 keeps the trainable ones as fp32 optimizer partitions and the
+    frozen ones (the target, the sin-cos tables) as per-rank fragments, which deepspeed's zero_to_fp32
+    stitches together. The file is written by engine.save_reference_checkpoint: {"encoder",
+    "predictor", "target_encoder"} state dicts with the `kind`'s key prefix ("module.backbone." for
+    vjepa/vjepa2, "module." for ijepa; by default the kind the run's config describes, see
+    reference_kind), epoch, world_size, a fresh optimizer state in the reference's
+    group layout and GradScaler's initial state, so that
+    `engine.load_reference_checkpoint(out_path, kind, cfg)` and the reference train scripts read it.
+    Returns {"encoder", "predictor", "target_encoder"} (unprefixed fp32 state dicts), step, epoch, tag.
     """
+    from engine.config import load_config
+    from engine.reference_ckpt import save_reference_checkpoint
     ckpt_dir = Path(ckpt_dir)
     tag = tag or read_latest(ckpt_dir)
     if tag is None:
-        raise FileNotFoundError(f"no `latest` in {ckpt_dir}")
+        raise FileNotFoundError(f"no `latest` in {ckpt_dir}: not a DeepSpeed checkpoint folder of engine.train")
     d = ckpt_dir / tag
     model_file = d / "mp_rank_00_model_states.pt"
-    meta_file = model_file if model_file.exists() else sorted(d.glob("zero_pp_rank_0_mp_rank_00_model_states.pt"))[0]
-    meta = torch.load(meta_file, map_location="cpu", weights_only=False)
+    if not model_file.exists():
+        model_file = d / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    if not model_file.exists():
+        raise FileNotFoundError(f"{d}: no mp_rank_00_model_states.pt nor zero_pp_rank_0_mp_rank_00_model_states.pt")
+    meta = torch.load(model_file, map_location="cpu", weights_only=False)
     stage = int(meta.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
     if stage == 3:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         flat = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     else:
-        flat = {k: v for k, v in meta["module"].items()}
-    flat = {k: v.float() if v.is_floating_point() else v for k, v in flat.items()}
-    out = {"encoder": {}, "predictor": {}, "target_encoder": {}}
+        flat = dict(meta["module"])
+    parts = {"encoder": {}, "predictor": {}, "target_encoder": {}}
     for k, v in flat.items():
         head, _, rest = k.partition(".")
-        if head in out:
-            out[head][rest] = v.clone()
-    out.update({"step": meta.get("step"), "config": meta.get("config"), "tag": tag})
-    # The reference's layout: one state dict per module under these keys (engine.reference_ckpt did
-    # not exist when this was written; route through it once it does).
-    atomic_torch_save(out, out_path)
-    return out
+        if head in parts:
+            parts[head][rest] = v.detach().float().clone() if v.is_floating_point() else v.clone()
+    empty = [p for p, sd in parts.items() if not sd]
+    if empty:
+        raise ValueError(f"{d}: the checkpoint holds no {empty} weights (keys: {sorted(flat)[:6]} ...)")
+    cfg = load_config(raw=meta["config"]) if meta.get("config") else None
+    if kind is None:
+        if cfg is None:
+            raise ValueError(f"{model_file}: no run config in the checkpoint; pass kind='vjepa'|'vjepa2'|'ijepa'")
+        kind = reference_kind(cfg)
+    epoch = meta.get("epoch", 0)
+    save_reference_checkpoint(out_path, parts, kind, config=cfg, epoch=int(epoch or 0),
+                              world_size=meta.get("world_size"))
+    return {**parts, "step": meta.get("step"), "epoch": epoch, "tag": tag}
+
+
+def reference_kind(cfg) -> str:
+    """The reference repo whose layout fits a run: ijepa for images; vjepa2 when the config uses an
+    option only V-JEPA 2 has (RoPE, SiLU, its own predictor heads); else vjepa."""
+    if cfg.is_image:
+        return "ijepa"
+    md = cfg.model
+    return "vjepa2" if (md.use_rope or md.use_silu or md.use_pred_silu or md.pred_num_heads is not None) else "vjepa"
 
 
 # -- local multi-process runs (tests, benches, notebooks) ---------------------------------------------------

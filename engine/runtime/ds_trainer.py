@@ -12,8 +12,9 @@ the mean over micro-batches and ranks (one scalar all-reduce): the global batch'
 
 Checkpoints: DeepSpeed's own format in <out>/ds_checkpoints/step_XXXXXXX/ plus per-rank resume state
 (loader position, RNG states) and an atomically written `latest`; see engine.runtime.distributed.
-`python -c "from engine.runtime.distributed import export_fp32; export_fp32('<out>/ds_checkpoints', 'model.pt')"`
-writes one consolidated fp32 file (encoder / predictor / target_encoder).
+`python -c "from engine.runtime.distributed import export_fp32; export_fp32('<out>/ds_checkpoints', 'model.pth.tar')"`
+writes one consolidated fp32 file in the reference layout (engine.save_reference_checkpoint), which
+engine.load_reference_checkpoint and the reference train scripts read; any stage, any world size.
 
 Test hook: JEPA_FAULT_KILL="RANK:STEP" makes that rank SIGKILL itself at the start of that step.
 """

@@ -14,8 +14,8 @@ def vp9_csv(tmp_path_factory):
 def counter_videos(tmp_path_factory):
     """Counter videos (frame k shows k) per codec: 40 frames at 20 fps, 32x32, a keyframe every 10 frames."""
     d = tmp_path_factory.mktemp("counter")
-    return {c: write_counter_video(d / f"c_{c}.{'avi' if c == 'mjpeg' else 'mp4'}", 40, fps=20, size=32, codec=c, gop=10)
-            for c in ("h264", "vp9", "mjpeg")}
+    return {c: write_counter_video(d / f"c_{c}.{'avi' if c == 'mjpeg' else 'mp4'}", 40, fps=20, size=32, codec=c,
+                                   gop=10) for c in ("h264", "vp9", "mjpeg")}
 
 
 def write_csv(path, paths, labels=None):

@@ -40,7 +40,8 @@ def test_robot_episodes(tmp_path):
             assert np.linalg.norm(ee[-1] - cube[-1]) < np.linalg.norm(ee[0] - cube[0])
     # deterministic: same seed, same episode
     cli_main(["robot", "--output", str(tmp_path / "again"), "--num", "1", "--frames", "16", "--size", "32"])
-    np.testing.assert_array_equal(_arrays(paths[0])[1], _arrays(read_index_csv(tmp_path / "again" / "robot.csv")[0][0])[1])
+    again = read_index_csv(tmp_path / "again" / "robot.csv")[0][0]
+    np.testing.assert_array_equal(_arrays(paths[0])[1], _arrays(again)[1])
 
 
 def test_atari_plays_and_shards(tmp_path):
@@ -56,7 +57,8 @@ def test_atari_plays_and_shards(tmp_path):
     prepare(tmp_path / "atari.csv", tmp_path / "shards", codec="vp9", size=64, shard_size=1)
     ds = ShardVideoDataset(tmp_path / "shards", frames_per_clip=4, frame_step=2)
     assert len(ds) == 2 and ds.read_array(1, "actions").tolist() == _arrays(paths[1])[0].tolist()
-    assert ds.read_array(1, "states").shape == (12, 128) and ds[(1, 0)][0].shape == (4, 84, 64, 3)  # 208x160 -> short side 64, even
+    assert ds.read_array(1, "states").shape == (12, 128)
+    assert ds[(1, 0)][0].shape == (4, 84, 64, 3)  # 208x160 -> short side 64 (even sides)
     with pytest.raises(ValueError, match="unknown Atari game"):
         cli_main(["atari", "--output", str(tmp_path / "x"), "--num", "1", "--games", "nosuchgame"])
 

@@ -1,4 +1,4 @@
-"""Launch, kill, resume: real launchers (torchrun, deepspeed) in subprocesses, 2 CPU ranks, toy model.
+"""Launch, kill, resume: real launchers (torchrun, deepspeed) in subprocesses, 2 CPU ranks, the real tiny V-JEPA.
 
 - a run SIGKILLed after a checkpoint and resumed gives the uninterrupted run's losses, bitwise, and
   the same consolidated fp32 export (encoder, predictor, EMA target);
@@ -15,16 +15,38 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.distributed.tiny import TINY_OVERRIDES
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
+def _torchrun_cmd(args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "tests.distributed.tiny_train", *args]
+
+
 def _torchrun(args, env=None, timeout=180):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tests.distributed.toy_train", *args]
     t0 = time.monotonic()
-    p = subprocess.run(cmd, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(_torchrun_cmd(args), cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True,
+                       timeout=timeout)
     return p, time.monotonic() - t0
+
+
+def _torchrun_both(args_a, args_b, env_b, timeout=240):
+    """Two launches at once (each --standalone picks its own port): start-up dominates, so they overlap."""
+    procs = [subprocess.Popen(_torchrun_cmd(a), cwd=ROOT, env={**ENV, **e}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for a, e in ((args_a, {}), (args_b, env_b))]
+    out = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
 
 
 def _losses(out):
@@ -35,11 +57,12 @@ def _losses(out):
 def test_sigkill_then_resume_is_exact(tmp_path, stage):
     from engine.runtime.distributed import export_fp32
     a, b = tmp_path / "a", tmp_path / "b"
-    p, _ = _torchrun(["--out", str(a), "--stage", str(stage), "--steps", "8"])
-    assert p.returncode == 0, p.stderr[-3000:]
-    # rank 0 SIGKILLs itself at the start of step 5: the checkpoint of step 3 is the latest
-    p, _ = _torchrun(["--out", str(b), "--stage", str(stage), "--steps", "8"], env={"JEPA_FAULT_KILL": "0:5"})
-    assert p.returncode != 0
+    # a: uninterrupted; b: rank 0 SIGKILLs itself at the start of step 5, so the checkpoint of step 3 is
+    # the latest
+    pa, pb = _torchrun_both(["--out", str(a), "--stage", str(stage), "--steps", "8"],
+                            ["--out", str(b), "--stage", str(stage), "--steps", "8"], {"JEPA_FAULT_KILL": "0:5"})
+    assert pa.returncode == 0, pa.stderr[-3000:]
+    assert pb.returncode != 0
     assert (b / "ds_checkpoints" / "latest").read_text().strip() == "step_0000003"
     killed = _losses(b)
     assert sorted(killed) == [0, 1, 2, 3, 4]
@@ -68,12 +91,12 @@ def test_dead_rank_fails_the_job_torchrun(tmp_path):
     assert p.returncode != 0
     assert dt < 90
     text = p.stdout + p.stderr
-    assert "SIGKILL" in text and "toy_train" in text, text[-3000:]
+    assert "SIGKILL" in text and "tiny_train" in text, text[-3000:]
 
 
 def test_dead_rank_fails_the_job_deepspeed_launcher(tmp_path):
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29731",
-           "--module", "tests.distributed.toy_train", "--out", str(tmp_path), "--stage", "3", "--steps", "8",
+           "--module", "tests.distributed.tiny_train", "--out", str(tmp_path), "--stage", "3", "--steps", "8",
            "--every", "100"]
     t0 = time.monotonic()
     p = subprocess.run(cmd, cwd=ROOT, env={**ENV, "JEPA_FAULT_KILL": "1:2"}, capture_output=True, text=True,
@@ -125,23 +148,22 @@ def test_train_cli_deepspeed_without_launcher_fails_clearly():
 
 def test_deepspeed_launcher_runs_engine_train_zero3(tmp_path):
     """The documented launch on the real tiny V-JEPA: deepspeed --num_gpus 2 --module engine.train."""
-    pytest.importorskip("engine.models.vit", reason="engine.models has not landed")
-    pytest.importorskip("engine.masks", reason="engine.masks has not landed")
-    try:
-        from engine.builders import build_jepa  # noqa: F401
-        from engine.masks import MaskCollator  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"the real model is not importable yet: {e}")
     from engine.data.synthetic import generate_split
     train_csv, _ = generate_split(tmp_path / "data", train=8, val=2, num_frames=16, size=64)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29737",
            "--module", "engine.train", "--config", "configs/tiny_cpu.yaml", "--deepspeed",
            "configs/deepspeed/zero3.json", "--output", str(tmp_path / "run"), "--max-steps", "2", "--no-progress",
            "--set", f"data.datasets=[{train_csv}]", "--set", "data.batch_size=2", "--set", "data.num_workers=0",
-           "--set", "model.depth=2", "--set", "model.pred_depth=1", "--set", "logging.tensorboard=false"]
+           "--set", "logging.tensorboard=false"] + [a for o in TINY_OVERRIDES if o.startswith("model.") for a in ("--set", o)]
     p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert (tmp_path / "run" / "ds_checkpoints" / "latest").read_text().strip() == "step_0000002"
     from engine.runtime.distributed import export_fp32
-    out = export_fp32(tmp_path / "run" / "ds_checkpoints", tmp_path / "model.pt")
+    out = export_fp32(tmp_path / "run" / "ds_checkpoints", tmp_path / "model.pth.tar")
     assert out["encoder"].keys() == out["target_encoder"].keys() and out["predictor"]
+    from engine import load_reference_checkpoint
+    from engine.config import load_config
+    cfg = load_config("configs/tiny_cpu.yaml", [o for o in TINY_OVERRIDES if o.startswith("model.")])
+    ck = load_reference_checkpoint(tmp_path / "model.pth.tar", "vjepa", cfg)
+    for n, v in ck.encoder.state_dict().items():
+        assert torch.equal(v, out["encoder"][n]), n

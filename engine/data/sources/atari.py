@@ -82,7 +82,10 @@ def play(ale, rng: np.random.Generator, num_frames: int = 32, frameskip: int = 4
 def generate_atari(out_dir, num_videos: int, *, num_frames: int = 32, games=GAMES, frameskip: int = 4,
                    fps: int = 15, size: int | None = None, codec: str = "h264", seed: int = 0, name: str = "atari",
                    progress: bool = False):
-    """Write num_videos plays (game i % len(games)); return the index CSV path. size: short side (None: 208x160, the screen less 2 rows)."""
+    """Write num_videos plays (game i % len(games)); return the index CSV path.
+
+    size: short side in pixels (None: 208x160, the 210x160 screen less 2 rows for 4:2:0 video).
+    """
     games = tuple(games)
     meta = {"source": "ale-py", "classes": list(games), "num_frames": num_frames, "frameskip": frameskip,
             "size": size, "seed": seed, "arrays": {"actions": "int64 [T] ALE action id",

@@ -1,0 +1,286 @@
+"""kernels.block_attention: CPU path, Triton (interpreter) and dispatch against block_attention_ref.
+
+Tolerance rule (FlashAttention's): the kernel's error vs an fp64 reference is at most 2x (forward) /
+3x (grads) the error of the same-dtype torch reference (block_attention_ref) vs the same fp64 reference.
+"""
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import kernels
+from kernels import block_attention as ba
+from kernels.block_attention import block_attention_ref
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LENS = {
+    "one_token": [1, 1, 1, 1],
+    "odd_lengths": [7, 33, 65, 100, 17],
+    "many_short": [3, 9, 1, 14, 20, 5, 11, 2, 19, 8, 6, 13, 4, 16, 10, 7, 12, 18, 15, 1] * 2,
+    "few_long": [300, 257],
+    "empty_seqs": [0, 5, 0, 9, 0],
+    "equal": [24, 24, 24],
+}
+
+
+def _case(lens, H, D, dtype, causal, seed=0, cross=False):
+    g = torch.Generator().manual_seed(seed)
+    cu = torch.tensor([0] + lens).cumsum(0)
+    T = int(cu[-1])
+    q, k, v = (torch.randn(T, H, D, generator=g).to(dtype) for _ in range(3))
+    frames = None
+    if causal:   # sorted frame ids per sequence, several tokens per frame
+        frames = torch.cat([torch.randint(0, 4, (n,), generator=g).sort().values for n in lens]).long()
+    return q, k, v, cu, frames
+
+
+def _run(fn, q, k, v, dout, **kw):
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = fn(q, k, v, **kw)
+    out.backward(dout)
+    return [out.detach(), q.grad, k.grad, v.grad]
+
+
+def _check_rule(q, k, v, cu, frames, fn, seed=1):
+    """FlashAttention's rule on outputs and grads; the kernel is `fn` (same signature as the ref)."""
+    L = int((cu[1:] - cu[:-1]).max()) if len(cu) > 1 else 0
+    kw = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=L, max_seqlen_k=L, block_causal=frames)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed)).to(q.dtype)
+    ref64 = _run(block_attention_ref, q.double(), k.double(), v.double(), dout.double(), **kw)
+    ref = _run(block_attention_ref, q, k, v, dout, **kw)
+    got = _run(fn, q, k, v, dout, **kw)
+    eps = torch.finfo(q.dtype).eps
+    for i, (g, r, t) in enumerate(zip(got, ref, ref64)):
+        assert g.dtype == q.dtype and g.shape == t.shape
+        assert torch.isfinite(g).all()
+        err, err_ref = (g.double() - t).abs().max().item(), (r.double() - t).abs().max().item()
+        floor = 4 * eps * max(1.0, t.abs().max().item())   # rounding floor where the reference is exact
+        assert err <= (2 if i == 0 else 3) * err_ref + floor, (["out", "dq", "dk", "dv"][i], err, err_ref)
+
+
+def _kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, **kw):
+    with kernels.backend("auto"):
+        return kernels.block_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lens", list(LENS), ids=list(LENS))
+def test_cpu_lengths_vs_ref(lens, causal, dtype):
+    q, k, v, cu, frames = _case(LENS[lens], 2, 32, dtype, causal)
+    _check_rule(q, k, v, cu, frames, _kernel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("D", [24, 32, 64, 80, 128])
+def test_cpu_head_dims_vs_ref(D, causal, dtype):
+    q, k, v, cu, frames = _case([5, 40, 0, 17, 17], 3, D, dtype, causal, seed=D)
+    _check_rule(q, k, v, cu, frames, _kernel)
+
+
+def test_empty_key_sequences_and_unseen_rows_give_zeros():
+    # cross attention: sequence 1 has queries but no keys; frame pairs leave some queries no key
+    g = torch.Generator().manual_seed(0)
+    cu_q, cu_k = torch.tensor([0, 4, 7, 9]), torch.tensor([0, 3, 3, 8])
+    q, k, v = torch.randn(9, 2, 16, generator=g), torch.randn(8, 2, 16, generator=g), torch.randn(8, 2, 16, generator=g)
+    fq = torch.tensor([0, 1, 2, 2, 0, 0, 0, 0, 3])
+    fk = torch.tensor([1, 1, 2, 1, 2, 3, 3, 3])
+    for frames in (None, (fq, fk)):
+        kw = dict(max_seqlen_q=4, max_seqlen_k=5, block_causal=frames)
+        qq = q.clone().requires_grad_(True)
+        out = kernels.block_attention(qq, k, v, cu_q, cu_k, **kw)
+        torch.testing.assert_close(out, block_attention_ref(q, k, v, cu_q, cu_k, **kw))
+        assert out[4:7].eq(0).all()                      # sequence 1: no keys at all
+        if frames is not None:
+            assert out[0].eq(0).all() and out[7].eq(0).all()   # frame 0 query, keys of frames >= 1 / 2
+        out.sum().backward()
+        assert torch.isfinite(qq.grad).all() and qq.grad[4:7].eq(0).all()
+
+
+def test_t_zero_and_all_empty():
+    for cu in (torch.zeros(1, dtype=torch.long), torch.zeros(4, dtype=torch.long)):
+        z = torch.zeros(0, 2, 24, requires_grad=True)
+        out = kernels.block_attention(z, z, z, cu, cu, max_seqlen_q=0, max_seqlen_k=0)
+        assert out.shape == (0, 2, 24)
+        out.sum().backward()
+        assert z.grad.shape == (0, 2, 24)
+
+
+def test_non_contiguous_inputs():
+    lens = [6, 13, 1, 30]
+    cu = torch.tensor([0] + lens).cumsum(0)
+    T, H, D = int(cu[-1]), 3, 24
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(T, 3, H, D, generator=g)                        # as a fused qkv projection gives
+    q, k, v = qkv.unbind(1)
+    v = torch.randn(H, T, D, generator=g).transpose(0, 1)              # head-major storage
+    assert not q.is_contiguous() and not v.is_contiguous()
+    _check_rule(q, k, v, cu, None, _kernel)
+    k_strided = torch.randn(T, H, 2 * D, generator=g)[..., ::2]       # inner stride 2
+    _check_rule(q, k_strided, v, cu, None, _kernel)
+
+
+def test_gradcheck_fp64():
+    cu = torch.tensor([0, 3, 3, 4, 9])
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(9, 2, 4, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
+    frames = torch.tensor([0, 1, 1, 0, 0, 0, 1, 1, 2])
+    for bc in (None, frames):
+        assert torch.autograd.gradcheck(
+            lambda a, b, c: kernels.block_attention(a, b, c, cu, cu, max_seqlen_q=5, max_seqlen_k=5, block_causal=bc),
+            (q, k, v))
+
+
+def test_causality_by_perturbation():
+    lens = [12, 20, 7]
+    q, k, v, cu, frames = _case(lens, 2, 32, torch.float32, True, seed=5)
+    late = torch.zeros(len(frames), dtype=torch.bool)   # per sequence: the tokens of its last frame
+    for s in range(len(lens)):
+        f = frames[cu[s]:cu[s + 1]]
+        late[cu[s]:cu[s + 1]] = f == f.max()
+    kw = dict(max_seqlen_q=20, max_seqlen_k=20, block_causal=frames)
+    out = kernels.block_attention(q, k, v, cu, cu, **kw)
+    k2, v2 = k.clone(), v.clone()
+    k2[late] += 5 * torch.randn_like(k2[late])
+    v2[late] += 5 * torch.randn_like(v2[late])
+    out2 = kernels.block_attention(q, k2, v2, cu, cu, **kw)
+    torch.testing.assert_close(out2[~late], out[~late], rtol=0, atol=1e-6)
+    assert (out2[late] - out[late]).abs().max() > 1e-2   # the perturbation is seen where allowed
+
+
+def test_autocast_bf16_training_call():
+    lens = [50, 8, 1, 33]
+    cu = torch.tensor([0] + lens).cumsum(0)
+    T, H, D = int(cu[-1]), 6, 32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(T, H * D, generator=g, requires_grad=True)
+    w = torch.randn(H * D, 3 * H * D, generator=g) * 0.05
+    outs = []
+    for bk in ("auto", "torch"):
+        x.grad = None
+        with kernels.backend(bk), torch.autocast("cpu", dtype=torch.bfloat16):
+            q, k, v = (x @ w).unflatten(1, (3, H, D)).unbind(1)
+            out = kernels.block_attention(q, k.float(), v, cu, cu, max_seqlen_q=50, max_seqlen_k=50)  # mixed: cast
+        assert out.dtype == torch.bfloat16
+        out.float().square().sum().backward()
+        outs.append((out.float(), x.grad.clone()))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=5e-2, atol=5e-2)
+
+
+def test_bad_inputs():
+    q = torch.randn(5, 2, 8)
+    cu = torch.tensor([0, 2, 5])
+    call = lambda *a, **kw: kernels.block_attention(*a, max_seqlen_q=3, max_seqlen_k=3, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match=r"q must be \[T, H, Dh\]"):
+        call(q[0], q, q, cu, cu)
+    with pytest.raises(ValueError, match="disagree"):
+        call(q, q[:, :1], q[:, :1], cu, cu)
+    with pytest.raises(ValueError, match="cu_seqlens_q must start at 0 and end at 5"):
+        call(q, q, q, torch.tensor([0, 2, 4]), cu)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        call(q, q, q, torch.tensor([0, 3, 2, 5]), torch.tensor([0, 1, 2, 5]))
+    with pytest.raises(TypeError, match="cu_seqlens_k must be an int32/int64"):
+        call(q, q, q, cu, cu.float())
+    with pytest.raises(ValueError, match="different sequence counts"):
+        call(q, q, q, cu, torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="frame ids must have shapes"):
+        call(q, q, q, cu, cu, block_causal=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer tensor of frame ids"):
+        call(q, q, q, cu, cu, block_causal=torch.zeros(5))
+    with pytest.raises(TypeError, match="floating point"):
+        call(q.long(), q.long(), q.long(), cu, cu)
+
+
+def test_cuda_selection_without_a_gpu(monkeypatch):
+    # Only the selection logic can run here: a stand-in with a CUDA device, availability patched.
+    def fake(dtype=torch.bfloat16, D=64):
+        return SimpleNamespace(device=torch.device("cuda"), dtype=dtype, shape=(10, 2, D))
+
+    for flash, xf in ((True, True), (True, False), (False, True), (False, False)):
+        monkeypatch.setattr(ba, "_flash_attn_available", lambda f=flash: f)
+        monkeypatch.setattr(ba, "_xformers_available", lambda x=xf: x)
+        monkeypatch.setattr(ba._ops, "triton_available", lambda: True)
+        with kernels.backend("auto"):
+            want = "flash_attn" if flash else ("xformers" if xf else "triton")
+            assert ba.select_impl(fake()) == want
+            assert ba.select_impl(fake(), block_causal=torch.zeros(10)) == "triton"      # masks: ours only
+            assert ba.select_impl(fake(torch.float32)) == ("xformers" if xf else "triton")  # flash: fp16/bf16
+            assert ba.select_impl(fake(D=20)) == ("xformers" if xf else "triton")           # flash: Dh % 8
+        with kernels.backend("cuda"):
+            if flash or xf:
+                assert ba.select_impl(fake()) in ("flash_attn", "xformers")
+            else:
+                with pytest.raises(RuntimeError, match="needs flash_attn or xformers"):
+                    ba.select_impl(fake())
+        with kernels.backend("triton"):
+            assert ba.select_impl(fake()) == "triton"
+    with kernels.backend("auto"):
+        assert ba.select_impl(torch.zeros(1, 1, 8)) == "cpu"
+    with kernels.backend("torch"):
+        assert ba.select_impl(fake()) == "torch"
+
+
+TRITON_SCRIPT = r"""
+import torch, kernels
+from kernels.triton_attention import block_attention_triton_fwd, block_attention_triton_bwd
+from kernels.block_attention import block_attention_ref
+from tests.kernels.test_block_attention import _case, _check_rule
+
+def triton_fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_causal):
+    with kernels.backend("triton"):
+        return kernels.block_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+                                       max_seqlen_k=max_seqlen_k, block_causal=block_causal)
+
+# block sizes 16 (the smallest tl.dot) so that these tiny shapes still span several blocks
+import kernels.triton_attention as ta
+_blocks = ta._blocks
+ta._blocks = lambda D, bm, bn: _blocks(D, 16, 16)
+for dtype in (torch.float32, torch.float16):
+    for lens, D, causal in (([1, 1, 1], 32, False), ([5, 0, 17, 33], 24, True), ([20, 3], 80, False),
+                            ([0, 0], 16, True), ([9, 40], 64, True), ([18], 128, False)):
+        q, k, v, cu, frames = _case(lens, 2, D, dtype, causal, seed=D)
+        _check_rule(q, k, v, cu.int(), frames, triton_fn)
+# causality by perturbation, straight on the kernel
+q, k, v, cu, frames = _case([12, 20], 2, 16, torch.float32, True, seed=5)
+late = torch.cat([frames[:12] == frames[:12].max(), frames[12:] == frames[12:].max()])
+o1, _ = block_attention_triton_fwd(q, k, v, cu, cu, 20, 20, 0.25, frames, frames)
+k[late] += 3.0; v[late] -= 3.0
+o2, _ = block_attention_triton_fwd(q, k, v, cu, cu, 20, 20, 0.25, frames, frames)
+assert torch.allclose(o1[~late], o2[~late], atol=1e-6) and not torch.allclose(o1[late], o2[late])
+print("OK")
+"""
+
+
+def test_triton_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_torch_compile_smoke():
+    lens = [5, 9, 1]
+    cu = torch.tensor([0] + lens).cumsum(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(15, 16, generator=g, requires_grad=True)
+    w = torch.randn(16, 48, generator=g, requires_grad=True)
+
+    def step(x_TD, w):
+        q, k, v = (x_TD @ w).unflatten(1, (3, 2, 8)).unbind(1)
+        return kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=9, max_seqlen_k=9).square().sum()
+
+    loss = torch.compile(step, fullgraph=True, backend="inductor")(x, w)
+    loss.backward()
+    gx, gw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    with kernels.backend("torch"):
+        ref = step(x, w)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gw, w.grad)
