@@ -12,9 +12,10 @@ Plain PyTorch (examples/plain_loop.py):
 
 Lightning (examples/lightning_module.py): the same three calls inside a LightningModule; the EMA goes
 in `optimizer_step` (after the real step, so it runs once per optimizer step under accumulation).
-With `DeepSpeedStrategy(stage=3)` call `api.prepare_for_zero3(model)` before the strategy wraps it.
+With `DeepSpeedStrategy(stage=3)` call `api.prepare_for_zero3(model)` before the strategy wraps it
+(Lightning's DeepSpeed strategy accepts only CUDA accelerators; on CPU use DSTrainer or the default strategy).
 
-HF Accelerate:
+HF Accelerate (examples/accelerate_loop.py):
     model, opt, loader = accelerator.prepare(api.prepare_for_zero3(model), opt, loader)  # prepare_for_zero3: only for ZeRO-3
     ema = api.TargetEMA(accelerator.unwrap_model(model))
     loss, _ = api.jepa_loss(model, batch); accelerator.backward(loss); opt.step(); opt.zero_grad()

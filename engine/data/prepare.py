@@ -12,10 +12,10 @@ else 0. Per-frame arrays saved beside a video as <stem>.actions.npy / <stem>.sta
 Atari sources write them) travel into the shard with it.
 
 Each video is decoded in full, resized so its short side is `size` (aspect kept, even sides; None keeps
-the size), re-encoded with `codec` at its own frame rate (keyframe every `gop` frames if given: the
-PyAV reader decodes only the GOPs a clip touches, so a short GOP makes strided clips cheaper to decode
-at the price of larger files) and written to tar shards (engine.data.shards
-layout). Output: DIR/shard-NNNNNN.tar, DIR/index.json ({"shards": [{"path", "count", "frames",
+the size), re-encoded with `codec` at its own frame rate (a keyframe every `gop` frames if given: the PyAV
+reader decodes only the GOPs a clip touches, but keyframes cost more to decode, and at 320x240 with
+16 frames 4 apart --gop 8 was slower than the encoders' default: bench/results/loader_cpu.csv) and
+written to tar shards (engine.data.shards layout). Output: DIR/shard-NNNNNN.tar, DIR/index.json ({"shards": [{"path", "count", "frames",
 "duration"}], totals, "skipped": [{"path", "error"}], arguments}) and DIR/index.csv (one line per shard:
 path,count,frames,duration). Inputs that cannot be decoded are skipped, counted and named (log + index);
 if none can be, a ValueError names the first failures. Work is spread over `workers` processes; sample

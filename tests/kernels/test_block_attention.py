@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import kernels
-from kernels import block_attention as ba
+import kernels.block_attention  # noqa: F401  (the module; `kernels.block_attention` is the function)
 from kernels.block_attention import block_attention_ref
 
+ba = sys.modules["kernels.block_attention"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LENS = {
     "one_token": [1, 1, 1, 1],
@@ -40,6 +41,8 @@ def _case(lens, H, D, dtype, causal, seed=0, cross=False):
 def _run(fn, q, k, v, dout, **kw):
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     out = fn(q, k, v, **kw)
+    if not out.requires_grad:   # no token at all: nothing connects the output to the inputs
+        return [out.detach()] + [torch.zeros_like(t) for t in (q, k, v)]
     out.backward(dout)
     return [out.detach(), q.grad, k.grad, v.grad]
 
@@ -56,6 +59,8 @@ def _check_rule(q, k, v, cu, frames, fn, seed=1):
     for i, (g, r, t) in enumerate(zip(got, ref, ref64)):
         assert g.dtype == q.dtype and g.shape == t.shape
         assert torch.isfinite(g).all()
+        if t.numel() == 0:
+            continue
         err, err_ref = (g.double() - t).abs().max().item(), (r.double() - t).abs().max().item()
         floor = 4 * eps * max(1.0, t.abs().max().item())   # rounding floor where the reference is exact
         assert err <= (2 if i == 0 else 3) * err_ref + floor, (["out", "dq", "dk", "dv"][i], err, err_ref)
@@ -268,7 +273,7 @@ def test_torch_compile_smoke():
     cu = torch.tensor([0] + lens).cumsum(0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(15, 16, generator=g, requires_grad=True)
-    w = torch.randn(16, 48, generator=g, requires_grad=True)
+    w = (0.25 * torch.randn(16, 48, generator=g)).requires_grad_(True)   # moderate logits: fp32-stable grads
 
     def step(x_TD, w):
         q, k, v = (x_TD @ w).unflatten(1, (3, 2, 8)).unbind(1)
