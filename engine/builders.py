@@ -88,5 +88,39 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None):
                             horizontal_flip=aug.horizontal_flip)
     else:
         tf = VideoEvalTransform(d.crop_size)
-    return VideoDataset(files, weights=d.datasets_weights if train else None, frames_per_clip=cfg.frames_per_clip,
-                        frame_step=d.sampling_rate, fps=d.fps, num_clips=d.num_clips if train else 1, transform=tf)
+    kw = dict(frames_per_clip=cfg.frames_per_clip, frame_step=d.sampling_rate, fps=d.fps, duration=d.clip_duration,
+              num_clips=d.num_clips if train else 1, transform=tf)
+    if d.dataset_type.lower() == "webdataset":
+        from engine.data.shards import ShardVideoDataset
+        if d.datasets_weights is not None and train:
+            raise ConfigError("data.datasets_weights: not supported with dataset_type webdataset (a shard stream "
+                              "has no per-dataset weights); merge the shard sets or drop the weights")
+        return ShardVideoDataset(files, **kw)
+    return VideoDataset(files, weights=d.datasets_weights if train else None, **kw)
+
+
+def build_loader(cfg: Config, dataset, device, mask_sampler=None, rank: int = 0, world_size: int = 1,
+                 batch_size: int | None = None):
+    """The training loader: PyAV in DataLoader workers, or DALI where `data.reader` (auto | pyav | dali)
+    and the device and codec call for it. Both yield (clips, labels, masks) and resume from state_dict."""
+    import torch
+    from engine.data.loader import make_loader
+    d = cfg.data
+    device = torch.device(device)
+    B = batch_size or d.batch_size
+    reader = "pyav"
+    if not cfg.is_image:
+        from engine.data.dali import dataset_codec, select_reader
+        try:
+            reader = select_reader(dataset_codec(dataset), device.type, d.reader)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if reader == "dali":
+        from engine.data.dali import make_dali_loader
+        if d.num_clips != 1:
+            raise ConfigError(f"data.num_clips: the DALI reader takes one clip per video, got {d.num_clips}")
+        return make_dali_loader(dataset, batch_size=B, seed=cfg.meta.seed, mask_sampler=mask_sampler,
+                                device=str(device), rank=rank, world_size=world_size, num_threads=d.dali_threads)
+    return make_loader(dataset, batch_size=B, seed=cfg.meta.seed, mask_sampler=mask_sampler,
+                       num_workers=d.num_workers, rank=rank, world_size=world_size,
+                       pin_memory=d.pin_mem and device.type == "cuda")

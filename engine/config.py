@@ -70,6 +70,7 @@ class DataConfig:
     use_horizontal_flip: bool = False
     # ours
     reader: str = "auto"                              # auto | pyav | dali
+    dali_threads: int = 2                             # DALI CPU threads per rank
     val_datasets: list[str] = field(default_factory=list)   # labelled index files for the probe
 
 
@@ -383,6 +384,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"meta.mask_mode: expected ragged or compat, got {m.mask_mode!r}")
     if d.reader not in ("auto", "pyav", "dali"):
         raise ConfigError(f"data.reader: expected auto, pyav or dali, got {d.reader!r}")
+    if not cfg.is_image and d.dataset_type.lower() not in ("videodataset", "webdataset"):
+        raise ConfigError(f"data.dataset_type: expected VideoDataset (index CSVs) or webdataset (tar shards), "
+                          f"got {d.dataset_type!r}")
+    if d.dali_threads < 1:
+        raise ConfigError(f"data.dali_threads: must be >= 1, got {d.dali_threads}")
     for key, v in (("data.batch_size", d.batch_size), ("data.crop_size", d.crop_size),
                    ("data.tubelet_size", d.tubelet_size), ("data.num_clips", d.num_clips),
                    ("data.sampling_rate", d.sampling_rate), ("optimization.epochs", o.epochs)):

@@ -72,10 +72,9 @@ class DSTrainer:
         if mask_sampler is None:
             from engine.builders import build_mask_sampler
             mask_sampler = build_mask_sampler(cfg)
-        from engine.data.loader import make_loader
-        self.loader = make_loader(dataset, batch_size=B, seed=cfg.meta.seed, mask_sampler=mask_sampler,
-                                  num_workers=cfg.data.num_workers, rank=self.rank, world_size=self.world,
-                                  pin_memory=cfg.data.pin_mem and self.device.type == "cuda")
+        from engine.builders import build_loader
+        self.loader = build_loader(cfg, dataset, self.device, mask_sampler=mask_sampler, rank=self.rank,
+                                   world_size=self.world, batch_size=B)
         # An optimizer step eats `accum` micro-batches per rank.
         self.ipe = opt.ipe or max(1, self.loader.batches_per_epoch // self.accum)
         self.total_steps = opt.epochs * self.ipe

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.builders import build_dataset, build_jepa, build_mask_sampler
+from engine.builders import build_dataset, build_jepa, build_loader, build_mask_sampler
 from engine.config import Config, save_config
 from engine.runtime.checkpoint import latest_path, load_latest, save_checkpoint
 from engine.runtime.metrics import MetricsLogger, plot_loss
@@ -65,10 +65,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups([self.model.encoder, self.model.predictor]),
                                            betas=tuple(opt.betas), eps=opt.eps)
         self.dataset = build_dataset(cfg, train=True)
-        from engine.data.loader import make_loader
-        self.loader = make_loader(self.dataset, batch_size=cfg.data.batch_size, seed=cfg.meta.seed,
-                                  mask_sampler=build_mask_sampler(cfg), num_workers=cfg.data.num_workers,
-                                  pin_memory=cfg.data.pin_mem and self.device.type == "cuda")
+        self.loader = build_loader(cfg, self.dataset, self.device, mask_sampler=build_mask_sampler(cfg))
         self.ipe = opt.ipe or max(1, len(self.dataset) // cfg.data.batch_size)
         self.total_steps = opt.epochs * self.ipe
         self.sched = Schedules.from_config(opt, self.ipe)

@@ -115,3 +115,21 @@ def test_fused_kernels_train_like_the_torch_reference(videos, tmp_path):
     assert [s for s, _ in ref] == [s for s, _ in fused] == [0, 1, 2]
     for (_, a), (_, b) in zip(ref, fused):
         assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_trains_from_tar_shards_and_with_the_dali_reader(videos, tmp_path):
+    """dataset_type webdataset (shards written by `python -m engine.data prepare`) and data.reader=dali
+    (the DALI CPU decoder, VP9) both feed the trainer."""
+    pytest.importorskip("nvidia.dali", reason="DALI is not installed")
+    from engine.data.__main__ import main as data_cli
+    from engine.runtime.trainer import Trainer
+    shards = tmp_path / "shards"
+    data_cli(["prepare", "--input", str(videos / "train.csv"), "--output", str(shards), "--codec", "vp9",
+              "--size", "64", "--shard-size", "8"])
+    for name, extra in (("shards", ["data.dataset_type=webdataset", f"data.datasets=[{shards}]"]),
+                        ("dali", ["data.reader=dali", f"data.datasets=[{shards}]", "data.dataset_type=webdataset"])):
+        cfg = load_config("configs/tiny_cpu.yaml", SMALL + ["logging.tensorboard=false", *extra])
+        trainer = Trainer(cfg, tmp_path / name, progress=False)
+        summary = trainer.fit(max_steps=2)
+        assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["final_loss"]))
+        assert type(trainer.loader).__name__ == ("DaliLoader" if name == "dali" else "ResumableLoader")

@@ -1,0 +1,147 @@
+// Block attention over packed sequences on CPU: one parallel region over the sequences.
+//
+//   out [Tq,H,Dh], lse [Tq,H] = torch.ops.jepa_cpp.block_attention_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)
+//   dq, dk, dv = torch.ops.jepa_cpp.block_attention_bwd(dout, q, k, v, out, lse, cu_q, cu_k, scale, fq, fk)
+//
+// Each sequence runs ATen's fused CPU flash-attention kernel (online softmax, fp32 accumulation, lse
+// saved) on zero-copy [1, H, L, Dh] views of the packed rows. Sequences are spread over the threads by
+// an OpenMP dynamic schedule, longest first, so each call is a single-threaded kernel and the whole op
+// opens one parallel region: with many short sequences the per-call fork/join of ATen's own
+// parallelism (and its stalls when the cores are shared) is what dominates otherwise. With fewer
+// sequences than threads the kernels run one after another, each parallel inside.
+// `fq`/`fk` (frame ids) add a per-sequence additive mask: key frame <= query frame.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <exception>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+std::vector<int64_t> to_vec(const Tensor& cu) {
+  auto c = cu.to(at::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+// Sequences with queries and keys, longest (q x k work) first.
+std::vector<int64_t> live_order(const std::vector<int64_t>& cq, const std::vector<int64_t>& ck) {
+  std::vector<int64_t> ids;
+  for (size_t s = 0; s + 1 < cq.size(); ++s)
+    if (cq[s + 1] > cq[s] && ck[s + 1] > ck[s]) ids.push_back((int64_t)s);
+  std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) {
+    return (cq[a + 1] - cq[a]) * (ck[a + 1] - ck[a]) > (cq[b + 1] - cq[b]) * (ck[b + 1] - ck[b]);
+  });
+  return ids;
+}
+
+Tensor bhld(const Tensor& x, int64_t a, int64_t b) {  // rows [a, b) of [T, H, D] -> [1, H, L, D] view
+  return x.slice(0, a, b).unsqueeze(0).transpose(1, 2);
+}
+
+std::optional<Tensor> frame_mask(const std::optional<Tensor>& fq, const std::optional<Tensor>& fk,
+                                 int64_t q0, int64_t q1, int64_t k0, int64_t k1, at::ScalarType dt) {
+  if (!fq.has_value()) return std::nullopt;
+  auto keep = fq->slice(0, q0, q1).unsqueeze(1).ge(fk->slice(0, k0, k1).unsqueeze(0));
+  auto m = at::zeros({1, 1, q1 - q0, k1 - k0}, at::TensorOptions().dtype(dt));
+  return m.masked_fill_(keep.logical_not().view({1, 1, q1 - q0, k1 - k0}),
+                        -std::numeric_limits<double>::infinity());
+}
+
+// Run f(s) for every live sequence: one OpenMP region (dynamic, longest first) when there are
+// enough sequences, else a plain loop whose kernels use the threads themselves.
+template <class F>
+void for_each_seq(const std::vector<int64_t>& ids, const F& f) {
+  int nt = at::get_num_threads();
+  if ((int64_t)ids.size() < 2 * (int64_t)nt || nt < 2 || at::in_parallel_region()) {
+    for (int64_t s : ids) f(s);
+    return;
+  }
+  std::exception_ptr err = nullptr;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t i = 0; i < (int64_t)ids.size(); ++i) {
+    try {
+      at::NoGradGuard no_grad;  // worker threads: no autograd bookkeeping for the per-sequence ops
+      f(ids[i]);
+    } catch (...) {
+#pragma omp critical
+      if (!err) err = std::current_exception();
+    }
+  }
+  if (err) std::rethrow_exception(err);
+}
+
+void check(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_q, const Tensor& cu_k) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "block_attention: q/k/v must be [T, H, Dh]");
+  TORCH_CHECK(k.sizes() == v.sizes() && q.size(1) == k.size(1) && q.size(2) == k.size(2),
+              "block_attention: q, k, v shapes disagree");
+  TORCH_CHECK(cu_q.numel() == cu_k.numel() && cu_q.numel() >= 1,
+              "block_attention: cu_seqlens_q and cu_seqlens_k must both be [S+1]");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "block_attention: q, k, v must share a dtype");
+}
+
+Tensor inner_contig(const Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
+
+std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k_, const Tensor& v_,
+                                               const Tensor& cu_q, const Tensor& cu_k, double scale,
+                                               const std::optional<Tensor>& fq, const std::optional<Tensor>& fk) {
+  check(q_, k_, v_, cu_q, cu_k);
+  Tensor q = inner_contig(q_), k = inner_contig(k_), v = inner_contig(v_);
+  auto cq = to_vec(cu_q), ck = to_vec(cu_k);
+  TORCH_CHECK(cq.back() == q.size(0) && ck.back() == k.size(0), "block_attention: cu_seqlens must end at T");
+  auto lse_dt = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor out = at::zeros_like(q, at::MemoryFormat::Contiguous);
+  Tensor lse = at::zeros({q.size(0), q.size(1)}, q.options().dtype(lse_dt));
+  for_each_seq(live_order(cq, ck), [&](int64_t s) {
+    int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];
+    auto r = at::_scaled_dot_product_flash_attention_for_cpu(
+        bhld(q, q0, q1), bhld(k, k0, k1), bhld(v, k0, k1), 0.0, false,
+        frame_mask(fq, fk, q0, q1, k0, k1, q.scalar_type()), scale);
+    out.slice(0, q0, q1).copy_(std::get<0>(r)[0].transpose(0, 1));
+    lse.slice(0, q0, q1).copy_(std::get<1>(r)[0].transpose(0, 1));
+  });
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
+    const Tensor& dout_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& out_,
+    const Tensor& lse, const Tensor& cu_q, const Tensor& cu_k, double scale, const std::optional<Tensor>& fq,
+    const std::optional<Tensor>& fk) {
+  check(q_, k_, v_, cu_q, cu_k);
+  Tensor q = inner_contig(q_), k = inner_contig(k_), v = inner_contig(v_);
+  Tensor dout = inner_contig(dout_), out = inner_contig(out_);
+  auto cq = to_vec(cu_q), ck = to_vec(cu_k);
+  Tensor dq = at::zeros_like(q, at::MemoryFormat::Contiguous);
+  Tensor dk = at::zeros_like(k, at::MemoryFormat::Contiguous);
+  Tensor dv = at::zeros_like(v, at::MemoryFormat::Contiguous);
+  for_each_seq(live_order(cq, ck), [&](int64_t s) {
+    int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];
+    auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
+        bhld(dout, q0, q1), bhld(q, q0, q1), bhld(k, k0, k1), bhld(v, k0, k1), bhld(out, q0, q1),
+        lse.slice(0, q0, q1).transpose(0, 1).unsqueeze(0), 0.0, false,
+        frame_mask(fq, fk, q0, q1, k0, k1, q.scalar_type()), scale);
+    dq.slice(0, q0, q1).copy_(std::get<0>(g)[0].transpose(0, 1));
+    dk.slice(0, k0, k1).copy_(std::get<1>(g)[0].transpose(0, 1));
+    dv.slice(0, k0, k1).copy_(std::get<2>(g)[0].transpose(0, 1));
+  });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(jepa_cpp, m) {
+  m.def("block_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_q, Tensor cu_k, float scale, "
+        "Tensor? fq, Tensor? fk) -> (Tensor, Tensor)",
+        &block_attention_fwd);
+  m.def("block_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor cu_q, "
+        "Tensor cu_k, float scale, Tensor? fq, Tensor? fk) -> (Tensor, Tensor, Tensor)",
+        &block_attention_bwd);
+}
