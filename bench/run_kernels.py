@@ -1,6 +1,7 @@
 """Kernel microbenchmarks: gather (fwd+bwd), gather+layer_norm, EMA, vs the reference ways.
 
     python bench/run_kernels.py [--quick] [--csv bench/results/kernels_cpu.csv]
+    python bench/bench_attention.py [--quick] [--csv bench/results/attention_cpu.csv]   # block attention
 
 Per op and shape it prints time, GB/s, % of this machine's copy bandwidth (a big `copy_`, measured in
 the same run), ratios vs the reference ways and peak memory, and the GPU arithmetic (bytes moved,

@@ -11,8 +11,10 @@ q and k share cu_seqlens): a query attends to keys whose frame id is <= its own.
 sees no key (an empty key sequence, or no key of an earlier-or-equal frame) gets a zero output.
 
 Backends (kernels.use_backend / JEPA_KERNEL_BACKEND; "auto" picks by device):
-  CPU  "cpp" (auto): kernels/cpu_attention.py, length buckets over ATen's fused CPU flash kernels
-       (no build needed; the measurements behind this choice are in that module's docstring).
+  CPU  "cpp" (auto): csrc/cpu/block_attention.cpp, ATen's fused CPU flash kernel per sequence (or per
+       (sequence, head) when there are few) on zero-copy views, all inside ONE OpenMP region with a
+       dynamic longest-first schedule. Without the built extension: kernels/cpu_attention.py (length
+       buckets over the same ATen kernels, from Python). Measurements behind the choice: that module.
   CUDA "cuda" (auto when it fits): flash_attn_varlen_func when flash_attn is installed (fp16/bf16,
        Dh % 8 == 0, Dh <= 256, no block_causal), else xformers memory_efficient_attention with a
        BlockDiagonalMask (no block_causal), else "triton": kernels/triton_attention.py.
@@ -166,8 +168,12 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tenso
             max_q: int, max_k: int, scale: float, fq: torch.Tensor | None,
             fk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     if q.device.type == "cpu" and current_backend() != "triton":
-        from kernels.cpu_attention import block_attention_cpu_fwd
-        out, lse = block_attention_cpu_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)
+        if _ops.cpp_available():
+            out, lse = torch.ops.jepa_cpp.block_attention_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)
+        else:
+            _ops.warn_fallback("block_attention")
+            from kernels.cpu_attention import block_attention_cpu_fwd
+            out, lse = block_attention_cpu_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)
     else:
         from kernels.triton_attention import block_attention_triton_fwd
         out, lse = block_attention_triton_fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk)
@@ -184,8 +190,11 @@ def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             lse: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int, scale: float,
             fq: torch.Tensor | None, fk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if q.device.type == "cpu" and current_backend() != "triton":
-        from kernels.cpu_attention import block_attention_cpu_bwd
-        g = block_attention_cpu_bwd(dout, q, k, v, out, lse, cu_q, cu_k, scale, fq, fk)
+        if _ops.cpp_available():
+            g = torch.ops.jepa_cpp.block_attention_bwd(dout, q, k, v, out, lse, cu_q, cu_k, scale, fq, fk)
+        else:
+            from kernels.cpu_attention import block_attention_cpu_bwd
+            g = block_attention_cpu_bwd(dout, q, k, v, out, lse, cu_q, cu_k, scale, fq, fk)
     else:
         from kernels.triton_attention import block_attention_triton_bwd
         g = block_attention_triton_bwd(dout, q, k, v, out, lse.float(), cu_q, cu_k, max_q, max_k, scale, fq, fk)
@@ -260,9 +269,11 @@ def block_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, m
                                       softmax_scale=scale, causal=False)
     if impl == "xformers":
         from xformers.ops import fmha
-        # BlockDiagonalMask wants Python lengths (a sync); it keeps the packed layout as batch 1
-        bias = fmha.BlockDiagonalMask.from_seqlens(torch.diff(cu_seqlens_q).tolist(),
-                                                   torch.diff(cu_seqlens_k).tolist())
-        return fmha.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias, scale=scale)[0]
+        # BlockDiagonalMask wants Python lengths (a sync); it keeps the packed layout as batch 1.
+        # Empty sequences are not representable there: those calls take our Triton kernel instead.
+        lq, lk = torch.diff(cu_seqlens_q).tolist(), torch.diff(cu_seqlens_k).tolist()
+        if lq and min(lq) > 0 and min(lk) > 0:
+            bias = fmha.BlockDiagonalMask.from_seqlens(lq, lk)
+            return fmha.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias, scale=scale)[0]
     out, _ = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, scale, fq, fk)
     return out

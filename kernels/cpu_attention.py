@@ -1,4 +1,4 @@
-"""CPU fast path of block attention: length buckets over ATen's fused CPU flash-attention kernels.
+"""CPU block attention without the C++ extension: length buckets over ATen's fused CPU flash kernels.
 
     out_THD, lse_HT = block_attention_cpu_fwd(q_THD, k_THD, v_THD, cu_q, cu_k, scale, fq, fk)
     dq, dk, dv = block_attention_cpu_bwd(dout_THD, q_THD, k_THD, v_THD, out_THD, lse_HT, cu_q, cu_k, scale, fq, fk)
@@ -13,18 +13,24 @@ frame mask, and the real rows are copied back. The backward re-gathers and calls
 `..._for_cpu_backward` with the saved log-sum-exp, so no attention matrix is ever kept.
 Padded query rows get a zero output-gradient and an infinite log-sum-exp, so they add nothing.
 
-Why this one (measured on this 2-core CPU, torch 2.13, fp32, fwd+bwd, see bench/bench_attention.py):
-one flash fwd+bwd call costs ~30 us plus ~25 us per sequence in it and then runs at ~13 query-key
-pairs x head-dims per ns; a Python loop of autograd SDPA calls adds ~100 us per sequence on top
-(autograd nodes, slicing, copies), a dense block-diagonal mask does T^2 work, and padding every
-sequence to the longest wastes up to (max len / mean len)^2. FlexAttention needs a ~30 s compile per
-shape and was 2.5x slower than the loop here (FACTS.md). Buckets keep padding to a few percent, run
-one fused call per bucket, and fall back to zero-copy per-sequence calls when that is cheaper.
+Which CPU path runs (measured on this shared 2-core CPU, torch 2.13, fp32, fwd+bwd):
+- ATen's fused CPU flash kernel (`_scaled_dot_product_flash_attention_for_cpu` + backward) is the
+  building block of every candidate: ~30 us per call + ~25 us per sequence in it, then ~13 query-key
+  pairs x head-dims per ns. A dense block-diagonal mask does T^2 work; padding to the longest wastes
+  S*Lmax^2 / sum L^2 (2.4-2.5x for the V-JEPA-like mixes in the bench); FlexAttention needs a ~30 s
+  compile per shape and was 2.5x slower than a loop here (FACTS.md).
+- This module (buckets from Python): 10x faster than block_attention_ref's autograd loop on 64
+  sequences of 20-100 tokens on an idle machine, but each kernel call opens its own 2-thread parallel
+  region, and on these shared cores every region can stall for a scheduler slice: under load it took
+  340-1840 ms where the C++ op took 68-72 ms (64 x 20-100) and 1110 ms vs 170 ms (16 x 75-600).
+- csrc/cpu/block_attention.cpp (the default when built): the same kernel per sequence (per
+  (sequence, head) when there are few) inside one OpenMP region, longest first. It is what "cpp"
+  runs; this module is the fallback for a clone without the built extension.
+bench/bench_attention.py has the final table against dense / padded / per-sequence-loop SDPA.
 """
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -105,7 +111,6 @@ def _plan(cq: tuple, ck: tuple, hd: int):
     return buckets
 
 
-_idx_cache: OrderedDict = OrderedDict()
 
 
 def _rows(rows, pad_to: int):

@@ -16,8 +16,6 @@ interpreter); on a GPU it is the fallback when flash_attn / xformers do not fit 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -210,7 +208,3 @@ def block_attention_triton_bwd(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, 
     _bwd_dq_kernel[(triton.cdiv(max_q, BM), S, H)](q, k, v, dout, lse, delta, dq, cu_q, cu_k, fq, fk, H, D,
                                                    scale, scale * LOG2E, **args)
     return dq, dk, dv
-
-
-def default_scale(D: int) -> float:
-    return 1.0 / math.sqrt(D)

@@ -4,11 +4,11 @@
 //   dq, dk, dv = torch.ops.jepa_cpp.block_attention_bwd(dout, q, k, v, out, lse, cu_q, cu_k, scale, fq, fk)
 //
 // Each sequence runs ATen's fused CPU flash-attention kernel (online softmax, fp32 accumulation, lse
-// saved) on zero-copy [1, H, L, Dh] views of the packed rows. Sequences are spread over the threads by
-// an OpenMP dynamic schedule, longest first, so each call is a single-threaded kernel and the whole op
-// opens one parallel region: with many short sequences the per-call fork/join of ATen's own
-// parallelism (and its stalls when the cores are shared) is what dominates otherwise. With fewer
-// sequences than threads the kernels run one after another, each parallel inside.
+// saved) on zero-copy [1, H, L, Dh] views of the packed rows. Sequences (or, when there are few,
+// (sequence, head) pairs) are spread over the threads by an OpenMP dynamic schedule, longest first, so
+// each call is a single-threaded kernel and the whole op opens one parallel region: with many short
+// sequences the per-call fork/join of ATen's own parallelism (and its stalls when the cores are
+// shared) is what dominates otherwise.
 // `fq`/`fk` (frame ids) add a per-sequence additive mask: key frame <= query frame.
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -42,8 +42,9 @@ std::vector<int64_t> live_order(const std::vector<int64_t>& cq, const std::vecto
   return ids;
 }
 
-Tensor bhld(const Tensor& x, int64_t a, int64_t b) {  // rows [a, b) of [T, H, D] -> [1, H, L, D] view
-  return x.slice(0, a, b).unsqueeze(0).transpose(1, 2);
+// rows [a, b) and heads [h0, h1) of [T, H, D] -> a [1, h1 - h0, L, D] view
+Tensor bhld(const Tensor& x, int64_t a, int64_t b, int64_t h0, int64_t h1) {
+  return x.slice(0, a, b).slice(1, h0, h1).unsqueeze(0).transpose(1, 2);
 }
 
 std::optional<Tensor> frame_mask(const std::optional<Tensor>& fq, const std::optional<Tensor>& fk,
@@ -55,21 +56,42 @@ std::optional<Tensor> frame_mask(const std::optional<Tensor>& fq, const std::opt
                         -std::numeric_limits<double>::infinity());
 }
 
-// Run f(s) for every live sequence: one OpenMP region (dynamic, longest first) when there are
-// enough sequences, else a plain loop whose kernels use the threads themselves.
+// Work items: (sequence, first head, end head). Many sequences: one item per sequence. Fewer than
+// 4 per thread: one item per (sequence, head), so a few long sequences still fill every thread.
+struct Item {
+  int64_t s, h0, h1;
+};
+
+std::vector<Item> items(const std::vector<int64_t>& ids, int64_t H) {
+  std::vector<Item> it;
+  int64_t nt = at::get_num_threads();
+  bool split = (int64_t)ids.size() < 4 * nt && nt > 1;
+  for (int64_t s : ids) {
+    if (split) {
+      for (int64_t h = 0; h < H; ++h) it.push_back({s, h, h + 1});
+    } else {
+      it.push_back({s, 0, H});
+    }
+  }
+  return it;
+}
+
+// Run f(item) for every item in one OpenMP region (dynamic schedule, longest first); each kernel
+// inside runs single-threaded. One item, one thread, or a caller already in a parallel region: a plain
+// loop whose kernels use the threads themselves.
 template <class F>
-void for_each_seq(const std::vector<int64_t>& ids, const F& f) {
+void for_each_item(const std::vector<Item>& its, const F& f) {
   int nt = at::get_num_threads();
-  if ((int64_t)ids.size() < 2 * (int64_t)nt || nt < 2 || at::in_parallel_region()) {
-    for (int64_t s : ids) f(s);
+  if (its.size() < 2 || nt < 2 || at::in_parallel_region()) {
+    for (const auto& it : its) f(it);
     return;
   }
   std::exception_ptr err = nullptr;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (int64_t i = 0; i < (int64_t)ids.size(); ++i) {
+  for (int64_t i = 0; i < (int64_t)its.size(); ++i) {
     try {
-      at::NoGradGuard no_grad;  // worker threads: no autograd bookkeeping for the per-sequence ops
-      f(ids[i]);
+      at::NoGradGuard no_grad;  // worker threads: no autograd bookkeeping for the per-item ops
+      f(its[i]);
     } catch (...) {
 #pragma omp critical
       if (!err) err = std::current_exception();
@@ -100,13 +122,14 @@ std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k
   auto lse_dt = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   Tensor out = at::zeros_like(q, at::MemoryFormat::Contiguous);
   Tensor lse = at::zeros({q.size(0), q.size(1)}, q.options().dtype(lse_dt));
-  for_each_seq(live_order(cq, ck), [&](int64_t s) {
+  for_each_item(items(live_order(cq, ck), q.size(1)), [&](const Item& it) {
+    int64_t s = it.s, h0 = it.h0, h1 = it.h1;
     int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];
     auto r = at::_scaled_dot_product_flash_attention_for_cpu(
-        bhld(q, q0, q1), bhld(k, k0, k1), bhld(v, k0, k1), 0.0, false,
+        bhld(q, q0, q1, h0, h1), bhld(k, k0, k1, h0, h1), bhld(v, k0, k1, h0, h1), 0.0, false,
         frame_mask(fq, fk, q0, q1, k0, k1, q.scalar_type()), scale);
-    out.slice(0, q0, q1).copy_(std::get<0>(r)[0].transpose(0, 1));
-    lse.slice(0, q0, q1).copy_(std::get<1>(r)[0].transpose(0, 1));
+    out.slice(0, q0, q1).slice(1, h0, h1).copy_(std::get<0>(r)[0].transpose(0, 1));
+    lse.slice(0, q0, q1).slice(1, h0, h1).copy_(std::get<1>(r)[0].transpose(0, 1));
   });
   return {out, lse};
 }
@@ -122,15 +145,16 @@ std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
   Tensor dq = at::zeros_like(q, at::MemoryFormat::Contiguous);
   Tensor dk = at::zeros_like(k, at::MemoryFormat::Contiguous);
   Tensor dv = at::zeros_like(v, at::MemoryFormat::Contiguous);
-  for_each_seq(live_order(cq, ck), [&](int64_t s) {
+  for_each_item(items(live_order(cq, ck), q.size(1)), [&](const Item& it) {
+    int64_t s = it.s, h0 = it.h0, h1 = it.h1;
     int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];
     auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
-        bhld(dout, q0, q1), bhld(q, q0, q1), bhld(k, k0, k1), bhld(v, k0, k1), bhld(out, q0, q1),
-        lse.slice(0, q0, q1).transpose(0, 1).unsqueeze(0), 0.0, false,
+        bhld(dout, q0, q1, h0, h1), bhld(q, q0, q1, h0, h1), bhld(k, k0, k1, h0, h1), bhld(v, k0, k1, h0, h1),
+        bhld(out, q0, q1, h0, h1), lse.slice(0, q0, q1).slice(1, h0, h1).transpose(0, 1).unsqueeze(0), 0.0, false,
         frame_mask(fq, fk, q0, q1, k0, k1, q.scalar_type()), scale);
-    dq.slice(0, q0, q1).copy_(std::get<0>(g)[0].transpose(0, 1));
-    dk.slice(0, k0, k1).copy_(std::get<1>(g)[0].transpose(0, 1));
-    dv.slice(0, k0, k1).copy_(std::get<2>(g)[0].transpose(0, 1));
+    dq.slice(0, q0, q1).slice(1, h0, h1).copy_(std::get<0>(g)[0].transpose(0, 1));
+    dk.slice(0, k0, k1).slice(1, h0, h1).copy_(std::get<1>(g)[0].transpose(0, 1));
+    dv.slice(0, k0, k1).slice(1, h0, h1).copy_(std::get<2>(g)[0].transpose(0, 1));
   });
   return {dq, dk, dv};
 }

@@ -87,6 +87,21 @@ def test_cpu_head_dims_vs_ref(D, causal, dtype):
     _check_rule(q, k, v, cu, frames, _kernel)
 
 
+@pytest.mark.parametrize("call_us", [0.0, 1e6], ids=["per_length_buckets", "one_padded_bucket"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_bucket_fallback_without_extension(monkeypatch, causal, call_us):
+    # Without the C++ extension the CPU path is kernels/cpu_attention.py: views, gathered buckets, padding.
+    import kernels.cpu_attention as ca
+    monkeypatch.setattr(ba._ops, "cpp_available", lambda: False)
+    monkeypatch.setattr(ca, "CALL_US", call_us)
+    ca._plan.cache_clear()
+    q, k, v, cu, frames = _case([24, 24, 24, 7, 33, 0, 31, 1, 7], 2, 24, torch.float32, causal, seed=7)
+    try:
+        _check_rule(q, k, v, cu, frames, _kernel)
+    finally:
+        ca._plan.cache_clear()
+
+
 def test_empty_key_sequences_and_unseen_rows_give_zeros():
     # cross attention: sequence 1 has queries but no keys; frame pairs leave some queries no key
     g = torch.Generator().manual_seed(0)
