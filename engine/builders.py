@@ -46,7 +46,8 @@ def num_mask_tokens(cfg: Config) -> int:
 def build_jepa(cfg: Config):
     from engine.jepa import JEPA
     encoder, predictor = build_models(cfg)
-    return JEPA(encoder, predictor, loss="smooth_l1" if cfg.is_image else "l1", loss_exp=cfg.loss.loss_exp)
+    return JEPA(encoder, predictor, loss="smooth_l1" if cfg.is_image else "l1", loss_exp=cfg.loss.loss_exp,
+                reg_coeff=0.0 if cfg.is_image else cfg.loss.reg_coeff)
 
 
 def build_mask_sampler(cfg: Config):

@@ -26,7 +26,7 @@ from engine.packing import Packed, pack_index_sets
 
 class JEPA(nn.Module):
     def __init__(self, encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Module | None = None,
-                 loss: str = "l1", loss_exp: float = 1.0):
+                 loss: str = "l1", loss_exp: float = 1.0, reg_coeff: float = 0.0):
         super().__init__()
         if loss not in ("l1", "smooth_l1"):
             raise ValueError(f"JEPA: loss must be 'l1' or 'smooth_l1', got {loss!r}")
@@ -39,6 +39,7 @@ class JEPA(nn.Module):
             p.requires_grad_(False)
         self.loss_type = loss
         self.loss_exp = float(loss_exp)
+        self.reg_coeff = float(reg_coeff)
         self._ema = None
 
     # -- the three passes ----------------------------------------------------------------------
@@ -64,7 +65,28 @@ class JEPA(nn.Module):
 
         loss = self.loss_fn(p_TD, h_TD, plan)
         info = {"ctx_tokens": int(plan.ctx.rows_T.numel()), "tgt_tokens": int(plan.tgt.rows_T.numel())}
+        # The reference's variance term: low spread of the predictions across a sequence's tokens is the
+        # first sign of collapse, so it is always logged; it joins the loss only with loss.reg_coeff > 0.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.reg_coeff > 0):
+            reg = self.variance_reg(p_TD, plan)
+        info["loss_reg"] = float(reg.detach())
+        if self.reg_coeff > 0:
+            loss = loss + self.reg_coeff * reg
         return loss, info
+
+    @staticmethod
+    def variance_reg(p_TD, plan: "PackingPlan") -> torch.Tensor:
+        """mean over (sample, feature) of relu(1 - std over a sequence's tokens, averaged over pairs), with
+        std = sqrt(var + 1e-4) (unbiased var), as the reference's reg_fn over its [B, K, D] predictions."""
+        p_TD = p_TD.float()
+        S, D = plan.tgt.num_seqs, p_TD.shape[-1]
+        seq_T = plan.tgt.seq_id_T().to(p_TD.device)
+        n_S1 = plan.tgt.seqlens_S.to(p_TD.device, torch.float32)[:, None]
+        sum_SD = p_TD.new_zeros(S, D).index_add_(0, seq_T, p_TD)
+        sq_SD = p_TD.new_zeros(S, D).index_add_(0, seq_T, p_TD * p_TD)
+        var_SD = (sq_SD - sum_SD * sum_SD / n_S1.clamp_min(1)) / (n_S1 - 1).clamp_min(1)
+        std_PBD = (var_SD.clamp_min(0) + 1e-4).sqrt().view(plan.num_pairs, -1, D)
+        return F.relu(1.0 - std_PBD.mean(0)).mean()
 
     def loss_fn(self, p_TD, h_TD, plan: "PackingPlan") -> torch.Tensor:
         p_TD = p_TD.float()

@@ -84,7 +84,7 @@ def test_packed_step_equals_reference_step(tiny_models):
     loss, info = model(x, _masks(ctx, tgt, [(0, 0), (1, 1)], [0, 1]))
     ref = jepa_loss_reference(enc, pred, model.target_encoder, x, [torch.stack(c) for c in ctx],
                               [torch.stack(m) for m in tgt])
-    assert info == {"ctx_tokens": 2 * 3 * 40, "tgt_tokens": 2 * 3 * 30}
+    assert info["ctx_tokens"] == 2 * 3 * 40 and info["tgt_tokens"] == 2 * 3 * 30
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     loss.backward()
     assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
@@ -122,3 +122,34 @@ def test_update_target_is_the_ema(tiny_models):
     model.update_target(0.9)
     for b, p, s in zip(before, model.target_encoder.parameters(), enc.parameters()):
         torch.testing.assert_close(p, 0.9 * b + 0.1 * s)
+
+
+def test_variance_reg_equals_the_reference_reg_fn():
+    """Packed ragged form == the reference's reg_fn on rectangular [B, K, D] predictions per mask."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    B, K, D = 3, 5, 4
+    z = [torch.randn(B, K, D) * s for s in (0.3, 2.0)]            # one pair below, one above std 1
+    tgt = [[torch.arange(K) + b for b in range(B)] for _ in z]      # rectangular, any ids
+    ctx = [[t(0) for _ in range(B)] for _ in z]
+    plan = plan_packing(_masks(ctx, tgt, [(0, 0), (1, 1)], [0, 1]), B=B, N=16)
+    p_TD = torch.cat([zi.reshape(-1, D) for zi in z])              # pair-major, then sample, then token
+    ref_std = sum(torch.sqrt(zi.var(dim=1) + 0.0001) for zi in z) / len(z)
+    ref = torch.mean(F.relu(1.0 - ref_std))
+    torch.testing.assert_close(JEPA.variance_reg(p_TD, plan), ref)
+
+
+def test_reg_coeff_adds_the_variance_term(tiny_models):
+    cfg, encoder, predictor = tiny_models
+    import copy
+    import numpy as np
+    from engine.builders import build_mask_sampler
+    masks = build_mask_sampler(cfg).sample(2, np.random.default_rng(0))
+    x = torch.randn(2, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
+    plain = JEPA(copy.deepcopy(encoder), copy.deepcopy(predictor))
+    reg = JEPA(copy.deepcopy(encoder), copy.deepcopy(predictor), reg_coeff=2.0)
+    reg.target_encoder.load_state_dict(plain.target_encoder.state_dict())
+    l0, info0 = plain(x, masks)
+    l1, info1 = reg(x, masks)
+    assert info0["loss_reg"] == pytest.approx(info1["loss_reg"]) and info0["loss_reg"] > 0
+    assert float(l1) == pytest.approx(float(l0) + 2.0 * info0["loss_reg"], rel=1e-5)
