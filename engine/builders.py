@@ -110,7 +110,9 @@ def build_loader(cfg: Config, dataset, device, mask_sampler=None, rank: int = 0,
     device = torch.device(device)
     B = batch_size or d.batch_size
     reader = "pyav"
-    if not cfg.is_image:
+    # DALI only where asked for, or by `auto` on a GPU; on CPU `auto` is PyAV whatever the codec (no
+    # need to open a file to find out, and in-memory data sets have none).
+    if not cfg.is_image and (d.reader == "dali" or (d.reader == "auto" and device.type == "cuda")):
         from engine.data.dali import dataset_codec, select_reader
         try:
             reader = select_reader(dataset_codec(dataset), device.type, d.reader)
