@@ -23,6 +23,7 @@ class Packed:
     max_seqlen: int
     sample_S: torch.Tensor      # int64 [S]: the sample each sequence comes from
     tokens_per_sample: int      # N
+    one_seq_per_sample: bool = True   # no sample has two sequences, so no row repeats (set on the host)
 
     @property
     def num_seqs(self) -> int:
@@ -34,12 +35,12 @@ class Packed:
 
     def to(self, device) -> "Packed":
         return Packed(self.rows_T.to(device), self.pos_T.to(device), self.cu_seqlens.to(device),
-                      self.max_seqlen, self.sample_S.to(device), self.tokens_per_sample)
+                      self.max_seqlen, self.sample_S.to(device), self.tokens_per_sample, self.one_seq_per_sample)
 
     def rows_unique(self) -> bool:
-        """True when no sample has two sequences, so no row repeats (the fused gather's backward
-        needs that; several mask configs of one sample share rows)."""
-        return bool(torch.unique(self.sample_S).numel() == self.num_seqs)
+        """True when no row repeats (the fused gather's backward needs that; several mask configs of
+        one sample share rows). Decided when packing, on the host: no device sync here."""
+        return self.one_seq_per_sample
 
     def seq_id_T(self) -> torch.Tensor:
         """int64 [T]: the sequence each packed row belongs to."""
@@ -64,4 +65,4 @@ def pack_index_sets(idx_sets, samples, tokens_per_sample: int) -> Packed:
     if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= N):
         raise ValueError(f"pack_index_sets: token ids must lie in [0, {N}), got {int(pos.min())}..{int(pos.max())}")
     rows = pos + torch.repeat_interleave(sample_S, torch.tensor(lens, dtype=torch.int64)) * N
-    return Packed(rows, pos, cu, max(lens, default=0), sample_S, N)
+    return Packed(rows, pos, cu, max(lens, default=0), sample_S, N, len(set(samples)) == len(samples))

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .datasets import _SkipBadFiles
+from .loader import ResumableLoader
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, VideoEvalTransform, VideoTransform, random_crop_box
 from .video import VideoReader
 
@@ -359,12 +360,7 @@ class DaliLoader:
                 masks = self.mask_sampler(clips.shape[0], np.random.default_rng([self.seed, gb]))
             yield clips, labels, masks
 
-    def _record_skips(self, paths):
-        self.skipped_files += len(paths)
-        for p in paths:
-            if p not in self.bad_paths:
-                self.bad_paths.add(p)
-                logger.warning("skipped unreadable file %s (%d skips so far)", p, self.skipped_files)
+    _record_skips = ResumableLoader._record_skips   # same counting and logging as the PyAV loader
 
     def state_dict(self) -> dict:
         epoch, batch = self.epoch, self.batch_in_epoch

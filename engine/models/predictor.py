@@ -96,7 +96,8 @@ class Predictor(nn.Module):
         x = kernels.gather_tokens(torch.cat([x_ctx, x_tgt]).unsqueeze(0), src_of_row)
         ids = torch.cat([ctx.pos_T, tgt.pos_T]).index_select(0, src_of_row)
         cu = (ctx.cu_seqlens + tgt.cu_seqlens).to(torch.int32)
-        max_len = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+        # An upper bound known on the host (no device sync): kernels use it only to size their grids.
+        max_len = ctx.max_seqlen + tgt.max_seqlen
         tok = Tokens(ids, cu, max_len, self.rope.tables(ids) if self.rope is not None else None)
         x = run_blocks(self.predictor_blocks, x, tok, self.use_activation_checkpointing)
         # Norm and project only the target rows (both act per token).
