@@ -6,21 +6,33 @@ Usage:
 
 All loaders read the same files (320x240, 30 fps, 64 frames, synthetic moving objects) and give the
 same output: float32 clips [B, 3, 16, S, S] (16 frames, frame_step 4, random resized crop, flip,
-ImageNet normalisation), S = 224 (reference size) or 64 (the tiny configs).
+ImageNet normalisation; pyav_u8: the same clips before normalisation, uint8), S = 224 (reference
+size) or 64 (the tiny configs).
 Codecs: h264, vp9 and mjpeg with the encoders' default keyframe intervals (x264: 250, so one GOP per
-video), and h264_gop8 / vp9_gop8 with a keyframe every 8 frames (prepare --gop 8).
+video), h264_gop8 / vp9_gop8 with a keyframe every 8 frames (prepare --gop 8), and h264_sparse: the
+h264 files re-encoded by engine.data.prepare.transcode(sparse_refs=True) (every B-frame a
+non-reference frame; a data-preparation choice: both loaders read these same re-encoded files).
     pyav       engine.data: VideoDataset + VideoTransform + make_loader (decode only the needed frames,
-               reused swscale context, crop the uint8 region first, resize only the crop)
+               reused swscale context, crop the uint8 region first, resize only the crop); the workers
+               ship uint8 clips and the batch is normalised to float32 in the consuming process (counted)
+    pyav_u8    the same loader with clip_dtype=torch.uint8: the consumer gets uint8 clips and normalises
+               them on its training device (loader.normalize; not counted: on a GPU it is ~free)
     dali_cpu   engine.data.dali.make_dali_loader: the same sample plans, decoded and augmented by DALI's
                CPU operators (VP9 / MJPEG only); "workers" = DALI threads
     reference  the V-JEPA VideoDataset's way: decode the needed frames at full resolution, convert the
                whole clip to float32, then crop + resize + flip + normalise in the worker (decoded with
-               PyAV's per-frame to_ndarray here, as decord is not installed)
+               PyAV's per-frame to_ndarray here, as decord is not installed: colour conversion on one
+               thread like decord's, decoder threads at the library's default, as in the pyav loader)
 workers=0 runs each loader in this process and counts clips per CPU-second (process time, DALI's
 threads included): the cost per clip, the least disturbed number on a shared machine. workers=1, 2
-count clips per wall-second with that many DataLoader workers (DALI: threads). Batches after the first
-are timed (start-up excluded); each number is the best of --rounds interleaved runs; frames = clips * 16.
-Ratios are against the reference loader with the same codec, crop size and workers, in the same run.
+count clips per wall-second with that many DataLoader workers (DALI: threads); their clips_per_cpu_s
+column counts CPU-seconds of this process and its workers together (transfer, collation and the
+consumer-side normalisation included), which other jobs on the machine disturb far less than the wall
+clock. Batches after the first are timed (start-up excluded); each number is the best of --rounds
+interleaved runs; frames = clips * 16. The consumer reads every page of each batch (a shared-memory
+batch is mapped into it on first access: a cost real training pays). Ratios are against the reference
+loader with the same codec, crop size and workers, in the same run (vs_reference: the row's unit;
+cpu_vs_reference: CPU-seconds).
 """
 from __future__ import annotations
 
@@ -35,6 +47,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+try:
+    import psutil  # CPU time of DataLoader worker processes (optional: without it that column is empty)
+except ImportError:
+    psutil = None
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,8 +68,22 @@ def make_videos(out: Path, name: str, n: int) -> Path:
     """n videos of 320x240 (a 320x320 render cut to 240 rows) and their index CSV.
 
     name: a codec ("h264", "vp9", "mjpeg") or "<codec>_gop<N>": a keyframe every N frames, as
-    `python -m engine.data prepare --gop N` writes them.
+    `python -m engine.data prepare --gop N` writes them; "h264_sparse": re-encoded with sparse_refs.
     """
+    if name == "h264_sparse":
+        from engine.data.prepare import transcode
+
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        src = make_videos(out, "h264", n) if not (out / "h264.csv").exists() else out / "h264.csv"
+        lines = []
+        for ln in src.read_text().splitlines():
+            path, label = ln.rsplit(" ", 1)
+            q = d / Path(path).name
+            q.write_bytes(transcode(path, "h264", sparse_refs=True)[0])
+            lines.append(f"{q} {label}\n")
+        (out / f"{name}.csv").write_text("".join(lines))
+        return out / f"{name}.csv"
     codec, _, gop = name.partition("_gop")
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
@@ -88,7 +119,9 @@ class ReferenceStyleDataset(torch.utils.data.Dataset):
             want, got = set(idx.tolist()), {}
             for k, frame in enumerate(c.decode(s)):
                 if k in want:
-                    got[k] = frame.to_ndarray(format="rgb24")
+                    # threads=1: PyAV's default swscale thread pool per frame doubled this loader's CPU
+                    # time and stalled it on a busy machine; decord (the reference's reader) has none
+                    got[k] = frame.to_ndarray(format="rgb24", threads=1)
                 if k >= idx[-1]:
                     break
         buffer = np.stack([got[k] for k in idx.tolist()])                      # uint8 [T, H, W, 3]
@@ -101,23 +134,46 @@ class ReferenceStyleDataset(torch.utils.data.Dataset):
         return (x - self.mean) / self.std, 0
 
 
-def timed(it, batches: int, clock=time.perf_counter) -> float:
-    """clips per second of `clock` over `batches` batches after a first (start-up) batch."""
+def _cpu_seconds(procs) -> float:
+    """CPU-seconds of this process (all its threads) and of the given child processes."""
+    total = time.process_time()
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def touch(x: torch.Tensor) -> float:
+    """Read one value per 4 KiB page, as a consumer reading the batch would first: a batch that crossed
+    from a worker through shared memory is mapped into this process page by page on first access."""
+    return float(x.reshape(-1)[:: 4096 // x.element_size()].sum())
+
+
+def timed(it, batches: int) -> tuple[float, float]:
+    """(clips per wall-second, clips per CPU-second of this process and its workers) over `batches`
+    batches after a first (start-up) batch; each batch is touched (see touch) before the next."""
     x = next(it)[0]
     B = x.shape[0]
-    t0 = clock()
+    procs = psutil.Process().children(recursive=True) if psutil is not None else []
+    t0, c0 = time.perf_counter(), _cpu_seconds(procs)
     for _ in range(batches):
         x = next(it)[0]
+        touch(x)
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds(procs) - c0
     assert x.shape[1:3] == (3, FPC), x.shape
-    return batches * B / (clock() - t0)
+    return batches * B / wall, batches * B / cpu
 
 
 def make_iter(kind: str, csv_path: Path, crop: int, workers: int, batch: int):
     """An endless iterator of (clips, ...) batches; workers=0: in this process (DALI: one thread)."""
-    if kind in ("pyav", "dali_cpu"):
+    if kind in ("pyav", "pyav_u8", "dali_cpu"):
         ds = VideoDataset([csv_path], frames_per_clip=FPC, frame_step=STEP, transform=VideoTransform(crop))
-        if kind == "pyav":
-            return iter(make_loader(ds, batch_size=batch, seed=0, num_workers=workers))
+        if kind != "dali_cpu":
+            dtype = torch.uint8 if kind == "pyav_u8" else torch.float32
+            return iter(make_loader(ds, batch_size=batch, seed=0, num_workers=workers, clip_dtype=dtype))
         from engine.data.dali import make_dali_loader
 
         return iter(make_dali_loader(ds, batch_size=batch, seed=0, num_threads=max(1, workers)))
@@ -132,31 +188,29 @@ def make_iter(kind: str, csv_path: Path, crop: int, workers: int, batch: int):
 
 
 def measure(kinds, csv_path, crop, workers, batch, batches, rounds) -> dict:
-    """Best of `rounds` interleaved runs per loader (the machine is shared: the best run is the least disturbed).
-
-    workers=0: clips per CPU-second of this process (DALI's threads included), loaders run in-process;
-    workers>=1: clips per wall-second with that many DataLoader workers (DALI: threads).
-    """
-    clock = time.process_time if workers == 0 else time.perf_counter
-    best = {k: 0.0 for k in kinds}
+    """{kind: (clips per wall-second, clips per CPU-second)}, each the best of `rounds` interleaved runs
+    (the machine is shared: the best run is the least disturbed). workers=0: loaders run in-process;
+    workers>=1: that many DataLoader workers (DALI: threads)."""
+    best = {k: (0.0, 0.0) for k in kinds}
     for _ in range(rounds):
         for k in kinds:
             it = make_iter(k, csv_path, crop, workers, batch)
-            best[k] = max(best[k], timed(it, batches, clock))
+            wall, cpu = timed(it, batches)
+            best[k] = (max(best[k][0], wall), max(best[k][1], cpu))
             del it
     return best
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--codecs", nargs="+", default=["h264", "vp9", "mjpeg", "h264_gop8", "vp9_gop8"],
-                    help="codec or codec_gopN (a keyframe every N frames)")
+    ap.add_argument("--codecs", nargs="+", default=["h264", "vp9", "mjpeg", "h264_gop8", "vp9_gop8", "h264_sparse"],
+                    help="codec, codec_gopN (a keyframe every N frames) or h264_sparse")
     ap.add_argument("--crops", nargs="+", type=int, default=[224, 64])
     ap.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2],
                     help="0 = in-process, measured in clips per CPU-second")
     ap.add_argument("--videos", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "loader_cpu.csv"))
     args = ap.parse_args(argv)
@@ -165,28 +219,37 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         csvs = {c: make_videos(Path(tmp), c, args.videos) for c in args.codecs}
         for codec in args.codecs:
-            kinds = ["reference", "pyav"] + (["dali_cpu"] if codec.split("_")[0] in ("vp9", "mjpeg") else [])
+            kinds = ["reference", "pyav", "pyav_u8"] + (["dali_cpu"] if codec.split("_")[0] in ("vp9", "mjpeg")
+                                                        else [])
             for crop in args.crops:
                 for workers in args.workers:
                     res = measure(kinds, csvs[codec], crop, workers, args.batch, args.batches, args.rounds)
                     for k in kinds:
+                        wall, cpu = res[k]
+                        main_metric = cpu if workers == 0 else wall
+                        ref_main = res["reference"][1] if workers == 0 else res["reference"][0]
                         rows.append({"loader": k, "codec": codec, "crop": crop, "workers": workers,
                                      "unit": "clips/cpu-s" if workers == 0 else "clips/s",
-                                     "clips_per_s": round(res[k], 2), "frames_per_s": round(res[k] * FPC, 1),
-                                     "vs_reference": round(res[k] / res["reference"], 2)})
+                                     "clips_per_s": round(main_metric, 2), "frames_per_s": round(main_metric * FPC, 1),
+                                     "vs_reference": round(main_metric / ref_main, 2),
+                                     "clips_per_cpu_s": round(cpu, 2) if psutil or not workers else "",
+                                     "cpu_vs_reference": round(cpu / res["reference"][1], 2)
+                                     if psutil or not workers else ""})
                         r = rows[-1]
-                        print(f"{k:10s} {codec:6s} {crop:4d} px  workers={workers}: {res[k]:7.1f} {r['unit']:11s} "
-                              f"({res[k] * FPC:6.0f} frames)  x{r['vs_reference']:.2f} vs reference", flush=True)
+                        print(f"{k:10s} {codec:11s} {crop:4d} px  workers={workers}: {main_metric:7.1f} {r['unit']:11s} "
+                              f"({main_metric * FPC:6.0f} frames)  x{r['vs_reference']:.2f} vs reference; "
+                              f"{cpu:6.1f} clips/cpu-s x{cpu / res['reference'][1]:.2f}", flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\n{'loader':10s} {'codec':6s} {'crop':>4s} {'wk':>2s} {'unit':11s} {'clips':>7s} {'frames':>7s} "
-          f"{'x ref':>6s}")
+    print(f"\n{'loader':10s} {'codec':11s} {'crop':>4s} {'wk':>2s} {'unit':11s} {'clips':>7s} {'frames':>7s} "
+          f"{'x ref':>6s} {'cpu-s':>7s} {'x ref':>6s}")
     for r in rows:
-        print(f"{r['loader']:10s} {r['codec']:6s} {r['crop']:4d} {r['workers']:2d} {r['unit']:11s} "
-              f"{r['clips_per_s']:7.1f} {r['frames_per_s']:7.0f} {r['vs_reference']:6.2f}")
+        print(f"{r['loader']:10s} {r['codec']:11s} {r['crop']:4d} {r['workers']:2d} {r['unit']:11s} "
+              f"{r['clips_per_s']:7.1f} {r['frames_per_s']:7.0f} {r['vs_reference']:6.2f} "
+              f"{r['clips_per_cpu_s']:>7} {r['cpu_vs_reference']:>6}")
     print(f"wrote {args.out}")
 
 

@@ -5,6 +5,7 @@ Usage:
                                   [--shard-size 100] [--workers 2] [--gop 16]
     from engine.data.prepare import prepare
     index = prepare("data/train.csv", "data/shards", codec="vp9", size=128, shard_size=100)
+    index = prepare("data/train.csv", "data/shards", codec="h264", sparse_refs=True)   # cheaper strided clips
 
 Input: an index CSV in the reference format ("<path> <label>" lines), or a folder: its video files
 (.mp4 .webm .avi .mkv .mov, recursively); with class sub-folders the label is the sorted folder index,
@@ -15,7 +16,12 @@ Each video is decoded in full, resized so its short side is `size` (aspect kept,
 the size), re-encoded with `codec` at its own frame rate (a keyframe every `gop` frames if given: the PyAV
 reader decodes only the GOPs a clip touches, but keyframes cost more to decode, and at 320x240 with
 16 frames 4 apart --gop 8 was slower than the encoders' default: bench/results/loader_cpu.csv) and
-written to tar shards (engine.data.shards layout). Output: DIR/shard-NNNNNN.tar, DIR/index.json ({"shards": [{"path", "count", "frames",
+written to tar shards (engine.data.shards layout). sparse_refs=True (H.264 only) encodes every
+B-frame as a non-reference frame (SPARSE_REF_PARAMS: no B-pyramid, 7 B-frames between references):
+the PyAV reader skips unneeded non-reference frames: a clip of 16 frames 4 apart from the bench's
+64-frame videos decodes 24 frames instead of 43 (VideoReader.frames_decoded; bench/results/loader_cpu.csv,
+codec h264_sparse), and the files were smaller (29 vs 35 kB at crf 18).
+Output: DIR/shard-NNNNNN.tar, DIR/index.json ({"shards": [{"path", "count", "frames",
 "duration"}], totals, "skipped": [{"path", "error"}], arguments}) and DIR/index.csv (one line per shard:
 path,count,frames,duration). Inputs that cannot be decoded are skipped, counted and named (log + index);
 if none can be, a ValueError names the first failures. Work is spread over `workers` processes; sample
@@ -39,6 +45,9 @@ from .shards import ShardWriter
 from .synthetic import CODECS
 
 logger = logging.getLogger(__name__)
+# encoder settings that leave most frames unreferenced (the decoder skips those nobody asked for); the
+# VP9 decoder has no such skip, MJPEG has nothing to skip
+SPARSE_REF_PARAMS = {"h264": "b-pyramid=none:bframes=7:b-adapt=0"}
 INPUT_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 ARRAY_NAMES = ("actions", "states")
 
@@ -67,9 +76,21 @@ def _even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
 
-def transcode(path, codec: str = "vp9", size: int | None = None, gop: int | None = None) -> tuple[bytes, dict]:
+def encoder_options(codec: str, sparse_refs: bool = False) -> dict:
+    """The encoder options `codec` is written with (sparse_refs: see SPARSE_REF_PARAMS)."""
+    options = dict(CODECS[codec][4])
+    if sparse_refs:
+        if codec not in SPARSE_REF_PARAMS:
+            raise ValueError(f"sparse_refs: supported for {sorted(SPARSE_REF_PARAMS)}, not {codec!r}")
+        options["x264-params"] = ":".join(p for p in (options.get("x264-params"), SPARSE_REF_PARAMS[codec]) if p)
+    return options
+
+
+def transcode(path, codec: str = "vp9", size: int | None = None, gop: int | None = None,
+              sparse_refs: bool = False) -> tuple[bytes, dict]:
     """Decode `path` fully, resize (short side `size`), re-encode: (file bytes, meta without label)."""
-    encoder, fmt, suffix, pix_fmt, options = CODECS[codec]
+    encoder, fmt, suffix, pix_fmt, _ = CODECS[codec]
+    options = encoder_options(codec, sparse_refs)
     buf = io.BytesIO()
     out = av.open(buf, "w", format=fmt)  # in memory: nothing half-written on disk
     frames = 0
@@ -99,6 +120,9 @@ def transcode(path, codec: str = "vp9", size: int | None = None, gop: int | None
                 f = frame.reformat(width=ow, height=oh, format=pix_fmt, interpolation="AREA" if size and
                                    size < min(H, W) else "BILINEAR")
                 f.pts, f.time_base = frames, st.codec_context.time_base
+                # a decoded frame keeps its source's type (I/P/B), which encoders take as a forced type:
+                # cleared, so the output's frame types and keyframes follow `options` and `gop`
+                f.pict_type = av.video.frame.PictureType.NONE
                 for packet in st.encode(f):
                     out.mux(packet)
                 frames += 1
@@ -126,9 +150,9 @@ def _sidecar_arrays(path) -> dict:
 
 def _work(job):
     """One input -> ("ok", key, bytes, meta, arrays) or ("bad", path, error)."""
-    i, path, label, codec, size, gop = job
+    i, path, label, codec, size, gop, sparse_refs = job
     try:
-        data, meta = transcode(path, codec, size, gop)
+        data, meta = transcode(path, codec, size, gop, sparse_refs)
         arrays = _sidecar_arrays(path)
         for name, a in arrays.items():
             if len(a) != meta["num_frames"]:
@@ -140,10 +164,11 @@ def _work(job):
 
 
 def prepare(input, output, *, codec: str = "vp9", size: int | None = 128, shard_size: int = 100,
-            workers: int = 1, gop: int | None = None, progress: bool = False) -> dict:
+            workers: int = 1, gop: int | None = None, sparse_refs: bool = False, progress: bool = False) -> dict:
     """See the module docstring; returns the index dict (also written to output/index.json)."""
     if codec not in CODECS:
         raise ValueError(f"--codec: expected one of {sorted(CODECS)}, got {codec!r}")
+    encoder_options(codec, sparse_refs)  # refuses sparse_refs for a codec without it, before any work
     if size is not None and size < 2:
         raise ValueError(f"--size: must be >= 2, got {size}")
     paths, labels, classes = list_inputs(input)
@@ -152,7 +177,7 @@ def prepare(input, output, *, codec: str = "vp9", size: int | None = 128, shard_
     for old in out.glob("shard-*.tar"):  # a rerun replaces the previous shards
         old.unlink()
     ext = CODECS[codec][2].lstrip(".")
-    jobs = [(i, p, lab, codec, size, gop) for i, (p, lab) in enumerate(zip(paths, labels))]
+    jobs = [(i, p, lab, codec, size, gop, sparse_refs) for i, (p, lab) in enumerate(zip(paths, labels))]
     skipped = []
     if workers > 1:
         import multiprocessing as mp
@@ -180,6 +205,7 @@ def prepare(input, output, *, codec: str = "vp9", size: int | None = 128, shard_
         raise ValueError(f"--input {input}: none of {len(paths)} videos could be prepared; first failures: "
                          + "; ".join(f"{s['path']}: {s['error']}" for s in skipped[:3]))
     index = {"version": 1, "codec": codec, "size": size, "shard_size": shard_size, "gop": gop,
+             "sparse_refs": sparse_refs,
              "input": str(input),
              "num_samples": sum(s["count"] for s in w.shards), "num_frames": sum(s["frames"] for s in w.shards),
              "duration": round(sum(s["duration"] for s in w.shards), 4), "classes": classes,

@@ -209,33 +209,49 @@ def trajectory(cls: str, rng: np.random.Generator, num_frames: int, size: int, f
 
 
 def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size: int = 64, fps: float = 8,
-                classes=MOTION_CLASSES):
-    """Draw one video of motion class `classes[label]`: (uint8 frames [T, H, W, 3], actor centre [T, 2])."""
+                classes=MOTION_CLASSES, *, actors: int = 1, radius=(4.5, 8.0), distractors: int = 3,
+                background: str = "random"):
+    """Draw one video of motion class `classes[label]`: (uint8 frames [T, H, W, 3], first actor's centre [T, 2]).
+
+    actors: how many objects move, each with the class's motion and its own shape, colour, size, start
+    and speed (drawn in order, later ones in front); radius: the actors' radius range in pixels at 64 px;
+    distractors: at most this many static objects baked into the background; background: "random" (a
+    colour, gradient and stripes drawn per clip) or "plain" (the same mid grey in every clip).
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    bg_HW3 = random_background(rng, size)
+    if background not in ("random", "plain"):
+        raise ValueError(f"background must be 'random' or 'plain', got {background!r}")
+    bg_HW3 = random_background(rng, size) if background == "random" else np.full((size, size, 3), 96.0, np.float32)
     s = size / 64.0
-    for _ in range(rng.integers(0, 4)):  # static distractors, baked into the background
+    for _ in range(rng.integers(0, distractors + 1)):  # static distractors, baked into the background
         cy, cx, rr = rng.uniform(0, size, 2).tolist() + [rng.uniform(3, 8) * s]
         a = shape_alpha(SHAPES[rng.integers(len(SHAPES))], yy - cy, xx - cx, rr)[..., None]
         bg_HW3 = bg_HW3 * (1 - a) + a * contrasting_colour(rng, bg_HW3.mean((0, 1)))
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    colour = contrasting_colour(rng, bg_HW3.mean((0, 1)))
-    r = rng.uniform(4.5, 8) * s
-    yx_T2, radius_T = trajectory(classes[label], rng, num_frames, size, fps, r)
-    dy_THW = yy[None] - yx_T2[:, 0, None, None]
-    dx_THW = xx[None] - yx_T2[:, 1, None, None]
-    a_THW1 = shape_alpha(shape, dy_THW, dx_THW, radius_T[:, None, None])[..., None]
-    frames = bg_HW3[None] * (1 - a_THW1) + a_THW1 * colour
-    return np.clip(frames + 0.5, 0, 255).astype(np.uint8), yx_T2
+    frames = np.broadcast_to(bg_HW3, (num_frames, size, size, 3))
+    first_yx_T2 = None
+    for _ in range(actors):
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        colour = contrasting_colour(rng, bg_HW3.mean((0, 1)))
+        r = rng.uniform(*radius) * s
+        yx_T2, radius_T = trajectory(classes[label], rng, num_frames, size, fps, r)
+        dy_THW = yy[None] - yx_T2[:, 0, None, None]
+        dx_THW = xx[None] - yx_T2[:, 1, None, None]
+        a_THW1 = shape_alpha(shape, dy_THW, dx_THW, radius_T[:, None, None])[..., None]
+        frames = frames * (1 - a_THW1) + a_THW1 * colour
+        first_yx_T2 = yx_T2 if first_yx_T2 is None else first_yx_T2
+    return np.clip(frames + 0.5, 0, 255).astype(np.uint8), first_yx_T2
 
 
 # ----------------------------------------------------------------------------- data sets on disk
 def generate_videos(out_dir, num_videos: int, *, num_frames: int = 16, size: int = 64, fps: int = 8,
                     codec: str = "h264", seed: int = 0, num_classes: int = 5, name: str = "videos",
+                    actors: int = 1, radius=(4.5, 8.0), distractors: int = 3, background: str = "random",
                     progress: bool = False) -> Path:
     """Write `num_videos` videos to out_dir/name/NNNNNN.<ext> and the index out_dir/name.csv; return its path.
 
-    Labels are balanced: video i has label i % num_classes. A rerun with identical arguments and a
+    Labels are balanced: video i has label i % num_classes. actors, radius, distractors, background: see
+    render_clip.
+    A rerun with identical arguments and a
     complete previous output returns at once (out_dir/name.json records the arguments).
     """
     if not 2 <= num_classes <= len(MOTION_CLASSES):
@@ -247,7 +263,8 @@ def generate_videos(out_dir, num_videos: int, *, num_frames: int = 16, size: int
     video_dir.mkdir(parents=True, exist_ok=True)
     csv_path, meta_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
     meta = dict(num_videos=num_videos, num_frames=num_frames, size=size, fps=fps, codec=codec, seed=seed,
-                num_classes=num_classes, name=name, classes=list(MOTION_CLASSES[:num_classes]), version=1)
+                num_classes=num_classes, name=name, classes=list(MOTION_CLASSES[:num_classes]), version=1,
+                actors=actors, radius=[float(r) for r in radius], distractors=distractors, background=background)
     if csv_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
         return csv_path
     meta_path.unlink(missing_ok=True)  # written last: its presence means the CSV is complete
@@ -261,7 +278,8 @@ def generate_videos(out_dir, num_videos: int, *, num_frames: int = 16, size: int
     for i in it:
         label = i % num_classes
         rng = np.random.default_rng([seed, split_id, i])
-        frames, _ = render_clip(label, rng, num_frames, size, fps)
+        frames, _ = render_clip(label, rng, num_frames, size, fps, actors=actors, radius=radius,
+                                distractors=distractors, background=background)
         path = write_video(video_dir / f"{i:06d}{suffix}", frames, fps=fps, codec=codec)
         lines.append(f"{path} {label}\n")
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")

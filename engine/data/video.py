@@ -106,7 +106,11 @@ def sample_clip_indices(num_video_frames: int, frames_per_clip: int, frame_step:
 
 
 class VideoReader:
-    """An open video file: `info` and `decode(frame_indices)`. Use as a context manager (or call close)."""
+    """An open video file: `info` and `decode(frame_indices)`. Use as a context manager (or call close).
+
+    threads: decoding threads (0: libavcodec's default; n > 0: n frame or slice threads, whichever the
+    codec supports; kept when a fallback pass reopens the file).
+    """
 
     def __init__(self, path, seek_threshold: int = 64, threads: int = 0, name: str | None = None,
                  skip_gops: bool = True):
@@ -123,8 +127,8 @@ class VideoReader:
             self.close()
             raise VideoDecodeError(f"no video stream in {self.path}")
         self._stream = s = self._container.streams.video[0]
-        if threads:
-            s.thread_type, s.codec_context.thread_count = "AUTO", threads
+        self._threads = threads
+        self._set_threads()
         rate = s.average_rate or s.guessed_rate or s.base_rate
         fps = float(rate) if rate else 0.0
         self._start_pts = s.start_time or 0
@@ -142,6 +146,16 @@ class VideoReader:
             self.close()
             raise VideoDecodeError(f"empty video {self.path}")
         self.info = VideoInfo(n, fps, int(s.width), int(s.height), exact)
+        self._tb = float(s.time_base)  # a Fraction; converted once, not once per packet (~0.8 ms per clip)
+        self.frames_decoded = 0  # frames the decoder produced (skipped non-reference frames not counted)
+
+    def _set_threads(self):
+        # libavcodec's default (automatic count, slice threads) cost no more CPU per clip than one
+        # thread here once warm (VP9 11.6 vs 11.5 ms, H.264 10.9 vs 10.9) and gave more clips/s in 2
+        # DataLoader workers on a busy machine: it stays the default
+        if self._threads:
+            s = self._stream
+            s.thread_type, s.codec_context.thread_count = "AUTO", self._threads
 
     def _open(self):
         if self._file is not None:
@@ -178,6 +192,7 @@ class VideoReader:
             elif frames_iter is None or group[0] - pos > self.seek_threshold:
                 frames_iter = self._from_seek(int(group[0]))
             for k, frame in frames_iter:
+                self.frames_decoded += 1
                 pos = k + 1
                 if k in want:
                     got[k] = _to_rgb(frame)
@@ -186,7 +201,7 @@ class VideoReader:
         return got
 
     def _frame_index(self, pts) -> int:
-        return int(round((pts - self._start_pts) * float(self._stream.time_base) * self.info.fps))
+        return int(round((pts - self._start_pts) * self._tb * self.info.fps))
 
     def _packet_pass(self, targets: np.ndarray) -> dict:
         """Decode only the GOPs holding needed frames, each only up to its last needed frame.
@@ -204,6 +219,7 @@ class VideoReader:
 
         def collect(frames):
             for f in frames:
+                self.frames_decoded += 1
                 if f.pts is None:
                     raise _NoTimestamps
                 k = self._frame_index(f.pts)
@@ -252,6 +268,7 @@ class VideoReader:
         self._container.close()
         self._container = self._open()
         self._stream = self._container.streams.video[0]
+        self._set_threads()
 
     def decode(self, frame_indices) -> np.ndarray:
         """uint8 [T, H, W, 3] for the given frame indices (any order, repeats allowed)."""

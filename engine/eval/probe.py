@@ -4,8 +4,9 @@
     result["val_acc"]
 
 The encoder runs once over every clip (center crop, no augmentation) and its token features are
-cached; then a small attentive pooler (one learned query cross-attending to all tokens, as the
-reference's attentive probe) plus a linear classifier is trained on them. Caching is what makes the
+cached and standardised per channel (train-set mean and std); then a small attentive pooler (one
+learned query cross-attending to all tokens, as the reference's attentive probe) plus a linear
+classifier is trained on them. Caching is what makes the
 probe cheap enough to run in CI: the encoder is frozen, so its features never change.
 """
 from __future__ import annotations
@@ -64,6 +65,12 @@ class _Indexed(torch.utils.data.Dataset):
 
 def train_probe(train_feats, train_labels, val_feats, val_labels, num_classes: int, *, epochs: int = 60,
                 batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0) -> dict:
+    # per-channel standardisation with train-set statistics (the frozen-feature BatchNorm of MAE's linear
+    # probe): an encoder whose informative channels are small next to a few large ones is not penalised
+    # for their scale, which the probe's per-token LayerNorm cannot undo
+    mu_D = train_feats.mean((0, 1))
+    sd_D = train_feats.std((0, 1)).clamp_min(1e-6)
+    train_feats, val_feats = (train_feats - mu_D) / sd_D, (val_feats - mu_D) / sd_D
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)

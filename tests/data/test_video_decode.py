@@ -37,3 +37,21 @@ def test_in_memory_reader_and_truncated_file(tmp_path):
     with pytest.raises(VideoDecodeError, match="mem-cut.mp4"):
         with VideoReader(io.BytesIO(data[: len(data) // 2]), name="mem-cut.mp4") as vr:
             vr.decode([0])
+
+
+def test_sparse_refs_encoding_decodes_fewer_frames(tmp_path):
+    """prepare's sparse_refs (H.264: every B-frame unreferenced): same frames back, fewer frames decoded."""
+    from engine.data.prepare import transcode
+
+    src = write_counter_video(tmp_path / "v.mp4", 64, fps=25, size=32, codec="h264")
+    sparse = tmp_path / "sparse.mp4"
+    sparse.write_bytes(transcode(src, "h264", sparse_refs=True)[0])
+    idx = list(range(1, 62, 4))  # 16 frames 4 apart
+    counts = {}
+    for name, p in (("default", src), ("sparse", sparse)):
+        with VideoReader(p) as vr:
+            assert read_counter(vr.decode(idx)).tolist() == idx
+            counts[name] = vr.frames_decoded
+    assert counts["sparse"] < counts["default"] <= 62, counts
+    with pytest.raises(ValueError, match="sparse_refs"):
+        transcode(src, "vp9", sparse_refs=True)

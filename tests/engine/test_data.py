@@ -82,6 +82,26 @@ def test_motion_classes_trajectories():
                 assert dy > 5 and dx > 3 and np.mean(np.diff(vy) > 0) > 0.6  # mostly accelerating downwards
 
 
+def test_render_clip_actors_and_background():
+    """actors=k draws k moving objects; background="plain" is the same grey in every clip; bad names fail."""
+    kw = dict(num_frames=8, size=64, fps=8, distractors=0, background="plain")
+    one, _ = render_clip(1, np.random.default_rng(5), actors=1, **kw)
+    three, _ = render_clip(1, np.random.default_rng(5), actors=3, **kw)
+    assert (one[0, 0, 0] == 96).all() or (three[0, -1, -1] == 96).all()
+    grey_1 = (one == 96).all(-1).mean()
+    grey_3 = (three == 96).all(-1).mean()
+    assert grey_3 < grey_1 < 1.0                      # more of the frame is covered by actors
+    assert np.median(three.reshape(-1, 3), 0).tolist() == [96, 96, 96]
+    moving = np.abs(three.astype(int) - three[:1]).sum(-1) > 0
+    assert moving[1:].any(axis=0).sum() > 60           # horizontal actors moved over many pixels
+    default, _ = render_clip(1, np.random.default_rng(5), num_frames=8, size=64, fps=8)
+    again, _ = render_clip(1, np.random.default_rng(5), num_frames=8, size=64, fps=8, actors=1, radius=(4.5, 8.0),
+                           distractors=3, background="random")
+    assert np.array_equal(default, again)              # the defaults are the original generator
+    with pytest.raises(ValueError, match="background"):
+        render_clip(1, np.random.default_rng(5), background="noise")
+
+
 def _motion_centroids(frames_THW3):
     """Per-frame centroid (y, x) of pixels that differ from the temporal median (the moving actor)."""
     f = frames_THW3.astype(np.float32)
