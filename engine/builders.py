@@ -47,7 +47,8 @@ def build_jepa(cfg: Config):
     from engine.jepa import JEPA
     encoder, predictor = build_models(cfg)
     return JEPA(encoder, predictor, loss="smooth_l1" if cfg.is_image else "l1", loss_exp=cfg.loss.loss_exp,
-                reg_coeff=0.0 if cfg.is_image else cfg.loss.reg_coeff)
+                reg_coeff=0.0 if cfg.is_image else cfg.loss.reg_coeff, std_coeff=cfg.loss.std_coeff,
+                cov_coeff=cfg.loss.cov_coeff)
 
 
 def build_mask_sampler(cfg: Config):

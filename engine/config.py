@@ -138,6 +138,10 @@ class ModelConfig:
 class LossConfig:
     loss_exp: float = 1.0
     reg_coeff: float = 0.0
+    # Not in the reference (0 = off, the reference objective): VICReg-style terms on the context encoder's
+    # output tokens, which keep small models from collapsing (see engine.jepa.JEPA.spread_terms)
+    std_coeff: float = 0.0
+    cov_coeff: float = 0.0
     auto_steps: int = 1
     normalize_reps: bool = True
 
@@ -429,6 +433,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optimization.anneal_ckpt: required when optimization.is_anneal is true")
     if cfg.loss.loss_exp <= 0:
         raise ConfigError(f"loss.loss_exp: must be > 0, got {cfg.loss.loss_exp}")
+    for key in ("reg_coeff", "std_coeff", "cov_coeff"):
+        if getattr(cfg.loss, key) < 0:
+            raise ConfigError(f"loss.{key}: must be >= 0, got {getattr(cfg.loss, key)}")
     if cfg.is_image:
         mk = cfg.mask
         _range("mask.enc_mask_scale", mk.enc_mask_scale, 0.0, 1.0)

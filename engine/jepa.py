@@ -26,7 +26,8 @@ from engine.packing import Packed, pack_index_sets
 
 class JEPA(nn.Module):
     def __init__(self, encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Module | None = None,
-                 loss: str = "l1", loss_exp: float = 1.0, reg_coeff: float = 0.0):
+                 loss: str = "l1", loss_exp: float = 1.0, reg_coeff: float = 0.0, std_coeff: float = 0.0,
+                 cov_coeff: float = 0.0):
         super().__init__()
         if loss not in ("l1", "smooth_l1"):
             raise ValueError(f"JEPA: loss must be 'l1' or 'smooth_l1', got {loss!r}")
@@ -40,6 +41,7 @@ class JEPA(nn.Module):
         self.loss_type = loss
         self.loss_exp = float(loss_exp)
         self.reg_coeff = float(reg_coeff)
+        self.std_coeff, self.cov_coeff = float(std_coeff), float(cov_coeff)
         self._ema = None
 
     # -- the three passes ----------------------------------------------------------------------
@@ -59,6 +61,9 @@ class JEPA(nn.Module):
             h_TD = kernels.gather_layer_norm(h_BND, plan.tgt.rows_T)
 
         z_TD = self.encoder.forward_packed(self.encoder.embed(x), plan.ctx)
+        spread = self.std_coeff > 0 or self.cov_coeff > 0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and spread):
+            std_term, cov_term = self.spread_terms(z_TD)
         if plan.ctx_rows_for_pairs is not None:   # a context serves several targets (I-JEPA)
             z_TD = z_TD.index_select(0, plan.ctx_rows_for_pairs)
         p_TD = self.predictor.forward_packed(z_TD, plan.ctx_pairs, plan.tgt, plan.mask_index_S)
@@ -72,7 +77,30 @@ class JEPA(nn.Module):
         info["loss_reg"] = float(reg.detach())
         if self.reg_coeff > 0:
             loss = loss + self.reg_coeff * reg
+        # logged always (a std term rising towards 1 is collapse); in the loss only with their coefficients
+        info["loss_std"], info["loss_cov"] = float(std_term.detach()), float(cov_term.detach())
+        if spread:
+            loss = loss + self.std_coeff * std_term + self.cov_coeff * cov_term
         return loss, info
+
+    @staticmethod
+    def spread_terms(z_TD) -> tuple[torch.Tensor, torch.Tensor]:
+        """VICReg's variance and covariance terms over the batch's context tokens z [T, D] (fp32 math):
+        std = mean over features of relu(1 - sqrt(var + 1e-4)) (unbiased var over tokens), and
+        cov = sum of the squared off-diagonal covariances / D.
+
+        Not part of the reference objective. A tiny model trained for a few hundred steps collapses its
+        features to a few directions (the target follows by EMA); these terms keep every feature
+        varying across tokens and the features decorrelated, at the cost of one D x D product.
+        """
+        z = z_TD.float()
+        T, D = z.shape
+        z = z - z.mean(0)
+        var_D = z.pow(2).sum(0) / max(T - 1, 1)
+        std_term = F.relu(1.0 - (var_D + 1e-4).sqrt()).mean()
+        cov_DD = z.T @ z / max(T - 1, 1)
+        cov_term = (cov_DD.pow(2).sum() - cov_DD.diagonal().pow(2).sum()) / D
+        return std_term, cov_term
 
     @staticmethod
     def variance_reg(p_TD, plan: "PackingPlan") -> torch.Tensor:

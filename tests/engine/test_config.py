@@ -65,6 +65,8 @@ def test_overrides():
     ("data.batch_size=eight", "data.batch_size"),
     ("optimization.ema=[0.9]", "optimization.ema"),
     ("optimization.lr=-1", "optimization.lr"),
+    ("loss.std_coeff=-1", "loss.std_coeff"),
+    ("loss.cov_coeff=-0.5", "loss.cov_coeff"),
     ("mask.0.spatial_scale=[0.5, 1.5]", "mask.0.spatial_scale"),
     ("mask.0.num_blocks=0", "mask.0.num_blocks"),
     ("meta.dtype=float8", "meta.dtype"),

@@ -153,3 +153,49 @@ def test_reg_coeff_adds_the_variance_term(tiny_models):
     l1, info1 = reg(x, masks)
     assert info0["loss_reg"] == pytest.approx(info1["loss_reg"]) and info0["loss_reg"] > 0
     assert float(l1) == pytest.approx(float(l0) + 2.0 * info0["loss_reg"], rel=1e-5)
+
+
+def test_spread_terms_match_their_definition():
+    """VICReg variance / covariance terms: per-feature std hinge and the off-diagonal covariance energy."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(50, 6, generator=g) * torch.tensor([0.1, 0.5, 1.0, 2.0, 3.0, 0.01])
+    z[:, 1] += 0.7 * z[:, 0] * 5                                    # a correlated pair
+    std_t, cov_t = JEPA.spread_terms(z)
+    std = torch.sqrt(z.var(0) + 1e-4)
+    c = torch.cov(z.T)
+    torch.testing.assert_close(std_t, torch.relu(1 - std).mean())
+    torch.testing.assert_close(cov_t, (c.pow(2).sum() - c.diag().pow(2).sum()) / 6)
+    collapsed = torch.ones(40, 6) * torch.randn(1, 6, generator=g)   # every token the same vector
+    s, cv = JEPA.spread_terms(collapsed)
+    assert s > 0.98 and cv.abs() < 1e-10
+    white = torch.randn(4000, 6, generator=g)
+    s, cv = JEPA.spread_terms(white)
+    assert s < 0.05 and cv < 0.05
+    one = JEPA.spread_terms(torch.randn(1, 6, generator=g))        # a single token: finite, not NaN
+    assert all(torch.isfinite(t) for t in one)
+
+
+def test_std_and_cov_coeff_add_their_terms_and_reach_the_encoder(tiny_models):
+    cfg, encoder, predictor = tiny_models
+    import copy
+    import numpy as np
+    from engine.builders import build_mask_sampler
+    masks = build_mask_sampler(cfg).sample(2, np.random.default_rng(0))
+    x = torch.randn(2, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
+    plain = JEPA(copy.deepcopy(encoder), copy.deepcopy(predictor))
+    vc = JEPA(copy.deepcopy(encoder), copy.deepcopy(predictor), std_coeff=1.5, cov_coeff=0.25)
+    vc.target_encoder.load_state_dict(plain.target_encoder.state_dict())
+    l0, info0 = plain(x, masks)
+    l1, info1 = vc(x, masks)
+    assert info0["loss_std"] == pytest.approx(info1["loss_std"]) and info0["loss_std"] > 0
+    assert info0["loss_cov"] == pytest.approx(info1["loss_cov"]) and info0["loss_cov"] > 0
+    expect = float(l0) + 1.5 * info0["loss_std"] + 0.25 * info0["loss_cov"]
+    assert float(l1) == pytest.approx(expect, rel=1e-5)
+    # the terms' gradient reaches the context encoder: its grads differ from the plain objective's
+    l0.backward()
+    l1.backward()
+    g0 = plain.encoder.patch_embed.proj.weight.grad
+    g1 = vc.encoder.patch_embed.proj.weight.grad
+    assert not torch.allclose(g0, g1)
+    # off by default: the plain objective's graph has no trace of them
+    assert plain.std_coeff == 0 and plain.cov_coeff == 0
