@@ -56,6 +56,11 @@ def main(argv=None):
     g.add_argument("--codec", default="h264", choices=sorted(CODECS))
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--classes", type=int, default=5, help=f"first N of {', '.join(MOTION_CLASSES)}")
+    g.add_argument("--actors", type=int, default=1, help="moving objects per video, all with the class's motion")
+    g.add_argument("--radius", type=float, nargs=2, default=(4.5, 8.0), help="actor radius range in px at 64 px")
+    g.add_argument("--distractors", type=int, default=3, help="at most this many static objects")
+    g.add_argument("--background", default="random", choices=("random", "plain"))
+    g.add_argument("--flicker", action="store_true", help="actors change colour every frame")
     im = sub.add_parser("images", help="procedural shape images in ImageFolder layout")
     im.add_argument("--output", required=True)
     im.add_argument("--num", type=int, required=True)
@@ -99,7 +104,9 @@ def main(argv=None):
     if args.cmd == "generate":
         train, val = generate_split(args.output, train=args.videos, val=args.val, num_frames=args.frames,
                                     size=args.size, fps=args.fps, codec=args.codec, seed=args.seed,
-                                    num_classes=args.classes, progress=True)
+                                    num_classes=args.classes, actors=args.actors, radius=tuple(args.radius),
+                                    distractors=args.distractors, background=args.background,
+                                    flicker=args.flicker, progress=True)
         print(f"wrote {train} and {val} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "bench":
         print(f"{bench(args):.1f} clips/s")

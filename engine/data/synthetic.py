@@ -210,13 +210,15 @@ def trajectory(cls: str, rng: np.random.Generator, num_frames: int, size: int, f
 
 def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size: int = 64, fps: float = 8,
                 classes=MOTION_CLASSES, *, actors: int = 1, radius=(4.5, 8.0), distractors: int = 3,
-                background: str = "random"):
+                background: str = "random", flicker: bool = False):
     """Draw one video of motion class `classes[label]`: (uint8 frames [T, H, W, 3], first actor's centre [T, 2]).
 
     actors: how many objects move, each with the class's motion and its own shape, colour, size, start
     and speed (drawn in order, later ones in front); radius: the actors' radius range in pixels at 64 px;
     distractors: at most this many static objects baked into the background; background: "random" (a
-    colour, gradient and stripes drawn per clip) or "plain" (the same mid grey in every clip).
+    colour, gradient and stripes drawn per clip) or "plain" (the same mid grey in every clip); flicker:
+    each actor takes a new random colour in every frame (appearance that cannot be predicted, motion
+    that can).
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if background not in ("random", "plain"):
@@ -234,6 +236,8 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size
         colour = contrasting_colour(rng, bg_HW3.mean((0, 1)))
         r = rng.uniform(*radius) * s
         yx_T2, radius_T = trajectory(classes[label], rng, num_frames, size, fps, r)
+        if flicker:  # drawn after the trajectory: the first actor moves as in the clip without flicker
+            colour = np.stack([contrasting_colour(rng, bg_HW3.mean((0, 1))) for _ in range(num_frames)])[:, None, None]
         dy_THW = yy[None] - yx_T2[:, 0, None, None]
         dx_THW = xx[None] - yx_T2[:, 1, None, None]
         a_THW1 = shape_alpha(shape, dy_THW, dx_THW, radius_T[:, None, None])[..., None]
@@ -246,11 +250,11 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size
 def generate_videos(out_dir, num_videos: int, *, num_frames: int = 16, size: int = 64, fps: int = 8,
                     codec: str = "h264", seed: int = 0, num_classes: int = 5, name: str = "videos",
                     actors: int = 1, radius=(4.5, 8.0), distractors: int = 3, background: str = "random",
-                    progress: bool = False) -> Path:
+                    flicker: bool = False, progress: bool = False) -> Path:
     """Write `num_videos` videos to out_dir/name/NNNNNN.<ext> and the index out_dir/name.csv; return its path.
 
-    Labels are balanced: video i has label i % num_classes. actors, radius, distractors, background: see
-    render_clip.
+    Labels are balanced: video i has label i % num_classes. actors, radius, distractors, background and
+    flicker: see render_clip.
     A rerun with identical arguments and a
     complete previous output returns at once (out_dir/name.json records the arguments).
     """
@@ -264,7 +268,8 @@ def generate_videos(out_dir, num_videos: int, *, num_frames: int = 16, size: int
     csv_path, meta_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
     meta = dict(num_videos=num_videos, num_frames=num_frames, size=size, fps=fps, codec=codec, seed=seed,
                 num_classes=num_classes, name=name, classes=list(MOTION_CLASSES[:num_classes]), version=1,
-                actors=actors, radius=[float(r) for r in radius], distractors=distractors, background=background)
+                actors=actors, radius=[float(r) for r in radius], distractors=distractors, background=background,
+                flicker=flicker)
     if csv_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()) == meta:
         return csv_path
     meta_path.unlink(missing_ok=True)  # written last: its presence means the CSV is complete
@@ -279,7 +284,7 @@ def generate_videos(out_dir, num_videos: int, *, num_frames: int = 16, size: int
         label = i % num_classes
         rng = np.random.default_rng([seed, split_id, i])
         frames, _ = render_clip(label, rng, num_frames, size, fps, actors=actors, radius=radius,
-                                distractors=distractors, background=background)
+                                distractors=distractors, background=background, flicker=flicker)
         path = write_video(video_dir / f"{i:06d}{suffix}", frames, fps=fps, codec=codec)
         lines.append(f"{path} {label}\n")
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")

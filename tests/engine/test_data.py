@@ -100,6 +100,13 @@ def test_render_clip_actors_and_background():
     assert np.array_equal(default, again)              # the defaults are the original generator
     with pytest.raises(ValueError, match="background"):
         render_clip(1, np.random.default_rng(5), background="noise")
+    # flicker: same trajectory, but the actor's colour changes from frame to frame
+    steady, yx_a = render_clip(0, np.random.default_rng(6), **kw)
+    flick, yx_b = render_clip(0, np.random.default_rng(6), flicker=True, **kw)
+    np.testing.assert_array_equal(yx_a, yx_b)
+    actor_px = ~(steady[0] == 96).all(-1)                             # a static actor covers the same pixels
+    assert (np.abs(np.diff(steady[:, actor_px].astype(int), axis=0)).max() == 0)
+    assert (np.abs(np.diff(flick[:, actor_px].astype(int), axis=0)).mean() > 20)
 
 
 def _motion_centroids(frames_THW3):

@@ -14,12 +14,14 @@ import torch
 from engine.config import load_config
 
 STEPS = int(os.environ.get("JEPA_LEARNING_STEPS", "300"))
-# Opt-in: the tiny run does not yet learn motion features in a few hundred steps (its features collapse
-# to a few dimensions: effective rank ~3.6 vs ~7.9 at random init, so its probe sits at chance while
-# the random-init probe reaches ~0.48). Kept runnable to measure fixes; not part of the default suite.
+# Opt-in: in a few hundred steps the tiny run does not yet learn motion features that beat a random
+# encoder. With the reference objective its features collapse (effective rank ~3.6 vs ~7.9 at random
+# init; probe near chance). Kept from collapsing (constant EMA 0.9995, or loss.std_coeff/cov_coeff),
+# the trained probe lands within +-0.04 of the random-init one (standardised attentive probe, 400-800
+# steps, also on 3-actor / plain-background / colour-flicker data and with low-shot probes).
 pytestmark = pytest.mark.skipif(os.environ.get("JEPA_LEARNING_TEST") != "1",
-                                reason="opt-in (JEPA_LEARNING_TEST=1): the tiny run's features collapse and the "
-                                       "margin over random init is not reached yet")
+                                reason="opt-in (JEPA_LEARNING_TEST=1): the tiny run does not yet beat a random-init "
+                                       "encoder by the margin (collapse, or parity when kept from collapsing)")
 SEED = int(os.environ.get("JEPA_LEARNING_SEED", "0"))
 MARGIN = 0.10   # trained minus random-init probe accuracy, absolute
 
