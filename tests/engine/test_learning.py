@@ -17,7 +17,7 @@ STEPS = int(os.environ.get("JEPA_LEARNING_STEPS", "300"))
 # Opt-in: in a few hundred steps the tiny run does not yet learn motion features that beat a random
 # encoder. With the reference objective its features collapse (effective rank ~3.6 vs ~7.9 at random
 # init; probe near chance). Kept from collapsing (constant EMA 0.9995, or loss.std_coeff/cov_coeff),
-# the trained probe lands within +-0.04 of the random-init one (standardised attentive probe, 400-800
+# the trained probe lands within +-0.04 of the random-init one (standardised attentive probe, 400-2000
 # steps, also on 3-actor / plain-background / colour-flicker data and with low-shot probes).
 pytestmark = pytest.mark.skipif(os.environ.get("JEPA_LEARNING_TEST") != "1",
                                 reason="opt-in (JEPA_LEARNING_TEST=1): the tiny run does not yet beat a random-init "
