@@ -58,7 +58,9 @@ def jepa_loss(model: nn.Module, batch, dtype: torch.dtype | None = None, device=
     """(loss, info) of one JEPA step on `batch` = (clips, labels, masks) or (clips, masks).
 
     `model` may be wrapped (DDP, a DeepSpeed engine): calling the wrapper keeps its hooks (gradient
-    sync, ZeRO-3 parameter fetching). dtype: autocast dtype (bf16) or None for fp32.
+    sync, ZeRO-3 parameter fetching). dtype: autocast dtype (bf16) or None for fp32. info: token counts
+    (ints) and the logged terms loss_reg / loss_std / loss_cov as detached 0-d tensors (float() them when
+    logging: converting inside the step would wait for the device).
     """
     clips, masks = (batch[0], batch[2]) if len(batch) == 3 else batch
     if device is not None:

@@ -74,11 +74,13 @@ class JEPA(nn.Module):
         # first sign of collapse, so it is always logged; it joins the loss only with loss.reg_coeff > 0.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.reg_coeff > 0):
             reg = self.variance_reg(p_TD, plan)
-        info["loss_reg"] = float(reg.detach())
+        # info holds 0-d tensors, not floats: a float() here would wait for the device inside every
+        # forward; the trainers convert them once the step is enqueued
+        info["loss_reg"] = reg.detach()
         if self.reg_coeff > 0:
             loss = loss + self.reg_coeff * reg
         # logged always (a std term rising towards 1 is collapse); in the loss only with their coefficients
-        info["loss_std"], info["loss_cov"] = float(std_term.detach()), float(cov_term.detach())
+        info["loss_std"], info["loss_cov"] = std_term.detach(), cov_term.detach()
         if spread:
             loss = loss + self.std_coeff * std_term + self.cov_coeff * cov_term
         return loss, info

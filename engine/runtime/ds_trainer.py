@@ -119,7 +119,8 @@ class DSTrainer:
         self.step += 1
         gn = self.engine.get_global_grad_norm()
         return {"loss": float(loss_g) / self.world, "lr": lr, "wd": wd, "momentum": m,
-                "enc_grad_norm": float(gn) if gn is not None else math.nan, **info}
+                "enc_grad_norm": float(gn) if gn is not None else math.nan,
+                **{k: float(v) for k, v in info.items()}}
 
     # -- state ----------------------------------------------------------------------------------------
     def save(self) -> str:

@@ -120,7 +120,7 @@ class Trainer:
         self.model.update_target(m)
         self.step += 1
         return {"loss": float(loss.detach()), "lr": lr, "wd": wd, "momentum": m, "enc_grad_norm": enc_norm,
-                "pred_grad_norm": pred_norm, **info}
+                "pred_grad_norm": pred_norm, **{k: float(v) for k, v in info.items()}}
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None, resume: bool = False) -> dict:

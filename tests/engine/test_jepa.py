@@ -151,6 +151,7 @@ def test_reg_coeff_adds_the_variance_term(tiny_models):
     reg.target_encoder.load_state_dict(plain.target_encoder.state_dict())
     l0, info0 = plain(x, masks)
     l1, info1 = reg(x, masks)
+    info0, info1 = ({k: float(v) for k, v in i.items()} for i in (info0, info1))
     assert info0["loss_reg"] == pytest.approx(info1["loss_reg"]) and info0["loss_reg"] > 0
     assert float(l1) == pytest.approx(float(l0) + 2.0 * info0["loss_reg"], rel=1e-5)
 
@@ -187,6 +188,8 @@ def test_std_and_cov_coeff_add_their_terms_and_reach_the_encoder(tiny_models):
     vc.target_encoder.load_state_dict(plain.target_encoder.state_dict())
     l0, info0 = plain(x, masks)
     l1, info1 = vc(x, masks)
+    assert all(not v.requires_grad for k, v in info1.items() if k.startswith("loss_"))
+    info0, info1 = ({k: float(v) for k, v in i.items()} for i in (info0, info1))
     assert info0["loss_std"] == pytest.approx(info1["loss_std"]) and info0["loss_std"] > 0
     assert info0["loss_cov"] == pytest.approx(info1["loss_cov"]) and info0["loss_cov"] > 0
     expect = float(l0) + 1.5 * info0["loss_std"] + 0.25 * info0["loss_cov"]
