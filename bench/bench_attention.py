@@ -15,7 +15,6 @@ keeps its best time, since other work shares this machine's cores. Ratios are fr
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import kernels  # noqa: E402
+from engine.runtime.io import atomic_write_csv  # noqa: E402
 
 DENSE_MAX_T = 6000   # above this the dense [T, T] way takes minutes here: reported as skipped
 
@@ -141,11 +141,7 @@ def main():
                 print(f"{r['case']:<34}{r['dtype']:<9}{r['tokens']:>7}{r['method']:>7}{str(r['ms']):>10}"
                       f"{str(r['TFLOPs_real']):>9}{str(r['ours_speedup']):>8}{r['attn_pad_ratio']:>6}", flush=True)
     if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        atomic_write_csv(args.csv, rows)
         print(f"\nwrote {args.csv}")
 
 

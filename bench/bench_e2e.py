@@ -11,7 +11,6 @@ path is measured in bench/bench_loader.py.
 from __future__ import annotations
 
 import argparse
-import csv
 import resource
 import sys
 import time
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.runtime.io import atomic_write_csv  # noqa: E402
 
 
 def run(cfg, steps: int, seed: int = 0) -> dict:
@@ -70,11 +70,7 @@ def main(argv=None):
         r["tokens_per_s_vs_compat"] = round(r["tokens_per_s"] / compat["tokens_per_s"], 3)
         r["tokens_dropped_by_truncation"] = round(dropped, 3) if r["mode"] == "compat" else 0.0
         r["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(args.out, rows)
     print(f"{'mode':8} {'s/step':>8} {'tokens/step':>12} {'tokens/s':>10} {'vs compat':>10}")
     for r in rows:
         print(f"{r['mode']:8} {r['s_per_step']:8.3f} {r['tokens_per_step']:12.0f} {r['tokens_per_s']:10.0f} "

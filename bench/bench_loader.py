@@ -37,8 +37,6 @@ cpu_vs_reference: CPU-seconds).
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
 import tempfile
 import time
@@ -60,6 +58,7 @@ from engine.data import VideoDataset, VideoTransform, make_loader  # noqa: E402
 from engine.data.synthetic import CODECS, render_clip, write_video  # noqa: E402
 from engine.data.transforms import IMAGENET_MEAN, IMAGENET_STD, random_crop_box  # noqa: E402
 from engine.data.video import sample_clip_indices  # noqa: E402
+from engine.runtime.io import atomic_write_csv  # noqa: E402
 
 FPC, STEP, T_VIDEO, W, H, FPS = 16, 4, 64, 320, 240, 30
 
@@ -239,11 +238,7 @@ def main(argv=None):
                         print(f"{k:10s} {codec:11s} {crop:4d} px  workers={workers}: {main_metric:7.1f} {r['unit']:11s} "
                               f"({main_metric * FPC:6.0f} frames)  x{r['vs_reference']:.2f} vs reference; "
                               f"{cpu:6.1f} clips/cpu-s x{cpu / res['reference'][1]:.2f}", flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(args.out, rows)
     print(f"\n{'loader':10s} {'codec':11s} {'crop':>4s} {'wk':>2s} {'unit':11s} {'clips':>7s} {'frames':>7s} "
           f"{'x ref':>6s} {'cpu-s':>7s} {'x ref':>6s}")
     for r in rows:

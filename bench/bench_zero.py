@@ -15,7 +15,6 @@ on random clips of the config's shape with the config's multiblock masks.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from engine.runtime.io import atomic_write_csv  # noqa: E402
 
 # name: config overrides on configs/tiny_cpu.yaml (the real V-JEPA of engine.builders.build_jepa)
 MODELS = {
@@ -99,11 +99,7 @@ def main(argv=None):
         for r in rows:
             if r["model"] == name:
                 r["total_vs_stage0"] = round(r["total_mb"] / base, 3) if base else ""
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(a.out, rows)
     cols = ["model", "stage", "params_mb", "target_mb", "grads_mb", "optim_mb", "total_mb", "total_vs_stage0",
             "steps_per_s"]
     print(" | ".join(cols))

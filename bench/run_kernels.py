@@ -17,7 +17,6 @@ with glibc forced to mmap large blocks (MALLOC_MMAP_THRESHOLD_), so freed memory
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import kernels  # noqa: E402
 from kernels import _ops  # noqa: E402
+from engine.runtime.io import atomic_write_csv  # noqa: E402
 
 GPU_BW = 3e12
 
@@ -250,14 +250,7 @@ def main():
     run(args, copy_bandwidth(args.quick), peaks=peaks)
 
     if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        keys = []
-        for r in ROWS:
-            keys += [k for k in r if k not in keys]
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(ROWS)
+        atomic_write_csv(args.csv, ROWS)
         print(f"\nwrote {args.csv}")
 
 

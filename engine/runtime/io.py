@@ -1,9 +1,12 @@
 """Atomic file writes: a reader never sees a half-written file, a crash never destroys the old one.
 
     atomic_write_text(path, text); atomic_torch_save(obj, path)
+    atomic_write_csv(path, rows)          # a list of dicts: header = every key, in first-seen order
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +32,16 @@ def _atomic(path, write) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_csv(path, rows) -> None:
+    """Rows (dicts) as CSV; a key missing from a row is an empty cell. Used for bench results."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def atomic_torch_save(obj, path) -> None:

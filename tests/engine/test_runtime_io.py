@@ -40,3 +40,16 @@ def test_dangling_pointer_is_a_clear_error(tmp_path):
 def test_atomic_torch_save_roundtrip(tmp_path):
     atomic_torch_save({"a": 1}, tmp_path / "x" / "y.pt")
     assert torch.load(tmp_path / "x" / "y.pt") == {"a": 1}
+
+
+def test_atomic_write_csv_unions_keys_and_keeps_the_old_file_on_error(tmp_path):
+    import csv as _csv
+    from engine.runtime.io import atomic_write_csv
+    path = tmp_path / "results" / "r.csv"
+    atomic_write_csv(path, [{"a": 1, "b": 2.5}, {"a": 3, "c": "x"}])
+    rows = list(_csv.DictReader(open(path)))
+    assert rows == [{"a": "1", "b": "2.5", "c": ""}, {"a": "3", "b": "", "c": "x"}]
+    with pytest.raises(AttributeError):
+        atomic_write_csv(path, [{"a": 1}, "not a row"])
+    assert list(_csv.DictReader(open(path))) == rows          # untouched
+    assert [p.name for p in path.parent.iterdir()] == ["r.csv"]   # no temporary left behind
