@@ -221,6 +221,9 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size
     that can).
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    if actors < 1 or distractors < 0 or not 0 < radius[0] <= radius[1]:
+        raise ValueError(f"render_clip: need actors >= 1, distractors >= 0 and 0 < radius[0] <= radius[1]; got "
+                         f"actors={actors}, distractors={distractors}, radius={tuple(radius)}")
     if background not in ("random", "plain"):
         raise ValueError(f"background must be 'random' or 'plain', got {background!r}")
     bg_HW3 = random_background(rng, size) if background == "random" else np.full((size, size, 3), 96.0, np.float32)

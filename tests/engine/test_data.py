@@ -100,6 +100,9 @@ def test_render_clip_actors_and_background():
     assert np.array_equal(default, again)              # the defaults are the original generator
     with pytest.raises(ValueError, match="background"):
         render_clip(1, np.random.default_rng(5), background="noise")
+    for bad in (dict(actors=0), dict(distractors=-1), dict(radius=(8.0, 4.0))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            render_clip(1, np.random.default_rng(5), **bad)
     # flicker: same trajectory, but the actor's colour changes from frame to frame
     steady, yx_a = render_clip(0, np.random.default_rng(6), **kw)
     flick, yx_b = render_clip(0, np.random.default_rng(6), flicker=True, **kw)
