@@ -31,9 +31,10 @@ def ensure_data(cfg, videos: int, val: int, seed: int) -> None:
                    progress=True)
 
 
-def probe_pair(cfg, trained_encoder, epochs: int = 60, num_workers: int = 0) -> dict:
-    """Probe accuracy of the trained encoder and of a random-init one (same architecture, same seed)."""
-    from engine.eval.probe import probe_encoder
+def probe_pair(cfg, trained_encoder, epochs: int = 60, num_workers: int = 0, pixels: bool = True) -> dict:
+    """Probe accuracy of the trained encoder, of a random-init one (same architecture, same seed) and,
+    with pixels=True, of the raw patch pixels (no encoder: the baseline both encoders are read against)."""
+    from engine.eval.probe import probe_encoder, probe_pixels
     train_ds = build_dataset(cfg, train=False, index_files=cfg.data.datasets)
     val_ds = build_dataset(cfg, train=False, index_files=cfg.data.val_datasets)
     with torch.random.fork_rng():
@@ -44,6 +45,11 @@ def probe_pair(cfg, trained_encoder, epochs: int = 60, num_workers: int = 0) -> 
         t0 = time.perf_counter()
         out[name] = probe_encoder(enc, train_ds, val_ds, epochs=epochs, num_workers=num_workers, seed=cfg.meta.seed)
         out[name]["seconds"] = round(time.perf_counter() - t0, 1)
+    if pixels:
+        t0 = time.perf_counter()
+        out["pixels"] = probe_pixels(train_ds, val_ds, cfg.data.patch_size, cfg.data.tubelet_size, epochs=epochs,
+                                     num_workers=num_workers, seed=cfg.meta.seed)
+        out["pixels"]["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
 
@@ -71,7 +77,7 @@ def main(argv=None) -> dict:
     trainer = Trainer(cfg, out)
     summary = trainer.fit(max_steps=args.max_steps, resume=True)
     train_s = time.perf_counter() - t0
-    print("probing the trained target encoder and a random-init encoder (frozen features) ...")
+    print("probing the trained target encoder, a random-init encoder (frozen features) and the raw pixels ...")
     probe = probe_pair(cfg, trainer.model.target_encoder)
     result = {"train": summary, "train_seconds": round(train_s, 1), "probe": probe}
     atomic_write_text(out / "probe.json", json.dumps(result, indent=2))
@@ -81,7 +87,7 @@ def main(argv=None) -> dict:
           f"peak RSS {summary['peak_rss_mb']:.0f} MB, data wait {summary['data_wait_fraction']:.1%})")
     print(f"  loss                    {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
     print(f"  probe accuracy (val)    trained {tr['val_acc']:.1%}   random init {rn['val_acc']:.1%}   "
-          f"chance {tr['chance']:.1%}")
+          f"pixels {probe['pixels']['val_acc']:.1%}   chance {tr['chance']:.1%}")
     print(f"  results in {out}/: metrics.csv, loss.png, tb/, checkpoints/, probe.json")
     return result
 

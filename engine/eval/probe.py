@@ -3,11 +3,20 @@
     result = probe_encoder(encoder, train_ds, val_ds, num_classes=6)
     result["val_acc"]
 
+    result = probe_pixels(train_ds, val_ds, patch_size=16, tubelet_size=2)   # the no-encoder baseline
+
 The encoder runs once over every clip (center crop, no augmentation) and its token features are
 cached and standardised per channel (train-set mean and std); then a small attentive pooler (one
 learned query cross-attending to all tokens, as the reference's attentive probe) plus a linear
 classifier is trained on them. Caching is what makes the
 probe cheap enough to run in CI: the encoder is frozen, so its features never change.
+
+probe_pixels gives the same probe the raw pixels of each patch (tubelet) as tokens, in the encoder's
+token order, each with a fixed sin-cos code of its (time, row, column) appended (the probe's pooling is
+blind to token order, so without it "where" would be lost): the accuracy an encoder has to beat to have
+added anything. On the generated motion
+videos a random-init encoder scores within a few points of it, so "trained vs random init" and
+"trained vs pixels" tell the same story.
 """
 from __future__ import annotations
 
@@ -45,6 +54,51 @@ def extract_features(encoder, dataset, batch_size: int = 16, num_workers: int = 
     feats, labels = [], []
     for clips, y in loader:
         feats.append(encoder.forward_dense(encoder.embed(clips)).float())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels).long()
+
+
+def pixel_tokens(clips_BCTHW: torch.Tensor, patch_size: int, tubelet_size: int = 1) -> torch.Tensor:
+    """Clips [B, C, T, H, W] (or images [B, C, H, W]) -> raw patch pixels as tokens [B, N, C*t*p*p].
+
+    Token order is the patch embedding's (time, row, column), each token's values in the order of a
+    Conv3d kernel's (channel, t, y, x): the same tokens a patch embedding projects, unprojected.
+    """
+    if clips_BCTHW.dim() == 4:
+        clips_BCTHW, tubelet_size = clips_BCTHW.unsqueeze(2), 1
+    if clips_BCTHW.dim() != 5:
+        raise ValueError(f"pixel_tokens: expected [B, C, T, H, W] or [B, C, H, W], got {tuple(clips_BCTHW.shape)}")
+    B, C, T, H, W = clips_BCTHW.shape
+    p, t = int(patch_size), int(tubelet_size)
+    if T % t or H % p or W % p:
+        raise ValueError(f"pixel_tokens: a clip of {T}x{H}x{W} does not split into {t}x{p}x{p} tubelets")
+    x = clips_BCTHW.reshape(B, C, T // t, t, H // p, p, W // p, p)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, (T // t) * (H // p) * (W // p), C * t * p * p)
+
+
+def grid_positions(grid_THW, dim_per_axis: int = 16) -> torch.Tensor:
+    """Fixed sin-cos codes [T*H*W, 3*dim_per_axis] of token (time, row, column), in token order."""
+    from engine.models.pos_embed import sincos_1d
+    t, h, w = torch.meshgrid(*(torch.arange(n) for n in grid_THW), indexing="ij")
+    return torch.cat([sincos_1d(dim_per_axis, a.reshape(-1)) for a in (t, h, w)], dim=1).float()
+
+
+@torch.no_grad()
+def extract_pixels(dataset, patch_size: int, tubelet_size: int = 1, batch_size: int = 16, num_workers: int = 0,
+                   seed: int = 0, positions: bool = True):
+    """Raw patch pixels as tokens [M, N, C*t*p*p (+48 position channels)] (fp32) and labels [M]:
+    extract_features without an encoder."""
+    loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers)
+    feats, labels = [], []
+    for clips, y in loader:
+        tok_BNK = pixel_tokens(clips.float(), patch_size, tubelet_size)
+        if positions:
+            t = tubelet_size if clips.dim() == 5 else 1
+            T = clips.shape[2] // t if clips.dim() == 5 else 1
+            pos_NP = grid_positions((T, clips.shape[-2] // patch_size, clips.shape[-1] // patch_size))
+            tok_BNK = torch.cat([tok_BNK, pos_NP.expand(len(tok_BNK), -1, -1)], dim=-1)
+        feats.append(tok_BNK)
         labels.append(torch.as_tensor(y))
     return torch.cat(feats), torch.cat(labels).long()
 
@@ -106,6 +160,18 @@ def probe_encoder(encoder, train_ds, val_ds, num_classes: int | None = None, *, 
                   num_workers: int = 0, seed: int = 0) -> dict:
     tr_x, tr_y = extract_features(encoder, train_ds, num_workers=num_workers, seed=seed)
     va_x, va_y = extract_features(encoder, val_ds, num_workers=num_workers, seed=seed)
+    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed)
+
+
+def probe_pixels(train_ds, val_ds, patch_size: int, tubelet_size: int = 1, num_classes: int | None = None, *,
+                 epochs: int = 60, num_workers: int = 0, seed: int = 0) -> dict:
+    """The same probe on raw patch pixels (no encoder): the baseline an encoder's features must beat."""
+    tr_x, tr_y = extract_pixels(train_ds, patch_size, tubelet_size, num_workers=num_workers, seed=seed)
+    va_x, va_y = extract_pixels(val_ds, patch_size, tubelet_size, num_workers=num_workers, seed=seed)
+    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed)
+
+
+def _probe(tr_x, tr_y, va_x, va_y, num_classes, *, epochs: int, seed: int) -> dict:
     if num_classes is None:
         num_classes = int(max(tr_y.max(), va_y.max())) + 1
     result = train_probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed)

@@ -38,3 +38,76 @@ def test_probe_on_noise_stays_near_chance():
     ty, vy = torch.randint(0, 4, (256,), generator=g), torch.randint(0, 4, (512,), generator=g)
     r = train_probe(tx, ty, vx, vy, 4, epochs=20)
     assert r["val_acc"] < 0.4, r
+
+
+# ---------------------------------------------------------------------------- the raw-pixel baseline
+import pytest  # noqa: E402
+from torch import nn  # noqa: E402
+
+from engine.eval.probe import pixel_tokens, probe_pixels  # noqa: E402
+
+
+@pytest.mark.parametrize("shape,p,t", [((2, 3, 4, 16, 24), 8, 2), ((1, 3, 3, 10, 5), 5, 3), ((3, 2, 1, 6, 6), 3, 1)])
+def test_pixel_tokens_are_an_unprojected_patch_embedding(shape, p, t):
+    # a Conv3d patch embedding whose kernel is the identity on (channel, t, y, x) returns the pixels
+    # themselves: pixel_tokens must give exactly that, in the embedding's token order
+    C = shape[1]
+    K = C * t * p * p
+    conv = nn.Conv3d(C, K, kernel_size=(t, p, p), stride=(t, p, p), bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(K).view(K, C, t, p, p))
+    x = torch.randn(shape)
+    want = conv(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(pixel_tokens(x, p, t), want, rtol=0, atol=1e-6)
+    x_nc = torch.randn(shape[:2] + (shape[2] + 1,) + shape[3:])[:, :, 1:]  # a non-contiguous view
+    torch.testing.assert_close(pixel_tokens(x_nc, p, t), conv(x_nc.contiguous()).flatten(2).transpose(1, 2),
+                               rtol=0, atol=1e-6)
+
+
+def test_pixel_tokens_images_and_bad_shapes():
+    conv = nn.Conv2d(3, 48, 4, 4, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(48).view(48, 3, 4, 4))
+    x = torch.randn(2, 3, 8, 12)
+    torch.testing.assert_close(pixel_tokens(x, 4), conv(x).flatten(2).transpose(1, 2), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="5x8x8 does not split into 2x4x4"):
+        pixel_tokens(torch.zeros(1, 3, 5, 8, 8), 4, 2)
+    with pytest.raises(ValueError, match=r"expected \[B, C, T, H, W\]"):
+        pixel_tokens(torch.zeros(3, 8, 8), 4)
+
+
+class _Blobs(torch.utils.data.Dataset):
+    """Clips [3, 2, 8, 8] keyed (index, seed) like the engine's datasets: label 1 puts a bright patch in
+    the top-left 4x4 patch of both frames, label 0 in the bottom-right one; noise elsewhere."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, 2, 8, 8, generator=g) * 0.3
+        self.y = torch.arange(n) % 2
+        for i in range(n):
+            sl = (slice(None), slice(None), slice(0, 4), slice(0, 4)) if self.y[i] else \
+                (slice(None), slice(None), slice(4, 8), slice(4, 8))
+            self.x[i][sl] += 2.0
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, key):
+        i, _seed = key
+        return self.x[i], int(self.y[i])
+
+
+def test_probe_pixels_reads_where_the_pixels_are():
+    r = probe_pixels(_Blobs(64, 0), _Blobs(32, 1), patch_size=4, tubelet_size=2, epochs=20)
+    assert r["val_acc"] >= 0.95 and r["chance"] == 0.5, r
+
+
+def test_pixel_baseline_needs_its_position_code():
+    # the probe pools tokens without regard to order: the same pixels without their position code cannot
+    # tell top-left from bottom-right (the reason extract_pixels appends one)
+    from engine.eval.probe import extract_pixels, train_probe
+    tx, ty = extract_pixels(_Blobs(64, 0), 4, 2, positions=False)
+    vx, vy = extract_pixels(_Blobs(32, 1), 4, 2, positions=False)
+    assert tx.shape == (64, 4, 96)
+    assert train_probe(tx, ty, vx, vy, 2, epochs=20)["val_acc"] <= 0.75
+    assert extract_pixels(_Blobs(4, 0), 4, 2)[0].shape == (4, 4, 96 + 48)
