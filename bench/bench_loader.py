@@ -19,6 +19,9 @@ non-reference frame; a data-preparation choice: both loaders read these same re-
                them on its training device (loader.normalize; not counted: on a GPU it is ~free)
     dali_cpu   engine.data.dali.make_dali_loader: the same sample plans, decoded and augmented by DALI's
                CPU operators (VP9 / MJPEG only); "workers" = DALI threads
+    decode_floor  (workers=0 only) the pyav loader's decoder calls alone, for the same clips: no colour
+               conversion, crop, resize or transport. No loader reading these files with this decoder
+               spends less CPU per clip, so its vs_reference is the ceiling of any loader's speed-up here
     reference  the V-JEPA VideoDataset's way: decode the needed frames at full resolution, convert the
                whole clip to float32, then crop + resize + flip + normalise in the worker (decoded with
                PyAV's per-frame to_ndarray here, as decord is not installed: colour conversion on one
@@ -166,8 +169,34 @@ def timed(it, batches: int) -> tuple[float, float]:
     return batches * B / wall, batches * B / cpu
 
 
+def decode_floor_iter(csv_path: Path, batch: int):
+    """Endless (placeholder batch,) tuples, each after decoding `batch` clips' frames with the pyav loader's
+    reader (same frame plans: frame_step, non-reference frames skipped) and converting none of them."""
+    import engine.data.video as video
+
+    paths = [ln.rsplit(" ", 1)[0] for ln in csv_path.read_text().splitlines()]
+    no_pixels = np.zeros((1, 1, 3), np.uint8)
+
+    def endless():
+        i, to_rgb = 0, video._to_rgb
+        while True:
+            video._to_rgb = lambda frame: no_pixels  # the decoder's work only: restored before yielding
+            try:
+                for _ in range(batch):
+                    with video.VideoReader(paths[i % len(paths)]) as vr:
+                        (idx,) = sample_clip_indices(vr.info.num_frames, FPC, STEP, 1, np.random.default_rng(i))
+                        vr.decode(idx)
+                    i += 1
+            finally:
+                video._to_rgb = to_rgb
+            yield (torch.zeros(batch, 3, FPC, 1, 1),)
+    return endless()
+
+
 def make_iter(kind: str, csv_path: Path, crop: int, workers: int, batch: int):
     """An endless iterator of (clips, ...) batches; workers=0: in this process (DALI: one thread)."""
+    if kind == "decode_floor":
+        return decode_floor_iter(csv_path, batch)
     if kind in ("pyav", "pyav_u8", "dali_cpu"):
         ds = VideoDataset([csv_path], frames_per_clip=FPC, frame_step=STEP, transform=VideoTransform(crop))
         if kind != "dali_cpu":
@@ -218,10 +247,11 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         csvs = {c: make_videos(Path(tmp), c, args.videos) for c in args.codecs}
         for codec in args.codecs:
-            kinds = ["reference", "pyav", "pyav_u8"] + (["dali_cpu"] if codec.split("_")[0] in ("vp9", "mjpeg")
-                                                        else [])
+            kinds_all = ["reference", "pyav", "pyav_u8"] + (["dali_cpu"] if codec.split("_")[0] in ("vp9", "mjpeg")
+                                                            else [])
             for crop in args.crops:
                 for workers in args.workers:
+                    kinds = kinds_all + (["decode_floor"] if workers == 0 else [])
                     res = measure(kinds, csvs[codec], crop, workers, args.batch, args.batches, args.rounds)
                     for k in kinds:
                         wall, cpu = res[k]

@@ -12,7 +12,7 @@ classifier is trained on them. Caching is what makes the
 probe cheap enough to run in CI: the encoder is frozen, so its features never change.
 
 probe_pixels gives the same probe the raw pixels of each patch (tubelet) as tokens, in the encoder's
-token order, each with a fixed sin-cos code of its (time, row, column) appended (the probe's pooling is
+token order, each with a one-hot code of its (time, row, column) appended (the probe's pooling is
 blind to token order, so without it "where" would be lost): the accuracy an encoder has to beat to have
 added anything. On the generated motion
 videos a random-init encoder scores within a few points of it, so "trained vs random init" and
@@ -76,17 +76,21 @@ def pixel_tokens(clips_BCTHW: torch.Tensor, patch_size: int, tubelet_size: int =
     return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, (T // t) * (H // p) * (W // p), C * t * p * p)
 
 
-def grid_positions(grid_THW, dim_per_axis: int = 16) -> torch.Tensor:
-    """Fixed sin-cos codes [T*H*W, 3*dim_per_axis] of token (time, row, column), in token order."""
-    from engine.models.pos_embed import sincos_1d
+def grid_positions(grid_THW) -> torch.Tensor:
+    """One-hot codes [T*H*W, T+H+W] of each token's time, row and column, in token order.
+
+    One-hot rather than sin-cos: a few hundred tokens need no interpolation between positions, and a
+    sin-cos channel of low frequency is nearly constant over so few positions, which the probe's
+    per-channel standardisation would blow up into rounding noise.
+    """
     t, h, w = torch.meshgrid(*(torch.arange(n) for n in grid_THW), indexing="ij")
-    return torch.cat([sincos_1d(dim_per_axis, a.reshape(-1)) for a in (t, h, w)], dim=1).float()
+    return torch.cat([F.one_hot(a.reshape(-1), n) for a, n in zip((t, h, w), grid_THW)], dim=1).float()
 
 
 @torch.no_grad()
 def extract_pixels(dataset, patch_size: int, tubelet_size: int = 1, batch_size: int = 16, num_workers: int = 0,
                    seed: int = 0, positions: bool = True):
-    """Raw patch pixels as tokens [M, N, C*t*p*p (+48 position channels)] (fp32) and labels [M]:
+    """Raw patch pixels as tokens [M, N, C*t*p*p (+ T'+H'+W' position channels)] (fp32) and labels [M]:
     extract_features without an encoder."""
     loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers)

@@ -9,7 +9,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "run"
     result = main(["--max-steps", "3", "--videos", "10", "--val-videos", "5", "--output", str(out),
                    "--set", f"data.datasets=[{data / 'train.csv'}]", "--set", f"data.val_datasets=[{data / 'val.csv'}]",
-                   "--set", "data.batch_size=2", "--set", "data.num_workers=0", "--set", "logging.tensorboard=false"])
+                   "--set", "data.batch_size=2", "--set", "data.num_workers=0", "--set", "logging.tensorboard=false", "--pixels"])
     assert result["train"]["steps"] == 3
     saved = json.loads((out / "probe.json").read_text())
     for name in ("trained", "random_init", "pixels"):

@@ -77,8 +77,9 @@ def test_pixel_tokens_images_and_bad_shapes():
 
 
 class _Blobs(torch.utils.data.Dataset):
-    """Clips [3, 2, 8, 8] keyed (index, seed) like the engine's datasets: label 1 puts a bright patch in
-    the top-left 4x4 patch of both frames, label 0 in the bottom-right one; noise elsewhere."""
+    """Clips [3, 2, 8, 8] keyed (index, seed) like the engine's datasets: label 1 puts a red patch in the
+    top-left 4x4 patch of both frames, label 0 in the bottom-right one; noise elsewhere. (Red, not bright:
+    red up and green and blue down leaves the token's mean, which the probe's per-token LayerNorm removes.)"""
 
     def __init__(self, n, seed):
         g = torch.Generator().manual_seed(seed)
@@ -87,7 +88,7 @@ class _Blobs(torch.utils.data.Dataset):
         for i in range(n):
             sl = (slice(None), slice(None), slice(0, 4), slice(0, 4)) if self.y[i] else \
                 (slice(None), slice(None), slice(4, 8), slice(4, 8))
-            self.x[i][sl] += 2.0
+            self.x[i][sl] += torch.tensor([2.0, -1.0, -1.0]).view(3, 1, 1, 1)
 
     def __len__(self):
         return len(self.y)
@@ -98,7 +99,7 @@ class _Blobs(torch.utils.data.Dataset):
 
 
 def test_probe_pixels_reads_where_the_pixels_are():
-    r = probe_pixels(_Blobs(64, 0), _Blobs(32, 1), patch_size=4, tubelet_size=2, epochs=20)
+    r = probe_pixels(_Blobs(256, 0), _Blobs(64, 1), patch_size=4, tubelet_size=2, epochs=30)
     assert r["val_acc"] >= 0.95 and r["chance"] == 0.5, r
 
 
@@ -106,8 +107,11 @@ def test_pixel_baseline_needs_its_position_code():
     # the probe pools tokens without regard to order: the same pixels without their position code cannot
     # tell top-left from bottom-right (the reason extract_pixels appends one)
     from engine.eval.probe import extract_pixels, train_probe
-    tx, ty = extract_pixels(_Blobs(64, 0), 4, 2, positions=False)
-    vx, vy = extract_pixels(_Blobs(32, 1), 4, 2, positions=False)
-    assert tx.shape == (64, 4, 96)
-    assert train_probe(tx, ty, vx, vy, 2, epochs=20)["val_acc"] <= 0.75
-    assert extract_pixels(_Blobs(4, 0), 4, 2)[0].shape == (4, 4, 96 + 48)
+    tx, ty = extract_pixels(_Blobs(256, 0), 4, 2, positions=False)
+    vx, vy = extract_pixels(_Blobs(64, 1), 4, 2, positions=False)
+    assert tx.shape == (256, 4, 96)
+    assert train_probe(tx, ty, vx, vy, 2, epochs=30)["val_acc"] <= 0.75  # with the code: 1.0
+    x = extract_pixels(_Blobs(4, 0), 4, 2)[0]
+    assert x.shape == (4, 4, 96 + 1 + 2 + 2)  # grid 1 x 2 x 2: one-hot time, row, column
+    torch.testing.assert_close(x[0, :, 96:], torch.tensor([[1., 1, 0, 1, 0], [1, 1, 0, 0, 1], [1, 0, 1, 1, 0],
+                                                           [1, 0, 1, 0, 1]]))
