@@ -13,10 +13,9 @@ probe cheap enough to run in CI: the encoder is frozen, so its features never ch
 
 probe_pixels gives the same probe the raw pixels of each patch (tubelet) as tokens, in the encoder's
 token order, each with a one-hot code of its (time, row, column) appended (the probe's pooling is
-blind to token order, so without it "where" would be lost): the accuracy an encoder has to beat to have
-added anything. On the generated motion
-videos a random-init encoder scores within a few points of it, so "trained vs random init" and
-"trained vs pixels" tell the same story.
+blind to token order, so without it "where" would be lost): the accuracy an encoder has to beat to
+have added anything. On the generated motion videos a random-init encoder scores within a few points
+of it, so "trained vs random init" and "trained vs pixels" tell the same story.
 """
 from __future__ import annotations
 
