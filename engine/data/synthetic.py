@@ -257,9 +257,8 @@ def generate_videos(out_dir, num_videos: int, *, num_frames: int = 16, size: int
     """Write `num_videos` videos to out_dir/name/NNNNNN.<ext> and the index out_dir/name.csv; return its path.
 
     Labels are balanced: video i has label i % num_classes. actors, radius, distractors, background and
-    flicker: see render_clip.
-    A rerun with identical arguments and a
-    complete previous output returns at once (out_dir/name.json records the arguments).
+    flicker: see render_clip. A rerun with identical arguments and a complete previous output returns at
+    once (out_dir/name.json records the arguments).
     """
     if not 2 <= num_classes <= len(MOTION_CLASSES):
         raise ValueError(f"num_classes must be in [2, {len(MOTION_CLASSES)}], got {num_classes}")

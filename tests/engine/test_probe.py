@@ -1,8 +1,11 @@
 """The frozen attentive probe: it finds a label carried by one small channel, it is blind to per-channel
-scale (features are standardised with train-set statistics), and it does not invent accuracy from noise."""
+scale (features are standardised with train-set statistics), and it does not invent accuracy from noise.
+The raw-pixel baseline: its tokens are a patch embedding's, unprojected, and it knows where each one is."""
+import pytest
 import torch
+from torch import nn
 
-from engine.eval.probe import train_probe
+from engine.eval.probe import extract_pixels, pixel_tokens, probe_pixels, train_probe
 
 
 def _features(n, seed, signal_scale=1e-3):
@@ -41,12 +44,6 @@ def test_probe_on_noise_stays_near_chance():
 
 
 # ---------------------------------------------------------------------------- the raw-pixel baseline
-import pytest  # noqa: E402
-from torch import nn  # noqa: E402
-
-from engine.eval.probe import pixel_tokens, probe_pixels  # noqa: E402
-
-
 @pytest.mark.parametrize("shape,p,t", [((2, 3, 4, 16, 24), 8, 2), ((1, 3, 3, 10, 5), 5, 3), ((3, 2, 1, 6, 6), 3, 1)])
 def test_pixel_tokens_are_an_unprojected_patch_embedding(shape, p, t):
     # a Conv3d patch embedding whose kernel is the identity on (channel, t, y, x) returns the pixels
@@ -106,7 +103,6 @@ def test_probe_pixels_reads_where_the_pixels_are():
 def test_pixel_baseline_needs_its_position_code():
     # the probe pools tokens without regard to order: the same pixels without their position code cannot
     # tell top-left from bottom-right (the reason extract_pixels appends one)
-    from engine.eval.probe import extract_pixels, train_probe
     tx, ty = extract_pixels(_Blobs(256, 0), 4, 2, positions=False)
     vx, vy = extract_pixels(_Blobs(64, 1), 4, 2, positions=False)
     assert tx.shape == (256, 4, 96)
