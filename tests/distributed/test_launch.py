@@ -7,6 +7,7 @@
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -104,7 +105,13 @@ def test_dead_rank_fails_the_job_deepspeed_launcher(tmp_path):
     assert p.returncode != 0
     assert time.monotonic() - t0 < 120
     text = p.stdout + p.stderr
-    assert "exits with return code = -9" in text or "SIGKILL" in text or "-9" in text, text[-3000:]
+    # The launcher polls its ranks once a second, in no fixed order, and names the first failed one it
+    # sees: rank 1 (SIGKILLed: -9) or rank 0, whose collective lost its peer in the same second (1).
+    # Either way it must name a failed rank, and the survivor's error must say the peer went away.
+    codes = re.findall(r"exits with return code = (-?\d+)", text)
+    assert codes and codes[-1] in ("-9", "1"), text[-3000:]
+    if codes[-1] == "1":
+        assert re.search(r"(?i)connection (reset|closed) by peer|broken pipe", text), text[-3000:]
 
 
 _PROBE = "from engine.runtime.distributed import init_distributed; init_distributed(expected_world_size={w}, timeout_s=4)"
