@@ -9,9 +9,10 @@ same output: float32 clips [B, 3, 16, S, S] (16 frames, frame_step 4, random res
 ImageNet normalisation; pyav_u8: the same clips before normalisation, uint8), S = 224 (reference
 size) or 64 (the tiny configs).
 Codecs: h264, vp9 and mjpeg with the encoders' default keyframe intervals (x264: 250, so one GOP per
-video), h264_gop8 / vp9_gop8 with a keyframe every 8 frames (prepare --gop 8), and h264_sparse: the
-h264 files re-encoded by engine.data.prepare.transcode(sparse_refs=True) (every B-frame a
-non-reference frame; a data-preparation choice: both loaders read these same re-encoded files).
+video), h264_gop8 / vp9_gop8 with a keyframe every 8 frames (prepare --gop 8), and h264_sparse /
+vp9_sparse: the h264 / vp9 files re-encoded by engine.data.prepare.transcode(sparse_refs=True) (H.264:
+every B-frame a non-reference frame; VP9: two temporal layers, error resilient, every other frame
+unreferenced; a data-preparation choice: both loaders read these same re-encoded files).
     pyav       engine.data: VideoDataset + VideoTransform + make_loader (decode only the needed frames,
                reused swscale context, crop the uint8 region first, resize only the crop); the workers
                ship uint8 clips and the batch is normalised to float32 in the consuming process (counted)
@@ -70,19 +71,21 @@ def make_videos(out: Path, name: str, n: int) -> Path:
     """n videos of 320x240 (a 320x320 render cut to 240 rows) and their index CSV.
 
     name: a codec ("h264", "vp9", "mjpeg") or "<codec>_gop<N>": a keyframe every N frames, as
-    `python -m engine.data prepare --gop N` writes them; "h264_sparse": re-encoded with sparse_refs.
+    `python -m engine.data prepare --gop N` writes them; "h264_sparse" / "vp9_sparse": the codec's files
+    re-encoded with sparse_refs.
     """
-    if name == "h264_sparse":
+    if name.endswith("_sparse"):
         from engine.data.prepare import transcode
 
+        base = name[: -len("_sparse")]
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
-        src = make_videos(out, "h264", n) if not (out / "h264.csv").exists() else out / "h264.csv"
+        src = make_videos(out, base, n) if not (out / f"{base}.csv").exists() else out / f"{base}.csv"
         lines = []
         for ln in src.read_text().splitlines():
             path, label = ln.rsplit(" ", 1)
             q = d / Path(path).name
-            q.write_bytes(transcode(path, "h264", sparse_refs=True)[0])
+            q.write_bytes(transcode(path, base, sparse_refs=True)[0])
             lines.append(f"{q} {label}\n")
         (out / f"{name}.csv").write_text("".join(lines))
         return out / f"{name}.csv"
@@ -231,8 +234,9 @@ def measure(kinds, csv_path, crop, workers, batch, batches, rounds) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--codecs", nargs="+", default=["h264", "vp9", "mjpeg", "h264_gop8", "vp9_gop8", "h264_sparse"],
-                    help="codec, codec_gopN (a keyframe every N frames) or h264_sparse")
+    ap.add_argument("--codecs", nargs="+", default=["h264", "vp9", "mjpeg", "h264_gop8", "vp9_gop8", "h264_sparse",
+                                                   "vp9_sparse"],
+                    help="codec, codec_gopN (a keyframe every N frames), h264_sparse or vp9_sparse")
     ap.add_argument("--crops", nargs="+", type=int, default=[224, 64])
     ap.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2],
                     help="0 = in-process, measured in clips per CPU-second")

@@ -82,8 +82,9 @@ def main(argv=None):
     pr.add_argument("--shard-size", type=int, default=100, help="videos per tar shard")
     pr.add_argument("--workers", type=int, default=1)
     pr.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")
-    pr.add_argument("--sparse-refs", action="store_true",
-                    help="h264: make every B-frame non-reference, so strided clips decode fewer frames")
+    pr.add_argument("--dense-refs", action="store_true",
+                    help="keep the encoder's own reference structure (default for h264 / vp9: many frames "
+                         "unreferenced, so strided clips decode fewer frames)")
     for name, helptext in (("robot", "pybullet KUKA arm episodes (random / reach / push) with actions + states"),
                            ("atari", "Atari gameplay (ale-py ROMs) with actions + RAM states")):
         r = sub.add_parser(name, help=helptext)
@@ -115,7 +116,7 @@ def main(argv=None):
 
         index = prepare(args.input, args.output, codec=args.codec, size=args.size or None,
                         shard_size=args.shard_size, workers=args.workers, gop=args.gop,
-                        sparse_refs=args.sparse_refs, progress=True)
+                        sparse_refs=False if args.dense_refs else None, progress=True)
         print(summary(index))
         print(f"wrote {args.output}/index.json in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "robot":

@@ -5,7 +5,7 @@ Usage:
                                   [--shard-size 100] [--workers 2] [--gop 16]
     from engine.data.prepare import prepare
     index = prepare("data/train.csv", "data/shards", codec="vp9", size=128, shard_size=100)
-    index = prepare("data/train.csv", "data/shards", codec="h264", sparse_refs=True)   # cheaper strided clips
+    index = prepare("data/train.csv", "data/shards", codec="h264", sparse_refs=False)  # the encoder's own refs
 
 Input: an index CSV in the reference format ("<path> <label>" lines), or a folder: its video files
 (.mp4 .webm .avi .mkv .mov, recursively); with class sub-folders the label is the sorted folder index,
@@ -16,11 +16,13 @@ Each video is decoded in full, resized so its short side is `size` (aspect kept,
 the size), re-encoded with `codec` at its own frame rate (a keyframe every `gop` frames if given: the PyAV
 reader decodes only the GOPs a clip touches, but keyframes cost more to decode, and at 320x240 with
 16 frames 4 apart --gop 8 was slower than the encoders' default: bench/results/loader_cpu.csv) and
-written to tar shards (engine.data.shards layout). sparse_refs=True (H.264 only) encodes every
-B-frame as a non-reference frame (SPARSE_REF_PARAMS: no B-pyramid, 7 B-frames between references):
-the PyAV reader skips unneeded non-reference frames: a clip of 16 frames 4 apart from the bench's
-64-frame videos decodes 24 frames instead of 43 (VideoReader.frames_decoded; bench/results/loader_cpu.csv,
-codec h264_sparse), and the files were smaller (29 vs 35 kB at crf 18).
+written to tar shards (engine.data.shards layout). sparse_refs (the default for H.264 and VP9; None =
+where the codec has it, False = the encoder's own reference structure) leaves many frames unreferenced
+(SPARSE_REF_PARAMS), which the PyAV reader does not decode when a clip does not need them. H.264: every
+B-frame non-reference (no B-pyramid, 7 B-frames between references): a clip of 16 frames 4 apart from
+the bench's 64-frame videos decodes 24 frames instead of 43, and the files were smaller (29 vs 35 kB at
+crf 18). VP9: two temporal layers, error resilient: 30-47 frames instead of 59-62, files 2% larger at the
+same PSNR (bench/results/loader_cpu.csv, codecs h264_sparse / vp9_sparse).
 Output: DIR/shard-NNNNNN.tar, DIR/index.json ({"shards": [{"path", "count", "frames",
 "duration"}], totals, "skipped": [{"path", "error"}], arguments}) and DIR/index.csv (one line per shard:
 path,count,frames,duration). Inputs that cannot be decoded are skipped, counted and named (log + index);
@@ -45,9 +47,18 @@ from .shards import ShardWriter
 from .synthetic import CODECS
 
 logger = logging.getLogger(__name__)
-# encoder settings that leave most frames unreferenced (the decoder skips those nobody asked for); the
-# VP9 decoder has no such skip, MJPEG has nothing to skip
-SPARSE_REF_PARAMS = {"h264": "b-pyramid=none:bframes=7:b-adapt=0"}
+# encoder settings that leave many frames unreferenced (the reader skips those nobody asked for);
+# MJPEG has nothing to skip
+SPARSE_REF_PARAMS = {
+    "h264": ("x264-params", "b-pyramid=none:bframes=7:b-adapt=0"),
+    # two temporal layers: every other frame refreshes no reference slot (the bitrates are placeholders
+    # the option requires: with crf and b=0 the rate stays quality-driven); error resilient, so no frame
+    # inherits motion vectors or probabilities from the one before (engine.data.video.vp9_skippable).
+    # 320x240 bench clips: 18.3 vs 17.9 kB, PSNR 37.77 vs 37.79 dB
+    "vp9": ("ts-parameters", "ts_number_layers=2:ts_target_bitrate=500,1000:ts_rate_decimator=2,1:"
+                             "ts_periodicity=2:ts_layer_id=0,1:ts_layering_mode=2"),
+}
+_SPARSE_EXTRA = {"vp9": {"error-resilient": "default"}}
 INPUT_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 ARRAY_NAMES = ("actions", "states")
 
@@ -76,18 +87,23 @@ def _even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
 
-def encoder_options(codec: str, sparse_refs: bool = False) -> dict:
-    """The encoder options `codec` is written with (sparse_refs: see SPARSE_REF_PARAMS)."""
+def encoder_options(codec: str, sparse_refs: bool | None = None) -> dict:
+    """The encoder options `codec` is written with (sparse_refs: see SPARSE_REF_PARAMS; None: where the
+    codec has them; True for a codec without them is an error)."""
     options = dict(CODECS[codec][4])
+    if sparse_refs is None:
+        sparse_refs = codec in SPARSE_REF_PARAMS
     if sparse_refs:
         if codec not in SPARSE_REF_PARAMS:
             raise ValueError(f"sparse_refs: supported for {sorted(SPARSE_REF_PARAMS)}, not {codec!r}")
-        options["x264-params"] = ":".join(p for p in (options.get("x264-params"), SPARSE_REF_PARAMS[codec]) if p)
+        key, params = SPARSE_REF_PARAMS[codec]
+        options[key] = ":".join(p for p in (options.get(key), params) if p)
+        options.update(_SPARSE_EXTRA.get(codec, {}))
     return options
 
 
 def transcode(path, codec: str = "vp9", size: int | None = None, gop: int | None = None,
-              sparse_refs: bool = False) -> tuple[bytes, dict]:
+              sparse_refs: bool | None = None) -> tuple[bytes, dict]:
     """Decode `path` fully, resize (short side `size`), re-encode: (file bytes, meta without label)."""
     encoder, fmt, suffix, pix_fmt, _ = CODECS[codec]
     options = encoder_options(codec, sparse_refs)
@@ -164,11 +180,13 @@ def _work(job):
 
 
 def prepare(input, output, *, codec: str = "vp9", size: int | None = 128, shard_size: int = 100,
-            workers: int = 1, gop: int | None = None, sparse_refs: bool = False, progress: bool = False) -> dict:
+            workers: int = 1, gop: int | None = None, sparse_refs: bool | None = None, progress: bool = False) -> dict:
     """See the module docstring; returns the index dict (also written to output/index.json)."""
     if codec not in CODECS:
         raise ValueError(f"--codec: expected one of {sorted(CODECS)}, got {codec!r}")
     encoder_options(codec, sparse_refs)  # refuses sparse_refs for a codec without it, before any work
+    if sparse_refs is None:
+        sparse_refs = codec in SPARSE_REF_PARAMS  # recorded in the index as what was done
     if size is not None and size < 2:
         raise ValueError(f"--size: must be >= 2, got {size}")
     paths, labels, classes = list_inputs(input)

@@ -49,6 +49,66 @@ def _to_rgb(frame) -> np.ndarray:
     return _reformatter[1].reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
+def _vp9_frames(data) -> list:
+    """The frames of one VP9 packet (bytes or a memoryview): a superframe (e.g. a hidden alt-ref frame +
+    a shown frame) is split at its index (VP9 bitstream spec, annex B), anything else is one frame."""
+    last = data[-1] if len(data) else 0
+    if last & 0xE0 == 0xC0:  # superframe marker in the last byte
+        n, size = (last & 7) + 1, ((last >> 3) & 3) + 1
+        index_len = 2 + size * n
+        if len(data) >= index_len and data[-index_len] == last:
+            frames, pos = [], 0
+            for i in range(n):
+                start = len(data) - index_len + 1 + i * size
+                k = int.from_bytes(data[start:start + size], "little")
+                frames.append(data[pos:pos + k])
+                pos += k
+            return frames
+    return [data]
+
+
+def _vp9_header(frame) -> tuple[str, bool, int] | None:
+    """(kind, error_resilient_mode, refresh_frame_flags) from a VP9 frame's uncompressed header (VP9
+    bitstream spec 6.2), kind "key", "intra", "inter" or "show_existing"; None if it does not parse."""
+    if len(frame) < 3:
+        return None
+    v = int.from_bytes(frame[:3], "big")  # the fields below fit in the first 24 bits
+    if v >> 22 != 2:  # frame_marker
+        return None
+    pos = 18 if (v >> 20) & 3 == 3 else 19  # after the profile bits (profile 3 adds a reserved bit)
+    if (v >> pos) & 1:  # show_existing_frame: shows an already decoded frame again, changes no state
+        return "show_existing", False, 0
+    frame_type, show_frame, error_resilient = (v >> (pos - 1)) & 1, (v >> (pos - 2)) & 1, bool((v >> (pos - 3)) & 1)
+    pos -= 3
+    if frame_type == 0:
+        return "key", error_resilient, 0xFF
+    if not show_frame:
+        pos -= 1
+        if (v >> pos) & 1:  # intra_only: refresh_frame_flags further on, not read: taken as "some"
+            return "intra", error_resilient, -1
+    if not error_resilient:
+        pos -= 2  # reset_frame_context
+    return "inter", error_resilient, (v >> (pos - 8)) & 0xFF
+
+
+def vp9_skippable(packet, next_packet) -> bool:
+    """True when a VP9 packet's frames may be left undecoded without changing any frame decoded later.
+
+    A frame leaves state behind in three ways: the reference slots it refreshes (refresh_frame_flags),
+    the probability context it saves, and its motion vectors, which the next frame predicts from unless
+    that frame is error resilient. So a packet is skippable when none of its frames refreshes a slot and
+    the next packet starts with a keyframe or an error-resilient frame, which resets the other two: every
+    other frame of VP9 files from `python -m engine.data prepare` (two temporal layers, error resilient). Anything
+    that does not parse counts as not skippable.
+    """
+    for f in _vp9_frames(memoryview(packet)):  # a view of the packet's data: no copy
+        h = _vp9_header(f)
+        if h is None or (h[0] != "show_existing" and h[2] != 0):
+            return False
+    nxt = _vp9_header(_vp9_frames(memoryview(next_packet))[0])
+    return nxt is not None and (nxt[0] == "key" or nxt[1])
+
+
 class _NoTimestamps(Exception):
     """Packets or frames without pts: frames cannot be matched by timestamp."""
 
@@ -214,6 +274,8 @@ class VideoReader:
         s, want = self._stream, set(targets.tolist())
         cc = s.codec_context
         reorder = bool(getattr(cc, "has_b_frames", True))  # B-frames: decode order != display order
+        # VP9's decoder ignores skip_frame: its unreferenced frames are recognised here, from the header
+        vp9 = cc.name in ("vp9", "libvpx-vp9")
         cuts = np.nonzero(np.diff(targets) > self.seek_threshold)[0] + 1
         got, demux, carry, pos = {}, None, None, 0
 
@@ -254,9 +316,13 @@ class VideoReader:
                 need = [i for i, (k, _) in enumerate(g) if k in want]
                 if not need:
                     continue
-                for k, p in g[:max(need) + 1]:
+                prefix = g[:max(need) + 1]
+                for j, (k, p) in enumerate(prefix):
                     # a frame nobody needs and nothing references (H.264 non-reference B-frames, about
-                    # half of x264's frames) is not decoded at all: ~2x less decoding for strided clips
+                    # half of x264's frames; VP9: see vp9_skippable) is not decoded at all: ~2x less
+                    # decoding for strided clips. The last packet is needed, so a skipped one has a next.
+                    if vp9 and k not in want and vp9_skippable(p, prefix[j + 1][1]):
+                        continue
                     cc.skip_frame = "DEFAULT" if k in want else "NONREF"
                     collect(cc.decode(p))
                 cc.skip_frame = "DEFAULT"

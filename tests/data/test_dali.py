@@ -39,7 +39,7 @@ def test_select_reader_rules(counter_videos):
 
 
 @needs_dali
-@pytest.mark.parametrize("codec", ["vp9", "mjpeg"])
+@pytest.mark.parametrize("codec", ["vp9", "vp9_sparse", "mjpeg"])
 def test_dali_cpu_frames_match_pyav(codec, counter_videos, tmp_path):
     """Raw frames: the same clip indices (frame_step, last-frame padding) and pixels within codec tolerance."""
     csv = write_csv(tmp_path / "c.csv", [counter_videos[codec]] * 2)

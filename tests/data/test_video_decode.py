@@ -39,19 +39,70 @@ def test_in_memory_reader_and_truncated_file(tmp_path):
             vr.decode([0])
 
 
-def test_sparse_refs_encoding_decodes_fewer_frames(tmp_path):
-    """prepare's sparse_refs (H.264: every B-frame unreferenced): same frames back, fewer frames decoded."""
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_sparse_refs_encoding_decodes_fewer_frames(tmp_path, codec):
+    """prepare's default refs (H.264: every B-frame unreferenced; VP9: two temporal layers, error
+    resilient): the same pixels as a frame-by-frame decode, for every clip phase, fewer frames decoded."""
     from engine.data.prepare import transcode
 
-    src = write_counter_video(tmp_path / "v.mp4", 64, fps=25, size=32, codec="h264")
-    sparse = tmp_path / "sparse.mp4"
-    sparse.write_bytes(transcode(src, "h264", sparse_refs=True)[0])
-    idx = list(range(1, 62, 4))  # 16 frames 4 apart
-    counts = {}
-    for name, p in (("default", src), ("sparse", sparse)):
-        with VideoReader(p) as vr:
-            assert read_counter(vr.decode(idx)).tolist() == idx
-            counts[name] = vr.frames_decoded
-    assert counts["sparse"] < counts["default"] <= 62, counts
+    src = write_counter_video(tmp_path / "v.mp4", 64, fps=25, size=32, codec=codec)
+    sparse, dense = tmp_path / "sparse.mp4", tmp_path / "dense.mp4"
+    sparse.write_bytes(transcode(src, codec)[0])  # sparse_refs: the default where the codec has them
+    dense.write_bytes(transcode(src, codec, sparse_refs=False)[0])
+    for start in range(4):
+        idx = list(range(start, 62, 4))  # 16 frames 4 apart
+        counts = {}
+        for name, p in (("dense", dense), ("sparse", sparse)):
+            with VideoReader(p) as vr, VideoReader(p, skip_gops=False) as slow:
+                a = vr.decode(idx)
+                assert read_counter(a).tolist() == idx
+                np.testing.assert_array_equal(a, slow.decode(idx))  # skipping changed no decoded pixel
+                counts[name] = vr.frames_decoded
+        assert counts["sparse"] <= counts["dense"] - 14 and counts["dense"] <= 62, (start, counts)
     with pytest.raises(ValueError, match="sparse_refs"):
-        transcode(src, "vp9", sparse_refs=True)
+        transcode(src, "mjpeg", sparse_refs=True)
+
+
+def _vp9_frame(*, key=False, show=True, error_resilient=False, refresh=0, show_existing=False, profile=0,
+               intra_only=False):
+    """The first bytes of a VP9 frame's uncompressed header, fields as in the spec (6.2)."""
+    bits = [1, 0, profile & 1, profile >> 1] + ([0] if profile == 3 else [])
+    if show_existing:
+        bits += [1, 0, 1, 0]
+    else:
+        bits += [0, 0 if key else 1, int(show), int(error_resilient)]
+        if not key:
+            if not show:
+                bits += [int(intra_only)]
+            if not error_resilient:
+                bits += [0, 0]  # reset_frame_context
+            bits += [(refresh >> (7 - i)) & 1 for i in range(8)]
+    bits += [0] * (-len(bits) % 8 + 8)
+    return bytes(int("".join(map(str, bits[i:i + 8])), 2) for i in range(0, len(bits), 8)) + b"\x00" * 4
+
+
+def _superframe(*frames):
+    sizes = [len(f) for f in frames]
+    marker = 0xC0 | (1 << 3) | (len(frames) - 1)  # 2 bytes per size
+    return b"".join(frames) + bytes([marker]) + b"".join(n.to_bytes(2, "little") for n in sizes) + bytes([marker])
+
+
+def test_vp9_skippable_rules():
+    from engine.data.video import vp9_skippable
+
+    free, er = _vp9_frame(refresh=0), _vp9_frame(error_resilient=True, refresh=0x01)
+    for profile in (0, 1, 2, 3):  # profile 3 carries an extra reserved bit before the frame fields
+        assert vp9_skippable(_vp9_frame(refresh=0, profile=profile), er)
+        assert not vp9_skippable(_vp9_frame(refresh=0x04, profile=profile), er)
+    assert vp9_skippable(_vp9_frame(error_resilient=True, refresh=0), _vp9_frame(key=True))
+    assert vp9_skippable(_vp9_frame(show_existing=True), er)
+    # the next frame inherits motion vectors / probabilities unless it is error resilient or a keyframe
+    assert not vp9_skippable(free, _vp9_frame(refresh=0x01))
+    assert not vp9_skippable(_vp9_frame(key=True), er)
+    assert vp9_skippable(_vp9_frame(show=False, refresh=0), er)  # hidden and refreshing nothing: useless
+    # intra-only: its refresh_frame_flags come later in the header; not read, taken as "some slot"
+    assert not vp9_skippable(_vp9_frame(show=False, intra_only=True), er)
+    # a superframe is skippable only if every frame in it is
+    assert vp9_skippable(_superframe(free, _vp9_frame(show_existing=True)), er)
+    assert not vp9_skippable(_superframe(_vp9_frame(show=False, refresh=0x40), free), er)
+    assert not vp9_skippable(b"\x00\x01", er) and not vp9_skippable(b"", er)  # not a VP9 header
