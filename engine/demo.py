@@ -21,19 +21,25 @@ from engine.config import load_config
 from engine.runtime.io import atomic_write_text
 
 
+# The demo's videos: three objects of one motion class each on a plain background, no static clutter
+# (`python -m engine.data generate --actors 3 --radius 6 10 --distractors 0 --background plain`)
+DEMO_VIDEOS = {"num_frames": 16, "actors": 3, "radius": (6.0, 10.0), "distractors": 0, "background": "plain"}
+
+
 def ensure_data(cfg, videos: int, val: int, seed: int) -> None:
     from engine.data.synthetic import generate_split
     train_csv = Path(cfg.data.datasets[0])
     if train_csv.exists() and all(Path(p).exists() for p in cfg.data.val_datasets):
         return
     print(f"generating {videos} training and {val} validation videos in {train_csv.parent} ...")
-    generate_split(train_csv.parent, train=videos, val=val, num_frames=16, size=cfg.data.crop_size, seed=seed,
-                   progress=True)
+    generate_split(train_csv.parent, train=videos, val=val, size=cfg.data.crop_size, seed=seed, progress=True,
+                   **DEMO_VIDEOS)
 
 
 def probe_pair(cfg, trained_encoder, epochs: int = 60, num_workers: int = 0, pixels: bool = False) -> dict:
-    """Probe accuracy of the trained encoder, of a random-init one (same architecture, same seed) and,
-    with pixels=True, of the raw patch pixels (no encoder: the baseline both encoders are read against)."""
+    """Probe accuracies ({"linear": ..., "attentive": ...}, engine.eval.probe) of the trained encoder, of a
+    random-init one (same architecture, same seed) and, with pixels=True, of the raw patch pixels (no
+    encoder: the baseline both encoders are read against)."""
     from engine.eval.probe import probe_encoder, probe_pixels
     train_ds = build_dataset(cfg, train=False, index_files=cfg.data.datasets)
     val_ds = build_dataset(cfg, train=False, index_files=cfg.data.val_datasets)
@@ -89,9 +95,10 @@ def main(argv=None) -> dict:
     print(f"  steps trained           {summary['steps']}  ({summary['steps_per_s']:.2f} steps/s, "
           f"peak RSS {summary['peak_rss_mb']:.0f} MB, data wait {summary['data_wait_fraction']:.1%})")
     print(f"  loss                    {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
-    px = f"pixels {probe['pixels']['val_acc']:.1%}   " if "pixels" in probe else ""
-    print(f"  probe accuracy (val)    trained {tr['val_acc']:.1%}   random init {rn['val_acc']:.1%}   "
-          f"{px}chance {tr['chance']:.1%}")
+    for kind, label in (("linear", "linear probe (val)"), ("attentive", "attentive probe (val)")):
+        px = f"pixels {probe['pixels'][kind]['val_acc']:.1%}   " if "pixels" in probe else ""
+        print(f"  {label:24s}trained {tr[kind]['val_acc']:.1%}   random init {rn[kind]['val_acc']:.1%}   "
+              f"{px}chance {tr[kind]['chance']:.1%}")
     print(f"  results in {out}/: metrics.csv, loss.png, tb/, checkpoints/, probe.json")
     return result
 

@@ -1,21 +1,26 @@
-"""Frozen attentive probe: how much a (frozen) encoder's features tell about a clip's label.
+"""Frozen probes: how much a (frozen) encoder's features tell about a clip's label.
 
     result = probe_encoder(encoder, train_ds, val_ds, num_classes=6)
-    result["val_acc"]
+    result["linear"]["val_acc"], result["attentive"]["val_acc"]
 
     result = probe_pixels(train_ds, val_ds, patch_size=16, tubelet_size=2)   # the no-encoder baseline
 
 The encoder runs once over every clip (center crop, no augmentation) and its token features are
-cached and standardised per channel (train-set mean and std); then a small attentive pooler (one
-learned query cross-attending to all tokens, as the reference's attentive probe) plus a linear
-classifier is trained on them. Caching is what makes the
-probe cheap enough to run in CI: the encoder is frozen, so its features never change.
+cached; caching is what makes the probes cheap enough to run in CI (the encoder is frozen, so its
+features never change). Two probes read them:
+- "linear": a linear classifier on the features averaged over all tokens (I-JEPA's linear
+  evaluation; train_linear_probe). Averaging drops where each token is, so it credits what the
+  features themselves say: the probe that separates a trained encoder from a random one here.
+- "attentive": the features standardised per channel (train-set mean and std), then a small attentive
+  pooler (one learned query cross-attending to all tokens, as the reference's attentive probe) plus a
+  linear classifier (train_probe). Its pooling can pick tokens by position, so on simple generated
+  videos it reads motion from raw pixels as well as from any encoder.
 
 probe_pixels gives the same probe the raw pixels of each patch (tubelet) as tokens, in the encoder's
 token order, each with a one-hot code of its (time, row, column) appended (the probe's pooling is
 blind to token order, so without it "where" would be lost): the accuracy an encoder has to beat to
 have added anything. On the generated motion videos a random-init encoder scores within a few points
-of it, so "trained vs random init" and "trained vs pixels" tell the same story.
+of it with either probe, so "trained vs random init" and "trained vs pixels" tell the same story.
 """
 from __future__ import annotations
 
@@ -152,6 +157,37 @@ def train_probe(train_feats, train_labels, val_feats, val_labels, num_classes: i
     return {"train_acc": train_acc, "val_acc": val_acc, "epochs": epochs}
 
 
+def train_linear_probe(train_feats, train_labels, val_feats, val_labels, num_classes: int, *,
+                       weight_decay: float = 1e-3, max_iter: int = 300) -> dict:
+    """Linear classifier on the token features averaged over the clip (I-JEPA's linear evaluation).
+
+    Averaging is blind to where a token sits, so a feature counts only if it says something about the
+    clip wherever it appears: raw pixels (and a random-init encoder, a random mix of them) carry motion
+    only in *where* the object is at each time, which an average throws away, while an encoder that
+    learnt motion carries it in the token itself. Pooled features are standardised with train-set
+    statistics; multinomial logistic regression with an L2 penalty, fitted full-batch by L-BFGS
+    (deterministic: no seed, no learning rate).
+    """
+    x_tr, x_va = train_feats.float().mean(1), val_feats.float().mean(1)
+    mu_D, sd_D = x_tr.mean(0), x_tr.std(0).clamp_min(1e-6)
+    x_tr, x_va = (x_tr - mu_D) / sd_D, (x_va - mu_D) / sd_D
+    W_DK = torch.zeros(x_tr.shape[1], num_classes, requires_grad=True)
+    b_K = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([W_DK, b_K], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x_tr @ W_DK + b_K, train_labels) + weight_decay * W_DK.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        train_acc = float(((x_tr @ W_DK + b_K).argmax(-1) == train_labels).float().mean())
+        val_acc = float(((x_va @ W_DK + b_K).argmax(-1) == val_labels).float().mean())
+    return {"train_acc": train_acc, "val_acc": val_acc}
+
+
 def _accuracy(probe, feats, labels, batch_size: int = 256) -> float:
     correct = 0
     for i in range(0, len(feats), batch_size):
@@ -159,24 +195,37 @@ def _accuracy(probe, feats, labels, batch_size: int = 256) -> float:
     return correct / max(1, len(feats))
 
 
+PROBES = ("linear", "attentive")
+
+
 def probe_encoder(encoder, train_ds, val_ds, num_classes: int | None = None, *, epochs: int = 60,
-                  num_workers: int = 0, seed: int = 0) -> dict:
+                  num_workers: int = 0, seed: int = 0, kinds=PROBES) -> dict:
+    """{kind: {"train_acc", "val_acc", "chance", ...}} for each probe kind, on one feature extraction."""
     tr_x, tr_y = extract_features(encoder, train_ds, num_workers=num_workers, seed=seed)
     va_x, va_y = extract_features(encoder, val_ds, num_workers=num_workers, seed=seed)
-    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed)
+    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed, kinds=kinds)
 
 
 def probe_pixels(train_ds, val_ds, patch_size: int, tubelet_size: int = 1, num_classes: int | None = None, *,
-                 epochs: int = 60, num_workers: int = 0, seed: int = 0) -> dict:
-    """The same probe on raw patch pixels (no encoder): the baseline an encoder's features must beat."""
+                 epochs: int = 60, num_workers: int = 0, seed: int = 0, kinds=PROBES) -> dict:
+    """The same probes on raw patch pixels (no encoder): the baseline an encoder's features must beat."""
     tr_x, tr_y = extract_pixels(train_ds, patch_size, tubelet_size, num_workers=num_workers, seed=seed)
     va_x, va_y = extract_pixels(val_ds, patch_size, tubelet_size, num_workers=num_workers, seed=seed)
-    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed)
+    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed, kinds=kinds)
 
 
-def _probe(tr_x, tr_y, va_x, va_y, num_classes, *, epochs: int, seed: int) -> dict:
+def _probe(tr_x, tr_y, va_x, va_y, num_classes, *, epochs: int, seed: int, kinds) -> dict:
+    unknown = set(kinds) - set(PROBES)
+    if unknown:
+        raise ValueError(f"probe kinds: expected some of {PROBES}, got {sorted(unknown)}")
     if num_classes is None:
         num_classes = int(max(tr_y.max(), va_y.max())) + 1
-    result = train_probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed)
-    result["chance"] = float(torch.bincount(va_y, minlength=num_classes).max()) / len(va_y)
-    return result
+    chance = float(torch.bincount(va_y, minlength=num_classes).max()) / len(va_y)
+    out = {}
+    for kind in kinds:
+        if kind == "linear":
+            out[kind] = train_linear_probe(tr_x, tr_y, va_x, va_y, num_classes)
+        else:
+            out[kind] = train_probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed)
+        out[kind]["chance"] = chance
+    return out

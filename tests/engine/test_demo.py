@@ -13,8 +13,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert result["train"]["steps"] == 3
     saved = json.loads((out / "probe.json").read_text())
     for name in ("trained", "random_init", "pixels"):
-        assert 0.0 <= saved["probe"][name]["val_acc"] <= 1.0, saved["probe"]
-    assert saved["probe"]["pixels"]["chance"] == saved["probe"]["trained"]["chance"] == 0.2  # 5 classes, 1 each
+        for kind in ("linear", "attentive"):
+            assert 0.0 <= saved["probe"][name][kind]["val_acc"] <= 1.0, saved["probe"]
+            assert saved["probe"][name][kind]["chance"] == 0.2  # 5 classes, 1 val clip each
     assert (out / "metrics.csv").exists() and (out / "loss.png").exists() and any((out / "checkpoints").iterdir())
     printed = capsys.readouterr().out
-    assert "random init" in printed and "pixels" in printed
+    assert "linear probe" in printed and "attentive probe" in printed and "random init" in printed
+    assert "pixels" in printed

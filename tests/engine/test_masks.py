@@ -176,6 +176,27 @@ def test_deterministic_per_seed_and_differs_across_seeds(mask_cfg, grid):
     assert not all(torch.equal(x, y) for x, y in zip(flat(a), flat(other)))
 
 
+@pytest.mark.parametrize("mode", ["ragged", "compat"])
+def test_batch_masks_pickle_as_one_array(mode):
+    """What a DataLoader worker sends: the same sets back, and no tensor inside the pickle (each tensor
+    would cross through its own shared-memory segment)."""
+    m = MaskCollator.from_config(VITL_MASK, VITL_GRID, mode=mode).sample(5, rng(2, 0))
+    state = m.__getstate__()
+    assert not any(torch.is_tensor(v) for v in state.values()) and state["flat"].dtype == np.int64
+    back = pickle.loads(pickle.dumps(m))
+    assert back.pairs == m.pairs and back.mask_index == m.mask_index and back.batch_size == 5
+    for name in ("ctx", "tgt"):
+        got, want = getattr(back, name), getattr(m, name)
+        assert [len(x) for x in got] == [len(x) for x in want]
+        for sets_g, sets_w in zip(got, want):
+            for g, w in zip(sets_g, sets_w):
+                assert g.dtype == torch.int64 and torch.equal(g, w)
+    if mode == "compat":
+        assert [t.shape for t in back.stacked()[0]] == [t.shape for t in m.stacked()[0]]
+    empty = BatchMasks(ctx=[], tgt=[], pairs=[], mask_index=[])
+    assert pickle.loads(pickle.dumps(empty)).batch_size == 0
+
+
 def test_from_config_reference_key_sets():
     vjepa2 = [dict(VITL_MASK[0], full_complement=False), dict(VITL_MASK[1], full_complement=False)]
     assert len(MaskCollator.from_config(vjepa2, (8, 16, 16)).generators) == 2

@@ -1,11 +1,12 @@
-"""The frozen attentive probe: it finds a label carried by one small channel, it is blind to per-channel
-scale (features are standardised with train-set statistics), and it does not invent accuracy from noise.
+"""The frozen probes (attentive and linear): each finds a label carried by one small channel, is blind to
+per-channel scale (features are standardised with train-set statistics), and does not invent accuracy
+from noise; the linear one averages tokens, so it cannot read where a patch is.
 The raw-pixel baseline: its tokens are a patch embedding's, unprojected, and it knows where each one is."""
 import pytest
 import torch
 from torch import nn
 
-from engine.eval.probe import extract_pixels, pixel_tokens, probe_pixels, train_probe
+from engine.eval.probe import extract_pixels, pixel_tokens, probe_pixels, train_linear_probe, train_probe
 
 
 def _features(n, seed, signal_scale=1e-3):
@@ -41,6 +42,26 @@ def test_probe_on_noise_stays_near_chance():
     ty, vy = torch.randint(0, 4, (256,), generator=g), torch.randint(0, 4, (512,), generator=g)
     r = train_probe(tx, ty, vx, vy, 4, epochs=20)
     assert r["val_acc"] < 0.4, r
+
+
+# ------------------------------------------------------------------------------ the linear probe
+def test_linear_probe_reads_a_small_channel_at_any_scale():
+    tx, ty = _features(512, 0)
+    vx, vy = _features(256, 1)
+    a = train_linear_probe(tx, ty, vx, vy, 4)
+    assert a["val_acc"] > 0.9, a
+    scale_D = torch.logspace(-3, 3, 16)
+    b = train_linear_probe(tx * scale_D, ty, vx * scale_D, vy, 4)
+    assert abs(a["val_acc"] - b["val_acc"]) <= 2 / 256, (a, b)
+    assert train_linear_probe(tx, ty, vx, vy, 4) == a  # full-batch L-BFGS: no randomness
+
+
+def test_linear_probe_on_noise_stays_near_chance():
+    g = torch.Generator().manual_seed(3)
+    tx, vx = torch.randn(256, 12, 16, generator=g), torch.randn(512, 12, 16, generator=g)
+    ty, vy = torch.randint(0, 4, (256,), generator=g), torch.randint(0, 4, (512,), generator=g)
+    r = train_linear_probe(tx, ty, vx, vy, 4)
+    assert r["val_acc"] < 0.35, r
 
 
 # ---------------------------------------------------------------------------- the raw-pixel baseline
@@ -97,7 +118,11 @@ class _Blobs(torch.utils.data.Dataset):
 
 def test_probe_pixels_reads_where_the_pixels_are():
     r = probe_pixels(_Blobs(256, 0), _Blobs(64, 1), patch_size=4, tubelet_size=2, epochs=30)
-    assert r["val_acc"] >= 0.95 and r["chance"] == 0.5, r
+    assert r["attentive"]["val_acc"] >= 0.95 and r["attentive"]["chance"] == r["linear"]["chance"] == 0.5, r
+    # the linear probe averages the tokens: the same red patch in another place averages the same
+    assert r["linear"]["val_acc"] <= 0.7, r
+    with pytest.raises(ValueError, match="probe kinds"):
+        probe_pixels(_Blobs(8, 0), _Blobs(8, 1), patch_size=4, tubelet_size=2, kinds=("knn",))
 
 
 def test_pixel_baseline_needs_its_position_code():
