@@ -3,11 +3,13 @@
 Usage:
     .venv/bin/python bench/bench_loader.py                      # -> bench/results/loader_cpu.csv + a table
     .venv/bin/python bench/bench_loader.py --crops 64 --codecs vp9 --batches 3 --videos 8   # quicker
+    .venv/bin/python bench/bench_loader.py --frame-width 96 --crops 64 --workers 0 \
+        --codecs h264 vp9 h264_sparse vp9_sparse mjpeg --out bench/results/loader_cpu_96px.csv
 
-All loaders read the same files (320x240, 30 fps, 64 frames, synthetic moving objects) and give the
-same output: float32 clips [B, 3, 16, S, S] (16 frames, frame_step 4, random resized crop, flip,
-ImageNet normalisation; pyav_u8: the same clips before normalisation, uint8), S = 224 (reference
-size) or 64 (the tiny configs).
+All loaders read the same files (320x240 unless --frame-width says otherwise, 30 fps, 64 frames,
+synthetic moving objects) and give the same output: float32 clips [B, 3, 16, S, S] (16 frames,
+frame_step 4, random resized crop, flip, ImageNet normalisation; pyav_u8: the same clips before
+normalisation, uint8), S = 224 (reference size) or 64 (the tiny configs).
 Codecs: h264, vp9 and mjpeg with the encoders' default keyframe intervals (x264: 250, so one GOP per
 video), h264_gop8 / vp9_gop8 with a keyframe every 8 frames (prepare --gop 8), and h264_sparse /
 vp9_sparse: the h264 / vp9 files re-encoded by engine.data.prepare.transcode(sparse_refs=True) (H.264:
@@ -67,8 +69,13 @@ from engine.runtime.io import atomic_write_csv  # noqa: E402
 FPC, STEP, T_VIDEO, W, H, FPS = 16, 4, 64, 320, 240, 30
 
 
+def set_frame_size(width: int) -> None:
+    global W, H
+    W, H = int(width), int(width) * 3 // 4 // 2 * 2
+
+
 def make_videos(out: Path, name: str, n: int) -> Path:
-    """n videos of 320x240 (a 320x320 render cut to 240 rows) and their index CSV.
+    """n videos of W x H (320x240 by default: a 320x320 render cut to its middle 240 rows) and their index CSV.
 
     name: a codec ("h264", "vp9", "mjpeg") or "<codec>_gop<N>": a keyframe every N frames, as
     `python -m engine.data prepare --gop N` writes them; "h264_sparse" / "vp9_sparse": the codec's files
@@ -95,7 +102,8 @@ def make_videos(out: Path, name: str, n: int) -> Path:
     lines = []
     for i in range(n):
         frames, _ = render_clip(i % 5, np.random.default_rng([7, i]), num_frames=T_VIDEO, size=W, fps=FPS)
-        p = write_video(d / f"{i:04d}{CODECS[codec][2]}", np.ascontiguousarray(frames[:, 40:40 + H]), fps=FPS,
+        top = (W - H) // 2
+        p = write_video(d / f"{i:04d}{CODECS[codec][2]}", np.ascontiguousarray(frames[:, top:top + H]), fps=FPS,
                         codec=codec, gop=int(gop) if gop else None)
         lines.append(f"{p} {i % 5}\n")
     csv_path = out / f"{name}.csv"
@@ -244,8 +252,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--frame-width", type=int, default=W,
+                    help="video width in pixels (height 3/4 of it), e.g. 96 for files prepared near 64 px")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "loader_cpu.csv"))
     args = ap.parse_args(argv)
+    set_frame_size(args.frame_width)
     torch.set_num_threads(1)  # the loaders' own parallelism is what is measured
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
