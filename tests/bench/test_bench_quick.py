@@ -1,4 +1,4 @@
-"""The kernel benchmark script runs end to end in its quick mode and writes a complete table.
+"""The kernel and loader benchmark scripts run end to end in small modes and write complete tables.
 (Speed itself is never asserted in tests: the numbers go to bench/results.)"""
 import csv
 import subprocess
@@ -17,3 +17,20 @@ def test_run_kernels_quick_writes_every_op(tmp_path):
     ops = {row["op"] for row in rows}
     assert {"copy_", "gather_fwd_bwd", "gather_layer_norm"} <= ops and any(o.startswith("ema") for o in ops)
     assert all(float(row["GB_s"]) > 0 for row in rows if row["GB_s"])
+
+
+def test_bench_loader_runs_every_loader(tmp_path):
+    """The loader bench on a few small prepared (sparse-ref) and default files: every loader delivers
+    clips and gets a row; ratios are against the reference loader of the same run."""
+    out = tmp_path / "l.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_loader.py"), "--codecs", "vp9_sparse", "h264",
+                        "--crops", "32", "--workers", "0", "--videos", "4", "--batch", "2", "--batches", "2",
+                        "--rounds", "1", "--frame-width", "64", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    want = {("vp9_sparse", k) for k in ("reference", "pyav", "pyav_u8", "decode_floor")} | \
+        {("h264", k) for k in ("reference", "pyav", "pyav_u8", "decode_floor")}
+    assert want <= {(row["codec"], row["loader"]) for row in rows}
+    assert all(float(row["clips_per_s"]) > 0 for row in rows)
+    assert all(float(row["vs_reference"]) == 1.0 for row in rows if row["loader"] == "reference")
