@@ -50,15 +50,17 @@ logger = logging.getLogger(__name__)
 # encoder settings that leave many frames unreferenced (the reader skips those nobody asked for);
 # MJPEG has nothing to skip
 SPARSE_REF_PARAMS = {
-    "h264": ("x264-params", "b-pyramid=none:bframes=7:b-adapt=0"),
+    # option -> value; a value for an option the codec's base options already set (x264-params) is
+    # appended to it (both are colon-separated key=value lists)
+    "h264": {"x264-params": "b-pyramid=none:bframes=7:b-adapt=0"},
     # two temporal layers: every other frame refreshes no reference slot (the bitrates are placeholders
     # the option requires: with crf and b=0 the rate stays quality-driven); error resilient, so no frame
     # inherits motion vectors or probabilities from the one before (engine.data.video.vp9_skippable).
     # 320x240 bench clips: 18.3 vs 17.9 kB, PSNR 37.77 vs 37.79 dB
-    "vp9": ("ts-parameters", "ts_number_layers=2:ts_target_bitrate=500,1000:ts_rate_decimator=2,1:"
-                             "ts_periodicity=2:ts_layer_id=0,1:ts_layering_mode=2"),
+    "vp9": {"ts-parameters": "ts_number_layers=2:ts_target_bitrate=500,1000:ts_rate_decimator=2,1:"
+                             "ts_periodicity=2:ts_layer_id=0,1:ts_layering_mode=2",
+            "error-resilient": "default"},
 }
-_SPARSE_EXTRA = {"vp9": {"error-resilient": "default"}}
 INPUT_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 ARRAY_NAMES = ("actions", "states")
 
@@ -96,9 +98,8 @@ def encoder_options(codec: str, sparse_refs: bool | None = None) -> dict:
     if sparse_refs:
         if codec not in SPARSE_REF_PARAMS:
             raise ValueError(f"sparse_refs: supported for {sorted(SPARSE_REF_PARAMS)}, not {codec!r}")
-        key, params = SPARSE_REF_PARAMS[codec]
-        options[key] = ":".join(p for p in (options.get(key), params) if p)
-        options.update(_SPARSE_EXTRA.get(codec, {}))
+        for key, value in SPARSE_REF_PARAMS[codec].items():
+            options[key] = ":".join(v for v in (options.get(key), value) if v)
     return options
 
 
@@ -184,9 +185,9 @@ def prepare(input, output, *, codec: str = "vp9", size: int | None = 128, shard_
     """See the module docstring; returns the index dict (also written to output/index.json)."""
     if codec not in CODECS:
         raise ValueError(f"--codec: expected one of {sorted(CODECS)}, got {codec!r}")
-    encoder_options(codec, sparse_refs)  # refuses sparse_refs for a codec without it, before any work
     if sparse_refs is None:
-        sparse_refs = codec in SPARSE_REF_PARAMS  # recorded in the index as what was done
+        sparse_refs = codec in SPARSE_REF_PARAMS  # resolved here, so the index records what was done
+    encoder_options(codec, sparse_refs)  # refuses sparse_refs for a codec without it, before any work
     if size is not None and size < 2:
         raise ValueError(f"--size: must be >= 2, got {size}")
     paths, labels, classes = list_inputs(input)

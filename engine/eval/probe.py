@@ -126,14 +126,18 @@ class _Indexed(torch.utils.data.Dataset):
         return clip, label
 
 
+def _standardise(train, val, dims):
+    """Both sets shifted and scaled per channel by the train set's mean and std over `dims`."""
+    mu_D, sd_D = train.mean(dims), train.std(dims).clamp_min(1e-6)
+    return (train - mu_D) / sd_D, (val - mu_D) / sd_D
+
+
 def train_probe(train_feats, train_labels, val_feats, val_labels, num_classes: int, *, epochs: int = 60,
                 batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0) -> dict:
     # per-channel standardisation with train-set statistics (the frozen-feature BatchNorm of MAE's linear
     # probe): an encoder whose informative channels are small next to a few large ones is not penalised
     # for their scale, which the probe's per-token LayerNorm cannot undo
-    mu_D = train_feats.mean((0, 1))
-    sd_D = train_feats.std((0, 1)).clamp_min(1e-6)
-    train_feats, val_feats = (train_feats - mu_D) / sd_D, (val_feats - mu_D) / sd_D
+    train_feats, val_feats = _standardise(train_feats, val_feats, dims=(0, 1))
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -170,8 +174,7 @@ def train_linear_probe(train_feats, train_labels, val_feats, val_labels, num_cla
     (deterministic: no seed, no learning rate).
     """
     x_tr, x_va = train_feats.float().mean(1), val_feats.float().mean(1)
-    mu_D, sd_D = x_tr.mean(0), x_tr.std(0).clamp_min(1e-6)
-    x_tr, x_va = (x_tr - mu_D) / sd_D, (x_va - mu_D) / sd_D
+    x_tr, x_va = _standardise(x_tr, x_va, dims=0)
     W_DK = torch.zeros(x_tr.shape[1], num_classes, requires_grad=True)
     b_K = torch.zeros(num_classes, requires_grad=True)
     opt = torch.optim.LBFGS([W_DK, b_K], max_iter=max_iter, line_search_fn="strong_wolfe")
