@@ -20,6 +20,9 @@ unreferenced; a data-preparation choice: both loaders read these same re-encoded
                ship uint8 clips and the batch is normalised to float32 in the consuming process (counted)
     pyav_u8    the same loader with clip_dtype=torch.uint8: the consumer gets uint8 clips and normalises
                them on its training device (loader.normalize; not counted: on a GPU it is ~free)
+    pyav_rgb   (workers=0 only) pyav_u8 with VideoDataset.decode_to_size = False: whole frames converted
+               to RGB by swscale, then cropped and resized by the transform (the path before
+               kernels.yuv_resized_crop); the difference to pyav_u8 is that kernel's share
     dali_cpu   engine.data.dali.make_dali_loader: the same sample plans, decoded and augmented by DALI's
                CPU operators (VP9 / MJPEG only); "workers" = DALI threads
     decode_floor  (workers=0 only) the pyav loader's decoder calls alone, for the same clips: no colour
@@ -28,7 +31,8 @@ unreferenced; a data-preparation choice: both loaders read these same re-encoded
     reference  the V-JEPA VideoDataset's way: decode the needed frames at full resolution, convert the
                whole clip to float32, then crop + resize + flip + normalise in the worker (decoded with
                PyAV's per-frame to_ndarray here, as decord is not installed: colour conversion on one
-               thread like decord's, decoder threads at the library's default, as in the pyav loader)
+               thread like decord's, one decoder thread like decord's num_threads=-1 in the reference,
+               which libavcodec runs without threads; the pyav loaders also decode on one thread)
 workers=0 runs each loader in this process and counts clips per CPU-second (process time, DALI's
 threads included): the cost per clip, the least disturbed number on a shared machine. workers=1, 2
 count clips per wall-second with that many DataLoader workers (DALI: threads); their clips_per_cpu_s
@@ -128,6 +132,7 @@ class ReferenceStyleDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(i)
         with av.open(self.paths[i]) as c:
             s = c.streams.video[0]
+            s.codec_context.thread_count = 1  # decord's num_threads=-1 (see the module docstring)
             (idx,) = sample_clip_indices(s.frames, FPC, STEP, 1, rng)
             want, got = set(idx.tolist()), {}
             for k, frame in enumerate(c.decode(s)):
@@ -208,10 +213,11 @@ def make_iter(kind: str, csv_path: Path, crop: int, workers: int, batch: int):
     """An endless iterator of (clips, ...) batches; workers=0: in this process (DALI: one thread)."""
     if kind == "decode_floor":
         return decode_floor_iter(csv_path, batch)
-    if kind in ("pyav", "pyav_u8", "dali_cpu"):
+    if kind in ("pyav", "pyav_u8", "pyav_rgb", "dali_cpu"):
         ds = VideoDataset([csv_path], frames_per_clip=FPC, frame_step=STEP, transform=VideoTransform(crop))
+        ds.decode_to_size = kind != "pyav_rgb"
         if kind != "dali_cpu":
-            dtype = torch.uint8 if kind == "pyav_u8" else torch.float32
+            dtype = torch.float32 if kind == "pyav" else torch.uint8
             return iter(make_loader(ds, batch_size=batch, seed=0, num_workers=workers, clip_dtype=dtype))
         from engine.data.dali import make_dali_loader
 
@@ -266,7 +272,7 @@ def main(argv=None):
                                                             else [])
             for crop in args.crops:
                 for workers in args.workers:
-                    kinds = kinds_all + (["decode_floor"] if workers == 0 else [])
+                    kinds = kinds_all + (["pyav_rgb", "decode_floor"] if workers == 0 else [])
                     res = measure(kinds, csvs[codec], crop, workers, args.batch, args.batches, args.rounds)
                     for k in kinds:
                         wall, cpu = res[k]

@@ -46,7 +46,7 @@ import torch
 
 from .datasets import _SkipBadFiles
 from .loader import ResumableLoader
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, VideoEvalTransform, VideoTransform, random_crop_box
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, VideoEvalTransform, VideoTransform
 from .video import VideoReader
 
 logger = logging.getLogger(__name__)
@@ -173,13 +173,8 @@ class _Planner(_SkipBadFiles):
     def _finish(self, data, rng):
         encoded, idx, H, W, label = data
         tf = self.transform
-        if isinstance(tf, VideoTransform):  # the same draws, in the same order, as VideoTransform.__call__
-            top, left, h, w = random_crop_box(rng, H, W, tf.scale, tf.ratio)
-            flip = tf.horizontal_flip and rng.uniform() < 0.5
-        elif isinstance(tf, VideoEvalTransform):
-            side = min(H, W) * tf.crop_size / tf.short_side_size
-            h = w = max(1, int(round(side)))
-            top, left, flip = (H - h) // 2, (W - w) // 2, False
+        if isinstance(tf, (VideoTransform, VideoEvalTransform)):  # the draws of the PyAV path, in its order
+            (top, left, h, w), flip = tf.plan(H, W, rng)
         else:
             top, left, h, w, flip = 0, 0, H, W, False
         return (np.frombuffer(encoded, np.uint8), idx.astype(np.int32),

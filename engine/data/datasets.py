@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .transforms import VideoEvalTransform, VideoTransform
 from .video import VideoReader, sample_clip_indices
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,23 @@ class _SkipBadFiles(torch.utils.data.Dataset):
                 logger.warning("skipping unreadable file %s: %s", path, err)
 
 
+class _Resized:
+    """Clips already cropped, resized and flipped by the reader: uint8 [3, T, S, S] each."""
+
+    def __init__(self, clips):
+        self.clips = clips
+
+
 class VideoDataset(_SkipBadFiles):
-    """Clips from index CSVs: (float32 clip [3, T, H, W] or a list of num_clips of them, int label)."""
+    """Clips from index CSVs: (float32 clip [3, T, H, W] or a list of num_clips of them, int label).
+
+    With a VideoTransform / VideoEvalTransform the reader crops and resizes each frame as it converts it
+    from the decoder's YUV planes (VideoReader.decode_resized: the same boxes, flips and resize, a
+    level or so of rounding apart); `decode_to_size = False` decodes whole RGB frames and calls the
+    transform on them instead.
+    """
+
+    decode_to_size = True
 
     def __init__(self, index_csvs, weights=None, frames_per_clip: int = 16, frame_step: int = 4,
                  fps: float | None = None, duration: float | None = None, num_clips: int = 1, transform=None,
@@ -163,12 +179,25 @@ class VideoDataset(_SkipBadFiles):
 
     def _load(self, path, rng):
         # the clip indices need the video's length, so the clip is sampled here, from the sample's rng
+        fpc = self.frames_per_clip
         with VideoReader(path, seek_threshold=self.seek_threshold) as vr:
             clips = self.sample_indices(vr, rng)
+            tf = self.transform
+            if self.decode_to_size and isinstance(tf, (VideoTransform, VideoEvalTransform)):
+                # the transform's draws (same rng, same order as calling it after decoding), then each
+                # frame is cropped and resized straight from the decoder's YUV planes
+                plans = [tf.plan(vr.info.height, vr.info.width, rng) for _ in clips]
+                u8_3TSS = vr.decode_resized(np.concatenate(clips), (tf.crop_size, tf.crop_size),
+                                            np.repeat([box for box, _ in plans], fpc, axis=0),
+                                            np.repeat([flip for _, flip in plans], fpc))
+                return _Resized([u8_3TSS[:, k * fpc:(k + 1) * fpc] for k in range(self.num_clips)])
             frames = vr.decode(np.concatenate(clips))
-        return [frames[k * self.frames_per_clip:(k + 1) * self.frames_per_clip] for k in range(self.num_clips)]
+        return [frames[k * fpc:(k + 1) * fpc] for k in range(self.num_clips)]
 
     def _finish(self, clips_THW3, rng):
+        if isinstance(clips_THW3, _Resized):  # transformed while decoding: only the dtype is left
+            clips = [self.transform._out(c) for c in clips_THW3.clips]
+            return clips[0] if self.num_clips == 1 else clips
         if self.transform is not None:
             clips_THW3 = [self.transform(c, rng) for c in clips_THW3]
         else:

@@ -179,10 +179,15 @@ class VideoTransform(_Output):
         self.normalize = Normalize(mean, std, channel_dim=-4)
         self.dtype = _check_dtype(dtype)
 
+    def plan(self, height: int, width: int, rng: np.random.Generator) -> tuple[tuple[int, int, int, int], bool]:
+        """((top, left, h, w), flip) for a clip of height x width: the draws __call__ makes, in its order.
+        A reader that crops while it decodes (VideoReader.decode_resized) takes its box from here."""
+        box = random_crop_box(rng, height, width, self.scale, self.ratio)
+        return box, bool(self.horizontal_flip and rng.uniform() < 0.5)
+
     def __call__(self, clip_THW3: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         T, H, W, _ = clip_THW3.shape
-        top, left, h, w = random_crop_box(rng, H, W, self.scale, self.ratio)
-        flip = self.horizontal_flip and rng.uniform() < 0.5
+        (top, left, h, w), flip = self.plan(H, W, rng)
         region = clip_THW3[:, top:top + h, left:left + w]
         return self._out(_resize_planar(region, (self.crop_size, self.crop_size), flip))
 
@@ -202,11 +207,15 @@ class VideoEvalTransform(_Output):
         self.normalize = Normalize(mean, std, channel_dim=-4)
         self.dtype = _check_dtype(dtype)
 
+    def plan(self, height: int, width: int, rng: np.random.Generator | None = None):
+        """((top, left, h, w), False): the centre box in source pixels (no random draws)."""
+        side = min(height, width) * self.crop_size / self.short_side_size  # source pixels per output crop side
+        h = w = max(1, int(round(side)))
+        return ((height - h) // 2, (width - w) // 2, h, w), False
+
     def __call__(self, clip_THW3: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         T, H, W, _ = clip_THW3.shape
-        side = min(H, W) * self.crop_size / self.short_side_size  # source pixels per output crop side
-        h = w = max(1, int(round(side)))
-        top, left = (H - h) // 2, (W - w) // 2
+        (top, left, h, w), _ = self.plan(H, W)
         region = clip_THW3[:, top:top + h, left:left + w]
         return self._out(_resize_planar(region, (self.crop_size, self.crop_size), False))
 

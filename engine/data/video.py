@@ -26,14 +26,17 @@ frame by frame in order (skip_gops=False forces that). Any failure raises VideoD
 """
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
-
 import os
+from dataclasses import dataclass
 
 import av
 import numpy as np
+import torch
 from av.video.reformatter import VideoReformatter
+
+import kernels.yuv_resize as kernels_yuv
 
 _reformatter = (None, None)  # (pid, VideoReformatter): one per process; it caches its swscale context
 
@@ -47,6 +50,43 @@ def _to_rgb(frame) -> np.ndarray:
     if _reformatter[0] != os.getpid():
         _reformatter = (os.getpid(), VideoReformatter())
     return _reformatter[1].reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+
+# planar 8-bit YUV formats: (chroma shift x, chroma shift y, full range)
+_PLANAR_YUV = {"yuv420p": (1, 1, False), "yuvj420p": (1, 1, True), "yuv422p": (1, 0, False),
+               "yuvj422p": (1, 0, True), "yuv444p": (0, 0, False), "yuvj444p": (0, 0, True),
+               "yuv440p": (0, 1, False), "yuvj440p": (0, 1, True)}
+# AVColorSpace -> colour matrix, as swscale reads a frame's tag; untagged and others: BT.601
+_MATRIX_OF_COLORSPACE = {1: "bt709", 4: "fcc", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
+_AVCOL_RANGE_JPEG = 2
+
+
+def _resized_crop_into(frame, box, flip: bool, out: torch.Tensor, t: int) -> None:
+    """out[:, t] = the frame's box (top, left, h, w) resized to out's size, RGB, flipped if asked."""
+    fmt = _PLANAR_YUV.get(frame.format.name)
+    if fmt is None:  # RGB, 10-bit, semi-planar, grey...: through swscale's RGB and the transforms' resize
+        from .transforms import _resize_planar
+
+        top, left, h, w = (int(b) for b in box)
+        rgb_1HW3 = _to_rgb(frame)[None, top:top + h, left:left + w]
+        out[:, t] = _resize_planar(rgb_1HW3, tuple(out.shape[2:]), flip)[:, 0]
+        return
+    sx, sy, full = fmt
+    coeffs = _coeffs(_MATRIX_OF_COLORSPACE.get(int(frame.colorspace), "bt601"),
+                     full or int(frame.color_range) == _AVCOL_RANGE_JPEG)
+    fn = kernels_yuv.cpp_function()
+    y, u, v = frame.planes
+    if fn is not None:  # the planes go in as buffers: no copy, no tensor wrapping
+        fn(y, u, v, [y.height, y.width, y.line_size, u.height, u.width, u.line_size], sx, sy, list(coeffs),
+           [int(b) for b in box], out, t, flip)
+        return
+    planes = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in (y, u, v)]
+    kernels_yuv.yuv_resized_crop(*planes, box, tuple(out.shape[2:]), coeffs=coeffs, flip=flip, out=out, t=t)
+
+
+@functools.lru_cache(maxsize=None)
+def _coeffs(matrix: str, full_range: bool) -> tuple:
+    return kernels_yuv.yuv_coeffs(matrix, full_range)
 
 
 def _vp9_frames(data) -> list:
@@ -168,11 +208,11 @@ def sample_clip_indices(num_video_frames: int, frames_per_clip: int, frame_step:
 class VideoReader:
     """An open video file: `info` and `decode(frame_indices)`. Use as a context manager (or call close).
 
-    threads: decoding threads (0: libavcodec's default; n > 0: n frame or slice threads, whichever the
-    codec supports; kept when a fallback pass reopens the file).
+    threads: decoding threads (1, the default: none; 0: libavcodec's automatic count; n > 1: n frame or
+    slice threads, whichever the codec supports; kept when a fallback pass reopens the file).
     """
 
-    def __init__(self, path, seek_threshold: int = 64, threads: int = 0, name: str | None = None,
+    def __init__(self, path, seek_threshold: int = 64, threads: int = 1, name: str | None = None,
                  skip_gops: bool = True):
         # `path` may also be a seekable binary file object (a tar member read into memory); `name`
         # then names it in error messages
@@ -210,12 +250,14 @@ class VideoReader:
         self.frames_decoded = 0  # frames the decoder produced (skipped non-reference frames not counted)
 
     def _set_threads(self):
-        # libavcodec's default (automatic count, slice threads) cost no more CPU per clip than one
-        # thread here once warm (VP9 11.6 vs 11.5 ms, H.264 10.9 vs 10.9) and gave more clips/s in 2
-        # DataLoader workers on a busy machine: it stays the default
-        if self._threads:
-            s = self._stream
-            s.thread_type, s.codec_context.thread_count = "AUTO", self._threads
+        # One thread by default: a reader lives for one clip, and libavcodec's automatic threads (a pool
+        # started per open, slice threads synchronised per frame) cost CPU a clip cannot win back: VP9
+        # open + 64 frames 11.5 -> 8.1 CPU-ms, the 64 px VP9 loader 84 -> 128 clips per CPU-second;
+        # H.264 ~6% less CPU. Clips/s in 2 DataLoader workers were the same or higher: the workers are
+        # the parallelism. (The reference reads with decord's num_threads=-1, which libavcodec runs
+        # without threads.)
+        s = self._stream
+        s.thread_type, s.codec_context.thread_count = "AUTO", self._threads
 
     def _open(self):
         if self._file is not None:
@@ -255,7 +297,7 @@ class VideoReader:
                 self.frames_decoded += 1
                 pos = k + 1
                 if k in want:
-                    got[k] = _to_rgb(frame)
+                    got[k] = frame
                 if k >= last:
                     break
         return got
@@ -286,7 +328,7 @@ class VideoReader:
                     raise _NoTimestamps
                 k = self._frame_index(f.pts)
                 if k in want and k not in got:
-                    got[k] = _to_rgb(f)
+                    got[k] = f
 
         for group in np.split(targets, cuts):
             last = int(group[-1])
@@ -336,8 +378,12 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         self._set_threads()
 
-    def decode(self, frame_indices) -> np.ndarray:
-        """uint8 [T, H, W, 3] for the given frame indices (any order, repeats allowed)."""
+    def _frames(self, frame_indices) -> tuple[np.ndarray, dict]:
+        """(frame indices [T] as given, {index: decoded av.VideoFrame} covering each of them).
+
+        The frames are kept as the decoder produced them (planar YUV, refcounted, no copy) and converted
+        only once the clip is complete: to RGB by `decode`, straight to the crop by `decode_resized`.
+        """
         idx_T = np.asarray(frame_indices, dtype=np.int64).ravel()
         if idx_T.size == 0 or idx_T.min() < 0:
             raise ValueError(f"bad frame indices {idx_T}")
@@ -366,7 +412,35 @@ class VideoReader:
             for k in missing:
                 earlier = [j for j in got if j < k]
                 got[k] = got[max(earlier)] if earlier else got[min(got)]
-        return np.stack([got[int(k)] for k in idx_T])
+        return idx_T, got
+
+    def decode(self, frame_indices) -> np.ndarray:
+        """uint8 [T, H, W, 3] for the given frame indices (any order, repeats allowed)."""
+        idx_T, got = self._frames(frame_indices)
+        rgb = {k: _to_rgb(f) for k, f in got.items()}
+        return np.stack([rgb[int(k)] for k in idx_T])
+
+    def decode_resized(self, frame_indices, size, boxes, flips=False) -> torch.Tensor:
+        """uint8 [3, T, size[0], size[1]]: frame t's box boxes[t] = (top, left, h, w), resized bilinearly
+        (align_corners=False, no antialias) and flipped left-right where flips[t].
+
+        boxes: one (top, left, h, w) for every frame or one per frame ([T, 4]); flips: a bool or [T].
+        The same pixels as cropping and resizing `decode`'s RGB frames (VideoTransform's resize) up to
+        rounding, without ever converting a whole frame: planar YUV frames go through
+        kernels.yuv_resized_crop, other pixel formats through RGB.
+        """
+        idx_T, got = self._frames(frame_indices)
+        T = len(idx_T)
+        boxes_T4 = np.broadcast_to(np.asarray(boxes, dtype=np.int64).reshape(-1, 4), (T, 4))
+        flips_T = np.broadcast_to(np.asarray(flips, dtype=bool).reshape(-1), (T,))
+        out = torch.empty(3, T, int(size[0]), int(size[1]), dtype=torch.uint8)
+        for t, k in enumerate(idx_T.tolist()):
+            frame = got[k]
+            if frame.width != self.info.width or frame.height != self.info.height:
+                raise VideoDecodeError(f"{self.path}: frame {k} is {frame.width}x{frame.height}, the stream "
+                                       f"{self.info.width}x{self.info.height} (size changes mid-stream)")
+            _resized_crop_into(frame, boxes_T4[t], bool(flips_T[t]), out, t)
+        return out
 
     def close(self):
         if getattr(self, "_container", None) is not None:

@@ -106,3 +106,55 @@ def test_vp9_skippable_rules():
     assert vp9_skippable(_superframe(free, _vp9_frame(show_existing=True)), er)
     assert not vp9_skippable(_superframe(_vp9_frame(show=False, refresh=0x40), free), er)
     assert not vp9_skippable(b"\x00\x01", er) and not vp9_skippable(b"", er)  # not a VP9 header
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9_sparse", "mjpeg"])
+@pytest.mark.parametrize("tf_kind", ["train", "eval"])
+@pytest.mark.parametrize("num_clips", [1, 2])
+def test_decode_to_size_matches_transform_after_decode(tmp_path, counter_videos, codec, tf_kind, num_clips):
+    """VideoDataset crops while decoding (decode_resized) by default: the same clip indices, boxes and
+    flips as decoding whole frames and calling the transform after, the pixels a rounding apart. The
+    counter videos' digits make a wrong box or flip a large difference."""
+    import torch
+
+    from engine.data import VideoDataset, VideoEvalTransform, VideoTransform
+    from tests.data.conftest import write_csv
+
+    csv = write_csv(tmp_path / "i.csv", [counter_videos[codec]] * 3)
+    tf = VideoTransform(24, random_resize_scale=(0.3, 0.9)) if tf_kind == "train" else VideoEvalTransform(24)
+    fused = VideoDataset([csv], frames_per_clip=5, frame_step=3, num_clips=num_clips, transform=tf.as_uint8())
+    whole = VideoDataset([csv], frames_per_clip=5, frame_step=3, num_clips=num_clips, transform=tf.as_uint8())
+    whole.decode_to_size = False
+    for seed in range(6):
+        a, b = fused[(seed % 3, seed)][0], whole[(seed % 3, seed)][0]
+        a, b = (a, b) if num_clips > 1 else ([a], [b])
+        for x, y in zip(a, b):
+            assert x.dtype == torch.uint8 and x.shape == y.shape == (3, 5, 24, 24)
+            d = (x.int() - y.int()).abs().float()
+            assert d.max() <= 4 and d.mean() <= 1.5, (seed, d.max(), d.mean())
+    # float clips: the transform's normalisation of the same pixels
+    f32 = VideoDataset([csv], frames_per_clip=5, frame_step=3, transform=tf)[(1, 1)][0]
+    u8 = VideoDataset([csv], frames_per_clip=5, frame_step=3, transform=tf.as_uint8())[(1, 1)][0]
+    assert f32.dtype == torch.float32 and torch.equal(f32, tf.normalize(u8))
+
+
+def test_decode_resized_boxes_per_frame_and_errors(counter_videos):
+    with VideoReader(counter_videos["h264"]) as vr:
+        H, W = vr.info.height, vr.info.width
+        boxes = [(0, 0, H, W), (4, 5, 10, 12), (0, 0, H, W)]  # one box per frame; a repeated frame
+        out = vr.decode_resized([3, 9, 3], (H, W), boxes, [False, True, False])
+        assert out.shape == (3, 3, H, W) and out.is_contiguous()  # planar [3, T, S, S]
+        assert read_counter(out.permute(1, 2, 3, 0).numpy()[[0, 2]]).tolist() == [3, 3]
+        np.testing.assert_array_equal(out[:, 0], out[:, 2])
+        # the middle frame: its own box, resized up and mirrored
+        np.testing.assert_array_equal(out[:, 1], vr.decode_resized([9], (H, W), boxes[1], True)[:, 0])
+        with pytest.raises(RuntimeError, match="not inside"):
+            vr.decode_resized([1], (8, 8), (0, 0, H + 1, W))
+
+
+def test_reader_decodes_on_one_thread_by_default(counter_videos):
+    with VideoReader(counter_videos["vp9"]) as vr:
+        assert vr._stream.codec_context.thread_count == 1
+    with VideoReader(counter_videos["vp9"], threads=2) as vr:
+        assert vr._stream.codec_context.thread_count == 2
+        assert read_counter(vr.decode([0, 5])).tolist() == [0, 5]
