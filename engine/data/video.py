@@ -6,6 +6,7 @@ Usage:
         step = vr.frame_step_for(fps=4)                  # V-JEPA 2 fps sampling: ceil(video fps) // fps
         idx = sample_clip_indices(vr.info.num_frames, 16, step, num_clips=1, rng=rng)
         clip_THW3 = vr.decode(idx[0])                    # uint8 [16, H, W, 3]
+        clip_3TSS = vr.decode_resized(idx[0], (64, 64), boxes=(10, 20, 120, 160), flips=True)  # crop while converting
     clip_THW3 = decode_clip("clip.mp4", [0, 4, 8])       # one-shot helper
     VideoReader(io.BytesIO(data), name="shard-000003.tar:000017.mp4")   # an in-memory file works too
 
@@ -23,6 +24,11 @@ non-reference B-frames) are skipped by the decoder. A jump of more than `seek_th
 in a long video, or between clips) seeks to the nearest keyframe instead of reading through the gap.
 Frames are matched by timestamp; files without timestamps, or where that misses a frame, are decoded
 frame by frame in order (skip_gops=False forces that). Any failure raises VideoDecodeError.
+
+Conversion: decoded frames are kept as the decoder's planar YUV until the clip is complete. `decode`
+converts them to RGB (swscale); `decode_resized` cuts each frame's crop box and resizes it while
+converting (kernels.yuv_resized_crop), so no full-size RGB frame is ever made: what VideoDataset does
+by default with a VideoTransform. One decoder thread by default (see VideoReader._set_threads).
 """
 from __future__ import annotations
 

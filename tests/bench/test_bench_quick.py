@@ -29,8 +29,18 @@ def test_bench_loader_runs_every_loader(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
-    want = {("vp9_sparse", k) for k in ("reference", "pyav", "pyav_u8", "decode_floor")} | \
-        {("h264", k) for k in ("reference", "pyav", "pyav_u8", "decode_floor")}
+    kinds = ("reference", "pyav", "pyav_u8", "pyav_rgb", "decode_floor")
+    want = {("vp9_sparse", k) for k in kinds} | {("h264", k) for k in kinds}
     assert want <= {(row["codec"], row["loader"]) for row in rows}
     assert all(float(row["clips_per_s"]) > 0 for row in rows)
     assert all(float(row["vs_reference"]) == 1.0 for row in rows if row["loader"] == "reference")
+
+
+def test_bench_yuv_resize_quick(tmp_path):
+    out = tmp_path / "y.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_yuv_resize.py"), "--quick", "--csv", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(out.open()))
+    assert {row["method"] for row in rows} == {"reference", "rgb_then_resize", "yuv_resized_crop"}
+    assert all(float(row["us_per_frame"]) > 0 for row in rows)
