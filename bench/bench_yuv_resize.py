@@ -34,15 +34,8 @@ from engine.data.transforms import _resize_planar, random_crop_box  # noqa: E402
 from engine.data.video import _resized_crop_into, _to_rgb  # noqa: E402
 from engine.runtime.io import atomic_write_csv  # noqa: E402
 
-
-def median_time(fn, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
+sys.path.insert(0, str(ROOT / "bench"))
+from run_kernels import timeit  # noqa: E402  (median of repeated calls after a warm-up)
 
 
 def a_frame(H: int, W: int) -> av.VideoFrame:
@@ -70,7 +63,7 @@ def bench(H, W, S, reps) -> list[dict]:
     def fused():
         _resized_crop_into(frame, box, flip, out, 0)
 
-    t = {name: median_time(fn, reps) for name, fn in
+    t = {name: timeit(fn, reps) for name, fn in
          (("reference", reference), ("rgb_then_resize", rgb_then_resize), ("yuv_resized_crop", fused))}
     rows = []
     for name, sec in t.items():
