@@ -5,6 +5,8 @@ Usage:
     .venv/bin/python bench/bench_loader.py --crops 64 --codecs vp9 --batches 3 --videos 8   # quicker
     .venv/bin/python bench/bench_loader.py --frame-width 96 --crops 64 --workers 0 \
         --codecs h264 vp9 h264_sparse vp9_sparse mjpeg --out bench/results/loader_cpu_96px.csv
+    .venv/bin/python bench/bench_loader.py --frame-width 1280 --codecs h264 vp9 vp9_sparse --workers 0 \
+        --videos 4 --batch 2 --batches 4 --out bench/results/loader_cpu_720p.csv
 
 All loaders read the same files (320x240 unless --frame-width says otherwise, 30 fps, 64 frames,
 synthetic moving objects) and give the same output: float32 clips [B, 3, 16, S, S] (16 frames,

@@ -170,3 +170,32 @@ def test_decoded_frames_match_swscale_then_resize(tmp_path, codec):
             d = (got.int() - want.int()).abs().float()
             assert got.shape == (3, len(idx), *size)
             assert d.max() <= 4 and d.mean() <= 1.5 and (d > 2).float().mean() < 0.02, (box, d.max(), d.mean())
+
+
+def test_av_frames_every_path():
+    """engine.data.video._resized_crop_into on PyAV frames: the C++ function on the planes, the torch
+    reference when that backend is forced (planes viewed past their padded line size), and the RGB path
+    for formats that are not planar 8-bit YUV (here rgb24 and nv12)."""
+    import av
+
+    from engine.data.transforms import _resize_planar
+    from engine.data.video import _resized_crop_into, _to_rgb
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:30, 0:44]  # smooth content: noise would be mostly out of gamut after subsampling
+    rgb = np.clip(np.stack([xx * 5, yy * 7, 200 - xx * 3], -1) + rng.normal(0, 4, (30, 44, 3)), 0, 255).astype(np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    assert frame.planes[0].line_size > frame.planes[0].width  # padded rows, as a decoder's
+    box, size = (3, 5, 20, 31), (12, 9)
+    out = torch.zeros(3, 4, *size, dtype=torch.uint8)
+    _resized_crop_into(frame, box, True, out, 1)
+    with kernels.backend("torch"):
+        _resized_crop_into(frame, box, True, out, 2)
+    assert (out[:, 1].int() - out[:, 2].int()).abs().max() <= 1
+    for fmt in ("rgb24", "nv12"):
+        other = frame.reformat(format=fmt)
+        _resized_crop_into(other, box, True, out, 3)
+        top, left, h, w = box
+        want = _resize_planar(_to_rgb(other)[None, top:top + h, left:left + w], size, True)[:, 0]
+        assert torch.equal(out[:, 3], want), fmt
+        assert (out[:, 3].int() - out[:, 1].int()).abs().float().mean() < 3  # the same picture
