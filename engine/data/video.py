@@ -25,6 +25,13 @@ in a long video, or between clips) seeks to the nearest keyframe instead of read
 Frames are matched by timestamp; files without timestamps, or where that misses a frame, are decoded
 frame by frame in order (skip_gops=False forces that). Any failure raises VideoDecodeError.
 
+Opening: a plain MP4 (what `prepare` and most muxers write) is not opened with libavformat at all: its
+sample table is read from the file's boxes (engine.data.mp4) and its packets go to a decoder this
+process keeps open for the codec, flushed between clips. av.open probes a file by decoding its first
+frame (~1 ms per VP9 clip) and opens a fresh decoder per file; this skips both. Same GOP logic, same
+pixels (tests/data/test_mp4.py); anything the table reader does not handle, or any decode error, goes
+the libavformat way (fast_open=False forces it).
+
 Conversion: decoded frames are kept as the decoder's planar YUV until the clip is complete. `decode`
 converts them to RGB (swscale); `decode_resized` cuts each frame's crop box and resizes it while
 converting (kernels.yuv_resized_crop), so no full-size RGB frame is ever made: what VideoDataset does
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+import mmap
 import os
 from dataclasses import dataclass
 
@@ -43,6 +51,8 @@ import torch
 from av.video.reformatter import VideoReformatter
 
 import kernels.yuv_resize as kernels_yuv
+
+from .mp4 import parse_mp4
 
 _reformatter = (None, None)  # (pid, VideoReformatter): one per process; it caches its swscale context
 
@@ -93,6 +103,30 @@ def _resized_crop_into(frame, box, flip: bool, out: torch.Tensor, t: int) -> Non
 @functools.lru_cache(maxsize=None)
 def _coeffs(matrix: str, full_range: bool) -> tuple:
     return kernels_yuv.yuv_coeffs(matrix, full_range)
+
+
+_decoders: dict = {}  # (pid, codec, extradata, threads) -> an open av.CodecContext, reused clip after clip
+
+
+def _decoder(codec: str, extradata: bytes | None, threads: int):
+    """This process's decoder for a codec configuration. Opening one per clip (what av.open does, twice:
+    once to probe the file) cost ~0.3 ms + ~1 ms for VP9; flush_buffers() between clips resets it, and
+    every clip starts at a keyframe."""
+    key = (os.getpid(), codec, extradata, threads)
+    cc = _decoders.get(key)
+    if cc is None:
+        if len(_decoders) >= 8:  # many encoder configurations: keep a few
+            _decoders.clear()
+        cc = av.CodecContext.create(codec, "r")
+        if extradata:
+            cc.extradata = extradata
+        cc.thread_type, cc.thread_count = "AUTO", threads
+        _decoders[key] = cc
+    return cc
+
+
+def _drop_decoder(codec, extradata, threads) -> None:
+    _decoders.pop((os.getpid(), codec, extradata, threads), None)
 
 
 def _vp9_frames(data) -> list:
@@ -219,12 +253,40 @@ class VideoReader:
     """
 
     def __init__(self, path, seek_threshold: int = 64, threads: int = 1, name: str | None = None,
-                 skip_gops: bool = True):
+                 skip_gops: bool = True, fast_open: bool = True):
         # `path` may also be a seekable binary file object (a tar member read into memory); `name`
         # then names it in error messages
         self._file = path if hasattr(path, "read") else None
         self.path = str(name or getattr(path, "name", None) or "<stream>") if self._file is not None else str(path)
         self.seek_threshold, self.skip_gops = seek_threshold, skip_gops
+        self._threads = threads
+        self._container = self._track = None
+        self.frames_decoded = 0  # frames the decoder produced (skipped non-reference frames not counted)
+        if skip_gops and fast_open:
+            self._track = self._read_track()
+        if self._track is not None:
+            t = self._track
+            self.info = VideoInfo(t.num_frames, t.fps, t.width, t.height, True)
+            self._sample_of = np.argsort(t.display_T)  # display index -> sample (decode order)
+            self._key_S = np.flatnonzero(t.keyframe_T)
+        else:
+            self._open_container()
+
+    def _read_track(self):
+        """A plain MP4's sample table (engine.data.mp4), read without libavformat; None for anything else.
+        A file is mapped, not read: only the boxes and the clip's samples are touched."""
+        try:
+            if self._file is not None:
+                self._file.seek(0)
+                data = self._file.getbuffer() if hasattr(self._file, "getbuffer") else self._file.read()
+            else:
+                with open(self.path, "rb") as f:
+                    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # missing or empty: av.open names the problem
+            return None
+        return parse_mp4(data)
+
+    def _open_container(self):
         try:
             self._container = self._open()
         except (av.FFmpegError, UnicodeDecodeError) as e:  # garbage or empty files fail here
@@ -233,7 +295,6 @@ class VideoReader:
             self.close()
             raise VideoDecodeError(f"no video stream in {self.path}")
         self._stream = s = self._container.streams.video[0]
-        self._threads = threads
         self._set_threads()
         rate = s.average_rate or s.guessed_rate or s.base_rate
         fps = float(rate) if rate else 0.0
@@ -253,7 +314,6 @@ class VideoReader:
             raise VideoDecodeError(f"empty video {self.path}")
         self.info = VideoInfo(n, fps, int(s.width), int(s.height), exact)
         self._tb = float(s.time_base)  # a Fraction; converted once, not once per packet (~0.8 ms per clip)
-        self.frames_decoded = 0  # frames the decoder produced (skipped non-reference frames not counted)
 
     def _set_threads(self):
         # One thread by default: a reader lives for one clip, and libavcodec's automatic threads (a pool
@@ -378,6 +438,52 @@ class VideoReader:
                 cc.flush_buffers()
         return got
 
+    def _track_pass(self, targets: np.ndarray) -> dict | None:
+        """_packet_pass for a parsed MP4: the same GOP prefixes and skips, packets cut straight from the
+        file's sample table and decoded by this process's decoder for the codec (engine.data.video
+        ._decoder: opened once, flushed between clips). None when anything fails: the caller opens the
+        file with PyAV and decodes it that way instead."""
+        t = self._track
+        if int(targets[-1]) >= t.num_frames:
+            return None
+        want = set(targets.tolist())
+        sample_K = self._sample_of[targets]
+        gop_K = self._key_S[np.searchsorted(self._key_S, sample_K, side="right") - 1]
+        vp9 = t.codec == "vp9"
+        display = t.display_T
+        cc = _decoder(t.codec, t.extradata, self._threads)
+        got = {}
+
+        def collect(frames):
+            for f in frames:
+                self.frames_decoded += 1
+                if f.pts is None:
+                    raise _NoTimestamps
+                k = int(display[f.pts])
+                if k in want and k not in got:
+                    got[k] = f
+        try:
+            for g in np.unique(gop_K).tolist():
+                last = int(sample_K[gop_K == g].max())
+                nxt = t.sample(g)
+                for j in range(g, last + 1):
+                    data, wanted = nxt, int(display[j]) in want
+                    nxt = t.sample(j + 1) if j < last else None
+                    # unneeded, unreferenced frames are not decoded: see _packet_pass
+                    if vp9 and not wanted and vp9_skippable(data, nxt):
+                        continue
+                    cc.skip_frame = "DEFAULT" if wanted else "NONREF"
+                    packet = av.Packet(data)
+                    packet.pts = j  # the sample index travels with the frame through reordering
+                    collect(cc.decode(packet))
+                cc.skip_frame = "DEFAULT"
+                collect(cc.decode(None))
+                cc.flush_buffers()
+        except (av.FFmpegError, _NoTimestamps, IndexError):
+            _drop_decoder(t.codec, t.extradata, self._threads)
+            return None
+        return got
+
     def _reopen(self):
         self._container.close()
         self._container = self._open()
@@ -394,6 +500,12 @@ class VideoReader:
         if idx_T.size == 0 or idx_T.min() < 0:
             raise ValueError(f"bad frame indices {idx_T}")
         targets = np.unique(idx_T)
+        if self._track is not None:
+            got = self._track_pass(targets)
+            if got is not None and len(got) == len(targets):
+                return idx_T, got
+            self._track = None  # decode it the way libavformat reads it, which reports what is wrong
+            self._open_container()
         try:
             try:
                 got = self._packet_pass(targets) if self.skip_gops else {}
@@ -449,6 +561,7 @@ class VideoReader:
         return out
 
     def close(self):
+        self._track = None
         if getattr(self, "_container", None) is not None:
             self._container.close()
             self._container = None

@@ -20,12 +20,19 @@ def test_gop_skipping_matches_full_decode(tmp_path, codec, gop):
     for trial in range(6):
         idx = rng.choice(90, size=int(rng.integers(1, 10)), replace=True)
         thr = int(rng.choice([3, 20, 64]))
-        with VideoReader(p, seek_threshold=thr) as fast, VideoReader(p, seek_threshold=thr, skip_gops=False) as slow:
+        with VideoReader(p, seek_threshold=thr, fast_open=False) as fast, \
+                VideoReader(p, seek_threshold=thr, skip_gops=False) as slow, VideoReader(p) as track:
             got = fast._packet_pass(np.unique(idx))  # the fast pass alone finds every frame (no fallback)
             assert sorted(got) == sorted(set(idx.tolist()))
             a, b = fast.decode(idx), slow.decode(idx)
+            # MP4s are read from their sample table (engine.data.mp4), without libavformat
+            assert (track._track is not None) == (codec != "mjpeg")
+            got = track._track_pass(np.unique(idx)) if codec != "mjpeg" else got
+            assert got is not None and sorted(got) == sorted(set(idx.tolist()))
+            c = track.decode(idx)
         assert read_counter(a).tolist() == idx.tolist()
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(c, b)
 
 
 def test_in_memory_reader_and_truncated_file(tmp_path):
@@ -153,8 +160,14 @@ def test_decode_resized_boxes_per_frame_and_errors(counter_videos):
 
 
 def test_reader_decodes_on_one_thread_by_default(counter_videos):
-    with VideoReader(counter_videos["vp9"]) as vr:
+    from engine.data.video import _decoder
+
+    with VideoReader(counter_videos["vp9"], fast_open=False) as vr:
         assert vr._stream.codec_context.thread_count == 1
-    with VideoReader(counter_videos["vp9"], threads=2) as vr:
+    with VideoReader(counter_videos["vp9"], threads=2, fast_open=False) as vr:
         assert vr._stream.codec_context.thread_count == 2
         assert read_counter(vr.decode([0, 5])).tolist() == [0, 5]
+    for threads in (1, 2):  # the MP4 path's shared decoder too
+        with VideoReader(counter_videos["vp9"], threads=threads) as vr:
+            assert vr._track is not None and read_counter(vr.decode([0, 5])).tolist() == [0, 5]
+        assert _decoder("vp9", None, threads).thread_count == threads
