@@ -27,9 +27,10 @@ unreferenced; a data-preparation choice: both loaders read these same re-encoded
                kernels.yuv_resized_crop); the difference to pyav_u8 is that kernel's share
     dali_cpu   engine.data.dali.make_dali_loader: the same sample plans, decoded and augmented by DALI's
                CPU operators (VP9 / MJPEG only); "workers" = DALI threads
-    decode_floor  (workers=0 only) the pyav loader's decoder calls alone, for the same clips: no colour
-               conversion, crop, resize or transport. No loader reading these files with this decoder
-               spends less CPU per clip, so its vs_reference is the ceiling of any loader's speed-up here
+    decode_floor  (workers=0 only) the pyav loader's reader alone, for the same clips: opening the file
+               (an MP4's sample table, else av.open) and the decoder calls; no colour conversion, crop,
+               resize or transport. A loader with this reader and decoder spends no less CPU per
+               clip, so its vs_reference is the ceiling of the pyav loaders' speed-up here
     reference  the V-JEPA VideoDataset's way: decode the needed frames at full resolution, convert the
                whole clip to float32, then crop + resize + flip + normalise in the worker (decoded with
                PyAV's per-frame to_ndarray here, as decord is not installed: colour conversion on one

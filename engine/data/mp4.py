@@ -46,6 +46,7 @@ class Mp4Track:
     pts_T: np.ndarray         # int64 presentation time (timescale units, edit-list shift removed)
     keyframe_T: np.ndarray    # bool
     display_T: np.ndarray     # int64 rank of each sample's pts: its frame index
+    duration: int             # sum of the samples' durations (timescale units)
 
     @property
     def num_frames(self) -> int:
@@ -53,8 +54,8 @@ class Mp4Track:
 
     @property
     def fps(self) -> float:
-        span = int(self.pts_T.max() - self.pts_T.min()) if self.num_frames > 1 else 0
-        return (self.num_frames - 1) * self.timescale / span if span > 0 else 0.0
+        """Frames per second as libavformat's average rate: samples / total duration."""
+        return self.num_frames * self.timescale / self.duration if self.duration > 0 else 0.0
 
     def sample(self, i: int) -> bytes:
         o = int(self.offset_T[i])
@@ -181,9 +182,10 @@ def _parse(buf: memoryview) -> Mp4Track:
 
     # times: decode times from stts, presentation offsets from ctts
     stts = _table(buf, *stbl[b"stts"], 2)
-    dts_T = np.concatenate([[0], np.cumsum(np.repeat(stts[:, 1], stts[:, 0]))])[:n]
-    if dts_T.size != n:
+    delta_T = np.repeat(stts[:, 1], stts[:, 0])
+    if delta_T.size != n:
         raise Mp4Unsupported("stts does not cover the samples")
+    dts_T = np.cumsum(delta_T) - delta_T
     pts_T = dts_T.copy()
     if b"ctts" in stbl:
         version, _ = _full_box(buf, stbl[b"ctts"][0])
@@ -218,4 +220,4 @@ def _parse(buf: memoryview) -> Mp4Track:
     display_T = np.empty(n, np.int64)
     display_T[np.argsort(pts_T, kind="stable")] = np.arange(n)
     return Mp4Track(codec, extradata, int(width), int(height), int(timescale), buf, offset_T, size_T, pts_T,
-                    keyframe_T, display_T)
+                    keyframe_T, display_T, int(delta_T.sum()))

@@ -43,6 +43,7 @@ import functools
 import math
 import mmap
 import os
+import threading
 from dataclasses import dataclass
 
 import av
@@ -105,14 +106,14 @@ def _coeffs(matrix: str, full_range: bool) -> tuple:
     return kernels_yuv.yuv_coeffs(matrix, full_range)
 
 
-_decoders: dict = {}  # (pid, codec, extradata, threads) -> an open av.CodecContext, reused clip after clip
+_decoders: dict = {}  # (pid, thread, codec, extradata, threads) -> an open av.CodecContext, reused clip after clip
 
 
 def _decoder(codec: str, extradata: bytes | None, threads: int):
     """This process's decoder for a codec configuration. Opening one per clip (what av.open does, twice:
     once to probe the file) cost ~0.3 ms + ~1 ms for VP9; flush_buffers() between clips resets it, and
     every clip starts at a keyframe."""
-    key = (os.getpid(), codec, extradata, threads)
+    key = (os.getpid(), threading.get_ident(), codec, extradata, threads)  # never shared between workers
     cc = _decoders.get(key)
     if cc is None:
         if len(_decoders) >= 8:  # many encoder configurations: keep a few
@@ -126,7 +127,7 @@ def _decoder(codec: str, extradata: bytes | None, threads: int):
 
 
 def _drop_decoder(codec, extradata, threads) -> None:
-    _decoders.pop((os.getpid(), codec, extradata, threads), None)
+    _decoders.pop((os.getpid(), threading.get_ident(), codec, extradata, threads), None)
 
 
 def _vp9_frames(data) -> list:

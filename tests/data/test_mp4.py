@@ -1,6 +1,8 @@
 """engine.data.mp4: an MP4's sample table read from its boxes equals what libavformat demuxes, and the
 reader built on it (VideoReader's MP4 path) falls back to PyAV for anything it does not read."""
 import io
+import os
+import threading
 
 import av
 import numpy as np
@@ -96,9 +98,17 @@ def test_decoders_are_shared_per_configuration(videos):
     for name in ("vp9", "h264", "vp9_sparse", "h264_gop7", "vp9"):
         with VideoReader(videos[name]) as vr:
             assert read_counter(vr.decode([1, 30])).tolist() == [1, 30]
-    keys = [k for k in video._decoders if k[0] == __import__("os").getpid()]
-    assert {k[1] for k in keys} >= {"vp9", "h264"}
-    assert len([k for k in keys if k[1] == "vp9"]) == 1  # both VP9 files: one decoder (no extradata)
+    keys = [k for k in video._decoders if k[:2] == (os.getpid(), threading.get_ident())]
+    assert {k[2] for k in keys} >= {"vp9", "h264"}
+    assert len([k for k in keys if k[2] == "vp9" and k[4] == 1]) == 1  # both VP9 files: one decoder
+
+    # another thread gets its own decoder: a decoder is never used by two threads at once
+    seen = []
+    th = threading.Thread(target=lambda: seen.append(read_counter(VideoReader(videos["vp9"]).decode([3])).tolist()))
+    th.start()
+    th.join()
+    assert seen == [[3]]
+    assert len([k for k in video._decoders if k[0] == os.getpid() and k[2] == "vp9" and k[4] == 1]) == 2
 
 
 def test_corrupt_samples_fall_back_to_pyav_and_fail_clearly(videos, tmp_path):
