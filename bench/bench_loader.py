@@ -25,6 +25,9 @@ unreferenced; a data-preparation choice: both loaders read these same re-encoded
     pyav_rgb   (workers=0 only) pyav_u8 with VideoDataset.decode_to_size = False: whole frames converted
                to RGB by swscale, then cropped and resized by the transform (the path before
                kernels.yuv_resized_crop); the difference to pyav_u8 is that kernel's share
+    pyav_avopen (workers=0 only) pyav_u8 with VideoDataset.fast_open = False: every file opened by
+               libavformat (av.open, which probes it by decoding a frame) with a fresh decoder, instead
+               of an MP4's sample table and this process's decoder (engine.data.mp4)
     dali_cpu   engine.data.dali.make_dali_loader: the same sample plans, decoded and augmented by DALI's
                CPU operators (VP9 / MJPEG only); "workers" = DALI threads
     decode_floor  (workers=0 only) the pyav loader's reader alone, for the same clips: opening the file
@@ -216,9 +219,9 @@ def make_iter(kind: str, csv_path: Path, crop: int, workers: int, batch: int):
     """An endless iterator of (clips, ...) batches; workers=0: in this process (DALI: one thread)."""
     if kind == "decode_floor":
         return decode_floor_iter(csv_path, batch)
-    if kind in ("pyav", "pyav_u8", "pyav_rgb", "dali_cpu"):
+    if kind in ("pyav", "pyav_u8", "pyav_rgb", "pyav_avopen", "dali_cpu"):
         ds = VideoDataset([csv_path], frames_per_clip=FPC, frame_step=STEP, transform=VideoTransform(crop))
-        ds.decode_to_size = kind != "pyav_rgb"
+        ds.decode_to_size, ds.fast_open = kind != "pyav_rgb", kind != "pyav_avopen"
         if kind != "dali_cpu":
             dtype = torch.float32 if kind == "pyav" else torch.uint8
             return iter(make_loader(ds, batch_size=batch, seed=0, num_workers=workers, clip_dtype=dtype))
@@ -275,7 +278,7 @@ def main(argv=None):
                                                             else [])
             for crop in args.crops:
                 for workers in args.workers:
-                    kinds = kinds_all + (["pyav_rgb", "decode_floor"] if workers == 0 else [])
+                    kinds = kinds_all + (["pyav_rgb", "pyav_avopen", "decode_floor"] if workers == 0 else [])
                     res = measure(kinds, csvs[codec], crop, workers, args.batch, args.batches, args.rounds)
                     for k in kinds:
                         wall, cpu = res[k]

@@ -127,6 +127,7 @@ class VideoDataset(_SkipBadFiles):
     """
 
     decode_to_size = True
+    fast_open = True  # MP4s read from their sample table (VideoReader(fast_open=...)); False: always av.open
 
     def __init__(self, index_csvs, weights=None, frames_per_clip: int = 16, frame_step: int = 4,
                  fps: float | None = None, duration: float | None = None, num_clips: int = 1, transform=None,
@@ -180,7 +181,7 @@ class VideoDataset(_SkipBadFiles):
     def _load(self, path, rng):
         # the clip indices need the video's length, so the clip is sampled here, from the sample's rng
         fpc = self.frames_per_clip
-        with VideoReader(path, seek_threshold=self.seek_threshold) as vr:
+        with VideoReader(path, seek_threshold=self.seek_threshold, fast_open=self.fast_open) as vr:
             clips = self.sample_indices(vr, rng)
             tf = self.transform
             if self.decode_to_size and isinstance(tf, (VideoTransform, VideoEvalTransform)):

@@ -251,6 +251,8 @@ class VideoReader:
 
     threads: decoding threads (1, the default: none; 0: libavcodec's automatic count; n > 1: n frame or
     slice threads, whichever the codec supports; kept when a fallback pass reopens the file).
+    fast_open: read a plain MP4's sample table instead of opening it with libavformat (module docstring);
+    other files are opened with libavformat either way.
     """
 
     def __init__(self, path, seek_threshold: int = 64, threads: int = 1, name: str | None = None,

@@ -29,7 +29,7 @@ def test_bench_loader_runs_every_loader(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
-    kinds = ("reference", "pyav", "pyav_u8", "pyav_rgb", "decode_floor")
+    kinds = ("reference", "pyav", "pyav_u8", "pyav_rgb", "pyav_avopen", "decode_floor")
     want = {("vp9_sparse", k) for k in kinds} | {("h264", k) for k in kinds}
     assert want <= {(row["codec"], row["loader"]) for row in rows}
     assert all(float(row["clips_per_s"]) > 0 for row in rows)
