@@ -132,8 +132,8 @@ def yuv_resized_crop(y_HW, u_hw, v_hw, box, size, *, coeffs=None, flip: bool = F
                             or tuple(out.shape[2:]) != tuple(size)):
         raise ValueError(f"yuv_resized_crop: out must be uint8 [3, T, {size[0]}, {size[1]}], got "
                          f"{out.dtype} {tuple(out.shape)}")
-    b = _ops.pick(torch.device("cpu"), "yuv_resized_crop")
-    if b != "cpp":
+    fn = cpp_function()
+    if fn is None:
         res = yuv_resized_crop_ref(y_HW, u_hw, v_hw, box, size, coeffs=coeffs, flip=flip)
         if out is None:
             return res
@@ -141,7 +141,6 @@ def yuv_resized_crop(y_HW, u_hw, v_hw, box, size, *, coeffs=None, flip: bool = F
         return out[:, t]
     box, (sx, sy) = _check(y_HW, u_hw, v_hw, box, size)
     dst = out if out is not None else torch.empty(3, 1, int(size[0]), int(size[1]), dtype=torch.uint8)
-    _ops.require_cpp("yuv_resized_crop").yuv_resized_crop(
-        _as_plane(y_HW), _as_plane(u_hw), _as_plane(v_hw), [0] * 6, sx, sy, list(coeffs), list(box), dst,
-        t if out is not None else 0, bool(flip))
+    fn(_as_plane(y_HW), _as_plane(u_hw), _as_plane(v_hw), [0] * 6, sx, sy, list(coeffs), list(box), dst,
+       t if out is not None else 0, bool(flip))
     return dst[:, t] if out is not None else dst[:, 0]

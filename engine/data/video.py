@@ -54,6 +54,7 @@ from av.video.reformatter import VideoReformatter
 import kernels.yuv_resize as kernels_yuv
 
 from .mp4 import parse_mp4
+from .transforms import _resize_planar
 
 _reformatter = (None, None)  # (pid, VideoReformatter): one per process; it caches its swscale context
 
@@ -82,8 +83,6 @@ def _resized_crop_into(frame, box, flip: bool, out: torch.Tensor, t: int) -> Non
     """out[:, t] = the frame's box (top, left, h, w) resized to out's size, RGB, flipped if asked."""
     fmt = _PLANAR_YUV.get(frame.format.name)
     if fmt is None:  # RGB, 10-bit, semi-planar, grey...: through swscale's RGB and the transforms' resize
-        from .transforms import _resize_planar
-
         top, left, h, w = (int(b) for b in box)
         rgb_1HW3 = _to_rgb(frame)[None, top:top + h, left:left + w]
         out[:, t] = _resize_planar(rgb_1HW3, tuple(out.shape[2:]), flip)[:, 0]
@@ -106,28 +105,33 @@ def _coeffs(matrix: str, full_range: bool) -> tuple:
     return kernels_yuv.yuv_coeffs(matrix, full_range)
 
 
-_decoders: dict = {}  # (pid, thread, codec, extradata, threads) -> an open av.CodecContext, reused clip after clip
+_decoders: dict = {}  # (pid, thread, codec, extradata) -> an open one-thread av.CodecContext, reused clip after clip
 
 
-def _decoder(codec: str, extradata: bytes | None, threads: int):
-    """This process's decoder for a codec configuration. Opening one per clip (what av.open does, twice:
-    once to probe the file) cost ~0.3 ms + ~1 ms for VP9; flush_buffers() between clips resets it, and
-    every clip starts at a keyframe."""
-    key = (os.getpid(), threading.get_ident(), codec, extradata, threads)  # never shared between workers
+def _new_decoder(codec: str, extradata: bytes | None, threads: int):
+    cc = av.CodecContext.create(codec, "r")
+    if extradata:
+        cc.extradata = extradata
+    cc.thread_type, cc.thread_count = "AUTO", threads
+    return cc
+
+
+def _shared_decoder(codec: str, extradata: bytes | None):
+    """This process's one-thread decoder for a codec configuration. Opening one per clip (what av.open
+    does, twice: once to probe the file) cost ~0.3 ms + ~1 ms for VP9; flush_buffers() between clips
+    resets it, and every clip starts at a keyframe. Only one-thread decoders are kept: a decoder with
+    threads keeps its pool alive, and a DataLoader forking a process that holds one hung its workers."""
+    key = (os.getpid(), threading.get_ident(), codec, extradata)  # never shared between workers or threads
     cc = _decoders.get(key)
     if cc is None:
         if len(_decoders) >= 8:  # many encoder configurations: keep a few
             _decoders.clear()
-        cc = av.CodecContext.create(codec, "r")
-        if extradata:
-            cc.extradata = extradata
-        cc.thread_type, cc.thread_count = "AUTO", threads
-        _decoders[key] = cc
+        cc = _decoders[key] = _new_decoder(codec, extradata, 1)
     return cc
 
 
-def _drop_decoder(codec, extradata, threads) -> None:
-    _decoders.pop((os.getpid(), threading.get_ident(), codec, extradata, threads), None)
+def _drop_shared_decoder(codec, extradata) -> None:
+    _decoders.pop((os.getpid(), threading.get_ident(), codec, extradata), None)
 
 
 def _vp9_frames(data) -> list:
@@ -192,6 +196,10 @@ def vp9_skippable(packet, next_packet) -> bool:
 
 class _NoTimestamps(Exception):
     """Packets or frames without pts: frames cannot be matched by timestamp."""
+
+
+class _NotAsTable(Exception):
+    """Decoded frames disagree with an MP4's sample table (their size): the file is read by libavformat."""
 
 
 class VideoDecodeError(RuntimeError):
@@ -263,7 +271,7 @@ class VideoReader:
         self.path = str(name or getattr(path, "name", None) or "<stream>") if self._file is not None else str(path)
         self.seek_threshold, self.skip_gops = seek_threshold, skip_gops
         self._threads = threads
-        self._container = self._track = None
+        self._container = self._track = self._own_decoder = None
         self.frames_decoded = 0  # frames the decoder produced (skipped non-reference frames not counted)
         if skip_gops and fast_open:
             self._track = self._read_track()
@@ -443,9 +451,9 @@ class VideoReader:
 
     def _track_pass(self, targets: np.ndarray) -> dict | None:
         """_packet_pass for a parsed MP4: the same GOP prefixes and skips, packets cut straight from the
-        file's sample table and decoded by this process's decoder for the codec (engine.data.video
-        ._decoder: opened once, flushed between clips). None when anything fails: the caller opens the
-        file with PyAV and decodes it that way instead."""
+        file's sample table and decoded by this process's decoder for the codec (_shared_decoder: opened
+        once, flushed between clips). None when anything fails: the caller opens the file with PyAV and
+        decodes it that way instead."""
         t = self._track
         if int(targets[-1]) >= t.num_frames:
             return None
@@ -454,7 +462,11 @@ class VideoReader:
         gop_K = self._key_S[np.searchsorted(self._key_S, sample_K, side="right") - 1]
         vp9 = t.codec == "vp9"
         display = t.display_T
-        cc = _decoder(t.codec, t.extradata, self._threads)
+        if self._threads == 1:
+            cc = _shared_decoder(t.codec, t.extradata)
+        else:  # its own, with threads, dropped with this reader
+            cc = self._own_decoder = getattr(self, "_own_decoder", None) or _new_decoder(t.codec, t.extradata,
+                                                                                         self._threads)
         got = {}
 
         def collect(frames):
@@ -462,6 +474,8 @@ class VideoReader:
                 self.frames_decoded += 1
                 if f.pts is None:
                     raise _NoTimestamps
+                if (f.width, f.height) != (t.width, t.height):
+                    raise _NotAsTable  # the sample description's size is not the coded one: ask libavformat
                 k = int(display[f.pts])
                 if k in want and k not in got:
                     got[k] = f
@@ -482,8 +496,9 @@ class VideoReader:
                 cc.skip_frame = "DEFAULT"
                 collect(cc.decode(None))
                 cc.flush_buffers()
-        except (av.FFmpegError, _NoTimestamps, IndexError):
-            _drop_decoder(t.codec, t.extradata, self._threads)
+        except (av.FFmpegError, _NoTimestamps, _NotAsTable, IndexError):
+            _drop_shared_decoder(t.codec, t.extradata)
+            self._own_decoder = None
             return None
         return got
 
@@ -508,7 +523,7 @@ class VideoReader:
             if got is not None and len(got) == len(targets):
                 return idx_T, got
             self._track = None  # decode it the way libavformat reads it, which reports what is wrong
-            self._open_container()
+            self._open_container()  # (and its `info`, from the decoded stream, replaces the table's)
         try:
             try:
                 got = self._packet_pass(targets) if self.skip_gops else {}
@@ -564,7 +579,7 @@ class VideoReader:
         return out
 
     def close(self):
-        self._track = None
+        self._track = self._own_decoder = None
         if getattr(self, "_container", None) is not None:
             self._container.close()
             self._container = None
