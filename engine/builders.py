@@ -34,7 +34,13 @@ def encoder_kwargs(cfg: Config) -> dict:
 def build_models(cfg: Config):
     from engine.models.predictor import build_predictor
     from engine.models.vit import VisionTransformer
-    encoder = VisionTransformer(**encoder_kwargs(cfg))
+    kw = encoder_kwargs(cfg)
+    if cfg.is_action_conditioned:
+        from engine.models.ac_predictor import build_ac_predictor
+        # The encoder sees one frame at a time; its position table is that of its pretraining clips.
+        encoder = VisionTransformer(**dict(kw, num_frames=cfg.data.num_frames))
+        return encoder, build_ac_predictor(cfg, encoder)
+    encoder = VisionTransformer(**kw)
     predictor = build_predictor(cfg, encoder)
     return encoder, predictor
 
@@ -46,6 +52,12 @@ def num_mask_tokens(cfg: Config) -> int:
 def build_jepa(cfg: Config):
     from engine.jepa import JEPA
     encoder, predictor = build_models(cfg)
+    if cfg.is_action_conditioned:
+        from engine.ac_jepa import ACJEPA, load_encoder_weights
+        if cfg.meta.pretrain_checkpoint:
+            load_encoder_weights(encoder, cfg.meta.pretrain_checkpoint, cfg.meta.target_encoder_key)
+        return ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
+                      normalize_reps=cfg.loss.normalize_reps)
     return JEPA(encoder, predictor, loss="smooth_l1" if cfg.is_image else "l1", loss_exp=cfg.loss.loss_exp,
                 reg_coeff=0.0 if cfg.is_image else cfg.loss.reg_coeff, std_coeff=cfg.loss.std_coeff,
                 cov_coeff=cfg.loss.cov_coeff)
@@ -92,6 +104,12 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None):
         tf = VideoEvalTransform(d.crop_size)
     kw = dict(frames_per_clip=cfg.frames_per_clip, frame_step=d.sampling_rate, fps=d.fps, duration=d.clip_duration,
               num_clips=d.num_clips if train else 1, transform=tf)
+    if cfg.is_action_conditioned:
+        from engine.data.trajectories import TrajectoryDataset
+        if d.dataset_type.lower() != "videodataset":
+            raise ConfigError(f"data.dataset_type: action-conditioned runs read trajectory index CSVs "
+                              f"(VideoDataset), got {d.dataset_type!r}")
+        return TrajectoryDataset(files, weights=d.datasets_weights if train else None, **kw)
     if d.dataset_type.lower() == "webdataset":
         from engine.data.shards import ShardVideoDataset
         if d.datasets_weights is not None and train:

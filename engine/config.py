@@ -128,6 +128,8 @@ class ModelConfig:
     # V-JEPA 2-AC
     pred_is_frame_causal: bool = False
     use_extrinsics: bool = False
+    action_dim: int = 7                  # ours: the action vector's length (the reference fixes 7)
+    state_dim: Optional[int] = None      # ours: the state vector's length (None: action_dim, as the reference)
     # ours: override the preset's encoder size (small CPU runs)
     depth: Optional[int] = None
     num_heads: Optional[int] = None
@@ -215,6 +217,10 @@ class Config:
     @property
     def is_image(self) -> bool:
         return self.app == "ijepa"
+
+    @property
+    def is_action_conditioned(self) -> bool:
+        return self.app == "vjepa_droid"
 
     @property
     def frames_per_clip(self) -> int:
@@ -474,6 +480,13 @@ def _validate_model(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
     if md.embed_dim is not None and md.num_heads is not None and md.embed_dim % md.num_heads:
         raise ConfigError(f"model.embed_dim: {md.embed_dim} is not divisible by model.num_heads ({md.num_heads})")
+    if md.action_dim < 2 or (md.state_dim is not None and md.state_dim < 1):
+        raise ConfigError(f"model.action_dim / model.state_dim: must be >= 2 / >= 1, got {md.action_dim} / {md.state_dim}")
+    if cfg.loss.auto_steps < 1:
+        raise ConfigError(f"loss.auto_steps: must be >= 1, got {cfg.loss.auto_steps}")
+    if cfg.is_action_conditioned and cfg.frames_per_clip < 2:
+        raise ConfigError(f"data.dataset_fpcs: an action-conditioned run needs clips of >= 2 frames, got "
+                          f"{cfg.frames_per_clip}")
     if md.pred_num_heads is not None and md.pred_embed_dim % md.pred_num_heads:
         raise ConfigError(f"model.pred_embed_dim: {md.pred_embed_dim} is not divisible by "
                           f"model.pred_num_heads ({md.pred_num_heads})")

@@ -11,6 +11,7 @@ The layout the reference train scripts write (`torch.save(save_dict, path)`):
 Each `sd` is the state_dict of a DistributedDataParallel-wrapped module, so its keys carry a prefix:
     vjepa, vjepa2: "module.backbone."   (DDP around the multi-mask wrapper around the model)
     ijepa:         "module."            (DDP around the model)
+    vjepa2_ac:     "module."            (the vjepa_droid trainer: DDP around each model)
 After the prefix, the names are those of our modules (engine.models keeps the reference's names).
 
 Loading is strict, unlike the reference's own loaders (its hub and fine-tuning loaders load with
@@ -36,7 +37,8 @@ from torch import nn
 
 from engine.config import Config, ConfigError, load_config
 
-KINDS = {"vjepa": "module.backbone.", "vjepa2": "module.backbone.", "ijepa": "module."}
+# vjepa2_ac: the vjepa_droid trainer wraps each model in DDP alone (no multi-mask wrapper).
+KINDS = {"vjepa": "module.backbone.", "vjepa2": "module.backbone.", "ijepa": "module.", "vjepa2_ac": "module."}
 PARTS = ("encoder", "predictor", "target_encoder")
 MISSING_TARGET = ("error", "copy", "none")
 # Entries besides the three models that the reference train scripts write.
@@ -64,6 +66,11 @@ class ReferenceCheckpoint:
 
     def to_jepa(self):
         """The JEPA step around these models, with the loss of the kind (I-JEPA: smooth L1)."""
+        if self.kind == "vjepa2_ac":
+            from engine.ac_jepa import ACJEPA
+            loss = self.config.loss
+            return ACJEPA(self.target_encoder or self.encoder, self.predictor, auto_steps=loss.auto_steps,
+                          loss_exp=loss.loss_exp, normalize_reps=loss.normalize_reps)
         from engine.jepa import JEPA
         return JEPA(self.encoder, self.predictor, self.target_encoder,
                     loss="smooth_l1" if self.kind == "ijepa" else "l1", loss_exp=self.config.loss.loss_exp)
@@ -97,6 +104,9 @@ def reference_config(config, kind: str) -> Config:
                           "this one describes a video run")
     if kind != "ijepa" and cfg.is_image:
         raise ConfigError(f"kind {kind!r} needs a video config; this one is an I-JEPA (image) run")
+    if (kind == "vjepa2_ac") != cfg.is_action_conditioned:
+        raise ConfigError(f"kind {kind!r} and app {cfg.app!r} disagree: V-JEPA 2-AC checkpoints (kind 'vjepa2_ac') "
+                          "go with `app: vjepa_droid` configs, and only they")
     if kind == "vjepa":
         # The V-JEPA train script does not read these keys: a V-JEPA checkpoint has none of them.
         for key in ("use_rope", "use_silu", "use_pred_silu"):
@@ -188,7 +198,8 @@ def load_reference_checkpoint(path_or_state_dict, kind: str, config, *, missing_
     into them, strictly (see the module docstring).
 
     path_or_state_dict: a checkpoint file or the dict torch.load returned.
-    kind: "vjepa", "vjepa2" or "ijepa" (the repo that wrote it; it fixes the key prefix).
+    kind: "vjepa", "vjepa2", "ijepa" or "vjepa2_ac" (the repo and trainer that wrote it; it fixes the key
+        prefix; vjepa2_ac: the action-conditioned predictor, with an `app: vjepa_droid` config).
     config: the run's YAML (path), the parsed dict, or an engine Config.
     missing_target: "error" | "copy" | "none", for a checkpoint without "target_encoder".
     ignore_keys: names (after the prefix) that may appear and are dropped on purpose.

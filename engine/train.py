@@ -62,10 +62,6 @@ def main(argv=None) -> dict:
         raise SystemExit(2)
     if cfg.ignored_keys:
         logging.getLogger("engine.train").info("ignored launcher-only keys: %s", ", ".join(cfg.ignored_keys))
-    if cfg.app == "vjepa_droid":
-        print("config error: app vjepa_droid (action-conditioned training) is not supported by engine.train yet",
-              file=sys.stderr)
-        raise SystemExit(2)
     from engine.runtime.distributed import launched_by_launcher
     if args.deepspeed or launched_by_launcher():
         # Many ranks (or one, under a launcher): DeepSpeed. A broken launch raises LaunchError, never

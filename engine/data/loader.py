@@ -19,7 +19,8 @@ Hence a loader restored from state_dict() yields exactly the batches an uninterr
 
 The batch sampler yields lists of (index, sample_seed, global_batch) keys; the dataset sees
 (index, sample_seed). Batches are (clips [B, 3, T, H, W] (a list of them when num_clips > 1, or
-[B, 3, H, W] for images), labels int64 [B], masks or None).
+[B, 3, H, W] for images), labels int64 [B], masks or None); trajectory samples
+(engine.data.trajectories) bring {"actions", "states"} batches in the masks' place.
 
 Clip transport: when the dataset's transform has a uint8 twin (engine.data.transforms: `as_uint8()`
 and `normalize`), the workers run that twin over a shallow copy of the dataset and ship uint8 batches;
@@ -138,11 +139,14 @@ class Collate:
 
     def __call__(self, samples):
         xs, labels, skipped, gbs = zip(*samples)
+        labels_B = torch.as_tensor(labels, dtype=torch.int64)
+        if hasattr(xs[0], "actions"):  # trajectories (engine.data.trajectories): their arrays take the masks' place
+            traj = {"actions": torch.stack([x.actions for x in xs]), "states": torch.stack([x.states for x in xs])}
+            return _stack([x.clip for x in xs]), labels_B, traj, [p for s in skipped for p in s]
         if isinstance(xs[0], (list, tuple)):  # num_clips > 1: one batched tensor per clip
             clips = [_stack(c) for c in zip(*xs)]
         else:
             clips = _stack(xs)
-        labels_B = torch.as_tensor(labels, dtype=torch.int64)
         masks = None
         if self.mask_sampler is not None:
             masks = self.mask_sampler(len(samples), np.random.default_rng([self.seed, gbs[0]]))

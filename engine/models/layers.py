@@ -26,6 +26,7 @@ class Tokens:
     cu_seqlens: Optional[torch.Tensor] = None  # int32 [S+1]: packed layout when set
     max_seqlen: int = 0
     rope: Optional[tuple] = None             # (cos, sin) tables for ids, built once per forward
+    frames: Optional[torch.Tensor] = None    # packed only: frame id per row; a row sees rows of frames <= its own
 
     @property
     def packed(self) -> bool:
@@ -72,7 +73,7 @@ class Attention(nn.Module):
             q, k = self.rope.apply(q, cos, sin), self.rope.apply(k, cos, sin)
         if tok.packed:
             o = kernels.block_attention(q, k, v, tok.cu_seqlens, tok.cu_seqlens, max_seqlen_q=tok.max_seqlen,
-                                        max_seqlen_k=tok.max_seqlen, scale=self.scale)
+                                        max_seqlen_k=tok.max_seqlen, scale=self.scale, block_causal=tok.frames)
         else:
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                scale=self.scale).transpose(1, 2)

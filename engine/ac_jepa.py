@@ -1,0 +1,118 @@
+"""The V-JEPA 2-AC step: a frozen encoder turns each frame into latents, the action-conditioned
+predictor learns to predict the next frame's latents from the past ones, the actions and the states.
+
+    model = ACJEPA(encoder, predictor, auto_steps=2)
+    loss, info = model(clips_B3THW, {"actions": a_BT1A, "states": s_BTS})   # info: loss_tf, loss_rollout
+    loss.backward(); optimizer.step()          # only the predictor trains; update_target is a no-op
+
+As the reference's vjepa_droid trainer:
+    targets h: each frame encoded alone (repeated tubelet_size times to fill one tubelet), then
+        layer-normed (loss.normalize_reps): [B, T*H'*W', D], frame-major
+    teacher forcing: predictor(h of frames 0..T-2, actions, states 0..T-2) -> frames 1..T-1
+    rollout (loss.auto_steps): start from frame 0 and the teacher-forced frame 1, feed the predictor's
+        own outputs back for auto_steps-1 more frames -> frames 1..auto_steps
+    loss = mean |z - h|^p / p over the teacher-forced frames + the same over the rolled-out frames
+The predictor's outputs are layer-normed too when normalize_reps is on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ACJEPA(nn.Module):
+    def __init__(self, encoder: nn.Module, predictor: nn.Module, auto_steps: int = 1, loss_exp: float = 1.0,
+                 normalize_reps: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+        # The encoder is frozen and is its own target: no EMA, no gradient (the reference trains the
+        # predictor alone on the pretrained target encoder's latents).
+        self.target_encoder = encoder
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        self.auto_steps = int(auto_steps)
+        self.loss_exp = float(loss_exp)
+        self.normalize_reps = normalize_reps
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.predictor.tokens_per_frame
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()   # frozen: whatever the loop asks, the encoder stays in eval mode
+        return self
+
+    @torch.no_grad()
+    def encode(self, frames_B3THW) -> torch.Tensor:
+        """Latents of each frame on its own: [B, T*H'*W', D] (layer-normed when normalize_reps)."""
+        B, C, T, H, W = frames_B3THW.shape
+        tub = getattr(self.encoder, "tubelet_size", 2)
+        x = frames_B3THW.permute(0, 2, 1, 3, 4).reshape(B * T, C, 1, H, W).expand(-1, -1, tub, -1, -1)
+        h = self.encoder.forward_dense(self.encoder.embed(x.contiguous()))
+        h = h.reshape(B, T * h.shape[1], h.shape[2])
+        return F.layer_norm(h, (h.size(-1),)) if self.normalize_reps else h
+
+    def step_predictor(self, z, actions, states, extrinsics=None) -> torch.Tensor:
+        z = self.predictor(z, actions, states, extrinsics)
+        return F.layer_norm(z, (z.size(-1),)) if self.normalize_reps else z
+
+    def predictions(self, h, actions, states, extrinsics=None):
+        """(teacher-forced predictions of frames 1..T-1, rolled-out predictions of frames 1..auto_steps)."""
+        n = self.tokens_per_frame
+        T = h.shape[1] // n
+        ext = (lambda a, b: None) if extrinsics is None else (lambda a, b: extrinsics[:, a:b])
+        z_tf = self.step_predictor(h[:, :-n], actions, states[:, :-1], ext(0, T - 1))
+        # T frames hold T-1 actions: a rollout can reach frame T-1 at most.
+        steps = max(1, min(self.auto_steps, T - 1))
+        z = torch.cat([h[:, :n], z_tf[:, :n]], dim=1)
+        for k in range(1, steps):
+            z_next = self.step_predictor(z, actions[:, :k + 1], states[:, :k + 1], ext(0, k + 1))[:, -n:]
+            z = torch.cat([z, z_next], dim=1)
+        return z_tf, z[:, n:]
+
+    def loss_fn(self, z, h) -> torch.Tensor:
+        n = self.tokens_per_frame
+        target = h[:, n:z.size(1) + n]
+        return torch.mean(torch.abs(z.float() - target.float()) ** self.loss_exp) / self.loss_exp
+
+    def forward(self, clips, traj: dict):
+        if not isinstance(traj, dict) or "actions" not in traj or "states" not in traj:
+            raise ValueError("ACJEPA: each batch needs {'actions', 'states'} (trajectory data: "
+                             "engine.data.trajectories), got " + type(traj).__name__)
+        dev = clips.device
+        actions, states = traj["actions"].to(dev).float(), traj["states"].to(dev).float()
+        ext = traj.get("extrinsics")
+        ext = ext.to(dev).float() if ext is not None else None
+        h = self.encode(clips)
+        z_tf, z_ar = self.predictions(h, actions, states, ext)
+        loss_tf, loss_ar = self.loss_fn(z_tf, h), self.loss_fn(z_ar, h)
+        return loss_tf + loss_ar, {"loss_tf": loss_tf.detach(), "loss_rollout": loss_ar.detach()}
+
+    def update_target(self, momentum) -> None:
+        """No target to move: the encoder is frozen."""
+
+
+def load_encoder_weights(encoder: nn.Module, path, key: str = "target_encoder") -> None:
+    """Load the pretrained encoder entry `key` of a checkpoint into `encoder`, strictly: an engine
+    training checkpoint, or a reference one (its `module.` / `backbone.` prefixes are dropped, as the
+    reference's load_pretrained does). One error lists every mismatch."""
+    from engine.reference_ckpt import ReferenceCheckpointError, match_state
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"meta.pretrain_checkpoint: {path} not found; train an encoder first "
+                                "(python -m engine.train --config ...) or point it at a checkpoint file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if key not in state:
+        raise ReferenceCheckpointError(str(path), [f"no {key!r} entry (entries: {', '.join(map(str, state))}); "
+                                                   "set meta.target_encoder_key"])
+    sd = {k.replace("module.", "", 1).replace("backbone.", "", 1): v for k, v in state[key].items()}
+    problems: list[str] = []
+    sd = match_state(encoder, sd, key, problems)
+    if problems:
+        raise ReferenceCheckpointError(str(path), problems)
+    encoder.load_state_dict(sd, strict=True)

@@ -1,0 +1,133 @@
+"""The V-JEPA 2-AC predictor and step: parity with the reference, frame causality, strict loading.
+
+tests/fixtures/ref_vjepa2_ac.pt was written once by running the vjepa2 code itself (its
+`vit_ac_predictor`, its RoPE VisionTransformer as the frozen encoder, and the vjepa_droid train step's
+forward_target / teacher forcing / auto_steps rollout / loss_fn) at tiny sizes in fp32 on CPU, with
+random non-default weights; 4 frames of 32x32 px, patch 8, encoder dim 48 (3 heads), predictor dim
+60 (3 heads of 20: part of each head is not rotated), auto_steps 3. Two entries, "noext" and "ext"
+(use_extrinsics). Each holds:
+    config, checkpoint   the run's YAML layout and the dict the vjepa_droid trainer saves ("module." keys)
+    clips, actions [B, T-1, 7], states [B, T, 7], extrinsics [B, T, 6]
+    targets              forward_target(clips): each frame encoded alone, layer-normed
+    pred_raw             predictor(targets of frames 0..T-2, actions, states[:, :-1], extrinsics[:, :-1])
+    jloss, sloss         the train step's teacher-forced and rollout losses
+"""
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import ConfigError
+from engine.models.ac_predictor import ACPredictor
+from engine.reference_ckpt import ReferenceCheckpointError, load_reference_checkpoint
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ref_vjepa2_ac.pt"
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    return torch.load(FIXTURE, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("variant", ["noext", "ext"])
+def test_parity_with_reference(fixture, variant):
+    f = fixture[variant]
+    model = load_reference_checkpoint(f["checkpoint"], "vjepa2_ac", f["config"]).to_jepa().eval()
+    ext = f["extrinsics"] if variant == "ext" else None
+    with torch.no_grad():
+        h = model.encode(f["clips"])
+        torch.testing.assert_close(h, f["targets"], **TOL)
+        n = model.tokens_per_frame
+        raw = model.predictor(f["targets"][:, :-n], f["actions"], f["states"][:, :-1],
+                              None if ext is None else ext[:, :-1])
+        torch.testing.assert_close(raw, f["pred_raw"], **TOL)
+        traj = {"actions": f["actions"], "states": f["states"]}
+        if ext is not None:
+            traj["extrinsics"] = ext
+        loss, info = model(f["clips"], traj)
+    torch.testing.assert_close(info["loss_tf"], f["jloss"], **TOL)
+    torch.testing.assert_close(info["loss_rollout"], f["sloss"], **TOL)
+    torch.testing.assert_close(loss, f["jloss"] + f["sloss"], **TOL)
+
+
+def _tiny(is_frame_causal=True, use_extrinsics=False):
+    torch.manual_seed(0)
+    return ACPredictor((3, 3), embed_dim=24, predictor_embed_dim=36, depth=2, num_heads=3,
+                       is_frame_causal=is_frame_causal, action_dim=4, state_dim=5,
+                       use_extrinsics=use_extrinsics).eval()
+
+
+@pytest.mark.parametrize("use_extrinsics", [False, True])
+def test_frame_causality_by_perturbation(use_extrinsics):
+    """Changing frame t's latents, action, state or extrinsics changes no prediction at frames < t,
+    and does change those at frames >= t."""
+    pred = _tiny(use_extrinsics=use_extrinsics)
+    B, T, n = 2, 5, 9
+    z = torch.randn(B, T * n, 24)
+    a, s, e = torch.randn(B, T, 4), torch.randn(B, T, 5), torch.randn(B, T, 3)
+    base = pred(z, a, s, e).view(B, T, n, -1)
+    for t in range(T):
+        for which in ("z", "a", "s") + (("e",) if use_extrinsics else ()):
+            z2, a2, s2, e2 = z.clone(), a.clone(), s.clone(), e.clone()
+            if which == "z":
+                z2.view(B, T, n, -1)[:, t] += torch.randn(B, n, 24)
+            else:
+                {"a": a2, "s": s2, "e": e2}[which][:, t] += 1.0
+            out = pred(z2, a2, s2, e2).view(B, T, n, -1)
+            assert torch.equal(out[:, :t], base[:, :t]), f"frame {t}'s {which} leaked into earlier frames"
+            assert (out[:, t:] - base[:, t:]).abs().amax() > 1e-4, f"frame {t}'s {which} changed nothing"
+
+
+def test_not_frame_causal_sees_the_future():
+    pred = _tiny(is_frame_causal=False)
+    B, T, n = 1, 3, 9
+    z, a, s = torch.randn(B, T * n, 24), torch.randn(B, T, 4), torch.randn(B, T, 5)
+    base = pred(z, a, s)
+    a2 = a.clone()
+    a2[:, -1] += 1.0
+    assert (pred(z, a2, s)[:, :n] - base[:, :n]).abs().amax() > 1e-4
+
+
+def test_shape_errors_name_the_argument():
+    pred = _tiny()
+    z = torch.randn(2, 2 * 9, 24)
+    with pytest.raises(ValueError, match="actions must be"):
+        pred(z, torch.randn(2, 3, 4), torch.randn(2, 2, 5))
+    with pytest.raises(ValueError, match="whole number of frames"):
+        pred(torch.randn(2, 10, 24), torch.randn(2, 2, 4), torch.randn(2, 2, 5))
+
+
+def test_wrong_kind_and_partial_checkpoints_are_refused(fixture):
+    f = fixture["noext"]
+    with pytest.raises(ConfigError, match="vjepa2_ac"):
+        load_reference_checkpoint(f["checkpoint"], "vjepa2", f["config"])
+    ck = dict(f["checkpoint"])
+    ck["predictor"] = {k: v for k, v in ck["predictor"].items() if "state_encoder" not in k}
+    with pytest.raises(ReferenceCheckpointError, match="missing key 'state_encoder.weight'"):
+        load_reference_checkpoint(ck, "vjepa2_ac", f["config"])
+
+
+def test_reference_droid_yaml_loads_and_builds_the_ac_predictor():
+    """The reference's vjepa_droid YAML layout (its keys, values at a tiny size) builds our models."""
+    from engine.builders import build_models
+    from engine.config import load_config
+    raw = {"app": "vjepa_droid", "nodes": 4, "data": {"batch_size": 8, "camera_views": ["left_mp4_path"],
+           "crop_size": 32, "datasets": ["droid.csv"], "dataset_fpcs": [8], "fps": 4, "patch_size": 16,
+           "stereo_view": False, "tubelet_size": 2},
+           "data_aug": {"auto_augment": False, "horizontal_flip": False, "motion_shift": False,
+                        "random_resize_aspect_ratio": [0.75, 1.35], "random_resize_scale": [1.777, 1.777],
+                        "reprob": 0.0},
+           "loss": {"auto_steps": 2, "loss_exp": 1.0, "normalize_reps": True, "reg_coeff": 0.0},
+           "meta": {"dtype": "bfloat16", "pretrain_checkpoint": None, "context_encoder_key": "target_encoder",
+                    "target_encoder_key": "target_encoder", "load_predictor": False, "save_every_freq": 25},
+           "model": {"model_name": "vit_tiny", "depth": 1, "pred_depth": 1, "pred_embed_dim": 24,
+                     "pred_is_frame_causal": True, "pred_num_heads": 2, "use_extrinsics": False, "use_rope": True,
+                     "uniform_power": True, "use_activation_checkpointing": True},
+           "optimization": {"anneal": 15, "epochs": 315, "ipe": 300, "lr": 0.000425, "warmup": 15}}
+    cfg = load_config(raw=raw)
+    enc, pred = build_models(cfg)
+    assert isinstance(pred, ACPredictor) and pred.is_frame_causal and pred.cond_tokens == 2
+    assert sorted({k.split(".")[0] for k in pred.state_dict()}) == [
+        "action_encoder", "extrinsics_encoder", "predictor_blocks", "predictor_embed", "predictor_norm",
+        "predictor_proj", "state_encoder"]
