@@ -2,6 +2,8 @@
 
     pip install --no-build-isolation -e .      # uses the venv's pinned torch; never fetches one
 
+Metadata, dependencies and extras: pyproject.toml.
+
 `kernels._C` is built from every csrc/cpu/*.cpp (add a file there and it is part of the build);
 `kernels._C_cuda` from csrc/cuda/*.cu + csrc/cuda/*.cpp only when torch has CUDA and nvcc exists.
 Set JEPA_NATIVE=1 to add -march=native to the CPU build (faster, not portable).
@@ -10,7 +12,7 @@ import glob
 import os
 import shutil
 
-from setuptools import find_packages, setup
+from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 import torch
@@ -40,14 +42,8 @@ def extensions():
     return exts
 
 
+# Metadata, dependencies and extras are in pyproject.toml; this file adds only the compiled ops.
 setup(
-    name="jepa-engine",
-    version="0.1.0",
-    description="Performance-engineered training engine for JEPA world models",
-    packages=find_packages(include=["engine", "engine.*", "kernels", "kernels.*"]),
-    python_requires=">=3.10",
-    # torch is deliberately absent: requirements.txt pins it, and any range here could pull a CUDA build.
-    install_requires=["numpy", "pyyaml"],
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

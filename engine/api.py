@@ -1,5 +1,8 @@
 """What other trainers import: the JEPA module, the loss of one step, the EMA, schedules, optimizer groups.
 
+Public as `engine.<name>` (engine.__all__ lists every public name); the sketches below spell them
+`api.<name>`: the same objects.
+
 Plain PyTorch (examples/plain_loop.py):
     from engine import api
     model = api.build_model(cfg)                         # nn.Module: .encoder .predictor .target_encoder (fp32, frozen)
@@ -37,8 +40,7 @@ from engine.runtime.distributed import ShardLocalEMA, register_container_params
 from engine.runtime.schedules import Schedules, apply_to_optimizer
 from engine.runtime.trainer import param_groups as _param_groups
 
-__all__ = ["JEPA", "build_model", "jepa_loss", "TargetEMA", "param_groups", "schedules", "set_lr_wd",
-           "prepare_for_zero3", "unwrap"]
+# No __all__ here: the public names are engine.__all__ (engine/__init__.py re-exports these).
 
 
 def build_model(cfg) -> JEPA:
