@@ -47,12 +47,16 @@ def test_packed_gradients_equal_per_sample_gradients():
     x = torch.randn(2, 3, 4, 32, 32)
     sets = ragged_sets(enc.num_patches, [5, 23], seed=1)
     packed = pack_index_sets(sets, [0, 1], enc.num_patches)
-    enc.forward_packed(enc.embed(x), packed).square().sum().backward()
+    # a random readout: the sum of squares of the final LayerNorm's outputs is constant in its input,
+    # so every gradient below it would be 0 by cancellation (rounding noise compared with noise)
+    w_D = torch.randn(48, generator=torch.Generator().manual_seed(2))
+    (enc.forward_packed(enc.embed(x), packed) @ w_D).square().sum().backward()
     g_packed = [p.grad.clone() for p in enc.parameters() if p.requires_grad]
     enc.zero_grad()
-    sum(enc(x[b:b + 1], masks=[s[None]]).square().sum() for b, s in enumerate(sets)).backward()
+    sum((enc(x[b:b + 1], masks=[s[None]]) @ w_D).square().sum() for b, s in enumerate(sets)).backward()
     for a, b in zip(g_packed, [p.grad for p in enc.parameters() if p.requires_grad]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
+        # each gradient sums per-token terms: the tolerance scales with the tensor's largest entry
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5 * b.abs().max().item())
 
 
 def test_shared_rows_across_mask_configs_get_summed_gradients():
@@ -114,7 +118,8 @@ def test_rope_textbook_layout_is_relative_and_reference_layout_is_not():
     # shifting both tokens one column keeps the score with the textbook layout
     a = _scores(fixed, q, k, 1 * 36 + 2 * 6 + 1, 0 * 36 + 3 * 6 + 4)
     b = _scores(fixed, q, k, 1 * 36 + 2 * 6 + 2, 0 * 36 + 3 * 6 + 5)
-    assert a == pytest.approx(b, rel=1e-5)
+    # a score is a dot product (it may cancel to ~0): the tolerance scales with |q| |k|
+    assert a == pytest.approx(b, abs=1e-6 * float(q.norm() * k.norm()))
     a = _scores(quirk, q, k, 1 * 36 + 2 * 6 + 1, 0 * 36 + 3 * 6 + 4)
     b = _scores(quirk, q, k, 1 * 36 + 2 * 6 + 2, 0 * 36 + 3 * 6 + 5)
     assert abs(a - b) > 1e-3
