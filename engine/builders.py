@@ -7,8 +7,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
-
 from engine.config import Config, ConfigError
 
 
@@ -65,18 +63,13 @@ def build_jepa(cfg: Config):
 
 def build_mask_sampler(cfg: Config):
     from engine.masks import MaskCollator
-    if cfg.is_image:
-        raw = dataclasses.asdict(cfg.mask)
-        raw.pop("patch_size", None)
-    else:
-        raw = [dataclasses.asdict(m) for m in cfg.mask]
     mask_tokens = None
     fpcs = cfg.data.dataset_fpcs
     if not cfg.is_image and fpcs:
         # V-JEPA 2 indexes mask tokens by frames-per-clip group, not by mask config; clips here have
         # the longest group's length, so every config uses that group's token.
-        mask_tokens = [list(fpcs).index(max(fpcs))] * len(raw)
-    return MaskCollator.from_config(raw, cfg.token_grid, mode=cfg.meta.mask_mode, mask_tokens=mask_tokens)
+        mask_tokens = [list(fpcs).index(max(fpcs))] * len(cfg.mask)
+    return MaskCollator.from_config(cfg.mask, cfg.token_grid, mode=cfg.meta.mask_mode, mask_tokens=mask_tokens)
 
 
 def build_dataset(cfg: Config, train: bool = True, index_files=None):

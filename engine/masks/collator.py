@@ -18,11 +18,15 @@ seeded from (seed, global batch index), which makes masks reproducible and resum
 """
 from __future__ import annotations
 
-import math
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from engine.masks.multiblock2d import MultiBlock2D
+from engine.masks.multiblock3d import MultiBlock3D
+from engine.masks.tube import TubeMask
 
 MODES = ("ragged", "compat")
 
@@ -69,48 +73,6 @@ class BatchMasks:
         return out[0], out[1]
 
 
-# ---------------------------------------------------------------- helpers shared by the generators
-
-def check_grid(grid, ndim: int, name: str = "grid") -> tuple[int, ...]:
-    grid = tuple(int(g) for g in grid)
-    if len(grid) != ndim or min(grid) < 1:
-        raise ValueError(f"{name}: expected {ndim} positive token counts, got {grid}")
-    return grid
-
-
-def check_range(name: str, value, lo: float, hi: float, lo_open: bool = True) -> tuple[float, float]:
-    """A (min, max) pair with lo < min <= max <= hi (lo <= min when not lo_open)."""
-    try:
-        a, b = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a [min, max] pair, got {value!r}") from None
-    lo_ok = (a > lo) if lo_open else (a >= lo)
-    if not (lo_ok and a <= b <= hi and math.isfinite(b)):
-        bound = "(" if lo_open else "["
-        raise ValueError(f"{name}: expected {bound}{lo}, {hi}] with min <= max, got {value!r}")
-    return a, b
-
-
-def check_int(name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name}: must be an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
-def keep_prefix(mask_BN: np.ndarray, k) -> np.ndarray:
-    """Keep only the first k True entries of each row (k: int or int [B]); the reference's `cm[:k]`."""
-    k_B1 = np.broadcast_to(np.asarray(k, dtype=np.int64), (mask_BN.shape[0],))[:, None]
-    return mask_BN & (np.cumsum(mask_BN, axis=1) <= k_B1)
-
-
-def index_sets(mask_BN: np.ndarray) -> list[torch.Tensor]:
-    """Boolean [B, N] -> B sorted int64 id tensors. One nonzero for the whole batch (no per-token loop);
-    each set owns its storage so pickling a set (DataLoader workers) does not ship the batch's buffer."""
-    counts_B = mask_BN.sum(axis=1)
-    ids = torch.from_numpy(np.nonzero(mask_BN)[1].astype(np.int64))
-    return [s.clone() for s in torch.split(ids, counts_B.tolist())]
-
-
 # ---------------------------------------------------------------- the collator
 
 class MaskCollator:
@@ -152,33 +114,35 @@ class MaskCollator:
 
     @classmethod
     def from_config(cls, mask_cfg, grid, mode: str = "ragged", mask_tokens=None) -> "MaskCollator":
-        """From the YAML `mask` section as parsed: a list of dicts (V-JEPA / V-JEPA 2: one MultiBlock3D per
-        entry, or a TubeMask for an entry with `ratio`) or one dict (I-JEPA: a MultiBlock2D; its
-        `patch_size` key is the caller's business and is ignored here)."""
-        from engine.masks.multiblock2d import MultiBlock2D
-        from engine.masks.multiblock3d import MultiBlock3D
-        from engine.masks.tube import TubeMask
-        if isinstance(mask_cfg, dict):
-            cfg = {k: v for k, v in mask_cfg.items() if k != "patch_size"}
-            return cls([_build(MultiBlock2D, grid, cfg, "mask")], mode=mode)
-        if not isinstance(mask_cfg, (list, tuple)) or not mask_cfg:
-            raise ValueError(f"mask: expected a non-empty list of mask configs or an I-JEPA dict, got {mask_cfg!r}")
-        gens = []
-        for i, m in enumerate(mask_cfg):
-            if not isinstance(m, dict):
-                raise ValueError(f"mask.{i}: expected a dict, got {m!r}")
-            kind = TubeMask if "ratio" in m else MultiBlock3D
-            gens.append(_build(kind, grid, m, f"mask.{i}"))
-        return cls(gens, mode=mode, mask_tokens=mask_tokens)
+        """From the `mask` section: a list of per-config entries (V-JEPA / V-JEPA 2: one MultiBlock3D each,
+        or a TubeMask for an entry with a `ratio`) or one entry (I-JEPA: a MultiBlock2D; its `patch_size`
+        is the caller's business and is ignored here). An entry is the typed config (engine.config's
+        VideoMaskConfig / ImageMaskConfig) or a plain dict of the same keys. Values are checked once, by
+        the generators; errors name the entry (`mask.1.spatial_scale: ...`)."""
+        if isinstance(mask_cfg, (list, tuple)):
+            if not mask_cfg:
+                raise ValueError("mask: expected at least one mask config")
+            gens = [_generator(m, grid, f"mask.{i}", image=False) for i, m in enumerate(mask_cfg)]
+            return cls(gens, mode=mode, mask_tokens=mask_tokens)
+        return cls([_generator(mask_cfg, grid, "mask", image=True)], mode=mode)
 
 
-def _build(kind, grid, cfg: dict, where: str):
-    import inspect
+def _generator(entry, grid, where: str, image: bool):
+    opts = dict(entry) if isinstance(entry, dict) else dict(vars(entry))
+    opts.pop("patch_size", None)
+    if image:
+        kind = MultiBlock2D
+    elif opts.get("ratio") is not None:
+        kind = TubeMask
+        opts = {"ratio": opts["ratio"]} if not isinstance(entry, dict) else opts
+    else:
+        kind = MultiBlock3D
+        opts.pop("ratio", None)
     allowed = set(inspect.signature(kind.__init__).parameters) - {"self", "grid"}
-    unknown = sorted(set(cfg) - allowed)
+    unknown = sorted(set(opts) - allowed)
     if unknown:
         raise ValueError(f"{where}.{unknown[0]}: unknown key for {kind.__name__} (known: {sorted(allowed)})")
     try:
-        return kind(grid, **cfg)
+        return kind(grid, **opts)
     except ValueError as e:
         raise ValueError(f"{where}.{e}") from None

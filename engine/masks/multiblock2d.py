@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from engine.masks.collator import check_grid, check_int, check_range, index_sets, keep_prefix
+from engine.masks.common import check_grid, check_int, check_range, index_sets, keep_prefix
 
 _TIMEOUT = 20   # failed context positions before relaxing one exclusion region (the reference's timeout)
 

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from engine.masks.collator import check_grid, check_int, check_range, index_sets, keep_prefix
+from engine.masks.common import check_grid, check_int, check_range, index_sets, keep_prefix
 
 _MAX_REDRAWS = 1000   # empty-context redraws before giving up (the reference would loop forever)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.masks.collator import check_grid, index_sets
+from engine.masks.common import check_grid, index_sets
 
 
 class TubeMask:

@@ -299,3 +299,33 @@ def test_tube_masks():
 def test_errors_name_the_parameter(make, name):
     with pytest.raises(ValueError, match=name):
         make()
+
+
+def test_tube_and_complement_options_from_yaml():
+    from engine.config import ConfigError, load_config
+    base = {"data": {"crop_size": 32, "patch_size": 8, "num_frames": 4, "tubelet_size": 2},
+            "model": {"model_name": "vit_tiny"}}
+    cfg = load_config(raw=dict(base, mask=[{"ratio": 0.75}, dict(VITL_MASK[0], pred_full_complement=True),
+                                           dict(VITL_MASK[1], inv_block=True)]))
+    col = MaskCollator.from_config(cfg.mask, cfg.token_grid)
+    tube, pfc, inv = col.generators
+    assert isinstance(tube, TubeMask) and tube.ratio == 0.75
+    assert pfc.pred_full_complement and inv.inv_block
+    m = col.sample(3, rng(0))
+    for b in range(3):   # pred_full_complement: the context is everything the target is not
+        assert m.ctx[1][b].numel() + m.tgt[1][b].numel() == col.num_tokens
+    with pytest.raises(ConfigError, match=r"mask\.0\.num_blocks: a tube mask entry"):
+        load_config(raw=dict(base, mask=[{"ratio": 0.75, "num_blocks": 2}]))
+    with pytest.raises(ConfigError, match=r"mask\.0\.ratio"):
+        load_config(raw=dict(base, mask=[{"ratio": 1.5}]))
+
+
+def test_generators_import_only_the_shared_checks():
+    """No cycle: the generators import engine.masks.common, never the collator that builds them."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "engine" / "masks"
+    for name in ("multiblock2d.py", "multiblock3d.py", "tube.py", "common.py"):
+        tree = ast.parse((root / name).read_text())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {m for m in mods if m.startswith("engine.") and m != "engine.masks.common"}, (name, mods)
