@@ -35,6 +35,32 @@ LAUNCHER_KEYS = {
     "data": ("log_resource_utilization",),
 }
 
+# Keys the reference YAMLs carry that no reference trainer reads: accepted, reported, unused.
+REFERENCE_UNUSED_KEYS = {
+    "meta": ("eval_freq",),
+    "data": ("decode_one_clip",),
+}
+
+# Keys this engine does not implement, or implements only for some apps. Each maps to the values that
+# mean what the engine does anyway (the "off" values) and, where the key acts for some apps only, those
+# apps; any other value is refused by name. Implementing a key = deleting its line here.
+NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
+    # key: (accepted values, apps where every value acts, what to do instead)
+    "data.mask_type": (("multiblock3d",), (), "for a random tube mask give a mask entry a `ratio`"),
+    "data.camera_views": ((None, ["left_mp4_path"]), (), "trajectories are read from one camera view"),
+    "data.stereo_view": ((False,), (), "trajectories are read from one camera view"),
+    "data.color_jitter_strength": ((0.0,), (), "I-JEPA colour jitter is not implemented"),
+    "model.compile_model": ((False,), (), "torch.compile of the models is not implemented"),
+    "model.use_mask_tokens": ((True,), ("ijepa",), "the reference's predictor without mask tokens is not "
+                                                   "implemented"),
+    "model.pred_is_frame_causal": ((False,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
+    "model.use_extrinsics": ((False,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
+    "model.action_dim": ((7,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
+    "model.state_dim": ((None,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
+    "loss.auto_steps": ((1,), ("vjepa_droid",), "only the action-conditioned rollout has it"),
+    "loss.normalize_reps": ((True,), ("vjepa_droid",), "V-JEPA targets are always layer-normed"),
+}
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -57,8 +83,7 @@ class DataConfig:
     num_workers: int = 1
     persistent_workers: bool = True
     filter_short_videos: bool = False
-    decode_one_clip: bool = True
-    mask_type: str = "multiblock3d"
+    mask_type: str = "multiblock3d"                  # the reference's name for its block masks
     # V-JEPA 2-AC (robot trajectories)
     camera_views: Optional[list[str]] = None
     stereo_view: bool = False
@@ -185,7 +210,6 @@ class MetaConfig:
     load_checkpoint: bool = False
     read_checkpoint: Optional[str] = None
     save_every_freq: int = -1                         # epochs between kept checkpoints (reference)
-    eval_freq: int = 100
     skip_batches: int = -1
     # V-JEPA 2-AC
     resume_checkpoint: Optional[str] = None
@@ -355,6 +379,9 @@ def config_from_dict(raw: dict, source: Optional[str] = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source or 'config'}: expected a YAML mapping at the top level")
     ignored: list[str] = []
+    if "eval_name" in raw:
+        raise ConfigError(f"eval_name: {raw['eval_name']!r} is an evaluation config (the reference's evals); "
+                          "engine.train takes pretraining configs (evaluate with engine.eval)")
     if isinstance(raw.get("mask"), dict) or raw.get("app") == "ijepa":
         raw = _ijepa_to_common(raw)
     top_fields = {"app", "folder", "mask", *SECTIONS}
@@ -367,7 +394,8 @@ def config_from_dict(raw: dict, source: Optional[str] = None) -> Config:
     kwargs["app"] = _coerce(raw.get("app", "vjepa"), str, "app")
     kwargs["folder"] = _coerce(raw.get("folder"), Optional[str], "folder")
     for name, cls in SECTIONS.items():
-        kwargs[name] = _build(cls, raw.get(name) or {}, name, ignored, LAUNCHER_KEYS.get(name, ()))
+        unused = LAUNCHER_KEYS.get(name, ()) + REFERENCE_UNUSED_KEYS.get(name, ())
+        kwargs[name] = _build(cls, raw.get(name) or {}, name, ignored, unused)
     mask = raw.get("mask")
     if kwargs["app"] == "ijepa":
         kwargs["mask"] = _build(ImageMaskConfig, mask or {}, "mask", ignored)
@@ -397,7 +425,21 @@ def _range(key, pair, lo, hi, lo_open=True):
             raise ConfigError(f"{key}: values must lie in {'(' if lo_open else '['}{lo}, {hi}], got {pair}")
 
 
+def _refuse_unsupported(cfg: Config) -> None:
+    for key, (accepted, apps, instead) in NOT_SUPPORTED.items():
+        section, name = key.split(".")
+        if not hasattr(getattr(cfg, section), name):   # a section of the other layout (I-JEPA / video)
+            continue
+        value = getattr(getattr(cfg, section), name)
+        if value in accepted or cfg.app in apps:
+            continue
+        where = f" with app {cfg.app}" if apps else ""
+        raise ConfigError(f"{key}: {value!r} is not supported{where} ({instead}); accepted: "
+                          f"{' or '.join(repr(v) for v in accepted)}")
+
+
 def validate(cfg: Config) -> None:
+    _refuse_unsupported(cfg)
     d, o, m = cfg.data, cfg.optimization, cfg.meta
     if cfg.app not in ("vjepa", "ijepa", "vjepa_droid"):
         raise ConfigError(f"app: expected vjepa, ijepa or vjepa_droid, got {cfg.app!r}")

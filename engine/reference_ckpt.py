@@ -114,8 +114,6 @@ def reference_config(config, kind: str) -> Config:
                 raise ConfigError(f"model.{key}: V-JEPA (kind 'vjepa') has no such option; use kind 'vjepa2'")
         if md.pred_num_heads is not None:
             raise ConfigError("model.pred_num_heads: V-JEPA (kind 'vjepa') uses the encoder's heads; use kind 'vjepa2'")
-    if not cfg.is_image and not md.use_mask_tokens:
-        raise ConfigError("model.use_mask_tokens: false (the reference's noised-target predictor) is not supported")
     return cfg
 
 

@@ -26,7 +26,8 @@ def test_vjepa_reference_values():
     assert cfg.optimization.clip_grad == 10.0 and cfg.optimization.ipe_scale == 1.25
     assert cfg.token_grid == (8, 14, 14)
     assert [m.num_blocks for m in cfg.mask] == [8, 2] and cfg.mask[1].spatial_scale == [0.7, 0.7]
-    assert sorted(cfg.ignored_keys) == ["nodes", "tasks_per_node"]
+    # launcher keys, and keys the reference trainers never read
+    assert sorted(cfg.ignored_keys) == ["data.decode_one_clip", "meta.eval_freq", "nodes", "tasks_per_node"]
 
 
 def test_vjepa2_reference_values():
@@ -51,6 +52,24 @@ def test_action_conditioned_keys_are_known(tiny_raw):
     raw["meta"] = dict(raw["meta"], pretrain_checkpoint="x.pt", context_encoder_key="target_encoder")
     cfg = load_config(raw=raw)
     assert cfg.model.pred_is_frame_causal and cfg.loss.auto_steps == 2
+
+
+@pytest.mark.parametrize("key,value", [("loss.auto_steps", 2), ("model.pred_is_frame_causal", True),
+                                       ("model.use_extrinsics", True), ("loss.normalize_reps", False),
+                                       ("model.compile_model", True), ("model.use_mask_tokens", False),
+                                       ("data.mask_type", "random_tube"), ("data.stereo_view", True)])
+def test_unsupported_values_are_refused_by_name(tiny_raw, key, value):
+    section, name = key.split(".")
+    tiny_raw[section] = dict(tiny_raw.get(section) or {}, **{name: value})
+    with pytest.raises(ConfigError) as e:
+        load_config(raw=tiny_raw)
+    msg = str(e.value)
+    assert msg.startswith(f"{key}: {value!r} is not supported") and "\n" not in msg
+
+
+def test_evaluation_configs_are_refused_as_a_whole():
+    with pytest.raises(ConfigError, match=r"^eval_name: .* is an evaluation config"):
+        load_config(raw={"eval_name": "video_classification_frozen", "pretrain": {"model_name": "vit_large"}})
 
 
 def test_overrides():

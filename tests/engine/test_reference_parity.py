@@ -35,7 +35,12 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 def fixture(kind):
-    return torch.load(FIXTURES / f"ref_{kind}.pt", map_location="cpu", weights_only=True)
+    d = torch.load(FIXTURES / f"ref_{kind}.pt", map_location="cpu", weights_only=True)
+    if kind == "ijepa":
+        # on the fixture's 6x6 grid every target block has 4 tokens, never more than min_keep=4: the
+        # reference would redraw it forever, and load_config refuses it. No test here samples masks.
+        d["config"]["mask"]["min_keep"] = 3
+    return d
 
 
 @pytest.fixture(scope="module", params=KINDS)
