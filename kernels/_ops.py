@@ -7,24 +7,29 @@
 `kernels._C` (csrc/cpu/*.cpp) registers `torch.ops.jepa_cpp.*` when imported; `kernels._C_cuda`
 (csrc/cuda, CUDA builds only) registers `torch.ops.jepa_cuda.*`. A fresh clone with nothing built still
 imports: ops fall back to their torch reference with one warning. The public `jepa::<op>` custom ops
-are defined in each op module with torch.library.custom_op.
+are defined in each op module with torch.library.custom_op; which backend runs a call is decided by
+kernels/_registry.py.
 """
 from __future__ import annotations
 
-import functools
 import importlib
+import importlib.util
 import os
 import warnings
 
 BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `make build`)"
 
 
-@functools.lru_cache(maxsize=None)
+_loaded: dict = {}   # a plain dict, not lru_cache: torch.compile reads it as a constant once filled
+
+
 def _load(name: str):
-    try:
-        return importlib.import_module(name), None
-    except ImportError as e:   # not built (or built against another torch)
-        return None, e
+    if name not in _loaded:
+        try:
+            _loaded[name] = importlib.import_module(name), None
+        except ImportError as e:   # not built (or built against another torch)
+            _loaded[name] = None, e
+    return _loaded[name]
 
 
 def cpp_available() -> bool:
@@ -67,25 +72,13 @@ def debug() -> bool:
     return os.environ.get("JEPA_KERNEL_DEBUG", "0") not in ("", "0")
 
 
+_TRITON = importlib.util.find_spec("triton") is not None   # resolved once: traced code reads a constant
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    return _TRITON
 
 
-def pick(device, op: str, cpu_native=True) -> str:
-    """The backend for one call: the forced one, else cpp on CPU (when built) and triton on CUDA."""
-    from kernels._backend import current_backend
-    b = current_backend()
-    if b != "auto":
-        return b
-    if device.type == "cpu":
-        if cpu_native and cpp_available():
-            return "cpp"
-        warn_fallback(op)
-        return "torch"
-    if device.type == "cuda":
-        return "triton" if triton_available() else ("cuda" if cuda_available() else "torch")
-    return "torch"
+def triton_runs_on(device) -> bool:
+    """Triton runs on CUDA tensors, and on CPU tensors only under its interpreter (TRITON_INTERPRET=1)."""
+    return _TRITON and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1")

@@ -10,26 +10,43 @@ sequence attends only within itself, so no FLOP is spent on padding and no dense
 q and k share cu_seqlens): a query attends to keys whose frame id is <= its own. A query row that
 sees no key (an empty key sequence, or no key of an earlier-or-equal frame) gets a zero output.
 
-Backends (kernels.use_backend / JEPA_KERNEL_BACKEND; "auto" picks by device):
+Backends (kernels/_registry.py: "auto" picks by device; kernels.use_backend / JEPA_KERNEL_BACKEND force):
   CPU  "cpp" (auto): csrc/cpu/block_attention.cpp, ATen's fused CPU flash kernel per sequence (or per
        (sequence, head) when there are few) on zero-copy views, all inside ONE OpenMP region with a
        dynamic longest-first schedule. Without the built extension: kernels/cpu_attention.py (length
        buckets over the same ATen kernels, from Python). Measurements behind the choice: that module.
   CUDA "cuda" (auto when it fits): flash_attn_varlen_func when flash_attn is installed (fp16/bf16,
        Dh % 8 == 0, Dh <= 256, no block_causal), else xformers memory_efficient_attention with a
-       BlockDiagonalMask (no block_causal), else "triton": kernels/triton_attention.py.
+       BlockDiagonalMask (no block_causal); both resolved at import. Else "triton":
+       kernels/triton_attention.py (any dtype, head dim and mask).
   "torch": block_attention_ref below.
+max_seqlen_q/k smaller than the longest sequence is an error on every device (the host reads the
+lengths once per cu_seqlens tensor: one sync per packing off CPU, not one per layer).
 The cpp and triton paths go through the custom ops `jepa::block_attention_fwd` / `_bwd` (fake impls
 and registered autograd, so torch.compile traces them). Under autocast, q/k/v are cast to the
 autocast dtype (as SDPA is); outside it, mixed dtypes are promoted.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
-from kernels import _ops
-from kernels._backend import current_backend
+from kernels import _ops, _registry
+
+# The library kernels are resolved once, at import: torch.compile must not trace an import (without
+# flash_attn that import fails and breaks a fullgraph compile). Only torch builds with CUDA look.
+flash_attn_varlen_func = fmha = None
+if torch.cuda.is_available():
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        pass
+    try:
+        from xformers.ops import fmha
+    except ImportError:
+        pass
 
 
 def _frame_ids(block_causal, T_q: int, T_k: int):
@@ -112,50 +129,47 @@ def block_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=Non
 
 
 
-# -- backend selection ------------------------------------------------------------------------------
-def _flash_attn_available() -> bool:
-    try:
-        from flash_attn import flash_attn_varlen_func  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def _xformers_available() -> bool:
-    try:
-        from xformers.ops import fmha  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def select_impl(q: torch.Tensor, block_causal=None) -> str:
-    """The implementation one call runs: "torch", "cpu", "triton", "flash_attn" or "xformers"."""
-    b = current_backend()
-    dev = q.device.type
-    if b == "torch" or (b == "auto" and dev not in ("cpu", "cuda")):
-        return "torch"
-    if b == "cpp" or (b == "auto" and dev == "cpu"):
-        if dev != "cpu":
-            raise ValueError(f"block_attention: backend 'cpp' needs CPU tensors, got {q.device}")
-        return "cpu"
-    if b == "triton":
-        if not _ops.triton_available():
-            raise RuntimeError("block_attention: backend 'triton' forced but triton is not installed")
-        return "triton"
-    # "cuda" or auto on a CUDA tensor: a library kernel when one fits, else our Triton kernel
-    fits = block_causal is None and q.dtype in (torch.float16, torch.bfloat16)
-    if dev == "cuda" and fits and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256 and _flash_attn_available():
+# -- backends (kernels/_registry.py picks one per call) -----------------------------------------------------
+def _library(dtype, head_dim: int, causal: bool) -> str | None:
+    """The library kernel that takes this call on CUDA, or None: FlashAttention varlen (fp16/bf16,
+    Dh % 8 == 0, Dh <= 256), else xformers' BlockDiagonalMask; neither takes block_causal masks."""
+    if causal:
+        return None
+    if (flash_attn_varlen_func is not None and dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0
+            and head_dim <= 256):
         return "flash_attn"
-    if dev == "cuda" and block_causal is None and _xformers_available():
-        return "xformers"
-    if b == "cuda":
-        raise RuntimeError(f"block_attention: backend 'cuda' needs flash_attn or xformers on a CUDA tensor "
-                           f"(and no block_causal); got device {q.device}, dtype {q.dtype}, "
-                           f"block_causal {'set' if block_causal is not None else 'None'}")
-    if _ops.triton_available():
-        return "triton"
-    return "torch"
+    return "xformers" if fmha is not None else None
+
+
+def _library_fits(dtype, head_dim: int, causal: bool):
+    if _library(dtype, head_dim, causal) is None:
+        return (f"neither flash_attn (fp16/bf16, Dh % 8 == 0, Dh <= 256, installed: "
+                f"{flash_attn_varlen_func is not None}) nor xformers (installed: {fmha is not None}) takes "
+                f"{dtype}, Dh {head_dim}, block_causal {'set' if causal else 'None'}")
+    return None
+
+
+def _run_library(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):
+    if _library(q.dtype, q.shape[-1], fq is not None) == "flash_attn":
+        return flash_attn_varlen_func(q, k, v, cu_q.int(), cu_k.int(), max_q, max_k, softmax_scale=scale,
+                                      causal=False)
+    # BlockDiagonalMask wants Python lengths (a sync); it keeps the packed layout as batch 1. Empty
+    # sequences are not representable there: those calls take our Triton kernel instead.
+    lq, lk = torch.diff(cu_q).tolist(), torch.diff(cu_k).tolist()
+    if not lq or min(lq) == 0 or min(lk) == 0:
+        return _run_op("triton")(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk)
+    bias = fmha.BlockDiagonalMask.from_seqlens(lq, lk)
+    return fmha.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias, scale=scale)[0]
+
+
+def _run_op(backend: str):
+    def run(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):
+        return _fwd_op(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk, backend)[0]
+    return run
+
+
+def _run_ref(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):
+    return block_attention_ref(q, k, v, cu_q, cu_k, scale=scale, block_causal=None if fq is None else (fq, fk))
 
 
 # -- custom ops: forward returns (out, lse); the backward is its own op --------------------------------
@@ -166,8 +180,8 @@ def _lse_dtype(dtype):
 @torch.library.custom_op("jepa::block_attention_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
             max_q: int, max_k: int, scale: float, fq: torch.Tensor | None,
-            fk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if q.device.type == "cpu" and current_backend() != "triton":
+            fk: torch.Tensor | None, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "cpp":
         if _ops.cpp_available():
             out, lse = torch.ops.jepa_cpp.block_attention_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)
         else:
@@ -181,15 +195,15 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tenso
 
 
 @_fwd_op.register_fake
-def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):
+def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk, backend):
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[:2], dtype=_lse_dtype(q.dtype))
 
 
 @torch.library.custom_op("jepa::block_attention_bwd", mutates_args=())
 def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
             lse: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int, scale: float,
-            fq: torch.Tensor | None, fk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if q.device.type == "cpu" and current_backend() != "triton":
+            fq: torch.Tensor | None, fk: torch.Tensor | None, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "cpp":
         if _ops.cpp_available():
             g = torch.ops.jepa_cpp.block_attention_bwd(dout, q, k, v, out, lse, cu_q, cu_k, scale, fq, fk)
         else:
@@ -202,28 +216,34 @@ def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 
 @_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, fq, fk):
+def _(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, fq, fk, backend):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk = inputs
+    q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk, backend = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, fq, fk)
-    ctx.meta = (max_q, max_k, scale)
+    ctx.meta = (max_q, max_k, scale, backend)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, cu_q, cu_k, fq, fk = ctx.saved_tensors
-    max_q, max_k, scale = ctx.meta
-    dq, dk, dv = _bwd_op(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, fq, fk)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    max_q, max_k, scale, backend = ctx.meta
+    dq, dk, dv = _bwd_op(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, fq, fk, backend)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup)
+
+_registry.register("block_attention", "torch", _run_ref)
+# cpp: the C++ extension, or kernels/cpu_attention.py (the same ATen kernels from Python) when not built
+_registry.register("block_attention", "cpp", _run_op("cpp"), devices=("cpu",))
+_registry.register("block_attention", "triton", _run_op("triton"), **_registry.TRITON)
+_registry.register("block_attention", "cuda", _run_library, devices=("cuda",), fits=_library_fits)
 
 
 # -- public entry point --------------------------------------------------------------------------------
@@ -237,18 +257,53 @@ def _common_dtype(q, k, v):
     return tuple(t if t.dtype == dt else t.to(dt) for t in (q, k, v))
 
 
-def _max_len(cu, given):
-    if given is not None:
+_longest_seen: dict = {}   # id(cu) -> (weakref, version, longest): one host read per cu_seqlens tensor
+
+
+def _longest(cu) -> int:
+    """The longest sequence in cu_seqlens (a device sync off CPU, once per tensor: the layers of a model
+    reuse one cu_seqlens, so a step syncs once per packing, not once per layer)."""
+    try:
+        key, version = id(cu), cu._version
+    except RuntimeError:   # inference tensors have no version counter: not cached
+        key = version = None
+    hit = _longest_seen.get(key)
+    if hit is not None and hit[0]() is cu and hit[1] == version:
+        return hit[2]
+    longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+    if key is not None:
+        if len(_longest_seen) >= 64:
+            _longest_seen.clear()
+        _longest_seen[key] = (weakref.ref(cu), version, longest)
+    return longest
+
+
+def _max_len(cu, given, name: str) -> int:
+    """max_seqlen sizes the kernels' grids: one smaller than the longest sequence would drop its tail
+    rows silently, so it is checked on every device (under torch.compile: a device assert)."""
+    if torch.compiler.is_compiling():
+        if given is None:
+            return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+        if cu.numel() > 1:
+            torch._assert_async((cu[1:] - cu[:-1]).max() <= given,
+                                f"block_attention: {name} is smaller than the longest sequence")
         return int(given)
-    return int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+    longest = _longest(cu)
+    if given is None:
+        return longest
+    if int(given) < longest:
+        raise ValueError(f"block_attention: {name}={int(given)} but the longest sequence in "
+                         f"cu_seqlens_{name[-1]} has {longest} tokens; pass at least {longest} (or None)")
+    return int(given)
 
 
 def block_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None,
                     scale=None, block_causal=None):
     """o_THD for packed q/k/v [T, H, Dh] (see module docstring); differentiable w.r.t. q, k, v.
 
-    max_seqlen_q/k: the longest sequence (the Triton grid; computed from cu_seqlens when None).
-    scale: softmax scale, default 1/sqrt(Dh). block_causal: frame ids (tensor or (fq, fk) pair)."""
+    max_seqlen_q/k: at least the longest sequence (the kernels' grid; computed from cu_seqlens when
+    None; a smaller value is an error). scale: softmax scale, default 1/sqrt(Dh).
+    block_causal: frame ids (tensor or (fq, fk) pair)."""
     compiling = torch.compiler.is_compiling()
     if not compiling and (q.device.type == "cpu" or _ops.debug()):
         check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k)   # reads cu values: a sync off CPU
@@ -258,22 +313,7 @@ def block_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, m
     fq, fk = _frame_ids(block_causal, q.shape[0], k.shape[0])
     q, k, v = _common_dtype(q, k, v)
     scale = float(scale) if scale is not None else q.shape[-1] ** -0.5
-    impl = select_impl(q, block_causal)
-    if impl == "torch":
-        return block_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=max_seqlen_q,
-                                   max_seqlen_k=max_seqlen_k, scale=scale, block_causal=block_causal)
-    max_q, max_k = _max_len(cu_seqlens_q, max_seqlen_q), _max_len(cu_seqlens_k, max_seqlen_k)
-    if impl == "flash_attn":
-        from flash_attn import flash_attn_varlen_func
-        return flash_attn_varlen_func(q, k, v, cu_seqlens_q.int(), cu_seqlens_k.int(), max_q, max_k,
-                                      softmax_scale=scale, causal=False)
-    if impl == "xformers":
-        from xformers.ops import fmha
-        # BlockDiagonalMask wants Python lengths (a sync); it keeps the packed layout as batch 1.
-        # Empty sequences are not representable there: those calls take our Triton kernel instead.
-        lq, lk = torch.diff(cu_seqlens_q).tolist(), torch.diff(cu_seqlens_k).tolist()
-        if lq and min(lq) > 0 and min(lk) > 0:
-            bias = fmha.BlockDiagonalMask.from_seqlens(lq, lk)
-            return fmha.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias, scale=scale)[0]
-    out, _ = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, scale, fq, fk)
-    return out
+    max_q = _max_len(cu_seqlens_q, max_seqlen_q, "max_seqlen_q")
+    max_k = _max_len(cu_seqlens_k, max_seqlen_k, "max_seqlen_k")
+    impl = _registry.pick("block_attention", q.device, dtype=q.dtype, head_dim=q.shape[-1], causal=fq is not None)
+    return impl.fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, scale, fq, fk)

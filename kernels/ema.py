@@ -1,20 +1,20 @@
 """EMA update of a target network: target = m * target + (1 - m) * source, in place.
 
-    kernels.ema_(target_params, source_params, momentum)   # lists of tensors (or flat buffers)
-    flat = kernels.FlatEMA(target_module, source_module)   # target params become views of one buffer
-    flat(momentum)                                         # one kernel pass over one flat buffer
+    kernels.ema_(target_params, source_params, momentum)   # lists of tensors
+    kernels.ema_(flat_target, flat_source, momentum)       # or one flat buffer each: one pass, one launch
 
 Targets stay fp32 (a bf16 EMA stops moving at m = 0.99925); sources may be fp32 or bf16 (or fp16).
 `momentum` may be a float or a 0-D tensor (so a compiled step does not recompile as it changes).
-Backends: cpp (one parallel pass over all tensors, chunked), triton (one launch per tensor: use
-FlatEMA for one launch), cuda (multi-tensor-apply: one launch for the whole list), torch (the loop).
+momentum must be in [0, 1] (checked when it is a number or a CPU tensor; a device tensor is not read,
+as that would sync). Backends (kernels/_registry.py): cpp (one parallel pass over all tensors, chunked),
+cuda (multi-tensor apply: one launch for the whole list, preferred on CUDA), triton (multi-tensor apply
+too: one launch), torch (the reference loop). Every one is a single pass over a flat buffer.
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from kernels import _ops
+from kernels import _ops, _registry
 
 
 def _check_lists(targets, sources):
@@ -46,26 +46,38 @@ def ema_ref(targets, sources, momentum) -> None:
         t.mul_(m).add_(s.to(t.dtype), alpha=1.0 - m)
 
 
-_CPP_PAIRS = {(torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.float32, torch.float16),
-              (torch.float64, torch.float64)}
+_PAIRS = {(torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+          (torch.float64, torch.float64)}
+
+
+def _ema_cpp(targets, sources, momentum):
+    torch.ops.jepa_cpp.ema_(targets, [s.contiguous() for s in sources], momentum.cpu())
+
+
+def _ema_cuda(targets, sources, momentum):
+    torch.ops.jepa_cuda.ema_(targets, [s.contiguous() for s in sources], momentum)
+
+
+def _ema_triton(targets, sources, momentum):
+    from kernels.triton_ema import ema_triton_
+    ema_triton_(targets, sources, momentum)
+
+
+def _no_fp64(fp64: bool):
+    return "the CUDA kernel takes fp32 targets only" if fp64 else None
+
+
+_registry.register("ema_", "torch", ema_ref)
+_registry.register("ema_", "cpp", _ema_cpp, **_registry.CPP)
+_registry.register("ema_", "cuda", _ema_cuda, **_registry.CUDA, fits=_no_fp64)
+_registry.register("ema_", "triton", _ema_triton, **_registry.TRITON)
 
 
 @torch.library.custom_op("jepa::ema_", mutates_args=("targets",))
 def _ema_op(targets: list[torch.Tensor], sources: list[torch.Tensor], momentum: torch.Tensor) -> None:
-    if not targets:
-        return
-    b = _ops.pick(targets[0].device, "ema_")
-    if b == "cpp":
-        _ops.require_cpp("ema_")
-        torch.ops.jepa_cpp.ema_(targets, [s.contiguous() for s in sources], momentum.cpu())
-    elif b == "triton":
-        from kernels.triton_ema import ema_triton_
-        ema_triton_(targets, sources, momentum)
-    elif b == "cuda":
-        _ops.require_cuda("ema_")
-        torch.ops.jepa_cuda.ema_(targets, [s.contiguous() for s in sources], momentum)
-    else:
-        ema_ref(targets, sources, momentum)
+    if targets:
+        impl = _registry.pick("ema_", targets[0].device, fp64=targets[0].dtype == torch.float64)
+        impl.fn(targets, sources, momentum)
 
 
 @_ema_op.register_fake
@@ -73,62 +85,42 @@ def _(targets, sources, momentum):
     return None
 
 
-def ema_(targets, sources, momentum) -> None:
-    """In place: t = m * t + (1 - m) * s for each (t, s); lists or single (flat) tensors.
-
-    Lists must match in length, shapes and device; the cpp/cuda kernels need contiguous targets
-    (parameters are) and fp32 targets with fp32/bf16/fp16 sources (or fp64 with fp64)."""
-    if isinstance(targets, torch.Tensor):
-        targets, sources = [targets], [sources]
-    targets, sources = list(targets), list(sources)
-    _check_lists(targets, sources)
+def _check_momentum(momentum) -> torch.Tensor:
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, torch.Tensor)):
+        raise TypeError(f"ema_: momentum must be a float or a 0-D tensor, got {type(momentum).__name__}")
     if not isinstance(momentum, torch.Tensor):
         momentum = torch.tensor(float(momentum), dtype=torch.float64)
     if momentum.numel() != 1:
         raise ValueError(f"ema_: momentum must be a scalar, got shape {tuple(momentum.shape)}")
+    if momentum.device.type == "cpu" and not torch.compiler.is_compiling():
+        m = float(momentum)
+        if not 0.0 <= m <= 1.0:   # also catches NaN
+            raise ValueError(f"ema_: momentum must be in [0, 1], got {m}")
+    return momentum
+
+
+def ema_(targets, sources, momentum) -> None:
+    """In place: t = m * t + (1 - m) * s for each (t, s); two lists, or two single (flat) tensors.
+
+    Lists must match in length, shapes and device; targets must be contiguous (parameters and flat
+    buffers are), fp32 with fp32/bf16/fp16 sources (or fp64 with fp64); 0 <= momentum <= 1."""
+    if isinstance(targets, torch.Tensor) != isinstance(sources, torch.Tensor):
+        raise TypeError(f"ema_: targets and sources must both be tensors or both be lists of tensors, got "
+                        f"{type(targets).__name__} and {type(sources).__name__}")
+    if isinstance(targets, torch.Tensor):
+        targets, sources = [targets], [sources]
+    targets, sources = list(targets), list(sources)
+    for i, x in enumerate(targets + sources):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"ema_: every target and source must be a tensor, got {type(x).__name__} "
+                            f"at position {i % max(len(targets), 1)}")
+    _check_lists(targets, sources)
+    momentum = _check_momentum(momentum)
     for i, (t, s) in enumerate(zip(targets, sources)):
-        if (t.dtype, s.dtype) not in _CPP_PAIRS:
+        if (t.dtype, s.dtype) not in _PAIRS:
             raise TypeError(f"ema_: tensor {i}: target {t.dtype} with source {s.dtype} is not supported "
                             f"(fp32 targets with fp32/bf16/fp16 sources, or fp64 with fp64)")
         if not t.is_contiguous():
             raise ValueError(f"ema_: target {i} is not contiguous")
     with torch.no_grad():
         _ema_op(targets, sources, momentum)
-
-
-class FlatEMA:
-    """Packs a target module's parameters into ONE flat fp32 buffer (params become views of it), so
-    the EMA is a single pass over one buffer when the source is flat too (`flatten_source=True`,
-    call before building the optimizer), or one multi-tensor pass otherwise.
-
-        ema = FlatEMA(target_encoder, encoder, flatten_source=True)
-        ema(0.996)
-    """
-
-    def __init__(self, target: nn.Module, source: nn.Module, flatten_source: bool = False):
-        tp, sp = list(target.parameters()), list(source.parameters())
-        _check_lists([p.data for p in tp], [p.data for p in sp])
-        self.flat_target = self._flatten(tp, torch.float32)
-        self.flat_source = self._flatten(sp, sp[0].dtype if sp else torch.float32) if flatten_source else None
-        self.sources = [p.data for p in sp] if not flatten_source else None
-        self.target_views = [p.data for p in tp]
-
-    @staticmethod
-    def _flatten(params, dtype):
-        n = sum(p.numel() for p in params)
-        dev = params[0].device if params else "cpu"
-        flat = torch.empty(n, dtype=dtype, device=dev)
-        off = 0
-        for p in params:
-            k = p.numel()
-            flat[off:off + k].copy_(p.data.reshape(-1))
-            p.data = flat[off:off + k].view_as(p.data)   # the parameter now lives in the buffer
-            off += k
-        return flat
-
-    @torch.no_grad()
-    def __call__(self, momentum) -> None:
-        if self.flat_source is not None:
-            ema_(self.flat_target, self.flat_source, momentum)
-        else:
-            ema_(self.target_views, self.sources, momentum)

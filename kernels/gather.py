@@ -6,17 +6,18 @@
     h_TD  = kernels.gather_layer_norm(h_BND, rows_T)    # == F.layer_norm(h_BND, (D,))[rows] (forward only)
 
 Indices are unique per sample (mask generators guarantee it), so the backward of the gather is a
-scatter without atomics (the C++ kernel always checks this for free; JEPA_KERNEL_DEBUG=1 checks it
-on the other backends). All go through the custom ops `jepa::gather_rows`, `jepa::scatter_rows`,
-`jepa::gather_layer_norm`, whose backend is picked per call (kernels._backend): cpp on CPU when built,
-triton on CUDA, torch otherwise.
+scatter without atomics. Bad indices are errors on every backend: out of range (for 2-D ids: out of
+their own sample), or repeated where the scatter would need atomics (the C++ kernels check both for
+free; elsewhere a check costs one device sync). `gather_tokens(..., accumulate=True)` takes repeats. All go through the custom ops `jepa::gather_rows`, `jepa::scatter_rows`,
+`jepa::gather_layer_norm`, whose backend is picked per call by kernels/_registry.py: cpp on CPU when
+built, cuda then triton on CUDA, torch otherwise.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kernels import _ops
+from kernels import _ops, _registry
 
 
 def _check_x(x_BND):
@@ -73,20 +74,35 @@ def _check_rows(rows_T, M: int, op: str):
         raise TypeError(f"{op}: indices must be int64 or int32, got {rows_T.dtype}")
     if rows_T.dim() != 1:
         raise ValueError(f"{op}: rows must be 1-D [T], got shape {tuple(rows_T.shape)}")
-    # Off CPU a range check syncs, so it runs only in debug mode; the kernels mask bad rows instead.
-    # Under torch.compile it is data-dependent: skipped there (the cpp kernel still checks every row).
-    if torch.compiler.is_compiling():
+    # Every device: the Triton/CUDA kernels would only mask a bad row (a silent zero). Off CPU the check
+    # costs one device sync; under torch.compile it is an async device assert instead.
+    if not rows_T.numel():
         return
-    if rows_T.numel() and (rows_T.device.type == "cpu" or _ops.debug()):
-        lo, hi = int(rows_T.min()), int(rows_T.max())
-        if lo < 0 or hi >= M:
-            raise IndexError(f"{op}: index out of range: indices span [{lo}, {hi}] but there are {M} rows (B*N)")
+    if torch.compiler.is_compiling():
+        torch._assert_async(((rows_T >= 0) & (rows_T < M)).all(), f"{op}: index out of range (rows in [0, {M}))")
+        return
+    lo, hi = int(rows_T.min()), int(rows_T.max())
+    if lo < 0 or hi >= M:
+        raise IndexError(f"{op}: index out of range: indices span [{lo}, {hi}] but there are {M} rows "
+                         f"({'tokens per sample' if op.endswith('(per sample)') else 'B*N'})")
 
 
-def _check_unique(rows_T, op: str):
-    if _ops.debug() and torch.unique(rows_T).numel() != rows_T.numel():
-        raise ValueError(f"{op}: indices are not unique (JEPA_KERNEL_DEBUG=1 check); the backward "
-                         f"scatter has no atomics and needs unique indices per sample")
+def _check_unique(rows_T, M: int, op: str):
+    """Duplicate rows would make the atomic-free scatter keep one of them: refused on every device."""
+    if not rows_T.numel():
+        return
+    counts_M = torch.zeros(M, dtype=torch.int32, device=rows_T.device).index_add_(
+        0, rows_T.long(), torch.ones_like(rows_T, dtype=torch.int32))
+    if torch.compiler.is_compiling():
+        torch._assert_async((counts_M <= 1).all(), f"{op}: indices are not unique")
+        return
+    if int(counts_M.max()) > 1:
+        dup = int(torch.nonzero(counts_M > 1)[0, 0])
+        raise ValueError(f"{op}: row {dup} appears more than once; indices must be unique per sample "
+                         f"(the backward scatter has no atomics){_ACCUMULATE_HINT.get(op, '')}")
+
+
+_ACCUMULATE_HINT = {"gather_tokens": "; pass accumulate=True to gather repeated rows"}
 
 
 def _to_rows(x_BND, idx, op: str):
@@ -96,7 +112,7 @@ def _to_rows(x_BND, idx, op: str):
     if idx.dim() == 2:
         if idx.shape[0] != B:
             raise ValueError(f"{op}: idx_BK has batch {idx.shape[0]}, x has {B}")
-        _check_rows(idx.reshape(-1), N, op)   # per-sample range, so a bad id cannot land in another sample
+        _check_rows(idx.reshape(-1), N, f"{op} (per sample)")   # so a bad id cannot land in another sample
         offs_B1 = torch.arange(B, device=idx.device, dtype=idx.dtype)[:, None] * N
         return (idx + offs_B1).reshape(-1)
     if idx.dim() != 1:
@@ -104,34 +120,48 @@ def _to_rows(x_BND, idx, op: str):
     return idx
 
 
-# -- backends ------------------------------------------------------------------------------------
+# -- backends (kernels/_registry.py picks one per call) ------------------------------------------------
+def _triton(name):
+    def run(*args):
+        import kernels.triton_gather as tg
+        return getattr(tg, name)(*args)
+    return run
+
+
+def _cuda_gather(x_MD, rows_T):
+    return torch.ops.jepa_cuda.gather_rows(x_MD.contiguous(), rows_T.long())
+
+
+def _cuda_scatter(y_TD, rows_T, M):
+    return torch.ops.jepa_cuda.scatter_rows(y_TD.contiguous(), rows_T.long(), M)
+
+
+def _cuda_gather_ln(x_MD, rows_T, eps):
+    return torch.ops.jepa_cuda.gather_layer_norm(x_MD.contiguous(), rows_T.long(), eps)
+
+
+for _op, _torch, _cpp, _cuda, _tri in (
+        ("gather_rows", lambda x_MD, rows_T: x_MD.index_select(0, rows_T),
+         lambda x_MD, rows_T: torch.ops.jepa_cpp.gather_rows(x_MD, rows_T), _cuda_gather, "gather_rows_triton"),
+        ("scatter_rows", lambda y_TD, rows_T, M: y_TD.new_zeros(M, y_TD.shape[-1]).index_copy_(0, rows_T, y_TD),
+         lambda y_TD, rows_T, M: torch.ops.jepa_cpp.scatter_rows(y_TD, rows_T, M), _cuda_scatter,
+         "scatter_rows_triton"),
+        ("gather_layer_norm",
+         lambda x_MD, rows_T, eps: F.layer_norm(x_MD.index_select(0, rows_T), (x_MD.shape[-1],), eps=eps),
+         lambda x_MD, rows_T, eps: torch.ops.jepa_cpp.gather_layer_norm(x_MD, rows_T, eps), _cuda_gather_ln,
+         "gather_layer_norm_triton")):
+    _registry.register(_op, "torch", _torch)
+    _registry.register(_op, "cpp", _cpp, **_registry.CPP)
+    _registry.register(_op, "cuda", _cuda, **_registry.CUDA)
+    _registry.register(_op, "triton", _triton(_tri), **_registry.TRITON)
+
+
 def _gather_impl(x_MD, rows_T):
-    b = _ops.pick(x_MD.device, "gather_tokens")
-    if b == "cpp":
-        _ops.require_cpp("gather_tokens")
-        return torch.ops.jepa_cpp.gather_rows(x_MD, rows_T)
-    if b == "triton":
-        from kernels.triton_gather import gather_rows_triton
-        return gather_rows_triton(x_MD, rows_T)
-    if b == "cuda":
-        _ops.require_cuda("gather_tokens")
-        return torch.ops.jepa_cuda.gather_rows(x_MD.contiguous(), rows_T.long())
-    return x_MD.index_select(0, rows_T)
+    return _registry.pick("gather_rows", x_MD.device).fn(x_MD, rows_T)
 
 
 def _scatter_impl(y_TD, rows_T, M: int):
-    _check_unique(rows_T, "scatter_tokens")
-    b = _ops.pick(y_TD.device, "scatter_tokens")
-    if b == "cpp":
-        _ops.require_cpp("scatter_tokens")
-        return torch.ops.jepa_cpp.scatter_rows(y_TD, rows_T, M)
-    if b == "triton":
-        from kernels.triton_gather import scatter_rows_triton
-        return scatter_rows_triton(y_TD, rows_T, M)
-    if b == "cuda":
-        _ops.require_cuda("scatter_tokens")
-        return torch.ops.jepa_cuda.scatter_rows(y_TD.contiguous(), rows_T.long(), M)
-    return y_TD.new_zeros(M, y_TD.shape[-1]).index_copy_(0, rows_T, y_TD)
+    return _registry.pick("scatter_rows", y_TD.device).fn(y_TD, rows_T, M)
 
 
 @torch.library.custom_op("jepa::gather_rows", mutates_args=())
@@ -149,17 +179,7 @@ def scatter_rows(y_TD: torch.Tensor, rows_T: torch.Tensor, M: int) -> torch.Tens
 @torch.library.custom_op("jepa::gather_layer_norm", mutates_args=())
 def gather_layer_norm_rows(x_MD: torch.Tensor, rows_T: torch.Tensor, eps: float) -> torch.Tensor:
     """y_TD = layer_norm(x_MD[rows_T]) without affine params. Forward only (targets carry no grad)."""
-    b = _ops.pick(x_MD.device, "gather_layer_norm")
-    if b == "cpp":
-        _ops.require_cpp("gather_layer_norm")
-        return torch.ops.jepa_cpp.gather_layer_norm(x_MD, rows_T, eps)
-    if b == "triton":
-        from kernels.triton_gather import gather_layer_norm_triton
-        return gather_layer_norm_triton(x_MD, rows_T, eps)
-    if b == "cuda":
-        _ops.require_cuda("gather_layer_norm")
-        return torch.ops.jepa_cuda.gather_layer_norm(x_MD.contiguous(), rows_T.long(), eps)
-    return F.layer_norm(x_MD.index_select(0, rows_T), (x_MD.shape[-1],), eps=eps)
+    return _registry.pick("gather_layer_norm", x_MD.device).fn(x_MD, rows_T, eps)
 
 
 @gather_rows.register_fake
@@ -238,35 +258,44 @@ def _scatter(y_TD, rows_T, M):
 
 
 def _cpp_checks_rows(t) -> bool:
-    """The C++ kernels bounds-check every row themselves: skip the Python min/max pass then."""
-    if torch.compiler.is_compiling():   # the check is data-dependent: not traced (kernels still check)
-        return True
-    return t.device.type == "cpu" and _ops.pick(t.device, "gather_tokens") == "cpp"
+    """The C++ kernels check every row (range, and uniqueness in the scatter) for free: skip the Python
+    passes then. Under torch.compile the Python checks become device asserts."""
+    return not torch.compiler.is_compiling() and t.device.type == "cpu" and _registry.pick("gather_rows", t.device).backend == "cpp"
 
 
 # -- public API ------------------------------------------------------------------------------------
-def gather_tokens(x_BND: torch.Tensor, idx: torch.Tensor, cu_seqlens=None) -> torch.Tensor:
+def gather_tokens(x_BND: torch.Tensor, idx: torch.Tensor, cu_seqlens=None, *, accumulate: bool = False) -> torch.Tensor:
     """Gather token rows: idx_BK -> [B, K, D] (padded) or flat rows_T -> [T, D] (packed).
 
     `cu_seqlens` (the packing of rows_T) is accepted for symmetry with block_attention; the gather
-    itself does not need it. Differentiable w.r.t. x (backward: a scatter without atomics)."""
+    itself does not need it. Differentiable w.r.t. x: the backward is a scatter without atomics, so
+    rows must be unique when x needs a gradient (an error otherwise); `accumulate=True` takes repeated
+    rows and sums their gradients (torch index_select, whose backward adds with atomics)."""
     rows_T = _to_rows(x_BND, idx, "gather_tokens")
     B, N, D = x_BND.shape
     if idx.dim() == 1 and not _cpp_checks_rows(x_BND):
         _check_rows(rows_T, B * N, "gather_tokens")
     elif idx.dim() == 1 and rows_T.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"gather_tokens: indices must be int64 or int32, got {rows_T.dtype}")
-    y_TD = _gather(x_BND.reshape(B * N, D), rows_T)
+    x_MD = x_BND.reshape(B * N, D)
+    needs_grad = x_BND.requires_grad and torch.is_grad_enabled()
+    if accumulate:
+        y_TD = x_MD.index_select(0, rows_T)
+    else:
+        if needs_grad:   # checked here, not in the backward, so the error points at the call
+            _check_unique(rows_T, B * N, "gather_tokens")
+        y_TD = _gather(x_MD, rows_T)
     return y_TD.view(B, idx.shape[1], D) if idx.dim() == 2 else y_TD
 
 
 def scatter_tokens(y_TD: torch.Tensor, rows_T: torch.Tensor, B: int, N: int) -> torch.Tensor:
-    """Inverse of the packed gather: [T, D] rows placed at rows_T of a zero [B, N, D]."""
+    """Inverse of the packed gather: [T, D] rows placed at rows_T of a zero [B, N, D] (rows unique)."""
     if y_TD.dim() != 2 or rows_T.dim() != 1 or rows_T.shape[0] != y_TD.shape[0]:
         raise ValueError(f"scatter_tokens: need y [T, D] and rows [T], got {tuple(y_TD.shape)} and "
                          f"{tuple(rows_T.shape)}")
     if not _cpp_checks_rows(y_TD):
         _check_rows(rows_T, B * N, "scatter_tokens")
+        _check_unique(rows_T, B * N, "scatter_tokens")
     return _scatter(y_TD, rows_T, B * N).view(B, N, y_TD.shape[-1])
 
 

@@ -4,29 +4,47 @@
     dq, dk, dv = block_attention_triton_bwd(dout_THD, q_THD, k_THD, v_THD, out_THD, lse_TH, cu_q, cu_k,
                                             max_q, max_k, scale, fq, fk)
 
-Forward: one program per (query block, sequence, head); it streams the key blocks of its own sequence
-only, with an online softmax in fp32 (exp2 domain) and saves the log-sum-exp (natural log, [Tq, H],
-+inf for rows that see no key, whose output is 0). `fq`/`fk` (frame ids) mask keys of a later frame.
-Backward: delta = rowsum(dO * O) in torch, then one kernel per key block for dK/dV and one per query
-block for dQ (two passes, so no atomics). Programs past the end of a short sequence exit at once.
-Head dims are padded to a power of two (>= 16) with masked loads, so 24 and 80 work.
+Forward: one program per (query block of a sequence, head); it streams the key blocks of its own
+sequence only, with an online softmax in fp32 (exp2 domain), and saves the log-sum-exp (natural log,
+[Tq, H], +inf for rows that see no key, whose output is 0). `fq`/`fk` (frame ids) mask keys of a later
+frame, and a key block whose earliest frame is later than the query block's latest is skipped whole
+(with frames in time order, about half the blocks of a block-causal sequence).
+Backward, as FlashAttention-2: delta = rowsum(dO * O) in torch, then ONE kernel per key block that
+recomputes P and does 5 matmuls per tile (S = QK^T, dV += P^T dO, dP = dO V^T, dK += dS^T Q, dQ += dS K);
+dQ is summed over key blocks with fp32 atomic adds (so its low bits depend on the order of the adds).
+
+Grid: axis 0 = (sequence, block) pairs, axis 1 = heads, so any number of sequences fits (CUDA caps
+axes 1 and 2 at 65,535). Programs past the end of a short sequence exit at once.
+Precision: fp16/bf16 inputs go through tensor cores with fp32 accumulation. fp32 inputs use exact fp32
+products ("ieee") unless torch.backends.cuda.matmul.allow_tf32 is set, when they use TF32 (~1e-3
+relative error: outside the FlashAttention tolerance rule our tests use, so not the default).
+Head dims: tl.arange needs a power of two, so Dh is padded to the next one (>= 16) with masked loads:
+no extra bytes move, but the QK^T and PV products do BLOCK_D/Dh times the work (Dh 80 -> 128: 37.5% of
+those FLOPs multiply zeros; 64, 128 and 256, the ViT head dims, waste nothing).
+Tiles: autotuned per (head dim, frames on/off) on a GPU; fixed under the interpreter and when
+JEPA_TRITON_AUTOTUNE=0 (tests, reproducible timings).
 
 On CPU this runs under TRITON_INTERPRET=1 (tests use fp32/fp16: bf16 tl.dot is broken in the
-interpreter); on a GPU it is the fallback when flash_attn / xformers do not fit (kernels/block_attention.py).
+interpreter); on a GPU it runs whatever FlashAttention / xformers do not take (kernels/block_attention.py).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+FAR = tl.constexpr(1 << 30)   # a frame id later than any real one (masked key rows), or earlier (masked query rows)
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, FQ, FK, H, D, scale_log2,
-                HAS_FRAMES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m, s, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, FQ, FK, H, D, MAX_Q, scale_log2,
+                HAS_FRAMES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    n_blocks = tl.cdiv(MAX_Q, BLOCK_M)
+    s, pid_m, h = tl.program_id(0) // n_blocks, tl.program_id(0) % n_blocks, tl.program_id(1)
     q0, q1 = tl.load(CU_Q + s).to(tl.int64), tl.load(CU_Q + s + 1).to(tl.int64)
     k0, k1 = tl.load(CU_K + s).to(tl.int64), tl.load(CU_K + s + 1).to(tl.int64)
     Lq, Lk = q1 - q0, k1 - k0
@@ -39,31 +57,37 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, FQ, FK, H, D, scale_log2,
     d_ok = offs_d < D
     row_q = (q0 + offs_m) * H + h
     q = tl.load(Q + row_q[:, None] * D + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    fq_last = FAR
     if HAS_FRAMES:
-        fq = tl.load(FQ + q0 + offs_m, mask=m_ok, other=0)
+        fq = tl.load(FQ + q0 + offs_m, mask=m_ok, other=-FAR)
+        fq_last = tl.max(fq, 0)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         n_idx = start_n + offs_n
         n_ok = n_idx < Lk
-        row_k = (k0 + n_idx) * H + h
-        kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k)) * scale_log2
-        valid = m_ok[:, None] & n_ok[None, :]
+        fk_first = -FAR
         if HAS_FRAMES:
-            fk = tl.load(FK + k0 + n_idx, mask=n_ok, other=0)
-            valid = valid & (fq[:, None] >= fk[None, :])
-        qk = tl.where(valid, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)   # a row with no key yet: avoid inf - inf
-        p = tl.exp2(qk - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+            fk = tl.load(FK + k0 + n_idx, mask=n_ok, other=FAR)
+            fk_first = tl.min(fk, 0)
+        if fk_first <= fq_last:   # else every key of this block is of a later frame than every query
+            row_k = (k0 + n_idx) * H + h
+            kv_mask = n_ok[:, None] & d_ok[None, :]
+            k = tl.load(K + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+            valid = m_ok[:, None] & n_ok[None, :]
+            if HAS_FRAMES:
+                valid = valid & (fq[:, None] >= fk[None, :])
+            qk = tl.where(valid, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)   # a row with no key yet: avoid inf - inf
+            p = tl.exp2(qk - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(V + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
     seen = l_i > 0.0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]
     tl.store(O + row_q[:, None] * D + offs_d[None, :], o.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
@@ -72,10 +96,11 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, FQ, FK, H, D, scale_log2,
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, FQ, FK, H, D, scale, scale_log2,
-                     HAS_FRAMES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_D: tl.constexpr):
-    pid_n, s, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def _bwd_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, CU_Q, CU_K, FQ, FK, H, D, MAX_K, scale, scale_log2,
+                HAS_FRAMES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    n_blocks = tl.cdiv(MAX_K, BLOCK_N)
+    s, pid_n, h = tl.program_id(0) // n_blocks, tl.program_id(0) % n_blocks, tl.program_id(1)
     q0, q1 = tl.load(CU_Q + s).to(tl.int64), tl.load(CU_Q + s + 1).to(tl.int64)
     k0, k1 = tl.load(CU_K + s).to(tl.int64), tl.load(CU_K + s + 1).to(tl.int64)
     Lq, Lk = q1 - q0, k1 - k0
@@ -90,80 +115,68 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU_Q, CU_K, FQ, FK, H, D, 
     kv_mask = n_ok[:, None] & d_ok[None, :]
     k = tl.load(K + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
+    fk_first = -FAR
     if HAS_FRAMES:
-        fk = tl.load(FK + k0 + offs_n, mask=n_ok, other=0)
+        fk = tl.load(FK + k0 + offs_n, mask=n_ok, other=FAR)
+        fk_first = tl.min(fk, 0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start_m in range(0, Lq, BLOCK_M):
         m_idx = start_m + offs_m
         m_ok = m_idx < Lq
-        row_q = (q0 + m_idx) * H + h
-        q_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + row_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DO + row_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-        lse2 = tl.load(LSE + row_q, mask=m_ok, other=float("inf")) * 1.4426950408889634
-        delta = tl.load(DELTA + row_q, mask=m_ok, other=0.0)
-        qk = tl.dot(q, tl.trans(k)) * scale_log2
-        valid = m_ok[:, None] & n_ok[None, :]
+        fq_last = FAR
         if HAS_FRAMES:
-            fq = tl.load(FQ + q0 + m_idx, mask=m_ok, other=0)
-            valid = valid & (fq[:, None] >= fk[None, :])
-        p = tl.where(valid, tl.exp2(qk - lse2[:, None]), 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+            fq = tl.load(FQ + q0 + m_idx, mask=m_ok, other=-FAR)
+            fq_last = tl.max(fq, 0)
+        if fk_first <= fq_last:   # else no query of this block sees a key of this block
+            row_q = (q0 + m_idx) * H + h
+            q_mask = m_ok[:, None] & d_ok[None, :]
+            q = tl.load(Q + row_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
+            do = tl.load(DO + row_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
+            lse2 = tl.load(LSE + row_q, mask=m_ok, other=float("inf")) * 1.4426950408889634
+            delta = tl.load(DELTA + row_q, mask=m_ok, other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2                 # 1
+            valid = m_ok[:, None] & n_ok[None, :]
+            if HAS_FRAMES:
+                valid = valid & (fq[:, None] >= fk[None, :])
+            p = tl.where(valid, tl.exp2(qk - lse2[:, None]), 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)              # 2
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)                            # 3
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)               # 4
+            dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale                  # 5
+            tl.atomic_add(DQ + row_q[:, None] * D + offs_d[None, :], dq, mask=q_mask)
     tl.store(DK + row_k[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + row_k[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, FQ, FK, H, D, scale, scale_log2,
-                   HAS_FRAMES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr):
-    pid_m, s, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    q0, q1 = tl.load(CU_Q + s).to(tl.int64), tl.load(CU_Q + s + 1).to(tl.int64)
-    k0, k1 = tl.load(CU_K + s).to(tl.int64), tl.load(CU_K + s + 1).to(tl.int64)
-    Lq, Lk = q1 - q0, k1 - k0
-    if pid_m * BLOCK_M >= Lq:
-        return
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_ok = offs_m < Lq
-    d_ok = offs_d < D
-    row_q = (q0 + offs_m) * H + h
-    q_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + row_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DO + row_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-    lse2 = tl.load(LSE + row_q, mask=m_ok, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(DELTA + row_q, mask=m_ok, other=0.0)
-    if HAS_FRAMES:
-        fq = tl.load(FQ + q0 + offs_m, mask=m_ok, other=0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(0, Lk, BLOCK_N):
-        n_idx = start_n + offs_n
-        n_ok = n_idx < Lk
-        row_k = (k0 + n_idx) * H + h
-        kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k)) * scale_log2
-        valid = m_ok[:, None] & n_ok[None, :]
-        if HAS_FRAMES:
-            fk = tl.load(FK + k0 + n_idx, mask=n_ok, other=0)
-            valid = valid & (fq[:, None] >= fk[None, :])
-        p = tl.where(valid, tl.exp2(qk - lse2[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(DQ + row_q[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
+def _configs(stages):
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for bm, bn, w in ((128, 64, 8), (128, 32, 4), (64, 64, 4), (64, 32, 4), (32, 32, 4)) for st in stages]
+
+
+_fwd_tuned = triton.autotune(_configs((2, 3)), key=["D", "HAS_FRAMES", "PRECISION"])(_fwd_kernel)
+_bwd_tuned = triton.autotune(_configs((1, 2)), key=["D", "HAS_FRAMES", "PRECISION"], reset_to_zero=["DQ"])(_bwd_kernel)
+
+
+def autotune_on() -> bool:
+    return (os.environ.get("TRITON_INTERPRET", "0") != "1"
+            and os.environ.get("JEPA_TRITON_AUTOTUNE", "1") not in ("", "0"))
+
+
+def grid(S: int, max_len: int, H: int, block: int) -> tuple[int, int]:
+    """(sequences x blocks of the longest, heads): axis 0 may hold 2^31 - 1 programs, so no sequence cap."""
+    return S * triton.cdiv(max_len, block), H
 
 
 def _blocks(D: int, block_m, block_n):
     BLOCK_D = max(16, triton.next_power_of_2(D))   # tl.dot needs >= 16
     big = BLOCK_D <= 64
     return block_m or (64 if big else 32), block_n or (64 if big else 32), BLOCK_D
+
+
+def _precision(dtype) -> str:
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def _frames(fq, fk, q):
@@ -184,9 +197,13 @@ def block_attention_triton_fwd(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scal
         return out, lse
     BM, BN, BD = _blocks(D, block_m, block_n)
     fq, fk, has = _frames(fq, fk, q)
-    grid = (triton.cdiv(max_q, BM), S, H)
-    _fwd_kernel[grid](q, k, v, out, lse, cu_q.contiguous(), cu_k.contiguous(), fq, fk, H, D, scale * LOG2E,
-                      HAS_FRAMES=has, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD)
+    args = (q, k, v, out, lse, cu_q.contiguous(), cu_k.contiguous(), fq, fk, H, D, max_q, scale * LOG2E)
+    if autotune_on() and block_m is None and block_n is None:
+        _fwd_tuned[lambda META: grid(S, max_q, H, META["BLOCK_M"])](*args, HAS_FRAMES=has,
+                                                                   PRECISION=_precision(q.dtype), BLOCK_D=BD)
+    else:
+        _fwd_kernel[grid(S, max_q, H, BM)](*args, HAS_FRAMES=has, PRECISION=_precision(q.dtype), BLOCK_M=BM,
+                                           BLOCK_N=BN, BLOCK_D=BD)
     return out, lse
 
 
@@ -194,17 +211,21 @@ def block_attention_triton_bwd(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, 
                                fq=None, fk=None, block_m=None, block_n=None):
     q, k, v, dout = q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous()
     Tq, H, D = q.shape
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)   # rows of empty sequences stay 0
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dq32 = torch.zeros(q.shape, dtype=acc, device=q.device)   # atomic sums over key blocks
+    dk, dv = torch.zeros_like(k), torch.zeros_like(v)   # rows of empty sequences stay 0
     S = cu_q.numel() - 1
-    if Tq == 0 or k.shape[0] == 0 or S == 0:
-        return dq, dk, dv
+    if Tq == 0 or k.shape[0] == 0 or S == 0 or max_k == 0:
+        return dq32.to(q.dtype), dk, dv
     delta = (dout.float() * out.float()).sum(-1).contiguous()   # [Tq, H]: rowsum(dO * O)
     BM, BN, BD = _blocks(D, block_m, block_n)
     fq, fk, has = _frames(fq, fk, q)
-    cu_q, cu_k, lse = cu_q.contiguous(), cu_k.contiguous(), lse.contiguous()
-    args = dict(HAS_FRAMES=has, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD)
-    _bwd_dkdv_kernel[(triton.cdiv(max_k, BN), S, H)](q, k, v, dout, lse, delta, dk, dv, cu_q, cu_k, fq, fk, H, D,
-                                                     scale, scale * LOG2E, **args)
-    _bwd_dq_kernel[(triton.cdiv(max_q, BM), S, H)](q, k, v, dout, lse, delta, dq, cu_q, cu_k, fq, fk, H, D,
-                                                   scale, scale * LOG2E, **args)
-    return dq, dk, dv
+    args = (q, k, v, dout, lse.contiguous(), delta, dq32, dk, dv, cu_q.contiguous(), cu_k.contiguous(), fq, fk,
+            H, D, max_k, scale, scale * LOG2E)
+    if autotune_on() and block_m is None and block_n is None:
+        _bwd_tuned[lambda META: grid(S, max_k, H, META["BLOCK_N"])](*args, HAS_FRAMES=has,
+                                                                   PRECISION=_precision(q.dtype), BLOCK_D=BD)
+    else:
+        _bwd_kernel[grid(S, max_k, H, BN)](*args, HAS_FRAMES=has, PRECISION=_precision(q.dtype), BLOCK_M=BM,
+                                           BLOCK_N=BN, BLOCK_D=BD)
+    return dq32.to(q.dtype), dk, dv

@@ -18,8 +18,9 @@ converting first and resizing after (the order of the old decode path: swscale R
 uint8 resize) except for rounding and where the clamp would cut an out-of-gamut neighbour first
 (tests/kernels/test_yuv_resize.py measures both on decoded video).
 
-Backends: cpp (csrc/cpu/yuv_resize.cpp, a pybind11 function on buffers: ~1 us a call, so a PyAV plane
-goes in without becoming a tensor) and torch (the reference). CPU only: on a GPU, DALI decodes and
+Backends (kernels/_registry.py): cpp (csrc/cpu/yuv_resize.cpp, a pybind11 function on buffers: ~1 us a
+call, so a PyAV plane goes in without becoming a tensor; its registered impl returns that function)
+and torch (the reference). CPU only: on a GPU, DALI decodes and
 resizes (engine/data/dali.py); this is the decode path of CPU data-loader workers.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels import _ops
+from kernels import _ops, _registry
 
 # (Kr, Kb) of the colour matrices a decoder may tag its frames with; anything else is read as BT.601,
 # as swscale does for untagged frames
@@ -106,12 +107,20 @@ def yuv_resized_crop_ref(y_HW, u_hw, v_hw, box, size, *, coeffs=None, flip: bool
     return rgb.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
 
 
+def _cpp_fn():
+    return _ops.require_cpp("yuv_resized_crop").yuv_resized_crop
+
+
+# This op's impls return the raw C++ function (None for the reference), which callers with PyAV planes
+# call directly; yuv_resized_crop below is the checked entry point.
+_registry.register("yuv_resized_crop", "torch", lambda: None)
+_registry.register("yuv_resized_crop", "cpp", _cpp_fn, **_registry.CPP)
+
+
 def cpp_function():
     """The C++ function itself (for callers that pass PyAV planes and check their own arguments), or None
-    when the extension is not built or the torch backend is forced."""
-    if _ops.pick(torch.device("cpu"), "yuv_resized_crop") != "cpp":
-        return None
-    return _ops.require_cpp("yuv_resized_crop").yuv_resized_crop
+    when the registry picks the torch reference (extension not built, or "torch" forced)."""
+    return _registry.pick("yuv_resized_crop", torch.device("cpu")).fn()
 
 
 def _as_plane(p) -> np.ndarray:

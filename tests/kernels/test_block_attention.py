@@ -6,7 +6,6 @@ Tolerance rule (FlashAttention's): the kernel's error vs an fp64 reference is at
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -239,32 +238,76 @@ def test_bad_inputs():
 
 
 def test_cuda_selection_without_a_gpu(monkeypatch):
-    # Only the selection logic can run here: a stand-in with a CUDA device, availability patched.
-    def fake(dtype=torch.bfloat16, D=64):
-        return SimpleNamespace(device=torch.device("cuda"), dtype=dtype, shape=(10, 2, D))
+    # The pick reads only the device type and plain call properties, so it runs without a GPU.
+    from kernels._registry import pick
+    cuda = torch.device("cuda")
 
+    def chosen(dtype=torch.bfloat16, D=64, causal=False):
+        impl = pick("block_attention", cuda, dtype=dtype, head_dim=D, causal=causal)
+        return ba._library(dtype, D, causal) if impl.backend == "cuda" else impl.backend
+
+    monkeypatch.setattr(ba._ops, "_TRITON", True)
     for flash, xf in ((True, True), (True, False), (False, True), (False, False)):
-        monkeypatch.setattr(ba, "_flash_attn_available", lambda f=flash: f)
-        monkeypatch.setattr(ba, "_xformers_available", lambda x=xf: x)
-        monkeypatch.setattr(ba._ops, "triton_available", lambda: True)
+        monkeypatch.setattr(ba, "flash_attn_varlen_func", object() if flash else None)
+        monkeypatch.setattr(ba, "fmha", object() if xf else None)
         with kernels.backend("auto"):
-            want = "flash_attn" if flash else ("xformers" if xf else "triton")
-            assert ba.select_impl(fake()) == want
-            assert ba.select_impl(fake(), block_causal=torch.zeros(10)) == "triton"      # masks: ours only
-            assert ba.select_impl(fake(torch.float32)) == ("xformers" if xf else "triton")  # flash: fp16/bf16
-            assert ba.select_impl(fake(D=20)) == ("xformers" if xf else "triton")           # flash: Dh % 8
+            assert chosen() == ("flash_attn" if flash else ("xformers" if xf else "triton"))
+            assert chosen(causal=True) == "triton"                                   # masks: ours only
+            assert chosen(torch.float32) == ("xformers" if xf else "triton")         # flash: fp16/bf16
+            assert chosen(D=20) == ("xformers" if xf else "triton")                  # flash: Dh % 8
+            assert chosen(D=512) == ("xformers" if xf else "triton")                 # flash: Dh <= 256
         with kernels.backend("cuda"):
             if flash or xf:
-                assert ba.select_impl(fake()) in ("flash_attn", "xformers")
+                assert chosen() in ("flash_attn", "xformers")
             else:
-                with pytest.raises(RuntimeError, match="needs flash_attn or xformers"):
-                    ba.select_impl(fake())
+                with pytest.raises(RuntimeError, match="'cuda' is forced.*neither flash_attn"):
+                    chosen()
         with kernels.backend("triton"):
-            assert ba.select_impl(fake()) == "triton"
+            assert chosen() == "triton"
     with kernels.backend("auto"):
-        assert ba.select_impl(torch.zeros(1, 1, 8)) == "cpu"
+        assert pick("block_attention", torch.device("cpu"), dtype=torch.float32, head_dim=8, causal=False).backend == "cpp"
     with kernels.backend("torch"):
-        assert ba.select_impl(fake()) == "torch"
+        assert chosen() == "torch"
+    with kernels.backend("cpp"), pytest.raises(RuntimeError, match="runs on cpu tensors, got cuda"):
+        chosen()
+
+
+def test_compile_picks_without_flash_attn(monkeypatch):
+    """The CUDA pick (flash_attn, xformers, triton) traces under torch.compile(fullgraph=True) when
+    flash_attn is absent: availability is resolved at import, nothing is imported inside the graph."""
+    from kernels._registry import pick
+    monkeypatch.setattr(ba, "flash_attn_varlen_func", None)
+    monkeypatch.setattr(ba._ops, "_TRITON", True)
+
+    def f(q):
+        impl = pick("block_attention", torch.device("cuda"), dtype=q.dtype, head_dim=q.shape[-1], causal=False)
+        return q + (1.0 if impl.backend == "triton" else 2.0)
+
+    with kernels.backend("auto"):
+        out = torch.compile(f, fullgraph=True, backend="eager")(torch.zeros(4, 2, 16, dtype=torch.float16))
+    assert out.eq(2.0 if ba.fmha is not None else 1.0).all()
+
+
+def test_max_seqlen_smaller_than_longest_is_an_error():
+    q, k, v, cu, _ = _case([3, 7, 2], 2, 8, torch.float32, False)
+    for bk in ("cpp", "torch"):
+        with kernels.backend(bk):
+            with pytest.raises(ValueError, match="max_seqlen_q=6 but the longest sequence in cu_seqlens_q has 7"):
+                kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=6, max_seqlen_k=7)
+            with pytest.raises(ValueError, match="max_seqlen_k=1 but the longest"):
+                kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=7, max_seqlen_k=1)
+            kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=9, max_seqlen_k=7)   # an upper bound is fine
+    cu2 = cu.clone()
+    kernels.block_attention(q, k, v, cu2, cu2, max_seqlen_q=7, max_seqlen_k=7)   # cached: the longest is 7
+    cu2[1:] = torch.tensor([1, 11, 12])   # changed in place (lengths 1, 10, 1): read again, not served stale
+    with pytest.raises(ValueError, match="longest sequence in cu_seqlens_q has 10"):
+        kernels.block_attention(q, k, v, cu2, cu2, max_seqlen_q=7, max_seqlen_k=7)
+
+
+def test_grid_has_no_sequence_cap():
+    from kernels.triton_attention import grid
+    g = grid(S=200_000, max_len=600, H=16, block=64)
+    assert g == (200_000 * 10, 16) and g[1] <= 65_535 and g[0] < 2**31
 
 
 TRITON_SCRIPT = r"""

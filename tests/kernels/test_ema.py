@@ -1,11 +1,10 @@
-"""kernels.ema_ and FlatEMA against ema_ref on every backend."""
+"""kernels.ema_ against ema_ref on every backend; its input checks; the device pick."""
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from torch import nn
 
 import kernels
 from kernels import _ops
@@ -62,25 +61,6 @@ def test_flat_buffer_single_tensor():
     torch.testing.assert_close(t, want)
 
 
-@pytest.mark.parametrize("flatten_source", [False, True])
-def test_flat_ema(flatten_source):
-    torch.manual_seed(0)
-    src = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Linear(7, 3))
-    tgt = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Linear(7, 3))
-    want = [p.detach().clone() for p in tgt.parameters()]
-    kernels.ema_ref(want, [p.detach() for p in src.parameters()], 0.9)
-    ema = kernels.FlatEMA(tgt, src, flatten_source=flatten_source)
-    ema(0.9)
-    for p, w in zip(tgt.parameters(), want):
-        torch.testing.assert_close(p.detach(), w)
-    assert ema.flat_target.numel() == sum(p.numel() for p in tgt.parameters())
-    # the parameters are views of the flat buffer, so the module sees every update
-    assert tgt[0].weight.data.data_ptr() == ema.flat_target.data_ptr()
-    x = torch.randn(2, 5)
-    src(x).sum().backward()   # flattened sources still train
-    assert src[0].weight.grad is not None
-
-
 @pytest.mark.parametrize("bk", ["cpp", "torch"])
 def test_bad_inputs(bk):
     with kernels.backend(bk):
@@ -96,6 +76,37 @@ def test_bad_inputs(bk):
             kernels.ema_([torch.zeros(4, 4).t()], [torch.zeros(4, 4)], 0.9)
         with pytest.raises(ValueError, match="scalar"):
             kernels.ema_([torch.zeros(2)], [torch.zeros(2)], torch.ones(2))
+        for m in (float("nan"), 2.0, -0.1, 1.0 + 1e-9, torch.tensor(float("nan"))):
+            t = torch.ones(2)
+            with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
+                kernels.ema_([t], [torch.zeros(2)], m)
+            assert t.eq(1).all()   # refused before anything is written
+        with pytest.raises(TypeError, match="both be tensors or both be lists"):
+            kernels.ema_(torch.zeros(2), [torch.zeros(2)], 0.9)
+        with pytest.raises(TypeError, match="both be tensors or both be lists"):
+            kernels.ema_([torch.zeros(2)], torch.zeros(2), 0.9)
+        with pytest.raises(TypeError, match="must be a tensor"):
+            kernels.ema_([torch.zeros(2)], [[0.0, 0.0]], 0.9)
+        with pytest.raises(TypeError, match="momentum must be a float"):
+            kernels.ema_([torch.zeros(2)], [torch.zeros(2)], "0.9")
+
+
+def test_device_pick_prefers_one_launch(monkeypatch):
+    """On CUDA the EMA runs the multi-tensor CUDA kernel when built, else the one-launch Triton kernel;
+    the pick reads only the device type, so this runs without a GPU."""
+    from kernels import _registry
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(_ops, "_TRITON", True)
+    monkeypatch.setattr(_ops, "cuda_available", lambda: False)
+    assert _registry.pick("ema_", cuda, fp64=False).backend == "triton"
+    monkeypatch.setattr(_ops, "cuda_available", lambda: True)
+    assert _registry.pick("ema_", cuda, fp64=False).backend == "cuda"
+    assert _registry.pick("ema_", cuda, fp64=True).backend == "triton"   # the CUDA kernel is fp32-only
+    monkeypatch.setattr(_ops, "_TRITON", False)
+    assert _registry.pick("ema_", cuda, fp64=True).backend == "torch"
+    assert _registry.pick("ema_", torch.device("cpu"), fp64=False).backend == "cpp"
+    with kernels.backend("cpp"), pytest.raises(RuntimeError, match="'cpp' is forced.*runs on cpu tensors"):
+        _registry.pick("ema_", cuda, fp64=False)
 
 
 def test_cpp_checks_directly():
@@ -108,16 +119,30 @@ def test_cpp_checks_directly():
 
 TRITON_SCRIPT = r"""
 import torch, kernels
-from kernels.triton_ema import ema_triton_
+import kernels.triton_ema as te
+te.CHUNK, te.BLOCK = 1024, 256   # several chunks per tensor at interpreter-sized shapes
+launches = []
+kernel = te._ema_kernel
+class Counting:
+    def __getitem__(self, grid):
+        launches.append(grid)
+        return kernel[grid]
+te._ema_kernel = Counting()
 g = torch.Generator().manual_seed(0)
 for sdt in (torch.float32, torch.float16, torch.bfloat16):
-    t = [torch.randn(n, generator=g) for n in (1, 33, 5000)]
+    t = [torch.randn(n, generator=g) for n in (1, 33, 0, 5000, 2, 3)]
     s = [torch.randn(x.shape, generator=g).to(sdt) for x in t]
     want = [x.clone() for x in t]
     kernels.ema_ref(want, s, 0.99)
-    ema_triton_(t, s, torch.tensor(0.99), BLOCK=1024)
+    launches.clear()
+    te.ema_triton_(t, s, torch.tensor(0.99))
+    assert len(launches) == 1 and launches[0] == (1 + 1 + 5 + 1 + 1,), launches   # one launch, every chunk
     for a, b in zip(t, want):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+t = [torch.randn(3, dtype=torch.float64)]; s = [torch.randn(3, dtype=torch.float64)]; want = [t[0].clone()]
+kernels.ema_ref(want, s, 0.25)
+te.ema_triton_(t, s, torch.tensor(0.25))
+torch.testing.assert_close(t[0], want[0], rtol=1e-15, atol=1e-15)
 t = [torch.randn(10)]; s = [torch.randn(10)]; want = [t[0].clone()]
 kernels.ema_ref(want, s, 0.5)
 with kernels.backend("triton"):

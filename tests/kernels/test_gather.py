@@ -110,13 +110,27 @@ def test_cpp_raises_on_bad_rows_directly():
         torch.ops.jepa_cpp.gather_rows(x, torch.tensor([1.0]))
 
 
-def test_debug_uniqueness(monkeypatch):
-    monkeypatch.setenv("JEPA_KERNEL_DEBUG", "1")
-    x = torch.randn(1, 4, 3, requires_grad=True)
-    with kernels.backend("torch"):
-        y = kernels.gather_tokens(x, torch.tensor([1, 1]))
-        with pytest.raises(ValueError, match="not unique"):
-            y.sum().backward()
+@pytest.mark.parametrize("bk", ["cpp", "torch"])
+def test_repeated_rows_need_accumulate(bk):
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    with kernels.backend(bk):
+        with pytest.raises(ValueError, match="row 1 appears more than once.*accumulate=True"):
+            kernels.gather_tokens(x, torch.tensor([1, 1]))
+        with pytest.raises(ValueError, match="row 5 appears more than once"):   # sample 1, token 1
+            kernels.gather_tokens(x, torch.tensor([[0, 2], [1, 1]]))
+        with torch.no_grad():   # no backward: repeats are fine
+            torch.testing.assert_close(kernels.gather_tokens(x, torch.tensor([1, 1])), x.reshape(8, 3)[[1, 1]])
+        y = kernels.gather_tokens(x, torch.tensor([1, 1, 6]), accumulate=True)
+        y.backward(torch.ones_like(y))
+    want = torch.zeros(8, 3)
+    want[1], want[6] = 2, 1
+    torch.testing.assert_close(x.grad.reshape(8, 3), want)
+
+
+@pytest.mark.parametrize("bk", ["cpp", "torch"])
+def test_scatter_refuses_repeated_rows(bk):
+    with kernels.backend(bk), pytest.raises((ValueError, RuntimeError), match="appears"):
+        kernels.scatter_tokens(torch.randn(2, 3), torch.tensor([1, 1]), 1, 4)
 
 
 TRITON_SCRIPT = r"""
