@@ -143,7 +143,7 @@ def _cuda_gather_ln(x_MD, rows_T, eps):
 for _op, _torch, _cpp, _cuda, _tri in (
         ("gather_rows", lambda x_MD, rows_T: x_MD.index_select(0, rows_T),
          lambda x_MD, rows_T: torch.ops.jepa_cpp.gather_rows(x_MD, rows_T), _cuda_gather, "gather_rows_triton"),
-        ("scatter_rows", lambda y_TD, rows_T, M: y_TD.new_zeros(M, y_TD.shape[-1]).index_copy_(0, rows_T, y_TD),
+        ("scatter_rows", lambda y_TD, rows_T, M: y_TD.new_zeros(M, y_TD.shape[-1]).index_copy_(0, rows_T.long(), y_TD),
          lambda y_TD, rows_T, M: torch.ops.jepa_cpp.scatter_rows(y_TD, rows_T, M), _cuda_scatter,
          "scatter_rows_triton"),
         ("gather_layer_norm",
