@@ -92,7 +92,8 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None):
     if train:
         tf = VideoTransform(d.crop_size, random_resize_scale=tuple(aug.random_resize_scale),
                             random_resize_aspect_ratio=tuple(aug.random_resize_aspect_ratio),
-                            horizontal_flip=aug.horizontal_flip)
+                            horizontal_flip=aug.horizontal_flip, auto_augment=aug.auto_augment,
+                            motion_shift=aug.motion_shift, reprob=aug.reprob)
     else:
         tf = VideoEvalTransform(d.crop_size)
     kw = dict(frames_per_clip=cfg.frames_per_clip, frame_step=d.sampling_rate, fps=d.fps, duration=d.clip_duration,
@@ -108,8 +109,11 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None):
         if d.datasets_weights is not None and train:
             raise ConfigError("data.datasets_weights: not supported with dataset_type webdataset (a shard stream "
                               "has no per-dataset weights); merge the shard sets or drop the weights")
-        return ShardVideoDataset(files, **kw)
-    return VideoDataset(files, weights=d.datasets_weights if train else None, **kw)
+        ds = ShardVideoDataset(files, **kw)
+    else:
+        ds = VideoDataset(files, weights=d.datasets_weights if train else None, **kw)
+    ds.filter_short_videos = d.filter_short_videos and train
+    return ds
 
 
 def build_loader(cfg: Config, dataset, device, mask_sampler=None, rank: int = 0, world_size: int = 1,
@@ -134,10 +138,16 @@ def build_loader(cfg: Config, dataset, device, mask_sampler=None, rank: int = 0,
         from engine.data.dali import make_dali_loader
         if d.num_clips != 1:
             raise ConfigError(f"data.num_clips: the DALI reader takes one clip per video, got {d.num_clips}")
+        aug = cfg.data_aug
+        for key, on in (("auto_augment", aug.auto_augment), ("motion_shift", aug.motion_shift),
+                        ("reprob", aug.reprob > 0)):
+            if on:
+                raise ConfigError(f"data_aug.{key}: not supported by the DALI reader; use data.reader: pyav")
         return make_dali_loader(dataset, batch_size=B, seed=cfg.meta.seed, mask_sampler=mask_sampler,
                                 device=str(device), rank=rank, world_size=world_size, num_threads=d.dali_threads)
     return make_loader(dataset, batch_size=B, seed=cfg.meta.seed, mask_sampler=mask_sampler,
-                       num_workers=d.num_workers, rank=rank, world_size=world_size,
+                       num_workers=d.num_workers, persistent_workers=d.persistent_workers, rank=rank,
+                       world_size=world_size,
                        pin_memory=d.pin_mem and device.type == "cuda",
                        # on a GPU, uint8 clips cross the bus and are normalised there (4x fewer bytes)
                        device=device if device.type == "cuda" else None)

@@ -50,6 +50,8 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     "data.camera_views": ((None, ["left_mp4_path"]), (), "trajectories are read from one camera view"),
     "data.stereo_view": ((False,), (), "trajectories are read from one camera view"),
     "data.color_jitter_strength": ((0.0,), (), "I-JEPA colour jitter is not implemented"),
+    "data.use_color_distortion": ((False,), (), "I-JEPA colour distortion is not implemented"),
+    "data.use_gaussian_blur": ((False,), (), "I-JEPA Gaussian blur is not implemented"),
     "model.compile_model": ((False,), (), "torch.compile of the models is not implemented"),
     "model.use_mask_tokens": ((True,), ("ijepa",), "the reference's predictor without mask tokens is not "
                                                    "implemented"),
@@ -473,6 +475,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.datasets_weights: {len(d.datasets_weights)} weights for {len(d.datasets)} datasets")
     if d.dataset_fpcs is not None and d.datasets and len(d.dataset_fpcs) != len(d.datasets):
         raise ConfigError(f"data.dataset_fpcs: {len(d.dataset_fpcs)} values for {len(d.datasets)} datasets")
+    if not 0.0 <= cfg.data_aug.reprob <= 1.0:
+        raise ConfigError(f"data_aug.reprob: expected a probability in [0, 1], got {cfg.data_aug.reprob}")
     _range("data_aug.random_resize_scale", cfg.data_aug.random_resize_scale, 0.0, float("inf"))
     _range("data_aug.random_resize_aspect_ratio", cfg.data_aug.random_resize_aspect_ratio, 0.0, float("inf"))
     if len(o.ema) != 2 or not all(0.0 <= v <= 1.0 for v in o.ema):

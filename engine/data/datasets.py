@@ -128,6 +128,9 @@ class VideoDataset(_SkipBadFiles):
 
     decode_to_size = True
     fast_open = True  # MP4s read from their sample table (VideoReader(fast_open=...)); False: always av.open
+    # data.filter_short_videos: a video shorter than one clip's span (frames_per_clip * step) is skipped
+    # and counted like an unreadable one, as the reference skips it; otherwise its clip repeats frames
+    filter_short_videos = False
 
     def __init__(self, index_csvs, weights=None, frames_per_clip: int = 16, frame_step: int = 4,
                  fps: float | None = None, duration: float | None = None, num_clips: int = 1, transform=None,
@@ -174,6 +177,9 @@ class VideoDataset(_SkipBadFiles):
             step = vr.frame_step_for(fps=self.fps)
         elif self.duration is not None:
             step = vr.frame_step_for(duration=self.duration, frames_per_clip=self.frames_per_clip)
+        if self.filter_short_videos and vr.info.num_frames < self.frames_per_clip * step:
+            raise ValueError(f"video of {vr.info.num_frames} frames is shorter than a clip "
+                             f"({self.frames_per_clip} x {step}) and data.filter_short_videos is on")
         return sample_clip_indices(vr.info.num_frames, self.frames_per_clip, step, self.num_clips, rng,
                                    random_clip_sampling=self.random_clip_sampling,
                                    allow_clip_overlap=self.allow_clip_overlap)
@@ -184,7 +190,8 @@ class VideoDataset(_SkipBadFiles):
         with VideoReader(path, seek_threshold=self.seek_threshold, fast_open=self.fast_open) as vr:
             clips = self.sample_indices(vr, rng)
             tf = self.transform
-            if self.decode_to_size and isinstance(tf, (VideoTransform, VideoEvalTransform)):
+            if self.decode_to_size and isinstance(tf, (VideoTransform, VideoEvalTransform)) \
+                    and getattr(tf, "crops_while_decoding", True):
                 # the transform's draws (same rng, same order as calling it after decoding), then each
                 # frame is cropped and resized straight from the decoder's YUV planes
                 plans = [tf.plan(vr.info.height, vr.info.width, rng) for _ in clips]
@@ -196,8 +203,9 @@ class VideoDataset(_SkipBadFiles):
         return [frames[k * fpc:(k + 1) * fpc] for k in range(self.num_clips)]
 
     def _finish(self, clips_THW3, rng):
-        if isinstance(clips_THW3, _Resized):  # transformed while decoding: only the dtype is left
-            clips = [self.transform._out(c) for c in clips_THW3.clips]
+        if isinstance(clips_THW3, _Resized):  # cropped while decoding: what follows the crop is left
+            finish = getattr(self.transform, "finish", None)
+            clips = [finish(c, rng) if finish else self.transform._out(c) for c in clips_THW3.clips]
             return clips[0] if self.num_clips == 1 else clips
         if self.transform is not None:
             clips_THW3 = [self.transform(c, rng) for c in clips_THW3]

@@ -18,8 +18,9 @@ with global_batch = (e * batches_per_epoch + batch_in_epoch) * world_size + rank
 Hence a loader restored from state_dict() yields exactly the batches an uninterrupted one would.
 
 The batch sampler yields lists of (index, sample_seed, global_batch) keys; the dataset sees
-(index, sample_seed). Batches are (clips [B, 3, T, H, W] (a list of them when num_clips > 1, or
-[B, 3, H, W] for images), labels int64 [B], masks or None); trajectory samples
+(index, sample_seed). Batches are (clips [B, 3, T, H, W] ([num_clips * B, ...] when
+num_clips > 1: the clips of a video along the batch, clip-major, as the reference; the masks and labels
+repeat with them), or [B, 3, H, W] for images), labels int64 [B], masks or None); trajectory samples
 (engine.data.trajectories) bring {"actions", "states"} batches in the masks' place.
 
 Clip transport: when the dataset's transform has a uint8 twin (engine.data.transforms: `as_uint8()`
@@ -143,13 +144,19 @@ class Collate:
         if hasattr(xs[0], "actions"):  # trajectories (engine.data.trajectories): their arrays take the masks' place
             traj = {"actions": torch.stack([x.actions for x in xs]), "states": torch.stack([x.states for x in xs])}
             return _stack([x.clip for x in xs]), labels_B, traj, [p for s in skipped for p in s]
-        if isinstance(xs[0], (list, tuple)):  # num_clips > 1: one batched tensor per clip
-            clips = [_stack(c) for c in zip(*xs)]
+        num_clips = len(xs[0]) if isinstance(xs[0], (list, tuple)) else 1
+        if num_clips > 1:
+            # the reference's layout: the clips of a video concatenated along the batch, clip-major
+            # ([clip 0 of every sample, clip 1 of every sample, ...]), each clip with its video's masks
+            clips = _stack([x[k] for k in range(num_clips) for x in xs])
+            labels_B = labels_B.repeat(num_clips)
         else:
             clips = _stack(xs)
         masks = None
         if self.mask_sampler is not None:
             masks = self.mask_sampler(len(samples), np.random.default_rng([self.seed, gbs[0]]))
+            if num_clips > 1:
+                masks = masks.repeat(num_clips)
         return clips, labels_B, masks, [p for s in skipped for p in s]
 
 
@@ -171,8 +178,8 @@ class ResumableLoader:
     """Endless iterator of batches, epoch after epoch; state_dict()/load_state_dict() resume exactly."""
 
     def __init__(self, dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
-                 rank=0, world_size=1, pin_memory=False, prefetch_factor=2, multiprocessing_context=None,
-                 batch_sampler=None, clip_dtype=torch.float32, device=None):
+                 rank=0, world_size=1, pin_memory=False, persistent_workers=True, prefetch_factor=2,
+                 multiprocessing_context=None, batch_sampler=None, clip_dtype=torch.float32, device=None):
         if clip_dtype not in (torch.float32, torch.uint8):
             raise ValueError(f"clip_dtype must be torch.float32 (normalised) or torch.uint8, got {clip_dtype}")
         self.dataset = dataset
@@ -195,7 +202,8 @@ class ResumableLoader:
         self.clip_dtype, self.device = clip_dtype, None if device is None else torch.device(device)
         self._dl = torch.utils.data.DataLoader(
             _Fetch(source), batch_sampler=self.sampler, collate_fn=Collate(seed, mask_sampler),
-            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+            num_workers=num_workers, pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
             multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(seed))  # leave the global torch RNG untouched
@@ -270,7 +278,7 @@ class ResumableLoader:
 
 
 def make_loader(dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
-                rank=0, world_size=1, pin_memory=False, prefetch_factor=2,
+                rank=0, world_size=1, pin_memory=False, persistent_workers=True, prefetch_factor=2,
                 multiprocessing_context=None, batch_sampler=None, clip_dtype=torch.float32,
                 device=None) -> ResumableLoader:
     """See the module docstring; `mask_sampler` is any picklable callable (batch_size, rng) -> masks.
@@ -288,6 +296,7 @@ def make_loader(dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, 
     """
     return ResumableLoader(dataset, batch_size=batch_size, seed=seed, mask_sampler=mask_sampler,
                            num_workers=num_workers, drop_last=drop_last, shuffle=shuffle, rank=rank,
-                           world_size=world_size, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
+                           world_size=world_size, pin_memory=pin_memory, persistent_workers=persistent_workers,
+                           prefetch_factor=prefetch_factor,
                            multiprocessing_context=multiprocessing_context, batch_sampler=batch_sampler,
                            clip_dtype=clip_dtype, device=device)

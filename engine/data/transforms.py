@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.data.augment import ClipRandAugment, RandomErasing
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -51,6 +53,16 @@ def random_crop_box(rng: np.random.Generator, height: int, width: int, scale, ra
     else:
         h, w = height, width
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+def motion_shift_boxes(rng: np.random.Generator, height: int, width: int, num_frames: int, scale, ratio) -> np.ndarray:
+    """int64 [T, 4] (top, left, h, w) per frame (data_aug.motion_shift, the reference's
+    random_resized_crop_with_shift): random resized crop boxes for the first and the last frame, the
+    frames between on the line joining them (float32 steps truncated to whole pixels, as the reference)."""
+    a = random_crop_box(rng, height, width, scale, ratio)
+    b = random_crop_box(rng, height, width, scale, ratio)
+    steps_4T = [torch.linspace(u, v, steps=num_frames) for u, v in zip(a, b)]
+    return torch.stack(steps_4T, dim=1).to(torch.int64).numpy()
 
 
 class Normalize:
@@ -168,16 +180,31 @@ class VideoTransform(_Output):
 
     dtype=torch.uint8 returns the cropped, resized, flipped uint8 clip [3, T, S, S] instead (4x fewer
     bytes between processes); `self.normalize(x)` then gives the same float32 values, e.g. on the GPU.
+    The reference's other augmentations (engine.data.augment), in its order: auto_augment (RandAugment on
+    the full frames), motion_shift (a crop box per frame instead of one per clip), then the crop, resize
+    and flip, then reprob (random erasing).
     """
 
     def __init__(self, crop_size: int = 224, random_resize_scale=(0.3, 1.0), random_resize_aspect_ratio=(3 / 4, 4 / 3),
-                 horizontal_flip: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32):
+                 horizontal_flip: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32,
+                 auto_augment: bool = False, motion_shift: bool = False, reprob: float = 0.0):
         self.crop_size = int(crop_size)
         self.scale = tuple(random_resize_scale)
         self.ratio = tuple(random_resize_aspect_ratio)
         self.horizontal_flip = horizontal_flip
         self.normalize = Normalize(mean, std, channel_dim=-4)
         self.dtype = _check_dtype(dtype)
+        self.auto_augment = ClipRandAugment() if auto_augment else None
+        self.motion_shift = bool(motion_shift)
+        if not 0.0 <= reprob <= 1.0:
+            raise ValueError(f"reprob: expected a probability in [0, 1], got {reprob}")
+        self.erase = RandomErasing(reprob, mean, std) if reprob > 0 else None
+
+    @property
+    def crops_while_decoding(self) -> bool:
+        """Whether a reader may crop while it decodes (plan, then finish): not when an augmentation needs
+        the full frames (auto_augment) or a box per frame (motion_shift)."""
+        return self.auto_augment is None and not self.motion_shift
 
     def plan(self, height: int, width: int, rng: np.random.Generator) -> tuple[tuple[int, int, int, int], bool]:
         """((top, left, h, w), flip) for a clip of height x width: the draws __call__ makes, in its order.
@@ -185,11 +212,27 @@ class VideoTransform(_Output):
         box = random_crop_box(rng, height, width, self.scale, self.ratio)
         return box, bool(self.horizontal_flip and rng.uniform() < 0.5)
 
+    def finish(self, u8_3TSS: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """After the crop, resize and flip: random erasing (from a child stream of `rng`, so a reader
+        that crops while decoding gets the same boxes), then the output dtype."""
+        if self.erase is not None:
+            u8_3TSS = self.erase(u8_3TSS, rng.spawn(1)[0])
+        return self._out(u8_3TSS)
+
     def __call__(self, clip_THW3: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         T, H, W, _ = clip_THW3.shape
+        size = (self.crop_size, self.crop_size)
+        if self.auto_augment is not None:
+            clip_THW3 = self.auto_augment(clip_THW3, rng)
+        if self.motion_shift:
+            boxes_T4 = motion_shift_boxes(rng, H, W, T, self.scale, self.ratio)
+            flip = bool(self.horizontal_flip and rng.uniform() < 0.5)
+            frames = [_resize_planar(clip_THW3[t:t + 1, top:top + h, left:left + w], size, flip)
+                      for t, (top, left, h, w) in enumerate(boxes_T4)]
+            return self.finish(torch.cat(frames, dim=1), rng)
         (top, left, h, w), flip = self.plan(H, W, rng)
         region = clip_THW3[:, top:top + h, left:left + w]
-        return self._out(_resize_planar(region, (self.crop_size, self.crop_size), flip))
+        return self.finish(_resize_planar(region, size, flip), rng)
 
 
 class VideoEvalTransform(_Output):

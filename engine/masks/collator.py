@@ -57,6 +57,12 @@ class BatchMasks:
         self.tgt = [[next(sets) for _ in range(n)] for n in state["tgt"]]
         self.pairs, self.mask_index = state["pairs"], state["mask_index"]
 
+    def repeat(self, n: int) -> "BatchMasks":
+        """The masks of a batch of n x B clips laid out clip-major (data.num_clips = n): sample b's sets
+        again for b + B, b + 2B, ... (the reference reuses one mask pair for every clip of a video)."""
+        return BatchMasks([sets * n for sets in self.ctx], [sets * n for sets in self.tgt], list(self.pairs),
+                          list(self.mask_index))
+
     def stacked(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(ctx, tgt) as lists of int64 [B, K] tensors, the reference collator's form. Only when every
         set of a list has one length (compat mode, or a generator with fixed lengths)."""
