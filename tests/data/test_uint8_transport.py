@@ -67,8 +67,8 @@ def test_several_clips_and_images_go_through_uint8(vp9_csv, tmp_path):
     clips, _, _ = next(iter(make_loader(ds, batch_size=2, seed=0)))
     keys = next(iter(make_loader(ds, batch_size=2, seed=0).sampler))
     want = [ds[(i, s)][0] for i, s, _ in keys]
-    assert isinstance(clips, list) and len(clips) == 2
-    assert all(torch.equal(clips[k], torch.stack([w[k] for w in want])) for k in range(2))
+    assert clips.shape == (4, 3, 4, 16, 16)   # the clips of a video along the batch, clip-major
+    assert torch.equal(clips, torch.stack([w[k] for k in range(2) for w in want]))
     root = generate_images(tmp_path / "img", 6, size=24, seed=0)
     ids = ImageFolderDataset(root, transform=ImageTransform(crop_size=16))
     loader = make_loader(ids, batch_size=3, seed=2)
