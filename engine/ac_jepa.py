@@ -101,12 +101,23 @@ def load_encoder_weights(encoder: nn.Module, path, key: str = "target_encoder") 
     """Load the pretrained encoder entry `key` of a checkpoint into `encoder`, strictly: an engine
     training checkpoint, or a reference one (its `module.` / `backbone.` prefixes are dropped, as the
     reference's load_pretrained does). One error lists every mismatch."""
+    import pickle
+
     from engine.reference_ckpt import ReferenceCheckpointError, match_state
+    from engine.runtime.checkpoint import latest_path
     path = Path(path)
+    if path.is_dir():   # a run folder: its latest checkpoint
+        path = latest_path(path) or path / "checkpoints"
     if not path.is_file():
-        raise FileNotFoundError(f"meta.pretrain_checkpoint: {path} not found; train an encoder first "
+        raise FileNotFoundError(f"meta.pretrain_checkpoint: {path} not found; train the encoder first "
                                 "(python -m engine.train --config ...) or point it at a checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if path.parent.name != "checkpoints":
+            raise
+        # A checkpoint an engine run wrote (its RNG states need full unpickling), read as that run's resume does.
+        state = torch.load(path, map_location="cpu", weights_only=False)
     if key not in state:
         raise ReferenceCheckpointError(str(path), [f"no {key!r} entry (entries: {', '.join(map(str, state))}); "
                                                    "set meta.target_encoder_key"])

@@ -54,11 +54,20 @@ def build_jepa(cfg: Config):
         from engine.ac_jepa import ACJEPA, load_encoder_weights
         if cfg.meta.pretrain_checkpoint:
             load_encoder_weights(encoder, cfg.meta.pretrain_checkpoint, cfg.meta.target_encoder_key)
+        else:
+            import logging
+            logging.getLogger("engine.train").warning(
+                "meta.pretrain_checkpoint is not set: the frozen encoder keeps its random init")
         return ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
                       normalize_reps=cfg.loss.normalize_reps)
-    return JEPA(encoder, predictor, loss="smooth_l1" if cfg.is_image else "l1", loss_exp=cfg.loss.loss_exp,
-                reg_coeff=0.0 if cfg.is_image else cfg.loss.reg_coeff, std_coeff=cfg.loss.std_coeff,
-                cov_coeff=cfg.loss.cov_coeff)
+    lc = cfg.loss
+    sigreg = None
+    if lc.sigreg_coeff > 0:
+        from engine.sigreg import SIGReg
+        sigreg = SIGReg(lc.sigreg_projections, lc.sigreg_knots, lc.sigreg_t_max)
+    return JEPA(encoder, predictor, loss="smooth_l1" if cfg.is_image else "l1", loss_exp=lc.loss_exp,
+                reg_coeff=0.0 if cfg.is_image else lc.reg_coeff, std_coeff=lc.std_coeff, cov_coeff=lc.cov_coeff,
+                sigreg=sigreg, sigreg_coeff=lc.sigreg_coeff)
 
 
 def build_mask_sampler(cfg: Config):

@@ -3,7 +3,8 @@
     cfg = load_config("configs/tiny_cpu.yaml", overrides=["optimization.lr=1e-3", "mask.0.num_blocks=4"])
     cfg.data.batch_size, cfg.model.model_name, cfg.mask[0].spatial_scale, cfg.ignored_keys
 
-Sections: data, data_aug, mask, model, loss, optimization, meta, logging (+ top-level app/folder and
+Sections: data, data_aug, mask, model, loss, optimization, meta, logging, planning (ours: the CEM planner
+and its reach task) (+ top-level app/folder and
 the launcher keys). The V-JEPA (`configs/pretrain/*.yaml`), V-JEPA 2 (`configs/train/*/*.yaml`) and
 I-JEPA (`configs/*.yaml`) files load unchanged: I-JEPA's layout (model keys under meta, one mask
 dict) is mapped onto the same typed sections. Keys that only the reference launcher uses are
@@ -181,6 +182,11 @@ class LossConfig:
     cov_coeff: float = 0.0
     auto_steps: int = 1
     normalize_reps: bool = True
+    # Not in the reference (0 = off): LeJEPA's SIGReg on the context encoder's output tokens (engine.sigreg)
+    sigreg_coeff: float = 0.0
+    sigreg_projections: int = 256     # random 1-D directions per step
+    sigreg_knots: int = 17            # points of the Epps-Pulley integral on [0, sigreg_t_max]
+    sigreg_t_max: float = 3.0
 
 
 @dataclass
@@ -233,6 +239,22 @@ class LoggingConfig:
 
 
 @dataclass
+class PlanningConfig:
+    """ours: the CEM planner (engine.planning) and the reach task it is scored on (engine.plan). The CEM
+    keys are the reference planning utilities' (rollout = horizon, cem_steps = iterations)."""
+    samples: int = 100                # action sequences drawn per CEM iteration
+    topk: int = 10                    # the best of them refit the sampling distribution
+    iterations: int = 10
+    horizon: int = 1                  # actions per sequence (predictor steps per rollout)
+    momentum_mean: float = 0.15       # new = (1 - m) * top-k statistic + m * old
+    momentum_std: float = 0.15
+    maxnorm: float = 0.05             # actions are clipped to [-maxnorm, maxnorm] per axis
+    max_steps: int = 30               # the task's step budget per episode
+    tolerance: float = 0.05           # success: end effector within this distance (m) of the goal
+    goal_seed: int = 1000             # episodes' scenes and goals come from (goal_seed, episode)
+
+
+@dataclass
 class Config:
     app: str = "vjepa"                                # vjepa | ijepa | vjepa_droid
     folder: Optional[str] = None
@@ -244,6 +266,7 @@ class Config:
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    planning: PlanningConfig = field(default_factory=PlanningConfig)
     ignored_keys: list[str] = field(default_factory=list)
     source: Optional[str] = None
 
@@ -292,7 +315,7 @@ class Config:
 
 SECTIONS = {
     "data": DataConfig, "data_aug": DataAugConfig, "model": ModelConfig, "loss": LossConfig,
-    "optimization": OptimizationConfig, "meta": MetaConfig, "logging": LoggingConfig,
+    "optimization": OptimizationConfig, "meta": MetaConfig, "logging": LoggingConfig, "planning": PlanningConfig,
 }
 
 
@@ -393,6 +416,12 @@ def config_from_dict(raw: dict, source: Optional[str] = None) -> Config:
             ignored.append(k)
         elif k not in top_fields:
             raise ConfigError(f"{k}: unknown top-level key; expected one of {sorted(top_fields)}")
+    # `optimization.ema: none`: the target is the encoder itself (momentum 0: after each step the target
+    # equals the encoder), which LeJEPA makes safe with SIGReg (checked below).
+    opt_raw = raw.get("optimization") or {}
+    ema_none = isinstance(opt_raw, dict) and isinstance(opt_raw.get("ema"), str) and opt_raw["ema"].lower() == "none"
+    if ema_none:
+        raw = dict(raw, optimization=dict(opt_raw, ema=[0.0, 0.0]))
     kwargs["app"] = _coerce(raw.get("app", "vjepa"), str, "app")
     kwargs["folder"] = _coerce(raw.get("folder"), Optional[str], "folder")
     for name, cls in SECTIONS.items():
@@ -414,6 +443,9 @@ def config_from_dict(raw: dict, source: Optional[str] = None) -> Config:
         raise ConfigError(f"mask: expected a list of mask configs (video) or a mapping (I-JEPA), got {mask!r}")
     cfg = Config(**kwargs, ignored_keys=ignored, source=source)
     validate(cfg)
+    if ema_none and cfg.loss.sigreg_coeff <= 0:
+        raise ConfigError("optimization.ema: none (targets from the encoder itself, no EMA) needs "
+                          "loss.sigreg_coeff > 0: without a moving target nothing else keeps the features from collapsing")
     return cfg
 
 
@@ -498,7 +530,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("optimization.anneal_ckpt: required when optimization.is_anneal is true")
     if cfg.loss.loss_exp <= 0:
         raise ConfigError(f"loss.loss_exp: must be > 0, got {cfg.loss.loss_exp}")
-    for key in ("reg_coeff", "std_coeff", "cov_coeff"):
+    if cfg.loss.sigreg_projections < 1 or cfg.loss.sigreg_knots < 2 or cfg.loss.sigreg_t_max <= 0:
+        raise ConfigError(f"loss.sigreg_projections / sigreg_knots / sigreg_t_max: need >= 1 / >= 2 / > 0, got "
+                          f"{cfg.loss.sigreg_projections} / {cfg.loss.sigreg_knots} / {cfg.loss.sigreg_t_max}")
+    for key in ("reg_coeff", "std_coeff", "cov_coeff", "sigreg_coeff"):
         if getattr(cfg.loss, key) < 0:
             raise ConfigError(f"loss.{key}: must be >= 0, got {getattr(cfg.loss, key)}")
     _validate_masks(cfg)
@@ -539,6 +574,17 @@ def _validate_model(cfg: Config) -> None:
     if cfg.is_action_conditioned and cfg.frames_per_clip < 2:
         raise ConfigError(f"data.dataset_fpcs: an action-conditioned run needs clips of >= 2 frames, got "
                           f"{cfg.frames_per_clip}")
+    pl = cfg.planning
+    for key in ("samples", "topk", "iterations", "horizon", "max_steps"):
+        if getattr(pl, key) < 1:
+            raise ConfigError(f"planning.{key}: must be >= 1, got {getattr(pl, key)}")
+    if pl.topk > pl.samples:
+        raise ConfigError(f"planning.topk: {pl.topk} is more than planning.samples ({pl.samples})")
+    for key in ("momentum_mean", "momentum_std"):
+        if not 0.0 <= getattr(pl, key) < 1.0:
+            raise ConfigError(f"planning.{key}: must lie in [0, 1), got {getattr(pl, key)}")
+    if pl.maxnorm <= 0 or pl.tolerance <= 0:
+        raise ConfigError(f"planning.maxnorm / planning.tolerance: must be > 0, got {pl.maxnorm} / {pl.tolerance}")
     if md.pred_num_heads is not None and md.pred_embed_dim % md.pred_num_heads:
         raise ConfigError(f"model.pred_embed_dim: {md.pred_embed_dim} is not divisible by "
                           f"model.pred_num_heads ({md.pred_num_heads})")

@@ -27,7 +27,7 @@ from engine.packing import Packed, pack_index_sets
 class JEPA(nn.Module):
     def __init__(self, encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Module | None = None,
                  loss: str = "l1", loss_exp: float = 1.0, reg_coeff: float = 0.0, std_coeff: float = 0.0,
-                 cov_coeff: float = 0.0):
+                 cov_coeff: float = 0.0, sigreg=None, sigreg_coeff: float = 0.0):
         super().__init__()
         if loss not in ("l1", "smooth_l1"):
             raise ValueError(f"JEPA: loss must be 'l1' or 'smooth_l1', got {loss!r}")
@@ -42,6 +42,7 @@ class JEPA(nn.Module):
         self.loss_exp = float(loss_exp)
         self.reg_coeff = float(reg_coeff)
         self.std_coeff, self.cov_coeff = float(std_coeff), float(cov_coeff)
+        self.sigreg, self.sigreg_coeff = sigreg, float(sigreg_coeff)   # engine.sigreg.SIGReg or None
         self._ema = None
 
     # -- the three passes ----------------------------------------------------------------------
@@ -83,6 +84,10 @@ class JEPA(nn.Module):
         info["loss_std"], info["loss_cov"] = std_term.detach(), cov_term.detach()
         if spread:
             loss = loss + self.std_coeff * std_term + self.cov_coeff * cov_term
+        if self.sigreg is not None:
+            sig = self.sigreg(z_TD)
+            info["loss_sigreg"] = sig.detach()
+            loss = loss + self.sigreg_coeff * sig
         return loss, info
 
     @staticmethod

@@ -96,6 +96,8 @@ def main(argv=None):
         if name == "robot":
             r.add_argument("--size", type=int, default=64)
             r.add_argument("--fps", type=int, default=10)
+            r.add_argument("--policies", nargs="+", default=None,
+                           help="policies to cycle through (default: random reach push; explore covers the workspace)")
         else:
             r.add_argument("--size", type=int, default=None, help="short side (default: the 208x160 screen)")
             r.add_argument("--games", nargs="+", default=None)
@@ -123,7 +125,8 @@ def main(argv=None):
         from .sources import generate_robot
 
         csv = generate_robot(args.output, args.num, num_frames=args.frames, size=args.size, fps=args.fps,
-                             codec=args.codec, seed=args.seed, progress=True)
+                             codec=args.codec, seed=args.seed, progress=True,
+                             **({"policies": args.policies} if args.policies else {}))
         print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "atari":
         from .sources import generate_atari

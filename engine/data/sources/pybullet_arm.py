@@ -14,6 +14,8 @@ state seen in frame t and the action taken after it. Policies (the label is the 
     random  a smoothed random walk of the end effector inside the workspace
     reach   move to 10 cm above the cube
     push    go behind the cube (seen from a random push direction), lower, push it along that direction
+    explore move to a random waypoint in the workspace, then the next one (covers the workspace evenly:
+            the data for learning what an action does anywhere, e.g. for reaching goals by planning)
 states: end-effector position (3) and orientation quaternion xyzw (4), cube position (3).
 Episode i depends only on (seed, i).
 """
@@ -23,7 +25,8 @@ import numpy as np
 
 from .common import SourceWriter
 
-POLICIES = ("random", "reach", "push")
+POLICIES = ("random", "reach", "push", "explore")
+DEFAULT_POLICIES = POLICIES[:3]
 EE_LINK = 6  # lbr_iiwa_link_7
 HOME_Q = np.array([0.0, 0.5, 0.0, -1.3, 0.0, 1.3, 0.0])
 WORKSPACE_LO = np.array([0.30, -0.35, 0.04])
@@ -102,6 +105,7 @@ def run_episode(arm: _Arm, policy: str, rng: np.random.Generator, num_frames: in
     push_dir = rng.normal(size=2)
     push_dir = np.append(push_dir / np.linalg.norm(push_dir), 0.0)
     phase = 0
+    waypoint = rng.uniform(WORKSPACE_LO, WORKSPACE_HI)
     for t in range(num_frames):
         pos, orn = arm.ee()
         cube = arm.cube_pos()
@@ -112,6 +116,10 @@ def run_episode(arm: _Arm, policy: str, rng: np.random.Generator, num_frames: in
             a = np.clip(vel, -MAX_STEP, MAX_STEP)
         elif policy == "reach":
             a = _toward(arm.target, cube + [0, 0, 0.10], 0.002, rng)
+        elif policy == "explore":
+            if np.linalg.norm(waypoint - arm.target) < 0.02:
+                waypoint = rng.uniform(WORKSPACE_LO, WORKSPACE_HI)
+            a = _toward(arm.target, waypoint, 0.01, rng)
         else:  # push: above the start point, down, then along push_dir
             start = cube - 0.10 * push_dir
             if phase == 0:
@@ -130,7 +138,7 @@ def run_episode(arm: _Arm, policy: str, rng: np.random.Generator, num_frames: in
 
 
 def generate_robot(out_dir, num_videos: int, *, num_frames: int = 32, size: int = 64, fps: int = 10,
-                   codec: str = "h264", seed: int = 0, policies=POLICIES, name: str = "robot",
+                   codec: str = "h264", seed: int = 0, policies=DEFAULT_POLICIES, name: str = "robot",
                    progress: bool = False):
     """Write num_videos episodes (policy i % len(policies)); return the index CSV path."""
     if size % 4:
