@@ -1,7 +1,8 @@
 // Multi-tensor EMA on CUDA: t = m*t + (1-m)*s over a list of tensors in ONE launch (multi-tensor-apply
 // style: the host cuts the list into 64K-element chunks; each block finds its chunk in a small table
 // passed by value in the kernel arguments; tables larger than one launch's argument space are split).
-// Pure CUDA (raw pointers + stream); fp32 targets, fp32/fp16/bf16 sources; momentum read on device.
+// Pure CUDA (raw pointers + stream); fp32 targets, fp32/fp16/bf16 sources (all with vector loads);
+// momentum read on device.
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -25,6 +26,31 @@ __device__ inline float ld(const float* p, int64_t i) { return p[i]; }
 __device__ inline float ld(const __half* p, int64_t i) { return __half2float(p[i]); }
 __device__ inline float ld(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
 
+// Four source elements as one vector load: float4 for fp32 (16 B), 8 bytes for fp16/bf16.
+template <typename S> struct Vec4;
+template <> struct Vec4<float> {
+  using type = float4;
+  __device__ static float4 load(const float4* p) { return *p; }
+};
+template <> struct Vec4<__half> {
+  using type = uint2;
+  __device__ static float4 load(const uint2* p) {
+    const uint2 raw = *p;
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+  }
+};
+template <> struct Vec4<__nv_bfloat16> {
+  using type = uint2;
+  __device__ static float4 load(const uint2* p) {
+    const uint2 raw = *p;
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+  }
+};
+
 template <typename S>
 __global__ void ema_kernel(Table tab, const float* __restrict__ momentum) {
   const int ti = tab.tensor_of_chunk[blockIdx.x];
@@ -34,13 +60,16 @@ __global__ void ema_kernel(Table tab, const float* __restrict__ momentum) {
   float* __restrict__ t = tab.t[ti];
   const S* __restrict__ s = (const S*)tab.s[ti];
   const float m = *momentum, a = 1.f - m;
-  // 16-byte path: 4 floats at a time when the chunk start is aligned (chunks are 64K elements).
-  if (((uintptr_t)(t + begin) % 16 == 0) && sizeof(S) == 4 && ((uintptr_t)((const float*)s + begin) % 16 == 0)) {
+  using V = typename Vec4<S>::type;
+  // Vector path for every source dtype: 4 elements per thread per step when both chunk starts are
+  // aligned to their vector size (chunks are 64K elements, so only the tensor base decides).
+  if ((uintptr_t)(t + begin) % 16 == 0 && (uintptr_t)(s + begin) % sizeof(V) == 0) {
     float4* t4 = (float4*)(t + begin);
-    const float4* s4 = (const float4*)((const float*)s + begin);
+    const V* s4 = (const V*)(s + begin);
     const int64_t n4 = (end - begin) / 4;
     for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-      float4 x = t4[i], y = s4[i];
+      float4 x = t4[i];
+      const float4 y = Vec4<S>::load(s4 + i);
       x.x = m * x.x + a * y.x; x.y = m * x.y + a * y.y; x.z = m * x.z + a * y.z; x.w = m * x.w + a * y.w;
       t4[i] = x;
     }
