@@ -9,12 +9,14 @@ Per case (V-JEPA-like length mixes and many short sequences) it times forward+ba
          (pad and unpad copies included, as a model would do them),
   loop:  a Python loop of SDPA per sequence, outputs joined with torch.cat,
 and prints ms, TFLOP/s counting only real tokens (FlashAttention's count: fwd 4*L^2*H*Dh per
-sequence, fwd+bwd 3.5x that) and each baseline's time / ours. The methods run interleaved and each
-keeps its best time, since other work shares this machine's cores. Ratios are from one run.
+sequence, fwd+bwd 3.5x that) and each baseline's time / ours. The methods run interleaved, round after
+round (A B C D A B C D ...), and each reports its median over the rounds with the spread (min, max),
+so a slow outlier round (other work shares this machine's cores) moves no ratio. Ratios are from one run.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -96,14 +98,15 @@ def make_ways(lens, H, Dh, dtype):
 
 def bench_case(name, lens, H, Dh, dtype, reps):
     ways, T = make_ways(lens, H, Dh, dtype)
-    best = {w: float("inf") for w in ways}
+    times = {w: [] for w in ways}
     for w in ways:   # warm-up (plans, lazy init)
         ways[w]()
     for _ in range(reps):
         for w, fn in ways.items():
             t0 = time.perf_counter()
             fn()
-            best[w] = min(best[w], time.perf_counter() - t0)
+            times[w].append(time.perf_counter() - t0)
+    best = {w: statistics.median(ts) for w, ts in times.items()}
     flops = 3.5 * sum(4 * L * L * H * Dh for L in lens)
     pad_ratio = len(lens) * max(lens) ** 2 / sum(L * L for L in lens)
     rows = []
@@ -112,6 +115,8 @@ def bench_case(name, lens, H, Dh, dtype, reps):
         rows.append({"case": name, "dtype": str(dtype).split(".")[-1], "seqs": len(lens), "tokens": T,
                      "min_len": min(lens), "max_len": max(lens), "H": H, "Dh": Dh, "method": w,
                      "ms": round(t * 1e3, 2) if t else "skipped (T too large)",
+                     "ms_min": round(min(times[w]) * 1e3, 2) if t else "", "ms_max": round(max(times[w]) * 1e3, 2) if t else "",
+                     "rounds": reps,
                      "TFLOPs_real": round(flops / t / 1e12, 4) if t else "",
                      "ours_speedup": round(t / best["ours"], 2) if t else "",
                      "attn_pad_ratio": round(pad_ratio, 2)})
@@ -128,8 +133,8 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    reps = args.reps or (2 if args.quick else 4)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fwd+bwd, best of {reps}; "
+    reps = args.reps or (3 if args.quick else 5)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fwd+bwd, median of {reps} rounds; "
           f"speedup = method time / ours; attn_pad_ratio = S*Lmax^2 / sum L^2")
     hdr = f"{'case':<34}{'dtype':<9}{'tokens':>7}{'method':>7}{'ms':>10}{'TFLOP/s':>9}{'x ours':>8}{'padR':>6}"
     print(hdr)

@@ -17,6 +17,16 @@ def test_run_kernels_quick_writes_every_op(tmp_path):
     ops = {row["op"] for row in rows}
     assert {"copy_", "gather_fwd_bwd", "gather_layer_norm"} <= ops and any(o.startswith("ema") for o in ops)
     assert all(float(row["GB_s"]) > 0 for row in rows if row["GB_s"])
+    # every op row's % is against a copy of the same bytes, and all methods of an op share their bytes
+    for row in rows:
+        if row["op"] != "copy_":
+            gbs, copy = float(row["GB_s"]), float(row["copy_GB_s_same_bytes"])
+            # GB/s are written with 2 decimals: allow that rounding in both
+            slack = 100 * (0.005 / copy + (gbs + 0.005) * 0.005 / (copy * (copy - 0.005))) + 0.05
+            assert copy > 0 and abs(float(row["pct_copy_bw"]) - 100 * gbs / copy) <= slack
+    for op in ops - {"copy_"}:
+        assert len({row["bytes_MB"] for row in rows if row["op"] == op and row["shape"] == rows[1]["shape"]}) <= 1
+    assert {"gather then layer_norm", "kernels.gather_layer_norm"} <= {row["method"] for row in rows}
 
 
 def test_bench_loader_runs_every_loader(tmp_path):
