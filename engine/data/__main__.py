@@ -4,6 +4,9 @@ Usage:
     python -m engine.data generate --output data/generated/toy --videos 300 --val 60 [--frames 16 --size 64
                                    --fps 8 --codec h264 --seed 0 --classes 5]
         -> DIR/train.csv, DIR/val.csv (+ DIR/train/, DIR/val/ video files)
+    python -m engine.data events --output DIR --pairs 60 [--events teleport vanish pass_through --actors 3 ...]
+        -> DIR/events.csv (label 1 = physically impossible) + DIR/events.events.csv (event, pair, frame):
+           pairs of one scene, possible and impossible (engine.data.synthetic.generate_events)
     python -m engine.data images --output data/generated/images --num 500 [--size 64 --seed 0]
         -> DIR/<class>/<NNNNNN>.png
     python -m engine.data bench --index DIR/train.csv [--frames 16 --step 1 --crop 64 --batch 8 --workers 0
@@ -23,7 +26,7 @@ import argparse
 import time
 
 from .images import generate_images
-from .synthetic import CODECS, MOTION_CLASSES, generate_split
+from .synthetic import CODECS, EVENTS, MOTION_CLASSES, generate_events, generate_split
 
 
 def bench(args) -> float:
@@ -42,14 +45,8 @@ def bench(args) -> float:
     return args.batches * args.batch / (time.perf_counter() - t0)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m engine.data", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="moving-object videos + train/val index CSVs")
+def _scene_args(g) -> None:
     g.add_argument("--output", required=True)
-    g.add_argument("--videos", type=int, required=True, help="number of training videos")
-    g.add_argument("--val", type=int, default=0, help="number of validation videos")
     g.add_argument("--frames", type=int, default=16)
     g.add_argument("--size", type=int, default=64)
     g.add_argument("--fps", type=int, default=8)
@@ -61,6 +58,20 @@ def main(argv=None):
     g.add_argument("--distractors", type=int, default=3, help="at most this many static objects")
     g.add_argument("--background", default="random", choices=("random", "plain"))
     g.add_argument("--flicker", action="store_true", help="actors change colour every frame")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m engine.data", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="moving-object videos + train/val index CSVs")
+    g.add_argument("--videos", type=int, required=True, help="number of training videos")
+    g.add_argument("--val", type=int, default=0, help="number of validation videos")
+    ev = sub.add_parser("events", help="possible / impossible video pairs (intuitive physics)")
+    ev.add_argument("--pairs", type=int, required=True)
+    ev.add_argument("--events", nargs="+", default=list(EVENTS), choices=EVENTS)
+    for sp in (g, ev):   # the scene: the same arguments for both
+        _scene_args(sp)
     im = sub.add_parser("images", help="procedural shape images in ImageFolder layout")
     im.add_argument("--output", required=True)
     im.add_argument("--num", type=int, required=True)
@@ -111,6 +122,12 @@ def main(argv=None):
                                     distractors=args.distractors, background=args.background,
                                     flicker=args.flicker, progress=True)
         print(f"wrote {train} and {val} in {time.perf_counter() - t0:.1f} s")
+    elif args.cmd == "events":
+        csv = generate_events(args.output, args.pairs, events=tuple(args.events), num_frames=args.frames,
+                              size=args.size, fps=args.fps, codec=args.codec, seed=args.seed, num_classes=args.classes,
+                              actors=args.actors, radius=tuple(args.radius), distractors=args.distractors,
+                              background=args.background, flicker=args.flicker, progress=True)
+        print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "bench":
         print(f"{bench(args):.1f} clips/s")
     elif args.cmd == "prepare":

@@ -19,6 +19,14 @@ The classes are chosen to be invariant under a horizontal flip (the training tra
     gravity     a ball under gravity bouncing on the floor (random apex height), drifting sideways
     pulse       the actor stays in place and its size oscillates (num_classes=6 only)
 
+Intuitive physics (`generate_events`, `python -m engine.data events`): pairs of videos of one scene (the
+motion scenes above) with one more object, the "event actor", moving in a straight line; in the
+possible video of a pair it behaves, in the impossible one it does not, from a frame in the middle on:
+
+    teleport      it jumps to another place and moves on from there (possible: it keeps moving)
+    vanish        it disappears (possible: it stays)
+    pass_through  it runs into a static block and passes through it (possible: it bounces back)
+
 Physics is in pixels per second (scaled by size/64), so a higher fps gives the same motion, sampled
 finer. Video i's content depends only on (seed, split, i): adding videos never changes earlier ones.
 Also here: `write_video` (atomic PyAV writer) and `write_counter_video` / `read_counter`, a video whose
@@ -247,6 +255,95 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size
         frames = frames * (1 - a_THW1) + a_THW1 * colour
         first_yx_T2 = yx_T2 if first_yx_T2 is None else first_yx_T2
     return np.clip(frames + 0.5, 0, 255).astype(np.uint8), first_yx_T2
+
+
+EVENTS = ("teleport", "vanish", "pass_through")
+
+
+def render_event_clip(event: str, impossible: bool, rng: np.random.Generator, num_frames: int = 16,
+                      size: int = 64, fps: float = 8, num_classes: int = len(MOTION_CLASSES), **scene):
+    """One video of an event pair: (uint8 frames [T, H, W, 3], event frame). The rng draws do not depend
+    on `impossible`, so both videos of a pair drawn from equal rngs show the same scene and differ only
+    from the event frame on. `scene`: render_clip's keyword arguments (actors, radius, background, ...)."""
+    if event not in EVENTS:
+        raise ValueError(f"event must be one of {EVENTS}, got {event!r}")
+    label = int(rng.integers(num_classes))
+    frames, _ = render_clip(label, rng, num_frames, size, fps, **scene)
+    frames = frames.astype(np.float32)
+    s = size / 64.0
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    lo_r, hi_r = scene.get("radius", (4.5, 8.0))
+    r = rng.uniform(lo_r, hi_r) * s
+    shape, colour = SHAPES[rng.integers(len(SHAPES))], contrasting_colour(rng, frames[0].mean((0, 1)))
+    k = int(rng.integers(num_frames // 3, 2 * num_frames // 3 + 1))   # the event frame
+    t_T = np.arange(num_frames) / fps
+    lo, hi = r, size - 1 - r
+    speed = rng.uniform(14, 24) * s
+    alpha_T = np.ones(num_frames, np.float32)
+    if event == "pass_through":
+        # a block in the actor's path, reached at frame k: possible = it bounces back, impossible = it goes on
+        br = rng.uniform(lo_r, hi_r) * s
+        y0 = rng.uniform(lo, hi)
+        direction = rng.choice([-1.0, 1.0])
+        x_contact = size / 2 + rng.uniform(-0.15, 0.15) * size
+        xb = x_contact + direction * (r + br)
+        x_T = x_contact + direction * speed * (t_T - t_T[k])        # free flight, at contact at frame k
+        if not impossible:
+            x_T = np.where(np.arange(num_frames) > k, 2 * x_contact - x_T, x_T)
+        yx_T2 = np.stack([np.full(num_frames, y0), x_T], 1)
+        block_shape = SHAPES[rng.integers(len(SHAPES))]
+        block_colour = contrasting_colour(rng, frames[0].mean((0, 1)))
+        a = shape_alpha(block_shape, yy - y0, xx - xb, br)[None, ..., None]
+        frames = frames * (1 - a) + a * block_colour
+    else:
+        y0, x0 = rng.uniform(lo, hi, 2)
+        ang = rng.uniform(0, 2 * np.pi)
+        yx_T2 = np.stack([_reflect(y0 + np.sin(ang) * speed * t_T, lo, hi),
+                          _reflect(x0 + np.cos(ang) * speed * t_T, lo, hi)], 1)
+        jump_yx = rng.uniform(lo, hi, 2)   # where a teleport lands (at least 3 radii away)
+        if np.hypot(*(jump_yx - yx_T2[k])) < 3 * r:
+            jump_yx = np.where(yx_T2[k] < size / 2, hi - (jump_yx - lo) * 0.3, lo + (hi - jump_yx) * 0.3)
+        if impossible and event == "teleport":
+            yx_T2[k:] = np.stack([_reflect(jump_yx[0] + yx_T2[k:, 0] - yx_T2[k, 0], lo, hi),
+                                  _reflect(jump_yx[1] + yx_T2[k:, 1] - yx_T2[k, 1], lo, hi)], 1)
+        if impossible and event == "vanish":
+            alpha_T[k:] = 0.0
+    a_THW1 = shape_alpha(shape, yy[None] - yx_T2[:, 0, None, None], xx[None] - yx_T2[:, 1, None, None], r)[..., None]
+    frames = frames * (1 - a_THW1 * alpha_T[:, None, None, None]) + a_THW1 * alpha_T[:, None, None, None] * colour
+    return np.clip(frames + 0.5, 0, 255).astype(np.uint8), k
+
+
+def generate_events(out_dir, num_pairs: int, *, events=EVENTS, num_frames: int = 16, size: int = 64, fps: int = 8,
+                    codec: str = "h264", seed: int = 0, name: str = "events", num_classes: int = len(MOTION_CLASSES),
+                    progress: bool = False, **scene) -> Path:
+    """Write num_pairs (possible, impossible) video pairs to out_dir/name/ and the index out_dir/name.csv,
+    "path label" with label 1 = impossible; out_dir/name.events.csv adds each video's event, pair id and
+    event frame. Pair i uses event events[i % len(events)]; both videos of a pair show the same scene."""
+    for e in events:
+        if e not in EVENTS:
+            raise ValueError(f"events: each must be one of {EVENTS}, got {e!r}")
+    out_dir = Path(out_dir).resolve()
+    (out_dir / name).mkdir(parents=True, exist_ok=True)
+    suffix = CODECS[codec][2]
+    it = range(num_pairs)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"generating {name}", unit="pair")
+    lines, meta = [], ["path,label,event,pair,event_frame\n"]
+    for i in it:
+        event = events[i % len(events)]
+        for impossible in (False, True):
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode()), i])
+            frames, k = render_event_clip(event, impossible, rng, num_frames, size, fps, num_classes, **scene)
+            path = write_video(out_dir / name / f"{i:06d}_{int(impossible)}{suffix}", frames, fps=fps, codec=codec)
+            lines.append(f"{path} {int(impossible)}\n")
+            meta.append(f"{path},{int(impossible)},{event},{i},{k}\n")
+    (out_dir / f"{name}.events.csv").write_text("".join(meta))
+    csv_path = out_dir / f"{name}.csv"
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, csv_path)
+    return csv_path
 
 
 # ----------------------------------------------------------------------------- data sets on disk

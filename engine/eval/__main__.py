@@ -4,7 +4,10 @@
     python -m engine.eval knn    --config ...      # cosine kNN on pooled features (experiment.knn: k, temperature)
     python -m engine.eval linear --config ...      # linear classifier on pooled features
     python -m engine.eval embed  --config ... [--split val]     # pooled embeddings -> HiPlot HTML + PCA PNG
-    python -m engine.eval anomaly --config configs/tiny_cpu.yaml --checkpoint runs/demo --data videos.csv
+    python -m engine.eval anomaly --config configs/tiny_cpu.yaml --checkpoint runs/demo --data videos.csv \
+        [--mode future|masked] [--masks 8] [--output DIR] [--random-init]
+        # per-clip and per-token surprise (engine.eval.anomaly) -> surprise.csv, token_surprise.npy, and
+        # with labels (1 = anomalous) ROC AUC of the model's surprise and of the pixel-difference baseline
 
 probe, knn and linear read the same cached features (folder/features/), so running all three extracts
 them once; each writes its result as folder/<command>.json and prints the best accuracy.
@@ -101,14 +104,91 @@ def cmd_linear(args) -> dict:
     return r
 
 
-COMMANDS = {"probe": cmd_probe, "knn": cmd_knn, "linear": cmd_linear}
+def _clip_starts(dataset) -> list[int]:
+    """The first frame of each sample's first clip (test-time sampling draws nothing at random)."""
+    import numpy as np
+    from engine.data.video import VideoReader
+    starts = []
+    for path in dataset.paths:
+        try:
+            with VideoReader(path) as vr:
+                starts.append(int(dataset.sample_indices(vr, np.random.default_rng(0))[0][0]))
+        except Exception:  # noqa: BLE001 -- an unreadable file was skipped by the loader too
+            starts.append(-1)
+    return starts
+
+
+def cmd_embed(args) -> dict:
+    from engine.eval.embed import embedding_rows, write_hiplot, write_pca_png
+    from engine.eval.features import pooled
+    ec, folder, _, train, val = _setup(args)
+    from engine.eval.features import split_dataset
+    ds = split_dataset(ec, args.split, train_augment=False)
+    x, y = pooled(val if args.split == "val" else train)
+    starts = None if ec.is_image else _clip_starts(ds)
+    rows = embedding_rows(x, y, ds.paths, starts)
+    tag = "_random_init" if args.random_init else ""
+    html = write_hiplot(rows, folder / f"embed_{args.split}{tag}.html")
+    png = write_pca_png(x, y, folder / f"embed_{args.split}{tag}_pca.png")
+    print(f"embeddings of {len(rows)} samples: {html} (HiPlot; open in a browser), {png}")
+    return {"html": str(html), "png": str(png), "rows": len(rows)}
+
+
+def cmd_anomaly(args) -> dict:
+    import numpy as np
+    from engine.config import load_config
+    from engine.eval.anomaly import load_jepa, roc_auc, score_dataset, surprise_dataset
+    from engine.runtime.io import atomic_write_text
+    cfg = load_config(args.config, args.overrides)
+    folder = Path(args.output or "runs/anomaly")
+    folder.mkdir(parents=True, exist_ok=True)
+    model = load_jepa(cfg, args.checkpoint, random_init=args.random_init, seed=args.seed)
+    ds = surprise_dataset(cfg, args.data)
+    t0 = time.perf_counter()
+    r = score_dataset(model, cfg, ds, mode=args.mode, num_masks=args.masks, batch_size=args.batch_size,
+                      num_workers=args.num_workers, seed=args.seed)
+    lines = ["path,label,surprise_mean,surprise_max,pixel_difference\n"]
+    for i, path in enumerate(ds.paths):
+        lines.append(f"{path},{int(r['labels'][i])},{float(r['mean'][i]):.6g},{float(r['max'][i]):.6g},"
+                     f"{float(r['pixel'][i]):.6g}\n")
+    atomic_write_text(folder / "surprise.csv", "".join(lines))
+    np.save(folder / "token_surprise.npy", r["token_err"].numpy())
+    out = {"clips": len(ds), "mode": args.mode, "masks": args.masks if args.mode == "masked" else None,
+           "random_init": args.random_init, "seconds": round(time.perf_counter() - t0, 1)}
+    labels = r["labels"].numpy()
+    if len(set(labels.tolist())) == 2:
+        out["roc_auc"] = {k: roc_auc(r[k].numpy(), labels) for k in ("mean", "max", "pixel")}
+        print("ROC AUC (label 1 = anomalous): " + ", ".join(f"surprise {k} {v:.3f}" if k != "pixel" else
+                                                             f"pixel difference {v:.3f}"
+                                                             for k, v in out["roc_auc"].items()))
+    _write(folder, "anomaly", out)
+    print(f"surprise of {len(ds)} clips: {folder / 'surprise.csv'}, per token: {folder / 'token_surprise.npy'}")
+    return out
+
+
+COMMANDS = {"probe": cmd_probe, "knn": cmd_knn, "linear": cmd_linear, "embed": cmd_embed, "anomaly": cmd_anomaly}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m engine.eval", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        _common(sub.add_parser(name))
+    for name in ("probe", "knn", "linear", "embed"):
+        sp = sub.add_parser(name)
+        _common(sp)
+        if name == "embed":
+            sp.add_argument("--split", choices=("train", "val"), default="val")
+    a = sub.add_parser("anomaly", help="surprise of a trained JEPA on each clip of a CSV")
+    a.add_argument("--config", required=True, help="the model's training config")
+    a.add_argument("--set", dest="overrides", action="append", default=[])
+    a.add_argument("--checkpoint", default=None, help="a training checkpoint or run folder")
+    a.add_argument("--data", required=True, help="CSV of 'path label' lines (label 1 = anomalous)")
+    a.add_argument("--mode", choices=("future", "masked"), default="future")
+    a.add_argument("--masks", type=int, default=8, help="masks per clip (masked mode)")
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--num-workers", type=int, default=0)
+    a.add_argument("--output", default=None)
+    a.add_argument("--random-init", action="store_true")
+    a.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
         return COMMANDS[args.command](args)

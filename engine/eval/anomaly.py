@@ -1,0 +1,144 @@
+"""Surprise: how badly a trained JEPA predicts a clip's own latent representation, per token and per clip.
+
+    model = load_jepa(train_cfg, "runs/demo")                        # encoder, predictor, target encoder
+    err_BN, n_BN = token_surprise(model, clips_B3THW, mask_sets)     # mean |prediction - target| per token
+    clip_BK = clip_scores(err_BN, n_BN)                              # per clip: mean, max
+    roc_auc(scores, labels)
+
+A token's surprise is the predictor's L1 error (averaged over channels, as the loss) on that token's
+layer-normed target-encoder feature, averaged over every mask in which the token was a target:
+- "masked": masks drawn from the training config's mask generators (the task the model learnt);
+- "future": for each time step t > 0 of the token grid, the context is every token before t and the
+  targets are the tokens at t (the model must carry the past forward; the spirit of V-JEPA's IntPhys test).
+A clip's surprise is the mean over its scored tokens, and the max (an event is local in space and time).
+The no-model baseline (`pixel_surprise`): the largest mean absolute change between consecutive frames.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import kernels
+from engine.masks.collator import BatchMasks
+
+
+def load_jepa(cfg, checkpoint=None, random_init: bool = False, seed: int = 0):
+    """The JEPA of a training config, loaded (strictly) from a training checkpoint or run folder."""
+    from engine.builders import build_jepa
+    from engine.config import ConfigError
+    from engine.reference_ckpt import read_checkpoint
+    from engine.runtime.checkpoint import latest_path
+    from pathlib import Path
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_jepa(cfg)
+    if not random_init:
+        if checkpoint is None:
+            raise ConfigError("--checkpoint: a training checkpoint or run folder is required (or --random-init)")
+        path = Path(checkpoint)
+        if path.is_dir():
+            path = latest_path(path)
+            if path is None:
+                raise ConfigError(f"--checkpoint: {checkpoint} holds no checkpoints/latest")
+        state, _ = read_checkpoint(path, trusted=True)
+        for part in ("encoder", "predictor", "target_encoder"):
+            if part not in state:
+                raise ConfigError(f"--checkpoint: {path} has no {part!r} (a checkpoint of engine.train is expected)")
+            getattr(model, part).load_state_dict(state[part], strict=True)
+    return model.eval()
+
+
+def future_masks(grid_THW, B: int, start: int = 1) -> list[BatchMasks]:
+    """One mask set per time step t >= start: context = tokens before t, targets = tokens at t."""
+    T, H, W = grid_THW
+    per_t = H * W
+    sets = []
+    for t in range(start, T):
+        ctx, tgt = torch.arange(t * per_t), torch.arange(t * per_t, (t + 1) * per_t)
+        sets.append(BatchMasks(ctx=[[ctx] * B], tgt=[[tgt] * B], pairs=[(0, 0)], mask_index=[0]))
+    return sets
+
+
+@torch.no_grad()
+def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean error per token [B, N], how many masks scored it [B, N]); tokens never a target: count 0."""
+    from engine.jepa import plan_packing
+    B, N = clips_B3THW.shape[0], model.encoder.num_patches
+    h_BND = model.target_encoder.forward_dense(model.target_encoder.embed(clips_B3THW))
+    x_BND = model.encoder.embed(clips_B3THW)
+    err_sum = torch.zeros(B * N)
+    count = torch.zeros(B * N)
+    for masks in mask_sets:
+        plan = plan_packing(masks, B, N)
+        h_TD = kernels.gather_layer_norm(h_BND, plan.tgt.rows_T)
+        z_TD = model.encoder.forward_packed(x_BND, plan.ctx)
+        if plan.ctx_rows_for_pairs is not None:
+            z_TD = z_TD.index_select(0, plan.ctx_rows_for_pairs)
+        p_TD = model.predictor.forward_packed(z_TD, plan.ctx_pairs, plan.tgt, plan.mask_index_S)
+        err_T = (p_TD.float() - h_TD.float()).abs().mean(-1)
+        err_sum.index_add_(0, plan.tgt.rows_T, err_T)
+        count.index_add_(0, plan.tgt.rows_T, torch.ones_like(err_T))
+    return (err_sum / count.clamp_min(1)).view(B, N), count.view(B, N)
+
+
+def clip_scores(err_BN, count_BN) -> dict:
+    """Per-clip surprise over the scored tokens: {"mean": [B], "max": [B]}."""
+    scored = count_BN > 0
+    mean = (err_BN * scored).sum(1) / scored.sum(1).clamp_min(1)
+    mx = torch.where(scored, err_BN, torch.full_like(err_BN, -float("inf"))).amax(1)
+    return {"mean": mean, "max": mx}
+
+
+def pixel_surprise(clips_B3THW) -> torch.Tensor:
+    """The no-model baseline: max over t of the mean |frame t+1 - frame t| ([B])."""
+    d = (clips_B3THW[:, :, 1:] - clips_B3THW[:, :, :-1]).abs().mean(dim=(1, 3, 4))
+    return d.amax(1)
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties counted half."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("roc_auc: needs both positive and negative labels")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def mask_sets_for(mode: str, cfg, model, B: int, num_masks: int, seed: int):
+    if mode == "future":
+        return future_masks(model.encoder.grid, B)
+    if mode == "masked":
+        from engine.builders import build_mask_sampler
+        sampler = build_mask_sampler(cfg)
+        return [sampler.sample(B, np.random.default_rng([seed, i])) for i in range(num_masks)]
+    raise ValueError(f"surprise mode must be 'future' or 'masked', got {mode!r}")
+
+
+def surprise_dataset(cfg, csv):
+    """The clips the model was trained on (its frames, step and crop size), centre-cropped, from the start."""
+    from engine.data.datasets import VideoDataset
+    from engine.data.transforms import VideoEvalTransform
+    d = cfg.data
+    return VideoDataset([csv], frames_per_clip=cfg.frames_per_clip, frame_step=d.sampling_rate, fps=d.fps,
+                        duration=d.clip_duration, transform=VideoEvalTransform(d.crop_size),
+                        random_clip_sampling=False)
+
+
+def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int = 8, batch_size: int = 16,
+                  num_workers: int = 0, seed: int = 0) -> dict:
+    """{"mean", "max", "pixel": [M] per-clip scores, "labels": [M], "token_err": [M, N]} for every clip."""
+    from engine.eval.probe import _Indexed
+    loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, num_workers=num_workers)
+    out = {"mean": [], "max": [], "pixel": [], "labels": [], "token_err": []}
+    for clips, y in loader:
+        # the same masks for every batch (masked mode): clips are compared under equal masking
+        sets = mask_sets_for(mode, cfg, model, len(y), num_masks, seed)
+        err, n = token_surprise(model, clips, sets)
+        cs = clip_scores(err, n)
+        out["mean"].append(cs["mean"])
+        out["max"].append(cs["max"])
+        out["pixel"].append(pixel_surprise(clips))
+        out["labels"].append(torch.as_tensor(y))
+        out["token_err"].append(err)
+    return {k: torch.cat(v) for k, v in out.items()}
