@@ -1,0 +1,628 @@
+"""One command for one short window on one GPU (H100/H200): are the device kernels correct, how fast are
+they against the library kernels, and what does a ViT-L V-JEPA step do. Under 8 minutes; CSVs in
+bench/results/gpu_*.csv; exit status 1 when any correctness case fails.
+
+    python bench/gpu_check.py                      # on a CUDA machine: every section
+    python bench/gpu_check.py --dry-run            # anywhere: what it would run (the default without CUDA)
+    python bench/gpu_check.py --self-test          # on CPU: the harness itself, CPU backends, tiny shapes
+    python bench/gpu_check.py --sections correctness,ops --budget-s 450 --out-dir bench/results
+
+Sections, in this order (each starts no new case once the time budget is spent; those rows say so):
+  correctness  gpu_correctness.csv: every device backend of every op (kernels/_registry.py: triton and
+               cuda; block attention's cuda = flash_attn, and xformers with flash_attn hidden) in
+               fp32/fp16/bf16 against fp64 references, gradients included, block_causal on and off, odd
+               lengths and head dims. Rule (FlashAttention's): error <= 2x (outputs) / 3x (grads) the
+               error of the same-dtype torch reference, plus a rounding floor that scales with the
+               magnitudes that sum (so an output that is 0 by cancellation is judged fairly).
+               Gather/scatter must be exact. Triton tiles are fixed here (autotune off: fewer compiles).
+  ops          gpu_ops.csv: EMA and gather in GB/s and % of a device-to-device copy_ of the same bytes
+               measured in this run; block attention fwd+bwd TFLOP/s counting real tokens only, ours
+               (Triton, autotuned) beside flash_attn varlen, xformers and SDPA (padded, and per-sequence
+               loop) on V-JEPA length mixes. Methods alternate round by round; medians of CUDA-event times.
+  e2e          gpu_e2e.csv: the ViT-L/16 V-JEPA step at 16x224x224 (bf16 autocast, AdamW, EMA): tokens/s,
+               MFU (model FLOPs 6*params*tokens trained + 2*params*tokens of the target pass, attention
+               excluded, over the device's dense bf16 peak), peak memory, ragged against compat.
+  decode       gpu_decode.csv: DALI NVDEC (fn.readers.video on the GPU) against PyAV, clips/s, on H.264
+               files written at the start.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import kernels  # noqa: E402
+from kernels import _registry  # noqa: E402
+from engine.runtime.io import atomic_write_csv  # noqa: E402
+
+SECTIONS = ("correctness", "ops", "e2e", "decode")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# dense bf16 tensor-core peaks (no sparsity), FLOP/s, for MFU
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+ATTN_LENS = {   # (lengths, block_causal) cases: the CPU tests' odd ones and a V-JEPA-like mix
+    "one_token": [1, 1, 1, 1],
+    "odd_lengths": [7, 33, 65, 100, 17],
+    "many_short": [3, 9, 1, 14, 20, 5, 11, 2, 19, 8, 6, 13, 4, 16, 10, 7, 12, 18, 15, 1],
+    "few_long": [300, 257],
+    "empty_seqs": [0, 5, 0, 9, 0],
+    "vjepa_mix": [1568, 611, 75, 402],
+}
+ATTN_CASES = [("one_token", 64, False), ("odd_lengths", 80, True), ("many_short", 24, False),
+              ("few_long", 128, True), ("empty_seqs", 64, True), ("vjepa_mix", 64, False), ("odd_lengths", 40, False)]
+
+
+# -- plumbing ---------------------------------------------------------------------------------------------
+class Budget:
+    def __init__(self, seconds: float):
+        self.t0, self.seconds = time.perf_counter(), seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.t0)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ways(ways: dict, reps: int, device) -> dict:
+    """Median ms per way; the ways alternate round by round (A B C A B C ...)."""
+    for fn in ways.values():
+        fn()
+    sync(device)
+    ts = {w: [] for w in ways}
+    for _ in range(reps):
+        for w, fn in ways.items():
+            if device.type == "cuda":
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                b.synchronize()
+                ts[w].append(a.elapsed_time(b))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                ts[w].append(1e3 * (time.perf_counter() - t0))
+    return {w: sorted(v)[len(v) // 2] for w, v in ts.items()}
+
+
+def device_backends(op: str, device, extra: dict) -> list[tuple[str, str | None]]:
+    """(backend, None) for each device backend of op that runs here, (backend, reason) for the others."""
+    wanted = ("triton", "cuda") if device.type == "cuda" else ("cpp",)
+    out = []
+    for b in wanted:
+        if b in _registry.backends(op):
+            out.append((b, _registry.REGISTRY[op][b].refusal(device, extra)))
+    return out
+
+
+def rule_ok(err: float, err_ref: float, floor: float, factor: float) -> bool:
+    return math.isfinite(err) and err <= factor * err_ref + floor
+
+
+# -- correctness ------------------------------------------------------------------------------------------
+def check_gather(device, backend, dtype, B, N, D, K, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, N, D, generator=g).to(device=device, dtype=dtype)
+    idx_BK = torch.stack([torch.randperm(N, generator=g)[:K] for _ in range(B)]).to(device)
+    rows = (idx_BK + torch.arange(B, device=device)[:, None] * N).reshape(-1)
+    gy = torch.randn(B * K, D, generator=g).to(device=device, dtype=dtype)
+    with kernels.backend(backend):
+        xr = x.clone().requires_grad_(True)
+        y = kernels.gather_tokens(xr, rows)
+        y.backward(gy)
+        ok = torch.equal(y, x.reshape(B * N, D)[rows])
+        want = torch.zeros(B * N, D, device=device, dtype=dtype)
+        want[rows] = gy
+        ok = ok and torch.equal(xr.grad.reshape(B * N, D), want)
+        ok = ok and torch.equal(kernels.scatter_tokens(gy, rows, B, N).reshape(B * N, D), want)
+        ok = ok and torch.equal(kernels.gather_tokens(x, idx_BK), torch.gather(x, 1, idx_BK[..., None].expand(-1, -1, D)))
+        ln = kernels.gather_layer_norm(x, rows)
+    ref64 = F.layer_norm(x.double().reshape(B * N, D)[rows], (D,))
+    ref = F.layer_norm(x.reshape(B * N, D)[rows], (D,))
+    err = (ln.double() - ref64).abs().max().item() if K else 0.0
+    err_ref = (ref.double() - ref64).abs().max().item() if K else 0.0
+    floor = 4 * torch.finfo(dtype).eps * math.sqrt(D)   # |y| <= sqrt(D) after normalisation
+    ok_ln = rule_ok(err, err_ref, floor, 2)
+    return [dict(op="gather/scatter (exact)", err=0.0 if ok else float("nan"), err_ref=0.0, floor=0.0, ok=ok),
+            dict(op="gather_layer_norm", err=err, err_ref=err_ref, floor=floor, ok=ok_ln)]
+
+
+def check_ema(device, backend, dtype, sizes, seed):
+    g = torch.Generator().manual_seed(seed)
+    tdt = torch.float64 if dtype == torch.float64 else torch.float32
+    t = [torch.randn(n, generator=g).to(device=device, dtype=tdt) for n in sizes]
+    s = [torch.randn(n, generator=g).to(device=device, dtype=dtype) for n in sizes]
+    m = 0.99925
+    want = [m * a.double() + (1 - m) * b.double() for a, b in zip(t, s)]
+    ref = [a.clone() for a in t]
+    kernels.ema_ref(ref, s, m)
+    with kernels.backend(backend):
+        kernels.ema_(t, s, torch.tensor(m, dtype=torch.float64, device=device))
+    err = max(((a.double() - w).abs().max().item() for a, w in zip(t, want) if a.numel()), default=0.0)
+    err_ref = max(((a.double() - w).abs().max().item() for a, w in zip(ref, want) if a.numel()), default=0.0)
+    floor = 2 * torch.finfo(tdt).eps * max((w.abs().max().item() for w in want if w.numel()), default=0.0)
+    return [dict(op="ema_", err=err, err_ref=err_ref, floor=floor, ok=rule_ok(err, err_ref, floor, 2))]
+
+
+def _attn_run(fn, q, k, v, dout, cu, L, frames):
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = fn(q, k, v, cu, cu, max_seqlen_q=L, max_seqlen_k=L, block_causal=frames)
+    if not out.requires_grad:
+        return [out.detach()] + [torch.zeros_like(t) for t in (q, k, v)]
+    out.backward(dout)
+    return [out.detach(), q.grad, k.grad, v.grad]
+
+
+def check_attention(device, backend, dtype, lens, D, causal, seed, H=2):
+    """FlashAttention's rule on out, dq, dk, dv; floors as tests/kernels/test_block_attention.py's."""
+    g = torch.Generator().manual_seed(seed)
+    cu = torch.tensor([0] + lens).cumsum(0).to(device=device, dtype=torch.int32)
+    T, L = sum(lens), max(lens)
+    q, k, v, dout = (torch.randn(T, H, D, generator=g).to(device=device, dtype=dtype) for _ in range(4))
+    frames = None
+    if causal:
+        frames = torch.cat([torch.randint(0, 4, (n,), generator=g).sort().values for n in lens]).to(device)
+    ref_fn = kernels.block_attention_ref
+
+    def ours(*a, **kw):
+        with kernels.backend(backend):
+            return kernels.block_attention(*a, **kw)
+
+    ref64 = _attn_run(ref_fn, q.double(), k.double(), v.double(), dout.double(), cu, L, frames)
+    ref = _attn_run(ref_fn, q, k, v, dout, cu, L, frames)
+    got = _attn_run(ours, q, k, v, dout, cu, L, frames)
+    # magnitudes the outputs sum (see _term_magnitudes in the tests): out, dq, dk, dv
+    qd, kd, vd, dd = (t.double() for t in (q, k, v, dout))
+    out_abs, _, _, dv_abs = _attn_run(ref_fn, qd, kd, vd.abs(), dd.abs(), cu, L, frames) if T else [torch.zeros(1)] * 4
+    dot_max = torch.einsum("thd,shd->hts", dd.abs(), vd.abs()).max().item() if T else 0.0
+    sc = D ** -0.5
+    terms = [out_abs.abs().max().item(), 2 * sc * (kd.abs().max().item() if T else 0) * dot_max,
+             2 * sc * (qd.abs().max().item() if T else 0) * dot_max, dv_abs.abs().max().item()]
+    rows = []
+    eps_out, eps_acc = torch.finfo(dtype).eps, torch.finfo(torch.float32).eps
+    for i, name in enumerate(("out", "dq", "dk", "dv")):
+        t = ref64[i]
+        err = (got[i].double() - t).abs().max().item() if t.numel() else 0.0
+        err_ref = (ref[i].double() - t).abs().max().item() if t.numel() else 0.0
+        floor = 4 * eps_out * (t.abs().max().item() if t.numel() else 0.0) + eps_acc * terms[i]
+        rows.append(dict(op=f"block_attention {name}", err=err, err_ref=err_ref, floor=floor,
+                         ok=rule_ok(err, err_ref, floor, 2 if i == 0 else 3)))
+    return rows
+
+
+def correctness_cases(device, small: bool):
+    """(op, backend, dtype, label, thunk) for every case, or a reason it cannot run."""
+    cases = []
+    dtypes = DTYPES if device.type == "cuda" else (torch.float32,)
+    gathers = [(2, 1568, 1024, 400), (3, 37, 80, 11), (1, 1, 1, 1), (2, 9, 24, 0)]
+    emas = [[1, 7, 70001, 0, 1024 * 1024 + 3], [5]]
+    attn = ATTN_CASES[:3] if small else ATTN_CASES
+    if small:
+        gathers = gathers[1:]
+        emas = [[1, 7, 3001, 0]]
+    for b, why in device_backends("gather_rows", device, {}):
+        for dt in dtypes:
+            for B, N, D, K in gathers:
+                cases.append(("gather", b, dt, f"B{B} N{N} D{D} K{K}", why,
+                              lambda b=b, dt=dt, B=B, N=N, D=D, K=K: check_gather(device, b, dt, B, N, D, K, seed=D)))
+    for dt in dtypes:
+        for b, why in device_backends("ema_", device, {"fp64": False}):
+            for sizes in emas:
+                cases.append(("ema_", b, dt, f"{len(sizes)} tensors, {sum(sizes)} elements", why,
+                              lambda b=b, dt=dt, sizes=sizes: check_ema(device, b, dt, sizes, seed=len(sizes))))
+    for dt in dtypes:
+        for b, why in device_backends("block_attention", device, {"dtype": dt, "head_dim": 64, "causal": False}):
+            ba = sys.modules["kernels.block_attention"]
+            # the library kernels one at a time: flash_attn, then xformers with flash_attn hidden
+            libs = {"flash_attn": ba.flash_attn_varlen_func, "xformers": ba.fmha} if b == "cuda" else {None: True}
+            for lib, present in libs.items():
+                for name, D, causal in attn:
+                    call = {"dtype": dt, "head_dim": D, "causal": causal}
+                    reason = why
+                    if reason is None and present is None:
+                        reason = f"{lib} is not installed"
+                    elif reason is None and lib is not None:
+                        reason = _with_library(lib, lambda: _registry.REGISTRY["block_attention"][b].refusal(device, call))
+                        if reason is None and _with_library(lib, lambda: ba._library(dt, D, causal)) != lib:
+                            reason = f"{lib} does not take this call"
+                    label = f"{name} Dh{D} causal={causal}" + (f" [{lib}]" if lib else "")
+                    cases.append(("block_attention", b, dt, label, reason,
+                                  lambda b=b, dt=dt, name=name, D=D, causal=causal, lib=lib:
+                                  _with_library(lib, lambda: check_attention(device, b, dt, ATTN_LENS[name], D, causal,
+                                                                             seed=D))))
+    return cases
+
+
+def _with_library(lib, fn):
+    """Run fn with only `lib` visible to block attention's cuda backend (xformers: flash_attn hidden)."""
+    ba = sys.modules["kernels.block_attention"]
+    saved = ba.flash_attn_varlen_func
+    if lib == "xformers":
+        ba.flash_attn_varlen_func = None
+    try:
+        return fn()
+    finally:
+        ba.flash_attn_varlen_func = saved
+
+
+def run_correctness(device, budget, small, dry):
+    rows, failures = [], 0
+    os.environ["JEPA_TRITON_AUTOTUNE"] = "0"
+    for op, b, dt, label, why, thunk in correctness_cases(device, small):
+        base = dict(section="correctness", case_op=op, backend=b, dtype=str(dt).split(".")[-1], case=label)
+        if dry:
+            rows.append({**base, "status": "would run" if why is None else f"would skip: {why}"})
+            continue
+        if why is not None:
+            rows.append({**base, "status": f"skipped: {why}"})
+            continue
+        if budget.left() <= 0:
+            rows.append({**base, "status": "skipped: budget"})
+            continue
+        try:
+            results = thunk()
+        except Exception as e:   # a crash is a failure of this case, reported; the run goes on
+            results = [dict(op=op, err=float("nan"), err_ref=float("nan"), floor=0.0, ok=False,
+                            error=f"{type(e).__name__}: {str(e)[:300]}")]
+        for r in results:
+            failures += not r["ok"]
+            rows.append({**base, "status": "ok" if r["ok"] else "FAIL", "check": r["op"],
+                         "err": f"{r['err']:.3g}", "err_ref": f"{r['err_ref']:.3g}", "floor": f"{r['floor']:.3g}",
+                         "error": r.get("error", "")})
+    os.environ.pop("JEPA_TRITON_AUTOTUNE")
+    return rows, failures
+
+
+# -- ops --------------------------------------------------------------------------------------------------
+def copy_gbs(device, nbytes: int, reps: int) -> float:
+    n = max(1, nbytes // 8)
+    a, b = torch.randn(n, device=device), torch.empty(n, device=device)
+    ms = time_ways({"copy": lambda: b.copy_(a)}, reps, device)["copy"]
+    return 2 * n * 4 / (ms * 1e-3) / 1e9
+
+
+def op_rows(device, budget, small, dry):
+    from run_kernels import vit_params
+    rows = []
+    reps = 5 if small else 20
+    backs = [b for b in (("triton", "cuda") if device.type == "cuda" else ("cpp",))]
+
+    def emit(op, shape, times, nbytes=None, flops=None, extra=None):
+        copy = copy_gbs(device, nbytes, reps) if nbytes else None
+        for w, ms in times.items():
+            r = dict(section="ops", op=op, shape=shape, method=w, ms=round(ms, 4))
+            if nbytes:
+                gbs = nbytes / (ms * 1e-3) / 1e9
+                r.update(GB_s=round(gbs, 1), copy_GB_s_same_bytes=round(copy, 1), pct_copy_bw=round(100 * gbs / copy, 1))
+            if flops:
+                r.update(TFLOP_s_real=round(flops / (ms * 1e-3) / 1e12, 2))
+            r.update(extra or {})
+            rows.append(r)
+
+    plan = []
+    D, depth = (256, 2) if small else (1024, 24)
+    for sdt in (torch.float32, torch.bfloat16):
+        plan.append(("ema", f"ViT-L {'tiny' if small else ''} src {str(sdt).split('.')[-1]}", lambda sdt=sdt: bench_ema(
+            device, vit_params(D, depth), sdt, backs, reps, emit)))
+    for B, N, Dm, keep in ([(2, 64, 64, 0.5)] if small else [(24, 1568, 1024, 0.1), (24, 1568, 1024, 0.7)]):
+        plan.append(("gather", f"B{B} N{N} D{Dm} keep{keep}", lambda a=(B, N, Dm, keep): bench_gather(
+            device, *a, backs, reps, emit)))
+    for name, lens, H, Dh in attention_mixes(small):
+        plan.append(("block_attention", name, lambda lens=lens, H=H, Dh=Dh, name=name: bench_attention(
+            device, name, lens, H, Dh, reps, emit)))
+    for op, shape, thunk in plan:
+        if dry:
+            rows.append(dict(section="ops", op=op, shape=shape, method="", status="would run"))
+        elif budget.left() <= 0:
+            rows.append(dict(section="ops", op=op, shape=shape, method="", status="skipped: budget"))
+        else:
+            try:
+                thunk()
+            except Exception as e:   # speed rows are reported, never a correctness failure
+                rows.append(dict(section="ops", op=op, shape=shape, status=f"error: {type(e).__name__}: {str(e)[:200]}"))
+    return rows
+
+
+def bench_ema(device, shapes, sdt, backs, reps, emit):
+    g = torch.Generator().manual_seed(0)
+    tl = [torch.randn(s, generator=g).to(device) for s in shapes]
+    sl = [torch.randn(s, generator=g).to(device=device, dtype=sdt) for s in shapes]
+    ft, fs = torch.cat([t.reshape(-1) for t in tl]), torch.cat([s.reshape(-1) for s in sl])
+    n, m = ft.numel(), 0.996
+    mt = torch.tensor(m, device=device)
+    ways = {"per-param mul_.add_ loop": lambda: [t.mul_(m).add_(s, alpha=1 - m) for t, s in zip(tl, sl)],
+            "_foreach_lerp_ (fp32 sources)": lambda: torch._foreach_lerp_(tl, [s.float() for s in sl] if sdt != torch.float32 else sl, 1 - m)}
+    for b in backs:
+        def run_list(b=b):
+            with kernels.backend(b):
+                kernels.ema_(tl, sl, mt)
+
+        def run_flat(b=b):
+            with kernels.backend(b):
+                kernels.ema_(ft, fs, mt)
+        ways[f"kernels.ema_ list [{b}]"] = run_list
+        ways[f"kernels.ema_ flat [{b}]"] = run_flat
+    emit("ema", f"{n / 1e6:.0f}M params {len(shapes)} tensors src {str(sdt).split('.')[-1]}",
+         time_ways(ways, reps, device), nbytes=n * (8 + sl[0].element_size()))
+
+
+def bench_gather(device, B, N, D, keep, backs, reps, emit):
+    K = max(1, int(N * keep))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, N, D, generator=g).to(device=device, dtype=torch.bfloat16).requires_grad_(True)
+    idx_BK = torch.stack([torch.randperm(N, generator=g)[:K].sort().values for _ in range(B)]).to(device)
+    rows_T = (idx_BK + torch.arange(B, device=device)[:, None] * N).reshape(-1)
+    gy = torch.randn(B * K, D, device=device, dtype=x.dtype)
+
+    def fwd_bwd(f):
+        def run():
+            x.grad = None
+            f().backward(gy.view(-1, D) if f is not repeated else gy.view(B, K, D))
+        return run
+
+    def repeated():
+        return torch.gather(x, 1, idx_BK.unsqueeze(-1).repeat(1, 1, D))
+
+    ways = {"torch.gather repeated idx": fwd_bwd(repeated),
+            "flat index_select": fwd_bwd(lambda: x.reshape(B * N, D).index_select(0, rows_T))}
+    xd = x.detach()
+    ln_ways = {"gather then layer_norm": lambda: F.layer_norm(xd.reshape(B * N, D).index_select(0, rows_T), (D,))}
+    for b in backs:
+        def ours(b=b):
+            with kernels.backend(b):
+                return kernels.gather_tokens(x, rows_T)
+
+        def ours_ln(b=b):
+            with kernels.backend(b):
+                return kernels.gather_layer_norm(xd, rows_T)
+        ways[f"kernels.gather_tokens [{b}]"] = fwd_bwd(ours)
+        ln_ways[f"kernels.gather_layer_norm [{b}]"] = ours_ln
+    e = x.element_size()
+    shape = f"B{B} N{N} D{D} keep{keep} bf16"
+    emit("gather_fwd_bwd", shape, time_ways(ways, reps, device), nbytes=e * D * (2 * B * K + B * N + B * K))
+    emit("gather_layer_norm", shape, time_ways(ln_ways, reps, device), nbytes=e * D * 2 * B * K)
+
+
+def attention_mixes(small: bool):
+    g = torch.Generator().manual_seed(0)
+    lens = lambda n, lo, hi: torch.randint(lo, hi + 1, (n,), generator=g).tolist()   # noqa: E731
+    if small:
+        return [("tiny mix", lens(4, 5, 40), 2, 16)]
+    ctx = lens(24, 75, 600)
+    return [("ViT-L context B24 75-600", ctx, 16, 64),
+            ("ViT-L targets B24 full 1568", [1568] * 24, 16, 64),
+            ("predictor B24 ctx+tgt", [c + t for c, t in zip(ctx, lens(24, 150, 800))], 12, 32)]
+
+
+def bench_attention(device, name, lens, H, Dh, reps, emit):
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(1)
+    cu = torch.tensor([0] + lens).cumsum(0).to(device=device, dtype=torch.int32)
+    T, S, L = sum(lens), len(lens), max(lens)
+    q, k, v, dout = (torch.randn(T, H, Dh, generator=g).to(device=device, dtype=dtype) for _ in range(4))
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    pos_T = torch.cat([torch.arange(n) + i * L for i, n in enumerate(lens)]).to(device)
+    keymask = (torch.arange(L)[None, :] < torch.tensor(lens)[:, None])[:, None, None, :].to(device)
+    ba = sys.modules["kernels.block_attention"]
+
+    def step(f):
+        def run():
+            for t in (q, k, v):
+                t.grad = None
+            f().backward(dout)
+        return run
+
+    def ours(b):
+        def f():
+            with kernels.backend(b):
+                return kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=L, max_seqlen_k=L)
+        return f
+
+    def padded():
+        def to_pad(t):
+            return t.new_zeros(S * L, H, Dh).index_copy(0, pos_T, t).view(S, L, H, Dh).transpose(1, 2)
+        o = F.scaled_dot_product_attention(to_pad(q), to_pad(k), to_pad(v), attn_mask=keymask)
+        return o.transpose(1, 2).reshape(S * L, H, Dh).index_select(0, pos_T)
+
+    def loop():
+        c = cu.tolist()
+        return torch.cat([F.scaled_dot_product_attention(*(t[c[i]:c[i + 1]].transpose(0, 1) for t in (q, k, v)))
+                          .transpose(0, 1) for i in range(S)])
+
+    ways = {}
+    if device.type == "cuda":
+        ways["ours [triton]"] = step(ours("triton"))
+        if ba.flash_attn_varlen_func is not None:
+            ways["flash_attn varlen"] = step(lambda: ba.flash_attn_varlen_func(q, k, v, cu, cu, L, L))
+        if ba.fmha is not None:
+            bias = ba.fmha.BlockDiagonalMask.from_seqlens(lens, lens)
+            ways["xformers BlockDiagonalMask"] = step(
+                lambda: ba.fmha.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias)[0])
+    else:
+        ways["ours [cpp]"] = step(ours("cpp"))
+    ways["SDPA padded + key mask"] = step(padded)
+    ways["SDPA per-sequence loop"] = step(loop)
+    flops = 3.5 * sum(4 * n * n * H * Dh for n in lens)
+    emit("block_attention", f"{name} H{H} Dh{Dh} {str(dtype).split('.')[-1]} ({T} tokens)",
+         time_ways(ways, reps, device), flops=flops)
+
+
+# -- e2e --------------------------------------------------------------------------------------------------
+def e2e_rows(device, budget, small, dry):
+    import numpy as np
+
+    from engine.builders import build_jepa, build_mask_sampler
+    from engine.config import load_config
+    cfg_path = ROOT / "configs" / ("tiny_cpu.yaml" if small else "vjepa_vitl16.yaml")
+    batch = 2 if small else 8
+    steps = 2 if small else 6
+    rows = []
+    for mode in ("compat", "ragged"):
+        base = dict(section="e2e", config=cfg_path.name, mode=mode, batch=batch)
+        if dry:
+            rows.append({**base, "status": "would run"})
+            continue
+        if budget.left() <= 0:
+            rows.append({**base, "status": "skipped: budget"})
+            continue
+        cfg = load_config(cfg_path, [f"meta.mask_mode={mode}", f"data.batch_size={batch}"])
+        torch.manual_seed(0)
+        model = build_jepa(cfg).to(device)
+        sampler = build_mask_sampler(cfg)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        x = torch.randn(batch, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size, device=device)
+        rng = np.random.default_rng(0)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times, tokens = [], []
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        for i in range(steps + 2):
+            masks = sampler.sample(batch, rng)
+            sync(device)
+            t0 = time.perf_counter()
+            with amp:
+                loss, info = model(x, masks)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.update_target(0.998)
+            sync(device)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+                tokens.append(info["ctx_tokens"] + info["tgt_tokens"])
+        s = sorted(times)[len(times) // 2]
+        p_enc = sum(p.numel() for p in model.encoder.parameters())
+        p_pred = sum(p.numel() for p in model.predictor.parameters())
+        n_tok = batch * model.encoder.num_patches
+        ctx = float(np.mean([t for t in tokens]))
+        flops = 6 * p_enc * ctx + 6 * p_pred * ctx + 2 * p_enc * n_tok   # attention FLOPs excluded
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        rows.append({**base, "status": "ok", "s_per_step": round(s, 4), "tokens_per_step": round(ctx),
+                     "tokens_per_s": round(ctx / s), "model_TFLOP_s": round(flops / s / 1e12, 2),
+                     "MFU": round(flops / s / peak, 3) if peak else "",
+                     "peak_mem_GB": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if device.type == "cuda" else ""})
+        del model, opt
+    if len(rows) == 2 and rows[0].get("tokens_per_s") and rows[1].get("tokens_per_s"):
+        for r in rows:
+            r["tokens_per_s_vs_compat"] = round(r["tokens_per_s"] / rows[0]["tokens_per_s"], 3)
+    return rows
+
+
+# -- decode -----------------------------------------------------------------------------------------------
+def decode_rows(device, budget, small, dry):
+    base = dict(section="decode", codec="h264", clip="16 frames stride 4, 320x240")
+    try:
+        from nvidia.dali import fn, pipeline_def  # noqa: F401
+    except ImportError as e:
+        return [{**base, "status": f"skipped: DALI not importable ({e})"}]
+    if device.type != "cuda":
+        return [{**base, "status": "would run" if dry else "skipped: NVDEC needs a GPU"}]
+    if dry:
+        return [{**base, "status": "would run"}]
+    if budget.left() <= 0:
+        return [{**base, "status": "skipped: budget"}]
+    import av
+    import numpy as np
+
+    from engine.data.synthetic import write_video
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        rng = np.random.default_rng(0)
+        files = [str(write_video(Path(d) / f"v{i}.mp4", rng.integers(0, 255, (96, 240, 320, 3), dtype=np.uint8),
+                                 fps=30, codec="h264")) for i in range(8)]
+        clips = 32
+
+        @pipeline_def(batch_size=4, num_threads=4, device_id=device.index or 0)
+        def pipe():
+            return fn.readers.video(device="gpu", filenames=files, sequence_length=16, stride=4,
+                                    random_shuffle=False, name="r")
+
+        p = pipe()
+        p.build()
+        p.run()
+        t0 = time.perf_counter()
+        for _ in range(clips // 4):
+            p.run()
+        torch.cuda.synchronize()
+        dali = clips / (time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        for i in range(clips):
+            with av.open(files[i % len(files)]) as c:
+                frames = [f for j, f in zip(range(64), c.decode(video=0)) if j % 4 == 0]
+                np.stack([f.to_ndarray(format="rgb24") for f in frames])
+        pyav = clips / (time.perf_counter() - t0)
+    for name, cps in (("DALI NVDEC", dali), ("PyAV (1 thread)", pyav)):
+        rows.append({**base, "status": "ok", "reader": name, "clips_per_s": round(cps, 1),
+                     "vs_pyav": round(cps / pyav, 2)})
+    return rows
+
+
+# -- main -------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="list what would run; the default without CUDA")
+    ap.add_argument("--self-test", action="store_true", help="run the harness on CPU backends, tiny shapes")
+    ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--budget-s", type=float, default=450.0, help="no new case starts after this (default 7.5 min)")
+    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        ap.error(f"--sections: unknown {bad}; expected some of {SECTIONS}")
+    cuda = torch.cuda.is_available()
+    if args.self_test:
+        device, dry, small, prefix = torch.device("cpu"), False, True, "gpu_selftest_"
+    else:
+        device, small, prefix = torch.device("cuda" if cuda else "cpu"), False, "gpu_"
+        dry = args.dry_run or not cuda
+        if not cuda and not args.dry_run:
+            print("gpu_check: no CUDA device here: dry run (what it would run on a GPU)")
+    if dry:
+        device = torch.device("cuda")   # plan for the GPU: the registry reads only the device type
+        prefix = "gpu_dryrun_"
+    budget = Budget(args.budget_s)
+    name = torch.cuda.get_device_name(0) if cuda and not dry else ("(dry run)" if dry else "cpu")
+    print(f"gpu_check on {name}: torch {torch.__version__}, sections {sections}, budget {args.budget_s:.0f} s")
+    failures = 0
+    runners = {"correctness": run_correctness, "ops": op_rows, "e2e": e2e_rows, "decode": decode_rows}
+    for sec in sections:
+        t0 = time.perf_counter()
+        out = runners[sec](device, budget, small, dry)
+        rows, fails = out if isinstance(out, tuple) else (out, 0)
+        failures += fails
+        path = Path(args.out_dir) / f"{prefix}{sec}.csv"
+        if rows:
+            atomic_write_csv(str(path), rows)
+        counts = {}
+        for r in rows:
+            key = str(r.get("status", "ok")).split(":")[0]
+            counts[key] = counts.get(key, 0) + 1
+        print(f"{sec:12} {time.perf_counter() - t0:7.1f} s  {counts}  -> {path}")
+        for r in rows:
+            if r.get("status") == "FAIL" or str(r.get("status", "")).startswith("error"):
+                print("   ", {k: v for k, v in r.items() if v != ""})
+    if failures:
+        print(f"gpu_check: {failures} correctness check(s) FAILED")
+        return 1
+    print("gpu_check: every correctness check that ran passed" + (" (dry run: none ran)" if dry else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

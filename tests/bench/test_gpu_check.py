@@ -1,0 +1,58 @@
+"""bench/gpu_check.py: its dry run plans every device backend of every op; its harness runs on CPU
+backends (--self-test) and turns a failed correctness check into exit status 1."""
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(path):
+    return list(csv.DictReader(open(path)))
+
+
+def test_dry_run_plans_every_device_backend(tmp_path):
+    gc = _module()
+    assert gc.main(["--dry-run", "--out-dir", str(tmp_path)]) == 0
+    rows = _rows(tmp_path / "gpu_dryrun_correctness.csv")
+    planned = {(r["case_op"], r["backend"], r["dtype"]) for r in rows}
+    for op in ("gather", "ema_", "block_attention"):
+        for backend in ("triton", "cuda"):
+            for dt in ("float32", "float16", "bfloat16"):
+                assert (op, backend, dt) in planned, (op, backend, dt)
+    assert all(r["status"] == "would run" or r["status"].startswith("would skip: ") for r in rows)
+    attn = {r["case"] for r in rows if r["case_op"] == "block_attention"}
+    assert any("causal=True" in c for c in attn) and any("causal=False" in c for c in attn)
+    assert any("Dh80" in c for c in attn) and any("one_token" in c for c in attn)
+    for sec in ("ops", "e2e", "decode"):
+        assert _rows(tmp_path / f"gpu_dryrun_{sec}.csv")
+
+
+def test_self_test_runs_the_checks_on_cpu(tmp_path):
+    gc = _module()
+    assert gc.main(["--self-test", "--sections", "correctness,ops", "--out-dir", str(tmp_path)]) == 0
+    rows = _rows(tmp_path / "gpu_selftest_correctness.csv")
+    assert rows and all(r["status"] == "ok" for r in rows)
+    assert {r["check"] for r in rows} >= {"gather/scatter (exact)", "gather_layer_norm", "ema_",
+                                          "block_attention out", "block_attention dq"}
+    ops = _rows(tmp_path / "gpu_selftest_ops.csv")
+    assert {r["op"] for r in ops} == {"ema", "gather_fwd_bwd", "gather_layer_norm", "block_attention"}
+    assert all(float(r["copy_GB_s_same_bytes"]) > 0 and r["pct_copy_bw"] for r in ops if r["op"] != "block_attention")
+
+
+def test_a_failed_check_is_exit_status_1(tmp_path, monkeypatch):
+    gc = _module()
+    wrong = dict(op="ema_", err=1.0, err_ref=0.0, floor=0.0, ok=False)
+    monkeypatch.setattr(gc, "check_ema", lambda *a, **kw: [wrong])
+    assert gc.main(["--self-test", "--sections", "correctness", "--out-dir", str(tmp_path)]) == 1
+    rows = _rows(tmp_path / "gpu_selftest_correctness.csv")
+    assert any(r["status"] == "FAIL" and r["case_op"] == "ema_" for r in rows)
