@@ -1,81 +1,292 @@
-"""End to end: the JEPA training step with packed ragged masks vs the reference truncation (compat).
+"""End to end: the JEPA training step three ways, same model, clips and mask generators, alternating rounds.
 
-    python bench/bench_e2e.py [--config configs/tiny_cpu.yaml] [--steps 10] [--out bench/results/e2e_cpu.csv]
+    python bench/bench_e2e.py [--config configs/tiny_cpu.yaml] [--set model.depth=12 ...] [--rounds 5]
+                              [--steps 3] [--threads 1] [--out bench/results/e2e_cpu.csv]
 
-Same model, same clips, same mask generators; `ragged` trains every token each mask keeps (packed with
-cu_seqlens), `compat` truncates every sample's masks to the batch minimum as the reference does. Per
-mode: seconds per step (forward, backward, AdamW, EMA), context+target tokens trained per step and
-per second, and how many of the tokens the masks kept truncation threw away. Random clips: the data
-path is measured in bench/bench_loader.py.
+- `reference_style`: what the reference training loop does: masks truncated to the batch minimum,
+  one encoder pass and one predictor pass per mask config on rectangular [B, K, D] tensors (batched
+  dense SDPA), targets gathered with a repeated [B, K, D] index, a per-parameter EMA loop.
+- `compat`: the engine's step on the same truncated masks (packed, one context pass for all configs).
+- `ragged`: the engine's step training every token the masks keep (the default).
+
+Per mode: seconds per step (forward, backward, AdamW, EMA; median of the rounds' medians, wall clock
+and process CPU time), samples/s and trained (context + target) tokens/s from CPU time, GFLOP per step
+(torch.utils.flop_counter; attention counted as 4 L_q L_k Dh per head forward, 2.5x that backward),
+their share of the peak GEMM rate (a 2048x1024x2048 fp32 matmul timed in every round), how far a
+process running only that mode grows its peak resident set over its built model in 3 steps
+(activations, gradients, AdamW state; VmHWM, Linux), and the profile split of one step
+(GEMM / attention / other, self CPU time). Ratios come from alternating rounds in one process, so
+load from other processes on the machine shifts both sides alike; CPU time is robust to waiting for
+a core, wall time is not. Random clips: the data path is measured in bench/bench_loader.py.
 """
 from __future__ import annotations
 
 import argparse
-import resource
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.models.layers import Tokens, run_blocks  # noqa: E402
 from engine.runtime.io import atomic_write_csv  # noqa: E402
 
+MODES = ("reference_style", "compat", "ragged")
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
-def run(cfg, steps: int, seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    model = build_jepa(cfg)
-    sampler = build_mask_sampler(cfg)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    B = cfg.data.batch_size
-    x = torch.randn(B, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
-    rng = np.random.default_rng(seed)
-    tokens, times = [], []
-    for i in range(steps + 2):
-        masks = sampler.sample(B, rng)
-        t0 = time.perf_counter()
-        loss, info = model(x, masks)
-        opt.zero_grad(set_to_none=True)
+
+# -- the reference loop's way, on the engine's modules --------------------------------------------------
+def dense_predict(pred, z_BKD, ctx_BK, tgt_BK, mask_index: int):
+    """The predictor on rectangular masks: [context | mask tokens] per sample, dense attention."""
+    x = pred.predictor_embed(z_BKD)
+    B, Kt = tgt_BK.shape
+    tokens = pred._mask_token_params()
+    m = tokens[mask_index % len(tokens)].to(x.dtype).expand(B, Kt, -1)
+    if pred.predictor_pos_embed is not None:
+        pos_ND = pred.predictor_pos_embed[0].to(x.dtype)
+        x, m = x + pos_ND[ctx_BK], m + pos_ND[tgt_BK]
+    x = torch.cat([x, m], 1)
+    ids = torch.cat([ctx_BK, tgt_BK], 1)
+    tok = Tokens(ids, rope=pred.rope.tables(ids) if pred.rope is not None else None)
+    x = run_blocks(pred.predictor_blocks, x, tok, pred.use_activation_checkpointing)
+    return pred.predictor_proj(pred.predictor_norm(x[:, ctx_BK.shape[1]:]))
+
+
+def reference_style_loss(model, x, masks, loss_exp: float = 1.0):
+    """The reference objective the reference way (masks: rectangular BatchMasks, compat mode)."""
+    ctx, tgt = masks.stacked()
+    enc, tgt_enc = model.encoder, model.target_encoder
+    with torch.no_grad():
+        h = tgt_enc.forward_dense(tgt_enc.embed(x))
+        h = F.layer_norm(h, (h.size(-1),))
+        hs = [torch.gather(h, 1, m_BK.unsqueeze(-1).repeat(1, 1, h.size(-1))) for m_BK in tgt]
+    loss = 0.0
+    for (c, m), i in zip(masks.pairs, masks.mask_index):
+        x_BND = enc.embed(x)   # the reference re-embeds the clip for every mask config
+        z = torch.gather(x_BND, 1, ctx[c].unsqueeze(-1).repeat(1, 1, x_BND.size(-1)))
+        z = enc.norm(run_blocks(enc.blocks, z, Tokens(ctx[c], rope=enc.rope.tables(ctx[c]) if enc.rope else None),
+                                enc.use_activation_checkpointing))
+        p = dense_predict(model.predictor, z, ctx[c], tgt[m], i)
+        loss = loss + torch.mean(torch.abs(p - hs[m]) ** loss_exp) / loss_exp
+    return loss / len(masks.pairs)
+
+
+def per_parameter_ema(model, m: float) -> None:
+    with torch.no_grad():
+        for q, k in zip(model.encoder.parameters(), model.target_encoder.parameters()):
+            k.mul_(m).add_((1.0 - m) * q.detach())
+
+
+# -- one mode -------------------------------------------------------------------------------------------
+class Mode:
+    def __init__(self, name: str, cfg_path, overrides, seed: int = 0):
+        self.name = name
+        mask_mode = "ragged" if name == "ragged" else "compat"
+        self.cfg = load_config(cfg_path, [*overrides, f"meta.mask_mode={mask_mode}"])
+        torch.manual_seed(seed)
+        self.model = build_jepa(self.cfg)
+        self.sampler = build_mask_sampler(self.cfg)
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
+        self.rng = np.random.default_rng(seed)
+        self.B = self.cfg.data.batch_size
+        self.wall, self.cpu, self.tokens = [], [], []
+
+    def step(self, x) -> int:
+        masks = self.sampler.sample(self.B, self.rng)
+        if self.name == "reference_style":
+            loss = reference_style_loss(self.model, x, masks, self.model.loss_exp)
+            ctx, tgt = masks.stacked()
+            tokens = sum(int(ctx[c].numel() + tgt[m].numel()) for c, m in masks.pairs)
+        else:
+            loss, info = self.model(x, masks)
+            tokens = info["ctx_tokens"] + info["tgt_tokens"]
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        model.update_target(0.996)
-        if i >= 2:   # warm-up steps excluded
-            times.append(time.perf_counter() - t0)
-            tokens.append(info["ctx_tokens"] + info["tgt_tokens"])
-    s = float(np.median(times))
-    return {"s_per_step": s, "tokens_per_step": float(np.mean(tokens)), "tokens_per_s": float(np.mean(tokens)) / s}
+        self.opt.step()
+        if self.name == "reference_style":
+            per_parameter_ema(self.model, 0.996)
+        else:
+            self.model.update_target(0.996)
+        float(loss.detach())
+        return tokens
+
+
+def _status_kb(key: str) -> int:
+    return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def measure_step_memory(cfg_path, overrides, mode: str, steps: int = 3) -> float:
+    """MB the process's peak resident set grows over the built model during `steps` steps (activations,
+    gradients, optimizer state and allocator slack). A process of its own per mode: freed memory that
+    the allocator keeps would otherwise hide the next mode's peak."""
+    m = Mode(mode, cfg_path, overrides)
+    cfg = m.cfg
+    x = torch.randn(cfg.data.batch_size, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
+    rss = _status_kb("VmRSS")
+    for _ in range(steps):
+        m.step(x)
+    return (_status_kb("VmHWM") - rss) / 1024
+
+
+def step_peak_mb(cfg_path, overrides, mode: str) -> float:
+    import json
+    import subprocess
+    cmd = [sys.executable, __file__, "--config", str(cfg_path), "--memory-of", mode,
+           "--threads", str(torch.get_num_threads()), *[a for o in overrides for a in ("--set", o)]]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return round(json.loads(out.strip().splitlines()[-1])["step_peak_mb"], 1)
+
+
+def peak_gemm_gflops(n: int = 3) -> float:
+    a, b = torch.randn(2048, 1024), torch.randn(1024, 2048)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(n))
+    return 2 * 2048 * 1024 * 2048 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
+# -- FLOPs: the flop counter knows the GEMMs; attention on CPU it is told here ------------------------------
+def _attn_flops(cu_q, cu_k, H, D) -> int:
+    lq, lk = (cu_q[1:] - cu_q[:-1]).long(), (cu_k[1:] - cu_k[:-1]).long()
+    return int(4 * (lq * lk).sum()) * H * D
+
+
+def register_attention_flops():
+    from torch.utils.flop_counter import register_flop_formula
+    aten = torch.ops.aten
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def _sdpa_fwd(q_shape, k_shape, *args, **kwargs) -> int:
+        B, H, Lq, D = q_shape
+        return 4 * B * H * Lq * k_shape[2] * D
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _sdpa_bwd(grad_out_shape, q_shape, k_shape, *args, **kwargs) -> int:
+        B, H, Lq, D = q_shape
+        return 10 * B * H * Lq * k_shape[2] * D
+
+    @register_flop_formula(torch.ops.jepa.block_attention_fwd, get_raw=True)
+    def _ba_fwd(q, k, v, cu_q, cu_k, *args, out_val=None, **kwargs) -> int:
+        return _attn_flops(cu_q, cu_k, q.shape[1], q.shape[2])
+
+    @register_flop_formula(torch.ops.jepa.block_attention_bwd, get_raw=True)
+    def _ba_bwd(dout, q, k, v, out, lse, cu_q, cu_k, *args, out_val=None, **kwargs) -> int:
+        return _attn_flops(cu_q, cu_k, q.shape[1], q.shape[2]) * 5 // 2
+
+
+def step_gflops(mode: Mode, x) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        mode.step(x)
+    return fc.get_total_flops() / 1e9
+
+
+def profile_split(mode: Mode, x, steps: int = 1) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            mode.step(x)
+    split = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
+    for ev in prof.key_averages():
+        kind = "gemm" if ev.key in GEMM_OPS else \
+            "attention" if ("scaled_dot_product" in ev.key or "block_attention" in ev.key) else "other"
+        split[kind] += ev.self_cpu_time_total
+    total = sum(split.values()) or 1.0
+    return {k: v / total for k, v in split.items()}
+
+
+def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool = True) -> list[dict]:
+    ms = [Mode(name, cfg_path, overrides) for name in modes]
+    cfg = ms[0].cfg
+    x = torch.randn(cfg.data.batch_size, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
+    for m in ms:   # warm-up, outside the rounds
+        for _ in range(2):
+            m.step(x)
+    peaks = []
+    for _ in range(rounds):
+        peaks.append(peak_gemm_gflops())
+        for m in ms:
+            wall, cpu = [], []
+            for _ in range(steps):
+                t0, c0 = time.perf_counter(), time.process_time()
+                m.tokens.append(m.step(x))
+                cpu.append(time.process_time() - c0)
+                wall.append(time.perf_counter() - t0)
+            m.wall.append(float(np.median(wall)))
+            m.cpu.append(float(np.median(cpu)))
+    register_attention_flops()
+    peak = float(np.median(peaks))
+    rows = []
+    for m in ms:
+        cpu_s = float(np.median(m.cpu))
+        tok = float(np.mean(m.tokens))
+        gflop = step_gflops(m, x)
+        row = {"mode": m.name, "s_per_step_wall": round(float(np.median(m.wall)), 4),
+               "s_per_step_cpu": round(cpu_s, 4),
+               "cpu_spread": f"{min(m.cpu):.3f}-{max(m.cpu):.3f}",
+               "samples_per_s": round(m.B / cpu_s, 3), "tokens_per_step": round(tok, 1),
+               "tokens_per_s": round(tok / cpu_s, 1), "gflop_per_step": round(gflop, 2),
+               "gflops": round(gflop / cpu_s, 1), "peak_gemm_gflops": round(peak, 1),
+               "share_of_peak_gemm": round(gflop / cpu_s / peak, 3),
+               "step_peak_mb": step_peak_mb(cfg_path, overrides, m.name)}
+        if profile:
+            row.update({f"profile_{k}": round(v, 3) for k, v in profile_split(m, x).items()})
+        rows.append(row)
+    base = rows[0]
+    for r in rows:
+        r["samples_per_s_vs_first"] = round(r["samples_per_s"] / base["samples_per_s"], 3)
+        r["tokens_per_s_vs_first"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
+        # per round, so a load change between rounds cancels: first mode's CPU time / this mode's
+        r["samples_per_s_vs_first_per_round"] = " ".join(
+            f"{a / b:.3f}" for a, b in zip(ms[0].cpu, ms[rows.index(r)].cpu))
+    return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "tiny_cpu.yaml"))
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3, help="steps per mode per round")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--memory-of", choices=MODES, help=argparse.SUPPRESS)   # the per-mode memory child
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "e2e_cpu.csv"))
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    for mode in ("compat", "ragged"):
-        cfg = load_config(args.config, [f"meta.mask_mode={mode}"])
-        r = run(cfg, args.steps)
-        rows.append({"mode": mode, **{k: round(v, 4) for k, v in r.items()}})
-    compat, ragged = rows
-    dropped = 1 - compat["tokens_per_step"] / ragged["tokens_per_step"]
+    if args.memory_of:
+        import json
+        print(json.dumps({"step_peak_mb": measure_step_memory(args.config, args.set, args.memory_of)}))
+        return
+    modes = tuple(m for m in args.modes.split(",") if m)
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        ap.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
+    rows = run(args.config, args.set, args.rounds, args.steps, modes, profile=not args.no_profile)
     for r in rows:
-        r["tokens_per_s_vs_compat"] = round(r["tokens_per_s"] / compat["tokens_per_s"], 3)
-        r["tokens_dropped_by_truncation"] = round(dropped, 3) if r["mode"] == "compat" else 0.0
-        r["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        r["threads"] = torch.get_num_threads()
+        r["overrides"] = " ".join(args.set)
     atomic_write_csv(args.out, rows)
-    print(f"{'mode':8} {'s/step':>8} {'tokens/step':>12} {'tokens/s':>10} {'vs compat':>10}")
+    print(f"{'mode':16} {'cpu s/step':>10} {'samples/s':>9} {'tokens/step':>11} {'tokens/s':>9} {'GFLOP':>7} "
+          f"{'% peak':>7} {'peak MB':>8} {'vs first':>8}")
     for r in rows:
-        print(f"{r['mode']:8} {r['s_per_step']:8.3f} {r['tokens_per_step']:12.0f} {r['tokens_per_s']:10.0f} "
-              f"{r['tokens_per_s_vs_compat']:10.2f}")
-    print(f"truncation to the batch minimum threw away {dropped:.1%} of the tokens the masks kept")
+        print(f"{r['mode']:16} {r['s_per_step_cpu']:10.3f} {r['samples_per_s']:9.2f} {r['tokens_per_step']:11.0f} "
+              f"{r['tokens_per_s']:9.0f} {r['gflop_per_step']:7.1f} {r['share_of_peak_gemm']:7.1%} "
+              f"{r['step_peak_mb']:8.0f} {r['samples_per_s_vs_first']:8.3f}")
 
 
 if __name__ == "__main__":

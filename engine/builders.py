@@ -48,6 +48,14 @@ def num_mask_tokens(cfg: Config) -> int:
 
 
 def build_jepa(cfg: Config):
+    model = _build_jepa(cfg)
+    if cfg.model.compile_model:
+        from engine.models.layers import compile_blocks
+        compile_blocks(model)
+    return model
+
+
+def _build_jepa(cfg: Config):
     from engine.jepa import JEPA
     encoder, predictor = build_models(cfg)
     if cfg.is_action_conditioned:

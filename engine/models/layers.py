@@ -133,6 +133,16 @@ def run_blocks(blocks: nn.ModuleList, x, tok: Tokens, checkpoint: bool):
     return x
 
 
+def compile_blocks(module: nn.Module) -> int:
+    """torch.compile every Block of `module` in place (model.compile_model): dynamic shapes, so a new
+    packed length or batch reuses the compiled graph instead of compiling again (one graph per block
+    width and grad mode). Returns the number of blocks compiled."""
+    blocks = [m for m in module.modules() if isinstance(m, Block)]
+    for blk in blocks:
+        blk.compile(dynamic=True)
+    return len(blocks)
+
+
 def init_reference_weights(module: nn.Module, blocks: nn.ModuleList, std: float = 0.02) -> None:
     """The reference init: truncated normal (std, cut at +-2) for Linear and conv weights, zero biases,
     unit LayerNorms, then each block's output projections divided by sqrt(2 * layer)."""
