@@ -53,7 +53,6 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     "data.color_jitter_strength": ((0.0,), (), "I-JEPA colour jitter is not implemented"),
     "data.use_color_distortion": ((False,), (), "I-JEPA colour distortion is not implemented"),
     "data.use_gaussian_blur": ((False,), (), "I-JEPA Gaussian blur is not implemented"),
-    "model.compile_model": ((False,), (), "torch.compile of the models is not implemented"),
     "model.use_mask_tokens": ((True,), ("ijepa",), "the reference's predictor without mask tokens is not "
                                                    "implemented"),
     "model.pred_is_frame_causal": ((False,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
@@ -160,7 +159,7 @@ class ModelConfig:
     use_pred_silu: bool = False
     wide_silu: bool = True
     use_activation_checkpointing: bool = False
-    compile_model: bool = False
+    compile_model: bool = False          # ours: torch.compile every block (dynamic shapes, engine.models.layers)
     # V-JEPA 2-AC
     pred_is_frame_causal: bool = False
     use_extrinsics: bool = False

@@ -56,7 +56,7 @@ def test_action_conditioned_keys_are_known(tiny_raw):
 
 @pytest.mark.parametrize("key,value", [("loss.auto_steps", 2), ("model.pred_is_frame_causal", True),
                                        ("model.use_extrinsics", True), ("loss.normalize_reps", False),
-                                       ("model.compile_model", True), ("model.use_mask_tokens", False),
+                                       ("model.use_mask_tokens", False),
                                        ("data.mask_type", "random_tube"), ("data.stereo_view", True)])
 def test_unsupported_values_are_refused_by_name(tiny_raw, key, value):
     section, name = key.split(".")
