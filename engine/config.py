@@ -627,7 +627,9 @@ def load_raw(path) -> dict:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return raw or {}
+    if raw is None:
+        raise ConfigError(f"{p}: the file is empty; start from a config in configs/ (e.g. configs/tiny_cpu.yaml)")
+    return raw
 
 
 def load_config(path=None, overrides=(), raw: Optional[dict] = None) -> Config:

@@ -1,13 +1,16 @@
 """Entry point: train a JEPA model from a YAML config.
 
     python -m engine.train --config configs/tiny_cpu.yaml [--set section.key=value ...]
-                           [--output DIR] [--max-steps N] [--resume]
+                           [--output DIR] [--max-steps N] [--resume | --overwrite]
     deepspeed --num_gpus N --module engine.train --config ... --deepspeed configs/deepspeed/zero3.json
         [--grad-accum K] [--offload-optimizer]      (on CPU: DS_ACCELERATOR=cpu; torchrun works too)
 
 `--max-steps` stops after N optimizer steps whatever the schedules say (they keep their length, so a
 stopped run can be resumed and continues exactly). The output folder gets config.yaml, metrics.csv,
 TensorBoard events (tb/), loss.png and checkpoints/ with an atomically written `latest` pointer.
+A folder that already holds a run is refused unless `--resume` (continue it) or `--overwrite` (replace it).
+User errors (config, data, folders, checkpoints, a full disk) are one line on stderr and exit code 2;
+under a launcher each rank logs its own failure, with its rank, before the launcher stops the job.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--output", help="output folder (default: logging.folder, else runs/<write_tag>)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--resume", action="store_true", help="continue from the output folder's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run the output folder holds")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
@@ -52,16 +56,36 @@ def output_dir(cfg, arg) -> Path:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from engine.runtime.errors import EXIT_USER_ERROR, RunError
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        return _run(args)
+    except (ConfigError, RunError) as e:
+        kind = "config error" if isinstance(e, ConfigError) else "error"
+        print(f"{_rank_prefix()}{kind}: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR)
+    except Exception as e:
+        # A bug or a fault: the traceback follows, but first one line that says which rank failed and why,
+        # so that under a launcher the failing rank, not the survivor it tears down, is on record.
+        if _rank_prefix():
+            print(f"{_rank_prefix()}failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
+
+
+def _rank_prefix() -> str:
+    from engine.runtime.distributed import launched_by_launcher
+    if not launched_by_launcher():
+        return ""
+    import os
+    return f"[rank {os.environ.get('RANK', '?')}/{os.environ.get('WORLD_SIZE', '?')}] "
+
+
+def _run(args) -> dict:
+    cfg = load_config(args.config, args.overrides)
     if args.max_steps is not None and args.max_steps < 0:
-        print("--max-steps must be >= 0", file=sys.stderr)
-        raise SystemExit(2)
+        raise ConfigError("--max-steps must be >= 0")
     if cfg.ignored_keys:
         logging.getLogger("engine.train").info("ignored launcher-only keys: %s", ", ".join(cfg.ignored_keys))
+    out = output_dir(cfg, args.output)
     from engine.runtime.distributed import launched_by_launcher
     if args.deepspeed or launched_by_launcher():
         # Many ranks (or one, under a launcher): DeepSpeed. A broken launch raises LaunchError, never
@@ -69,20 +93,22 @@ def main(argv=None) -> dict:
         from engine.runtime.distributed import LaunchError
         from engine.runtime.ds_trainer import DSTrainer
         try:
-            trainer = DSTrainer(cfg, output_dir(cfg, args.output), ds_config=args.deepspeed or 0,
+            trainer = DSTrainer(cfg, out, ds_config=args.deepspeed or 0,
                                 grad_accum=args.grad_accum, offload_optimizer=args.offload_optimizer,
                                 progress=not args.no_progress)
         except LaunchError as e:
             print(f"launch error: {e}", file=sys.stderr)
             raise SystemExit(3)
-        summary = trainer.fit(max_steps=args.max_steps, resume=args.resume)
+        summary = trainer.fit(max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite)
         summary.pop("losses", None)
         if trainer.rank == 0:
             print(json.dumps(summary, indent=2))
         return summary
+    from engine.runtime.rundir import check_output
+    check_output(out)   # before the data set is built: a wrong --output is the cheaper error to hear first
     from engine.runtime.trainer import Trainer
-    trainer = Trainer(cfg, output_dir(cfg, args.output), device=args.device, progress=not args.no_progress)
-    summary = trainer.fit(max_steps=args.max_steps, resume=args.resume)
+    trainer = Trainer(cfg, out, device=args.device, progress=not args.no_progress)
+    summary = trainer.fit(max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -54,6 +54,10 @@ def read_index_csv(path) -> tuple[list[str], list[int]]:
     return paths, labels
 
 
+class NoReadableFiles(RuntimeError):
+    """Every file tried for a sample failed to load: the data, not the code, is broken."""
+
+
 class _SkipBadFiles(torch.utils.data.Dataset):
     """Skip-and-count logic: subclasses set paths, labels, source; define _load(path, rng), _finish(data, rng).
 
@@ -89,7 +93,7 @@ class _SkipBadFiles(torch.utils.data.Dataset):
                 skipped.append(self.paths[i])
                 continue
             return self._finish(data, rng), self._label(i, data), skipped
-        raise RuntimeError(f"{len(skipped)} consecutive files failed to load starting at index {index} "
+        raise NoReadableFiles(f"{len(skipped)} consecutive files failed to load starting at index {index} "
                            f"(last: {skipped[-1]}: {last_err!r}); check {self.source}") from last_err
 
     def _load_index(self, i, rng):

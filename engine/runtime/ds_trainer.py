@@ -35,9 +35,12 @@ import torch.distributed as dist
 
 from engine.config import Config, save_config
 from engine.runtime import distributed as D
+from engine.runtime.errors import RunError, checkpoint_write, data_errors
 from engine.runtime.metrics import MetricsLogger
+from engine.runtime.resume import check_config, find_checkpoint, record_changes
+from engine.runtime.rundir import claim, check_output
 from engine.runtime.schedules import Schedules, apply_to_optimizer
-from engine.runtime.trainer import _peak_rss_mb, _progress, autocast, seed_everything
+from engine.runtime.trainer import _peak_rss_mb, _progress, autocast, next_batch, seed_everything
 
 log = logging.getLogger("engine.train")
 
@@ -66,15 +69,17 @@ class DSTrainer:
         self.stage = D.zero_stage(self.ds_config)
         self.engine = D.initialize(self.model, self.ds_config, betas=opt.betas, eps=opt.eps)
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
-        if dataset is None:
-            from engine.builders import build_dataset
-            dataset = build_dataset(cfg, train=True)
-        if mask_sampler is None:
-            from engine.builders import build_mask_sampler
-            mask_sampler = build_mask_sampler(cfg)
-        from engine.builders import build_loader
-        self.loader = build_loader(cfg, dataset, self.device, mask_sampler=mask_sampler, rank=self.rank,
-                                   world_size=self.world, batch_size=B)
+        with data_errors(cfg):
+            if dataset is None:
+                from engine.builders import build_dataset
+                dataset = build_dataset(cfg, train=True)
+            if mask_sampler is None:
+                from engine.builders import build_mask_sampler
+                mask_sampler = build_mask_sampler(cfg)
+            from engine.builders import build_loader
+            self.loader = build_loader(cfg, dataset, self.device, mask_sampler=mask_sampler, rank=self.rank,
+                                       world_size=self.world, batch_size=B)
+        self.dataset = dataset
         # An optimizer step eats `accum` micro-batches per rank.
         self.ipe = opt.ipe or max(1, self.loader.batches_per_epoch // self.accum)
         self.total_steps = opt.epochs * self.ipe
@@ -124,20 +129,35 @@ class DSTrainer:
 
     # -- state ----------------------------------------------------------------------------------------
     def save(self) -> str:
+        # universal_checkpoint_info: lets DeepSpeed's ds_to_universal convert any stage (resume.py uses it)
         client = {"step": self.step, "epoch": self.step // self.ipe, "world_size": self.world,
-                  "zero_stage": self.stage, "config": self.cfg.to_dict()}
+                  "zero_stage": self.stage, "config": self.cfg.to_dict(),
+                  "universal_checkpoint_info": {"universal_checkpoint_version": 0.4}}
         rank_state = {"loader": self.loader.state_dict(), "step": self.step,
                       "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                               "python": random.getstate()}}
-        return D.save(self.engine, self.ckpt_dir, self.step, client, rank_state)
+        with checkpoint_write(self.ckpt_dir, self.step):
+            return D.save(self.engine, self.ckpt_dir, self.step, client, rank_state)
 
     def load(self) -> bool:
-        got = D.load(self.engine, self.ckpt_dir)
-        if got is None:
+        """Resume from the newest checkpoint, after checking what wrote it (before DeepSpeed reads a byte)."""
+        found = find_checkpoint(self.out)
+        if found is None:
             return False
+        if found.kind == "local":
+            raise RunError(f"{found.describe()} was written by one process; DeepSpeed cannot resume it: continue "
+                           f"it with `python -m engine.train --resume` (one process) or start anew with --overwrite")
+        if found.world_size != self.world:
+            raise RunError(f"{found.describe()}: this launch has {self.world} rank(s); relaunch with "
+                           f"{found.world_size} ranks, or continue in one process with `python -m engine.train "
+                           "--resume`, which converts it")
+        if found.zero_stage != self.stage:
+            raise RunError(f"{found.describe()}: this launch uses ZeRO-{self.stage}; relaunch with "
+                           f"configs/deepspeed/zero{found.zero_stage}.json, or continue in one process with "
+                           "`python -m engine.train --resume`, which converts it")
+        self._changes = check_config(found.config, self.cfg.to_dict(), found.describe())
+        got = D.load(self.engine, self.ckpt_dir, tag=found.path.name)
         client, rank_state = got
-        if client.get("world_size", self.world) != self.world:
-            raise RuntimeError(f"checkpoint was written by {client['world_size']} ranks; this run has {self.world}")
         self.step = int(client["step"])
         self.loader.load_state_dict(rank_state["loader"])
         torch.set_rng_state(rank_state["rng"]["torch"])
@@ -146,16 +166,29 @@ class DSTrainer:
         return True
 
     # -- the loop -------------------------------------------------------------------------------------
-    def fit(self, max_steps: int | None = None, resume: bool = False) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def fit(self, max_steps: int | None = None, resume: bool = False, overwrite: bool = False) -> dict:
+        lead = self.rank == 0
+        # Rank 0 checks and claims the folder; the others wait for its verdict (one collective), so a
+        # refused folder stops every rank with the same one-line reason.
+        verdict = [None]
+        if lead:
+            try:
+                claim(self.out, resume=resume, overwrite=overwrite)
+            except RunError as e:
+                verdict = [str(e)]
+        dist.broadcast_object_list(verdict, src=0)
+        if verdict[0] is not None:
+            raise RunError(verdict[0])
+        check_output(self.out)
+        self._changes = {}
         if resume:
             if self.load():
                 log.info("rank %d resumed from %s at step %d", self.rank, D.read_latest(self.ckpt_dir), self.step)
             elif self.rank == 0:
-                log.warning("--resume: no checkpoint in %s; starting from step 0", self.ckpt_dir)
-        lead = self.rank == 0
+                log.warning("--resume: no checkpoint in %s; starting from step 0", self.out)
         metrics = None
         if lead:
+            record_changes(self.out, self.step, self._changes)
             save_config(self.cfg, self.out / "config.yaml")
             metrics = MetricsLogger(self.out, tag=self.cfg.logging.write_tag,
                                     tensorboard=self.cfg.logging.tensorboard)
@@ -172,7 +205,8 @@ class DSTrainer:
                 if self._fault and self._fault == (self.rank, self.step):
                     os.kill(os.getpid(), signal.SIGKILL)  # test hook: a rank that dies mid-run
                 t0 = time.perf_counter()
-                micro = [(clips, masks) for clips, _labels, masks in (next(it) for _ in range(self.accum))]
+                micro = [(clips, masks) for clips, _labels, masks in
+                         (next_batch(it, self.dataset) for _ in range(self.accum))]
                 t1 = time.perf_counter()
                 row = self.train_step(micro)
                 t2 = time.perf_counter()
@@ -191,6 +225,8 @@ class DSTrainer:
                     self.save()
         except Exception as e:
             log.error("rank %d/%d failed at step %d: %s: %s", self.rank, self.world, self.step, type(e).__name__, e)
+            for h in logging.getLogger().handlers:   # on record before the launcher kills this process
+                h.flush()
             raise
         finally:
             if bar is not None:

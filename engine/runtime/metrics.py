@@ -30,10 +30,19 @@ class MetricsLogger:
             atomic_write_text(self.path, ",".join(COLUMNS) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Keep only rows with step < `step` (a resumed run rewrites the rest)."""
+        """Keep only rows with step < `step` (a resumed run rewrites the rest); the rows taken out are
+        appended to metrics.replaced.csv, so no logged row is ever lost."""
         with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) < step]
-        lines = [",".join(COLUMNS)] + [",".join(r.get(c, "") for c in COLUMNS) for r in rows]
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if int(r["step"]) < step]
+        gone = [r for r in rows if int(r["step"]) >= step]
+        if gone:
+            replaced = self.path.with_name(self.path.stem + ".replaced.csv")
+            new = not replaced.exists()
+            with open(replaced, "a") as f:
+                f.write((",".join(COLUMNS) + "\n" if new else "")
+                        + "".join(",".join(r.get(c, "") for c in COLUMNS) + "\n" for r in gone))
+        lines = [",".join(COLUMNS)] + [",".join(r.get(c, "") for c in COLUMNS) for r in keep]
         atomic_write_text(self.path, "\n".join(lines) + "\n")
 
     def write(self, row: dict) -> None:

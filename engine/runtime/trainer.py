@@ -1,13 +1,18 @@
 """The single-process training loop (the DeepSpeed engine wraps the same step for many ranks).
 
     trainer = Trainer(cfg, output_dir)
-    summary = trainer.fit(max_steps=None, resume=False)
+    summary = trainer.fit(max_steps=None, resume=False, overwrite=False)
 
 Per optimizer step i: set lr/wd from the schedules, forward the JEPA step under autocast (bf16:
 no GradScaler), backward, clip (after the warm-up epochs, as the reference), AdamW step, EMA of the
 target with momentum(i), log a row, checkpoint every `meta.checkpoint_every` steps. A checkpoint
 holds everything a resume needs (models, target, optimizer, step, data-stream position, RNG
 states), so a resumed run's losses equal the uninterrupted run's, step for step.
+
+The output folder is claimed first (engine.runtime.rundir: a folder holding a run needs `resume` or
+`overwrite`); `resume` continues from the newest checkpoint whatever wrote it (engine.runtime.resume:
+a DeepSpeed one is converted), refusing a config change that cannot continue and recording the rest.
+User errors (data, folders, disk) are RunError: one line, naming the path and what to do.
 """
 from __future__ import annotations
 
@@ -23,8 +28,11 @@ import torch
 
 from engine.builders import build_dataset, build_jepa, build_loader, build_mask_sampler
 from engine.config import Config, save_config
-from engine.runtime.checkpoint import latest_path, load_latest, save_checkpoint
+from engine.runtime.checkpoint import latest_path, save_checkpoint
+from engine.runtime.errors import RunError, checkpoint_write, data_errors
 from engine.runtime.metrics import MetricsLogger, plot_loss
+from engine.runtime.resume import check_config, deepspeed_to_local, find_checkpoint, record_changes
+from engine.runtime.rundir import claim
 from engine.runtime.schedules import Schedules, apply_to_optimizer
 
 log = logging.getLogger("engine.train")
@@ -54,7 +62,9 @@ def autocast(dtype: torch.dtype, device: torch.device):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, output_dir, device: str | torch.device = "cpu", progress: bool = True):
+    def __init__(self, cfg: Config, output_dir, device: str | torch.device = "cpu", progress: bool = True,
+                 dataset=None):
+        """dataset defaults to the builders' (tests pass their own in-memory one)."""
         self.cfg = cfg
         self.out = Path(output_dir)
         self.device = torch.device(device)
@@ -64,8 +74,9 @@ class Trainer:
         opt = cfg.optimization
         self.optimizer = torch.optim.AdamW(param_groups([self.model.encoder, self.model.predictor]),
                                            betas=tuple(opt.betas), eps=opt.eps)
-        self.dataset = build_dataset(cfg, train=True)
-        self.loader = build_loader(cfg, self.dataset, self.device, mask_sampler=build_mask_sampler(cfg))
+        with data_errors(cfg):
+            self.dataset = build_dataset(cfg, train=True) if dataset is None else dataset
+            self.loader = build_loader(cfg, self.dataset, self.device, mask_sampler=build_mask_sampler(cfg))
         self.ipe = opt.ipe or max(1, len(self.dataset) // cfg.data.batch_size)
         self.total_steps = opt.epochs * self.ipe
         self.sched = Schedules.from_config(opt, self.ipe)
@@ -85,11 +96,22 @@ class Trainer:
             "config": self.cfg.to_dict(),
         }
 
+    def param_names(self) -> list[list[str]]:
+        """The names (encoder.* / predictor.*) of each optimizer group's parameters, in order."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [[names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
+
     def load_state_dict(self, state: dict) -> None:
         self.model.encoder.load_state_dict(state["encoder"])
         self.model.predictor.load_state_dict(state["predictor"])
         self.model.target_encoder.load_state_dict(state["target_encoder"])
-        self.optimizer.load_state_dict(state["opt"])
+        if "opt_converted" in state:   # from DeepSpeed: moments per parameter, this optimizer's groups
+            conv = state["opt_converted"]
+            groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": ids}
+                      for g, ids in zip(self.optimizer.param_groups, conv["groups"])]
+            self.optimizer.load_state_dict({"state": conv["state"], "param_groups": groups})
+        else:
+            self.optimizer.load_state_dict(state["opt"])
         self.loader.load_state_dict(state["loader"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -97,7 +119,27 @@ class Trainer:
         random.setstate(state["rng"]["python"])
 
     def save(self) -> Path:
-        return save_checkpoint(self.out, self.step, self.state_dict())
+        with checkpoint_write(self.out / "checkpoints", self.step):
+            return save_checkpoint(self.out, self.step, self.state_dict())
+
+    def resume(self) -> None:
+        """Continue from the newest checkpoint in the output folder, converting a DeepSpeed one."""
+        found = find_checkpoint(self.out)
+        if found is None:
+            log.warning("--resume: no checkpoint in %s; starting from step 0", self.out)
+            return
+        changes = check_config(found.config, self.cfg.to_dict(), found.describe())
+        note = None
+        if found.kind == "deepspeed":
+            state = deepspeed_to_local(found, self.param_names())
+            note = {"converted_from": found.describe()}
+            log.warning("resuming the DeepSpeed checkpoint %s in one process: the global batch is now %d",
+                        found.describe(), self.cfg.data.batch_size)
+        else:
+            state = found.state
+        self.load_state_dict(state)
+        record_changes(self.out, self.step, changes, note)
+        log.info("resumed from %s at step %d", found.describe(), self.step)
 
     # -- one optimizer step ----------------------------------------------------------------------
     def train_step(self, clips, masks) -> dict:
@@ -123,15 +165,10 @@ class Trainer:
                 "pred_grad_norm": pred_norm, **{k: float(v) for k, v in info.items()}}
 
     # -- the loop --------------------------------------------------------------------------------
-    def fit(self, max_steps: int | None = None, resume: bool = False) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
+    def fit(self, max_steps: int | None = None, resume: bool = False, overwrite: bool = False) -> dict:
+        claim(self.out, resume=resume, overwrite=overwrite)
         if resume:
-            state = load_latest(self.out)
-            if state is None:
-                log.warning("--resume: no checkpoint in %s; starting from step 0", self.out)
-            else:
-                self.load_state_dict(state)
-                log.info("resumed from %s at step %d", latest_path(self.out), self.step)
+            self.resume()
         save_config(self.cfg, self.out / "config.yaml")
         metrics = MetricsLogger(self.out, tag=self.cfg.logging.write_tag, tensorboard=self.cfg.logging.tensorboard)
         metrics.truncate_after(self.step)
@@ -144,7 +181,7 @@ class Trainer:
         wait_total = step_total = 0.0
         while self.step < stop:
             t0 = time.perf_counter()
-            clips, _labels, masks = next(it)
+            clips, _labels, masks = next_batch(it, self.dataset)
             t1 = time.perf_counter()
             row = self.train_step(clips, masks)
             t2 = time.perf_counter()
@@ -177,6 +214,17 @@ class Trainer:
             "peak_rss_mb": _peak_rss_mb(),
             "checkpoint": str(latest_path(self.out)) if latest_path(self.out) else None,
         }
+
+
+def next_batch(it, dataset):
+    """The loader's next batch; a data set with no readable file left is a RunError naming its source."""
+    from engine.data.datasets import NoReadableFiles
+    try:
+        return next(it)
+    except NoReadableFiles as e:
+        # From a DataLoader worker the message is the worker's traceback: its last line is the error.
+        last = str(e).strip().splitlines()[-1]
+        raise RunError(last.partition("NoReadableFiles: ")[2] or last) from None
 
 
 def _progress(enabled: bool, total: int, initial: int):

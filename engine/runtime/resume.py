@@ -1,0 +1,277 @@
+"""Resume a run whatever wrote its checkpoint, with the config it was trained with.
+
+    found = find_checkpoint(out)                 # newest of checkpoints/ (one process) and ds_checkpoints/ (DeepSpeed)
+    changes = check_config(found.config, cfg.to_dict(), found.describe())   # RunError on a change that cannot continue
+    record_changes(out, found.step, changes)     # config_history.yaml + a log line; then config.yaml is rewritten
+    state = found.load_local(param_names)        # a single-process Trainer state, converted from DeepSpeed if need be
+
+A one-process checkpoint is one file (engine.runtime.checkpoint); a DeepSpeed one is a tag folder of
+per-rank files whose rank-0 model-states file carries our client state (step, world_size, zero_stage,
+config), read here before DeepSpeed is asked to load anything, so a wrong world size is refused by name.
+A corrupt or truncated newest checkpoint falls back to the previous good one with a warning naming both.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from engine.runtime.errors import RunError
+from engine.runtime.io import atomic_write_text
+
+log = logging.getLogger("engine.train")
+
+# Changing these changes a tensor's shape or what a step means for the saved data stream: a resumed run
+# cannot continue with them. Everything else (lr, schedules, epochs, logging, ...) is accepted and recorded.
+FIXED_SECTIONS = ("model.",)
+FIXED_KEYS = ("app", "data.crop_size", "data.patch_size", "data.num_frames", "data.tubelet_size",
+              "data.dataset_fpcs", "data.num_clips", "data.batch_size", "mask.patch_size")
+
+DS_MODEL_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
+def _flatten(d, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_config(saved: dict | None, now: dict, where: str) -> dict:
+    """{key: (saved, now)} of the accepted changes; RunError naming every change that cannot continue."""
+    if not saved:
+        return {}
+    a, b = _flatten(saved), _flatten(now)
+    changes = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    fixed = [k for k in changes if k in FIXED_KEYS or k.startswith(FIXED_SECTIONS)]
+    if fixed:
+        what = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in fixed)
+        raise RunError(f"{where}: cannot resume with a changed {what}; set them back (the run's config.yaml "
+                       "holds the saved values) or start a new run in another --output")
+    return changes
+
+
+def record_changes(out, step: int, changes: dict, note: dict | None = None) -> None:
+    """Append the accepted changes to <out>/config_history.yaml and log them (rank 0)."""
+    if not changes and not note:
+        return
+    path = Path(out) / "config_history.yaml"
+    history = yaml.safe_load(path.read_text()) if path.exists() else None
+    history = history or []
+    entry = {"resumed_at_step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "changes": {k: {"saved": _plain(o), "now": _plain(n)} for k, (o, n) in changes.items()}}
+    if note:
+        entry.update(note)
+    history.append(entry)
+    atomic_write_text(path, yaml.safe_dump(history, sort_keys=False))
+    if changes:
+        log.warning("resumed with changed settings (recorded in %s): %s", path,
+                    "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in changes.items()))
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+# -- finding a checkpoint ---------------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    kind: str                       # "local" (one file) | "deepspeed" (a tag folder)
+    step: int
+    path: Path                      # the file, or the tag folder
+    world_size: int = 1
+    zero_stage: int | None = None
+    config: dict | None = None
+    state: dict | None = field(default=None, repr=False)   # the loaded state of a local checkpoint
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return f"{self.path} (one process, step {self.step})"
+        return f"{self.path} (DeepSpeed ZeRO-{self.zero_stage}, {self.world_size} ranks, step {self.step})"
+
+
+def _load_local(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _local_candidates(out: Path) -> list[Path]:
+    """Checkpoint files to try, best first: the one `latest` names, then the others, newest first."""
+    d = out / "checkpoints"
+    pointer = d / "latest"
+    files = sorted(d.glob("step_*.pt"), reverse=True)
+    if not pointer.exists():
+        return files
+    named = d / pointer.read_text().strip()
+    if not named.exists():
+        if not files:
+            raise RunError(f"{pointer} names {named.name}, which does not exist, and {d} holds no other "
+                           "checkpoint; restore the file, or start again with --overwrite")
+        log.warning("%s names %s, which does not exist; falling back to %s", pointer, named.name, files[0])
+        return files
+    return [named] + [f for f in files if f != named]
+
+
+def find_local(out: Path) -> Checkpoint | None:
+    first = None
+    for path in _local_candidates(out):
+        try:
+            state = _load_local(path)
+            step = int(state["step"])
+        except Exception as e:  # noqa: BLE001 -- a torn or corrupt file of any kind: try the previous one
+            log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path, type(e).__name__, e)
+            first = first or path
+            continue
+        if first is not None:
+            log.warning("resuming from %s instead of the unreadable %s", path, first)
+        return Checkpoint("local", step, path, config=state.get("config"), state=state)
+    if first is not None:
+        raise RunError(f"{out / 'checkpoints'}: no readable checkpoint ({first} is corrupt or truncated); "
+                       "start again with --overwrite")
+    return None
+
+
+def _ds_meta(tag_dir: Path) -> dict | None:
+    for name in DS_MODEL_FILES:
+        f = tag_dir / name
+        if f.exists():
+            return torch.load(f, map_location="cpu", weights_only=False, mmap=True)
+    return None
+
+
+def find_deepspeed(out: Path) -> Checkpoint | None:
+    d = out / "ds_checkpoints"
+    pointer = d / "latest"
+    tags = sorted((p for p in d.glob("step_*") if p.is_dir()), reverse=True)
+    if pointer.exists():
+        named = d / pointer.read_text().strip()
+        tags = [named] + [t for t in tags if t != named]
+    first = None
+    for tag_dir in tags:
+        try:
+            meta = _ds_meta(tag_dir)
+            if meta is None:
+                raise FileNotFoundError(f"no {' or '.join(DS_MODEL_FILES)}")
+            world = int(meta.get("world_size", meta.get("dp_world_size", 1)))
+            missing = [f"client_rank{r:03d}.pt" for r in range(world) if not (tag_dir / f"client_rank{r:03d}.pt").exists()]
+            if missing:
+                raise FileNotFoundError(f"missing {missing}")
+        except Exception as e:  # noqa: BLE001 -- see find_local
+            log.warning("DeepSpeed checkpoint %s is unusable (%s: %s); trying the previous one", tag_dir,
+                        type(e).__name__, e)
+            first = first or tag_dir
+            continue
+        if first is not None:
+            log.warning("resuming from %s instead of the unusable %s", tag_dir, first)
+        return Checkpoint("deepspeed", int(meta["step"]), tag_dir, world_size=world,
+                          zero_stage=int(meta.get("zero_stage", 0)), config=meta.get("config"))
+    if first is not None:
+        raise RunError(f"{d}: no usable DeepSpeed checkpoint ({first} is incomplete or corrupt); "
+                       "start again with --overwrite")
+    return None
+
+
+def find_checkpoint(out) -> Checkpoint | None:
+    """The newest checkpoint of the run in `out`, one-process or DeepSpeed; None when it has none."""
+    out = Path(out)
+    found = [c for c in (find_local(out), find_deepspeed(out)) if c is not None]
+    return max(found, key=lambda c: c.step) if found else None
+
+
+# -- DeepSpeed -> one process ---------------------------------------------------------------------------
+def deepspeed_to_local(ckpt: Checkpoint, param_order: list[list[str]]) -> dict:
+    """A single-process Trainer state from a DeepSpeed checkpoint of any ZeRO stage and world size.
+
+    param_order: the names (encoder.* / predictor.*) of each AdamW group's parameters, in order.
+    Weights come whole in fp32; Adam's moments are re-assembled per parameter (ZeRO 1-3 through
+    DeepSpeed's universal-checkpoint conversion); the loader resumes at the same global sample
+    position; RNG states are rank 0's.
+    """
+    meta = _ds_meta(ckpt.path)
+    stage = ckpt.zero_stage or 0
+    if stage == 0:
+        weights = {k: v.float() for k, v in meta["module"].items()}
+        opt = meta["optimizer"]
+        moments = {}
+        flat_names = [n for g in param_order for n in g]
+        for idx, st in opt["state"].items():
+            moments[flat_names[int(idx)]] = st
+        step_count = next(iter(opt["state"].values()))["step"] if opt["state"] else torch.tensor(0.0)
+    else:
+        weights, moments, step_count = _from_universal(ckpt)
+    parts = {"encoder": {}, "predictor": {}, "target_encoder": {}}
+    for k, v in weights.items():
+        head, _, rest = k.partition(".")
+        if head in parts:
+            parts[head][rest] = v
+    state, groups, i = {}, [], 0
+    for names in param_order:
+        ids = []
+        for n in names:
+            if n not in moments:
+                raise RunError(f"{ckpt.describe()}: no optimizer state for {n}; it cannot be converted to one process")
+            m = moments[n]
+            shape = parts[n.partition(".")[0]][n.partition(".")[2]].shape
+            state[i] = {"step": torch.as_tensor(m.get("step", step_count), dtype=torch.float32).clone(),
+                        "exp_avg": m["exp_avg"].float().reshape(shape).clone(),
+                        "exp_avg_sq": m["exp_avg_sq"].float().reshape(shape).clone()}
+            ids.append(i)
+            i += 1
+        groups.append(ids)
+    rank0 = torch.load(ckpt.path / "client_rank000.pt", map_location="cpu", weights_only=False)
+    loader = dict(rank0["loader"])
+    # Rank r of W read global positions r, r+W, ...: after b batches of B the first b*B*W positions of
+    # the epoch are used, which is batch b*W of one process.
+    loader["batch_in_epoch"] = int(loader["batch_in_epoch"]) * ckpt.world_size
+    loader["world_size"], loader["rank"] = 1, 0
+    return {**parts, "opt_converted": {"state": state, "groups": groups}, "step": ckpt.step,
+            "loader": loader, "rng": rank0["rng"], "config": ckpt.config, "converted_from": ckpt.describe()}
+
+
+def _from_universal(ckpt: Checkpoint):
+    """(weights, {name: {exp_avg, exp_avg_sq}}, step) through DeepSpeed's ds_to_universal (ZeRO 1-3)."""
+    from deepspeed.checkpoint import ds_to_universal
+    with tempfile.TemporaryDirectory(prefix="ds_universal_") as tmp:
+        import argparse
+        ns = argparse.Namespace(input_folder=str(ckpt.path), output_folder=tmp, num_extract_workers=1,
+                                num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+        try:
+            ds_to_universal.main(ns)
+        except Exception as e:  # noqa: BLE001 -- DeepSpeed's converter refuses with assertions and KeyErrors
+            raise RunError(f"{ckpt.describe()}: DeepSpeed could not convert it to a universal checkpoint "
+                           f"({type(e).__name__}: {e}); resume it under DeepSpeed with {ckpt.world_size} ranks "
+                           f"and ZeRO-{ckpt.zero_stage}") from None
+        zero = Path(tmp) / "zero"
+        weights, moments = {}, {}
+        for d in zero.iterdir():
+            if not d.is_dir():
+                continue
+            weights[d.name] = _tensor(d / "fp32.pt")
+            if (d / "exp_avg.pt").exists():   # frozen parameters (the target) have no moments
+                moments[d.name] = {"exp_avg": _tensor(d / "exp_avg.pt"), "exp_avg_sq": _tensor(d / "exp_avg_sq.pt")}
+        common = torch.load(zero / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    inner = common.get("optimizer_state_dict") or common.get("base_optimizer_state") or {}
+    steps = [st.get("step") for st in inner.get("state", {}).values() if isinstance(st, dict) and "step" in st]
+    step_count = steps[0] if steps else torch.tensor(float(ckpt.step))
+    # Frozen parameters (the EMA target) are not in the optimizer: take them from the consolidated weights.
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.path.parent), tag=ckpt.path.name)
+    for k, v in full.items():
+        weights.setdefault(k, v.float())
+    for k in list(weights):
+        if k in full:
+            weights[k] = weights[k].reshape(full[k].shape)
+    return weights, moments, step_count
+
+
+def _tensor(path: Path) -> torch.Tensor:
+    x = torch.load(path, map_location="cpu", weights_only=False)
+    return x["param"] if isinstance(x, dict) else x
