@@ -16,7 +16,8 @@ Checkpoints: DeepSpeed's own format in <out>/ds_checkpoints/step_XXXXXXX/ plus p
 writes one consolidated fp32 file in the reference layout (engine.save_reference_checkpoint), which
 engine.load_reference_checkpoint and the reference train scripts read; any stage, any world size.
 
-Test hook: JEPA_FAULT_KILL="RANK:STEP" makes that rank SIGKILL itself at the start of that step.
+Test hooks: JEPA_FAULT_KILL="RANK:STEP" makes that rank SIGKILL itself at the start of that step;
+JEPA_FAULT_RAISE="RANK:STEP" makes it raise there (a rank that fails while its peers run on).
 """
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ class DSTrainer:
         self.memory: dict | None = None
         self.step = 0
         self._fault = _parse_fault(os.environ.get("JEPA_FAULT_KILL"))
+        self._fault_raise = _parse_fault(os.environ.get("JEPA_FAULT_RAISE"))
 
     @property
     def ckpt_dir(self) -> Path:
@@ -204,6 +206,8 @@ class DSTrainer:
             while self.step < stop:
                 if self._fault and self._fault == (self.rank, self.step):
                     os.kill(os.getpid(), signal.SIGKILL)  # test hook: a rank that dies mid-run
+                if self._fault_raise and self._fault_raise == (self.rank, self.step):
+                    raise RuntimeError("JEPA_FAULT_RAISE: injected failure")
                 t0 = time.perf_counter()
                 micro = [(clips, masks) for clips, _labels, masks in
                          (next_batch(it, self.dataset) for _ in range(self.accum))]

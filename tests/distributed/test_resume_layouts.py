@@ -1,0 +1,94 @@
+"""A DeepSpeed run folder: a failing rank says so itself, a wrong launch is refused before DeepSpeed
+loads, and one process resumes it (converted) without losing its history.
+
+One 2-rank ZeRO-3 launch (torchrun, the real tiny V-JEPA) whose rank 0 fails at step 3, after the
+checkpoint of step 2, feeds every test here.
+"""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from engine.runtime.distributed import run_local
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds") / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.distributed.tiny_train", "--out", str(out), "--stage", "3", "--steps", "6", "--every", "2"]
+    p = subprocess.run(cmd, cwd=ROOT, env={**ENV, "JEPA_FAULT_RAISE": "0:3"}, capture_output=True, text=True,
+                       timeout=240)
+    return out, p
+
+
+def _rows(out):
+    with open(out / "metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+def test_the_failing_rank_logs_its_rank_and_cause(failed_run):
+    out, p = failed_run
+    assert p.returncode != 0
+    text = p.stdout + p.stderr
+    assert "rank 0/2 failed at step 3: RuntimeError: JEPA_FAULT_RAISE: injected failure" in text, text[-3000:]
+    assert (out / "ds_checkpoints" / "latest").read_text().strip() == "step_0000002"
+    assert _rows(out) == [0, 1, 2]
+
+
+def _resume_on_one_rank(rank, out):
+    from engine.builders import build_mask_sampler
+    from engine.runtime.ds_trainer import DSTrainer
+    from engine.runtime.errors import RunError
+    from tests.distributed.tiny import RandomClips, build_tiny, tiny_cfg
+    cfg = tiny_cfg(["meta.checkpoint_every=2"])
+    tr = DSTrainer(cfg, out, ds_config=3, model=build_tiny(cfg), dataset=RandomClips(cfg),
+                   mask_sampler=build_mask_sampler(cfg), progress=False, timeout_s=60)
+    try:
+        tr.fit(max_steps=6, resume=True)
+    except RunError as e:
+        return str(e)
+    return None
+
+
+def test_a_launch_with_another_world_size_is_refused_by_name(failed_run):
+    out, _ = failed_run
+    before = (out / "metrics.csv").read_bytes()
+    [msg] = run_local(_resume_on_one_rank, world_size=1, args=(str(out),), timeout_s=180)
+    assert msg is not None and "2 ranks" in msg and "this launch has 1 rank" in msg and "python -m engine.train" in msg
+    assert (out / "metrics.csv").read_bytes() == before
+
+
+def test_one_process_resumes_a_zero3_run_converted(failed_run, tmp_path):
+    import shutil
+    from engine.runtime.distributed import export_fp32
+    from engine.runtime.trainer import Trainer
+    from tests.distributed.tiny import RandomClips, tiny_cfg
+    out = Path(shutil.copytree(failed_run[0], tmp_path / "run"))
+    cfg = tiny_cfg(["meta.checkpoint_every=2"])
+    ref = export_fp32(out / "ds_checkpoints", tmp_path / "ref.pt")
+    tr = Trainer(cfg, out, progress=False, dataset=RandomClips(cfg))
+    tr.resume()
+    assert tr.step == 2
+    for key in ("encoder", "predictor", "target_encoder"):
+        sd = getattr(tr.model, key).state_dict()
+        assert all(torch.equal(sd[n], ref[key][n]) for n in ref[key]), key
+    moments = [s for s in tr.optimizer.state_dict()["state"].values()]
+    assert len(moments) == sum(len(g["params"]) for g in tr.optimizer.param_groups)
+    assert all(float(s["step"]) == 2 and s["exp_avg_sq"].abs().sum() > 0 for s in moments)
+    # two ranks had read 2 batches each: one process continues at batch 4 of the epoch
+    assert tr.loader.state_dict()["batch_in_epoch"] == 4
+    summary = Trainer(cfg, out, progress=False, dataset=RandomClips(cfg)).fit(max_steps=4, resume=True)
+    assert summary["steps"] == 4 and summary["steps_this_run"] == 2
+    assert _rows(out) == [0, 1, 2, 3]                       # the DeepSpeed run's rows 0, 1 are kept
+    history = yaml.safe_load((out / "config_history.yaml").read_text())
+    assert "ZeRO-3, 2 ranks, step 2" in history[-1]["converted_from"]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000004.pt"
