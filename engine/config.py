@@ -38,7 +38,6 @@ LAUNCHER_KEYS = {
 
 # Keys the reference YAMLs carry that no reference trainer reads: accepted, reported, unused.
 REFERENCE_UNUSED_KEYS = {
-    "meta": ("eval_freq",),
     "data": ("decode_one_clip",),
 }
 
@@ -227,6 +226,9 @@ class MetaConfig:
     # ours
     mask_mode: str = "ragged"                         # ragged (train every kept token) | compat
     checkpoint_every: int = 0                         # optimizer steps between checkpoints; 0: epoch ends
+    eval_freq: int = 0                                # steps between probes of the target encoder on
+                                                      # data.val_datasets (engine.eval.periodic); 0: off
+    eval_samples: int = 256                           # the fixed validation clips that probe reads
     log_every: int = 10
 
 
@@ -441,6 +443,8 @@ def config_from_dict(raw: dict, source: Optional[str] = None) -> Config:
     else:
         raise ConfigError(f"mask: expected a list of mask configs (video) or a mapping (I-JEPA), got {mask!r}")
     cfg = Config(**kwargs, ignored_keys=ignored, source=source)
+    if cfg.meta.eval_freq and not cfg.data.val_datasets:
+        cfg.ignored_keys.append("meta.eval_freq")   # the reference YAMLs set it with no labelled set to read
     validate(cfg)
     if ema_none and cfg.loss.sigreg_coeff <= 0:
         raise ConfigError("optimization.ema: none (targets from the encoder itself, no EMA) needs "
@@ -478,6 +482,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"app: expected vjepa, ijepa or vjepa_droid, got {cfg.app!r}")
     if m.dtype not in DTYPES:
         raise ConfigError(f"meta.dtype: expected one of {DTYPES}, got {m.dtype!r}")
+    if m.eval_freq < 0 or m.eval_samples < 4:
+        raise ConfigError(f"meta.eval_freq / eval_samples: need eval_freq >= 0 (0: off) and eval_samples >= 4, "
+                          f"got {m.eval_freq} / {m.eval_samples}")
     if m.mask_mode not in ("ragged", "compat"):
         raise ConfigError(f"meta.mask_mode: expected ragged or compat, got {m.mask_mode!r}")
     if d.reader not in ("auto", "pyav", "dali"):

@@ -13,7 +13,7 @@ from pathlib import Path
 from engine.runtime.io import atomic_write_text
 
 COLUMNS = ("step", "epoch", "itr", "loss", "loss_reg", "loss_std", "loss_cov", "loss_sigreg", "loss_tf", "loss_rollout", "lr", "wd", "momentum", "enc_grad_norm", "pred_grad_norm",
-           "ctx_tokens", "tgt_tokens", "step_ms", "data_wait_ms", "samples_per_s")
+           "ctx_tokens", "tgt_tokens", "step_ms", "data_wait_ms", "samples_per_s", "eval_knn_acc", "eval_linear_acc")
 
 
 class MetricsLogger:

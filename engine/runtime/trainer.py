@@ -30,6 +30,7 @@ import torch
 
 from engine.builders import build_dataset, build_jepa, build_loader, build_mask_sampler
 from engine.config import Config, save_config
+from engine.eval.periodic import PeriodicProbe
 from engine.runtime.checkpoint import latest_path, save_checkpoint
 from engine.runtime.errors import RunError, checkpoint_write, data_errors
 from engine.runtime.metrics import MetricsLogger, plot_loss
@@ -209,6 +210,7 @@ class Trainer:
         every = self.cfg.meta.checkpoint_every or self.ipe
         bar = _progress(self.progress, total=stop, initial=self.step)
         it = iter(self.loader)
+        probe = PeriodicProbe.from_config(self.cfg)   # meta.eval_freq
         B = self.cfg.data.batch_size
         losses, t_run = [], time.perf_counter()
         wait_total = step_total = 0.0
@@ -218,6 +220,8 @@ class Trainer:
             t1 = time.perf_counter()
             row = self.train_step(clips, masks)
             t2 = time.perf_counter()
+            if probe is not None:
+                row.update(probe.maybe(self.step, self.model.target_encoder))
             wait_total += t1 - t0
             step_total += t2 - t0
             losses.append(row["loss"])

@@ -1,0 +1,51 @@
+"""meta.eval_freq: the probe's accuracies land in metrics.csv every N steps, and the run's losses are
+exactly those of a run without it, straight or resumed."""
+import csv
+
+import pytest
+
+from engine.config import load_config
+
+SMALL = ["model.depth=2", "model.embed_dim=48", "model.num_heads=2", "model.pred_depth=1",
+         "model.pred_embed_dim=32", "model.pred_num_heads=2", "data.batch_size=4", "data.num_workers=0",
+         "optimization.ipe=4", "optimization.epochs=2", "optimization.warmup=1", "meta.checkpoint_every=2",
+         "logging.tensorboard=false", "data.crop_size=32"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    from engine.data.synthetic import generate_split
+    root = tmp_path_factory.mktemp("videos")
+    generate_split(root, train=8, val=12, num_frames=16, size=32, num_classes=3, seed=0)
+    return root
+
+
+def _run(videos, out, steps, *extra, resume=False):
+    from engine.runtime.trainer import Trainer
+    cfg = load_config("configs/tiny_cpu.yaml", SMALL + [f"data.datasets=[{videos / 'train.csv'}]",
+                                                        f"data.val_datasets=[{videos / 'val.csv'}]", *extra])
+    Trainer(cfg, out, progress=False).fit(max_steps=steps, resume=resume)
+    with open(out / "metrics.csv") as f:
+        return [(r["step"], r["loss"], r["eval_knn_acc"], r["eval_linear_acc"]) for r in csv.DictReader(f)]
+
+
+def test_eval_freq_logs_and_leaves_training_exact(videos, tmp_path):
+    with_probe = _run(videos, tmp_path / "a", 4, "meta.eval_freq=2", "meta.eval_samples=12")
+    without = _run(videos, tmp_path / "b", 4)
+    assert [r[:2] for r in with_probe] == [r[:2] for r in without]        # the same losses, bitwise (as text)
+    logged = [r for r in with_probe if r[2] != ""]
+    assert [r[0] for r in logged] == ["1", "3"]                            # after steps 2 and 4
+    assert all(0 <= float(r[2]) <= 1 and 0 <= float(r[3]) <= 1 for r in logged)
+    assert all(r[2] == r[3] == "" for r in without)
+    _run(videos, tmp_path / "c", 2, "meta.eval_freq=2", "meta.eval_samples=12")
+    resumed = _run(videos, tmp_path / "c", 4, "meta.eval_freq=2", "meta.eval_samples=12", resume=True)
+    assert resumed == with_probe
+
+
+def test_eval_freq_without_a_val_set_is_reported_unused():
+    cfg = load_config("configs/vjepa_vitl16.yaml")       # the reference YAML: eval_freq 100, no labelled set
+    assert cfg.meta.eval_freq == 100 and "meta.eval_freq" in cfg.ignored_keys
+    cfg = load_config("configs/tiny_cpu.yaml", ["meta.eval_freq=50"])
+    assert "meta.eval_freq" not in cfg.ignored_keys
+    with pytest.raises(Exception, match="meta.eval_freq"):
+        load_config("configs/tiny_cpu.yaml", ["meta.eval_freq=-1"])
