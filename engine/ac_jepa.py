@@ -25,7 +25,7 @@ from torch import nn
 
 class ACJEPA(nn.Module):
     def __init__(self, encoder: nn.Module, predictor: nn.Module, auto_steps: int = 1, loss_exp: float = 1.0,
-                 normalize_reps: bool = True):
+                 normalize_reps: bool = True, action_scale: float = 1.0):
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
@@ -37,6 +37,9 @@ class ACJEPA(nn.Module):
         self.auto_steps = int(auto_steps)
         self.loss_exp = float(loss_exp)
         self.normalize_reps = normalize_reps
+        # Actions are multiplied by this before the predictor sees them (ours; 1 = the reference): the
+        # arm's actions are a few cm, and at that scale the action embedding starts out all bias.
+        self.action_scale = float(action_scale)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -58,6 +61,8 @@ class ACJEPA(nn.Module):
         return F.layer_norm(h, (h.size(-1),)) if self.normalize_reps else h
 
     def step_predictor(self, z, actions, states, extrinsics=None) -> torch.Tensor:
+        if self.action_scale != 1.0:
+            actions = actions * self.action_scale
         z = self.predictor(z, actions, states, extrinsics)
         return F.layer_norm(z, (z.size(-1),)) if self.normalize_reps else z
 

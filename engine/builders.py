@@ -67,7 +67,7 @@ def _build_jepa(cfg: Config):
             logging.getLogger("engine.train").warning(
                 "meta.pretrain_checkpoint is not set: the frozen encoder keeps its random init")
         return ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
-                      normalize_reps=cfg.loss.normalize_reps)
+                      normalize_reps=cfg.loss.normalize_reps, action_scale=cfg.model.action_scale)
     lc = cfg.loss
     sigreg = None
     if lc.sigreg_coeff > 0:

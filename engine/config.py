@@ -164,6 +164,7 @@ class ModelConfig:
     use_extrinsics: bool = False
     action_dim: int = 7                  # ours: the action vector's length (the reference fixes 7)
     state_dim: Optional[int] = None      # ours: the state vector's length (None: action_dim, as the reference)
+    action_scale: float = 1.0            # ours: actions are multiplied by this before the AC predictor (1: reference)
     # ours: override the preset's encoder size (small CPU runs)
     depth: Optional[int] = None
     num_heads: Optional[int] = None
@@ -573,6 +574,8 @@ def _validate_model(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
     if md.embed_dim is not None and md.num_heads is not None and md.embed_dim % md.num_heads:
         raise ConfigError(f"model.embed_dim: {md.embed_dim} is not divisible by model.num_heads ({md.num_heads})")
+    if md.action_scale <= 0:
+        raise ConfigError(f"model.action_scale: must be > 0, got {md.action_scale}")
     if md.action_dim < 2 or (md.state_dim is not None and md.state_dim < 1):
         raise ConfigError(f"model.action_dim / model.state_dim: must be >= 2 / >= 1, got {md.action_dim} / {md.state_dim}")
     if cfg.loss.auto_steps < 1:

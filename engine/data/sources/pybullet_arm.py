@@ -70,6 +70,11 @@ class _Arm:
     def cube_pos(self):
         return np.asarray(self.pb.getBasePositionAndOrientation(self.cube, physicsClientId=self.cid)[0])
 
+    def state(self) -> np.ndarray:
+        """float32 [10]: end-effector xyz, its quaternion xyzw, cube xyz (the episodes' `states` rows)."""
+        pos, orn = self.ee()
+        return np.concatenate([pos, orn, self.cube_pos()]).astype(np.float32)
+
     def render(self, size: int) -> np.ndarray:
         w, h, rgba, _, _ = self.pb.getCameraImage(size, size, self.view, self.proj, renderer=self.pb.ER_TINY_RENDERER,
                                                   physicsClientId=self.cid)
@@ -107,10 +112,9 @@ def run_episode(arm: _Arm, policy: str, rng: np.random.Generator, num_frames: in
     phase = 0
     waypoint = rng.uniform(WORKSPACE_LO, WORKSPACE_HI)
     for t in range(num_frames):
-        pos, orn = arm.ee()
         cube = arm.cube_pos()
         frames.append(arm.render(size))
-        states.append(np.concatenate([pos, orn, cube]))
+        states.append(arm.state())
         if policy == "random":
             vel = 0.8 * vel + 0.2 * rng.normal(0, 0.05, 3)
             a = np.clip(vel, -MAX_STEP, MAX_STEP)

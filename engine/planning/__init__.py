@@ -1,0 +1,12 @@
+"""Planning in latent space with an action-conditioned world model (V-JEPA 2-AC).
+
+    from engine.planning import load_world_model, cem_plan
+    wm, cfg = load_world_model("runs/ac_arm")            # an `app: vjepa_droid` training run
+    actions_HA, energy = cem_plan(wm, wm.encode_frame(frame), state, wm.encode_frame(goal), cfg.planning)
+
+cem: the CEM planner and the world-model wrapper; reach: the pybullet reach task, its baselines and
+oracle. `python -m engine.plan` runs them closed loop.
+"""
+from engine.planning.cem import LatentWorldModel, cem_plan, energy, load_world_model
+
+__all__ = ["LatentWorldModel", "cem_plan", "energy", "load_world_model"]

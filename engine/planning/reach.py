@@ -1,0 +1,128 @@
+"""The pybullet reach task: move the arm's end effector to where a goal image shows it.
+
+    task = ReachTask(size=64, fps=10, tolerance=0.05, max_steps=30, seed=1000)
+    ep = task.episode(i)                    # scene i, its goal position and goal image (held out: any seed)
+    result = task.run(ep, controller)       # controller(frame_HW3, state_S, ep) -> action [3]
+
+Episode i: the arm source's scene (plane, KUKA arm from a jittered home pose, a cube, a random camera
+yaw) drawn from (seed, i, 0); a goal end-effector position drawn from (seed, i, 1) inside GOAL_LO..GOAL_HI,
+at least MIN_TRAVEL from the start. The goal image is rendered after driving the arm there with the
+oracle controller in the same scene; then the scene is reset to its start. A goal the oracle cannot
+bring within tolerance / 2 is unreachable: an error names it. Success: the end effector comes within
+`tolerance` of the goal within `max_steps` actions; the final distance is reported too.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.data.sources.pybullet_arm import MAX_STEP, WORKSPACE_HI, WORKSPACE_LO, _Arm
+
+GOAL_LO = np.array([0.35, -0.30, 0.15])   # inside the workspace and above the cube: the goal needs no contact
+GOAL_HI = np.array([0.70, 0.30, 0.50])
+MIN_TRAVEL = 0.10
+ORACLE_STEPS = 60
+
+
+class UnreachableGoal(ValueError):
+    """The oracle controller could not bring the end effector to the goal."""
+
+
+@dataclass
+class Episode:
+    index: int
+    goal_pos: np.ndarray
+    goal_image: np.ndarray
+    start_pos: np.ndarray
+
+
+@dataclass
+class Result:
+    success: bool
+    steps: int
+    final_distance: float
+    min_distance: float
+    seconds_per_action: float
+    distances: list = field(default_factory=list)
+
+
+def oracle_action(target: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """The privileged controller: straight at the goal, at most MAX_STEP per axis."""
+    return np.clip(goal - target, -MAX_STEP, MAX_STEP)
+
+
+class ReachTask:
+    def __init__(self, size: int = 64, fps: int = 10, tolerance: float = 0.05, max_steps: int = 30, seed: int = 1000):
+        self.size, self.substeps = int(size), max(1, round(240 / fps))
+        self.tolerance, self.max_steps, self.seed = float(tolerance), int(max_steps), int(seed)
+        self.arm = _Arm()
+
+    def close(self):
+        self.arm.close()
+
+    def _reset(self, i: int):
+        self.arm.reset(np.random.default_rng([self.seed, i, 0]))
+
+    def drive_to(self, goal: np.ndarray, steps: int = ORACLE_STEPS) -> float:
+        """Oracle-drive to `goal`; the distance left."""
+        for _ in range(steps):
+            if np.linalg.norm(self.arm.ee()[0] - goal) < self.tolerance / 4:
+                break
+            self.arm.act(oracle_action(self.arm.target, goal), self.substeps)
+        return float(np.linalg.norm(self.arm.ee()[0] - goal))
+
+    def episode(self, i: int, goal_pos=None) -> Episode:
+        """Scene i with a drawn goal, or with `goal_pos` (xyz, m) when given."""
+        self._reset(i)
+        start = self.arm.ee()[0].copy()
+        if goal_pos is None:
+            rng = np.random.default_rng([self.seed, i, 1])
+            goal = rng.uniform(GOAL_LO, GOAL_HI)
+            while np.linalg.norm(goal - start) < MIN_TRAVEL:
+                goal = rng.uniform(GOAL_LO, GOAL_HI)
+        else:
+            goal = np.asarray(goal_pos, dtype=np.float64).reshape(3)
+            if np.any(goal < WORKSPACE_LO) or np.any(goal > WORKSPACE_HI):
+                raise UnreachableGoal(f"goal {np.round(goal, 3).tolist()} lies outside the arm's workspace "
+                                      f"{WORKSPACE_LO.tolist()}..{WORKSPACE_HI.tolist()} (m)")
+        left = self.drive_to(goal)
+        if left > self.tolerance / 2:
+            raise UnreachableGoal(f"goal {np.round(goal, 3).tolist()} of episode {i} is not reachable: the oracle "
+                                  f"controller ended {left:.3f} m away after {ORACLE_STEPS} steps")
+        reached = self.arm.ee()[0].copy()     # the pose the goal image shows
+        image = self.arm.render(self.size)
+        self._reset(i)
+        return Episode(i, reached, image, start)
+
+    def run(self, ep: Episode, controller) -> Result:
+        """Closed loop from episode ep's start: observe, act, until success or max_steps."""
+        self._reset(ep.index)
+        dists, spent = [], 0.0
+        d = float(np.linalg.norm(self.arm.ee()[0] - ep.goal_pos))
+        steps = 0
+        while d > self.tolerance and steps < self.max_steps:
+            frame, state = self.arm.render(self.size), self.arm.state()
+            t0 = time.perf_counter()
+            a = np.asarray(controller(frame, state, ep, self.arm), dtype=np.float64).reshape(3)
+            spent += time.perf_counter() - t0
+            self.arm.act(np.clip(a, -MAX_STEP, MAX_STEP), self.substeps)
+            steps += 1
+            d = float(np.linalg.norm(self.arm.ee()[0] - ep.goal_pos))
+            dists.append(d)
+        return Result(d <= self.tolerance, steps, d, min(dists or [d]), spent / max(steps, 1), dists)
+
+
+# -- baseline controllers: (frame, state, episode, arm) -> action --------------------------------------
+
+def zero_controller(frame, state, ep, arm):
+    return np.zeros(3)
+
+
+def random_controller(rng: np.random.Generator, maxnorm: float):
+    return lambda frame, state, ep, arm: rng.uniform(-maxnorm, maxnorm, 3)
+
+
+def oracle_controller(frame, state, ep, arm):
+    return oracle_action(arm.target, ep.goal_pos)

@@ -1,0 +1,107 @@
+"""engine.planning: CEM on a known energy, batched rollouts, the reach task's errors, `python -m engine.plan`."""
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import load_config
+from engine.planning.cem import LatentWorldModel, cem_plan
+
+
+class ShiftModel:
+    """A world model whose latent moves by the action sum: the energy's minimiser is known."""
+    action_dim = 3
+
+    def __init__(self):
+        self.calls = []
+
+    def rollout(self, z0, state, acts_KHA):
+        self.calls.append(tuple(acts_KHA.shape))
+        return z0 + acts_KHA.sum(1)[:, None, :]
+
+
+def test_cem_finds_the_action_that_reaches_the_goal():
+    pc = load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.samples=64", "planning.topk=8",
+                                                      "planning.iterations=12", "planning.horizon=2"]).planning
+    wm, z0 = ShiftModel(), torch.zeros(1, 1, 3)
+    want = torch.tensor([0.02, -0.03, 0.01])          # reachable in 2 steps within maxnorm 0.03 per axis
+    actions, e = cem_plan(wm, z0, None, z0 + want, pc, torch.Generator().manual_seed(0))
+    assert actions.shape == (2, 3)
+    torch.testing.assert_close(actions.sum(0), want, atol=4e-3, rtol=0)
+    assert e < 2e-3
+    # one batched rollout of all samples per iteration (and one for the final mean)
+    assert wm.calls == [(64, 2, 3)] * 12 + [(1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def tiny_world_model():
+    from engine.builders import build_jepa
+    cfg = load_config("configs/ac_arm_tiny_cpu.yaml", ["data.crop_size=32", "model.pred_depth=1"])
+    torch.manual_seed(0)
+    return LatentWorldModel(build_jepa(cfg), cfg.data.crop_size)
+
+
+def test_rollout_calls_the_predictor_once_per_horizon_step(tiny_world_model):
+    wm = tiny_world_model
+    seen = []
+    hook = wm.model.predictor.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        z0 = wm.encode_frame(np.zeros((32, 32, 3), np.uint8))
+        out = wm.rollout(z0, np.zeros(10, np.float32), torch.zeros(5, 3, 3))
+    finally:
+        hook.remove()
+    n, D = wm.model.tokens_per_frame, z0.shape[-1]
+    assert out.shape == (5, n, D)
+    assert seen == [(5, n, D), (5, 2 * n, D), (5, 3 * n, D)]
+
+
+def test_goal_image_of_the_wrong_size_is_refused(tiny_world_model):
+    with pytest.raises(ValueError, match="goal image: expected an RGB image of 32x32"):
+        tiny_world_model.encode_frame(np.zeros((64, 64, 3), np.uint8), "goal image")
+
+
+def test_checkpoint_of_another_kind_is_refused(tmp_path):
+    from engine.planning.cem import load_world_model
+    cfg = load_config("configs/tiny_cpu.yaml")
+    path = tmp_path / "step.pt"
+    torch.save({"config": cfg.to_dict(), "encoder": {}, "predictor": {}}, path)
+    with pytest.raises(ValueError, match="`app: vjepa` run, which has no action-conditioned predictor"):
+        load_world_model(path)
+    with pytest.raises(FileNotFoundError, match="no checkpoints/latest"):
+        load_world_model(tmp_path)
+
+
+def test_unreachable_goal_is_refused():
+    pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
+    from engine.planning.reach import ReachTask, UnreachableGoal
+    task = ReachTask(size=32)
+    try:
+        with pytest.raises(UnreachableGoal, match="outside the arm's workspace"):
+            task.episode(0, goal_pos=[1.5, 0.0, 0.3])
+        with pytest.raises(UnreachableGoal, match="not reachable: the oracle"):
+            task.episode(0, goal_pos=[0.75, 0.35, 0.04])   # a workspace corner the arm cannot reach
+    finally:
+        task.close()
+
+
+def test_plan_cli_runs_closed_loop(tmp_path):
+    """A one-step-trained tiny model plans one short episode next to the baselines and writes its table."""
+    pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
+    from engine.data.__main__ import main as data_main
+    from engine.plan import main as plan_main
+    from engine.train import main as train_main
+    data_main(["robot", "--output", str(tmp_path / "arm"), "--num", "2", "--frames", "8", "--size", "32",
+               "--policies", "explore"])
+    small = ["--set", "data.crop_size=32", "--set", "model.pred_depth=1"]
+    train_main(["--config", "configs/ac_arm_tiny_cpu.yaml", "--output", str(tmp_path / "run"), "--max-steps", "1",
+                "--no-progress", "--set", f"data.datasets=[{tmp_path / 'arm' / 'robot.csv'}]",
+                "--set", "data.batch_size=2", "--set", "data.num_workers=0", *small])
+    rows = plan_main(["--config", "configs/ac_arm_tiny_cpu.yaml", "--checkpoint", str(tmp_path / "run"),
+                      "--episodes", "1", "--csv", str(tmp_path / "plan.csv"), "--set", "planning.samples=8",
+                      "--set", "planning.topk=2", "--set", "planning.iterations=1", "--set", "planning.max_steps=3"])
+    by = {r["controller"]: r for r in rows}
+    assert set(by) == {"cem", "random", "zero", "oracle"}
+    assert by["cem"]["seconds_per_action"] > 0 and by["cem"]["steps"] == 3
+    assert by["zero"]["success_rate"] == 0.0 and by["oracle"]["final_distance_m"] < by["zero"]["final_distance_m"]
+    assert len((tmp_path / "plan.csv").read_text().splitlines()) == 5
