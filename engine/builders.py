@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from engine.config import Config, ConfigError
 
 
@@ -99,9 +101,11 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None):
             tf = ImageTransform(d.crop_size, scale=tuple(d.crop_scale), horizontal_flip=d.use_horizontal_flip)
         else:
             tf = ImageEvalTransform(d.crop_size)
-        root = index_files or d.image_folder or d.root_path
+        # the reference reads root_path/image_folder (an absolute image_folder stands alone)
+        root = index_files or (str(Path(d.root_path or "", d.image_folder)) if d.image_folder else None)
         if root is None:
-            raise ConfigError("data.image_folder: an image folder is required for app ijepa")
+            raise ConfigError("data.image_folder: an image folder (under data.root_path, if given) is required "
+                              "for app ijepa")
         return ImageFolderDataset(root, transform=tf)
     files = index_files if index_files is not None else d.datasets
     if not files:

@@ -52,8 +52,18 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     "data.color_jitter_strength": ((0.0,), (), "I-JEPA colour jitter is not implemented"),
     "data.use_color_distortion": ((False,), (), "I-JEPA colour distortion is not implemented"),
     "data.use_gaussian_blur": ((False,), (), "I-JEPA Gaussian blur is not implemented"),
-    "model.use_mask_tokens": ((True,), ("ijepa",), "the reference's predictor without mask tokens is not "
-                                                   "implemented"),
+    "model.use_mask_tokens": ((True,), (), "the reference's predictor without mask tokens is not implemented"),
+    "meta.read_checkpoint": ((None,), (), "starting from a given checkpoint is not implemented; --resume continues "
+                                          "the run in the output folder"),
+    "meta.skip_batches": ((-1, 0), (), "skipping batches at the start is not implemented"),
+    "optimization.is_anneal": ((False,), (), "a cooldown from a checkpoint is not implemented"),
+    "optimization.anneal_ckpt": ((None,), (), "a cooldown from a checkpoint is not implemented"),
+    "optimization.resume_anneal": ((False,), (), "a cooldown from a checkpoint is not implemented"),
+    "optimization.anneal": ((None,), (), "a cooldown from a checkpoint is not implemented"),
+    "meta.resume_checkpoint": ((None,), (), "resume an action-conditioned run with --resume"),
+    "meta.load_predictor": ((False,), (), "the action-conditioned predictor starts from its initialisation"),
+    "meta.context_encoder_key": (("encoder", "target_encoder"), (), "the action-conditioned run has one frozen "
+                                                                     "encoder, read from meta.target_encoder_key"),
     "model.pred_is_frame_causal": ((False,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
     "model.use_extrinsics": ((False,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
     "model.action_dim": ((7,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
