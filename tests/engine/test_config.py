@@ -93,7 +93,7 @@ def test_overrides():
     ("model.use_rope=maybe", "model.use_rope"),
     ("model.pred_num_heads=5", "model.pred_embed_dim"),    # 96 not divisible by 5
     ("data.nonsense=1", "data.nonsense"),
-    ("optimization.is_anneal=true", "optimization.anneal_ckpt"),
+    ("optimization.is_anneal=true", "optimization.is_anneal"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -39,10 +39,12 @@ RUNTIME = {
     "meta.pretrain_checkpoint": "engine/builders.py", "meta.target_encoder_key": "engine/builders.py",
     "meta.load_checkpoint": "engine/runtime", "meta.save_every_freq": "engine/runtime",
     "meta.log_every": "engine/runtime",
+    **{f"planning.{f.name}": "engine/plan.py engine/planning" for f in dataclasses.fields(C.PlanningConfig)},
 }
 # Accepted today and read by nothing: the training loop's own keys, being implemented with it. Each is an
 # expected failure below until the loop reads it (strict: the day it does, the mark must go).
-PENDING = {"meta.load_checkpoint", "meta.save_every_freq", "meta.log_every"}
+PENDING = {"meta.load_checkpoint", "meta.save_every_freq", "meta.log_every"} | {
+    f"planning.{f.name}" for f in dataclasses.fields(C.PlanningConfig)}
 
 # key -> (the value to change it to, what to observe, overrides of the base that let it act)
 DROID = ["app=vjepa_droid", "model.use_rope=true"]
@@ -77,6 +79,10 @@ PROBES = {
     "loss.reg_coeff": (0.5, "jepa", []),
     "loss.std_coeff": (0.5, "jepa", []),
     "loss.cov_coeff": (0.5, "jepa", []),
+    "loss.sigreg_coeff": (0.5, "jepa", []),
+    "loss.sigreg_projections": (8, "jepa", ["loss.sigreg_coeff=0.5"]),
+    "loss.sigreg_knots": (5, "jepa", ["loss.sigreg_coeff=0.5"]),
+    "loss.sigreg_t_max": (2.0, "jepa", ["loss.sigreg_coeff=0.5"]),
     "loss.auto_steps": (2, "jepa", DROID),
     "loss.normalize_reps": (False, "jepa", DROID),
     "mask.*.aspect_ratio": ([0.3, 0.4], "masks", []),
@@ -220,6 +226,10 @@ def _signature(t):
     return t
 
 
+def _scalars(module) -> dict:
+    return {k: v for k, v in vars(module).items() if isinstance(v, (int, float, str, bool))}
+
+
 def observe(kind: str, cfg):
     """What a key changes, as a comparable value; an exception is an observation too."""
     from engine import builders
@@ -230,10 +240,10 @@ def observe(kind: str, cfg):
             torch.manual_seed(0)
             model = builders.build_jepa(cfg)
             if kind == "jepa":
-                return type(model).__name__, {k: v for k, v in vars(model).items() if isinstance(v, (int, float, str))}
-            scalars = [(n, {k: v for k, v in vars(m).items() if isinstance(v, (int, float, str, bool))})
-                       for n, m in model.predictor.named_modules()]
-            return [(n, _signature(p)) for n, p in model.predictor.named_parameters()], scalars
+                return type(model).__name__, [(n, _scalars(m)) for n, m in model.named_modules()
+                                              if not n.startswith(("encoder", "predictor", "target"))]
+            return ([(n, _signature(p)) for n, p in model.predictor.named_parameters()],
+                    [(n, _scalars(m)) for n, m in model.predictor.named_modules()])
         if kind in ("masks", "image_masks"):
             m = builders.build_mask_sampler(cfg).sample(3, np.random.default_rng(0))
             return [[int(s.numel()) for s in sets] for sets in m.ctx + m.tgt], m.pairs
@@ -307,8 +317,9 @@ def test_acted_key_changes_what_it_drives(key, data):
     strict=True, reason="pending: accepted but not read by the training loop yet")) if k in PENDING else k
     for k in sorted(RUNTIME)])
 def test_loop_keys_are_read_where_named(key):
-    where = ROOT / RUNTIME[key]
-    files = [where] if where.is_file() else sorted(where.rglob("*.py"))
+    files = []
+    for where in (ROOT / w for w in RUNTIME[key].split()):
+        files += [where] if where.is_file() else sorted(where.rglob("*.py"))
     name = key.split(".")[1]
     read = re.compile(rf"\.{name}\b(?!\s*\()")       # an attribute read, not a method of that name
     assert any(read.search(f.read_text()) for f in files), f"{key} is not read in {RUNTIME[key]}"
