@@ -59,7 +59,6 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     "optimization.is_anneal": ((False,), (), "a cooldown from a checkpoint is not implemented"),
     "optimization.anneal_ckpt": ((None,), (), "a cooldown from a checkpoint is not implemented"),
     "optimization.resume_anneal": ((False,), (), "a cooldown from a checkpoint is not implemented"),
-    "optimization.anneal": ((None,), (), "a cooldown from a checkpoint is not implemented"),
     "meta.resume_checkpoint": ((None,), (), "resume an action-conditioned run with --resume"),
     "meta.load_predictor": ((False,), (), "the action-conditioned predictor starts from its initialisation"),
     "meta.context_encoder_key": (("encoder", "target_encoder"), (), "the action-conditioned run has one frozen "
@@ -216,7 +215,7 @@ class OptimizationConfig:
     is_anneal: bool = False
     anneal_ckpt: Optional[str] = None
     resume_anneal: bool = False
-    anneal: Optional[int] = None
+    anneal: Optional[float] = None                    # V-JEPA 2-AC: epochs of linear lr decay at the end (WSD)
 
 
 @dataclass

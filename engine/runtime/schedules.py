@@ -25,6 +25,7 @@ class Schedules:
     ema_start: float
     ema_end: float
     linear_decay: bool = False   # V-JEPA 2 cool-down (is_anneal): LinearDecaySchedule
+    anneal_steps: int | None = None   # V-JEPA 2-AC (optimization.anneal epochs): WSDSchedule, else cosine
 
     @classmethod
     def from_config(cls, opt, ipe: int) -> "Schedules":
@@ -32,10 +33,11 @@ class Schedules:
         return cls(start_lr=opt.start_lr, lr_ref=opt.lr, final_lr=opt.final_lr,
                    warmup_steps=int(opt.warmup * ipe), total_steps=max(total, 1),
                    wd_ref=opt.weight_decay, final_wd=opt.final_weight_decay,
-                   ema_start=opt.ema[0], ema_end=opt.ema[1], linear_decay=opt.is_anneal)
+                   ema_start=opt.ema[0], ema_end=opt.ema[1], linear_decay=opt.is_anneal,
+                   anneal_steps=None if opt.anneal is None else int(opt.anneal * ipe))
 
     def lr(self, i: int) -> float:
-        """WarmupCosineSchedule (or LinearDecaySchedule when annealing) at iteration i."""
+        """WarmupCosineSchedule (LinearDecaySchedule when annealing, WSDSchedule with anneal_steps) at i."""
         step = i + 1
         if self.linear_decay:
             progress = step / max(1, self.total_steps)
@@ -43,6 +45,11 @@ class Schedules:
         if step < self.warmup_steps:
             progress = step / max(1, self.warmup_steps)
             return self.start_lr + progress * (self.lr_ref - self.start_lr)
+        if self.anneal_steps is not None:   # warm-up, stable, then a linear decay over the last anneal_steps
+            decay_from = self.total_steps - self.anneal_steps
+            if step < decay_from:
+                return self.lr_ref
+            return self.lr_ref + (step - decay_from) / max(1, self.anneal_steps) * (self.final_lr - self.lr_ref)
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return max(self.final_lr,
                    self.final_lr + (self.lr_ref - self.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress)))

@@ -75,6 +75,7 @@ PROBES = {
     "data_aug.horizontal_flip": (True, "dataset", []),
     "data_aug.random_resize_scale": ([0.9, 1.0], "dataset", []),
     "data_aug.random_resize_aspect_ratio": ([0.5, 0.6], "dataset", []),
+    "model.compile_model": (True, "jepa", []),
     "loss.loss_exp": (2.0, "jepa", []),
     "loss.reg_coeff": (0.5, "jepa", []),
     "loss.std_coeff": (0.5, "jepa", []),
@@ -127,6 +128,7 @@ PROBES = {
     "optimization.weight_decay": (0.3, "schedule", []),
     "optimization.final_weight_decay": (0.9, "schedule", []),
     "optimization.ema": ([0.5, 0.6], "schedule", []),
+    "optimization.anneal": (1.5, "schedule", []),
     "optimization.betas": ([0.5, 0.6], "optimizer", []),
     "optimization.eps": (1e-3, "optimizer", []),
     "logging.folder": ("elsewhere", "output", []),
@@ -147,7 +149,7 @@ PROBES = {
 }
 REFUSE_WITH = {"data.camera_views": ["left_mp4_path", "right_mp4_path"], "model.state_dim": 3,
                "meta.resume_checkpoint": "ck.pt", "meta.read_checkpoint": "ck.pt", "meta.skip_batches": 5,
-               "optimization.anneal_ckpt": "ck.pt", "optimization.anneal": 10}
+               "optimization.anneal_ckpt": "ck.pt"}
 IMAGE_KEYS = {"data.root_path", "data.image_folder", "data.crop_scale", "data.use_horizontal_flip"} | {
     k for k in PROBES if k.startswith("mask.") and not k.startswith("mask.*")}
 
@@ -240,8 +242,9 @@ def observe(kind: str, cfg):
             torch.manual_seed(0)
             model = builders.build_jepa(cfg)
             if kind == "jepa":
-                return type(model).__name__, [(n, _scalars(m)) for n, m in model.named_modules()
-                                              if not n.startswith(("encoder", "predictor", "target"))]
+                compiled = sum(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+                return type(model).__name__, compiled, [(n, _scalars(m)) for n, m in model.named_modules()
+                                                        if not n.startswith(("encoder", "predictor", "target"))]
             return ([(n, _signature(p)) for n, p in model.predictor.named_parameters()],
                     [(n, _scalars(m)) for n, m in model.predictor.named_modules()])
         if kind in ("masks", "image_masks"):

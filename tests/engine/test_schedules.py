@@ -1,4 +1,5 @@
 """Schedules equal the reference's stateful schedulers, step for step."""
+import dataclasses
 import math
 
 import pytest
@@ -46,11 +47,11 @@ def test_constant_ema_vjepa2_and_anneal_linear():
     cfg = load_config("configs/vjepa2_vitl16.yaml")
     s = Schedules.from_config(cfg.optimization, ipe=300)
     assert s.momentum(0) == s.momentum(5000) == 0.99925
-    cfg = load_config("configs/vjepa2_vitl16.yaml", ["optimization.is_anneal=true", "optimization.anneal_ckpt=x.pt",
-                                                     "optimization.final_lr=0.0"])
-    s = Schedules.from_config(cfg.optimization, ipe=8)  # 1.25 * 10 * 8 = 100 steps
+    # the cool-down's schedule (the config refuses is_anneal until a cooldown can start from anneal_ckpt)
+    opt = dataclasses.replace(cfg.optimization, is_anneal=True, anneal_ckpt="x.pt", final_lr=0.0)
+    s = Schedules.from_config(opt, ipe=8)  # 1.25 * 10 * 8 = 100 steps
     assert s.lr(s.total_steps - 1) == pytest.approx(0.0, abs=1e-12)
-    assert s.lr(s.total_steps // 2 - 1) == pytest.approx(cfg.optimization.lr / 2)
+    assert s.lr(s.total_steps // 2 - 1) == pytest.approx(opt.lr / 2)
 
 
 def test_apply_to_optimizer_skips_excluded_groups():
@@ -59,3 +60,22 @@ def test_apply_to_optimizer_skips_excluded_groups():
     apply_to_optimizer(opt, lr=0.1, wd=0.3)
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1]
     assert [g["weight_decay"] for g in opt.param_groups] == [0.3, 0.0]
+
+
+def test_wsd_schedule_with_anneal_epochs():
+    """optimization.anneal (V-JEPA 2-AC): the reference's WSDSchedule, stepped as the reference steps it:
+    linear warm-up, the peak lr, then a linear decay to final_lr over the last anneal epochs."""
+    cfg = load_config("configs/tiny_cpu.yaml", ["optimization.epochs=10", "optimization.warmup=2",
+                                                "optimization.anneal=3", "optimization.start_lr=0.1",
+                                                "optimization.lr=1.0", "optimization.final_lr=0.0"])
+    s = Schedules.from_config(cfg.optimization, ipe=10)   # 100 steps: 20 warm-up, 50 stable, 30 decay
+    warmup, anneal, total = 20, 30, 100
+    for i in range(total):
+        step = i + 1
+        if step < warmup:
+            want = 0.1 + step / warmup * 0.9
+        elif step < total - anneal:
+            want = 1.0
+        else:
+            want = 1.0 - (step - (total - anneal)) / anneal
+        assert s.lr(i) == pytest.approx(want, abs=1e-12), i
