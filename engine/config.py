@@ -236,8 +236,7 @@ class MetaConfig:
     # ours
     mask_mode: str = "ragged"                         # ragged (train every kept token) | compat
     checkpoint_every: int = 0                         # optimizer steps between checkpoints; 0: epoch ends
-    eval_freq: int = 0                                # steps between probes of the target encoder on
-                                                      # data.val_datasets (engine.eval.periodic); 0: off
+    eval_freq: int = 0                                # steps between probes on data.val_datasets (0: off)
     eval_samples: int = 256                           # the fixed validation clips that probe reads
     log_every: int = 10
 
