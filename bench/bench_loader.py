@@ -34,11 +34,9 @@ unreferenced; a data-preparation choice: both loaders read these same re-encoded
                (an MP4's sample table, else av.open) and the decoder calls; no colour conversion, crop,
                resize or transport. A loader with this reader and decoder spends no less CPU per
                clip, so its vs_reference is the ceiling of the pyav loaders' speed-up here
-    reference  the V-JEPA VideoDataset's way: decode the needed frames at full resolution, convert the
-               whole clip to float32, then crop + resize + flip + normalise in the worker (decoded with
-               PyAV's per-frame to_ndarray here, as decord is not installed: colour conversion on one
-               thread like decord's, one decoder thread like decord's num_threads=-1 in the reference,
-               which libavcodec runs without threads; the pyav loaders also decode on one thread)
+    reference  the V-JEPA VideoDataset's way with its reader, decord: a VideoReader per clip
+               (num_threads=-1, seek(0), get_batch of the needed frames at full resolution), the whole
+               clip to float32, then crop + resize + flip + normalise in the worker
 workers=0 runs each loader in this process and counts clips per CPU-second (process time, DALI's
 threads included): the cost per clip, the least disturbed number on a shared machine. workers=1, 2
 count clips per wall-second with that many DataLoader workers (DALI: threads); their clips_per_cpu_s
@@ -122,7 +120,9 @@ def make_videos(out: Path, name: str, n: int) -> Path:
 
 
 class ReferenceStyleDataset(torch.utils.data.Dataset):
-    """Decode full-resolution frames, whole clip to float32, then crop/resize/flip/normalise (reference order)."""
+    """The V-JEPA reference's loader: decord reads the clip's frames at full resolution (one VideoReader
+    per clip with num_threads=-1 and a seek to 0, then get_batch), the whole clip becomes float32, then
+    random resized crop, flip and normalisation on the float clip (its VideoTransform's order)."""
 
     def __init__(self, paths, crop):
         self.paths, self.crop = paths, crop
@@ -133,22 +133,13 @@ class ReferenceStyleDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        import av
+        from decord import VideoReader, cpu
 
         rng = np.random.default_rng(i)
-        with av.open(self.paths[i]) as c:
-            s = c.streams.video[0]
-            s.codec_context.thread_count = 1  # decord's num_threads=-1 (see the module docstring)
-            (idx,) = sample_clip_indices(s.frames, FPC, STEP, 1, rng)
-            want, got = set(idx.tolist()), {}
-            for k, frame in enumerate(c.decode(s)):
-                if k in want:
-                    # threads=1: PyAV's default swscale thread pool per frame doubled this loader's CPU
-                    # time and stalled it on a busy machine; decord (the reference's reader) has none
-                    got[k] = frame.to_ndarray(format="rgb24", threads=1)
-                if k >= idx[-1]:
-                    break
-        buffer = np.stack([got[k] for k in idx.tolist()])                      # uint8 [T, H, W, 3]
+        vr = VideoReader(self.paths[i], num_threads=-1, ctx=cpu(0))
+        vr.seek(0)
+        (idx,) = sample_clip_indices(len(vr), FPC, STEP, 1, rng)
+        buffer = vr.get_batch(idx.tolist()).asnumpy()                           # uint8 [T, H, W, 3]
         x = torch.tensor(buffer, dtype=torch.float32).permute(3, 0, 1, 2)        # float32 [3, T, H, W], full size
         top, left, h, w = random_crop_box(rng, x.shape[2], x.shape[3], (0.3, 1.0), (3 / 4, 4 / 3))
         x = F.interpolate(x[:, :, top:top + h, left:left + w], size=(self.crop, self.crop), mode="bilinear",
