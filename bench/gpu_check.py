@@ -296,7 +296,7 @@ def copy_gbs(device, nbytes: int, reps: int) -> float:
 def op_rows(device, budget, small, dry):
     from run_kernels import vit_params
     rows = []
-    reps = 5 if small else 20
+    reps = 2 if small else 20
     backs = [b for b in (("triton", "cuda") if device.type == "cuda" else ("cpp",))]
 
     def emit(op, shape, times, nbytes=None, flops=None, extra=None):
@@ -312,7 +312,7 @@ def op_rows(device, budget, small, dry):
             rows.append(r)
 
     plan = []
-    D, depth = (256, 2) if small else (1024, 24)
+    D, depth = (64, 1) if small else (1024, 24)
     for sdt in (torch.float32, torch.bfloat16):
         plan.append(("ema", f"ViT-L {'tiny' if small else ''} src {str(sdt).split('.')[-1]}", lambda sdt=sdt: bench_ema(
             device, vit_params(D, depth), sdt, backs, reps, emit)))

@@ -128,6 +128,30 @@ def _triton(name):
     return run
 
 
+def _torch_gather(x_MD, rows_T):
+    return x_MD.index_select(0, rows_T)
+
+
+def _torch_scatter(y_TD, rows_T, M):
+    return y_TD.new_zeros(M, y_TD.shape[-1]).index_copy_(0, rows_T.long(), y_TD)
+
+
+def _torch_gather_ln(x_MD, rows_T, eps):
+    return F.layer_norm(x_MD.index_select(0, rows_T), (x_MD.shape[-1],), eps=eps)
+
+
+def _cpp_gather(x_MD, rows_T):
+    return torch.ops.jepa_cpp.gather_rows(x_MD, rows_T)
+
+
+def _cpp_scatter(y_TD, rows_T, M):
+    return torch.ops.jepa_cpp.scatter_rows(y_TD, rows_T, M)
+
+
+def _cpp_gather_ln(x_MD, rows_T, eps):
+    return torch.ops.jepa_cpp.gather_layer_norm(x_MD, rows_T, eps)
+
+
 def _cuda_gather(x_MD, rows_T):
     return torch.ops.jepa_cuda.gather_rows(x_MD.contiguous(), rows_T.long())
 
@@ -140,16 +164,10 @@ def _cuda_gather_ln(x_MD, rows_T, eps):
     return torch.ops.jepa_cuda.gather_layer_norm(x_MD.contiguous(), rows_T.long(), eps)
 
 
-for _op, _torch, _cpp, _cuda, _tri in (
-        ("gather_rows", lambda x_MD, rows_T: x_MD.index_select(0, rows_T),
-         lambda x_MD, rows_T: torch.ops.jepa_cpp.gather_rows(x_MD, rows_T), _cuda_gather, "gather_rows_triton"),
-        ("scatter_rows", lambda y_TD, rows_T, M: y_TD.new_zeros(M, y_TD.shape[-1]).index_copy_(0, rows_T.long(), y_TD),
-         lambda y_TD, rows_T, M: torch.ops.jepa_cpp.scatter_rows(y_TD, rows_T, M), _cuda_scatter,
-         "scatter_rows_triton"),
-        ("gather_layer_norm",
-         lambda x_MD, rows_T, eps: F.layer_norm(x_MD.index_select(0, rows_T), (x_MD.shape[-1],), eps=eps),
-         lambda x_MD, rows_T, eps: torch.ops.jepa_cpp.gather_layer_norm(x_MD, rows_T, eps), _cuda_gather_ln,
-         "gather_layer_norm_triton")):
+for _op, (_torch, _cpp, _cuda, _tri) in {
+        "gather_rows": (_torch_gather, _cpp_gather, _cuda_gather, "gather_rows_triton"),
+        "scatter_rows": (_torch_scatter, _cpp_scatter, _cuda_scatter, "scatter_rows_triton"),
+        "gather_layer_norm": (_torch_gather_ln, _cpp_gather_ln, _cuda_gather_ln, "gather_layer_norm_triton")}.items():
     _registry.register(_op, "torch", _torch)
     _registry.register(_op, "cpp", _cpp, **_registry.CPP)
     _registry.register(_op, "cuda", _cuda, **_registry.CUDA)

@@ -52,6 +52,8 @@ def test_self_test_runs_the_checks_on_cpu(tmp_path):
 def test_a_failed_check_is_exit_status_1(tmp_path, monkeypatch):
     gc = _module()
     wrong = dict(op="ema_", err=1.0, err_ref=0.0, floor=0.0, ok=False)
+    cases = gc.correctness_cases
+    monkeypatch.setattr(gc, "correctness_cases", lambda *a: [c for c in cases(*a) if c[0] == "ema_"])
     monkeypatch.setattr(gc, "check_ema", lambda *a, **kw: [wrong])
     assert gc.main(["--self-test", "--sections", "correctness", "--out-dir", str(tmp_path)]) == 1
     rows = _rows(tmp_path / "gpu_selftest_correctness.csv")
