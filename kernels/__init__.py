@@ -5,7 +5,7 @@ Each op module holds its plain-torch reference `<op>_ref`, its fast kernels and 
     import kernels
     y_TD = kernels.gather_tokens(x_BND, rows_T)
     o_THD = kernels.block_attention(q, k, v, cu_q, cu_k, max_seqlen_q=Lq, max_seqlen_k=Lk)
-    kernels.ema_(target_params, source_params, momentum)   # or one flat buffer each: one launch
+    kernels.ema_(target_params, source_params, momentum)   # or one flat buffer each
     rgb_3HW = kernels.yuv_resized_crop(y_HW, u_hw, v_hw, box=(top, left, h, w), size=(64, 64))
     kernels.use_backend("torch")   # or JEPA_KERNEL_BACKEND=torch|cpp|triton|cuda
 """

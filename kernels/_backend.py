@@ -9,7 +9,8 @@ The backend is picked per call from the input's device, unless forced:
 
 Backends: "torch" (the `<op>_ref` definitions), "cpp" (csrc/cpu via the `jepa::` torch.library ops),
 "triton" (GPU, or CPU under TRITON_INTERPRET=1), "cuda" (csrc/cuda, CUDA builds only).
-"auto" (the default) picks the fastest available one for the device.
+"auto" (the default) picks the fastest available one for the device; the pick rule is in
+kernels/_registry.py (an op without the forced backend picks as in "auto").
 """
 from __future__ import annotations
 

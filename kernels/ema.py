@@ -1,14 +1,16 @@
 """EMA update of a target network: target = m * target + (1 - m) * source, in place.
 
     kernels.ema_(target_params, source_params, momentum)   # lists of tensors
-    kernels.ema_(flat_target, flat_source, momentum)       # or one flat buffer each: one pass, one launch
+    kernels.ema_(flat_target, flat_source, momentum)       # or one flat buffer each: one pass
 
 Targets stay fp32 (a bf16 EMA stops moving at m = 0.99925); sources may be fp32 or bf16 (or fp16).
 `momentum` may be a float or a 0-D tensor (so a compiled step does not recompile as it changes).
 momentum must be in [0, 1] (checked when it is a number or a CPU tensor; a device tensor is not read,
 as that would sync). Backends (kernels/_registry.py): cpp (one parallel pass over all tensors, chunked),
-cuda (multi-tensor apply: one launch for the whole list, preferred on CUDA), triton (multi-tensor apply
-too: one launch), torch (the reference loop). Every one is a single pass over a flat buffer.
+cuda (multi-tensor apply, preferred on CUDA: each launch takes 320 chunks of 64K elements from any
+number of tensors, so a ViT-L is ~15 bandwidth-bound launches, never one per tensor), triton
+(multi-tensor apply with the chunk table on the device: one launch), torch (the reference loop).
+Each is one pass over the data.
 """
 from __future__ import annotations
 
