@@ -6,8 +6,8 @@
 Per op and shape it prints time, GB/s, % of this machine's copy bandwidth, ratios vs the reference
 ways and peak memory, and the GPU arithmetic (bytes moved, time at 3 TB/s). Every method of one op is
 credited with the same bytes (the op's minimum: what must be read and written once), and the % is
-against a `copy_` measured in the same run that moves those same bytes (so a working set that fits in
-cache is compared with a copy that fits in cache too, not with a DRAM-sized one). Reference ways:
+against a `copy_` that moves those same bytes, timed in the same alternating rounds (so a working set
+that fits in cache is compared with a copy that fits in cache too, and a busy spell hits both). Reference ways:
 gather = `torch.gather` with an index repeated to [B,K,D] (V-JEPA's apply_masks) and a flat
 `index_select` over [B*N, D] (the best plain-torch way); gather+LN = gather then `F.layer_norm` of the
 gathered rows (what a competent user writes); EMA = per-parameter `mul_().add_()` loop (V-JEPA),
@@ -103,13 +103,20 @@ def copy_bandwidth(quick: bool, nbytes: int | None = None) -> float:
     return 2 * n * 4 / t / 1e9
 
 
-_COPY_BW: dict = {}
+COPY = "copy_ (same bytes)"
 
 
-def copy_bw_same_bytes(nbytes: int) -> float:
-    if nbytes not in _COPY_BW:
-        _COPY_BW[nbytes] = copy_bandwidth(True, nbytes) if not PEAK_MODE else 1.0
-    return _COPY_BW[nbytes]
+def with_copy(ways: dict, nbytes: int) -> dict:
+    """The ways plus a `copy_` moving the same bytes, so it is timed in the same alternating rounds."""
+    n = max(1, nbytes // 8)
+    a, b = torch.randn(n), torch.empty(n)
+    return {**ways, COPY: lambda: b.copy_(a)}
+
+
+def timed_with_copy(ways: dict, nbytes: int, reps: int):
+    """(median seconds per way, GB/s of the same-bytes copy measured in the same rounds)."""
+    t = time_ways(with_copy(ways, nbytes), reps)
+    return t, (2 * max(1, nbytes // 8) * 4 / t.pop(COPY) / 1e9 if not PEAK_MODE else 1.0)
 
 
 ROWS = []
@@ -117,9 +124,8 @@ PEAKS = {}
 LOG = True
 
 
-def emit(op, shape, method, t, nbytes, peak=float("nan"), extra=None):
+def emit(op, shape, method, t, nbytes, copy_bw, peak=float("nan"), extra=None):
     gbs = nbytes / t / 1e9
-    copy_bw = copy_bw_same_bytes(nbytes)
     row = {"op": op, "shape": shape, "method": method, "ms": round(t * 1e3, 3), "GB_s": round(gbs, 2),
            "copy_GB_s_same_bytes": round(copy_bw, 2), "pct_copy_bw": round(100 * gbs / copy_bw, 1),
            "peak_MB": round(peak, 1),
@@ -163,10 +169,11 @@ def bench_gather(B, N, D, keep, reps):
 
     print(f"gather fwd+bwd {shape}  ({nbytes/1e6:.0f} MB moved)")
     ways = {"torch.gather repeated idx": repeated, "flat index_select": index_select, "kernels.gather_tokens": ours}
-    res = {name: (t, peak_mb(ways[name])) for name, t in time_ways(ways, reps).items()}
+    times, copy_bw = timed_with_copy(ways, nbytes, reps)
+    res = {name: (t, peak_mb(ways[name])) for name, t in times.items()}
     t_rep, t_is = res["torch.gather repeated idx"][0], res["flat index_select"][0]
     for name, (t, pk) in res.items():
-        emit("gather_fwd_bwd", shape, name, t, nbytes, peak=pk,
+        emit("gather_fwd_bwd", shape, name, t, nbytes, copy_bw, peak=pk,
              extra={"x_vs_repeated": round(t_rep / t, 2), "x_vs_index_select": round(t_is / t, 2)})
 
     # target path: gather then layer_norm of the gathered rows (two passes over K rows) vs one fused pass;
@@ -181,11 +188,11 @@ def bench_gather(B, N, D, keep, reps):
         def fused():
             return kernels.gather_layer_norm(xd, rows_T)
 
-        t = time_ways({"ref": gather_then_ln, "ours": fused}, reps)
+        t, copy_bw = timed_with_copy({"ref": gather_then_ln, "ours": fused}, nb, reps)
         t_ref, t_o, pk_ref, pk_o = t["ref"], t["ours"], peak_mb(gather_then_ln), peak_mb(fused)
     print(f"gather_layer_norm {shape}")
-    emit("gather_layer_norm", shape, "gather then layer_norm", t_ref, nb, peak=pk_ref, extra={"x_vs_ref": 1.0})
-    emit("gather_layer_norm", shape, "kernels.gather_layer_norm", t_o, nb, peak=pk_o,
+    emit("gather_layer_norm", shape, "gather then layer_norm", t_ref, nb, copy_bw, peak=pk_ref, extra={"x_vs_ref": 1.0})
+    emit("gather_layer_norm", shape, "kernels.gather_layer_norm", t_o, nb, copy_bw, peak=pk_o,
          extra={"x_vs_ref": round(t_ref / t_o, 2)})
 
 
@@ -224,10 +231,11 @@ def bench_ema(name, shapes, sdt, reps):
     ways = [("per-param mul_.add_ loop", loop), ("_foreach_mul_+_foreach_add_", foreach), ("_foreach_lerp_", lerp),
             ("kernels.ema_ (list)", lambda: kernels.ema_(tl, sl, mt)),
             ("kernels.ema_ (flat buffer)", lambda: kernels.ema_(flat_t, flat_s, mt))]
-    res = {w: (t, peak_mb(dict(ways)[w])) for w, t in time_ways(dict(ways), reps).items()}
+    times, copy_bw = timed_with_copy(dict(ways), nbytes, reps)
+    res = {w: (t, peak_mb(dict(ways)[w])) for w, t in times.items()}
     t_loop, t_lerp = res["per-param mul_.add_ loop"][0], res["_foreach_lerp_"][0]
     for w, (t, pk) in res.items():
-        emit("ema", shape, w, t, nbytes, peak=pk,
+        emit("ema", shape, w, t, nbytes, copy_bw, peak=pk,
              extra={"x_vs_loop": round(t_loop / t, 2), "x_vs_lerp": round(t_lerp / t, 2)})
 
 
