@@ -98,7 +98,9 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None):
     d, aug = cfg.data, cfg.data_aug
     if cfg.is_image:
         if train:
-            tf = ImageTransform(d.crop_size, scale=tuple(d.crop_scale), horizontal_flip=d.use_horizontal_flip)
+            tf = ImageTransform(d.crop_size, scale=tuple(d.crop_scale), horizontal_flip=d.use_horizontal_flip,
+                                color_distortion=d.use_color_distortion, color_jitter_strength=d.color_jitter_strength,
+                                gaussian_blur=d.use_gaussian_blur)
         else:
             tf = ImageEvalTransform(d.crop_size)
         # the reference reads root_path/image_folder (an absolute image_folder stands alone)

@@ -49,9 +49,6 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     "data.mask_type": (("multiblock3d",), (), "for a random tube mask give a mask entry a `ratio`"),
     "data.camera_views": ((None, ["left_mp4_path"]), (), "trajectories are read from one camera view"),
     "data.stereo_view": ((False,), (), "trajectories are read from one camera view"),
-    "data.color_jitter_strength": ((0.0,), (), "I-JEPA colour jitter is not implemented"),
-    "data.use_color_distortion": ((False,), (), "I-JEPA colour distortion is not implemented"),
-    "data.use_gaussian_blur": ((False,), (), "I-JEPA Gaussian blur is not implemented"),
     "model.use_mask_tokens": ((True,), (), "the reference's predictor without mask tokens is not implemented"),
     "meta.read_checkpoint": ((None,), (), "starting from a given checkpoint is not implemented; --resume continues "
                                           "the run in the output folder"),
@@ -522,6 +519,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.datasets_weights: {len(d.datasets_weights)} weights for {len(d.datasets)} datasets")
     if d.dataset_fpcs is not None and d.datasets and len(d.dataset_fpcs) != len(d.datasets):
         raise ConfigError(f"data.dataset_fpcs: {len(d.dataset_fpcs)} values for {len(d.datasets)} datasets")
+    if d.color_jitter_strength < 0:
+        raise ConfigError(f"data.color_jitter_strength: must be >= 0, got {d.color_jitter_strength}")
     if not 0.0 <= cfg.data_aug.reprob <= 1.0:
         raise ConfigError(f"data_aug.reprob: expected a probability in [0, 1], got {cfg.data_aug.reprob}")
     _range("data_aug.random_resize_scale", cfg.data_aug.random_resize_scale, 0.0, float("inf"))

@@ -4,6 +4,7 @@
     clip_THW3 = ra(clip_THW3, rng)                  # the same ops, with the same draws, on every frame
     erase = RandomErasing(0.25)                     # data_aug.reprob: random erasing, one box through all frames
     u8_3TSS = erase(u8_3TSS, rng)                   # after the crop, resize and flip, as the reference
+    img_HW3 = ImageColorAugment(distortion=True, strength=1.0, blur=True)(img_HW3, rng)   # I-JEPA's image keys
 
 Reference semantics (V-JEPA's app/vjepa/transforms.py and its RandAugment / RandomErasing):
 - RandAugment, on the full decoded frames before the crop: 4 ops drawn uniformly with replacement from the
@@ -16,6 +17,12 @@ Reference semantics (V-JEPA's app/vjepa/transforms.py and its RandAugment / Rand
   noise is stored as the nearest uint8 level of the pixel it stands for (x = z std + mean), so values past
   the pixel range (|z| > ~2.1) are clipped to it: the clip stays uint8 until the consumer normalises it.
 (Motion shift, a crop box per frame, is engine.data.transforms.motion_shift_boxes.)
+
+I-JEPA's image transform (src/transforms.py), after the crop and flip:
+- use_color_distortion, with color_jitter_strength s: with p=0.8 a colour jitter (brightness, contrast and
+  saturation factors U(max(0, 1 - 0.8 s), 1 + 0.8 s), a hue shift U(-0.2 s, 0.2 s) of a turn, applied in a
+  random order, as torchvision's ColorJitter on PIL images), then with p=0.2 grayscale (PIL's "L", 3 channels).
+- use_gaussian_blur: with p=0.5, PIL's Gaussian blur of radius U(0.1, 2.0).
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 MAX_LEVEL = 10.0
 FILL = (128, 128, 128)
@@ -141,3 +148,59 @@ class RandomErasing:
         out[:, :, top:top + h, left:left + w] = torch.from_numpy(np.clip(np.rint(pix), 0, 255).astype(np.uint8))
         return out
 
+
+
+def adjust_hue(img, shift: float):
+    """Rotate the hue by `shift` of a turn (in [-0.5, 0.5]): the HSV hue byte moves by shift * 255, wrapping."""
+    h, s, v = img.convert("HSV").split()
+    h_np = np.asarray(h, dtype=np.uint8) + np.uint8(np.int64(shift * 255) % 256)   # uint8 arithmetic wraps
+    return Image.merge("HSV", (Image.fromarray(h_np, "L"), s, v)).convert("RGB")
+
+
+JITTER_OPS = (lambda img, f: ImageEnhance.Brightness(img).enhance(f),
+              lambda img, f: ImageEnhance.Contrast(img).enhance(f),
+              lambda img, f: ImageEnhance.Color(img).enhance(f),
+              adjust_hue)
+
+
+class ImageColorAugment:
+    """I-JEPA's colour distortion and Gaussian blur on a uint8 image [H, W, 3] (see the module docstring)."""
+
+    def __init__(self, distortion: bool = False, strength: float = 1.0, blur: bool = False):
+        if strength < 0:
+            raise ValueError(f"color_jitter_strength: must be >= 0, got {strength}")
+        self.distortion, self.blur = bool(distortion), bool(blur)
+        self.ranges = [(max(0.0, 1 - 0.8 * strength), 1 + 0.8 * strength)] * 3 + [(-0.2 * strength, 0.2 * strength)]
+
+    @property
+    def active(self) -> bool:
+        return self.distortion or self.blur
+
+    def plan(self, rng: np.random.Generator) -> list[tuple]:
+        """[(op, argument)] for one image: ("jitter", [(index, factor)] in order), ("gray",), ("blur", radius)."""
+        ops = []
+        if self.distortion:
+            if rng.uniform() < 0.8:
+                order = rng.permutation(4)
+                factors = {i: rng.uniform(*r) for i, r in enumerate(self.ranges) if r[0] != r[1]}
+                ops.append(("jitter", [(int(i), factors[i]) for i in order if i in factors]))
+            if rng.uniform() < 0.2:
+                ops.append(("gray",))
+        if self.blur and rng.uniform() < 0.5:
+            ops.append(("blur", rng.uniform(0.1, 2.0)))
+        return ops
+
+    def __call__(self, img_HW3: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        ops = self.plan(rng)
+        if not ops:
+            return img_HW3
+        img = Image.fromarray(np.ascontiguousarray(img_HW3))
+        for op in ops:
+            if op[0] == "jitter":
+                for i, f in op[1]:
+                    img = JITTER_OPS[i](img, f)
+            elif op[0] == "gray":
+                img = img.convert("L").convert("RGB")
+            else:
+                img = img.filter(ImageFilter.GaussianBlur(radius=op[1]))
+        return np.asarray(img)

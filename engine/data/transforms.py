@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.data.augment import ClipRandAugment, RandomErasing
+from engine.data.augment import ClipRandAugment, ImageColorAugment, RandomErasing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -273,13 +273,18 @@ class ImageTransform(_Output):
     """
 
     def __init__(self, crop_size: int = 224, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3), horizontal_flip: bool = True,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32, color_distortion: bool = False,
+                 color_jitter_strength: float = 1.0, gaussian_blur: bool = False):
         self.video = VideoTransform(crop_size, scale, ratio, horizontal_flip, mean, std, dtype=torch.uint8)
         self.normalize = Normalize(mean, std, channel_dim=-3)
         self.dtype = _check_dtype(dtype)
+        self.color = ImageColorAugment(color_distortion, color_jitter_strength, gaussian_blur)
 
     def __call__(self, img_HW3: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        return self._out(self.video(img_HW3[None], rng)[:, 0])
+        u8_3SS = self.video(img_HW3[None], rng)[:, 0]
+        if self.color.active:   # after the crop and flip, as the reference
+            u8_3SS = torch.from_numpy(self.color(u8_3SS.permute(1, 2, 0).numpy(), rng).copy()).permute(2, 0, 1)
+        return self._out(u8_3SS)
 
 
 class ImageEvalTransform(_Output):

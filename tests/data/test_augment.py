@@ -149,3 +149,34 @@ def test_num_clips_concatenates_along_the_batch_and_trains(tmp_path):
         assert torch.equal(sets[0], sets[2]) and torch.equal(sets[1], sets[3])
     summary = Trainer(cfg, tmp_path / "run", progress=False).fit(max_steps=2)
     assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
+
+
+def test_ijepa_colour_distortion_and_blur_follow_their_definitions():
+    from PIL import Image, ImageFilter
+    from engine.data.augment import ImageColorAugment, adjust_hue
+    img = _clip(T=1, H=20, W=20)[0]
+    # hue: the HSV hue byte moves by shift * 255 (wrapping); saturation and value stay
+    hsv = np.asarray(Image.fromarray(img).convert("HSV")).astype(int)
+    back = np.asarray(adjust_hue(Image.fromarray(img), 0.25).convert("HSV")).astype(int)
+    moved = (back[..., 0] - hsv[..., 0] - 63 + 128) % 256 - 128      # 0: moved by exactly 63 levels
+    assert np.mean((np.abs(moved) <= 2) | (hsv[..., 1] < 16)) > 0.95     # (RGB rounding; grey pixels have no hue)
+    # the plans: jitter in 80% of images, each factor inside its range, grayscale in 20%, blur in 50%
+    aug = ImageColorAugment(distortion=True, strength=0.5, blur=True)
+    plans = [aug.plan(np.random.default_rng(s)) for s in range(500)]
+    jitters = [p[0][1] for p in plans if p and p[0][0] == "jitter"]
+    assert 0.74 < len(jitters) / 500 < 0.86 and all(sorted(i for i, _ in j) == [0, 1, 2, 3] for j in jitters)
+    assert all(0.6 <= f <= 1.4 for j in jitters for i, f in j if i < 3) and all(-0.1 <= f <= 0.1 for j in jitters
+                                                                                for i, f in j if i == 3)
+    assert 0.15 < np.mean([any(o[0] == "gray" for o in p) for p in plans]) < 0.25
+    radii = [o[1] for p in plans for o in p if o[0] == "blur"]
+    assert 0.44 < len(radii) / 500 < 0.56 and 0.1 <= min(radii) and max(radii) <= 2.0
+    # grayscale is PIL's "L" on every channel; blur is PIL's Gaussian blur of the drawn radius
+    gray = ImageColorAugment(distortion=True, strength=0.0)
+    seed = next(s for s in range(100) if gray.plan(np.random.default_rng(s)) == [("gray",)])
+    out = gray(img, np.random.default_rng(seed))
+    assert np.array_equal(out[..., 0], np.asarray(Image.fromarray(img).convert("L"))) and (out == out[..., :1]).all()
+    blur = ImageColorAugment(blur=True)
+    seed = next(s for s in range(100) if blur.plan(np.random.default_rng(s)))
+    (_, radius), = blur.plan(np.random.default_rng(seed))
+    want = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(radius=radius)))
+    assert np.array_equal(blur(img, np.random.default_rng(seed)), want)

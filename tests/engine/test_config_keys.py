@@ -139,6 +139,9 @@ PROBES = {
     "data.image_folder": ("IMAGES2", "images", []),
     "data.crop_scale": ([0.9, 1.0], "images", []),
     "data.use_horizontal_flip": (True, "images", []),
+    "data.use_color_distortion": (True, "images", []),
+    "data.color_jitter_strength": (0.5, "images", ["data.use_color_distortion=true"]),
+    "data.use_gaussian_blur": (True, "images", []),
     "mask.allow_overlap": (True, "image_masks", []),
     "mask.enc_mask_scale": ([0.5, 0.6], "image_masks", []),
     "mask.pred_mask_scale": ([0.3, 0.4], "image_masks", []),
@@ -151,7 +154,8 @@ PROBES = {
 REFUSE_WITH = {"data.camera_views": ["left_mp4_path", "right_mp4_path"], "model.state_dim": 3,
                "meta.resume_checkpoint": "ck.pt", "meta.read_checkpoint": "ck.pt", "meta.skip_batches": 5,
                "optimization.anneal_ckpt": "ck.pt"}
-IMAGE_KEYS = {"data.root_path", "data.image_folder", "data.crop_scale", "data.use_horizontal_flip"} | {
+IMAGE_KEYS = {"data.root_path", "data.image_folder", "data.crop_scale", "data.use_horizontal_flip",
+              "data.use_color_distortion", "data.color_jitter_strength", "data.use_gaussian_blur"} | {
     k for k in PROBES if k.startswith("mask.") and not k.startswith("mask.*")}
 
 
