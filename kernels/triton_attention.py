@@ -18,9 +18,10 @@ axes 1 and 2 at 65,535). Programs past the end of a short sequence exit at once.
 Precision: fp16/bf16 inputs go through tensor cores with fp32 accumulation. fp32 inputs use exact fp32
 products ("ieee") unless torch.backends.cuda.matmul.allow_tf32 is set, when they use TF32 (~1e-3
 relative error: outside the FlashAttention tolerance rule our tests use, so not the default).
-Head dims: tl.arange needs a power of two, so Dh is padded to the next one (>= 16) with masked loads:
-no extra bytes move, but the QK^T and PV products do BLOCK_D/Dh times the work (Dh 80 -> 128: 37.5% of
-those FLOPs multiply zeros; 64, 128 and 256, the ViT head dims, waste nothing).
+Head dims: tl.arange and tl.dot need powers of two (>= 16), so a head dim is one power-of-two tile or
+two (head_blocks: 80 = 64 + 16, ViT-H's; 96 = 64 + 32; 40 = 32 + 16), each product done per part. What
+is left is padded with masked loads: no extra bytes move, but the products do (tiles / Dh) times the
+work (24 -> 32: 25%; 40 -> 48: 17%; 88 -> 96: 8%; 64, 80, 128: none).
 Tiles: autotuned per (head dim, frames on/off) on a GPU; fixed under the interpreter and when
 JEPA_TRITON_AUTOTUNE=0 (tests, reproducible timings).
 
@@ -42,7 +43,7 @@ FAR = tl.constexpr(1 << 30)   # a frame id later than any real one (masked key r
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, FQ, FK, H, D, MAX_Q, scale_log2,
                 HAS_FRAMES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr):
     n_blocks = tl.cdiv(MAX_Q, BLOCK_M)
     s, pid_m, h = tl.program_id(0) // n_blocks, tl.program_id(0) % n_blocks, tl.program_id(1)
     q0, q1 = tl.load(CU_Q + s).to(tl.int64), tl.load(CU_Q + s + 1).to(tl.int64)
@@ -57,6 +58,11 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, FQ, FK, H, D, MAX_Q, scale_log2,
     d_ok = offs_d < D
     row_q = (q0 + offs_m) * H + h
     q = tl.load(Q + row_q[:, None] * D + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    if BLOCK_D2 > 0:   # the head dim's second part (head_blocks)
+        offs_e = BLOCK_D + tl.arange(0, BLOCK_D2)
+        e_ok = offs_e < D
+        q2 = tl.load(Q + row_q[:, None] * D + offs_e[None, :], mask=m_ok[:, None] & e_ok[None, :], other=0.0)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_D2], tl.float32)
     fq_last = FAR
     if HAS_FRAMES:
         fq = tl.load(FQ + q0 + offs_m, mask=m_ok, other=-FAR)
@@ -75,7 +81,11 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, FQ, FK, H, D, MAX_Q, scale_log2,
             row_k = (k0 + n_idx) * H + h
             kv_mask = n_ok[:, None] & d_ok[None, :]
             k = tl.load(K + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+            if BLOCK_D2 > 0:
+                k2 = tl.load(K + row_k[:, None] * D + offs_e[None, :], mask=n_ok[:, None] & e_ok[None, :], other=0.0)
+                qk += tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
+            qk = qk * scale_log2
             valid = m_ok[:, None] & n_ok[None, :]
             if HAS_FRAMES:
                 valid = valid & (fq[:, None] >= fk[None, :])
@@ -87,10 +97,17 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, FQ, FK, H, D, MAX_Q, scale_log2,
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(V + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            if BLOCK_D2 > 0:
+                v2 = tl.load(V + row_k[:, None] * D + offs_e[None, :], mask=n_ok[:, None] & e_ok[None, :], other=0.0)
+                acc2 = acc2 * alpha[:, None] + tl.dot(p.to(v2.dtype), v2, input_precision=PRECISION)
             m_i = m_new
     seen = l_i > 0.0
-    o = acc / tl.where(seen, l_i, 1.0)[:, None]
-    tl.store(O + row_q[:, None] * D + offs_d[None, :], o.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    inv_l = 1.0 / tl.where(seen, l_i, 1.0)
+    tl.store(O + row_q[:, None] * D + offs_d[None, :], (acc * inv_l[:, None]).to(O.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])
+    if BLOCK_D2 > 0:
+        tl.store(O + row_q[:, None] * D + offs_e[None, :], (acc2 * inv_l[:, None]).to(O.dtype.element_ty),
+                 mask=m_ok[:, None] & e_ok[None, :])
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("inf"))
     tl.store(LSE + row_q, lse, mask=m_ok)
 
@@ -98,7 +115,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, FQ, FK, H, D, MAX_Q, scale_log2,
 @triton.jit
 def _bwd_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, CU_Q, CU_K, FQ, FK, H, D, MAX_K, scale, scale_log2,
                 HAS_FRAMES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr):
     n_blocks = tl.cdiv(MAX_K, BLOCK_N)
     s, pid_n, h = tl.program_id(0) // n_blocks, tl.program_id(0) % n_blocks, tl.program_id(1)
     q0, q1 = tl.load(CU_Q + s).to(tl.int64), tl.load(CU_Q + s + 1).to(tl.int64)
@@ -115,12 +132,20 @@ def _bwd_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, CU_Q, CU_K, FQ, FK, H, D, M
     kv_mask = n_ok[:, None] & d_ok[None, :]
     k = tl.load(K + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V + row_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if BLOCK_D2 > 0:   # the head dim's second part (head_blocks)
+        offs_e = BLOCK_D + tl.arange(0, BLOCK_D2)
+        e_ok = offs_e < D
+        kv_mask2 = n_ok[:, None] & e_ok[None, :]
+        k2 = tl.load(K + row_k[:, None] * D + offs_e[None, :], mask=kv_mask2, other=0.0)
+        v2 = tl.load(V + row_k[:, None] * D + offs_e[None, :], mask=kv_mask2, other=0.0)
+        dk2 = tl.zeros([BLOCK_N, BLOCK_D2], tl.float32)
+        dv2 = tl.zeros([BLOCK_N, BLOCK_D2], tl.float32)
     fk_first = -FAR
     if HAS_FRAMES:
         fk = tl.load(FK + k0 + offs_n, mask=n_ok, other=FAR)
         fk_first = tl.min(fk, 0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start_m in range(0, Lq, BLOCK_M):
         m_idx = start_m + offs_m
         m_ok = m_idx < Lq
@@ -135,19 +160,35 @@ def _bwd_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, CU_Q, CU_K, FQ, FK, H, D, M
             do = tl.load(DO + row_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
             lse2 = tl.load(LSE + row_q, mask=m_ok, other=float("inf")) * 1.4426950408889634
             delta = tl.load(DELTA + row_q, mask=m_ok, other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2                 # 1
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)                                # 1
+            if BLOCK_D2 > 0:
+                q_mask2 = m_ok[:, None] & e_ok[None, :]
+                q2 = tl.load(Q + row_q[:, None] * D + offs_e[None, :], mask=q_mask2, other=0.0)
+                do2 = tl.load(DO + row_q[:, None] * D + offs_e[None, :], mask=q_mask2, other=0.0)
+                qk += tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
+            qk = qk * scale_log2
             valid = m_ok[:, None] & n_ok[None, :]
             if HAS_FRAMES:
                 valid = valid & (fq[:, None] >= fk[None, :])
             p = tl.where(valid, tl.exp2(qk - lse2[:, None]), 0.0)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)              # 2
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)                            # 3
+            if BLOCK_D2 > 0:
+                dv2 += tl.dot(tl.trans(p.to(do2.dtype)), do2, input_precision=PRECISION)
+                dp += tl.dot(do2, tl.trans(v2), input_precision=PRECISION)
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)               # 4
             dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale                  # 5
             tl.atomic_add(DQ + row_q[:, None] * D + offs_d[None, :], dq, mask=q_mask)
+            if BLOCK_D2 > 0:
+                dk2 += tl.dot(tl.trans(ds.to(q2.dtype)), q2, input_precision=PRECISION)
+                dq2 = tl.dot(ds.to(k2.dtype), k2, input_precision=PRECISION) * scale
+                tl.atomic_add(DQ + row_q[:, None] * D + offs_e[None, :], dq2, mask=q_mask2)
     tl.store(DK + row_k[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + row_k[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+    if BLOCK_D2 > 0:
+        tl.store(DK + row_k[:, None] * D + offs_e[None, :], (dk2 * scale).to(DK.dtype.element_ty), mask=kv_mask2)
+        tl.store(DV + row_k[:, None] * D + offs_e[None, :], dv2.to(DV.dtype.element_ty), mask=kv_mask2)
 
 
 def _configs(stages):
@@ -169,10 +210,22 @@ def grid(S: int, max_len: int, H: int, block: int) -> tuple[int, int]:
     return S * triton.cdiv(max_len, block), H
 
 
+def head_blocks(D: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_D2): the head dim as one power-of-two tile, or two when that pads less.
+    tl.arange and tl.dot need powers of two >= 16: Dh 80 = 64 + 16 (no padding, where one tile would
+    be 128), 40 = 32 + 16 (48 for 64), 96 = 64 + 32; 24 stays 32 (16 + 16 would be the same)."""
+    one = max(16, triton.next_power_of_2(D))
+    first = max(16, triton.next_power_of_2(D) // 2)
+    if first >= D:
+        return one, 0
+    second = max(16, triton.next_power_of_2(D - first))
+    return (first, second) if first + second < one else (one, 0)
+
+
 def _blocks(D: int, block_m, block_n):
-    BLOCK_D = max(16, triton.next_power_of_2(D))   # tl.dot needs >= 16
-    big = BLOCK_D <= 64
-    return block_m or (64 if big else 32), block_n or (64 if big else 32), BLOCK_D
+    BLOCK_D, BLOCK_D2 = head_blocks(D)
+    big = BLOCK_D + BLOCK_D2 <= 64
+    return block_m or (64 if big else 32), block_n or (64 if big else 32), BLOCK_D, BLOCK_D2
 
 
 def _precision(dtype) -> str:
@@ -195,15 +248,16 @@ def block_attention_triton_fwd(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scal
     S = cu_q.numel() - 1
     if Tq == 0 or S == 0 or max_q == 0:
         return out, lse
-    BM, BN, BD = _blocks(D, block_m, block_n)
+    BM, BN, BD, BD2 = _blocks(D, block_m, block_n)
     fq, fk, has = _frames(fq, fk, q)
     args = (q, k, v, out, lse, cu_q.contiguous(), cu_k.contiguous(), fq, fk, H, D, max_q, scale * LOG2E)
     if autotune_on() and block_m is None and block_n is None:
         _fwd_tuned[lambda META: grid(S, max_q, H, META["BLOCK_M"])](*args, HAS_FRAMES=has,
-                                                                   PRECISION=_precision(q.dtype), BLOCK_D=BD)
+                                                                   PRECISION=_precision(q.dtype), BLOCK_D=BD,
+                                                                   BLOCK_D2=BD2)
     else:
         _fwd_kernel[grid(S, max_q, H, BM)](*args, HAS_FRAMES=has, PRECISION=_precision(q.dtype), BLOCK_M=BM,
-                                           BLOCK_N=BN, BLOCK_D=BD)
+                                           BLOCK_N=BN, BLOCK_D=BD, BLOCK_D2=BD2)
     return out, lse
 
 
@@ -218,14 +272,15 @@ def block_attention_triton_bwd(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, 
     if Tq == 0 or k.shape[0] == 0 or S == 0 or max_k == 0:
         return dq32.to(q.dtype), dk, dv
     delta = (dout.float() * out.float()).sum(-1).contiguous()   # [Tq, H]: rowsum(dO * O)
-    BM, BN, BD = _blocks(D, block_m, block_n)
+    BM, BN, BD, BD2 = _blocks(D, block_m, block_n)
     fq, fk, has = _frames(fq, fk, q)
     args = (q, k, v, dout, lse.contiguous(), delta, dq32, dk, dv, cu_q.contiguous(), cu_k.contiguous(), fq, fk,
             H, D, max_k, scale, scale * LOG2E)
     if autotune_on() and block_m is None and block_n is None:
         _bwd_tuned[lambda META: grid(S, max_k, H, META["BLOCK_N"])](*args, HAS_FRAMES=has,
-                                                                   PRECISION=_precision(q.dtype), BLOCK_D=BD)
+                                                                   PRECISION=_precision(q.dtype), BLOCK_D=BD,
+                                                                   BLOCK_D2=BD2)
     else:
         _bwd_kernel[grid(S, max_k, H, BN)](*args, HAS_FRAMES=has, PRECISION=_precision(q.dtype), BLOCK_M=BM,
-                                           BLOCK_N=BN, BLOCK_D=BD)
+                                           BLOCK_N=BN, BLOCK_D=BD, BLOCK_D2=BD2)
     return dq32.to(q.dtype), dk, dv

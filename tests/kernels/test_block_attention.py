@@ -304,6 +304,15 @@ def test_max_seqlen_smaller_than_longest_is_an_error():
         kernels.block_attention(q, k, v, cu2, cu2, max_seqlen_q=7, max_seqlen_k=7)
 
 
+def test_head_dim_tiles_pad_less_than_one_power_of_two():
+    from kernels.triton_attention import head_blocks
+    assert head_blocks(80) == (64, 16) and head_blocks(96) == (64, 32) and head_blocks(40) == (32, 16)
+    assert head_blocks(64) == (64, 0) and head_blocks(24) == (32, 0) and head_blocks(8) == (16, 0)
+    for D in range(1, 257):
+        a, b = head_blocks(D)
+        assert a + b >= D and a >= 16 and (b == 0 or b >= 16) and a + b <= max(16, 1 << (D - 1).bit_length())
+
+
 def test_grid_has_no_sequence_cap():
     from kernels.triton_attention import grid
     g = grid(S=200_000, max_len=600, H=16, block=64)
@@ -327,7 +336,7 @@ _blocks = ta._blocks
 ta._blocks = lambda D, bm, bn: _blocks(D, 16, 16)
 for dtype in (torch.float32, torch.float16):
     for lens, D, causal in (([1, 1, 1], 32, False), ([5, 0, 17, 33], 24, True), ([20, 3], 80, False),
-                            ([0, 0], 16, True), ([9, 40], 64, True), ([18], 128, False)):
+                            ([0, 0], 16, True), ([9, 40], 64, True), ([18], 128, False), ([12, 7], 40, True)):
         q, k, v, cu, frames = _case(lens, 2, D, dtype, causal, seed=D)
         _check_rule(q, k, v, cu.int(), frames, triton_fn)
 # causality by perturbation, straight on the kernel
