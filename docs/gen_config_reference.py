@@ -16,6 +16,8 @@ import sys
 import typing
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "config.md"
 if str(ROOT) not in sys.path:
@@ -28,8 +30,8 @@ Generated from `engine/config.py` by `python docs/gen_config_reference.py`; do n
 A run config is YAML in the reference repos' layout: sections of keys, read into typed dataclasses.
 Override any key from the command line with `--set section.key=value` (a list item:
 `--set mask.0.num_blocks=4`). An unknown key, a wrong type or an impossible value is an error that
-names the key. Keys read only by the reference launchers are accepted and reported as ignored:
-{launcher}.
+names the key. Keys read only by the reference launchers, or by no reference trainer, are accepted and
+reported as ignored: {launcher}.
 """
 
 
@@ -82,7 +84,8 @@ def _section(title: str, cls, note: str = "") -> list[str]:
 
 def render() -> str:
     from engine import config as c
-    launcher = ", ".join(f"`{(s + '.') if s else ''}{k}`" for s, keys in c.LAUNCHER_KEYS.items() for k in keys)
+    launcher = ", ".join(f"`{(s + '.') if s else ''}{k}`" for table in (c.LAUNCHER_KEYS, c.REFERENCE_UNUSED_KEYS)
+                         for s, keys in table.items() for k in keys)
     lines = [HEADER.format(launcher=launcher)]
     hints = typing.get_type_hints(c.Config)
     top = [f for f in dataclasses.fields(c.Config)
@@ -95,6 +98,12 @@ def render() -> str:
     lines += _section("mask (I-JEPA)", c.ImageMaskConfig, "Images (`app: ijepa`): one mapping.")
     for name in ("model", "loss", "optimization", "meta", "logging"):
         lines += _section(name, hints[name])
+    lines += ["## Values not supported", "", "Any other value of these keys is an error naming the key.", "",
+              "| key | accepted | acts for app | why |", "|---|---|---|---|"]
+    for key, (accepted, apps, why) in c.NOT_SUPPORTED.items():
+        shown = " or ".join(f"`{yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}`"
+                            for v in accepted)
+        lines.append(f"| `{key}` | {shown} | {', '.join(apps)} | {why} |")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -66,6 +66,15 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     "model.state_dim": ((None,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
     "loss.auto_steps": ((1,), ("vjepa_droid",), "only the action-conditioned rollout has it"),
     "loss.normalize_reps": ((True,), ("vjepa_droid",), "V-JEPA targets are always layer-normed"),
+    "model.action_scale": ((1.0,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
+}
+
+# Keys an app does not read (its model or data path has no use for them): for that app, a value other
+# than the default is refused by name.
+UNREAD_BY_APP = {
+    "ijepa": ("data_aug.*", "loss.reg_coeff", "data.num_clips", "data.num_frames", "data.sampling_rate", "data.fps",
+              "data.clip_duration", "data.dataset_fpcs", "data.datasets_weights", "data.filter_short_videos"),
+    "vjepa_droid": ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
 }
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -78,7 +87,7 @@ class DataConfig:
     datasets_weights: Optional[list[float]] = None
     dataset_fpcs: Optional[list[int]] = None          # V-JEPA 2: frames per clip for each dataset
     batch_size: int = 24
-    num_clips: int = 1
+    num_clips: int = 1                                # clips per video, along the batch (masks repeat per clip)
     num_frames: int = 16
     tubelet_size: int = 2
     sampling_rate: int = 4                            # frame step between sampled frames
@@ -88,8 +97,8 @@ class DataConfig:
     patch_size: int = 16
     pin_mem: bool = False
     num_workers: int = 1
-    persistent_workers: bool = True
-    filter_short_videos: bool = False
+    persistent_workers: bool = True                   # DataLoader workers kept between epochs
+    filter_short_videos: bool = False                 # skip (and count) videos shorter than one clip
     mask_type: str = "multiblock3d"                  # the reference's name for its block masks
     # V-JEPA 2-AC (robot trajectories)
     camera_views: Optional[list[str]] = None
@@ -98,9 +107,9 @@ class DataConfig:
     root_path: Optional[str] = None
     image_folder: Optional[str] = None
     crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])
-    color_jitter_strength: float = 0.0
-    use_color_distortion: bool = False
-    use_gaussian_blur: bool = False
+    color_jitter_strength: float = 0.0                # s: jitter 0.8 s (brightness/contrast/saturation), 0.2 s hue
+    use_color_distortion: bool = False                # p=0.8 colour jitter, then p=0.2 grayscale
+    use_gaussian_blur: bool = False                   # p=0.5, radius U(0.1, 2)
     use_horizontal_flip: bool = False
     # ours
     reader: str = "auto"                              # auto | pyav | dali
@@ -110,11 +119,11 @@ class DataConfig:
 
 @dataclass
 class DataAugConfig:
-    auto_augment: bool = False
-    motion_shift: bool = False
+    auto_augment: bool = False                        # RandAugment rand-m7-n4-mstd0.5-inc1, one draw per clip
+    motion_shift: bool = False                        # crop box moves linearly from a first to a last box
     random_resize_aspect_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     random_resize_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])
-    reprob: float = 0.0
+    reprob: float = 0.0                               # random erasing: one box through the clip, N(0,1) noise
     horizontal_flip: bool = True
 
 
@@ -481,8 +490,21 @@ def _refuse_unsupported(cfg: Config) -> None:
                           f"{' or '.join(repr(v) for v in accepted)}")
 
 
+def _refuse_unread(cfg: Config) -> None:
+    for pattern in UNREAD_BY_APP.get(cfg.app, ()):
+        section, name = pattern.split(".")
+        obj = getattr(cfg, section)
+        names = [f.name for f in dataclasses.fields(obj)] if name == "*" else [name]
+        default = type(obj)()
+        for n in names:
+            if getattr(obj, n) != getattr(default, n):
+                raise ConfigError(f"{section}.{n}: {getattr(obj, n)!r} is not supported with app {cfg.app} (it does "
+                                  f"not read this key); remove it")
+
+
 def validate(cfg: Config) -> None:
     _refuse_unsupported(cfg)
+    _refuse_unread(cfg)
     d, o, m = cfg.data, cfg.optimization, cfg.meta
     if cfg.app not in ("vjepa", "ijepa", "vjepa_droid"):
         raise ConfigError(f"app: expected vjepa, ijepa or vjepa_droid, got {cfg.app!r}")

@@ -48,7 +48,7 @@ def test_ijepa_layout_is_mapped():
 def test_action_conditioned_keys_are_known(tiny_raw):
     raw = dict(tiny_raw, app="vjepa_droid")
     raw["model"] = dict(raw["model"], pred_is_frame_causal=True, use_extrinsics=False)
-    raw["loss"] = dict(raw["loss"], auto_steps=2, normalize_reps=True)
+    raw["loss"] = dict(raw["loss"], auto_steps=2, normalize_reps=True, std_coeff=0.0, cov_coeff=0.0)
     raw["meta"] = dict(raw["meta"], pretrain_checkpoint="x.pt", context_encoder_key="target_encoder")
     cfg = load_config(raw=raw)
     assert cfg.model.pred_is_frame_causal and cfg.loss.auto_steps == 2
@@ -65,6 +65,14 @@ def test_unsupported_values_are_refused_by_name(tiny_raw, key, value):
         load_config(raw=tiny_raw)
     msg = str(e.value)
     assert msg.startswith(f"{key}: {value!r} is not supported") and "\n" not in msg
+
+
+def test_keys_an_app_does_not_read_are_refused(tiny_raw):
+    raw = dict(tiny_raw, app="vjepa_droid")   # the action-conditioned loss has no std / cov terms
+    with pytest.raises(ConfigError, match=r"^loss\.std_coeff: 1\.0 is not supported with app vjepa_droid"):
+        load_config(raw=raw)
+    with pytest.raises(ConfigError, match=r"data_aug\.reprob: 0\.5 is not supported with app ijepa"):
+        load_config("configs/ijepa_tiny_cpu.yaml", ["data_aug.reprob=0.5"])
 
 
 def test_evaluation_configs_are_refused_as_a_whole():

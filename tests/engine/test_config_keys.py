@@ -47,9 +47,9 @@ RUNTIME = {
 PENDING = {"meta.load_checkpoint", "meta.save_every_freq", "meta.log_every"}
 
 # key -> (the value to change it to, what to observe, overrides of the base that let it act)
-DROID = ["app=vjepa_droid", "model.use_rope=true"]
+DROID = ["app=vjepa_droid", "model.use_rope=true", "loss.std_coeff=0", "loss.cov_coeff=0"]
 PROBES = {
-    "app": ("vjepa_droid", "jepa", []),
+    "app": ("vjepa_droid", "jepa", ["model.use_rope=true", "loss.std_coeff=0", "loss.cov_coeff=0"]),
     "folder": ("elsewhere", "output", ["logging.folder=null"]),
     "data.batch_size": (3, "loader", []),
     "data.clip_duration": (2.5, "dataset", []),
