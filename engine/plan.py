@@ -110,12 +110,14 @@ def main(argv=None) -> list[dict]:
         path = Path(args.csv)
         new = not path.exists()
         with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["checkpoint", "samples", "horizon", "iterations", *rows[0]])
+            w = csv.DictWriter(f, fieldnames=["checkpoint", "first_episode", "samples", "horizon", "iterations",
+                                              "tolerance", "max_steps", *rows[0]])
             if new:
                 w.writeheader()
             for r in rows:
-                w.writerow({"checkpoint": str(args.checkpoint), "samples": pc.samples, "horizon": pc.horizon,
-                            "iterations": pc.iterations, **r})
+                w.writerow({"checkpoint": str(args.checkpoint), "first_episode": args.first_episode,
+                            "samples": pc.samples, "horizon": pc.horizon, "iterations": pc.iterations,
+                            "tolerance": pc.tolerance, "max_steps": pc.max_steps, **r})
     return rows
 
 

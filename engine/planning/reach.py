@@ -8,7 +8,7 @@ Episode i: the arm source's scene (plane, KUKA arm from a jittered home pose, a 
 yaw) drawn from (seed, i, 0); a goal end-effector position drawn from (seed, i, 1) inside GOAL_LO..GOAL_HI,
 at least MIN_TRAVEL from the start. The goal image is rendered after driving the arm there with the
 oracle controller in the same scene; then the scene is reset to its start. A goal the oracle cannot
-bring within tolerance / 2 is unreachable: an error names it. Success: the end effector comes within
+bring within tolerance / 2 is unreachable: a drawn one is redrawn, a given one is an error naming it. Success: the end effector comes within
 `tolerance` of the goal within `max_steps` actions; the final distance is reported too.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ GOAL_LO = np.array([0.35, -0.30, 0.15])   # inside the workspace and above the c
 GOAL_HI = np.array([0.70, 0.30, 0.50])
 MIN_TRAVEL = 0.10
 ORACLE_STEPS = 60
+GOAL_DRAWS = 20
 
 
 class UnreachableGoal(ValueError):
@@ -74,19 +75,29 @@ class ReachTask:
         return float(np.linalg.norm(self.arm.ee()[0] - goal))
 
     def episode(self, i: int, goal_pos=None) -> Episode:
-        """Scene i with a drawn goal, or with `goal_pos` (xyz, m) when given."""
-        self._reset(i)
-        start = self.arm.ee()[0].copy()
-        if goal_pos is None:
-            rng = np.random.default_rng([self.seed, i, 1])
-            goal = rng.uniform(GOAL_LO, GOAL_HI)
-            while np.linalg.norm(goal - start) < MIN_TRAVEL:
-                goal = rng.uniform(GOAL_LO, GOAL_HI)
-        else:
+        """Scene i with a drawn goal (redrawn while the oracle cannot reach it), or with `goal_pos` (xyz, m)."""
+        if goal_pos is not None:
             goal = np.asarray(goal_pos, dtype=np.float64).reshape(3)
             if np.any(goal < WORKSPACE_LO) or np.any(goal > WORKSPACE_HI):
                 raise UnreachableGoal(f"goal {np.round(goal, 3).tolist()} lies outside the arm's workspace "
                                       f"{WORKSPACE_LO.tolist()}..{WORKSPACE_HI.tolist()} (m)")
+            return self._episode_to(i, goal)
+        rng = np.random.default_rng([self.seed, i, 1])
+        for _ in range(GOAL_DRAWS):
+            self._reset(i)
+            start = self.arm.ee()[0]
+            goal = rng.uniform(GOAL_LO, GOAL_HI)
+            if np.linalg.norm(goal - start) < MIN_TRAVEL:
+                continue
+            try:
+                return self._episode_to(i, goal)
+            except UnreachableGoal:
+                continue
+        raise UnreachableGoal(f"episode {i}: none of {GOAL_DRAWS} drawn goals was reachable")
+
+    def _episode_to(self, i: int, goal: np.ndarray) -> Episode:
+        self._reset(i)
+        start = self.arm.ee()[0].copy()
         left = self.drive_to(goal)
         if left > self.tolerance / 2:
             raise UnreachableGoal(f"goal {np.round(goal, 3).tolist()} of episode {i} is not reachable: the oracle "
