@@ -32,9 +32,11 @@ _LAZY = {
     "build_dataset": "engine.builders",
     "build_mask_sampler": "engine.builders",
     "make_loader": "engine.data.loader",
-    # checkpoints in the reference layout
+    # checkpoints in the reference layout; weights as safetensors
     "load_reference_checkpoint": "engine.reference_ckpt",
     "save_reference_checkpoint": "engine.reference_ckpt",
+    "export_safetensors": "engine.export",
+    "from_pretrained": "engine.export",
 }
 
 

@@ -252,6 +252,8 @@ class LoggingConfig:
     folder: Optional[str] = None
     write_tag: str = "jepa"
     tensorboard: bool = True
+    wandb: bool = False                               # also log to Weights & Biases (pip install wandb)
+    wandb_project: str = "jepa-engine"                # the W&B project of the run (its name: the output folder)
 
 
 @dataclass

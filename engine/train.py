@@ -25,7 +25,8 @@ from engine.config import ConfigError, load_config
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="YAML run config (reference layout)")
+    p.add_argument("--config", "--fname", dest="config", required=True,
+                   help="YAML run config (reference layout); --fname as in the reference's app.main")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable), e.g. --set optimization.lr=1e-3")
     p.add_argument("--output", help="output folder (default: logging.folder, else runs/<write_tag>)")
@@ -33,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from the output folder's latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run the output folder holds")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--devices", nargs="+", metavar="DEVICE",
+                   help="the reference app.main's spelling of --device; one device per process (several: use a launcher)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
     p.add_argument("--deepspeed", metavar="CONFIG.json",
@@ -40,7 +43,14 @@ def parse_args(argv=None):
                         "when a launcher (deepspeed, torchrun) started this process")
     p.add_argument("--grad-accum", type=int, help="DeepSpeed: micro-batches per optimizer step (overrides the JSON)")
     p.add_argument("--offload-optimizer", action="store_true", help="DeepSpeed: keep optimizer state on the CPU")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.devices:
+        if len(args.devices) > 1:
+            p.error(f"--devices {' '.join(args.devices)}: one process trains on one device; for "
+                    f"{len(args.devices)} start one process per device with a launcher, e.g. "
+                    f"torchrun --nproc_per_node {len(args.devices)} -m engine.train --config ...")
+        args.device = args.devices[0]
+    return args
 
 
 def output_dir(cfg, arg) -> Path:

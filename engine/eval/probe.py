@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 
 class AttentiveProbe(nn.Module):
@@ -51,13 +52,14 @@ class AttentiveProbe(nn.Module):
 
 
 @torch.no_grad()
-def extract_features(encoder, dataset, batch_size: int = 16, num_workers: int = 0, seed: int = 0):
-    """Token features [M, N, D] (fp32) and labels [M] of every item of `dataset`."""
+def extract_features(encoder, dataset, batch_size: int = 16, num_workers: int = 0, seed: int = 0,
+                     progress: bool = False):
+    """Token features [M, N, D] (fp32) and labels [M] of every item of `dataset` (progress: a tqdm bar)."""
     encoder.eval()
     loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers)
     feats, labels = [], []
-    for clips, y in loader:
+    for clips, y in tqdm(loader, desc="  features", unit="batch", leave=False, disable=not progress):
         feats.append(encoder.forward_dense(encoder.embed(clips)).float())
         labels.append(torch.as_tensor(y))
     return torch.cat(feats), torch.cat(labels).long()
@@ -94,13 +96,13 @@ def grid_positions(grid_THW) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_pixels(dataset, patch_size: int, tubelet_size: int = 1, batch_size: int = 16, num_workers: int = 0,
-                   seed: int = 0, positions: bool = True):
+                   seed: int = 0, positions: bool = True, progress: bool = False):
     """Raw patch pixels as tokens [M, N, C*t*p*p (+ T'+H'+W' position channels)] (fp32) and labels [M]:
     extract_features without an encoder."""
     loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers)
     feats, labels = [], []
-    for clips, y in loader:
+    for clips, y in tqdm(loader, desc="  pixels", unit="batch", leave=False, disable=not progress):
         tok_BNK = pixel_tokens(clips.float(), patch_size, tubelet_size)
         if positions:
             t = tubelet_size if clips.dim() == 5 else 1
@@ -133,7 +135,8 @@ def _standardise(train, val, dims):
 
 
 def train_probe(train_feats, train_labels, val_feats, val_labels, num_classes: int, *, epochs: int = 60,
-                batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0) -> dict:
+                batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
+                progress: bool = False) -> dict:
     # per-channel standardisation with train-set statistics (the frozen-feature BatchNorm of MAE's linear
     # probe): an encoder whose informative channels are small next to a few large ones is not penalised
     # for their scale, which the probe's per-token LayerNorm cannot undo
@@ -145,7 +148,7 @@ def train_probe(train_feats, train_labels, val_feats, val_labels, num_classes: i
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(train_feats) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc="  attentive probe", unit="epoch", leave=False, disable=not progress):
         probe.train()
         perm = torch.randperm(len(train_feats), generator=g)
         for i in range(0, len(perm), batch_size):
@@ -203,22 +206,24 @@ PROBES = ("linear", "attentive")
 
 
 def probe_encoder(encoder, train_ds, val_ds, num_classes: int | None = None, *, epochs: int = 60,
-                  num_workers: int = 0, seed: int = 0, kinds=PROBES) -> dict:
+                  num_workers: int = 0, seed: int = 0, kinds=PROBES, progress: bool = False) -> dict:
     """{kind: {"train_acc", "val_acc", "chance", ...}} for each probe kind, on one feature extraction."""
-    tr_x, tr_y = extract_features(encoder, train_ds, num_workers=num_workers, seed=seed)
-    va_x, va_y = extract_features(encoder, val_ds, num_workers=num_workers, seed=seed)
-    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed, kinds=kinds)
+    tr_x, tr_y = extract_features(encoder, train_ds, num_workers=num_workers, seed=seed, progress=progress)
+    va_x, va_y = extract_features(encoder, val_ds, num_workers=num_workers, seed=seed, progress=progress)
+    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed, kinds=kinds, progress=progress)
 
 
 def probe_pixels(train_ds, val_ds, patch_size: int, tubelet_size: int = 1, num_classes: int | None = None, *,
-                 epochs: int = 60, num_workers: int = 0, seed: int = 0, kinds=PROBES) -> dict:
+                 epochs: int = 60, num_workers: int = 0, seed: int = 0, kinds=PROBES, progress: bool = False) -> dict:
     """The same probes on raw patch pixels (no encoder): the baseline an encoder's features must beat."""
-    tr_x, tr_y = extract_pixels(train_ds, patch_size, tubelet_size, num_workers=num_workers, seed=seed)
-    va_x, va_y = extract_pixels(val_ds, patch_size, tubelet_size, num_workers=num_workers, seed=seed)
-    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed, kinds=kinds)
+    tr_x, tr_y = extract_pixels(train_ds, patch_size, tubelet_size, num_workers=num_workers, seed=seed,
+                                progress=progress)
+    va_x, va_y = extract_pixels(val_ds, patch_size, tubelet_size, num_workers=num_workers, seed=seed,
+                                progress=progress)
+    return _probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed, kinds=kinds, progress=progress)
 
 
-def _probe(tr_x, tr_y, va_x, va_y, num_classes, *, epochs: int, seed: int, kinds) -> dict:
+def _probe(tr_x, tr_y, va_x, va_y, num_classes, *, epochs: int, seed: int, kinds, progress: bool = False) -> dict:
     unknown = set(kinds) - set(PROBES)
     if unknown:
         raise ValueError(f"probe kinds: expected some of {PROBES}, got {sorted(unknown)}")
@@ -230,6 +235,6 @@ def _probe(tr_x, tr_y, va_x, va_y, num_classes, *, epochs: int, seed: int, kinds
         if kind == "linear":
             out[kind] = train_linear_probe(tr_x, tr_y, va_x, va_y, num_classes)
         else:
-            out[kind] = train_probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed)
+            out[kind] = train_probe(tr_x, tr_y, va_x, va_y, num_classes, epochs=epochs, seed=seed, progress=progress)
         out[kind]["chance"] = chance
     return out

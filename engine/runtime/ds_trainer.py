@@ -37,11 +37,12 @@ import torch.distributed as dist
 from engine.config import Config, save_config
 from engine.runtime import distributed as D
 from engine.runtime.errors import RunError, checkpoint_write, data_errors
-from engine.runtime.metrics import MetricsLogger
+from engine.runtime.flops import peak_memory_mb
+from engine.runtime.metrics import MetricsLogger, loss_summary
 from engine.runtime.resume import check_config, find_checkpoint, record_changes
 from engine.runtime.rundir import claim, check_output
 from engine.runtime.schedules import Schedules, apply_to_optimizer
-from engine.runtime.trainer import _peak_rss_mb, _progress, autocast, next_batch, seed_everything
+from engine.runtime.trainer import _progress, autocast, next_batch, seed_everything
 
 log = logging.getLogger("engine.train")
 
@@ -192,8 +193,7 @@ class DSTrainer:
         if lead:
             record_changes(self.out, self.step, self._changes)
             save_config(self.cfg, self.out / "config.yaml")
-            metrics = MetricsLogger(self.out, tag=self.cfg.logging.write_tag,
-                                    tensorboard=self.cfg.logging.tensorboard)
+            metrics = MetricsLogger.from_config(self.out, self.cfg)
             metrics.truncate_after(self.step)
             _truncate_jsonl(self.out / "losses.jsonl", self.step)
         stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
@@ -239,8 +239,9 @@ class DSTrainer:
                 metrics.close()
         elapsed = time.perf_counter() - t_run
         return {"steps": self.step, "steps_this_run": len(losses), "world_size": self.world, "zero_stage": self.stage,
-                "losses": losses, "final_loss": float(np.mean(losses[-20:])) if losses else math.nan,
-                "steps_per_s": len(losses) / elapsed if elapsed > 0 else math.nan, "peak_rss_mb": _peak_rss_mb(),
+                "losses": losses, **loss_summary(losses),
+                "steps_per_s": len(losses) / elapsed if elapsed > 0 else math.nan,
+                "peak_mem_mb": peak_memory_mb(self.device),
                 "checkpoint": D.read_latest(self.ckpt_dir), "memory": self.memory}
 
 

@@ -1,6 +1,6 @@
 """Atomic file writes: a reader never sees a half-written file, a crash never destroys the old one.
 
-    atomic_write_text(path, text); atomic_torch_save(obj, path)
+    atomic_write_text(path, text); atomic_write_bytes(path, data); atomic_torch_save(obj, path)
     atomic_write_csv(path, rows)          # a list of dicts: header = every key, in first-seen order
     remove_stale_tmp(folder)              # temporaries a killed writer left behind (TMP_GLOB)
 
@@ -76,6 +76,10 @@ def remove_stale_tmp(folder, recursive: bool = True) -> list[Path]:
 
 def atomic_write_text(path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data))
 
 
 def atomic_write_csv(path, rows) -> None:

@@ -1,31 +1,49 @@
-"""Run metrics: a CSV per rank (append-only, trimmed on resume) and TensorBoard events.
+"""Run metrics: one row per optimizer step, written to every configured sink.
 
-    log = MetricsLogger(folder, tag="jepa", rank=0, tensorboard=True)
+    log = MetricsLogger(folder, rank=0, tensorboard=True, wandb=False)    # or MetricsLogger.from_config(folder, cfg)
     log.truncate_after(step)          # on resume: drop rows the resumed run will write again
     log.write({"step": 3, "loss": 0.52, ...})
+    log.close()
+
+Sinks, all behind the same write(row) / close() interface:
+- CSVLogger: metrics.csv per rank (append-only, fsynced per row, trimmed on resume); always on.
+- TensorBoardLogger: events in tb/ (logging.tensorboard), rank 0.
+- WandbLogger: a Weights & Biases run (logging.wandb; project logging.wandb_project), rank 0; the run id
+  is kept in wandb_id so a resumed run continues the same W&B run. WANDB_MODE=offline writes it
+  locally (wandb/ in the run folder) for a later `wandb sync`.
+
+Columns (COLUMNS) include the throughput of each step: tokens_per_s (context + target tokens trained
+per second), mfu (model FLOPs per second over the device peak, engine.runtime.flops) and
+peak_mem_mb (peak allocated on a GPU, peak RSS on CPU).
 """
 from __future__ import annotations
 
 import csv
+import math
 import os
+import secrets
 from pathlib import Path
 
 from engine.runtime.io import atomic_write_text
 
-COLUMNS = ("step", "epoch", "itr", "loss", "loss_reg", "loss_std", "loss_cov", "loss_sigreg", "loss_tf", "loss_rollout", "lr", "wd", "momentum", "enc_grad_norm", "pred_grad_norm",
-           "ctx_tokens", "tgt_tokens", "step_ms", "data_wait_ms", "samples_per_s", "eval_knn_acc", "eval_linear_acc")
+COLUMNS = ("step", "epoch", "itr", "loss", "loss_reg", "loss_std", "loss_cov", "loss_sigreg", "loss_tf", "loss_rollout",
+           "lr", "wd", "momentum", "enc_grad_norm", "pred_grad_norm", "ctx_tokens", "tgt_tokens", "step_ms",
+           "data_wait_ms", "samples_per_s", "tokens_per_s", "mfu", "peak_mem_mb", "eval_knn_acc", "eval_linear_acc")
+
+# The run summary's loss is a mean over the last SUMMARY_WINDOW steps (one step's loss is noisy).
+SUMMARY_WINDOW = 20
 
 
-class MetricsLogger:
-    def __init__(self, folder, tag: str = "jepa", rank: int = 0, tensorboard: bool = True):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / ("metrics.csv" if rank == 0 else f"metrics_r{rank}.csv")
-        self.rank = rank
-        self._tb = None
-        if tensorboard and rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(log_dir=str(self.folder / "tb"))
+def loss_summary(losses: list[float]) -> dict:
+    """first_loss, last_loss and mean_loss_last_20 (its key names its window) of a run's step losses."""
+    tail = losses[-SUMMARY_WINDOW:]
+    return {"first_loss": losses[0] if losses else math.nan, "last_loss": losses[-1] if losses else math.nan,
+            f"mean_loss_last_{SUMMARY_WINDOW}": sum(tail) / len(tail) if tail else math.nan}
+
+
+class CSVLogger:
+    def __init__(self, folder: Path, rank: int = 0):
+        self.path = folder / ("metrics.csv" if rank == 0 else f"metrics_r{rank}.csv")
         if not self.path.exists():
             atomic_write_text(self.path, ",".join(COLUMNS) + "\n")
 
@@ -41,26 +59,93 @@ class MetricsLogger:
             new = not replaced.exists()
             with open(replaced, "a") as f:
                 f.write((",".join(COLUMNS) + "\n" if new else "")
-                        + "".join(",".join(r.get(c, "") for c in COLUMNS) + "\n" for r in gone))
-        lines = [",".join(COLUMNS)] + [",".join(r.get(c, "") for c in COLUMNS) for r in keep]
+                        + "".join(",".join(r.get(c) or "" for c in COLUMNS) + "\n" for r in gone))
+        lines = [",".join(COLUMNS)] + [",".join(r.get(c) or "" for c in COLUMNS) for r in keep]
         atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(",".join(_fmt(row.get(c, "")) for c in COLUMNS) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger:
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self._tb = SummaryWriter(log_dir=str(folder / "tb"))
+
+    def write(self, row: dict) -> None:
+        for k, v in _numbers(row):
+            self._tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def close(self) -> None:
+        self._tb.close()
+
+
+class WandbLogger:
+    def __init__(self, folder: Path, project: str, config: dict | None = None):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("logging.wandb: true needs the wandb package: pip install wandb "
+                              "(or the [wandb] extra), or set logging.wandb: false") from None
+        id_file = folder / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+        self._run = wandb.init(project=project, id=run_id, resume="allow", dir=str(folder), config=config,
+                               name=folder.name)
+        if not id_file.exists():
+            atomic_write_text(id_file, run_id + "\n")
+
+    def write(self, row: dict) -> None:
+        self._run.log({f"train/{k}": v for k, v in _numbers(row)}, step=int(row["step"]))
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class MetricsLogger:
+    """The CSV of this rank plus, on rank 0, TensorBoard and W&B when enabled."""
+
+    def __init__(self, folder, rank: int = 0, tensorboard: bool = True, wandb: bool = False,
+                 wandb_project: str = "jepa-engine", config: dict | None = None, tag: str | None = None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.rank = rank
+        self.csv = CSVLogger(self.folder, rank)
+        self.path = self.csv.path
+        self.sinks = [self.csv]
+        if rank == 0 and tensorboard:
+            self.sinks.append(TensorBoardLogger(self.folder))
+        if rank == 0 and wandb:
+            self.sinks.append(WandbLogger(self.folder, wandb_project, config))
+
+    @classmethod
+    def from_config(cls, folder, cfg, rank: int = 0) -> "MetricsLogger":
+        lg = cfg.logging
+        return cls(folder, rank=rank, tensorboard=lg.tensorboard, wandb=lg.wandb, wandb_project=lg.wandb_project,
+                   config=cfg.to_dict())
+
+    def truncate_after(self, step: int) -> None:
+        self.csv.truncate_after(step)
 
     def write(self, row: dict) -> None:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise KeyError(f"MetricsLogger: unknown columns {sorted(unknown)}")
-        with open(self.path, "a") as f:
-            f.write(",".join(_fmt(row.get(c, "")) for c in COLUMNS) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"train/{k}", v, row["step"])
+        for sink in self.sinks:
+            sink.write(row)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for sink in self.sinks:
+            sink.close()
+
+
+def _numbers(row: dict):
+    return [(k, v) for k, v in row.items() if k != "step" and isinstance(v, (int, float))]
 
 
 def _fmt(v) -> str:

@@ -33,7 +33,8 @@ from engine.config import Config, save_config
 from engine.eval.periodic import PeriodicProbe
 from engine.runtime.checkpoint import latest_path, save_checkpoint
 from engine.runtime.errors import RunError, checkpoint_write, data_errors
-from engine.runtime.metrics import MetricsLogger, plot_loss
+from engine.runtime.flops import device_peak_flops, jepa_step_flops, peak_memory_mb
+from engine.runtime.metrics import MetricsLogger, loss_summary, plot_loss
 from engine.runtime.resume import check_config, deepspeed_to_local, find_checkpoint, record_changes
 from engine.runtime.rundir import claim
 from engine.runtime.schedules import Schedules, apply_to_optimizer
@@ -56,6 +57,18 @@ def param_groups(named_modules, zero_init_bias_wd: bool = True) -> list[dict]:
         groups.append({"params": decay})
         groups.append({"params": no_decay, "WD_exclude": zero_init_bias_wd, "weight_decay": 0.0})
     return groups
+
+
+def grad_norm(parameters, clip: float | None = None) -> float:
+    """The global L2 norm of the parameters' gradients; with `clip`, they are then scaled to at most it
+    (what clip_grad_norm_ does, with the norm computed whether or not it clips)."""
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if clip is not None:   # scales each p.grad (it takes the parameters, not the grads)
+        torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+    return float(norm)
 
 
 def autocast(dtype: torch.dtype, device: torch.device):
@@ -186,17 +199,18 @@ class Trainer:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {i}: loss is {loss.item()}; stopping before it corrupts the weights")
         loss.backward()
-        enc_norm = pred_norm = float("nan")
-        epoch = i // self.ipe
-        if cfg.optimization.clip_grad is not None and epoch > cfg.optimization.warmup:
-            enc_norm = float(torch.nn.utils.clip_grad_norm_(self.model.encoder.parameters(), cfg.optimization.clip_grad))
-            pred_norm = float(torch.nn.utils.clip_grad_norm_(self.model.predictor.parameters(), cfg.optimization.clip_grad))
+        # Both norms every step (finite from step 0); clipped only after the warm-up, as the reference.
+        o = cfg.optimization
+        clip = o.clip_grad if o.clip_grad is not None and i // self.ipe > o.warmup else None
+        enc_norm = grad_norm(self.model.encoder.parameters(), clip)
+        pred_norm = grad_norm(self.model.predictor.parameters(), clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.update_target(m)
         self.step += 1
         return {"loss": float(loss.detach()), "lr": lr, "wd": wd, "momentum": m, "enc_grad_norm": enc_norm,
-                "pred_grad_norm": pred_norm, **{k: float(v) for k, v in info.items()}}
+                "pred_grad_norm": pred_norm, "flops": jepa_step_flops(self.model, masks, clips.shape[0]),
+                **{k: float(v) for k, v in info.items()}}
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None, resume: bool = False, overwrite: bool = False) -> dict:
@@ -204,7 +218,8 @@ class Trainer:
         if resume:
             self.resume()
         save_config(self.cfg, self.out / "config.yaml")
-        metrics = MetricsLogger(self.out, tag=self.cfg.logging.write_tag, tensorboard=self.cfg.logging.tensorboard)
+        metrics = MetricsLogger.from_config(self.out, self.cfg)
+        peak_flops, _ = device_peak_flops(self.device, self.cfg.dtype)
         metrics.truncate_after(self.step)
         stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
         every = self.cfg.meta.checkpoint_every or self.ipe
@@ -225,9 +240,13 @@ class Trainer:
             wait_total += t1 - t0
             step_total += t2 - t0
             losses.append(row["loss"])
+            step_s = max(t2 - t0, 1e-9)
+            tokens = row.get("ctx_tokens", math.nan) + row.get("tgt_tokens", math.nan)   # NaN: a step without masks
             metrics.write({"step": self.step - 1, "epoch": (self.step - 1) // self.ipe,
                            "itr": (self.step - 1) % self.ipe, "step_ms": 1e3 * (t2 - t0),
-                           "data_wait_ms": 1e3 * (t1 - t0), "samples_per_s": B / max(t2 - t0, 1e-9), **row})
+                           "data_wait_ms": 1e3 * (t1 - t0), "samples_per_s": B / step_s, "tokens_per_s": tokens / step_s,
+                           "mfu": row.pop("flops") / step_s / peak_flops, "peak_mem_mb": peak_memory_mb(self.device),
+                           **row})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
@@ -244,11 +263,10 @@ class Trainer:
         return {
             "steps": self.step,
             "steps_this_run": steps_done,
-            "final_loss": float(np.mean(losses[-20:])) if losses else math.nan,
-            "first_loss": losses[0] if losses else math.nan,
+            **loss_summary(losses),
             "steps_per_s": steps_done / elapsed if elapsed > 0 else math.nan,
             "data_wait_fraction": wait_total / step_total if step_total > 0 else math.nan,
-            "peak_rss_mb": _peak_rss_mb(),
+            "peak_mem_mb": peak_memory_mb(self.device),
             "checkpoint": str(latest_path(self.out)) if latest_path(self.out) else None,
         }
 
@@ -269,8 +287,3 @@ def _progress(enabled: bool, total: int, initial: int):
         return None
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

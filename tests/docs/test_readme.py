@@ -2,7 +2,7 @@
 
 Fence languages say what a block is:
 - ```python: run, each block in a fresh interpreter, from a scratch folder that sees the repository's
-  configs/ (so files a block writes land there, not in the repository).
+  configs/ and hubconf.py (so files a block writes land there, not in the repository).
 - ```bash: shell commands that install packages, launch multi-process runs or train for minutes; they
   are not run here. What they run is tested where it lives (tests/engine/test_train.py, test_demo.py,
   tests/distributed/, tests/data/), and `make test` itself is what CI runs.
@@ -50,7 +50,8 @@ def test_every_block_says_what_it_is():
 
 @pytest.mark.parametrize("code,line", PYTHON, ids=[f"line{line}" for _, line in PYTHON])
 def test_python_block_runs(code, line, tmp_path):
-    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    for name in ("configs", "hubconf.py"):   # what a block may use from a clone, read-only
+        (tmp_path / name).symlink_to(ROOT / name)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
