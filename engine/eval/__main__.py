@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from engine.config import ConfigError
+from engine.reference_ckpt import ReferenceCheckpointError
 
 
 def _common(p):
@@ -192,7 +193,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ReferenceCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

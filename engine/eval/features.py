@@ -69,12 +69,13 @@ def build_encoder(ec: EvalConfig, random_init: bool = False, seed: int = 0):
         if ec.checkpoint is None:
             raise ConfigError("model_kwargs.checkpoint: a checkpoint (or a training run folder) is required; "
                               "pass --random-init for an untrained encoder")
-        load_encoder_weights(encoder, ec.checkpoint, e.checkpoint_key)
+        # a checkpoint written by this engine's trainer (a training config given) also holds RNG states
+        load_encoder_weights(encoder, ec.checkpoint, e.checkpoint_key, trusted=e.config is not None)
     encoder.eval().requires_grad_(False)
     return encoder
 
 
-def load_encoder_weights(encoder, checkpoint, key: str = "target_encoder") -> None:
+def load_encoder_weights(encoder, checkpoint, key: str = "target_encoder", trusted: bool = False) -> None:
     """Load one model of a checkpoint (a reference checkpoint, a training checkpoint of this engine, or a
     run folder: its latest) strictly; `module.` / `backbone.` prefixes are dropped as the reference does."""
     from engine.reference_ckpt import ReferenceCheckpointError, match_state, read_checkpoint
@@ -85,7 +86,7 @@ def load_encoder_weights(encoder, checkpoint, key: str = "target_encoder") -> No
         if latest is None:
             raise ConfigError(f"model_kwargs.checkpoint: {path} holds no checkpoints/latest")
         path = latest
-    state, name = read_checkpoint(path)
+    state, name = read_checkpoint(path, trusted=trusted)
     sd = state.get(key) if key in state else state.get("encoder")
     if sd is None:
         raise ConfigError(f"model_kwargs.pretrain_kwargs.encoder.checkpoint_key: {name} has no {key!r} "
@@ -257,10 +258,10 @@ class StreamedFeatures:
         yield from _extract_batches(self.encoder, self.dataset, s, batch_size, order=order, **self.kw)
 
 
-def _cache_key(ec: EvalConfig, split: str, copies: int, random_init: bool) -> str:
+def _cache_key(ec: EvalConfig, split: str, copies: int, random_init: bool, seed: int) -> str:
     ck = Path(ec.checkpoint) if ec.checkpoint else None
     stamp = (str(ck.resolve()), ck.stat().st_mtime_ns) if ck is not None and ck.exists() else None
-    blob = json.dumps([split, copies, random_init, stamp, ec.to_dict()["data"], ec.to_dict()["encoder"],
+    blob = json.dumps([split, copies, random_init, seed, stamp, ec.to_dict()["data"], ec.to_dict()["encoder"],
                        ec.to_dict()["wrapper"], ec.optimization.attend_across_segments], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -290,7 +291,7 @@ def feature_sources(ec: EvalConfig, encoder, folder, *, random_init: bool = Fals
                 f"GiB free)" if f.cache == "auto" else f"{split}: streaming features (cache: never)")
             out[split] = StreamedFeatures(encoder, ds, fresh_each_epoch=train_aug, **kw)
             continue
-        path = cache_dir / f"{split}_{_cache_key(ec, split, copies, random_init)}.npy"
+        path = cache_dir / f"{split}_{_cache_key(ec, split, copies, random_init, seed)}.npy"
         if not path.with_suffix(".json").exists():
             log(f"{split}: extracting features of {len(ds)} samples x {copies} into {path} ({need / 2**20:.0f} MiB)")
             _write_cache(path, encoder, ds, copies, kw, shape_VSND)

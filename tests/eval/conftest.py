@@ -1,4 +1,5 @@
 """Shared fixtures of the eval tests: a small generated video data set and an eval config for it."""
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -25,5 +26,7 @@ def eval_yaml(tmp_path_factory):
     path = root / "eval.yaml"
     path.write_text(yaml.safe_dump(raw))
     enc = build_encoder(load_eval_config(path), random_init=True, seed=3)
-    torch.save({"target_encoder": {f"module.backbone.{k}": v for k, v in enc.state_dict().items()}}, root / "ck.pt")
+    # as the trainer writes it: RNG states beside the weights (objects weights-only loading refuses)
+    torch.save({"target_encoder": {f"module.backbone.{k}": v for k, v in enc.state_dict().items()},
+                "rng": {"numpy": np.random.get_state()}}, root / "ck.pt")
     return path

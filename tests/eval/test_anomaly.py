@@ -68,12 +68,12 @@ def test_anomaly_and_embed_commands(eval_yaml, tmp_path):
     assert rows[0] == "path,label,surprise_mean,surprise_max,pixel_difference" and len(rows) == 7
     assert set(r["roc_auc"]) == {"mean", "max", "pixel"} and json.loads((out / "anomaly.json").read_text())["clips"] == 6
     assert np.load(out / "token_surprise.npy").shape == (6, 64)
-    e = main(["embed", "--config", str(eval_yaml), "--output", str(tmp_path / "embed")])
-    page = html.unescape((tmp_path / "embed" / "embed_val.html").read_text())
+    e = main(["embed", "--config", str(eval_yaml)])   # the config's folder (and its feature cache)
+    page = html.unescape((eval_yaml.parent / "out" / "embed_val.html").read_text())
     assert e["rows"] == 6 and "<html" in page.lower()
     for line in load_eval_config_paths(eval_yaml):
         assert line in page                        # every sample's metadata is in the page's data
-    assert "pc1" in page and (tmp_path / "embed" / "embed_val_pca.png").stat().st_size > 1000
+    assert "pc1" in page and (eval_yaml.parent / "out" / "embed_val_pca.png").stat().st_size > 1000
 
 
 def load_eval_config_paths(path):

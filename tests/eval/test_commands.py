@@ -17,7 +17,8 @@ from engine.eval.knn import knn_classify
 def test_features_cached_streamed_and_shaped(eval_yaml, tmp_path):
     ec = load_eval_config(eval_yaml)
     enc = build_encoder(ec)                       # loads the checkpoint (prefixes dropped, strictly)
-    train, val = feature_sources(ec, enc, tmp_path, log=lambda *_: None)
+    shared = eval_yaml.parent / "out"   # the config's folder: the cache the command tests read too
+    train, val = feature_sources(ec, enc, shared, log=lambda *_: None)
     x, y = next(val.batches(batch_size=6))
     # [M, V views, S segments, N tokens (2 x 4 x 4 per 4-frame clip), D]
     assert x.shape == (6, 2, 2, 32, 192) and y.tolist() == [0, 1, 2, 0, 1, 2]
@@ -30,19 +31,19 @@ def test_features_cached_streamed_and_shaped(eval_yaml, tmp_path):
     torch.testing.assert_close(next(val_s.batches(batch_size=6))[0], x, rtol=0, atol=0)
     ec.features.cache = "auto"
     logs = []
-    feature_sources(ec, enc, tmp_path, log=logs.append)
+    feature_sources(ec, enc, shared, log=logs.append)
     assert all("reusing" in m for m in logs), logs
 
 
-def test_commands_write_results(eval_yaml, tmp_path):
-    out = str(tmp_path)
-    r = main(["probe", "--config", str(eval_yaml), "--output", out])
-    saved = json.loads((tmp_path / "probe.json").read_text())
+def test_commands_write_results(eval_yaml):
+    out = eval_yaml.parent / "out"     # the config's folder: its feature cache is shared by the eval tests
+    r = main(["probe", "--config", str(eval_yaml)])
+    saved = json.loads((out / "probe.json").read_text())
     assert len(saved["heads"]) == 2 and len(saved["heads"][0]["val_acc"]) == 2
     assert saved["best"]["val_acc"] == max(h["val_acc"][-1] for h in saved["heads"]) == r["best"]["val_acc"]
-    assert main(["knn", "--config", str(eval_yaml), "--output", out])["k"] == 20
-    assert 0 <= main(["linear", "--config", str(eval_yaml), "--output", out])["val_acc"] <= 1
-    assert (tmp_path / "knn.json").exists() and (tmp_path / "linear.json").exists()
+    assert main(["knn", "--config", str(eval_yaml)])["k"] == 20
+    assert 0 <= main(["linear", "--config", str(eval_yaml)])["val_acc"] <= 1
+    assert (out / "knn.json").exists() and (out / "linear.json").exists()
     with pytest.raises(SystemExit):
         main(["probe", "--config", str(eval_yaml), "--set", "experiment.data.num_segmnts=2"])
 
