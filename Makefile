@@ -21,11 +21,14 @@ bench: build
 
 install: $(STAMP)
 
-# torch first, pinned: any unpinned torch requirement would pull a multi-GB CUDA build.
+# torch first, pinned: any unpinned torch requirement would pull a multi-GB CUDA build. TORCH_INDEX
+# picks the build (a plain install of torch on Linux x86 is the CUDA one):
+#   make demo TORCH_INDEX=<the CPU wheel index PyTorch's "Get started" page shows>
+TORCH_INDEX ?=
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	DS_BUILD_OPS=0 $(PIP) install -q -r requirements.txt
 	touch $(STAMP)
 
