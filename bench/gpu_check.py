@@ -541,9 +541,11 @@ def decode_rows(device, budget, small, dry):
     from engine.data.synthetic import write_video
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        rng = np.random.default_rng(0)
-        files = [str(write_video(Path(d) / f"v{i}.mp4", rng.integers(0, 255, (96, 240, 320, 3), dtype=np.uint8),
-                                 fps=30, codec="h264")) for i in range(8)]
+        # moving gradients: cheap to encode, and a real decode workload (64 frames, 16 kept 4 apart)
+        t_, y_, x_ = np.meshgrid(np.arange(64), np.arange(240), np.arange(320), indexing="ij")
+        files = [str(write_video(Path(d) / f"v{i}.mp4",
+                                 np.stack([(x_ + 3 * t_ + 40 * i) % 256, (y_ + 2 * t_) % 256, (x_ + y_) % 256], -1)
+                                 .astype(np.uint8), fps=30, codec="h264")) for i in range(4)]
         clips = 32
 
         @pipeline_def(batch_size=4, num_threads=4, device_id=device.index or 0)
