@@ -7,7 +7,9 @@ Per op and shape it prints time, GB/s, % of this machine's copy bandwidth, ratio
 ways and peak memory, and the GPU arithmetic (bytes moved, time at 3 TB/s). Every method of one op is
 credited with the same bytes (the op's minimum: what must be read and written once), and the % is
 against a `copy_` that moves those same bytes, timed in the same alternating rounds (so a working set
-that fits in cache is compared with a copy that fits in cache too, and a busy spell hits both). Reference ways:
+that fits in cache is compared with a copy that fits in cache too, and a busy spell hits both). A copy_
+also reads each destination line before writing it (read for ownership) where an in-place update
+like the EMA's target does not, so an in-place op can pass 100%. Reference ways:
 gather = `torch.gather` with an index repeated to [B,K,D] (V-JEPA's apply_masks) and a flat
 `index_select` over [B*N, D] (the best plain-torch way); gather+LN = gather then `F.layer_norm` of the
 gathered rows (what a competent user writes); EMA = per-parameter `mul_().add_()` loop (V-JEPA),
