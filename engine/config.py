@@ -50,12 +50,6 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     "data.camera_views": ((None, ["left_mp4_path"]), (), "trajectories are read from one camera view"),
     "data.stereo_view": ((False,), (), "trajectories are read from one camera view"),
     "model.use_mask_tokens": ((True,), (), "the reference's predictor without mask tokens is not implemented"),
-    "meta.read_checkpoint": ((None,), (), "starting from a given checkpoint is not implemented; --resume continues "
-                                          "the run in the output folder"),
-    "meta.skip_batches": ((-1, 0), (), "skipping batches at the start is not implemented"),
-    "optimization.is_anneal": ((False,), (), "a cooldown from a checkpoint is not implemented"),
-    "optimization.anneal_ckpt": ((None,), (), "a cooldown from a checkpoint is not implemented"),
-    "optimization.resume_anneal": ((False,), (), "a cooldown from a checkpoint is not implemented"),
     "meta.resume_checkpoint": ((None,), (), "resume an action-conditioned run with --resume"),
     "meta.load_predictor": ((False,), (), "the action-conditioned predictor starts from its initialisation"),
     "meta.context_encoder_key": (("encoder", "target_encoder"), (), "the action-conditioned run has one frozen "
@@ -245,6 +239,7 @@ class MetaConfig:
     eval_freq: int = 0                                # steps between probes on data.val_datasets (0: off)
     eval_samples: int = 256                           # the fixed validation clips that probe reads
     log_every: int = 10
+    max_nonfinite_in_a_row: int = 3                   # skip non-finite steps; stop at this many in a row
 
 
 @dataclass
@@ -526,7 +521,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.dali_threads: must be >= 1, got {d.dali_threads}")
     for key, v in (("data.batch_size", d.batch_size), ("data.crop_size", d.crop_size),
                    ("data.tubelet_size", d.tubelet_size), ("data.num_clips", d.num_clips),
-                   ("data.sampling_rate", d.sampling_rate), ("optimization.epochs", o.epochs)):
+                   ("data.sampling_rate", d.sampling_rate), ("optimization.epochs", o.epochs),
+                   ("meta.max_nonfinite_in_a_row", m.max_nonfinite_in_a_row)):
         if v < 1:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
     patch_key = "mask.patch_size" if cfg.is_image and cfg.mask.patch_size is not None else "data.patch_size"

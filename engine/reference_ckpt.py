@@ -127,6 +127,15 @@ def _reference_defaults(raw: dict, kind: str) -> dict:
     return raw
 
 
+def reference_kind(cfg) -> str:
+    """The reference repo whose layout fits a run: ijepa for images; vjepa2 when the config uses an
+    option only V-JEPA 2 has (RoPE, SiLU, its own predictor heads); else vjepa."""
+    if cfg.is_image:
+        return "ijepa"
+    md = cfg.model
+    return "vjepa2" if (md.use_rope or md.use_silu or md.use_pred_silu or md.pred_num_heads is not None) else "vjepa"
+
+
 # -- load ----------------------------------------------------------------------------------------------
 
 def read_checkpoint(path_or_state, trusted: bool = False) -> tuple[dict, str]:

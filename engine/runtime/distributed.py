@@ -62,8 +62,39 @@ class DistContext:
 
 
 def launched_by_launcher() -> bool:
-    """True when a launcher (deepspeed, torchrun, run_local) set our rank."""
-    return "RANK" in os.environ or "LOCAL_RANK" in os.environ
+    """True when a launcher (deepspeed, torchrun, run_local, or srun with several tasks) set our rank."""
+    return "RANK" in os.environ or "LOCAL_RANK" in os.environ or _slurm_tasks() > 1
+
+
+def _slurm_tasks() -> int:
+    try:
+        return int(os.environ.get("SLURM_NTASKS", "0")) if "SLURM_PROCID" in os.environ else 0
+    except ValueError:
+        return 0
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[07-09,12],cpu01" -> "gpu07"."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[:nodelist.index("]") + 1]
+    if "[" not in head:
+        return head.strip()
+    prefix, ranges = head.split("[", 1)
+    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+
+
+def slurm_env() -> dict:
+    """RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from srun's SLURM_* variables (those a
+    launcher already set win). The master is the node list's first host; the port is MASTER_PORT, else
+    one derived from the job id, so two jobs sharing a node do not collide."""
+    if _slurm_tasks() < 1:
+        return {}
+    e = os.environ
+    missing = [k for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST") if k not in e]
+    if missing:
+        raise LaunchError(f"SLURM launch: {missing} are not set; start the job with `srun python -m engine.train ...`")
+    job = int(e.get("SLURM_JOB_ID", "0") or 0)
+    return {"RANK": e["SLURM_PROCID"], "WORLD_SIZE": e["SLURM_NTASKS"], "LOCAL_RANK": e["SLURM_LOCALID"],
+            "MASTER_ADDR": first_host(e["SLURM_JOB_NODELIST"]), "MASTER_PORT": str(20000 + job % 20000)}
 
 
 def _setup_accelerator() -> None:
@@ -85,6 +116,8 @@ def init_distributed(expected_world_size: int | None = None, timeout_s: float | 
     every later collective, so a peer that dies mid-run cannot hang the others forever.
     """
     timeout_s = float(timeout_s or os.environ.get("JEPA_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    for k, v in slurm_env().items():
+        os.environ.setdefault(k, v)
     missing = [k for k in REQUIRED_ENV if k not in os.environ]
     if missing:
         raise LaunchError(f"distributed launch: environment variables {missing} are not set; start with "
@@ -406,7 +439,7 @@ def export_fp32(ckpt_dir, out_path, tag: str | None = None, kind: str | None = N
     Returns {"encoder", "predictor", "target_encoder"} (unprefixed fp32 state dicts), step, epoch, tag.
     """
     from engine.config import load_config
-    from engine.reference_ckpt import save_reference_checkpoint
+    from engine.reference_ckpt import reference_kind, save_reference_checkpoint
     ckpt_dir = Path(ckpt_dir)
     tag = tag or read_latest(ckpt_dir)
     if tag is None:
@@ -441,15 +474,6 @@ def export_fp32(ckpt_dir, out_path, tag: str | None = None, kind: str | None = N
     save_reference_checkpoint(out_path, parts, kind, config=cfg, epoch=int(epoch or 0),
                               world_size=meta.get("world_size"))
     return {**parts, "step": meta.get("step"), "epoch": epoch, "tag": tag}
-
-
-def reference_kind(cfg) -> str:
-    """The reference repo whose layout fits a run: ijepa for images; vjepa2 when the config uses an
-    option only V-JEPA 2 has (RoPE, SiLU, its own predictor heads); else vjepa."""
-    if cfg.is_image:
-        return "ijepa"
-    md = cfg.model
-    return "vjepa2" if (md.use_rope or md.use_silu or md.use_pred_silu or md.pred_num_heads is not None) else "vjepa"
 
 
 # -- local multi-process runs (tests, benches, notebooks) ---------------------------------------------------

@@ -37,11 +37,13 @@ import torch.distributed as dist
 from engine.config import Config, save_config
 from engine.runtime import distributed as D
 from engine.runtime.errors import RunError, checkpoint_write, data_errors
+from engine.runtime.faults import NonFinitePolicy, StopSignals
 from engine.runtime.flops import peak_memory_mb
 from engine.runtime.metrics import MetricsLogger, loss_summary
 from engine.runtime.resume import check_config, find_checkpoint, record_changes
 from engine.runtime.rundir import claim, check_output
 from engine.runtime.schedules import Schedules, apply_to_optimizer
+from engine.runtime.start import skip_batches, start_path
 from engine.runtime.trainer import _progress, autocast, next_batch, seed_everything
 
 log = logging.getLogger("engine.train")
@@ -56,6 +58,11 @@ class DSTrainer:
         self.cfg = cfg
         self.out = Path(output_dir)
         self.progress = progress
+        if start_path(cfg) is not None or cfg.meta.save_every_freq > 0:
+            key = ("optimization.is_anneal" if cfg.optimization.is_anneal else "meta.read_checkpoint"
+                   if cfg.meta.read_checkpoint else "meta.save_every_freq")
+            raise RunError(f"{key}: not supported under DeepSpeed yet (the one-process trainer, `python -m "
+                           "engine.train` without a launcher, supports it); unset it to train under DeepSpeed")
         self.ctx = D.init_distributed(timeout_s=timeout_s)
         self.rank, self.world = self.ctx.rank, self.ctx.world_size
         self.device = self.ctx.device
@@ -86,6 +93,7 @@ class DSTrainer:
         self.ipe = opt.ipe or max(1, self.loader.batches_per_epoch // self.accum)
         self.total_steps = opt.epochs * self.ipe
         self.sched = Schedules.from_config(opt, self.ipe)
+        self.nonfinite = NonFinitePolicy(cfg.meta.max_nonfinite_in_a_row)
         self.ema = D.ShardLocalEMA(self.model)
         self.track_memory = track_memory
         self.memory: dict | None = None
@@ -112,9 +120,16 @@ class DSTrainer:
                      else [c.to(self.device, non_blocking=True) for c in clips])  # num_clips > 1
             with autocast(cfg.dtype, self.device):
                 loss, info = self.engine(clips, masks)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"rank {self.rank} step {i}: loss is {loss.item()}; stopping before it "
-                                         "corrupts the weights")
+            # Every rank must take the same branch: a non-finite loss on any rank skips the step on all.
+            worst = _all_reduce_max(0.0 if torch.isfinite(loss) else math.inf, self.device)
+            if j == 0 and self.nonfinite.skip(i, float(loss) if worst == 0 else math.nan):
+                self.step += 1
+                return {"loss": math.nan, "lr": lr, "wd": wd, "momentum": m, "enc_grad_norm": math.nan,
+                        "nonfinite_skipped": self.nonfinite.skipped}
+            if worst != 0:   # mid-accumulation: DeepSpeed already holds part of this step's gradients
+                raise RunError(f"step {i}: a non-finite loss in micro-batch {j} of {len(micro_batches)} (gradient "
+                               "accumulation) cannot be skipped alone; lower optimization.lr or check the data, "
+                               "then --resume from the last checkpoint")
             self.engine.backward(loss)
             if self.track_memory and i == 1 and j == len(micro_batches) - 1:  # Adam state exists
                 self.memory = D.memory_report(self.engine, self.model)  # grads are alive here
@@ -127,7 +142,7 @@ class DSTrainer:
         self.step += 1
         gn = self.engine.get_global_grad_norm()
         return {"loss": float(loss_g) / self.world, "lr": lr, "wd": wd, "momentum": m,
-                "enc_grad_norm": float(gn) if gn is not None else math.nan,
+                "enc_grad_norm": float(gn) if gn is not None else math.nan, "nonfinite_skipped": self.nonfinite.skipped,
                 **{k: float(v) for k, v in info.items()}}
 
     # -- state ----------------------------------------------------------------------------------------
@@ -136,7 +151,7 @@ class DSTrainer:
         client = {"step": self.step, "epoch": self.step // self.ipe, "world_size": self.world,
                   "zero_stage": self.stage, "config": self.cfg.to_dict(),
                   "universal_checkpoint_info": {"universal_checkpoint_version": 0.4}}
-        rank_state = {"loader": self.loader.state_dict(), "step": self.step,
+        rank_state = {"loader": self.loader.state_dict(), "step": self.step, "nonfinite": self.nonfinite.state_dict(),
                       "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                               "python": random.getstate()}}
         with checkpoint_write(self.ckpt_dir, self.step):
@@ -163,6 +178,7 @@ class DSTrainer:
         client, rank_state = got
         self.step = int(client["step"])
         self.loader.load_state_dict(rank_state["loader"])
+        self.nonfinite.load_state_dict(rank_state.get("nonfinite", {}))
         torch.set_rng_state(rank_state["rng"]["torch"])
         np.random.set_state(rank_state["rng"]["numpy"])
         random.setstate(rank_state["rng"]["python"])
@@ -189,6 +205,7 @@ class DSTrainer:
                 log.info("rank %d resumed from %s at step %d", self.rank, D.read_latest(self.ckpt_dir), self.step)
             elif self.rank == 0:
                 log.warning("--resume: no checkpoint in %s; starting from step 0", self.out)
+        skip_batches(self.loader, self.cfg.meta.skip_batches)
         metrics = None
         if lead:
             record_changes(self.out, self.step, self._changes)
@@ -202,7 +219,9 @@ class DSTrainer:
         it = iter(self.loader)
         B_global = self.cfg.data.batch_size * self.accum * self.world
         losses, t_run = [], time.perf_counter()
+        signals = StopSignals()
         try:
+            signals.__enter__()
             while self.step < stop:
                 if self._fault and self._fault == (self.rank, self.step):
                     os.kill(os.getpid(), signal.SIGKILL)  # test hook: a rank that dies mid-run
@@ -219,20 +238,31 @@ class DSTrainer:
                     s = self.step - 1
                     metrics.write({"step": s, "epoch": s // self.ipe, "itr": s % self.ipe, "step_ms": 1e3 * (t2 - t0),
                                    "data_wait_ms": 1e3 * (t1 - t0), "samples_per_s": B_global / max(t2 - t0, 1e-9),
-                                   **{k: v for k, v in row.items() if k in _METRIC_KEYS}})
+                                   **row})
                     with open(self.out / "losses.jsonl", "a") as f:  # full precision, for resume checks
                         f.write(json.dumps({"step": s, "loss": row["loss"]}) + "\n")
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                if self.step % every == 0 or self.step == stop:
+                    elif self.step % max(1, self.cfg.meta.log_every) == 0 or self.step == stop:
+                        log.info("step %d epoch %d loss %.5f lr %.3e samples/s %.1f", s, s // self.ipe, row["loss"],
+                                 row["lr"], B_global / max(t2 - t0, 1e-9))
+                # every rank stops after the same step, whichever got the signal, and they save together
+                stopping = signals.requested(lambda flag: _all_reduce_max(flag, self.device))
+                if self.step % every == 0 or self.step == stop or stopping:
                     self.save()
+                if stopping:
+                    if lead:
+                        log.warning("%s: stopped after step %d with a checkpoint; continue with --resume",
+                                    signals.name or "a stop signal on another rank", self.step - 1)
+                    break
         except Exception as e:
             log.error("rank %d/%d failed at step %d: %s: %s", self.rank, self.world, self.step, type(e).__name__, e)
             for h in logging.getLogger().handlers:   # on record before the launcher kills this process
                 h.flush()
             raise
         finally:
+            signals.__exit__(None, None, None)
             if bar is not None:
                 bar.close()
             if metrics is not None:
@@ -242,10 +272,14 @@ class DSTrainer:
                 "losses": losses, **loss_summary(losses),
                 "steps_per_s": len(losses) / elapsed if elapsed > 0 else math.nan,
                 "peak_mem_mb": peak_memory_mb(self.device),
-                "checkpoint": D.read_latest(self.ckpt_dir), "memory": self.memory}
+                "checkpoint": D.read_latest(self.ckpt_dir), "memory": self.memory, "stopped_by": signals.name,
+                "nonfinite_skipped": self.nonfinite.skipped}
 
 
-_METRIC_KEYS = {"loss", "lr", "wd", "momentum", "enc_grad_norm", "ctx_tokens", "tgt_tokens"}
+def _all_reduce_max(value: float, device) -> float:
+    t = torch.tensor([float(value)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def _parse_fault(spec):

@@ -28,7 +28,8 @@ from engine.runtime.io import atomic_write_text
 
 COLUMNS = ("step", "epoch", "itr", "loss", "loss_reg", "loss_std", "loss_cov", "loss_sigreg", "loss_tf", "loss_rollout",
            "lr", "wd", "momentum", "enc_grad_norm", "pred_grad_norm", "ctx_tokens", "tgt_tokens", "step_ms",
-           "data_wait_ms", "samples_per_s", "tokens_per_s", "mfu", "peak_mem_mb", "eval_knn_acc", "eval_linear_acc")
+           "data_wait_ms", "samples_per_s", "tokens_per_s", "mfu", "peak_mem_mb", "eval_knn_acc", "eval_linear_acc",
+           "nonfinite_skipped")
 
 # The run summary's loss is a mean over the last SUMMARY_WINDOW steps (one step's loss is noisy).
 SUMMARY_WINDOW = 20

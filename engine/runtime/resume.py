@@ -232,7 +232,7 @@ def deepspeed_to_local(ckpt: Checkpoint, param_order: list[list[str]]) -> dict:
     # the epoch are used, which is batch b*W of one process.
     loader["batch_in_epoch"] = int(loader["batch_in_epoch"]) * ckpt.world_size
     loader["world_size"], loader["rank"] = 1, 0
-    return {**parts, "opt_converted": {"state": state, "groups": groups}, "step": ckpt.step,
+    return {**parts, "opt": {"state": state, "param_groups": groups}, "step": ckpt.step,
             "loader": loader, "rng": rank0["rng"], "config": ckpt.config, "converted_from": ckpt.describe()}
 
 

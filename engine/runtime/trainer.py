@@ -33,10 +33,13 @@ from engine.config import Config, save_config
 from engine.eval.periodic import PeriodicProbe
 from engine.runtime.checkpoint import latest_path, save_checkpoint
 from engine.runtime.errors import RunError, checkpoint_write, data_errors
+from engine.runtime.faults import NonFinitePolicy, StopSignals
 from engine.runtime.flops import device_peak_flops, jepa_step_flops, peak_memory_mb
 from engine.runtime.metrics import MetricsLogger, loss_summary, plot_loss
 from engine.runtime.resume import check_config, deepspeed_to_local, find_checkpoint, record_changes
+from engine.runtime.io import atomic_torch_save
 from engine.runtime.rundir import claim
+from engine.runtime.start import skip_batches, start_state
 from engine.runtime.schedules import Schedules, apply_to_optimizer
 
 log = logging.getLogger("engine.train")
@@ -127,6 +130,7 @@ class Trainer:
         self.ipe = opt.ipe or max(1, len(self.dataset) // cfg.data.batch_size)
         self.total_steps = opt.epochs * self.ipe
         self.sched = Schedules.from_config(opt, self.ipe)
+        self.nonfinite = NonFinitePolicy(cfg.meta.max_nonfinite_in_a_row)
         self.step = 0
 
     # -- state for exact resume ----------------------------------------------------------------
@@ -141,6 +145,7 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "config": self.cfg.to_dict(),
+            "nonfinite": self.nonfinite.state_dict(),
         }
 
     def param_names(self) -> list[list[str]]:
@@ -148,33 +153,59 @@ class Trainer:
         names = {id(p): n for n, p in self.model.named_parameters()}
         return [[names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
 
+    def load_optimizer(self, opt: dict) -> None:
+        """An AdamW state dict; its param_groups may be bare id lists (converted from DeepSpeed or the
+        reference layout), which then take this optimizer's hyper-parameters."""
+        if opt["param_groups"] and not isinstance(opt["param_groups"][0], dict):
+            opt = {"state": opt["state"], "param_groups": [
+                {**{k: v for k, v in g.items() if k != "params"}, "params": ids}
+                for g, ids in zip(self.optimizer.param_groups, opt["param_groups"])]}
+        self.optimizer.load_state_dict(opt)
+
     def load_state_dict(self, state: dict) -> None:
         self.model.encoder.load_state_dict(state["encoder"])
         self.model.predictor.load_state_dict(state["predictor"])
         self.model.target_encoder.load_state_dict(state["target_encoder"])
-        if "opt_converted" in state:   # from DeepSpeed: moments per parameter, this optimizer's groups
-            conv = state["opt_converted"]
-            groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": ids}
-                      for g, ids in zip(self.optimizer.param_groups, conv["groups"])]
-            self.optimizer.load_state_dict({"state": conv["state"], "param_groups": groups})
-        else:
-            self.optimizer.load_state_dict(state["opt"])
+        self.load_optimizer(state["opt"])
         self.loader.load_state_dict(state["loader"])
         self.step = int(state["step"])
+        self.nonfinite.load_state_dict(state.get("nonfinite", {}))
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
+
+    def save_epoch_copy(self) -> None:
+        """meta.save_every_freq: at the end of epoch e with e % freq == 0, keep checkpoints/e{e}.pt for good
+        (the reference's e{epoch}.pt beside latest.pt; never removed by the keep-last rotation)."""
+        freq = self.cfg.meta.save_every_freq
+        if freq <= 0 or self.step % self.ipe:
+            return
+        e = self.step // self.ipe - 1
+        if e % freq == 0:
+            with checkpoint_write(self.out / "checkpoints", self.step):
+                atomic_torch_save(self.state_dict(), self.out / "checkpoints" / f"e{e}.pt")
 
     def save(self) -> Path:
         with checkpoint_write(self.out / "checkpoints", self.step):
             return save_checkpoint(self.out, self.step, self.state_dict())
 
-    def resume(self) -> None:
+    def load_start(self, state: dict) -> None:
+        """A new run's starting point (engine.runtime.start): weights, optimizer, step, data position."""
+        self.model.encoder.load_state_dict(state["encoder"])
+        self.model.predictor.load_state_dict(state["predictor"])
+        self.model.target_encoder.load_state_dict(state["target_encoder"])
+        if "opt" in state:
+            self.load_optimizer(state["opt"])
+        self.step = int(state["step"])
+        if state["loader"] is not None:
+            self.loader.load_state_dict(state["loader"], strict=False)
+
+    def resume(self) -> bool:
         """Continue from the newest checkpoint in the output folder, converting a DeepSpeed one."""
         found = find_checkpoint(self.out)
         if found is None:
             log.warning("--resume: no checkpoint in %s; starting from step 0", self.out)
-            return
+            return False
         changes = check_config(found.config, self.cfg.to_dict(), found.describe())
         note = None
         if found.kind == "deepspeed":
@@ -187,6 +218,7 @@ class Trainer:
         self.load_state_dict(state)
         record_changes(self.out, self.step, changes, note)
         log.info("resumed from %s at step %d", found.describe(), self.step)
+        return True
 
     # -- one optimizer step ----------------------------------------------------------------------
     def train_step(self, clips, masks) -> dict:
@@ -196,27 +228,38 @@ class Trainer:
         clips = clips.to(self.device, non_blocking=True)
         with autocast(cfg.dtype, self.device):
             loss, info = self.model(clips, masks)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {i}: loss is {loss.item()}; stopping before it corrupts the weights")
-        loss.backward()
-        # Both norms every step (finite from step 0); clipped only after the warm-up, as the reference.
-        o = cfg.optimization
-        clip = o.clip_grad if o.clip_grad is not None and i // self.ipe > o.warmup else None
-        enc_norm = grad_norm(self.model.encoder.parameters(), clip)
-        pred_norm = grad_norm(self.model.predictor.parameters(), clip)
-        self.optimizer.step()
+        row = {"loss": float(loss.detach()), "lr": lr, "wd": wd, "momentum": m}
+        enc_norm = pred_norm = math.nan
+        # A non-finite loss or gradient skips the update (weights, Adam state and EMA untouched) and is
+        # counted; NonFinitePolicy stops the run after meta.max_nonfinite_in_a_row in a row.
+        if not self.nonfinite.skip(i, row["loss"]):
+            loss.backward()
+            # Both norms every step (finite from step 0); clipped only after the warm-up, as the reference.
+            o = cfg.optimization
+            clip = o.clip_grad if o.clip_grad is not None and i // self.ipe > o.warmup else None
+            enc_norm = grad_norm(self.model.encoder.parameters(), clip)
+            pred_norm = grad_norm(self.model.predictor.parameters(), clip)
+            if not self.nonfinite.skip(i, math.hypot(enc_norm, pred_norm), "gradient norm"):
+                self.optimizer.step()
+                self.model.update_target(m)
         self.optimizer.zero_grad(set_to_none=True)
-        self.model.update_target(m)
         self.step += 1
-        return {"loss": float(loss.detach()), "lr": lr, "wd": wd, "momentum": m, "enc_grad_norm": enc_norm,
-                "pred_grad_norm": pred_norm, "flops": jepa_step_flops(self.model, masks, clips.shape[0]),
-                **{k: float(v) for k, v in info.items()}}
+        return {**row, "enc_grad_norm": enc_norm, "pred_grad_norm": pred_norm,
+                "flops": jepa_step_flops(self.model, masks, clips.shape[0]),
+                "nonfinite_skipped": self.nonfinite.skipped, **{k: float(v) for k, v in info.items()}}
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None, resume: bool = False, overwrite: bool = False) -> dict:
+        meta = self.cfg.meta
+        # meta.load_checkpoint without read_checkpoint: the reference's "resume from the run's latest"
+        resume = resume or (meta.load_checkpoint and not meta.read_checkpoint)
         claim(self.out, resume=resume, overwrite=overwrite)
-        if resume:
-            self.resume()
+        if not (resume and self.resume()):
+            start = start_state(self.cfg, self.model, self.param_names(), self.ipe)
+            if start is not None:
+                self.load_start(start)
+                record_changes(self.out, self.step, {}, {"started_from": start["started_from"]})
+        skip_batches(self.loader, meta.skip_batches)
         save_config(self.cfg, self.out / "config.yaml")
         metrics = MetricsLogger.from_config(self.out, self.cfg)
         peak_flops, _ = device_peak_flops(self.device, self.cfg.dtype)
@@ -229,30 +272,40 @@ class Trainer:
         B = self.cfg.data.batch_size
         losses, t_run = [], time.perf_counter()
         wait_total = step_total = 0.0
-        while self.step < stop:
-            t0 = time.perf_counter()
-            clips, _labels, masks = next_batch(it, self.dataset)
-            t1 = time.perf_counter()
-            row = self.train_step(clips, masks)
-            t2 = time.perf_counter()
-            if probe is not None:
-                row.update(probe.maybe(self.step, self.model.target_encoder))
-            wait_total += t1 - t0
-            step_total += t2 - t0
-            losses.append(row["loss"])
-            step_s = max(t2 - t0, 1e-9)
-            tokens = row.get("ctx_tokens", math.nan) + row.get("tgt_tokens", math.nan)   # NaN: a step without masks
-            metrics.write({"step": self.step - 1, "epoch": (self.step - 1) // self.ipe,
-                           "itr": (self.step - 1) % self.ipe, "step_ms": 1e3 * (t2 - t0),
-                           "data_wait_ms": 1e3 * (t1 - t0), "samples_per_s": B / step_s, "tokens_per_s": tokens / step_s,
-                           "mfu": row.pop("flops") / step_s / peak_flops, "peak_mem_mb": peak_memory_mb(self.device),
-                           **row})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                                clips_s=f"{B / max(t2 - t0, 1e-9):.1f}", wait=f"{wait_total / max(step_total, 1e-9):.0%}")
-            if self.step % every == 0 or self.step == stop:
-                self.save()
+        with StopSignals() as signals:
+            while self.step < stop:
+                t0 = time.perf_counter()
+                clips, _labels, masks = next_batch(it, self.dataset)
+                t1 = time.perf_counter()
+                row = self.train_step(clips, masks)
+                t2 = time.perf_counter()
+                if probe is not None:
+                    row.update(probe.maybe(self.step, self.model.target_encoder))
+                wait_total += t1 - t0
+                step_total += t2 - t0
+                losses.append(row["loss"])
+                step_s = max(t2 - t0, 1e-9)
+                tokens = row.get("ctx_tokens", math.nan) + row.get("tgt_tokens", math.nan)   # NaN: a step without masks
+                metrics.write({"step": self.step - 1, "epoch": (self.step - 1) // self.ipe,
+                               "itr": (self.step - 1) % self.ipe, "step_ms": 1e3 * (t2 - t0),
+                               "data_wait_ms": 1e3 * (t1 - t0), "samples_per_s": B / step_s,
+                               "tokens_per_s": tokens / step_s, "mfu": row.pop("flops") / step_s / peak_flops,
+                               "peak_mem_mb": peak_memory_mb(self.device), **row})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", clips_s=f"{B / step_s:.1f}",
+                                    wait=f"{wait_total / max(step_total, 1e-9):.0%}")
+                elif self.step % max(1, self.cfg.meta.log_every) == 0 or self.step == stop:
+                    log.info("step %d epoch %d loss %.5f lr %.3e samples/s %.1f", self.step - 1,
+                             (self.step - 1) // self.ipe, row["loss"], row["lr"], B / step_s)
+                stopping = signals.requested()
+                if self.step % every == 0 or self.step == stop or stopping:
+                    self.save()
+                self.save_epoch_copy()
+                if stopping:
+                    log.warning("%s: stopped after step %d with a checkpoint; continue with --resume",
+                                signals.name, self.step - 1)
+                    break
         if bar is not None:
             bar.close()
         metrics.close()
@@ -268,6 +321,8 @@ class Trainer:
             "data_wait_fraction": wait_total / step_total if step_total > 0 else math.nan,
             "peak_mem_mb": peak_memory_mb(self.device),
             "checkpoint": str(latest_path(self.out)) if latest_path(self.out) else None,
+            "stopped_by": signals.name,
+            "nonfinite_skipped": self.nonfinite.skipped,
         }
 
 

@@ -174,3 +174,18 @@ def test_deepspeed_launcher_runs_engine_train_zero3(tmp_path):
     ck = load_reference_checkpoint(tmp_path / "model.pth.tar", "vjepa", cfg)
     for n, v in ck.encoder.state_dict().items():
         assert torch.equal(v, out["encoder"][n]), n
+
+
+def test_slurm_srun_env_forms_the_world():
+    """What `srun -n 2 python -m engine.train ...` gives each task: SLURM_* only, no RANK / MASTER_*."""
+    clean = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    code = ("from engine.runtime.distributed import init_distributed, launched_by_launcher; assert launched_by_launcher(); "
+            "c = init_distributed(expected_world_size=2, timeout_s=60); print('WORLD', c.rank, c.world_size)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**clean, "SLURM_PROCID": str(r), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(r),
+                                              "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_ID": "4242"})
+             for r in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for r, (p, (stdout, stderr)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, stderr[-2000:]
+        assert f"WORLD {r} 2" in stdout

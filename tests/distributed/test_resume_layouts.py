@@ -6,6 +6,7 @@ checkpoint of step 2, feeds every test here.
 """
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,34 @@ def test_one_process_resumes_a_zero3_run_converted(failed_run, tmp_path):
     history = yaml.safe_load((out / "config_history.yaml").read_text())
     assert "ZeRO-3, 2 ranks, step 2" in history[-1]["converted_from"]
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000004.pt"
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """SLURM may signal one task first: the ranks agree (max over ranks) and checkpoint together, exit 0."""
+    import json
+    import time
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.distributed.tiny_train", "--out", str(out), "--stage", "2", "--steps", "40", "--every", "100"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        while not (out / "losses.jsonl").exists() or len((out / "losses.jsonl").read_text().splitlines()) < 2:
+            assert proc.poll() is None and time.monotonic() - t0 < 240, proc.stderr.read()[-3000:]
+            time.sleep(0.05)
+        ranks = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(ranks) == 2, ranks
+        os.kill(int(ranks[1]), signal.SIGTERM)                 # one rank only
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout.split("SUMMARY ", 1)[1].splitlines()[0])
+    stopped = summary["steps"]
+    assert 2 <= stopped < 40
+    tag = (out / "ds_checkpoints" / "latest").read_text().strip()
+    assert tag == f"step_{stopped:07d}"
+    assert sorted(p.name for p in (out / "ds_checkpoints" / tag).glob("client_rank*.pt")) == \
+        ["client_rank000.pt", "client_rank001.pt"]
+    assert len((out / "losses.jsonl").read_text().splitlines()) == stopped

@@ -1,0 +1,93 @@
+"""Surviving preemption and bad steps: stop signals and the non-finite loss policy.
+
+    with StopSignals() as stop:              # SIGTERM / SIGUSR1 (what SLURM and Kubernetes send before a kill)
+        while ...:
+            train one step
+            if stop.requested(): checkpoint, return     # the step in flight always finishes
+    policy = NonFinitePolicy(max_in_a_row=3)    # meta.max_nonfinite_in_a_row
+    if policy.skip(step, loss): ...          # a non-finite loss: skip this update (counted); RunError at
+                                             # the `max_in_a_row`-th such step in a row, naming the step
+
+Under DeepSpeed `requested(all_reduce=...)` takes the maximum over ranks, so every rank stops after
+the same step and they write one checkpoint together, whichever rank got the signal.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+
+from engine.runtime.errors import RunError
+
+log = logging.getLogger("engine.train")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopSignals:
+    """Turn SIGTERM / SIGUSR1 into a flag the loop polls between steps (handlers restored on exit)."""
+
+    def __init__(self, signals=STOP_SIGNALS):
+        self.signals = signals
+        self.received: int | None = None
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.received is None:
+            log.warning("received %s: finishing the current step, then writing a checkpoint and exiting",
+                        signal.Signals(signum).name)
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():   # handlers can only be set there
+            for s in self.signals:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
+        return False
+
+    def requested(self, all_reduce=None) -> bool:
+        """True when a stop signal arrived (on any rank, when `all_reduce` takes a max over ranks)."""
+        flag = 1.0 if self.received is not None else 0.0
+        if all_reduce is not None:
+            flag = all_reduce(flag)
+        return flag > 0
+
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.received).name if self.received is not None else None
+
+
+class NonFinitePolicy:
+    """Skip an update whose loss (or gradient norm) is not finite; stop at the `max_in_a_row`-th in a row
+    (1: stop at the first, as the reference does)."""
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row = int(max_in_a_row)
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def skip(self, step: int, value: float, what: str = "loss") -> bool:
+        if math.isfinite(value):
+            self.in_a_row = 0
+            return False
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.in_a_row >= self.max_in_a_row:
+            raise RunError(f"step {step}: the {what} is {value}, {self.in_a_row} step(s) in a row "
+                           f"(meta.max_nonfinite_in_a_row={self.max_in_a_row}); stopped without applying them: "
+                           "lower optimization.lr or check the data, then --resume from the last checkpoint")
+        log.warning("step %d: %s is %s; update skipped (%d in a row, %d in all)", step, what, value,
+                    self.in_a_row, self.skipped)
+        return True
+
+    def state_dict(self) -> dict:
+        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.in_a_row, self.skipped = int(state.get("in_a_row", 0)), int(state.get("skipped", 0))
