@@ -9,7 +9,7 @@
   without `read_checkpoint` means the run's own latest checkpoint: that is `--resume`.
 - `optimization.is_anneal: true` (V-JEPA 2 cool-down): start from `anneal_ckpt` the same way, but at
   step 0, with the linear-decay schedule (engine.runtime.schedules). `resume_anneal: true` continues an
-  interrupted cool-down from the run's own checkpoint instead: with `--resume`, which always wins.
+  interrupted cool-down from the run's own checkpoint when it has one (as `--resume` does).
 - `meta.skip_batches: N > 0`: skip the next N batches of the data stream at start (each launch, as
   the reference does), without decoding them.
 PATH is one of our checkpoints (checkpoints/step_*.pt) or a reference-layout file (the reference's

@@ -252,7 +252,9 @@ class Trainer:
     def fit(self, max_steps: int | None = None, resume: bool = False, overwrite: bool = False) -> dict:
         meta = self.cfg.meta
         # meta.load_checkpoint without read_checkpoint: the reference's "resume from the run's latest"
-        resume = resume or (meta.load_checkpoint and not meta.read_checkpoint)
+        # and optimization.resume_anneal: continue an interrupted cool-down from the run's own checkpoint
+        resume = (resume or (meta.load_checkpoint and not meta.read_checkpoint)
+                  or (self.cfg.optimization.is_anneal and self.cfg.optimization.resume_anneal))
         claim(self.out, resume=resume, overwrite=overwrite)
         if not (resume and self.resume()):
             start = start_state(self.cfg, self.model, self.param_names(), self.ipe)

@@ -38,7 +38,7 @@ RUNTIME = {
     "data.val_datasets": "engine/demo.py", "data.dali_threads": "engine/builders.py",
     "meta.pretrain_checkpoint": "engine/builders.py", "meta.target_encoder_key": "engine/builders.py",
     "meta.load_checkpoint": "engine/runtime", "meta.save_every_freq": "engine/runtime",
-    "meta.log_every": "engine/runtime",
+    "meta.log_every": "engine/runtime", "meta.max_nonfinite_in_a_row": "engine/runtime",
     # refused (engine.config.NOT_SUPPORTED) until the loop implements them; then read there
     "meta.read_checkpoint": "engine/runtime", "meta.skip_batches": "engine/runtime",
     "optimization.is_anneal": "engine/runtime", "optimization.anneal_ckpt": "engine/runtime",
