@@ -212,9 +212,9 @@ class OptimizationConfig:
     ema: list[float] = field(default_factory=lambda: [0.998, 1.0])
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    is_anneal: bool = False
+    is_anneal: bool = False                           # V-JEPA 2 cool-down: start from anneal_ckpt at step 0
     anneal_ckpt: Optional[str] = None
-    resume_anneal: bool = False
+    resume_anneal: bool = False                       # continue a cool-down from the run's own checkpoint
     anneal: Optional[float] = None                    # V-JEPA 2-AC: epochs of linear lr decay at the end (WSD)
 
 
@@ -223,10 +223,10 @@ class MetaConfig:
     seed: int = 0
     dtype: str = "float32"
     use_sdpa: bool = True
-    load_checkpoint: bool = False
-    read_checkpoint: Optional[str] = None
+    load_checkpoint: bool = False                     # start from read_checkpoint, else resume the run's own
+    read_checkpoint: Optional[str] = None             # one of our checkpoints or a reference latest.pt
     save_every_freq: int = -1                         # epochs between kept checkpoints (reference)
-    skip_batches: int = -1
+    skip_batches: int = -1                            # batches of the data stream skipped at start
     # V-JEPA 2-AC
     resume_checkpoint: Optional[str] = None
     pretrain_checkpoint: Optional[str] = None
@@ -238,7 +238,7 @@ class MetaConfig:
     checkpoint_every: int = 0                         # optimizer steps between checkpoints; 0: epoch ends
     eval_freq: int = 0                                # steps between probes on data.val_datasets (0: off)
     eval_samples: int = 256                           # the fixed validation clips that probe reads
-    log_every: int = 10
+    log_every: int = 10                               # steps between log lines (without a progress bar)
     max_nonfinite_in_a_row: int = 3                   # skip non-finite steps; stop at this many in a row
 
 
