@@ -27,9 +27,9 @@ def data_errors(cfg):
         yield
     except FileNotFoundError as e:
         path = e.filename or str(e)
-        raise RunError(f"{path}: not found (data.datasets in {where}); {GENERATE_HINT}") from None
+        raise RunError(f"{path}: not found ({where}); {GENERATE_HINT}") from None
     except ValueError as e:
-        raise RunError(f"{e} (data.datasets in {where}); fix the index file or {GENERATE_HINT}") from None
+        raise RunError(f"{e} ({where}); fix the index file or {GENERATE_HINT}") from None
 
 
 @contextlib.contextmanager
