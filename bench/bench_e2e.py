@@ -11,10 +11,10 @@
 
 Per mode: seconds per step (forward, backward, AdamW, EMA; median of the rounds' medians, wall clock
 and process CPU time), samples/s and trained (context + target) tokens/s from CPU time, GFLOP per step
-(torch.utils.flop_counter; attention counted as 4 L_q L_k Dh per head forward, 2.5x that backward),
-their share of the peak GEMM rate (a 2048x1024x2048 fp32 matmul timed in every round), how far a
-process running only that mode grows its peak resident set over its built model in 3 steps
-(activations, gradients, AdamW state; VmHWM, Linux), and the profile split of one step
+(mean of --steps steps, torch.utils.flop_counter; attention counted as 4 L_q L_k Dh per head forward,
+2.5x that backward), their share of the peak GEMM rate (a 2048x1024x2048 fp32 matmul timed in every
+round), how far a process running only that mode grows its peak resident set over its built model in
+--steps steps (activations, gradients, AdamW state; VmHWM, Linux), and the profile split of one step
 (GEMM / attention / other, self CPU time). Ratios come from alternating rounds in one process, so
 load from other processes on the machine shifts both sides alike; CPU time is robust to waiting for
 a core, wall time is not. Random clips: the data path is measured in bench/bench_loader.py.
@@ -22,6 +22,7 @@ a core, wall time is not. Random clips: the data path is measured in bench/bench
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -135,10 +136,10 @@ def measure_step_memory(cfg_path, overrides, mode: str, steps: int = 3) -> float
     return (_status_kb("VmHWM") - rss) / 1024
 
 
-def step_peak_mb(cfg_path, overrides, mode: str) -> float:
+def step_peak_mb(cfg_path, overrides, mode: str, steps: int) -> float:
     import json
     import subprocess
-    cmd = [sys.executable, __file__, "--config", str(cfg_path), "--memory-of", mode,
+    cmd = [sys.executable, __file__, "--config", str(cfg_path), "--memory-of", mode, "--steps", str(steps),
            "--threads", str(torch.get_num_threads()), *[a for o in overrides for a in ("--set", o)]]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return round(json.loads(out.strip().splitlines()[-1])["step_peak_mb"], 1)
@@ -186,11 +187,13 @@ def register_attention_flops():
         return _attn_flops(cu_q, cu_k, q.shape[1], q.shape[2]) * 5 // 2
 
 
-def step_gflops(mode: Mode, x) -> float:
+def step_gflops(mode: Mode, x, steps: int = 3) -> float:
+    """GFLOP per step, the mean over `steps` steps (truncated masks change length from batch to batch)."""
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as fc:
-        mode.step(x)
-    return fc.get_total_flops() / 1e9
+        for _ in range(steps):
+            mode.step(x)
+    return fc.get_total_flops() / 1e9 / steps
 
 
 def profile_split(mode: Mode, x, steps: int = 1) -> dict:
@@ -232,7 +235,7 @@ def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool
     for m in ms:
         cpu_s = float(np.median(m.cpu))
         tok = float(np.mean(m.tokens))
-        gflop = step_gflops(m, x)
+        gflop = step_gflops(m, x, steps)
         row = {"mode": m.name, "s_per_step_wall": round(float(np.median(m.wall)), 4),
                "s_per_step_cpu": round(cpu_s, 4),
                "cpu_spread": f"{min(m.cpu):.3f}-{max(m.cpu):.3f}",
@@ -240,7 +243,7 @@ def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool
                "tokens_per_s": round(tok / cpu_s, 1), "gflop_per_step": round(gflop, 2),
                "gflops": round(gflop / cpu_s, 1), "peak_gemm_gflops": round(peak, 1),
                "share_of_peak_gemm": round(gflop / cpu_s / peak, 3),
-               "step_peak_mb": step_peak_mb(cfg_path, overrides, m.name)}
+               "step_peak_mb": step_peak_mb(cfg_path, overrides, m.name, steps)}
         if profile:
             row.update({f"profile_{k}": round(v, 3) for k, v in profile_split(m, x).items()})
         rows.append(row)
@@ -270,7 +273,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.memory_of:
         import json
-        print(json.dumps({"step_peak_mb": measure_step_memory(args.config, args.set, args.memory_of)}))
+        print(json.dumps({"step_peak_mb": measure_step_memory(args.config, args.set, args.memory_of, args.steps)}))
         return
     modes = tuple(m for m in args.modes.split(",") if m)
     unknown = set(modes) - set(MODES)
@@ -279,6 +282,7 @@ def main(argv=None):
     rows = run(args.config, args.set, args.rounds, args.steps, modes, profile=not args.no_profile)
     for r in rows:
         r["threads"] = torch.get_num_threads()
+        r["load_avg_1min_at_end"] = round(os.getloadavg()[0], 1)   # other processes on the machine
         r["overrides"] = " ".join(args.set)
     atomic_write_csv(args.out, rows)
     print(f"{'mode':16} {'cpu s/step':>10} {'samples/s':>9} {'tokens/step':>11} {'tokens/s':>9} {'GFLOP':>7} "
