@@ -36,7 +36,7 @@ STAGE_SECONDS = {"per_video": 0.03, "per_step": 0.26, "per_probed_clip": 0.075}
 
 
 def announce(stage: str, what: str, seconds: float) -> None:
-    print(f"[{stage}] {what}: about {_duration(seconds)} on 2 CPU cores", flush=True)
+    print(f"[{stage}] {what}: about {_duration(seconds)} on 2 idle CPU cores", flush=True)
 
 
 def _duration(seconds: float) -> str:

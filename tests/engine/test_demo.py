@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys, caplog):
     assert "pixels" in printed
     # each stage says what it will cost before it starts; the summary names its loss
     for stage in ("[1/3 data]", "[2/3 train]", "[3/3 probe]"):
-        assert stage in printed and "on 2 CPU cores" in printed.split(stage)[1].splitlines()[0], stage
+        assert stage in printed and "on 2 idle CPU cores" in printed.split(stage)[1].splitlines()[0], stage
     assert "mean of the last 20 steps" in printed
     assert "features" in captured.err and "attentive probe" in captured.err   # the probes' progress bars
     # a fresh folder is not a failed resume
