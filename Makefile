@@ -25,9 +25,10 @@ install: $(STAMP)
 # picks the build (a plain install of torch on Linux x86 is the CUDA one):
 #   make demo TORCH_INDEX=<the CPU wheel index PyTorch's "Get started" page shows>
 TORCH_INDEX ?=
+# setuptools >= 77 reads pyproject.toml's SPDX license field; a new venv of Python 3.11 has 65.
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip setuptools==84.2.1 wheel==0.48.0
 	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	DS_BUILD_OPS=0 $(PIP) install -q -r requirements.txt
 	touch $(STAMP)
