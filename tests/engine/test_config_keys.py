@@ -35,6 +35,7 @@ IJEPA_NAMES = {"meta.model_name": "model.model_name", "meta.pred_depth": "model.
 RUNTIME = {
     "meta.dtype": "engine/runtime", "optimization.clip_grad": "engine/runtime",
     "meta.checkpoint_every": "engine/runtime", "logging.tensorboard": "engine/runtime",
+    "logging.wandb": "engine/runtime", "logging.wandb_project": "engine/runtime",
     "data.val_datasets": "engine/demo.py", "data.dali_threads": "engine/builders.py",
     "meta.pretrain_checkpoint": "engine/builders.py", "meta.target_encoder_key": "engine/builders.py",
     "meta.load_checkpoint": "engine/runtime", "meta.save_every_freq": "engine/runtime",
