@@ -60,9 +60,14 @@ def dense_predict(pred, z_BKD, ctx_BK, tgt_BK, mask_index: int):
     return pred.predictor_proj(pred.predictor_norm(x[:, ctx_BK.shape[1]:]))
 
 
+def stacked(masks):
+    """(ctx, tgt) as lists of [B, K] tensors: the reference collator's form (compat-mode masks)."""
+    return [torch.stack(sets) for sets in masks.ctx], [torch.stack(sets) for sets in masks.tgt]
+
+
 def reference_style_loss(model, x, masks, loss_exp: float = 1.0):
     """The reference objective the reference way (masks: rectangular BatchMasks, compat mode)."""
-    ctx, tgt = masks.stacked()
+    ctx, tgt = stacked(masks)
     enc, tgt_enc = model.encoder, model.target_encoder
     with torch.no_grad():
         h = tgt_enc.forward_dense(tgt_enc.embed(x))
@@ -103,7 +108,7 @@ class Mode:
         masks = self.sampler.sample(self.B, self.rng)
         if self.name == "reference_style":
             loss = reference_style_loss(self.model, x, masks, self.model.loss_exp)
-            ctx, tgt = masks.stacked()
+            ctx, tgt = stacked(masks)
             tokens = sum(int(ctx[c].numel() + tgt[m].numel()) for c, m in masks.pairs)
         else:
             loss, info = self.model(x, masks)

@@ -46,12 +46,6 @@ class JEPA(nn.Module):
         self._ema = None
 
     # -- the three passes ----------------------------------------------------------------------
-    @torch.no_grad()
-    def targets(self, x) -> torch.Tensor:
-        """Layer-normed target-encoder features of all tokens, [B, N, D]."""
-        h_BND = self.target_encoder.forward_dense(self.target_encoder.embed(x))
-        return F.layer_norm(h_BND, (h_BND.size(-1),))
-
     def forward(self, x, masks):
         B = x.shape[0]
         N = self.encoder.num_patches
@@ -198,20 +192,3 @@ def plan_packing(masks, B: int, N: int, device=None) -> PackingPlan:
             if v is not None:
                 setattr(plan, k, v.to(device, non_blocking=True))
     return plan
-
-
-def jepa_loss_reference(encoder, predictor, target_encoder, x, masks_enc, masks_pred, loss_exp=1.0):
-    """The reference V-JEPA step's loss (rectangular [B, K] masks, one per mask config), for parity
-    tests: the reference's forward_target / forward_context (its multi-mask wrappers run the encoder
-    and predictor once per mask config, config i using mask token i) / loss_fn.
-    """
-    with torch.no_grad():
-        h = target_encoder(x)
-        h = F.layer_norm(h, (h.size(-1),))
-        hs = [torch.gather(h, 1, m[..., None].expand(-1, -1, h.size(-1))) for m in masks_pred]
-    loss = 0.0
-    for i, (me, mp, hi) in enumerate(zip(masks_enc, masks_pred, hs)):
-        zi = encoder(x, masks=[me])
-        pi = predictor(zi, hi, [me], [mp], mask_index=i)
-        loss = loss + torch.mean(torch.abs(pi - hi) ** loss_exp) / loss_exp
-    return loss / len(masks_pred)

@@ -18,14 +18,13 @@ from .dali import make_dali_loader, select_reader
 from .loader import EpochBatchSampler, ResumableLoader, make_loader
 from .shards import ShardBatchSampler, ShardVideoDataset, ShardWriter
 from .synthetic import MOTION_CLASSES, generate_split, generate_videos, write_counter_video, write_video
-from .transforms import (EvalVideoTransform, ImageEvalTransform, ImageTransform, Normalize, VideoEvalTransform,
-                         VideoTransform)
+from .transforms import ImageEvalTransform, ImageTransform, Normalize, VideoEvalTransform, VideoTransform
 from .video import VideoDecodeError, VideoReader, decode_clip, frame_step_for, sample_clip_indices
 
 __all__ = [
     "ImageFolderDataset", "VideoDataset", "read_index_csv", "generate_images", "EpochBatchSampler",
     "ResumableLoader", "make_loader", "MOTION_CLASSES", "generate_split", "generate_videos",
-    "write_counter_video", "write_video", "EvalVideoTransform", "ImageEvalTransform", "ImageTransform",
+    "write_counter_video", "write_video", "ImageEvalTransform", "ImageTransform",
     "VideoEvalTransform", "VideoTransform", "Normalize",
     "VideoDecodeError", "VideoReader", "decode_clip", "frame_step_for", "sample_clip_indices",
     "ShardBatchSampler", "ShardVideoDataset", "ShardWriter", "make_dali_loader", "select_reader",

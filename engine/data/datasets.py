@@ -58,7 +58,7 @@ class NoReadableFiles(RuntimeError):
     """Every file tried for a sample failed to load: the data, not the code, is broken."""
 
 
-class _SkipBadFiles(torch.utils.data.Dataset):
+class SkipBadFiles(torch.utils.data.Dataset):
     """Skip-and-count logic: subclasses set paths, labels, source; define _load(path, rng), _finish(data, rng).
 
     (Or override _load_index(i, rng) and _label(i, data) when a sample is not one file, e.g. a tar member.)
@@ -121,7 +121,7 @@ class _Resized:
         self.clips = clips
 
 
-class VideoDataset(_SkipBadFiles):
+class VideoDataset(SkipBadFiles):
     """Clips from index CSVs: (float32 clip [3, T, H, W] or a list of num_clips of them, int label).
 
     With a VideoTransform / VideoEvalTransform the reader crops and resizes each frame as it converts it
@@ -208,8 +208,7 @@ class VideoDataset(_SkipBadFiles):
 
     def _finish(self, clips_THW3, rng):
         if isinstance(clips_THW3, _Resized):  # cropped while decoding: what follows the crop is left
-            finish = getattr(self.transform, "finish", None)
-            clips = [finish(c, rng) if finish else self.transform._out(c) for c in clips_THW3.clips]
+            clips = [self.transform.finish(c, rng) for c in clips_THW3.clips]
             return clips[0] if self.num_clips == 1 else clips
         if self.transform is not None:
             clips_THW3 = [self.transform(c, rng) for c in clips_THW3]
@@ -218,7 +217,7 @@ class VideoDataset(_SkipBadFiles):
         return clips_THW3[0] if self.num_clips == 1 else clips_THW3
 
 
-class ImageFolderDataset(_SkipBadFiles):
+class ImageFolderDataset(SkipBadFiles):
     """root/<class>/<image>: (float32 image [3, H, W] (uint8 [H, W, 3] without a transform), int label)."""
 
     def __init__(self, root, transform=None, max_consecutive_failures: int | None = None):

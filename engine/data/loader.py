@@ -174,39 +174,26 @@ def uint8_twin(dataset):
     return twin, norm
 
 
-class ResumableLoader:
-    """Endless iterator of batches, epoch after epoch; state_dict()/load_state_dict() resume exactly."""
+def batch_sampler_for(dataset, batch_size, seed, *, shuffle=True, drop_last=True, rank=0, world_size=1):
+    """The dataset's own `make_batch_sampler(...)` when it has one (ShardVideoDataset: each rank reads its
+    own shards), else an EpochBatchSampler over its indices (weighted by its `sample_weights`)."""
+    if hasattr(dataset, "make_batch_sampler"):
+        return dataset.make_batch_sampler(batch_size, seed, shuffle=shuffle, drop_last=drop_last, rank=rank,
+                                          world_size=world_size)
+    return EpochBatchSampler(len(dataset), batch_size, seed, shuffle=shuffle, drop_last=drop_last, rank=rank,
+                             world_size=world_size, weights=getattr(dataset, "sample_weights", None))
 
-    def __init__(self, dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
-                 rank=0, world_size=1, pin_memory=False, persistent_workers=True, prefetch_factor=2,
-                 multiprocessing_context=None, batch_sampler=None, clip_dtype=torch.float32, device=None):
-        if clip_dtype not in (torch.float32, torch.uint8):
-            raise ValueError(f"clip_dtype must be torch.float32 (normalised) or torch.uint8, got {clip_dtype}")
-        self.dataset = dataset
-        if batch_sampler is None and hasattr(dataset, "make_batch_sampler"):  # e.g. ShardVideoDataset
-            batch_sampler = dataset.make_batch_sampler(batch_size, seed, shuffle=shuffle, drop_last=drop_last,
-                                                       rank=rank, world_size=world_size)
-        if batch_sampler is None:
-            batch_sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle=shuffle, drop_last=drop_last,
-                                              rank=rank, world_size=world_size,
-                                              weights=getattr(dataset, "sample_weights", None))
-        self.sampler = batch_sampler
-        if self.sampler.batches_per_epoch == 0:
-            raise ValueError(f"{len(dataset)} samples over {world_size} rank(s) make no batch of {batch_size}")
-        if hasattr(dataset, "warn_on_skip"):
-            dataset.warn_on_skip = False  # skips are logged once here, not once per worker
-        source, self.normalize = uint8_twin(dataset)
-        if clip_dtype == torch.uint8 and self.normalize is None:
-            raise ValueError(f"clip_dtype=torch.uint8 needs a transform with a uint8 twin (VideoTransform, "
-                             f"ImageTransform, ...), got {getattr(dataset, 'transform', None)!r}")
-        self.clip_dtype, self.device = clip_dtype, None if device is None else torch.device(device)
-        self._dl = torch.utils.data.DataLoader(
-            _Fetch(source), batch_sampler=self.sampler, collate_fn=Collate(seed, mask_sampler),
-            num_workers=num_workers, pin_memory=pin_memory,
-            persistent_workers=persistent_workers and num_workers > 0,
-            prefetch_factor=prefetch_factor if num_workers > 0 else None,
-            multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed))  # leave the global torch RNG untouched
+
+class LoaderPosition:
+    """An endless loader's place in its batch sampler's stream (epoch, batch in epoch), the files skipped
+    so far and the time spent waiting for batches; state_dict()/load_state_dict() resume exactly. The
+    PyAV loader (ResumableLoader) and the DALI loader (engine.data.dali) both build on it."""
+
+    def __init__(self, sampler):
+        if sampler.batches_per_epoch == 0:
+            raise ValueError(f"{sampler.n} samples over {sampler.world_size} rank(s) make no batch of "
+                             f"{sampler.batch_size}")
+        self.sampler = sampler
         self.epoch, self.batch_in_epoch = 0, 0
         self.skipped_files, self.bad_paths = 0, set()
         self.wait_seconds, self.last_wait_seconds = 0.0, 0.0
@@ -218,49 +205,25 @@ class ResumableLoader:
     def __len__(self):
         return self.batches_per_epoch
 
-    def __iter__(self):
-        while True:
-            self.epoch, self.batch_in_epoch = self._position()
-            self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch_in_epoch
-            it = iter(self._dl)
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    clips, labels, masks, skipped = next(it)
-                except StopIteration:
-                    break
-                clips = [self._deliver(c) for c in clips] if isinstance(clips, list) else self._deliver(clips)
-                self.last_wait_seconds = time.perf_counter() - t0
-                self.wait_seconds += self.last_wait_seconds
-                self._record_skips(skipped)
-                self.batch_in_epoch += 1
-                yield clips, labels, masks
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-
-    def _deliver(self, x):
-        """A batch of clips as the consumer wants it: on `device`, normalised unless uint8 was asked for."""
-        if self.device is not None:
-            x = x.to(self.device, non_blocking=True)
-        if self.normalize is not None and self.clip_dtype == torch.float32:
-            x = self.normalize(x)
-        return x
-
-    def _record_skips(self, paths):
-        self.skipped_files += len(paths)
-        for p in paths:
-            if p not in self.bad_paths:
-                self.bad_paths.add(p)
-                logger.warning("skipped unreadable file %s (%d skips so far)", p, self.skipped_files)
-
-    def _position(self):
+    def position(self) -> tuple[int, int]:
         """(epoch, batch) of the next batch; the end of an epoch is the start of the next."""
         if self.batch_in_epoch >= self.batches_per_epoch:
             return self.epoch + 1, 0
         return self.epoch, self.batch_in_epoch
 
+    def record_batch(self, wait_started: float, skipped_paths) -> None:
+        """Count a delivered batch: its wait since `wait_started` (perf_counter) and the files skipped for it."""
+        self.last_wait_seconds = time.perf_counter() - wait_started
+        self.wait_seconds += self.last_wait_seconds
+        self.skipped_files += len(skipped_paths)
+        for p in skipped_paths:
+            if p not in self.bad_paths:
+                self.bad_paths.add(p)
+                logger.warning("skipped unreadable file %s (%d skips so far)", p, self.skipped_files)
+
     def state_dict(self) -> dict:
         s = self.sampler
-        epoch, batch = self._position()
+        epoch, batch = self.position()
         return {"epoch": epoch, "batch_in_epoch": batch, "seed": s.seed, "rank": s.rank,
                 "world_size": s.world_size, "batch_size": s.batch_size, "num_samples": s.n,
                 "skipped_files": self.skipped_files}
@@ -275,6 +238,58 @@ class ResumableLoader:
                                  + ", ".join(f"{k}={state[k]} (here {mine[k]})" for k in bad))
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.skipped_files = int(state.get("skipped_files", self.skipped_files))
+
+
+class ResumableLoader(LoaderPosition):
+    """Endless iterator of batches, epoch after epoch; state_dict()/load_state_dict() resume exactly."""
+
+    def __init__(self, dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
+                 rank=0, world_size=1, pin_memory=False, persistent_workers=True, prefetch_factor=2,
+                 multiprocessing_context=None, batch_sampler=None, clip_dtype=torch.float32, device=None):
+        if clip_dtype not in (torch.float32, torch.uint8):
+            raise ValueError(f"clip_dtype must be torch.float32 (normalised) or torch.uint8, got {clip_dtype}")
+        self.dataset = dataset
+        super().__init__(batch_sampler or batch_sampler_for(dataset, batch_size, seed, shuffle=shuffle,
+                                                            drop_last=drop_last, rank=rank, world_size=world_size))
+        if hasattr(dataset, "warn_on_skip"):
+            dataset.warn_on_skip = False  # skips are logged once here, not once per worker
+        source, self.normalize = uint8_twin(dataset)
+        if clip_dtype == torch.uint8 and self.normalize is None:
+            raise ValueError(f"clip_dtype=torch.uint8 needs a transform with a uint8 twin (VideoTransform, "
+                             f"ImageTransform, ...), got {getattr(dataset, 'transform', None)!r}")
+        self.clip_dtype, self.device = clip_dtype, None if device is None else torch.device(device)
+        self._dl = torch.utils.data.DataLoader(
+            _Fetch(source), batch_sampler=self.sampler, collate_fn=Collate(seed, mask_sampler),
+            num_workers=num_workers, pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed))  # leave the global torch RNG untouched
+
+    def __iter__(self):
+        while True:
+            self.epoch, self.batch_in_epoch = self.position()
+            self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch_in_epoch
+            it = iter(self._dl)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    clips, labels, masks, skipped = next(it)
+                except StopIteration:
+                    break
+                clips = [self._deliver(c) for c in clips] if isinstance(clips, list) else self._deliver(clips)
+                self.record_batch(t0, skipped)
+                self.batch_in_epoch += 1
+                yield clips, labels, masks
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def _deliver(self, x):
+        """A batch of clips as the consumer wants it: on `device`, normalised unless uint8 was asked for."""
+        if self.device is not None:
+            x = x.to(self.device, non_blocking=True)
+        if self.normalize is not None and self.clip_dtype == torch.float32:
+            x = self.normalize(x)
+        return x
 
 
 def make_loader(dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,

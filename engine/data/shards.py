@@ -331,7 +331,7 @@ class ShardVideoDataset(VideoDataset):
         except (ValueError, KeyError, UnicodeDecodeError) as e:
             raise ValueError(f"{self.paths[i]}: no readable label ({e})") from e
 
-    # -- _SkipBadFiles hooks
+    # -- SkipBadFiles hooks
     def _load_index(self, i, rng):
         label = self.read_label(i)
         self.labels[i] = label

@@ -165,14 +165,10 @@ class _Output:
     def _out(self, u8: torch.Tensor) -> torch.Tensor:
         return u8 if self.dtype == torch.uint8 else self.normalize(u8)
 
-    # kept for DALI pipelines, which normalise with the same constants
-    @property
-    def scale_C(self):
-        return self.normalize.scale_C
-
-    @property
-    def bias_C(self):
-        return self.normalize.bias_C
+    def finish(self, u8: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """The output of a clip already cropped, resized and flipped (by a reader that crops while it
+        decodes, from `plan`'s box): what the transform does after the crop."""
+        return self._out(u8)
 
 
 class VideoTransform(_Output):
@@ -214,7 +210,7 @@ class VideoTransform(_Output):
 
     def finish(self, u8_3TSS: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """After the crop, resize and flip: random erasing (from a child stream of `rng`, so a reader
-        that crops while decoding gets the same boxes), then the output dtype."""
+        that crops while decoding draws the same boxes), then the output dtype."""
         if self.erase is not None:
             u8_3TSS = self.erase(u8_3TSS, rng.spawn(1)[0])
         return self._out(u8_3TSS)
@@ -261,9 +257,6 @@ class VideoEvalTransform(_Output):
         (top, left, h, w), _ = self.plan(H, W)
         region = clip_THW3[:, top:top + h, left:left + w]
         return self._out(_resize_planar(region, (self.crop_size, self.crop_size), False))
-
-
-EvalVideoTransform = VideoEvalTransform  # alias
 
 
 class ImageTransform(_Output):

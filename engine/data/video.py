@@ -213,6 +213,7 @@ class VideoInfo:
     width: int
     height: int
     exact: bool  # num_frames from the container's frame count (else estimated from the duration)
+    codec: str   # the decoder's name: "h264", "vp9", "mjpeg", ...
 
 
 def frame_step_for(video_fps: float, *, fps: float | None = None, duration: float | None = None,
@@ -277,7 +278,7 @@ class VideoReader:
             self._track = self._read_track()
         if self._track is not None:
             t = self._track
-            self.info = VideoInfo(t.num_frames, t.fps, t.width, t.height, True)
+            self.info = VideoInfo(t.num_frames, t.fps, t.width, t.height, True, t.codec)
             self._sample_of = np.argsort(t.display_T)  # display index -> sample (decode order)
             self._key_S = np.flatnonzero(t.keyframe_T)
         else:
@@ -323,7 +324,7 @@ class VideoReader:
         if n <= 0 or s.width <= 0:
             self.close()
             raise VideoDecodeError(f"empty video {self.path}")
-        self.info = VideoInfo(n, fps, int(s.width), int(s.height), exact)
+        self.info = VideoInfo(n, fps, int(s.width), int(s.height), exact, s.codec_context.name)
         self._tb = float(s.time_base)  # a Fraction; converted once, not once per packet (~0.8 ms per clip)
 
     def _set_threads(self):

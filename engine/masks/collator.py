@@ -5,12 +5,12 @@
     masks.ctx[c][b]   # int64 token ids kept by context c for sample b (sorted, unique)
     masks.tgt[m][b]   # int64 token ids predicted by target m
     masks.pairs       # [(c, m)]: the predictor maps context c to target m
-    enc_CBK, pred_MBK = masks.stacked()   # compat mode only: rectangular [B, K] per list
 
 Modes:
 - "ragged" (default): every token a generator keeps is in the sets; lengths differ per sample.
 - "compat": the reference truncation, exactly: each list is cut to the batch minimum length, keeping the
-  first K sorted ids (so the latest-time tokens go), which makes every list stackable into [B, K].
+  first K sorted ids (so the latest-time tokens go), which makes every list stackable into [B, K]
+  (the reference collator's form: `torch.stack(masks.ctx[c])`).
 Both modes consume the rng identically, so a compat set is always a prefix of the ragged one.
 
 `sample` is a pure function of its rng: the data pipeline calls it in DataLoader workers with an rng
@@ -62,21 +62,6 @@ class BatchMasks:
         again for b + B, b + 2B, ... (the reference reuses one mask pair for every clip of a video)."""
         return BatchMasks([sets * n for sets in self.ctx], [sets * n for sets in self.tgt], list(self.pairs),
                           list(self.mask_index))
-
-    def stacked(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(ctx, tgt) as lists of int64 [B, K] tensors, the reference collator's form. Only when every
-        set of a list has one length (compat mode, or a generator with fixed lengths)."""
-        out = []
-        for name, lists in (("ctx", self.ctx), ("tgt", self.tgt)):
-            stacked = []
-            for i, sets in enumerate(lists):
-                lens = {int(s.numel()) for s in sets}
-                if len(lens) > 1:
-                    raise ValueError(f"BatchMasks.stacked: {name}[{i}] is ragged (lengths {min(lens)}..{max(lens)});"
-                                     " sample with mode='compat' to get rectangular masks")
-                stacked.append(torch.stack(sets))
-            out.append(stacked)
-        return out[0], out[1]
 
 
 # ---------------------------------------------------------------- the collator

@@ -14,7 +14,8 @@ from engine.data.transforms import Normalize, _resize_planar
 
 def _old_float_path(u8_3THW, tf):
     """The transform's former float output: one fused multiply-add straight from the uint8 clip."""
-    return torch.addcmul(tf.bias_C.view(3, 1, 1, 1), u8_3THW.contiguous(), tf.scale_C.view(3, 1, 1, 1))
+    n = tf.normalize
+    return torch.addcmul(n.bias_C.view(3, 1, 1, 1), u8_3THW.contiguous(), n.scale_C.view(3, 1, 1, 1))
 
 
 def _normalize_floor(n) -> float:

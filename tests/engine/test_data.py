@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import (EpochBatchSampler, EvalVideoTransform, ImageEvalTransform, ImageFolderDataset,
+from engine.data import (EpochBatchSampler, ImageEvalTransform, ImageFolderDataset, VideoEvalTransform,
                          ImageTransform, VideoDataset, VideoDecodeError, VideoReader, VideoTransform, decode_clip,
                          generate_images, generate_split, generate_videos, make_loader, read_index_csv,
                          sample_clip_indices, write_counter_video)
@@ -221,7 +221,7 @@ def test_video_transform_one_box_per_clip_and_flip():
 
 def test_eval_and_image_transforms():
     clip = np.random.default_rng(0).integers(0, 256, (2, 36, 48, 3), dtype=np.uint8)
-    assert EvalVideoTransform(crop_size=32)(clip).shape == (3, 2, 32, 32)
+    assert VideoEvalTransform(crop_size=32)(clip).shape == (3, 2, 32, 32)
     assert ImageTransform(crop_size=24, scale=(0.5, 1.0))(clip[0], np.random.default_rng(0)).shape == (3, 24, 24)
     assert ImageEvalTransform(crop_size=24)(clip[0]).shape == (3, 24, 24)
 

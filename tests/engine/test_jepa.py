@@ -4,8 +4,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.jepa import JEPA, jepa_loss_reference, plan_packing
+from engine.jepa import JEPA, plan_packing
 from engine.packing import pack_index_sets
+from tests.engine.test_reference_parity import reference_loss
 
 
 def _masks(ctx, tgt, pairs, mask_index):
@@ -82,8 +83,8 @@ def test_packed_step_equals_reference_step(tiny_models):
     x = torch.randn(B, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size, generator=g)
     ctx, tgt = _rect_masks(B, N, 40, 30, 2, g)
     loss, info = model(x, _masks(ctx, tgt, [(0, 0), (1, 1)], [0, 1]))
-    ref = jepa_loss_reference(enc, pred, model.target_encoder, x, [torch.stack(c) for c in ctx],
-                              [torch.stack(m) for m in tgt])
+    ref = reference_loss(enc, pred, model.target_encoder, x, [torch.stack(c) for c in ctx],
+                         [torch.stack(m) for m in tgt])
     assert info["ctx_tokens"] == 2 * 3 * 40 and info["tgt_tokens"] == 2 * 3 * 30
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     loss.backward()
