@@ -14,7 +14,7 @@ frame_step 4, random resized crop, flip, ImageNet normalisation; pyav_u8: the sa
 normalisation, uint8), S = 224 (reference size) or 64 (the tiny configs).
 Codecs: h264, vp9 and mjpeg with the encoders' default keyframe intervals (x264: 250, so one GOP per
 video), h264_gop8 / vp9_gop8 with a keyframe every 8 frames (prepare --gop 8), and h264_sparse /
-vp9_sparse: the h264 / vp9 files re-encoded by engine.data.prepare.transcode(sparse_refs=True) (H.264:
+vp9_sparse: the h264 / vp9 files re-encoded by engine.datagen.prepare.transcode(sparse_refs=True) (H.264:
 every B-frame a non-reference frame; VP9: two temporal layers, error resilient, every other frame
 unreferenced; a data-preparation choice: both loaders read these same re-encoded files).
     pyav       engine.data: VideoDataset + VideoTransform + make_loader (decode only the needed frames,
@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.data import VideoDataset, VideoTransform, make_loader  # noqa: E402
-from engine.data.synthetic import CODECS, render_clip, write_video  # noqa: E402
+from engine.datagen.synthetic import CODECS, render_clip, write_video  # noqa: E402
 from engine.data.transforms import IMAGENET_MEAN, IMAGENET_STD, random_crop_box  # noqa: E402
 from engine.data.video import sample_clip_indices  # noqa: E402
 from engine.runtime.io import atomic_write_csv  # noqa: E402
@@ -86,11 +86,11 @@ def make_videos(out: Path, name: str, n: int) -> Path:
     """n videos of W x H (320x240 by default: a 320x320 render cut to its middle 240 rows) and their index CSV.
 
     name: a codec ("h264", "vp9", "mjpeg") or "<codec>_gop<N>": a keyframe every N frames, as
-    `python -m engine.data prepare --gop N` writes them; "h264_sparse" / "vp9_sparse": the codec's files
+    `python -m engine.datagen prepare --gop N` writes them; "h264_sparse" / "vp9_sparse": the codec's files
     re-encoded with sparse_refs.
     """
     if name.endswith("_sparse"):
-        from engine.data.prepare import transcode
+        from engine.datagen.prepare import transcode
 
         base = name[: -len("_sparse")]
         d = out / name

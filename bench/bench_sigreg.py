@@ -4,7 +4,7 @@ attentive probe accuracies and the effective rank of its features, per seed.
     python bench/bench_sigreg.py --data DIR --steps 200 --seeds 0 1 2 [--variants vicreg sigreg sigreg_noema]
         [--csv bench/results/sigreg_vs_vicreg_cpu.csv]
 
-DIR holds the demo videos (python -m engine.data generate --output DIR --videos 480 --val 240 --actors 3
+DIR holds the demo videos (python -m engine.datagen generate --output DIR --videos 480 --val 240 --actors 3
 --radius 6 10 --distractors 0 --background plain). Variants of configs/tiny_cpu.yaml:
     vicreg        as shipped: loss.std_coeff 1.0, loss.cov_coeff 0.04, EMA target
     sigreg        std/cov off, loss.sigreg_coeff (--coeff), EMA target

@@ -538,7 +538,7 @@ def decode_rows(device, budget, small, dry):
     import av
     import numpy as np
 
-    from engine.data.synthetic import write_video
+    from engine.datagen.synthetic import write_video
     rows = []
     with tempfile.TemporaryDirectory() as d:
         # moving gradients: cheap to encode, and a real decode workload (64 frames, 16 kept 4 apart)

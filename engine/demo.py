@@ -26,7 +26,7 @@ from engine.runtime.metrics import SUMMARY_WINDOW
 
 
 # The demo's videos: three objects of one motion class each on a plain background, no static clutter
-# (`python -m engine.data generate --actors 3 --radius 6 10 --distractors 0 --background plain`)
+# (`python -m engine.datagen generate --actors 3 --radius 6 10 --distractors 0 --background plain`)
 DEMO_VIDEOS = {"num_frames": 16, "actors": 3, "radius": (6.0, 10.0), "distractors": 0, "background": "plain"}
 
 # What each stage costs on 2 idle CPU cores, so the demo can say up front how long it will take: a
@@ -44,7 +44,7 @@ def _duration(seconds: float) -> str:
 
 
 def ensure_data(cfg, videos: int, val: int, seed: int) -> None:
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     train_csv = Path(cfg.data.datasets[0])
     if train_csv.exists() and all(Path(p).exists() for p in cfg.data.val_datasets):
         return

@@ -1,5 +1,5 @@
 """Trajectories: clips that carry the actions and states of their frames (robot episodes written by
-engine.data.sources: NNNNNN.mp4 + NNNNNN.actions.npy [T, A] + NNNNNN.states.npy [T, S]).
+engine.datagen.sources: NNNNNN.mp4 + NNNNNN.actions.npy [T, A] + NNNNNN.states.npy [T, S]).
 
     ds = TrajectoryDataset("data/robot/robot.csv", frames_per_clip=4, frame_step=1, transform=tf)
     loader = make_loader(ds, batch_size=8, seed=0)
@@ -53,7 +53,7 @@ class TrajectoryDataset(VideoDataset):
             for name in ("actions", "states"):
                 if not arrays_path(path, name).is_file():
                     raise ValueError(f"{path}: no {arrays_path(path, name).name} beside it; trajectory data "
-                                     f"needs per-frame actions and states (python -m engine.data robot ...)")
+                                     f"needs per-frame actions and states (python -m engine.datagen robot ...)")
 
     def sample_indices(self, vr, rng) -> list:
         clips = super().sample_indices(vr, rng)

@@ -183,7 +183,7 @@ def vp9_skippable(packet, next_packet) -> bool:
     the probability context it saves, and its motion vectors, which the next frame predicts from unless
     that frame is error resilient. So a packet is skippable when none of its frames refreshes a slot and
     the next packet starts with a keyframe or an error-resilient frame, which resets the other two: every
-    other frame of the VP9 files `python -m engine.data prepare` writes (two temporal layers, error
+    other frame of the VP9 files `python -m engine.datagen prepare` writes (two temporal layers, error
     resilient). Anything that does not parse counts as not skippable.
     """
     for f in _vp9_frames(memoryview(packet)):  # a view of the packet's data: no copy

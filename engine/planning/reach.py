@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.data.sources.pybullet_arm import MAX_STEP, WORKSPACE_HI, WORKSPACE_LO, _Arm
+from engine.datagen.sources.pybullet_arm import MAX_STEP, WORKSPACE_HI, WORKSPACE_LO, Arm
 
 GOAL_LO = np.array([0.35, -0.30, 0.15])   # inside the workspace and above the cube: the goal needs no contact
 GOAL_HI = np.array([0.70, 0.30, 0.50])
@@ -58,7 +58,7 @@ class ReachTask:
     def __init__(self, size: int = 64, fps: int = 10, tolerance: float = 0.05, max_steps: int = 30, seed: int = 1000):
         self.size, self.substeps = int(size), max(1, round(240 / fps))
         self.tolerance, self.max_steps, self.seed = float(tolerance), int(max_steps), int(seed)
-        self.arm = _Arm()
+        self.arm = Arm()
 
     def close(self):
         self.arm.close()

@@ -14,7 +14,7 @@ class RunError(Exception):
 EXIT_USER_ERROR = 2
 
 
-GENERATE_HINT = ("create the data first: `make demo`, or `python -m engine.data generate --output DIR --videos N` "
+GENERATE_HINT = ("create the data first: `make demo`, or `python -m engine.datagen generate --output DIR --videos N` "
                  "and point data.datasets at DIR/train.csv")
 
 

@@ -104,7 +104,7 @@ def test_video_transform_wires_the_augmentations():
 def test_config_keys_reach_the_transform_and_the_loader(tmp_path):
     from engine.builders import build_dataset, build_loader
     from engine.config import load_config
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     generate_split(tmp_path, train=6, val=2, num_frames=12, size=32, seed=0)
     base = [f"data.datasets=[{tmp_path / 'train.csv'}]", "data.num_workers=0", "data.batch_size=2",
             "data.num_frames=4", "data.crop_size=32"]
@@ -129,7 +129,7 @@ def test_config_keys_reach_the_transform_and_the_loader(tmp_path):
 def test_num_clips_concatenates_along_the_batch_and_trains(tmp_path):
     from engine.builders import build_dataset, build_loader, build_mask_sampler
     from engine.config import load_config
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     from engine.runtime.trainer import Trainer
     generate_split(tmp_path, train=8, val=2, num_frames=24, size=32, seed=0)
     over = [f"data.datasets=[{tmp_path / 'train.csv'}]", "data.num_workers=0", "data.batch_size=2",

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import (ShardVideoDataset, ShardWriter, VideoDataset, VideoEvalTransform, VideoTransform,
-                         make_loader, read_index_csv)
+from engine.data import (ShardVideoDataset, VideoDataset, VideoEvalTransform, VideoTransform, make_loader,
+                         read_index_csv)
 from engine.data.dali import dali_available, dataset_codec, make_dali_loader, probe_codec, select_reader
-from engine.data.synthetic import read_counter
+from engine.datagen import ShardWriter, read_counter
 
 from .conftest import write_csv
 

@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from engine.data import VideoDecodeError, VideoReader, write_counter_video
+from engine.data import VideoDecodeError, VideoReader
 from engine.data.mp4 import parse_mp4
-from engine.data.synthetic import read_counter
+from engine.datagen import read_counter, write_counter_video
 
 
 def _remux(src, dst, options=None):
@@ -28,7 +28,7 @@ def _remux(src, dst, options=None):
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from engine.data.prepare import transcode
+    from engine.datagen.prepare import transcode
 
     d = tmp_path_factory.mktemp("mp4")
     out = {"h264": write_counter_video(d / "h.mp4", 50, fps=25, size=32, codec="h264"),  # B-frames, one GOP

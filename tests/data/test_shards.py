@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import (ShardBatchSampler, ShardVideoDataset, ShardWriter, VideoDataset, VideoTransform, make_loader,
-                         read_index_csv, write_counter_video)
-from engine.data.__main__ import main as cli_main
-from engine.data.prepare import prepare
+from engine.data import ShardBatchSampler, ShardVideoDataset, VideoDataset, VideoTransform, make_loader, read_index_csv
 from engine.data.shards import scan_shard, split_member_name
-from engine.data.synthetic import read_counter
+from engine.datagen import ShardWriter, prepare, read_counter, write_counter_video
+from engine.datagen.__main__ import main as cli_main
 
 from .conftest import write_csv
 

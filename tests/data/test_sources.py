@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from engine.data import ShardVideoDataset, VideoDataset, decode_clip, read_index_csv, write_counter_video
-from engine.data.__main__ import main as cli_main
-from engine.data.prepare import prepare
-from engine.data.synthetic import read_counter
+from engine.data import ShardVideoDataset, VideoDataset, decode_clip, read_index_csv
+from engine.datagen import prepare, read_counter, write_counter_video
+from engine.datagen.__main__ import main as cli_main
 
 from .conftest import write_csv
 

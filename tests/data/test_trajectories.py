@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine.data import read_index_csv
-from engine.data.__main__ import main as cli_main
+from engine.datagen.__main__ import main as cli_main
 from engine.data.loader import make_loader
 from engine.data.trajectories import TrajectoryDataset, clip_arrays
 
@@ -51,7 +51,7 @@ def test_explore_episodes_and_loader_batches(arm):
 
 
 def test_index_without_arrays_is_refused(tmp_path):
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     train, _ = generate_split(tmp_path, train=2, val=0, num_frames=4, size=32)
     with pytest.raises(ValueError, match="actions.npy beside it"):
         TrajectoryDataset(train, frames_per_clip=4, frame_step=1)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import ImageFolderDataset, ImageTransform, VideoDataset, VideoTransform, generate_images, make_loader
+from engine.data import ImageFolderDataset, ImageTransform, VideoDataset, VideoTransform, make_loader
 from engine.data.transforms import Normalize, _resize_planar
+from engine.datagen import generate_images
 
 
 def _old_float_path(u8_3THW, tf):

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from engine.data import VideoReader, write_counter_video
-from engine.data.synthetic import read_counter
+from engine.data import VideoReader
+from engine.datagen import read_counter, write_counter_video
 
 
 @pytest.mark.parametrize("codec,gop", [("h264", None), ("h264", 6), ("vp9", 5), ("mjpeg", None)])
@@ -50,7 +50,7 @@ def test_in_memory_reader_and_truncated_file(tmp_path):
 def test_sparse_refs_encoding_decodes_fewer_frames(tmp_path, codec):
     """prepare's default refs (H.264: every B-frame unreferenced; VP9: two temporal layers, error
     resilient): the same pixels as a frame-by-frame decode, for every clip phase, fewer frames decoded."""
-    from engine.data.prepare import transcode
+    from engine.datagen.prepare import transcode
 
     src = write_counter_video(tmp_path / "v.mp4", 64, fps=25, size=32, codec=codec)
     sparse, dense = tmp_path / "sparse.mp4", tmp_path / "dense.mp4"

@@ -155,7 +155,7 @@ def test_train_cli_deepspeed_without_launcher_fails_clearly():
 
 def test_deepspeed_launcher_runs_engine_train_zero3(tmp_path):
     """The documented launch on the real tiny V-JEPA: deepspeed --num_gpus 2 --module engine.train."""
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     train_csv, _ = generate_split(tmp_path / "data", train=8, val=2, num_frames=16, size=64)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29737",
            "--module", "engine.train", "--config", "configs/tiny_cpu.yaml", "--deepspeed",

@@ -212,8 +212,8 @@ def audit() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from engine.data.images import generate_images
-    from engine.data.synthetic import generate_split
+    from engine.datagen.images import generate_images
+    from engine.datagen.synthetic import generate_split
     root = tmp_path_factory.mktemp("keys")
     train, val = generate_split(root / "videos", train=3, val=3, num_frames=24, size=32, seed=0)
     images = generate_images(root / "r1" / "images", 6, size=64, seed=0)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import (EpochBatchSampler, ImageEvalTransform, ImageFolderDataset, VideoEvalTransform,
-                         ImageTransform, VideoDataset, VideoDecodeError, VideoReader, VideoTransform, decode_clip,
-                         generate_images, generate_split, generate_videos, make_loader, read_index_csv,
-                         sample_clip_indices, write_counter_video)
-from engine.data.__main__ import main as cli_main
-from engine.data.synthetic import MOTION_CLASSES, read_counter, render_clip
+from engine.data import (EpochBatchSampler, ImageEvalTransform, ImageFolderDataset, ImageTransform, VideoDataset,
+                         VideoDecodeError, VideoEvalTransform, VideoReader, VideoTransform, decode_clip, make_loader,
+                         read_index_csv, sample_clip_indices)
 from engine.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from engine.datagen import generate_images, generate_split, generate_videos, write_counter_video
+from engine.datagen.__main__ import main as cli_main
+from engine.datagen.synthetic import MOTION_CLASSES, read_counter, render_clip
 
 
 @pytest.fixture(scope="module")

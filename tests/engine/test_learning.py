@@ -43,7 +43,7 @@ def effective_rank(feats_MD: torch.Tensor) -> float:
 @pytest.mark.timeout(1800)
 def test_trained_encoder_beats_random_init_on_motion_classes(tmp_path):
     from engine.builders import build_dataset
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     from engine.demo import DEMO_VIDEOS, probe_pair
     from engine.runtime.trainer import Trainer
     data = tmp_path / "videos"

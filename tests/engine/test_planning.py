@@ -88,7 +88,7 @@ def test_unreachable_goal_is_refused():
 def test_plan_cli_runs_closed_loop(tmp_path):
     """A one-step-trained tiny model plans one short episode next to the baselines and writes its table."""
     pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
-    from engine.data.__main__ import main as data_main
+    from engine.datagen.__main__ import main as data_main
     from engine.plan import main as plan_main
     from engine.train import main as train_main
     data_main(["robot", "--output", str(tmp_path / "arm"), "--num", "2", "--frames", "8", "--size", "32",

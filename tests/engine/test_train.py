@@ -16,7 +16,7 @@ SMALL = ["model.depth=2", "model.embed_dim=48", "model.num_heads=2", "model.pred
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     root = tmp_path_factory.mktemp("videos")
     generate_split(root, train=16, val=8, num_frames=16, size=64, seed=0)
     return root
@@ -75,7 +75,7 @@ def test_cli_reports_bad_config_key(tmp_path):
 
 
 def test_ijepa_tiny_config_trains_on_generated_images(tmp_path):
-    from engine.data.images import generate_images
+    from engine.datagen.images import generate_images
     from engine.runtime.trainer import Trainer
     root = generate_images(tmp_path / "images", 40, size=64, seed=0)
     cfg = load_config("configs/ijepa_tiny_cpu.yaml", [
@@ -118,10 +118,10 @@ def test_fused_kernels_train_like_the_torch_reference(videos, tmp_path):
 
 
 def test_trains_from_tar_shards_and_with_the_dali_reader(videos, tmp_path):
-    """dataset_type webdataset (shards written by `python -m engine.data prepare`) and data.reader=dali
+    """dataset_type webdataset (shards written by `python -m engine.datagen prepare`) and data.reader=dali
     (the DALI CPU decoder, VP9) both feed the trainer."""
     pytest.importorskip("nvidia.dali", reason="DALI is not installed")
-    from engine.data.__main__ import main as data_cli
+    from engine.datagen.__main__ import main as data_cli
     from engine.runtime.trainer import Trainer
     shards = tmp_path / "shards"
     data_cli(["prepare", "--input", str(videos / "train.csv"), "--output", str(shards), "--codec", "vp9",

@@ -25,7 +25,7 @@ SMALL = ["model.depth=1", "model.embed_dim=48", "model.num_heads=3", "model.pred
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     root = tmp_path_factory.mktemp("videos")
     generate_split(root, train=4, val=1, num_frames=16, size=64, seed=0)
     return root
@@ -159,7 +159,7 @@ def test_user_errors_are_one_line(videos, tmp_path, capsys, case):
         if case == "no_data_yet":   # the demo config before `make demo` generated its videos
             argv = ["--config", "configs/tiny_cpu.yaml", "--set", "data.datasets=[data/nowhere/train.csv]",
                     "--output", str(out)]
-            expect = ["data/nowhere/train.csv", "make demo", "python -m engine.data generate"]
+            expect = ["data/nowhere/train.csv", "make demo", "python -m engine.datagen generate"]
         for s in extra:
             argv += ["--set", s]
     line = _fails(capsys, argv)

@@ -10,7 +10,7 @@ from engine.eval.features import build_encoder
 
 @pytest.fixture(scope="session")
 def eval_yaml(tmp_path_factory):
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     root = tmp_path_factory.mktemp("eval")
     train_csv, val_csv = generate_split(root / "videos", train=12, val=6, size=32, num_frames=8, num_classes=3, seed=0)
     raw = {"eval_name": "video_classification_frozen", "folder": str(root / "out"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.config import load_config
-from engine.data.synthetic import EVENTS, generate_events, render_event_clip
+from engine.datagen.synthetic import EVENTS, generate_events, render_event_clip
 from engine.eval.__main__ import main
 from engine.eval.anomaly import clip_scores, future_masks, load_jepa, roc_auc, token_surprise
 

@@ -14,7 +14,7 @@ SMALL = ["model.depth=2", "model.embed_dim=48", "model.num_heads=2", "model.pred
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from engine.data.synthetic import generate_split
+    from engine.datagen.synthetic import generate_split
     root = tmp_path_factory.mktemp("videos")
     generate_split(root, train=8, val=12, num_frames=16, size=32, num_classes=3, seed=0)
     return root

@@ -1,10 +1,10 @@
 """Atari gameplay from ale-py (its ROMs ship with the wheel): frames, the actions played and the RAM state.
 
 Usage:
-    from engine.data.sources import generate_atari
+    from engine.datagen.sources import generate_atari
     csv = generate_atari("data/atari", 20, num_frames=32, games=("breakout", "pong"))
     # data/atari/atari/000003.mp4 (208x160) + 000003.actions.npy (int64 [T]) + 000003.states.npy (uint8 [T, 128] RAM)
-    python -m engine.data atari --output data/atari --num 20 [--frames 32 --games breakout pong --size 80]
+    python -m engine.datagen atari --output data/atari --num 20 [--frames 32 --games breakout pong --size 80]
 
 Video i plays games[i % len(games)] (its label): after a reset and a random number of no-op frames,
 a sticky random policy (keep the previous action with probability `sticky`, else draw uniformly from

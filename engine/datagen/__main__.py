@@ -1,23 +1,23 @@
-"""Make, prepare and benchmark data sets from the command line.
+"""Make, prepare and benchmark data sets from the command line (offline: training only reads what they write).
 
 Usage:
-    python -m engine.data generate --output data/generated/toy --videos 300 --val 60 [--frames 16 --size 64
+    python -m engine.datagen generate --output data/generated/toy --videos 300 --val 60 [--frames 16 --size 64
                                    --fps 8 --codec h264 --seed 0 --classes 5]
         -> DIR/train.csv, DIR/val.csv (+ DIR/train/, DIR/val/ video files)
-    python -m engine.data events --output DIR --pairs 60 [--events teleport vanish pass_through --actors 3 ...]
+    python -m engine.datagen events --output DIR --pairs 60 [--events teleport vanish pass_through --actors 3 ...]
         -> DIR/events.csv (label 1 = physically impossible) + DIR/events.events.csv (event, pair, frame):
-           pairs of one scene, possible and impossible (engine.data.synthetic.generate_events)
-    python -m engine.data images --output data/generated/images --num 500 [--size 64 --seed 0]
+           pairs of one scene, possible and impossible (engine.datagen.synthetic.generate_events)
+    python -m engine.datagen images --output data/generated/images --num 500 [--size 64 --seed 0]
         -> DIR/<class>/<NNNNNN>.png
-    python -m engine.data bench --index DIR/train.csv [--frames 16 --step 1 --crop 64 --batch 8 --workers 0
+    python -m engine.datagen bench --index DIR/train.csv [--frames 16 --step 1 --crop 64 --batch 8 --workers 0
                                 --batches 20]
         -> decode + transform throughput through the real loader, in clips/s
-    python -m engine.data prepare --input DIR|CSV --output DIR [--codec vp9|h264|mjpeg --size 128
+    python -m engine.datagen prepare --input DIR|CSV --output DIR [--codec vp9|h264|mjpeg --size 128
                                   --shard-size 100 --workers 1 --gop N]
         -> DIR/shard-NNNNNN.tar + DIR/index.json + DIR/index.csv (transcoded, resized, sharded)
-    python -m engine.data robot --output DIR --num N [--frames 32 --size 64 --fps 10 --seed 0]
+    python -m engine.datagen robot --output DIR --num N [--frames 32 --size 64 --fps 10 --seed 0]
         -> DIR/robot.csv + DIR/robot/NNNNNN.mp4 (+ .actions.npy, .states.npy): a pybullet KUKA arm
-    python -m engine.data atari --output DIR --num N [--frames 32 --games breakout pong ... --size S]
+    python -m engine.datagen atari --output DIR --num N [--frames 32 --games breakout pong ... --size S]
         -> DIR/atari.csv + DIR/atari/NNNNNN.mp4 (+ .actions.npy, .states.npy): ale-py gameplay
 """
 from __future__ import annotations
@@ -31,9 +31,7 @@ from .synthetic import CODECS, EVENTS, MOTION_CLASSES, generate_events, generate
 
 def bench(args) -> float:
     """Clips per second through the loader (first batch excluded: worker start-up)."""
-    from .datasets import VideoDataset
-    from .loader import make_loader
-    from .transforms import VideoTransform
+    from engine.data import VideoDataset, VideoTransform, make_loader
 
     ds = VideoDataset(args.index, frames_per_clip=args.frames, frame_step=args.step,
                       transform=VideoTransform(crop_size=args.crop))
@@ -61,7 +59,7 @@ def _scene_args(g) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m engine.data", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m engine.datagen", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="moving-object videos + train/val index CSVs")

@@ -1,9 +1,9 @@
-"""Transcode, resize and shard a video collection: `python -m engine.data prepare`.
+"""Transcode, resize and shard a video collection: `python -m engine.datagen prepare`.
 
 Usage:
-    python -m engine.data prepare --input data/raw --output data/shards [--codec vp9|h264|mjpeg] [--size 128]
+    python -m engine.datagen prepare --input data/raw --output data/shards [--codec vp9|h264|mjpeg] [--size 128]
                                   [--shard-size 100] [--workers 2] [--gop 16]
-    from engine.data.prepare import prepare
+    from engine.datagen.prepare import prepare
     index = prepare("data/train.csv", "data/shards", codec="vp9", size=128, shard_size=100)
     index = prepare("data/train.csv", "data/shards", codec="h264", sparse_refs=False)  # the encoder's own refs
 
@@ -42,8 +42,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .datasets import read_index_csv
-from .shards import ShardWriter
+from engine.data.datasets import read_index_csv
+
+from .shard_writer import ShardWriter
 from .synthetic import CODECS
 
 logger = logging.getLogger(__name__)

@@ -1,15 +1,15 @@
 """Real video sources that need no download: a pybullet robot arm and Atari games (ale-py's bundled ROMs).
 
 Usage:
-    from engine.data.sources import generate_robot, generate_atari
+    from engine.datagen.sources import generate_robot, generate_atari
     csv = generate_robot("data/robot", 40, num_frames=32, size=64)     # + <stem>.actions.npy / .states.npy
     csv = generate_atari("data/atari", 40, num_frames=32)
-    python -m engine.data robot --output data/robot --num 40
-    python -m engine.data atari --output data/atari --num 40
+    python -m engine.datagen robot --output data/robot --num 40
+    python -m engine.datagen atari --output data/atari --num 40
 
 Each writes real video files, the per-frame arrays beside each video (row t belongs to frame t), an
 index CSV in the reference format ("<abs path> <label>") and a JSON describing the classes and arrays.
-`python -m engine.data prepare --input DIR/<name>.csv` carries the arrays into tar shards.
+`python -m engine.datagen prepare --input DIR/<name>.csv` carries the arrays into tar shards.
 """
 from .atari import generate_atari
 from .pybullet_arm import generate_robot

@@ -1,10 +1,10 @@
 """A KUKA iiwa arm (pybullet_data) reaching for and pushing a cube, rendered with pybullet's TinyRenderer.
 
 Usage:
-    from engine.data.sources import generate_robot
+    from engine.datagen.sources import generate_robot
     csv = generate_robot("data/robot", 30, num_frames=32, size=64, fps=10, seed=0)
     # data/robot/robot/000007.mp4 + 000007.actions.npy (float32 [T, 3]) + 000007.states.npy (float32 [T, 10])
-    python -m engine.data robot --output data/robot --num 30 [--frames 32 --size 64 --fps 10]
+    python -m engine.datagen robot --output data/robot --num 30 [--frames 32 --size 64 --fps 10]
 
 Each episode: a fresh world (plane, arm, an 8 cm red cube at a random spot), the arm starting from a
 jittered home pose, a camera with a random yaw. Per frame the controller issues an end-effector
@@ -34,7 +34,7 @@ WORKSPACE_HI = np.array([0.75, 0.35, 0.60])
 MAX_STEP = 0.03
 
 
-class _Arm:
+class Arm:
     """One pybullet client (DIRECT: no window) holding the scene of the current episode."""
 
     def __init__(self):
@@ -98,7 +98,7 @@ def _toward(src, dst, noise, rng):
     return np.clip(dst - src + rng.normal(0, noise, 3), -MAX_STEP, MAX_STEP)
 
 
-def run_episode(arm: _Arm, policy: str, rng: np.random.Generator, num_frames: int = 32, size: int = 64,
+def run_episode(arm: Arm, policy: str, rng: np.random.Generator, num_frames: int = 32, size: int = 64,
                 fps: int = 10):
     """(uint8 frames [T, size, size, 3], float32 actions [T, 3], float32 states [T, 10]) of one episode."""
     if policy not in POLICIES:
@@ -151,7 +151,7 @@ def generate_robot(out_dir, num_videos: int, *, num_frames: int = 32, size: int 
     meta = {"source": "pybullet kuka_iiwa", "classes": list(policies), "num_frames": num_frames, "size": size,
             "seed": seed, "arrays": {"actions": "float32 [T, 3] end-effector displacement (m)",
                                      "states": "float32 [T, 10] end-effector xyz, quaternion xyzw, cube xyz"}}
-    arm = _Arm()
+    arm = Arm()
     it = range(num_videos)
     if progress:
         from tqdm import tqdm

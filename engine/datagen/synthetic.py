@@ -1,7 +1,7 @@
 """Procedural videos of moving objects, written as real video files (PyAV), plus a reference index CSV.
 
 Usage:
-    from engine.data.synthetic import generate_videos, generate_split
+    from engine.datagen.synthetic import generate_videos, generate_split
     csv = generate_videos("data/generated/toy", 60, num_frames=16, size=64, fps=8, codec="h264", seed=0)
     train_csv, val_csv = generate_split("data/generated/toy", train=300, val=60)
     # each CSV line: "/abs/path/000017.mp4 2" (space separated, as in the V-JEPA reference)
@@ -19,7 +19,7 @@ The classes are chosen to be invariant under a horizontal flip (the training tra
     gravity     a ball under gravity bouncing on the floor (random apex height), drifting sideways
     pulse       the actor stays in place and its size oscillates (num_classes=6 only)
 
-Intuitive physics (`generate_events`, `python -m engine.data events`): pairs of videos of one scene (the
+Intuitive physics (`generate_events`, `python -m engine.datagen events`): pairs of videos of one scene (the
 motion scenes above) with one more object, the "event actor", moving in a straight line; in the
 possible video of a pair it behaves, in the impossible one it does not, from a frame in the middle on:
 

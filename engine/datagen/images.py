@@ -1,7 +1,7 @@
 """Procedural image folder for I-JEPA: textured backgrounds with shapes, as PNG files in ImageFolder layout.
 
 Usage:
-    from engine.data.images import generate_images
+    from engine.datagen.images import generate_images
     root = generate_images("data/generated/images", 500, size=64, seed=0)   # root/<class>/<NNNNNN>.png
     ds = ImageFolderDataset(root, transform=ImageTransform(crop_size=64))
 
