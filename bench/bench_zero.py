@@ -3,7 +3,7 @@
     python bench/bench_zero.py                    # tiny and small ViT configs -> bench/results/zero_cpu.csv
     python bench/bench_zero.py --models tiny --steps 3
 
-Memory is counted tensor by tensor on rank 0 (engine.runtime.distributed.memory_report), between
+Memory is counted tensor by tensor on rank 0 (engine.runtime.deepspeed_engine.memory_report), between
 backward and step of the second optimizer step, so gradients and Adam moments are all alive; each
 storage is counted once. Process RSS is not used: on CPU it is dominated by the interpreter and
 torch (~0.3-0.5 GB) and would hide the stage differences. steps/s is the mean over the timed steps
@@ -82,7 +82,7 @@ def _worker(rank, name, stages, steps, out):
 
 
 def main(argv=None):
-    from engine.runtime.distributed import run_local
+    from engine.runtime.launch import run_local
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--stages", nargs="+", type=int, default=[0, 1, 2, 3])

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from engine.jepa import JEPA
-from engine.runtime.distributed import ShardLocalEMA, register_container_params
+from engine.runtime.deepspeed_engine import register_container_params
+from engine.runtime.ema import TargetEMA, unwrap  # noqa: F401  (public as engine.TargetEMA, engine.unwrap)
 from engine.runtime.schedules import Schedules, apply_to_optimizer
 from engine.runtime.trainer import param_groups as _param_groups
 
@@ -47,13 +48,6 @@ def build_model(cfg) -> JEPA:
     """The JEPA module of a config (encoder, predictor and an fp32 target copy of the encoder)."""
     from engine.builders import build_jepa
     return build_jepa(cfg)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The JEPA inside DDP / DeepSpeedEngine / Accelerate / Lightning wrappers (they all use `.module`)."""
-    while not hasattr(model, "target_encoder") and hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def jepa_loss(model: nn.Module, batch, dtype: torch.dtype | None = None, device=None):
@@ -72,17 +66,6 @@ def jepa_loss(model: nn.Module, batch, dtype: torch.dtype | None = None, device=
            else contextlib.nullcontext())
     with ctx:
         return model(clips, masks)
-
-
-class TargetEMA(ShardLocalEMA):
-    """ema(momentum): target = m * target + (1 - m) * encoder, fused (kernels.ema_), on local tensors.
-
-    Build it on the unwrapped JEPA (api.unwrap); under ZeRO-3 build it after the engine partitioned
-    the model (the first call is fine: the tensors are looked up on every call).
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__(unwrap(model))
 
 
 def param_groups(model: nn.Module) -> list[dict]:

@@ -136,7 +136,7 @@ class JEPA(nn.Module):
     def update_target(self, momentum) -> None:
         from engine.runtime.ema import TargetEMA
         if self._ema is None:
-            self._ema = TargetEMA(self.encoder, self.target_encoder)
+            self._ema = TargetEMA(self)
         self._ema(momentum)
 
 

@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
 
 
 def _rank_prefix() -> str:
-    from engine.runtime.distributed import launched_by_launcher
+    from engine.runtime.launch import launched_by_launcher
     if not launched_by_launcher():
         return ""
     import os
@@ -96,11 +96,11 @@ def _run(args) -> dict:
     if cfg.ignored_keys:
         logging.getLogger("engine.train").info("ignored launcher-only keys: %s", ", ".join(cfg.ignored_keys))
     out = output_dir(cfg, args.output)
-    from engine.runtime.distributed import launched_by_launcher
+    from engine.runtime.launch import launched_by_launcher
     if args.deepspeed or launched_by_launcher():
         # Many ranks (or one, under a launcher): DeepSpeed. A broken launch raises LaunchError, never
         # falls back to the single-process trainer.
-        from engine.runtime.distributed import LaunchError
+        from engine.runtime.launch import LaunchError
         from engine.runtime.ds_trainer import DSTrainer
         try:
             trainer = DSTrainer(cfg, out, ds_config=args.deepspeed or 0,

@@ -11,8 +11,8 @@ with momentum(i) on this rank's local shards, only when DeepSpeed applied the st
 the mean over micro-batches and ranks (one scalar all-reduce): the global batch's loss.
 
 Checkpoints: DeepSpeed's own format in <out>/ds_checkpoints/step_XXXXXXX/ plus per-rank resume state
-(loader position, RNG states) and an atomically written `latest`; see engine.runtime.distributed.
-`python -c "from engine.runtime.distributed import export_fp32; export_fp32('<out>/ds_checkpoints', 'model.pth.tar')"`
+(loader position, RNG states) and an atomically written `latest`; see engine.runtime.ds_checkpoint.
+`python -c "from engine.runtime.ds_checkpoint import export_fp32; export_fp32('<out>/ds_checkpoints', 'model.pth.tar')"`
 writes one consolidated fp32 file in the reference layout (engine.save_reference_checkpoint), which
 engine.load_reference_checkpoint and the reference train scripts read; any stage, any world size.
 
@@ -35,7 +35,9 @@ import torch
 import torch.distributed as dist
 
 from engine.config import Config, save_config
-from engine.runtime import distributed as D
+from engine.runtime import deepspeed_engine as DE, ds_checkpoint
+from engine.runtime.ema import TargetEMA
+from engine.runtime.launch import init_distributed
 from engine.runtime.errors import RunError, checkpoint_write, data_errors
 from engine.runtime.faults import NonFinitePolicy, StopSignals
 from engine.runtime.flops import peak_memory_mb
@@ -63,7 +65,7 @@ class DSTrainer:
                    if cfg.meta.read_checkpoint else "meta.save_every_freq")
             raise RunError(f"{key}: not supported under DeepSpeed yet (the one-process trainer, `python -m "
                            "engine.train` without a launcher, supports it); unset it to train under DeepSpeed")
-        self.ctx = D.init_distributed(timeout_s=timeout_s)
+        self.ctx = init_distributed(timeout_s=timeout_s)
         self.rank, self.world = self.ctx.rank, self.ctx.world_size
         self.device = self.ctx.device
         seed_everything(cfg.meta.seed)  # same seed on every rank: identical initial weights
@@ -73,10 +75,10 @@ class DSTrainer:
         self.model = model.to(self.device)
         opt = cfg.optimization
         B = cfg.data.batch_size
-        self.ds_config = D.load_ds_config(ds_config, micro_batch=B, world_size=self.world, grad_accum=grad_accum,
-                                          offload_optimizer=offload_optimizer)
-        self.stage = D.zero_stage(self.ds_config)
-        self.engine = D.initialize(self.model, self.ds_config, betas=opt.betas, eps=opt.eps)
+        self.ds_config = DE.load_ds_config(ds_config, micro_batch=B, world_size=self.world, grad_accum=grad_accum,
+                                           offload_optimizer=offload_optimizer)
+        self.stage = DE.zero_stage(self.ds_config)
+        self.engine = DE.initialize(self.model, self.ds_config, betas=opt.betas, eps=opt.eps)
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
         with data_errors(cfg):
             if dataset is None:
@@ -94,7 +96,7 @@ class DSTrainer:
         self.total_steps = opt.epochs * self.ipe
         self.sched = Schedules.from_config(opt, self.ipe)
         self.nonfinite = NonFinitePolicy(cfg.meta.max_nonfinite_in_a_row)
-        self.ema = D.ShardLocalEMA(self.model)
+        self.ema = TargetEMA(self.model)
         self.track_memory = track_memory
         self.memory: dict | None = None
         self.step = 0
@@ -113,7 +115,7 @@ class DSTrainer:
         lr, wd, m = self.sched.lr(i), self.sched.wd(i), self.sched.momentum(i)
         apply_to_optimizer(self.engine.optimizer, lr, wd)
         clip = opt.clip_grad if opt.clip_grad is not None and i // self.ipe > opt.warmup else 0.0
-        D.set_grad_clip(self.engine, clip)
+        DE.set_grad_clip(self.engine, clip)
         losses, info = [], {}
         for j, (clips, masks) in enumerate(micro_batches):
             clips = (clips.to(self.device, non_blocking=True) if torch.is_tensor(clips)
@@ -132,7 +134,7 @@ class DSTrainer:
                                "then --resume from the last checkpoint")
             self.engine.backward(loss)
             if self.track_memory and i == 1 and j == len(micro_batches) - 1:  # Adam state exists
-                self.memory = D.memory_report(self.engine, self.model)  # grads are alive here
+                self.memory = DE.memory_report(self.engine, self.model)  # grads are alive here
             self.engine.step()
             losses.append(loss.detach().float())
         if self.engine.was_step_applied():
@@ -155,7 +157,7 @@ class DSTrainer:
                       "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                               "python": random.getstate()}}
         with checkpoint_write(self.ckpt_dir, self.step):
-            return D.save(self.engine, self.ckpt_dir, self.step, client, rank_state)
+            return ds_checkpoint.save(self.engine, self.ckpt_dir, self.step, client, rank_state)
 
     def load(self) -> bool:
         """Resume from the newest checkpoint, after checking what wrote it (before DeepSpeed reads a byte)."""
@@ -174,7 +176,7 @@ class DSTrainer:
                            f"configs/deepspeed/zero{found.zero_stage}.json, or continue in one process with "
                            "`python -m engine.train --resume`, which converts it")
         self._changes = check_config(found.config, self.cfg.to_dict(), found.describe())
-        got = D.load(self.engine, self.ckpt_dir, tag=found.path.name)
+        got = ds_checkpoint.load(self.engine, self.ckpt_dir, tag=found.path.name)
         client, rank_state = got
         self.step = int(client["step"])
         self.loader.load_state_dict(rank_state["loader"])
@@ -202,7 +204,8 @@ class DSTrainer:
         self._changes = {}
         if resume:
             if self.load():
-                log.info("rank %d resumed from %s at step %d", self.rank, D.read_latest(self.ckpt_dir), self.step)
+                log.info("rank %d resumed from %s at step %d", self.rank, ds_checkpoint.read_latest(self.ckpt_dir),
+                         self.step)
             elif self.rank == 0:
                 log.warning("--resume: no checkpoint in %s; starting from step 0", self.out)
         skip_batches(self.loader, self.cfg.meta.skip_batches)
@@ -272,7 +275,7 @@ class DSTrainer:
                 "losses": losses, **loss_summary(losses),
                 "steps_per_s": len(losses) / elapsed if elapsed > 0 else math.nan,
                 "peak_mem_mb": peak_memory_mb(self.device),
-                "checkpoint": D.read_latest(self.ckpt_dir), "memory": self.memory, "stopped_by": signals.name,
+                "checkpoint": ds_checkpoint.read_latest(self.ckpt_dir), "memory": self.memory, "stopped_by": signals.name,
                 "nonfinite_skipped": self.nonfinite.skipped}
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from engine.runtime.distributed import ds_config_path, load_ds_config, zero_stage
+from engine.runtime.deepspeed_engine import ds_config_path, load_ds_config, zero_stage
 
 
 def test_stage_files_exist_and_parse():

@@ -56,7 +56,7 @@ def _losses(out):
 
 @pytest.mark.parametrize("stage", [0, 3])
 def test_sigkill_then_resume_is_exact(tmp_path, stage):
-    from engine.runtime.distributed import export_fp32
+    from engine.runtime.ds_checkpoint import export_fp32
     a, b = tmp_path / "a", tmp_path / "b"
     # a: uninterrupted; b: rank 0 SIGKILLs itself at the start of step 5, so the checkpoint of step 3 is
     # the latest
@@ -114,7 +114,7 @@ def test_dead_rank_fails_the_job_deepspeed_launcher(tmp_path):
         assert re.search(r"(?i)connection (reset|closed) by peer|broken pipe", text), text[-3000:]
 
 
-_PROBE = "from engine.runtime.distributed import init_distributed; init_distributed(expected_world_size={w}, timeout_s=4)"
+_PROBE = "from engine.runtime.launch import init_distributed; init_distributed(expected_world_size={w}, timeout_s=4)"
 
 
 def _probe(env, w="None"):
@@ -165,7 +165,7 @@ def test_deepspeed_launcher_runs_engine_train_zero3(tmp_path):
     p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert (tmp_path / "run" / "ds_checkpoints" / "latest").read_text().strip() == "step_0000002"
-    from engine.runtime.distributed import export_fp32
+    from engine.runtime.ds_checkpoint import export_fp32
     out = export_fp32(tmp_path / "run" / "ds_checkpoints", tmp_path / "model.pth.tar")
     assert out["encoder"].keys() == out["target_encoder"].keys() and out["predictor"]
     from engine import load_reference_checkpoint
@@ -179,7 +179,7 @@ def test_deepspeed_launcher_runs_engine_train_zero3(tmp_path):
 def test_slurm_srun_env_forms_the_world():
     """What `srun -n 2 python -m engine.train ...` gives each task: SLURM_* only, no RANK / MASTER_*."""
     clean = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    code = ("from engine.runtime.distributed import init_distributed, launched_by_launcher; assert launched_by_launcher(); "
+    code = ("from engine.runtime.launch import init_distributed, launched_by_launcher; assert launched_by_launcher(); "
             "c = init_distributed(expected_world_size=2, timeout_s=60); print('WORLD', c.rank, c.world_size)")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**clean, "SLURM_PROCID": str(r), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(r),

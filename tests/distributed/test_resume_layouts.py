@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from engine.runtime.distributed import run_local
+from engine.runtime.launch import run_local
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -70,7 +70,7 @@ def test_a_launch_with_another_world_size_is_refused_by_name(failed_run):
 
 def test_one_process_resumes_a_zero3_run_converted(failed_run, tmp_path):
     import shutil
-    from engine.runtime.distributed import export_fp32
+    from engine.runtime.ds_checkpoint import export_fp32
     from engine.runtime.trainer import Trainer
     from tests.distributed.tiny import RandomClips, tiny_cfg
     out = Path(shutil.copytree(failed_run[0], tmp_path / "run"))

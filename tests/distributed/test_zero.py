@@ -211,7 +211,7 @@ def test_zero3_export_to_reference_layout_loads_back(runs, tmp_path):
     """The ZeRO-3 run's last checkpoint, consolidated offline into the reference layout, loads strictly
     with engine.load_reference_checkpoint and holds the weights the ranks gathered at the end of training."""
     from engine import load_reference_checkpoint
-    from engine.runtime.distributed import export_fp32
+    from engine.runtime.ds_checkpoint import export_fp32
     r0, _, _ = runs
     out = export_fp32(r0["out_root"] + "/s3/ds_checkpoints", tmp_path / "vjepa.pth.tar")
     assert out["step"] == STEPS
