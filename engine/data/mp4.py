@@ -7,7 +7,7 @@ Usage:
     track.display_T                  # display index of each sample; track.keyframe_T: sync samples
 
 Why: opening a file with libavformat (PyAV's av.open) probes it by decoding its first frame to learn the
-pixel format, ~1 ms per VP9 clip, as much as decoding 8 of its frames; a loader opens one file per clip.
+pixel format, as costly as decoding several of its frames for a small VP9 clip; a loader opens one file per clip.
 The boxes already hold everything a clip needs: where each sample is, its timestamps and which samples
 are keyframes. Only the layout `prepare` and most muxers write is read: one `moov` with a video `trak`,
 its samples in `mdat` through stsz/stco/co64/stsc, times from stts/ctts, sync samples from stss, and at

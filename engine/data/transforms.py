@@ -71,7 +71,7 @@ class Normalize:
     channel_dim: where the 3 channels are counted from the end: -4 for clips ([3, T, H, W] and batches
     [B, 3, T, H, W]), -3 for images ([3, H, W], [B, 3, H, W]). Computed as one conversion then
     x * (1/(255 std)) + (-mean/std) in place: within 2.4e-7 of the same multiply-add fused (addcmul)
-    straight from uint8, and ~2x cheaper (a mixed-dtype addcmul is not vectorised on CPU).
+    straight from uint8, and cheaper: a mixed-dtype addcmul is not vectorised on CPU.
     """
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_dim: int = -4):
@@ -110,8 +110,8 @@ _HUGEPAGE_MIN_BYTES = 4 << 20
 def _empty_f32(shape, device) -> torch.Tensor:
     """torch.empty(shape, float32); on CPU, large ones in memory advised to use transparent huge pages.
 
-    A fresh batch (38.5 MB at 224 px) is mapped anew on every allocation, and faulting it in 4 KiB pages
-    cost more than the conversion itself (26 -> 12 ms per batch of 4 with 2 MiB pages, measured here).
+    A fresh batch (38.5 MB for 4 clips at 224 px) is mapped anew on every allocation, and faulting it
+    in 4 KiB pages can cost more than the conversion itself; 2 MiB pages take 512x fewer faults.
     The tensor owns its mapping (unmapped when the tensor is freed); where huge pages are off, the
     advice is a no-op.
     """
@@ -136,7 +136,8 @@ def _resize_planar(region_THW3: np.ndarray, out_hw, flip: bool) -> torch.Tensor:
     resized = tuple(x_T3hw.shape[-2:]) != tuple(out_hw)
     if resized:
         # resized in uint8: torch's vectorised channels-last uint8 bilinear kernel (no antialias, like the
-        # float path) is ~5x faster than converting first; it rounds to the nearest level (<= 1/255 off)
+        # float path) moves a quarter of the bytes of converting first; it rounds to the nearest level
+        # (<= 1/255 off)
         x_T3hw = F.interpolate(x_T3hw, size=tuple(out_hw), mode="bilinear", align_corners=False)
     if flip:
         x_T3hw = x_T3hw.flip(-1)

@@ -18,9 +18,9 @@ frame_step*fpc/(fpc-1) rounded down (0,4,8,12,17,...); here the step is exactly 
 shorter than the window yields its frames every frame_step and is padded by repeating its last frame.
 
 Decoding: packets are demuxed up to the last needed frame and only the GOPs (keyframe to keyframe) that
-hold a needed frame are decoded, each up to its last needed frame: an all-intra MJPEG clip of 16
-frames 4 apart decodes 16 frames, not 61; frames that are neither needed nor referenced (H.264's
-non-reference B-frames) are skipped by the decoder. A jump of more than `seek_threshold` frames (to a clip late
+hold a needed frame are decoded, each up to its last needed frame (VideoReader._decode_gop, one rule
+for the libavformat and the sample-table paths): an all-intra MJPEG clip of 16 frames 4 apart decodes
+16 frames, not 61; frames that are neither needed nor referenced are not decoded. A jump of more than `seek_threshold` frames (to a clip late
 in a long video, or between clips) seeks to the nearest keyframe instead of reading through the gap.
 Frames are matched by timestamp; files without timestamps, or where that misses a frame, are decoded
 frame by frame in order (skip_gops=False forces that). Any failure raises VideoDecodeError.
@@ -28,7 +28,8 @@ frame by frame in order (skip_gops=False forces that). Any failure raises VideoD
 Opening: a plain MP4 (what `prepare` and most muxers write) is not opened with libavformat at all: its
 sample table is read from the file's boxes (engine.data.mp4) and its packets go to a decoder this
 process keeps open for the codec, flushed between clips. av.open probes a file by decoding its first
-frame (~1 ms per VP9 clip) and opens a fresh decoder per file; this skips both. Same GOP logic, same
+frame and opens a fresh decoder per file, which for small clips costs as much as decoding several of
+their frames; this skips both. Same GOP logic, same
 pixels (tests/data/test_mp4.py); anything the table reader does not handle, or any decode error, goes
 the libavformat way (fast_open=False forces it).
 
@@ -60,10 +61,10 @@ _reformatter = (None, None)  # (pid, VideoReformatter): one per process; it cach
 
 
 def _to_rgb(frame) -> np.ndarray:
-    # frame.to_ndarray(format="rgb24") builds a new swscale context per frame (~0.2 ms at 64x64, most of
-    # the decode time); a reused reformatter keeps it: 16 frames 4.8 ms -> 1.8 ms. threads=1: swscale's
-    # default thread pool, alive in a parent at fork, made forked DataLoader workers hang in their first
-    # conversion (seen here); parallelism comes from the loader's workers instead.
+    # frame.to_ndarray(format="rgb24") builds a new swscale context per frame, which costs more than the
+    # conversion at small sizes; a reused reformatter keeps its context. threads=1: swscale's default
+    # thread pool, alive in a parent at fork, can hang forked DataLoader workers in their first
+    # conversion; parallelism comes from the loader's workers instead.
     global _reformatter
     if _reformatter[0] != os.getpid():
         _reformatter = (os.getpid(), VideoReformatter())
@@ -117,10 +118,10 @@ def _new_decoder(codec: str, extradata: bytes | None, threads: int):
 
 
 def _shared_decoder(codec: str, extradata: bytes | None):
-    """This process's one-thread decoder for a codec configuration. Opening one per clip (what av.open
-    does, twice: once to probe the file) cost ~0.3 ms + ~1 ms for VP9; flush_buffers() between clips
-    resets it, and every clip starts at a keyframe. Only one-thread decoders are kept: a decoder with
-    threads keeps its pool alive, and a DataLoader forking a process that holds one hung its workers."""
+    """This process's one-thread decoder for a codec configuration, kept rather than opened per clip (what
+    av.open does, twice: once to probe the file); flush_buffers() between clips resets it, and every
+    clip starts at a keyframe. Only one-thread decoders are kept: a decoder with threads keeps its pool
+    alive, and a DataLoader forking a process that holds one can hang its workers."""
     key = (os.getpid(), threading.get_ident(), codec, extradata)  # never shared between workers or threads
     cc = _decoders.get(key)
     if cc is None:
@@ -325,15 +326,13 @@ class VideoReader:
             self.close()
             raise VideoDecodeError(f"empty video {self.path}")
         self.info = VideoInfo(n, fps, int(s.width), int(s.height), exact, s.codec_context.name)
-        self._tb = float(s.time_base)  # a Fraction; converted once, not once per packet (~0.8 ms per clip)
+        self._tb = float(s.time_base)  # a Fraction, converted once: Fraction arithmetic per packet is slow
 
     def _set_threads(self):
         # One thread by default: a reader lives for one clip, and libavcodec's automatic threads (a pool
-        # started per open, slice threads synchronised per frame) cost CPU a clip cannot win back: VP9
-        # open + 64 frames 11.5 -> 8.1 CPU-ms, the 64 px VP9 loader 84 -> 128 clips per CPU-second;
-        # H.264 ~6% less CPU. Clips/s in 2 DataLoader workers were the same or higher: the workers are
-        # the parallelism. (The reference reads with decord's num_threads=-1, which libavcodec runs
-        # without threads.)
+        # started per open, slice threads synchronised per frame) cost more CPU than a short clip wins
+        # back; the loader's workers are the parallelism (bench/results/loader_cpu.csv). The reference
+        # reads with decord's num_threads=-1, which libavcodec also runs without threads.
         s = self._stream
         s.thread_type, s.codec_context.thread_count = "AUTO", self._threads
 
@@ -347,31 +346,45 @@ class VideoReader:
         return frame_step_for(self.info.fps, **kwargs)
 
     # -- decoding
-    def _sequential(self):
-        for k, frame in enumerate(self._container.decode(self._stream)):
-            yield k, frame
+    def _groups(self, targets: np.ndarray) -> list[np.ndarray]:
+        """The needed frames split into runs, wherever the gap to the next one is worth a seek."""
+        return np.split(targets, np.nonzero(np.diff(targets) > self.seek_threshold)[0] + 1)
+
+    def _needs_seek(self, group: np.ndarray, pos: int | None) -> bool:
+        """Whether to seek to a group rather than read on to it from `pos` (None: nothing read yet)."""
+        return int(group[0]) - (pos or 0) > self.seek_threshold
+
+    def _seek(self, target: int) -> None:
+        """Seek the container to the keyframe at or before frame `target`."""
+        s = self._stream
+        self._container.seek(self._start_pts + int(target / self.info.fps / float(s.time_base)), stream=s,
+                             backward=True, any_frame=False)
+
+    def _frame_index(self, pts) -> int:
+        if pts is None:
+            raise _NoTimestamps
+        return int(round((pts - self._start_pts) * self._tb * self.info.fps))
 
     def _from_seek(self, target: int):
         """Seek to the keyframe at or before `target`; yield (index from pts, frame)."""
-        s = self._stream
-        fps, tb = self.info.fps, float(s.time_base)
-        self._container.seek(self._start_pts + int(target / fps / tb), stream=s, backward=True, any_frame=False)
-        for frame in self._container.decode(s):
+        self._seek(target)
+        for frame in self._container.decode(self._stream):
             if frame.pts is None:
                 raise VideoDecodeError(f"frames without timestamps after a seek in {self.path}")
-            yield int(round((frame.pts - self._start_pts) * tb * fps)), frame
+            yield self._frame_index(frame.pts), frame
 
     def _decode_pass(self, targets: np.ndarray, allow_seek: bool) -> dict:
-        # groups of needed frames separated by gaps worth a seek
-        cuts = np.nonzero(np.diff(targets) > self.seek_threshold)[0] + 1 if allow_seek else []
-        got, frames_iter, pos = {}, None, 0
-        for group in np.split(targets, cuts):
+        """Every frame decoded in order up to the last needed one, after a seek to a group's keyframe
+        when allow_seek and the gap is worth it: for files the packet passes cannot read (no
+        timestamps, odd keyframe groups); without a seek, frames are counted, not timed."""
+        got, frames, pos = {}, None, None
+        for group in self._groups(targets) if allow_seek else [targets]:
+            if allow_seek and self._needs_seek(group, pos):
+                frames = self._from_seek(int(group[0]))
+            elif frames is None:
+                frames = enumerate(self._container.decode(self._stream))
             want, last = set(group.tolist()), int(group[-1])
-            if frames_iter is None and (not allow_seek or group[0] <= self.seek_threshold):
-                frames_iter = self._sequential()
-            elif frames_iter is None or group[0] - pos > self.seek_threshold:
-                frames_iter = self._from_seek(int(group[0]))
-            for k, frame in frames_iter:
+            for k, frame in frames:
                 self.frames_decoded += 1
                 pos = k + 1
                 if k in want:
@@ -380,51 +393,59 @@ class VideoReader:
                     break
         return got
 
-    def _frame_index(self, pts) -> int:
-        return int(round((pts - self._start_pts) * self._tb * self.info.fps))
+    def _decode_gop(self, cc, gop: list, want: set, vp9: bool, index_of, got: dict) -> None:
+        """Decode one keyframe group, [(frame index, packet)] in decode order, up to its last needed frame,
+        into got {frame index: frame}; then drain and reset the decoder, so the next group starts clean.
+
+        A frame nobody needs and nothing references is not decoded at all (H.264's non-reference
+        B-frames, skipped by the decoder; VP9's, recognised from their headers by vp9_skippable, as its
+        decoder ignores skip_frame): strided clips then decode about half the frames.
+        """
+        need = [j for j, (k, _) in enumerate(gop) if k in want]
+        if not need:
+            return
+        prefix = gop[:need[-1] + 1]  # the last packet is needed, so a skipped one has a next
+
+        def collect(frames):
+            for f in frames:
+                self.frames_decoded += 1
+                k = index_of(f)
+                if k in want and k not in got:
+                    got[k] = f
+
+        for j, (k, p) in enumerate(prefix):
+            if vp9 and k not in want and vp9_skippable(p, prefix[j + 1][1]):
+                continue
+            cc.skip_frame = "DEFAULT" if k in want else "NONREF"
+            collect(cc.decode(p))
+        cc.skip_frame = "DEFAULT"
+        collect(cc.decode(None))
+        cc.flush_buffers()
 
     def _packet_pass(self, targets: np.ndarray) -> dict:
-        """Decode only the GOPs holding needed frames, each only up to its last needed frame.
-
-        Packets are demuxed (cheap) up to the last needed frame, split at keyframes, and a GOP without a
-        needed frame is never sent to the decoder: an all-intra file (MJPEG) decodes just the clip's
-        frames, a short-GOP file only the GOP prefixes it needs. Frames are identified by timestamp.
+        """Decode only the keyframe groups holding needed frames (_decode_gop), packets demuxed by
+        libavformat up to the last needed frame; frames are identified by timestamp.
         Raises _NoTimestamps when packets lack them (the caller falls back to _decode_pass).
         """
         s, want = self._stream, set(targets.tolist())
         cc = s.codec_context
         reorder = bool(getattr(cc, "has_b_frames", True))  # B-frames: decode order != display order
-        # VP9's decoder ignores skip_frame: its unreferenced frames are recognised here, from the header
         vp9 = cc.name in ("vp9", "libvpx-vp9")
-        cuts = np.nonzero(np.diff(targets) > self.seek_threshold)[0] + 1
-        got, demux, carry, pos = {}, None, None, 0
-
-        def collect(frames):
-            for f in frames:
-                self.frames_decoded += 1
-                if f.pts is None:
-                    raise _NoTimestamps
-                k = self._frame_index(f.pts)
-                if k in want and k not in got:
-                    got[k] = f
-
-        for group in np.split(targets, cuts):
+        got, demux, carry, pos = {}, None, None, None
+        for group in self._groups(targets):
             last = int(group[-1])
-            if demux is None and group[0] <= self.seek_threshold:
-                demux = self._container.demux(s)
-            elif demux is None or group[0] - pos > self.seek_threshold:
-                self._container.seek(self._start_pts + int(group[0] / self.info.fps / float(s.time_base)), stream=s,
-                                     backward=True, any_frame=False)
+            if self._needs_seek(group, pos):
+                self._seek(int(group[0]))
                 demux, carry = self._container.demux(s), None
                 cc.flush_buffers()
+            elif demux is None:
+                demux = self._container.demux(s)
             gops, carry = ([carry] if carry else []), None
             for p in demux:
-                if p.pts is None:
-                    if p.size == 0:
-                        continue  # the demuxer's end-of-stream packet
-                    raise _NoTimestamps
+                if p.pts is None and p.size == 0:
+                    continue  # the demuxer's end-of-stream packet
                 k = self._frame_index(p.pts)
-                pos = max(pos, k)
+                pos = max(pos or 0, k)
                 if k > last and (not reorder or p.is_keyframe):
                     # first packet past this group: kept, with its GOP's earlier packets, for the next group
                     carry = [(k, p)] if p.is_keyframe or not gops else gops[-1] + [(k, p)]
@@ -432,71 +453,42 @@ class VideoReader:
                 if p.is_keyframe or not gops:
                     gops.append([])
                 gops[-1].append((k, p))
-            for g in gops:
-                need = [i for i, (k, _) in enumerate(g) if k in want]
-                if not need:
-                    continue
-                prefix = g[:max(need) + 1]
-                for j, (k, p) in enumerate(prefix):
-                    # a frame nobody needs and nothing references (H.264 non-reference B-frames, about
-                    # half of x264's frames; VP9: see vp9_skippable) is not decoded at all: ~2x less
-                    # decoding for strided clips. The last packet is needed, so a skipped one has a next.
-                    if vp9 and k not in want and vp9_skippable(p, prefix[j + 1][1]):
-                        continue
-                    cc.skip_frame = "DEFAULT" if k in want else "NONREF"
-                    collect(cc.decode(p))
-                cc.skip_frame = "DEFAULT"
-                collect(cc.decode(None))  # drain, then reset: the next GOP starts clean
-                cc.flush_buffers()
+            for gop in gops:
+                self._decode_gop(cc, gop, want, vp9, lambda f: self._frame_index(f.pts), got)
         return got
 
     def _track_pass(self, targets: np.ndarray) -> dict | None:
-        """_packet_pass for a parsed MP4: the same GOP prefixes and skips, packets cut straight from the
-        file's sample table and decoded by this process's decoder for the codec (_shared_decoder: opened
-        once, flushed between clips). None when anything fails: the caller opens the file with PyAV and
-        decodes it that way instead."""
+        """_packet_pass for a parsed MP4: packets cut straight from the file's sample table, decoded by this
+        process's decoder for the codec (_shared_decoder: opened once, flushed between clips). None when
+        anything fails: the caller opens the file with PyAV and decodes it that way instead."""
         t = self._track
         if int(targets[-1]) >= t.num_frames:
             return None
-        want = set(targets.tolist())
         sample_K = self._sample_of[targets]
         gop_K = self._key_S[np.searchsorted(self._key_S, sample_K, side="right") - 1]
-        vp9 = t.codec == "vp9"
-        display = t.display_T
         if self._threads == 1:
             cc = _shared_decoder(t.codec, t.extradata)
         else:  # its own, with threads, dropped with this reader
-            cc = self._own_decoder = getattr(self, "_own_decoder", None) or _new_decoder(t.codec, t.extradata,
-                                                                                         self._threads)
-        got = {}
+            cc = self._own_decoder = self._own_decoder or _new_decoder(t.codec, t.extradata, self._threads)
 
-        def collect(frames):
-            for f in frames:
-                self.frames_decoded += 1
-                if f.pts is None:
-                    raise _NoTimestamps
-                if (f.width, f.height) != (t.width, t.height):
-                    raise _NotAsTable  # the sample description's size is not the coded one: ask libavformat
-                k = int(display[f.pts])
-                if k in want and k not in got:
-                    got[k] = f
+        def index_of(f) -> int:
+            if f.pts is None:
+                raise _NoTimestamps
+            if (f.width, f.height) != (t.width, t.height):
+                raise _NotAsTable  # the sample description's size is not the coded one: ask libavformat
+            return int(t.display_T[f.pts])
+
+        def packet(j: int) -> av.Packet:
+            p = av.Packet(t.sample(j))
+            p.pts = j  # the sample index travels with the frame through reordering
+            return p
+
+        got, want = {}, set(targets.tolist())
         try:
             for g in np.unique(gop_K).tolist():
                 last = int(sample_K[gop_K == g].max())
-                nxt = t.sample(g)
-                for j in range(g, last + 1):
-                    data, wanted = nxt, int(display[j]) in want
-                    nxt = t.sample(j + 1) if j < last else None
-                    # unneeded, unreferenced frames are not decoded: see _packet_pass
-                    if vp9 and not wanted and vp9_skippable(data, nxt):
-                        continue
-                    cc.skip_frame = "DEFAULT" if wanted else "NONREF"
-                    packet = av.Packet(data)
-                    packet.pts = j  # the sample index travels with the frame through reordering
-                    collect(cc.decode(packet))
-                cc.skip_frame = "DEFAULT"
-                collect(cc.decode(None))
-                cc.flush_buffers()
+                gop = [(int(t.display_T[j]), packet(j)) for j in range(g, last + 1)]
+                self._decode_gop(cc, gop, want, t.codec == "vp9", index_of, got)
         except (av.FFmpegError, _NoTimestamps, _NotAsTable, IndexError):
             _drop_shared_decoder(t.codec, t.extradata)
             self._own_decoder = None

@@ -13,8 +13,8 @@ from engine.data.transforms import Normalize, _resize_planar
 from engine.datagen import generate_images
 
 
-def _old_float_path(u8_3THW, tf):
-    """The transform's former float output: one fused multiply-add straight from the uint8 clip."""
+def _fused_float_path(u8_3THW, tf):
+    """The transform's floats computed another way: one fused multiply-add straight from the uint8 clip."""
     n = tf.normalize
     return torch.addcmul(n.bias_C.view(3, 1, 1, 1), u8_3THW.contiguous(), n.scale_C.view(3, 1, 1, 1))
 
@@ -31,14 +31,14 @@ def _batches(loader, n):
 
 
 def _expected_batch(ds, keys):
-    """A batch built sample by sample with the old float path, from the loader's (index, seed, _) keys."""
+    """A batch built sample by sample with the fused float path, from the loader's (index, seed, _) keys."""
     twin = copy.copy(ds)
     twin.transform = ds.transform.as_uint8()
-    return torch.stack([_old_float_path(twin[(index, seed)][0], ds.transform) for index, seed, _ in keys])
+    return torch.stack([_fused_float_path(twin[(index, seed)][0], ds.transform) for index, seed, _ in keys])
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_loader_float_batches_match_old_path(vp9_csv, num_workers):
+def test_loader_float_batches_match_fused_path(vp9_csv, num_workers):
     ds = VideoDataset([vp9_csv], frames_per_clip=6, frame_step=2, transform=VideoTransform(crop_size=24))
     loader = make_loader(ds, batch_size=3, seed=4, num_workers=num_workers)
     keys_per_batch = list(loader.sampler)  # epoch 0, before iterating

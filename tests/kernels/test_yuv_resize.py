@@ -149,8 +149,8 @@ def test_cpp_checks_flat_buffers():
 
 @pytest.mark.parametrize("codec", ["h264", "vp9", "mjpeg"])
 def test_decoded_frames_match_swscale_then_resize(tmp_path, codec):
-    """On real decoded frames: the fused path vs swscale's RGB + the transforms' uint8 resize (the old
-    decode path). swscale's fixed-point matrix reads ~1 level darker than the exact BT.601 one, and
+    """On real decoded frames: the fused path vs swscale's RGB + the transforms' uint8 resize (what
+    VideoReader.decode + VideoTransform compute). swscale's fixed-point matrix reads ~1 level darker than the exact BT.601 one, and
     both round: a few levels apart at most, far below the codec's own error (~3.6 levels RMS at 37 dB)."""
     from engine.datagen.synthetic import CODECS, render_clip, write_video
     from engine.data.transforms import _resize_planar
