@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import kernels  # noqa: E402
-from engine.data.transforms import _resize_planar, random_crop_box  # noqa: E402
+from engine.data.transforms import resize_planar, random_crop_box  # noqa: E402
 from engine.data.video import _resized_crop_into, _to_rgb  # noqa: E402
 from engine.runtime.io import atomic_write_csv  # noqa: E402
 
@@ -58,7 +58,7 @@ def bench(H, W, S, reps) -> list[dict]:
         F.interpolate(x[:, :, top:top + h, left:left + w], size=(S, S), mode="bilinear", align_corners=False).flip(-1)
 
     def rgb_then_resize():
-        _resize_planar(_to_rgb(frame)[None, top:top + h, left:left + w], (S, S), flip)
+        resize_planar(_to_rgb(frame)[None, top:top + h, left:left + w], (S, S), flip)
 
     def fused():
         _resized_crop_into(frame, box, flip, out, 0)

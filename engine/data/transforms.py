@@ -123,7 +123,7 @@ def _empty_f32(shape, device) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=torch.float32).view(shape)
 
 
-def _resize_planar(region_THW3: np.ndarray, out_hw, flip: bool) -> torch.Tensor:
+def resize_planar(region_THW3: np.ndarray, out_hw, flip: bool) -> torch.Tensor:
     """uint8 [T, h, w, 3] region -> uint8 [3, T, H, W]: bilinear resize (no antialias), optional flip.
 
     The result is a [3, T, H, W] view of channels-last memory ([T, H, W, 3]): whoever needs it planar
@@ -224,12 +224,12 @@ class VideoTransform(_Output):
         if self.motion_shift:
             boxes_T4 = motion_shift_boxes(rng, H, W, T, self.scale, self.ratio)
             flip = bool(self.horizontal_flip and rng.uniform() < 0.5)
-            frames = [_resize_planar(clip_THW3[t:t + 1, top:top + h, left:left + w], size, flip)
+            frames = [resize_planar(clip_THW3[t:t + 1, top:top + h, left:left + w], size, flip)
                       for t, (top, left, h, w) in enumerate(boxes_T4)]
             return self.finish(torch.cat(frames, dim=1), rng)
         (top, left, h, w), flip = self.plan(H, W, rng)
         region = clip_THW3[:, top:top + h, left:left + w]
-        return self.finish(_resize_planar(region, size, flip), rng)
+        return self.finish(resize_planar(region, size, flip), rng)
 
 
 class VideoEvalTransform(_Output):
@@ -257,7 +257,7 @@ class VideoEvalTransform(_Output):
         T, H, W, _ = clip_THW3.shape
         (top, left, h, w), _ = self.plan(H, W)
         region = clip_THW3[:, top:top + h, left:left + w]
-        return self._out(_resize_planar(region, (self.crop_size, self.crop_size), False))
+        return self._out(resize_planar(region, (self.crop_size, self.crop_size), False))
 
 
 class ImageTransform(_Output):

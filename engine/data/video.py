@@ -55,7 +55,7 @@ from av.video.reformatter import VideoReformatter
 import kernels.yuv_resize as kernels_yuv
 
 from .mp4 import parse_mp4
-from .transforms import _resize_planar
+from .transforms import resize_planar
 
 _reformatter = (None, None)  # (pid, VideoReformatter): one per process; it caches its swscale context
 
@@ -86,7 +86,7 @@ def _resized_crop_into(frame, box, flip: bool, out: torch.Tensor, t: int) -> Non
     if fmt is None:  # RGB, 10-bit, semi-planar, grey...: through swscale's RGB and the transforms' resize
         top, left, h, w = (int(b) for b in box)
         rgb_1HW3 = _to_rgb(frame)[None, top:top + h, left:left + w]
-        out[:, t] = _resize_planar(rgb_1HW3, tuple(out.shape[2:]), flip)[:, 0]
+        out[:, t] = resize_planar(rgb_1HW3, tuple(out.shape[2:]), flip)[:, 0]
         return
     sx, sy, full = fmt
     coeffs = _coeffs(_MATRIX_OF_COLORSPACE.get(int(frame.colorspace), "bt601"),

@@ -141,10 +141,10 @@ class MultiViewTransform:
                 for i in range(self.num_views)]
 
     def __call__(self, clip_THW3: np.ndarray, rng=None) -> torch.Tensor:
-        from engine.data.transforms import _resize_planar
+        from engine.data.transforms import resize_planar
         views = []
         for top, left, h, w in self.boxes(*clip_THW3.shape[1:3]):
-            u8 = _resize_planar(clip_THW3[:, top:top + h, left:left + w], (self.crop_size, self.crop_size), False)
+            u8 = resize_planar(clip_THW3[:, top:top + h, left:left + w], (self.crop_size, self.crop_size), False)
             views.append(self.normalize(u8.contiguous()))
         return torch.stack(views)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.data import ImageFolderDataset, ImageTransform, VideoDataset, VideoTransform, make_loader
-from engine.data.transforms import Normalize, _resize_planar
+from engine.data.transforms import Normalize, resize_planar
 from engine.datagen import generate_images
 
 
@@ -107,7 +107,7 @@ def test_normalize_large_batches_and_unresized_clips_own_their_memory():
     del x  # a view keeps the mapping alive
     assert torch.equal(part, n(u8[1]))
     clip = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-    y = _resize_planar(clip, (8, 8), flip=False)  # no resize, no flip: must still be a copy
+    y = resize_planar(clip, (8, 8), flip=False)  # no resize, no flip: must still be a copy
     before = y.clone()
     clip[:] = 0
     assert torch.equal(y, before)

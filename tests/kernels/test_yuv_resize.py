@@ -153,7 +153,7 @@ def test_decoded_frames_match_swscale_then_resize(tmp_path, codec):
     VideoReader.decode + VideoTransform compute). swscale's fixed-point matrix reads ~1 level darker than the exact BT.601 one, and
     both round: a few levels apart at most, far below the codec's own error (~3.6 levels RMS at 37 dB)."""
     from engine.datagen.synthetic import CODECS, render_clip, write_video
-    from engine.data.transforms import _resize_planar
+    from engine.data.transforms import resize_planar
     from engine.data.video import VideoReader
 
     frames, _ = render_clip(1, np.random.default_rng(3), num_frames=12, size=160, fps=30)
@@ -166,7 +166,7 @@ def test_decoded_frames_match_swscale_then_resize(tmp_path, codec):
                                 ((5, 9, 70, 101), (224, 224), False), ((1, 2, H - 1, W - 3), (H - 1, W - 3), False)]:
             got = vr.decode_resized(idx, size, box, flip)
             top, left, h, w = box
-            want = _resize_planar(rgb[:, top:top + h, left:left + w], size, flip)
+            want = resize_planar(rgb[:, top:top + h, left:left + w], size, flip)
             d = (got.int() - want.int()).abs().float()
             assert got.shape == (3, len(idx), *size)
             assert d.max() <= 4 and d.mean() <= 1.5 and (d > 2).float().mean() < 0.02, (box, d.max(), d.mean())
@@ -178,7 +178,7 @@ def test_av_frames_every_path():
     for formats that are not planar 8-bit YUV (here rgb24 and nv12)."""
     import av
 
-    from engine.data.transforms import _resize_planar
+    from engine.data.transforms import resize_planar
     from engine.data.video import _resized_crop_into, _to_rgb
 
     rng = np.random.default_rng(7)
@@ -196,6 +196,6 @@ def test_av_frames_every_path():
         other = frame.reformat(format=fmt)
         _resized_crop_into(other, box, True, out, 3)
         top, left, h, w = box
-        want = _resize_planar(_to_rgb(other)[None, top:top + h, left:left + w], size, True)[:, 0]
+        want = resize_planar(_to_rgb(other)[None, top:top + h, left:left + w], size, True)[:, 0]
         assert torch.equal(out[:, 3], want), fmt
         assert (out[:, 3].int() - out[:, 1].int()).abs().float().mean() < 3  # the same picture
