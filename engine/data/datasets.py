@@ -190,20 +190,23 @@ class VideoDataset(SkipBadFiles):
 
     def _load(self, path, rng):
         # the clip indices need the video's length, so the clip is sampled here, from the sample's rng
-        fpc = self.frames_per_clip
         with VideoReader(path, seek_threshold=self.seek_threshold, fast_open=self.fast_open) as vr:
-            clips = self.sample_indices(vr, rng)
-            tf = self.transform
-            if self.decode_to_size and isinstance(tf, (VideoTransform, VideoEvalTransform)) \
-                    and getattr(tf, "crops_while_decoding", True):
-                # the transform's draws (same rng, same order as calling it after decoding), then each
-                # frame is cropped and resized straight from the decoder's YUV planes
-                plans = [tf.plan(vr.info.height, vr.info.width, rng) for _ in clips]
-                u8_3TSS = vr.decode_resized(np.concatenate(clips), (tf.crop_size, tf.crop_size),
-                                            np.repeat([box for box, _ in plans], fpc, axis=0),
-                                            np.repeat([flip for _, flip in plans], fpc))
-                return _Resized([u8_3TSS[:, k * fpc:(k + 1) * fpc] for k in range(self.num_clips)])
-            frames = vr.decode(np.concatenate(clips))
+            return self._decode(vr, self.sample_indices(vr, rng), rng)
+
+    def _decode(self, vr, clips, rng):
+        """The frames of `clips` (frame indices per clip) from an open reader, cropped while decoding
+        when the transform allows it."""
+        fpc, tf = self.frames_per_clip, self.transform
+        if self.decode_to_size and isinstance(tf, (VideoTransform, VideoEvalTransform)) \
+                and getattr(tf, "crops_while_decoding", True):
+            # the transform's draws (same rng, same order as calling it after decoding), then each
+            # frame is cropped and resized straight from the decoder's YUV planes
+            plans = [tf.plan(vr.info.height, vr.info.width, rng) for _ in clips]
+            u8_3TSS = vr.decode_resized(np.concatenate(clips), (tf.crop_size, tf.crop_size),
+                                        np.repeat([box for box, _ in plans], fpc, axis=0),
+                                        np.repeat([flip for _, flip in plans], fpc))
+            return _Resized([u8_3TSS[:, k * fpc:(k + 1) * fpc] for k in range(self.num_clips)])
+        frames = vr.decode(np.concatenate(clips))
         return [frames[k * fpc:(k + 1) * fpc] for k in range(self.num_clips)]
 
     def _finish(self, clips_THW3, rng):

@@ -55,19 +55,13 @@ class TrajectoryDataset(VideoDataset):
                     raise ValueError(f"{path}: no {arrays_path(path, name).name} beside it; trajectory data "
                                      f"needs per-frame actions and states (python -m engine.datagen robot ...)")
 
-    def sample_indices(self, vr, rng) -> list:
-        clips = super().sample_indices(vr, rng)
-        self._indices = clips[0]   # read back by _load, in the same process, for the same sample
-        return clips
-
-    def _load(self, path, rng):
-        data = super()._load(path, rng)
-        actions = np.load(arrays_path(path, "actions"), allow_pickle=False)
-        states = np.load(arrays_path(path, "states"), allow_pickle=False)
+    def _decode(self, vr, clips, rng):
+        data = super()._decode(vr, clips, rng)
+        actions = np.load(arrays_path(vr.path, "actions"), allow_pickle=False)
+        states = np.load(arrays_path(vr.path, "states"), allow_pickle=False)
         if len(actions) != len(states):
-            raise ValueError(f"{path}: {len(actions)} actions but {len(states)} states")
-        idx = np.minimum(self._indices, len(states) - 1)
-        return data, clip_arrays(actions, states, idx)
+            raise ValueError(f"{vr.path}: {len(actions)} actions but {len(states)} states")
+        return data, clip_arrays(actions, states, np.minimum(clips[0], len(states) - 1))
 
     def _finish(self, data, rng):
         clip_data, (actions, states) = data
