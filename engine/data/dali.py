@@ -149,17 +149,19 @@ class PlannedSource:
         self.produced = collections.deque()  # (epoch, batch, global batch, skipped paths) in DALI's order
         self._keys = None
 
-    def start(self, epoch: int, batch: int):
+    def start(self, epoch: int, batch: int, start_sample: int = 0):
         self.produced.clear()
-        self._keys = self._stream(epoch, batch)
+        self._keys = self._stream(epoch, batch, start_sample)
 
-    def _stream(self, epoch, batch):
+    def _stream(self, epoch, batch, start_sample):
         s = self.sampler
         while True:
             s.epoch, s.start_batch = epoch, batch
+            if hasattr(s, "start_sample"):   # EpochBatchSampler; a shard sampler's state never has one
+                s.start_sample = start_sample
             for b, keys in enumerate(s, start=batch):
                 yield epoch, b, keys
-            epoch, batch = epoch + 1, 0
+            epoch, batch, start_sample = epoch + 1, 0, 0
 
     def __call__(self):
         epoch, b, keys = next(self._keys)
@@ -227,7 +229,8 @@ class DaliLoader(LoaderPosition):
         while True:
             t0 = time.perf_counter()
             out = next(it)[0]
-            self.epoch, b, gb, skipped = self.planned.produced.popleft()
+            epoch, b, gb, skipped = self.planned.produced.popleft()
+            self.enter_epoch(epoch)
             self.batch_in_epoch = b + 1
             self.record_batch(t0, skipped)
             clips, labels = out["video"], out["label"].reshape(-1).long()

@@ -71,33 +71,46 @@ class EpochBatchSampler:
         self.n, self.batch_size, self.seed = int(num_samples), int(batch_size), int(seed)
         self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
         self.weights = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
-        usable = (self.n // world_size) * world_size if drop_last else math.ceil(self.n / world_size) * world_size
-        self.positions = np.arange(rank, usable, world_size)  # this rank's positions in the epoch order
-        m = len(self.positions)
-        self.batches_per_epoch = m // self.batch_size if drop_last else math.ceil(m / self.batch_size)
-        self.epoch, self.start_batch = 0, 0
+        self.positions = self.positions_from(0)  # this rank's positions in the epoch order
+        self.batches_per_epoch = self.batches_from(0)
+        # start_sample: the first positions of epoch `epoch` that a run on another number of ranks
+        # consumed (see state_for_world); this epoch then continues from there, the next from 0.
+        self.epoch, self.start_batch, self.start_sample = 0, 0, 0
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """Dataset indices of epoch `epoch`, all ranks (length >= every used position)."""
+    def positions_from(self, start_sample: int) -> np.ndarray:
+        """This rank's positions in an epoch whose first `start_sample` positions are consumed: start_sample
+        + rank, + W, + 2W, ..., as many on every rank (the rest cut (drop_last) or wrapped to a multiple of W)."""
+        rest, W = max(0, self.n - start_sample), self.world_size
+        count = rest // W if self.drop_last else math.ceil(rest / W)
+        return start_sample + self.rank + W * np.arange(count)
+
+    def batches_from(self, start_sample: int) -> int:
+        m = len(self.positions_from(start_sample))
+        return m // self.batch_size if self.drop_last else math.ceil(m / self.batch_size)
+
+    def epoch_order(self, epoch: int, positions=None) -> np.ndarray:
+        """Dataset indices of epoch `epoch`, all ranks (length >= every position of `positions`)."""
         rng = np.random.default_rng([self.seed, epoch])
         if self.weights is not None:
             order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
         else:
             order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        reps = math.ceil((self.positions[-1] + 1) / self.n) if len(self.positions) else 1
+        positions = self.positions if positions is None else positions
+        reps = math.ceil((positions[-1] + 1) / self.n) if len(positions) else 1
         return np.tile(order, reps)  # wraps around when padding to a multiple of world_size
 
     def global_batch(self, epoch: int, batch: int) -> int:
         return (epoch * self.batches_per_epoch + batch) * self.world_size + self.rank
 
     def __len__(self):
-        return self.batches_per_epoch - self.start_batch
+        return self.batches_from(self.start_sample) - self.start_batch
 
     def __iter__(self):
         epoch, B = self.epoch, self.batch_size
-        order = self.epoch_order(epoch)
-        for b in range(self.start_batch, self.batches_per_epoch):
-            pos = self.positions[b * B:(b + 1) * B]
+        positions = self.positions_from(self.start_sample)
+        order = self.epoch_order(epoch, positions)
+        for b in range(self.start_batch, self.batches_from(self.start_sample)):
+            pos = positions[b * B:(b + 1) * B]
             seeds = sample_seeds(self.seed, epoch, pos)
             gb = self.global_batch(epoch, b)
             yield [(int(order[p]), int(s), gb) for p, s in zip(pos, seeds)]
@@ -194,7 +207,7 @@ class LoaderPosition:
             raise ValueError(f"{sampler.n} samples over {sampler.world_size} rank(s) make no batch of "
                              f"{sampler.batch_size}")
         self.sampler = sampler
-        self.epoch, self.batch_in_epoch = 0, 0
+        self.epoch, self.batch_in_epoch, self.start_sample = 0, 0, 0
         self.skipped_files, self.bad_paths = 0, set()
         self.wait_seconds, self.last_wait_seconds = 0.0, 0.0
 
@@ -205,11 +218,22 @@ class LoaderPosition:
     def __len__(self):
         return self.batches_per_epoch
 
-    def position(self) -> tuple[int, int]:
-        """(epoch, batch) of the next batch; the end of an epoch is the start of the next."""
-        if self.batch_in_epoch >= self.batches_per_epoch:
-            return self.epoch + 1, 0
-        return self.epoch, self.batch_in_epoch
+    def takes_start_sample(self) -> bool:
+        """Whether the sampler walks global positions (EpochBatchSampler), so that an epoch can continue
+        from any position on any number of ranks; a per-rank shard sampler cannot."""
+        return hasattr(self.sampler, "positions_from")
+
+    def position(self) -> tuple[int, int, int]:
+        """(epoch, batch, start_sample) of the next batch; the end of an epoch is the start of the next."""
+        in_epoch = self.sampler.batches_from(self.start_sample) if self.start_sample else self.batches_per_epoch
+        if self.batch_in_epoch >= in_epoch:
+            return self.epoch + 1, 0, 0
+        return self.epoch, self.batch_in_epoch, self.start_sample
+
+    def enter_epoch(self, epoch: int) -> None:
+        """The stream moved on to `epoch` (>= the current one): a new epoch starts at its first sample."""
+        if epoch != self.epoch:
+            self.epoch, self.batch_in_epoch, self.start_sample = epoch, 0, 0
 
     def record_batch(self, wait_started: float, skipped_paths) -> None:
         """Count a delivered batch: its wait since `wait_started` (perf_counter) and the files skipped for it."""
@@ -223,10 +247,13 @@ class LoaderPosition:
 
     def state_dict(self) -> dict:
         s = self.sampler
-        epoch, batch = self.position()
-        return {"epoch": epoch, "batch_in_epoch": batch, "seed": s.seed, "rank": s.rank,
-                "world_size": s.world_size, "batch_size": s.batch_size, "num_samples": s.n,
-                "skipped_files": self.skipped_files}
+        epoch, batch, start = self.position()
+        state = {"epoch": epoch, "batch_in_epoch": batch, "seed": s.seed, "rank": s.rank,
+                 "world_size": s.world_size, "batch_size": s.batch_size, "num_samples": s.n,
+                 "skipped_files": self.skipped_files}
+        if self.takes_start_sample():
+            state["start_sample"] = start
+        return state
 
     def load_state_dict(self, state: dict, strict: bool = True):
         """Resume at (epoch, batch_in_epoch). strict: refuse a state from a differently shaped loader."""
@@ -236,8 +263,33 @@ class LoaderPosition:
             if bad:
                 raise ValueError("loader state does not match this loader: "
                                  + ", ".join(f"{k}={state[k]} (here {mine[k]})" for k in bad))
-        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        start = int(state.get("start_sample", 0))
+        if start and not self.takes_start_sample():
+            raise ValueError(f"loader state starts epoch {state['epoch']} at sample {start}, but this loader's "
+                             f"{type(self.sampler).__name__} deals samples per rank and cannot start there")
+        self.epoch, self.batch_in_epoch, self.start_sample = int(state["epoch"]), int(state["batch_in_epoch"]), start
         self.skipped_files = int(state.get("skipped_files", self.skipped_files))
+
+
+def state_for_world(state: dict, world_size: int, rank: int) -> dict:
+    """A loader state saved on W ranks (any rank's: they hold the same position) as rank `rank` of
+    `world_size` continues it: the samples the epoch has consumed stay consumed, none is repeated.
+
+    W ranks at batch b of an epoch that began at position s have consumed its positions [0, c) with
+    c = s + b * B * W. The new ranks continue at batch c / (B * world_size) when that is whole, else at
+    position c (start_sample): rank r then takes c + r, c + r + world_size, ... ValueError for a state
+    whose sampler deals samples per rank (tar shards: no start_sample in its state) when W changes.
+    """
+    B, W = int(state["batch_size"]), int(state["world_size"])
+    if W == world_size:
+        return {**state, "rank": int(rank)}
+    if "start_sample" not in state:
+        raise ValueError(f"the loader state of {W} rank(s) has no global sample position (its sampler deals "
+                         f"samples per rank, e.g. tar shards), so it cannot continue on {world_size}")
+    consumed = int(state["start_sample"]) + int(state["batch_in_epoch"]) * B * W
+    batch, rest = divmod(consumed, B * world_size)
+    return {**state, "world_size": int(world_size), "rank": int(rank),
+            "batch_in_epoch": batch if rest == 0 else 0, "start_sample": 0 if rest == 0 else consumed}
 
 
 class ResumableLoader(LoaderPosition):
@@ -268,8 +320,10 @@ class ResumableLoader(LoaderPosition):
 
     def __iter__(self):
         while True:
-            self.epoch, self.batch_in_epoch = self.position()
+            self.epoch, self.batch_in_epoch, self.start_sample = self.position()
             self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch_in_epoch
+            if self.takes_start_sample():
+                self.sampler.start_sample = self.start_sample
             it = iter(self._dl)
             while True:
                 t0 = time.perf_counter()
@@ -281,7 +335,7 @@ class ResumableLoader(LoaderPosition):
                 self.record_batch(t0, skipped)
                 self.batch_in_epoch += 1
                 yield clips, labels, masks
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.enter_epoch(self.epoch + 1)
 
     def _deliver(self, x):
         """A batch of clips as the consumer wants it: on `device`, normalised unless uint8 was asked for."""

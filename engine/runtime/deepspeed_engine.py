@@ -133,6 +133,10 @@ def alias_fp32_master(engine) -> int:
             continue
         master.data = weights.data
         n += 1
+    if n and hasattr(opt, "_link_all_hp_params"):
+        # ZeRO-1/2 cut each parameter's fp32 fragment (safe_get/set_full_fp32_param) from the master
+        # when it was built: cut them again from the storage the master now has.
+        opt._link_all_hp_params()
     return n
 
 

@@ -42,6 +42,7 @@ from engine.runtime.errors import RunError, checkpoint_write, data_errors
 from engine.runtime.faults import NonFinitePolicy, StopSignals
 from engine.runtime.flops import peak_memory_mb
 from engine.runtime.metrics import MetricsLogger, loss_summary
+from engine.runtime.reshard import load_resharded, resharding_needed
 from engine.runtime.resume import check_config, find_checkpoint, record_changes
 from engine.runtime.rundir import claim, check_output
 from engine.runtime.schedules import Schedules, apply_to_optimizer
@@ -164,22 +165,14 @@ class DSTrainer:
         found = find_checkpoint(self.out)
         if found is None:
             return False
-        if found.kind == "local":
-            raise RunError(f"{found.describe()} was written by one process; DeepSpeed cannot resume it: continue "
-                           f"it with `python -m engine.train --resume` (one process) or start anew with --overwrite")
-        if found.world_size != self.world:
-            raise RunError(f"{found.describe()}: this launch has {self.world} rank(s); relaunch with "
-                           f"{found.world_size} ranks, or continue in one process with `python -m engine.train "
-                           "--resume`, which converts it")
-        if found.zero_stage != self.stage:
-            raise RunError(f"{found.describe()}: this launch uses ZeRO-{self.stage}; relaunch with "
-                           f"configs/deepspeed/zero{found.zero_stage}.json, or continue in one process with "
-                           "`python -m engine.train --resume`, which converts it")
         self._changes = check_config(found.config, self.cfg.to_dict(), found.describe())
-        got = ds_checkpoint.load(self.engine, self.ckpt_dir, tag=found.path.name)
-        client, rank_state = got
-        self.step = int(client["step"])
-        self.loader.load_state_dict(rank_state["loader"])
+        if resharding_needed(found, self.world, self.stage):   # another world size, ZeRO stage, or one process
+            rank_state = load_resharded(found, self.engine, self.model, self.loader)
+            self._note = {"converted_from": found.describe()}
+        else:
+            _client, rank_state = ds_checkpoint.load(self.engine, self.ckpt_dir, tag=found.path.name)
+            self.loader.load_state_dict(rank_state["loader"])
+        self.step = int(rank_state["step"])
         self.nonfinite.load_state_dict(rank_state.get("nonfinite", {}))
         torch.set_rng_state(rank_state["rng"]["torch"])
         np.random.set_state(rank_state["rng"]["numpy"])
@@ -201,7 +194,7 @@ class DSTrainer:
         if verdict[0] is not None:
             raise RunError(verdict[0])
         check_output(self.out)
-        self._changes = {}
+        self._changes, self._note = {}, None
         if resume:
             if self.load():
                 log.info("rank %d resumed from %s at step %d", self.rank, ds_checkpoint.read_latest(self.ckpt_dir),
@@ -211,7 +204,7 @@ class DSTrainer:
         skip_batches(self.loader, self.cfg.meta.skip_batches)
         metrics = None
         if lead:
-            record_changes(self.out, self.step, self._changes)
+            record_changes(self.out, self.step, self._changes, self._note)
             save_config(self.cfg, self.out / "config.yaml")
             metrics = MetricsLogger.from_config(self.out, self.cfg)
             metrics.truncate_after(self.step)

@@ -139,7 +139,7 @@ def find_local(out: Path) -> Checkpoint | None:
     return None
 
 
-def _ds_meta(tag_dir: Path) -> dict | None:
+def ds_meta(tag_dir: Path) -> dict | None:
     for name in DS_MODEL_FILES:
         f = tag_dir / name
         if f.exists():
@@ -157,7 +157,7 @@ def find_deepspeed(out: Path) -> Checkpoint | None:
     first = None
     for tag_dir in tags:
         try:
-            meta = _ds_meta(tag_dir)
+            meta = ds_meta(tag_dir)
             if meta is None:
                 raise FileNotFoundError(f"no {' or '.join(DS_MODEL_FILES)}")
             world = int(meta.get("world_size", meta.get("dp_world_size", 1)))
@@ -195,7 +195,7 @@ def deepspeed_to_local(ckpt: Checkpoint, param_order: list[list[str]]) -> dict:
     DeepSpeed's universal-checkpoint conversion); the loader resumes at the same global sample
     position; RNG states are rank 0's.
     """
-    meta = _ds_meta(ckpt.path)
+    meta = ds_meta(ckpt.path)
     stage = ckpt.zero_stage or 0
     if stage == 0:
         weights = {k: v.float() for k, v in meta["module"].items()}
@@ -227,11 +227,11 @@ def deepspeed_to_local(ckpt: Checkpoint, param_order: list[list[str]]) -> dict:
             i += 1
         groups.append(ids)
     rank0 = torch.load(ckpt.path / "client_rank000.pt", map_location="cpu", weights_only=False)
-    loader = dict(rank0["loader"])
-    # Rank r of W read global positions r, r+W, ...: after b batches of B the first b*B*W positions of
-    # the epoch are used, which is batch b*W of one process.
-    loader["batch_in_epoch"] = int(loader["batch_in_epoch"]) * ckpt.world_size
-    loader["world_size"], loader["rank"] = 1, 0
+    from engine.data.loader import state_for_world
+    try:
+        loader = state_for_world(rank0["loader"], 1, 0)
+    except ValueError as e:
+        raise RunError(f"{ckpt.describe()}: {e}; resume it under DeepSpeed with {ckpt.world_size} ranks") from None
     return {**parts, "opt": {"state": state, "param_groups": groups}, "step": ckpt.step,
             "loader": loader, "rng": rank0["rng"], "config": ckpt.config, "converted_from": ckpt.describe()}
 

@@ -1,0 +1,195 @@
+"""Resume a checkpoint under DeepSpeed on another number of ranks or another ZeRO stage (or a one-process
+checkpoint under DeepSpeed): the saved run is made whole, then each rank takes its part of it.
+
+    if resharding_needed(found, world_size, zero_stage):       # found: engine.runtime.resume.find_checkpoint
+        rank_state = load_resharded(found, engine, model, loader)   # weights, Adam, target, data position
+        step = rank_state["step"]                               # + "nonfinite", "rng", as a same-shape resume
+
+Whole: the one-process state of engine.runtime.resume (`deepspeed_to_local`, run once, by rank 0, into a
+file beside the checkpoint that every rank maps and that is removed after): fp32 weights of the encoder,
+predictor and EMA target, Adam's moments and step per parameter, the loader position.
+Each rank's part, written in place into the freshly initialised engine, with no collective:
+- weights: ZeRO-3 keeps rank r's slice [r*P, (r+1)*P) of each parameter flattened and zero-padded to
+  W*P (P = p.ds_tensor.numel()); stages 0-2 keep every parameter whole. The fp32 master partitions
+  then copy the weights (`refresh_fp32_params`): with fp32 weights they hold the same numbers.
+- Adam: ZeRO 1-3 keep one flat fp32 partition per group (sub-group under ZeRO-3) with its moments;
+  DeepSpeed's tensor-fragment API (`safe_set_full_optimizer_state`) writes a parameter's full moment
+  into whatever fragment this rank holds. Stage 0 keeps torch AdamW's per-parameter state.
+- data: engine.data.loader.state_for_world keeps the samples the epoch has consumed (none repeated,
+  none skipped); the new ranks go on from there.
+
+Why not DeepSpeed's universal-checkpoint loading (ds_to_universal, then `checkpoint.load_universal`)?
+It restores only what the optimizer holds: the EMA target (frozen, in no optimizer group) would keep
+its initial values, and so would the sin-cos tables; under ZeRO-3 its loader also gives every optimizer
+group the first group's hyper-parameters (our no-weight-decay group would decay) and needs the flag in
+the DeepSpeed config before initialize. Going through the one-process state restores every tensor
+exactly (tests/distributed/test_reshard.py compares them with the saved run's), from any stage to any
+stage, and is the same conversion `python -m engine.train --resume` already uses in one process.
+Refused by name: NVMe-swapped optimizer states; moving a per-rank data stream (tar shards) to another
+number of ranks.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from engine.runtime.errors import RunError
+from engine.runtime.io import atomic_torch_save
+from engine.runtime.resume import Checkpoint, ds_meta, deepspeed_to_local
+
+log = logging.getLogger("engine.train")
+
+PARTS = ("encoder", "predictor", "target_encoder")
+
+
+def resharding_needed(found: Checkpoint, world_size: int, zero_stage: int) -> bool:
+    """Whether `found` cannot be loaded by DeepSpeed as it is (written by one process, or by another
+    number of ranks or ZeRO stage)."""
+    return found.kind == "local" or found.world_size != world_size or found.zero_stage != zero_stage
+
+
+def optimizer_names(model) -> list[list[str]]:
+    """The parameter names of each AdamW group, in the order engine.runtime.distributed.initialize made them."""
+    from engine.runtime.trainer import param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups([model.encoder, model.predictor])
+    return [[names[id(p)] for p in g["params"]] for g in groups if g["params"]]
+
+
+def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
+    """Load `found` into this rank's part of `engine` (whose module is `model`) and `loader`.
+
+    Every rank calls it together. Returns {"step", "nonfinite", "rng"}: this rank's resume state.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    opt = engine.optimizer
+    if getattr(opt, "swap_optimizer", False):
+        raise RunError(f"{found.describe()}: its optimizer states cannot be moved into NVMe-swapped ones; relaunch "
+                       f"with {found.world_size} rank(s) and ZeRO-{found.zero_stage}, or without offload to nvme")
+    names = optimizer_names(model)
+    state = _whole_state(found, names, rank)
+    from engine.data.loader import state_for_world
+    try:
+        loader.load_state_dict(state_for_world(state["loader"], world, rank))
+    except ValueError as e:
+        raise RunError(f"{found.describe()}: {e}; relaunch with {found.world_size} rank(s)") from None
+    if hasattr(opt, "checkpoint_event_prologue"):   # ZeRO-3: every parameter partitioned before writing
+        opt.checkpoint_event_prologue()
+    _load_weights(model, {f"{part}.{k}": v for part in PARTS for k, v in state[part].items()})
+    _load_adam(opt, model, names, state["opt"], found)
+    if hasattr(opt, "checkpoint_event_epilogue"):
+        opt.checkpoint_event_epilogue()
+    meta = ds_meta(found.path) if found.kind == "deepspeed" else {}
+    engine.global_steps = int(meta.get("global_steps", state["step"]))
+    engine.skipped_steps = int(meta.get("skipped_steps", 0))
+    log.warning("rank %d/%d: resumed %s resharded for ZeRO-%d", rank, world, found.describe(),
+                engine.zero_optimization_stage())
+    return {"step": int(state["step"]), "nonfinite": state.get("nonfinite", {}), "rng": state["rng"]}
+
+
+def _whole_state(found: Checkpoint, names: list[list[str]], rank: int) -> dict:
+    """The one-process state of `found`, converted once (by rank 0) and read by every rank."""
+    if found.kind == "local":
+        return found.state
+    path = found.path.parent / f".resharding-{found.path.name}.pt"
+    verdict = [None]
+    if rank == 0:
+        try:
+            atomic_torch_save(deepspeed_to_local(found, names), path)
+        except RunError as e:
+            verdict = [str(e)]
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise RunError(verdict[0])
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    dist.barrier()          # every rank has it mapped: the name can go
+    if rank == 0:
+        Path(path).unlink(missing_ok=True)
+    if found.world_size > 1:  # per-rank state of the saved rank this one stands for (RNG, counters)
+        mine = torch.load(found.path / f"client_rank{rank % found.world_size:03d}.pt", map_location="cpu",
+                          weights_only=False)
+        state = {**state, "rng": mine["rng"], "nonfinite": mine.get("nonfinite", {})}
+    return state
+
+
+def _stage(opt) -> int:
+    """3 (ZeRO-3), 1 (ZeRO-1 or 2: the same optimizer partitions) or 0 (the client's torch AdamW)."""
+    if hasattr(opt, "fp32_partitioned_groups_flat"):
+        return 3
+    return 1 if hasattr(opt, "single_partition_of_fp32_groups") else 0
+
+
+def _rank_slice(value: torch.Tensor, P: int) -> torch.Tensor:
+    """ZeRO-3's part of a parameter on this rank: [r*P, (r+1)*P) of it flattened and zero-padded to W*P."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    value = torch.nn.functional.pad(value.flatten(), (0, P * world - value.numel()))
+    return value[rank * P:(rank + 1) * P]
+
+
+@torch.no_grad()
+def _load_weights(model, full: dict) -> None:
+    """Every parameter and buffer of `model` from the whole fp32 `full` ({"encoder.x": tensor, ...})."""
+    missing = [n for n, _ in [*model.named_parameters(), *model.named_buffers()] if n not in full]
+    if missing:
+        raise RunError(f"the checkpoint holds no {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    for name, p in model.named_parameters():
+        value = full[name].to(p.dtype)
+        if hasattr(p, "ds_tensor"):
+            p.ds_tensor.data.copy_(_rank_slice(value, p.ds_tensor.numel()))
+        else:
+            p.data.copy_(value.view_as(p.data))
+    for name, b in model.named_buffers():
+        b.copy_(full[name])
+
+
+@torch.no_grad()
+def _load_adam(opt, model, names: list[list[str]], saved: dict, found: Checkpoint) -> None:
+    """Adam's moments and step of every trainable parameter (saved: a torch AdamW state dict in the
+    order of `names`, its param_groups possibly bare id lists)."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+    flat_names = [n for g in names for n in g]
+    st = saved["state"]
+    if len(st) != len(flat_names):
+        raise RunError(f"{found.describe()}: Adam state for {len(st)} parameters, this model trains {len(flat_names)}; "
+                       "it was written by another model")
+    params = dict(model.named_parameters())
+    moments = {id(params[n]): st[i] for i, n in enumerate(flat_names)}
+    steps = {float(s["step"]) for s in st.values()}
+    if len(steps) != 1:
+        raise RunError(f"{found.describe()}: its parameters were updated different numbers of times ({sorted(steps)}); "
+                       "ZeRO keeps one step count per group and cannot hold them")
+    step = torch.tensor(steps.pop(), dtype=torch.float32)
+    stage = _stage(opt)
+    if stage == 0:   # torch AdamW itself, state per parameter
+        for n in flat_names:
+            p = params[n]
+            m = moments[id(p)]
+            opt.state[p] = {"step": step.clone(), "exp_avg": m["exp_avg"].to(p).reshape(p.shape).clone(),
+                            "exp_avg_sq": m["exp_avg_sq"].to(p).reshape(p.shape).clone()}
+        return
+    opt.refresh_fp32_params()   # the master partitions from the weights just written
+    inner = opt.optimizer
+    flats = opt.fp32_partitioned_groups_flat if stage == 3 else opt.single_partition_of_fp32_groups
+    for flat in flats:   # fresh state, filled below part by part (the padding stays 0)
+        inner.state[flat] = {"step": step.clone(), "exp_avg": torch.zeros_like(flat),
+                             "exp_avg_sq": torch.zeros_like(flat)}
+    keys = ("exp_avg", "exp_avg_sq")
+    if stage == 3:   # a sub-group's flat partition: this rank's slices of its parameters, in order
+        for flat, group in zip(flats, opt.fp16_groups):
+            offset = 0
+            for p in group:
+                P = p.ds_tensor.numel()
+                for key in keys:
+                    inner.state[flat][key].narrow(0, offset, P).copy_(_rank_slice(moments[id(p)][key].float(), P))
+                offset += P
+        return
+    # ZeRO-1/2: DeepSpeed maps each parameter to its fragment of the flat partition (none, part or all of
+    # it); the fragments point into the state tensors once linked, which DeepSpeed does lazily: now.
+    opt._hp_optimizer_states_linked = False
+    opt._lazy_init_hp_params_optimizer_state()
+    for n in flat_names:
+        for key in keys:
+            safe_set_full_optimizer_state(params[n], moments[id(params[n])][key].float(), key)
