@@ -5,7 +5,7 @@ checkpoint under DeepSpeed): the saved run is made whole, then each rank takes i
         rank_state = load_resharded(found, engine, model, loader)   # weights, Adam, target, data position
         step = rank_state["step"]                               # + "nonfinite", "rng", as a same-shape resume
 
-Whole: the one-process state of engine.runtime.resume (`deepspeed_to_local`, run once, by rank 0, into a
+Whole: the one-process state of engine.runtime.resume (`deepspeed_model_state`, run once, by rank 0, into a
 file beside the checkpoint that every rank maps and that is removed after): fp32 weights of the encoder,
 predictor and EMA target, Adam's moments and step per parameter, the loader position.
 Each rank's part, written in place into the freshly initialised engine, with no collective:
@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from engine.runtime.errors import RunError
 from engine.runtime.io import atomic_torch_save
-from engine.runtime.resume import Checkpoint, ds_meta, deepspeed_to_local
+from engine.runtime.resume import Checkpoint, deepspeed_model_state, ds_meta
 
 log = logging.getLogger("engine.train")
 
@@ -69,13 +69,14 @@ def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
     if getattr(opt, "swap_optimizer", False):
         raise RunError(f"{found.describe()}: its optimizer states cannot be moved into NVMe-swapped ones; relaunch "
                        f"with {found.world_size} rank(s) and ZeRO-{found.zero_stage}, or without offload to nvme")
-    names = optimizer_names(model)
-    state = _whole_state(found, names, rank)
+    mine = _saved_rank_state(found, rank)
     from engine.data.loader import state_for_world
     try:
-        loader.load_state_dict(state_for_world(state["loader"], world, rank))
+        loader.load_state_dict(state_for_world(mine["loader"], world, rank))
     except ValueError as e:
         raise RunError(f"{found.describe()}: {e}; relaunch with {found.world_size} rank(s)") from None
+    names = optimizer_names(model)
+    state = _whole_state(found, names, rank)
     if hasattr(opt, "checkpoint_event_prologue"):   # ZeRO-3: every parameter partitioned before writing
         opt.checkpoint_event_prologue()
     _load_weights(model, {f"{part}.{k}": v for part in PARTS for k, v in state[part].items()})
@@ -87,18 +88,27 @@ def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
     engine.skipped_steps = int(meta.get("skipped_steps", 0))
     log.warning("rank %d/%d: resumed %s resharded for ZeRO-%d", rank, world, found.describe(),
                 engine.zero_optimization_stage())
-    return {"step": int(state["step"]), "nonfinite": state.get("nonfinite", {}), "rng": state["rng"]}
+    return {"step": int(state["step"]), "nonfinite": mine.get("nonfinite", {}), "rng": mine["rng"]}
+
+
+def _saved_rank_state(found: Checkpoint, rank: int) -> dict:
+    """The resume state (loader position, RNG states, counters) of the saved rank this one stands for:
+    rank mod the saved world size (every saved rank holds the same loader position)."""
+    if found.kind == "local":
+        return found.state
+    return torch.load(found.path / f"client_rank{rank % found.world_size:03d}.pt", map_location="cpu",
+                      weights_only=False)
 
 
 def _whole_state(found: Checkpoint, names: list[list[str]], rank: int) -> dict:
-    """The one-process state of `found`, converted once (by rank 0) and read by every rank."""
+    """The one-process state of `found` (weights, Adam, step), converted once by rank 0 and mapped by all."""
     if found.kind == "local":
         return found.state
     path = found.path.parent / f".resharding-{found.path.name}.pt"
     verdict = [None]
     if rank == 0:
         try:
-            atomic_torch_save(deepspeed_to_local(found, names), path)
+            atomic_torch_save(deepspeed_model_state(found, names), path)
         except RunError as e:
             verdict = [str(e)]
     dist.broadcast_object_list(verdict, src=0)
@@ -108,10 +118,6 @@ def _whole_state(found: Checkpoint, names: list[list[str]], rank: int) -> dict:
     dist.barrier()          # every rank has it mapped: the name can go
     if rank == 0:
         Path(path).unlink(missing_ok=True)
-    if found.world_size > 1:  # per-rank state of the saved rank this one stands for (RNG, counters)
-        mine = torch.load(found.path / f"client_rank{rank % found.world_size:03d}.pt", map_location="cpu",
-                          weights_only=False)
-        state = {**state, "rng": mine["rng"], "nonfinite": mine.get("nonfinite", {})}
     return state
 
 

@@ -191,10 +191,24 @@ def deepspeed_to_local(ckpt: Checkpoint, param_order: list[list[str]]) -> dict:
     """A single-process Trainer state from a DeepSpeed checkpoint of any ZeRO stage and world size.
 
     param_order: the names (encoder.* / predictor.*) of each AdamW group's parameters, in order.
-    Weights come whole in fp32; Adam's moments are re-assembled per parameter (ZeRO 1-3 through
-    DeepSpeed's universal-checkpoint conversion); the loader resumes at the same global sample
-    position; RNG states are rank 0's.
+    The model state as deepspeed_model_state; the loader resumes at the same global sample position;
+    RNG states are rank 0's.
     """
+    rank0 = torch.load(ckpt.path / "client_rank000.pt", map_location="cpu", weights_only=False)
+    from engine.data.loader import state_for_world
+    try:
+        loader = state_for_world(rank0["loader"], 1, 0)
+    except ValueError as e:
+        raise RunError(f"{ckpt.describe()}: {e}; resume it under DeepSpeed with {ckpt.world_size} ranks") from None
+    return {**deepspeed_model_state(ckpt, param_order), "loader": loader, "rng": rank0["rng"],
+            "config": ckpt.config, "converted_from": ckpt.describe()}
+
+
+def deepspeed_model_state(ckpt: Checkpoint, param_order: list[list[str]]) -> dict:
+    """{"encoder", "predictor", "target_encoder" (whole fp32 state dicts), "opt" (a torch AdamW state dict
+    over param_order, its param_groups bare id lists), "step"} of a DeepSpeed checkpoint of any ZeRO
+    stage and world size. Adam's moments are re-assembled per parameter (ZeRO 1-3 through DeepSpeed's
+    universal-checkpoint conversion)."""
     meta = ds_meta(ckpt.path)
     stage = ckpt.zero_stage or 0
     if stage == 0:
@@ -226,14 +240,7 @@ def deepspeed_to_local(ckpt: Checkpoint, param_order: list[list[str]]) -> dict:
             ids.append(i)
             i += 1
         groups.append(ids)
-    rank0 = torch.load(ckpt.path / "client_rank000.pt", map_location="cpu", weights_only=False)
-    from engine.data.loader import state_for_world
-    try:
-        loader = state_for_world(rank0["loader"], 1, 0)
-    except ValueError as e:
-        raise RunError(f"{ckpt.describe()}: {e}; resume it under DeepSpeed with {ckpt.world_size} ranks") from None
-    return {**parts, "opt": {"state": state, "param_groups": groups}, "step": ckpt.step,
-            "loader": loader, "rng": rank0["rng"], "config": ckpt.config, "converted_from": ckpt.describe()}
+    return {**parts, "opt": {"state": state, "param_groups": groups}, "step": ckpt.step}
 
 
 def _from_universal(ckpt: Checkpoint):

@@ -60,11 +60,18 @@ def _resume_on_one_rank(rank, out):
     return None
 
 
-def test_a_launch_with_another_world_size_is_refused_by_name(failed_run):
-    out, _ = failed_run
+def test_a_per_rank_data_stream_cannot_move_to_another_world_size(failed_run, tmp_path):
+    """What a launch with another world size still refuses (engine.runtime.reshard resumes the rest): a
+    loader that deals samples per rank (tar shards) has no global position to continue from."""
+    import shutil
+    out = Path(shutil.copytree(failed_run[0], tmp_path / "run"))
+    for f in (out / "ds_checkpoints" / "step_0000002").glob("client_rank*.pt"):
+        state = torch.load(f, weights_only=False)
+        del state["loader"]["start_sample"]           # as a tar-shard loader's state is
+        torch.save(state, f)
     before = (out / "metrics.csv").read_bytes()
     [msg] = run_local(_resume_on_one_rank, world_size=1, args=(str(out),), timeout_s=180)
-    assert msg is not None and "2 ranks" in msg and "this launch has 1 rank" in msg and "python -m engine.train" in msg
+    assert msg is not None and "2 ranks" in msg and "deals samples per rank" in msg and "relaunch with 2 rank" in msg
     assert (out / "metrics.csv").read_bytes() == before
 
 
