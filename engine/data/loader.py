@@ -35,10 +35,13 @@ pass device= (else the floats are made on the host, and pin_memory pins only the
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import math
+import signal
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -292,6 +295,24 @@ def state_for_world(state: dict, world_size: int, rank: int) -> dict:
             "batch_in_epoch": batch if rest == 0 else 0, "start_sample": 0 if rest == 0 else consumed}
 
 
+def _close_at_exit(ref) -> None:
+    loader = ref()
+    if loader is not None:
+        loader.close()
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers outlive the first SIGTERM and ignore SIGUSR1. srun and scancel signal every
+    process of a job step, workers included; a worker killed by it would fail the step the training
+    process is finishing before its checkpoint. The training process handles the signal; the second SIGTERM
+    (multiprocessing's terminate() at exit, or the scheduler's) ends the worker as usual."""
+    def default_next_time(signum, _frame):
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, default_next_time)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class ResumableLoader(LoaderPosition):
     """Endless iterator of batches, epoch after epoch; state_dict()/load_state_dict() resume exactly."""
 
@@ -316,7 +337,12 @@ class ResumableLoader(LoaderPosition):
             persistent_workers=persistent_workers and num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
             multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+            worker_init_fn=ignore_stop_signals,
             generator=torch.Generator().manual_seed(seed))  # leave the global torch RNG untouched
+        self._live_iter = None
+        if num_workers > 0:
+            # Before Python's exit stops torch's own shutdown: the workers are told to stop, not signalled.
+            atexit.register(_close_at_exit, weakref.ref(self))
 
     def __iter__(self):
         while True:
@@ -324,7 +350,7 @@ class ResumableLoader(LoaderPosition):
             self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch_in_epoch
             if self.takes_start_sample():
                 self.sampler.start_sample = self.start_sample
-            it = iter(self._dl)
+            it = self._live_iter = iter(self._dl)
             while True:
                 t0 = time.perf_counter()
                 try:
@@ -336,6 +362,13 @@ class ResumableLoader(LoaderPosition):
                 self.batch_in_epoch += 1
                 yield clips, labels, masks
             self.enter_epoch(self.epoch + 1)
+
+    def close(self) -> None:
+        """Stop the worker processes now (iterating again starts new ones)."""
+        it, self._live_iter = self._live_iter, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+            self._dl._iterator = None
 
     def _deliver(self, x):
         """A batch of clips as the consumer wants it: on `device`, normalised unless uint8 was asked for."""
