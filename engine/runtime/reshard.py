@@ -1,32 +1,35 @@
 """Resume a checkpoint under DeepSpeed on another number of ranks or another ZeRO stage (or a one-process
 checkpoint under DeepSpeed): the saved run is made whole, then each rank takes its part of it.
 
-    if resharding_needed(found, world_size, zero_stage):       # found: engine.runtime.resume.find_checkpoint
+    if resharding_needed(found, world_size, zero_stage):            # found: resume.find_checkpoint(out)
         rank_state = load_resharded(found, engine, model, loader)   # weights, Adam, target, data position
-        step = rank_state["step"]                               # + "nonfinite", "rng", as a same-shape resume
+        step = rank_state["step"]                                   # + "nonfinite", "rng" of a saved rank
 
-Whole: the one-process state of engine.runtime.resume (`deepspeed_model_state`, run once, by rank 0, into a
-file beside the checkpoint that every rank maps and that is removed after): fp32 weights of the encoder,
-predictor and EMA target, Adam's moments and step per parameter, the loader position.
-Each rank's part, written in place into the freshly initialised engine, with no collective:
+Whole: the model state of engine.runtime.resume (`deepspeed_model_state`, the conversion that
+`python -m engine.train --resume` uses in one process), made once by rank 0 into a file beside the
+checkpoint that every rank maps and that is removed after: fp32 weights of the encoder, predictor and
+EMA target (and the frozen sin-cos tables), Adam's moments and step per parameter.
+Each rank's part, written in place into the freshly initialised engine:
 - weights: ZeRO-3 keeps rank r's slice [r*P, (r+1)*P) of each parameter flattened and zero-padded to
   W*P (P = p.ds_tensor.numel()); stages 0-2 keep every parameter whole. The fp32 master partitions
   then copy the weights (`refresh_fp32_params`): with fp32 weights they hold the same numbers.
-- Adam: ZeRO 1-3 keep one flat fp32 partition per group (sub-group under ZeRO-3) with its moments;
-  DeepSpeed's tensor-fragment API (`safe_set_full_optimizer_state`) writes a parameter's full moment
-  into whatever fragment this rank holds. Stage 0 keeps torch AdamW's per-parameter state.
-- data: engine.data.loader.state_for_world keeps the samples the epoch has consumed (none repeated,
-  none skipped); the new ranks go on from there.
+- Adam: stage 0 is torch AdamW, per parameter. ZeRO 1-3 keep one flat fp32 partition per group
+  (sub-group under ZeRO-3), the optimizer state keyed on it. ZeRO-3's is this rank's slices of the
+  group's parameters end to end (the weights' slices, same padding); ZeRO-1/2 cut the group's flat
+  buffer instead, so a parameter may lie across partitions: DeepSpeed's tensor-fragment API
+  (`safe_set_full_optimizer_state`) writes the part this rank holds. (Its ZeRO-3 twin does not pad:
+  it fails on the last rank when W does not divide a parameter's size.)
+- data: engine.data.loader.state_for_world: the samples the epoch has consumed stay consumed, the new
+  ranks read the rest once. RNG states and counters: those of saved rank (r mod the saved world size).
 
-Why not DeepSpeed's universal-checkpoint loading (ds_to_universal, then `checkpoint.load_universal`)?
-It restores only what the optimizer holds: the EMA target (frozen, in no optimizer group) would keep
-its initial values, and so would the sin-cos tables; under ZeRO-3 its loader also gives every optimizer
-group the first group's hyper-parameters (our no-weight-decay group would decay) and needs the flag in
-the DeepSpeed config before initialize. Going through the one-process state restores every tensor
-exactly (tests/distributed/test_reshard.py compares them with the saved run's), from any stage to any
-stage, and is the same conversion `python -m engine.train --resume` already uses in one process.
-Refused by name: NVMe-swapped optimizer states; moving a per-rank data stream (tar shards) to another
-number of ranks.
+Why not DeepSpeed's own universal-checkpoint loading (ds_to_universal, then `checkpoint.load_universal`)?
+It restores only what the optimizer holds (the engine skips the module's state dict when loading a
+universal checkpoint): the EMA target and the sin-cos tables, in no optimizer group, would keep their
+initial values. Going through the whole state restores every tensor exactly
+(tests/distributed/test_reshard.py compares them bit for bit with the saved run's), from any stage to
+any stage, with one conversion for both resume paths.
+Refused by name: NVMe-swapped optimizer states; a per-rank data stream (tar shards) moved to another
+number of ranks (engine.data.loader.state_for_world).
 """
 from __future__ import annotations
 

@@ -103,6 +103,31 @@ def test_dali_loader_resume_and_masks(vp9_csv):
 
 
 @needs_dali
+def test_dali_loader_goes_on_from_a_start_sample(vp9_csv):
+    """An epoch continued from a global position (a resume on another number of ranks, see
+    engine.data.loader.state_for_world): DALI reads what the PyAV loader reads, then the next epoch from 0."""
+    ds = VideoDataset([vp9_csv], frames_per_clip=4, frame_step=2, transform=VideoTransform(crop_size=16))
+    sampler = lambda b, rng: torch.from_numpy(rng.permutation(8)[:b])  # noqa: E731
+    kw = dict(batch_size=1, seed=2, mask_sampler=sampler, rank=1, world_size=2)
+    # 3 of the 8 positions read: rank 1 of 2 reads positions 4 and 6, then epoch 1 from position 1
+    state = {"epoch": 0, "batch_in_epoch": 0, "start_sample": 3, "seed": 2, "rank": 1, "world_size": 2,
+             "batch_size": 1, "num_samples": 8}
+    loaders = [make_dali_loader(ds, **kw), make_loader(ds, **kw)]
+    batches = []
+    for loader in loaders:
+        loader.load_state_dict(state)
+        it = iter(loader)
+        batches.append([next(it) for _ in range(2)])
+        assert (loader.state_dict()["epoch"], loader.state_dict()["start_sample"]) == (1, 0)
+        batches[-1].append(next(it))
+    order = [make_loader(ds, **kw).sampler.epoch_order(e) for e in (0, 1)]
+    expected = [order[0][4] % 5, order[0][6] % 5, order[1][1] % 5]     # labels are i % 5
+    for (xd, yd, md), (xp, yp, mp), label in zip(*batches, expected):
+        assert int(yd) == int(yp) == label and torch.equal(md, mp)
+        assert (xd - xp).abs().mean() < 0.06
+
+
+@needs_dali
 def test_dali_planned_source_on_shards(tmp_path, vp9_csv):
     paths, labels = read_index_csv(vp9_csv)
     with ShardWriter(tmp_path, shard_size=4) as w:

@@ -5,10 +5,11 @@ which is not a whole number of 3-rank batches (6). It records its fp32 weights (
 fp32 masters, Adam moments and steps as DeepSpeed's own API reads them. Then one 3-rank launch resumes
 it under ZeRO-1 and ZeRO-3, and one 1-rank launch under ZeRO-0 and ZeRO-3: each must hold exactly the
 saved values, and the ZeRO-3 ones train on to the end of the epoch, reading exactly the samples the
-saved run had not read.
+saved run had not read. The 3-rank launch also resumes a one-process checkpoint under ZeRO-2.
 """
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,12 +75,13 @@ def _save(rank, out):
 
 
 def _resume(rank, runs):
-    """runs: (folder, ZeRO stage, train to this step or None), in order (ZeRO-3 last: it patches torch)."""
+    """runs: (folder, ZeRO stage, train to this step or None, what wrote the folder), in order (ZeRO-3
+    last: it patches torch)."""
     results = []
-    for out, stage, until in runs:
+    for out, stage, until, _source in runs:
         tr = _trainer(out, stage, seed=1)   # other initial weights: everything must come from the checkpoint
         tr.fit(max_steps=SAVED_STEPS, resume=True)     # loads, trains nothing
-        res = {"loaded": _full_state(tr)}
+        res = {"loaded": _full_state(tr), "loader_loaded": tr.loader.state_dict()}
         if until is not None:
             s = tr.fit(max_steps=until, resume=True)
             res.update(seen=tr.dataset.seen, losses=s["losses"], steps=s["steps"], loader=tr.loader.state_dict())
@@ -101,16 +103,33 @@ def _copies(saved, tmp_path_factory, names):
 
 # Training to the end of the epoch: the 24 samples left make 4 steps of 3 ranks x 2, or 12 steps of 1 x 2.
 @pytest.fixture(scope="module")
-def on3(saved, tmp_path_factory):
+def local(tmp_path_factory):
+    """A one-process run (engine.runtime.trainer) after 2 steps, and what its checkpoint holds by name."""
+    from engine.runtime.trainer import Trainer
+    out = tmp_path_factory.mktemp("reshard") / "local"
+    cfg = tiny_cfg()
+    tr = Trainer(cfg, out, progress=False, dataset=IdClips(cfg))
+    tr.fit(max_steps=SAVED_STEPS)
+    state = tr.state_dict()
+    names = [n for g in tr.param_names() for n in g]
+    weights = {f"{part}.{k}": v for part in ("encoder", "predictor", "target_encoder") for k, v in state[part].items()
+               if f"{part}.{k}" in dict(tr.model.named_parameters())}
+    opt = state["opt"]["state"]
+    adam = {n: {"fp32": weights[n], **{k: opt[i][k] for k in ADAM}} for i, n in enumerate(names)}
+    return out, {"weights": weights, "adam": adam, "steps": sorted({float(s["step"]) for s in opt.values()})}
+
+
+@pytest.fixture(scope="module")
+def on3(saved, local, tmp_path_factory):
     z1, z3 = _copies(saved, tmp_path_factory, ["z1_on3", "z3_on3"])
-    runs = [(z1, 1, None), (z3, 3, SAVED_STEPS + 4)]
+    runs = [(z1, 1, None, "saved"), (str(local[0]), 2, None, "local"), (z3, 3, SAVED_STEPS + 4, "saved")]
     return runs, run_ranks(_resume, world_size=3, args=(runs,), timeout_s=300)
 
 
 @pytest.fixture(scope="module")
 def on1(saved, tmp_path_factory):
     z0, z3 = _copies(saved, tmp_path_factory, ["z0_on1", "z3_on1"])
-    runs = [(z0, 0, None), (z3, 3, SAVED_STEPS + 12)]
+    runs = [(z0, 0, None, "saved"), (z3, 3, SAVED_STEPS + 12, "saved")]
     return runs, run_ranks(_resume, world_size=1, args=(runs,), timeout_s=300)
 
 
@@ -131,15 +150,25 @@ def _check_exact(saved_state, loaded):
 @pytest.mark.parametrize("where", ["on3", "on1"])
 def test_zero3_of_2_ranks_resumes_exactly_on_another_world_and_stage(where, saved, request):
     runs, ranks = request.getfixturevalue(where)
-    for i, (_out, _stage, _until) in enumerate(runs):
+    for i, (_out, _stage, _until, source) in enumerate(runs):
         for r in ranks:      # every rank reads the same whole values
-            _check_exact(saved[1], r[i]["loaded"])
+            if source == "saved":
+                _check_exact(saved[1], r[i]["loaded"])
+
+
+def test_a_one_process_checkpoint_resumes_under_zero2_on_3_ranks(local, on3):
+    _runs, ranks = on3
+    for rank, r in enumerate(ranks):
+        _check_exact(local[1], r[1]["loaded"])
+        # one process read 2 batches of 2: 3 ranks go on from position 4, rank r at 4 + r
+        pos = r[1]["loader_loaded"]
+        assert (pos["epoch"], pos["batch_in_epoch"], pos["start_sample"], pos["rank"]) == (0, 0, 4, rank)
 
 
 @pytest.mark.parametrize("where", ["on3", "on1"])
 def test_the_epoch_goes_on_with_no_sample_repeated_or_skipped(where, saved, request):
     runs, ranks = request.getfixturevalue(where)
-    out, _stage, until = runs[-1]
+    out, _stage, until, _source = runs[-1]
     resumed = [i for r in ranks for i in r[-1]["seen"]]
     assert len(saved[2]) == 2 * 2 * SAVED_STEPS
     assert sorted(saved[2] + resumed) == list(range(N_SAMPLES))          # each sample once in the epoch
@@ -147,7 +176,7 @@ def test_the_epoch_goes_on_with_no_sample_repeated_or_skipped(where, saved, requ
         assert r[-1]["steps"] == until and len(r[-1]["losses"]) == until - SAVED_STEPS
         assert all(math.isfinite(x) for x in r[-1]["losses"])
         assert (r[-1]["loader"]["epoch"], r[-1]["loader"]["batch_in_epoch"], r[-1]["loader"]["start_sample"]) == (1, 0, 0)
-    history = yaml.safe_load((__import__("pathlib").Path(out) / "config_history.yaml").read_text())
+    history = yaml.safe_load((Path(out) / "config_history.yaml").read_text())
     assert "ZeRO-3, 2 ranks, step 2" in history[0]["converted_from"]
 
 
