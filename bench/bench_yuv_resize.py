@@ -82,7 +82,7 @@ def main(argv=None):
     ap.add_argument("--csv", default=None, help="write the table here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if kernels.yuv_resize.cpp_function() is None:
+    if not kernels._ops.cpp_available():
         print("warning: the C++ extension is not built: yuv_resized_crop runs its torch reference")
     cases = [(240, 320, 64)] if args.quick else [(240, 320, 64), (240, 320, 224), (720, 1280, 64),
                                                  (720, 1280, 224), (1080, 1920, 224)]

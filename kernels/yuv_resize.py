@@ -18,9 +18,8 @@ converting first and resizing after (the order of the old decode path: swscale R
 uint8 resize) except for rounding and where the clamp would cut an out-of-gamut neighbour first
 (tests/kernels/test_yuv_resize.py measures both on decoded video).
 
-Backends (kernels/_registry.py): cpp (csrc/cpu/yuv_resize.cpp, a pybind11 function on buffers: ~1 us a
-call, so a PyAV plane goes in without becoming a tensor; its registered impl returns that function)
-and torch (the reference). CPU only: on a GPU, DALI decodes and
+Backends (kernels/_registry.py): cpp (csrc/cpu/yuv_resize.cpp, a pybind11 function on buffers, so a
+PyAV plane goes in without becoming a tensor) and torch (the reference). CPU only: on a GPU, DALI decodes and
 resizes (engine/data/dali.py); this is the decode path of CPU data-loader workers.
 """
 from __future__ import annotations
@@ -107,20 +106,27 @@ def yuv_resized_crop_ref(y_HW, u_hw, v_hw, box, size, *, coeffs=None, flip: bool
     return rgb.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
 
 
-def _cpp_fn():
-    return _ops.require_cpp("yuv_resized_crop").yuv_resized_crop
+def _yuv_cpp(y, u, v, geometry, shifts, coeffs, box, out, t, flip) -> None:
+    _ops.require_cpp("yuv_resized_crop").yuv_resized_crop(y, u, v, geometry, *shifts, list(coeffs), list(box),
+                                                          out, t, flip)
 
 
-# This op's impls return the raw C++ function (None for the reference), which callers with PyAV planes
-# call directly; yuv_resized_crop below is the checked entry point.
-_registry.register("yuv_resized_crop", "torch", lambda: None)
-_registry.register("yuv_resized_crop", "cpp", _cpp_fn, **_registry.CPP)
+def _yuv_torch(y, u, v, geometry, shifts, coeffs, box, out, t, flip) -> None:
+    if geometry != [0] * 6:   # decoder planes: flat buffers with a line size
+        y, u, v = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in (y, u, v))
+    out[:, t] = yuv_resized_crop_ref(y, u, v, box, tuple(out.shape[2:]), coeffs=coeffs, flip=flip)
 
 
-def cpp_function():
-    """The C++ function itself (for callers that pass PyAV planes and check their own arguments), or None
-    when the registry picks the torch reference (extension not built, or "torch" forced)."""
-    return _registry.pick("yuv_resized_crop", torch.device("cpu")).fn()
+# Both impls write into out[:, t]; yuv_resized_crop below checks the call and is the one entry point.
+_registry.register("yuv_resized_crop", "torch", _yuv_torch)
+_registry.register("yuv_resized_crop", "cpp", _yuv_cpp, **_registry.CPP)
+
+
+class _Shape:
+    """The (rows, columns) of a decoder plane, for the checks arrays get."""
+
+    def __init__(self, plane):
+        self.shape, self.ndim, self.dtype = (int(plane.height), int(plane.width)), 2, np.uint8
 
 
 def _as_plane(p) -> np.ndarray:
@@ -141,15 +147,15 @@ def yuv_resized_crop(y_HW, u_hw, v_hw, box, size, *, coeffs=None, flip: bool = F
                             or tuple(out.shape[2:]) != tuple(size)):
         raise ValueError(f"yuv_resized_crop: out must be uint8 [3, T, {size[0]}, {size[1]}], got "
                          f"{out.dtype} {tuple(out.shape)}")
-    fn = cpp_function()
-    if fn is None:
-        res = yuv_resized_crop_ref(y_HW, u_hw, v_hw, box, size, coeffs=coeffs, flip=flip)
-        if out is None:
-            return res
-        out[:, t] = res
-        return out[:, t]
-    box, (sx, sy) = _check(y_HW, u_hw, v_hw, box, size)
+    if hasattr(y_HW, "line_size"):   # PyAV planes: buffers go in as they are, no copy, no tensor wrapping
+        planes = (y_HW, u_hw, v_hw)
+        geometry = [int(x) for p in (y_HW, u_hw) for x in (p.height, p.width, p.line_size)]
+        box, shifts = _check(*(_Shape(p) for p in planes), box, size)
+    else:
+        box, shifts = _check(y_HW, u_hw, v_hw, box, size)
+        planes, geometry = tuple(_as_plane(p) for p in (y_HW, u_hw, v_hw)), [0] * 6
     dst = out if out is not None else torch.empty(3, 1, int(size[0]), int(size[1]), dtype=torch.uint8)
-    fn(_as_plane(y_HW), _as_plane(u_hw), _as_plane(v_hw), [0] * 6, sx, sy, list(coeffs), list(box), dst,
-       t if out is not None else 0, bool(flip))
-    return dst[:, t] if out is not None else dst[:, 0]
+    t = t if out is not None else 0
+    _registry.pick("yuv_resized_crop", torch.device("cpu")).fn(*planes, geometry, shifts, coeffs, box, dst, t,
+                                                                bool(flip))
+    return dst[:, t]

@@ -71,10 +71,9 @@ def _to_rgb(frame) -> np.ndarray:
     return _reformatter[1].reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
-# planar 8-bit YUV formats: (chroma shift x, chroma shift y, full range)
-_PLANAR_YUV = {"yuv420p": (1, 1, False), "yuvj420p": (1, 1, True), "yuv422p": (1, 0, False),
-               "yuvj422p": (1, 0, True), "yuv444p": (0, 0, False), "yuvj444p": (0, 0, True),
-               "yuv440p": (0, 1, False), "yuvj440p": (0, 1, True)}
+# planar 8-bit YUV formats (the op reads their chroma subsampling from the plane sizes): full range?
+_PLANAR_YUV = {"yuv420p": False, "yuvj420p": True, "yuv422p": False, "yuvj422p": True, "yuv444p": False,
+               "yuvj444p": True, "yuv440p": False, "yuvj440p": True}
 # AVColorSpace -> colour matrix, as swscale reads a frame's tag; untagged and others: BT.601
 _MATRIX_OF_COLORSPACE = {1: "bt709", 4: "fcc", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
 _AVCOL_RANGE_JPEG = 2
@@ -82,23 +81,15 @@ _AVCOL_RANGE_JPEG = 2
 
 def _resized_crop_into(frame, box, flip: bool, out: torch.Tensor, t: int) -> None:
     """out[:, t] = the frame's box (top, left, h, w) resized to out's size, RGB, flipped if asked."""
-    fmt = _PLANAR_YUV.get(frame.format.name)
-    if fmt is None:  # RGB, 10-bit, semi-planar, grey...: through swscale's RGB and the transforms' resize
+    full = _PLANAR_YUV.get(frame.format.name)
+    if full is None:  # RGB, 10-bit, semi-planar, grey...: through swscale's RGB and the transforms' resize
         top, left, h, w = (int(b) for b in box)
         rgb_1HW3 = _to_rgb(frame)[None, top:top + h, left:left + w]
         out[:, t] = resize_planar(rgb_1HW3, tuple(out.shape[2:]), flip)[:, 0]
         return
-    sx, sy, full = fmt
     coeffs = _coeffs(_MATRIX_OF_COLORSPACE.get(int(frame.colorspace), "bt601"),
                      full or int(frame.color_range) == _AVCOL_RANGE_JPEG)
-    fn = kernels_yuv.cpp_function()
-    y, u, v = frame.planes
-    if fn is not None:  # the planes go in as buffers: no copy, no tensor wrapping
-        fn(y, u, v, [y.height, y.width, y.line_size, u.height, u.width, u.line_size], sx, sy, list(coeffs),
-           [int(b) for b in box], out, t, flip)
-        return
-    planes = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in (y, u, v)]
-    kernels_yuv.yuv_resized_crop(*planes, box, tuple(out.shape[2:]), coeffs=coeffs, flip=flip, out=out, t=t)
+    kernels_yuv.yuv_resized_crop(*frame.planes[:3], box, tuple(out.shape[2:]), coeffs=coeffs, flip=flip, out=out, t=t)
 
 
 @functools.lru_cache(maxsize=None)

@@ -155,7 +155,7 @@ def test_decode_resized_boxes_per_frame_and_errors(counter_videos):
         np.testing.assert_array_equal(out[:, 0], out[:, 2])
         # the middle frame: its own box, resized up and mirrored
         np.testing.assert_array_equal(out[:, 1], vr.decode_resized([9], (H, W), boxes[1], True)[:, 0])
-        with pytest.raises(RuntimeError, match="not inside"):
+        with pytest.raises(ValueError, match="not inside"):
             vr.decode_resized([1], (8, 8), (0, 0, H + 1, W))
 
 

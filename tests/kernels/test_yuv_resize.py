@@ -131,20 +131,37 @@ def test_bad_arguments_name_the_problem(bk):
         kernels.yuv_coeffs("bt999")
 
 
-def test_cpp_checks_flat_buffers():
-    """The C++ function takes PyAV-style flat planes with explicit geometry and refuses short ones."""
-    fn = kernels.yuv_resize.cpp_function()
-    if fn is None:
+class _Plane(np.ndarray):
+    """A decoder plane as PyAV hands it out: a flat buffer with its height, width and line size."""
+
+
+def _plane(rows, width, line_size, value):
+    p = np.full(rows * line_size, value, np.uint8).view(_Plane)
+    p.height, p.width, p.line_size = rows, width, line_size
+    return p
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_decoder_planes_with_a_line_size(backend):
+    """Flat planes with explicit geometry (PyAV's) give what the same pixels as 2-D arrays give, on both
+    backends; a plane shorter than its geometry or a box outside the frame is refused."""
+    if backend == "cpp" and not kernels._ops.cpp_available():
         pytest.skip("the C++ extension is not built (kernels._C)")
-    y = np.zeros(10 * 16, np.uint8)  # 10 rows of 12 pixels at line size 16
-    u = v = np.full(5 * 8, 128, np.uint8)
-    out = torch.empty(3, 1, 4, 4, dtype=torch.uint8)
-    fn(y, u, v, [10, 12, 16, 5, 6, 8], 1, 1, list(kernels.yuv_coeffs()), [0, 0, 10, 12], out, 0, False)
-    assert (out == 0).all()  # Y=0 limited range: below black, clamped
-    with pytest.raises(RuntimeError, match="fewer than"):
-        fn(y[:100], u, v, [10, 12, 16, 5, 6, 8], 1, 1, list(kernels.yuv_coeffs()), [0, 0, 10, 12], out, 0, False)
-    with pytest.raises(RuntimeError, match="outside out"):
-        fn(y, u, v, [10, 12, 16, 5, 6, 8], 1, 1, list(kernels.yuv_coeffs()), [0, 0, 10, 12], out, 1, False)
+    rng = np.random.default_rng(0)
+    y, u, v = _plane(10, 12, 16, 0), _plane(5, 6, 8, 0), _plane(5, 6, 8, 0)
+    for p in (y, u, v):
+        p[:] = rng.integers(0, 256, p.size, dtype=np.uint8)
+    arrays = [p.view(np.ndarray).reshape(p.height, p.line_size)[:, :p.width] for p in (y, u, v)]
+    with kernels.backend(backend):
+        got = kernels.yuv_resized_crop(y, u, v, (1, 2, 8, 9), (4, 5), flip=True)
+        assert torch.equal(got, kernels.yuv_resized_crop_ref(*arrays, (1, 2, 8, 9), (4, 5), flip=True))
+        with pytest.raises(ValueError, match="not inside"):
+            kernels.yuv_resized_crop(y, u, v, (0, 0, 11, 12), (4, 4))
+    if backend == "cpp":
+        short = _plane(10, 12, 16, 0)[:100].view(_Plane)
+        short.height, short.width, short.line_size = 10, 12, 16
+        with kernels.backend("cpp"), pytest.raises(RuntimeError, match="fewer than"):
+            kernels.yuv_resized_crop(short, u, v, (0, 0, 10, 12), (4, 4))
 
 
 @pytest.mark.parametrize("codec", ["h264", "vp9", "mjpeg"])
