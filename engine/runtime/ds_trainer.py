@@ -168,7 +168,7 @@ class DSTrainer:
         self._changes = check_config(found.config, self.cfg.to_dict(), found.describe())
         if resharding_needed(found, self.world, self.stage):   # another world size, ZeRO stage, or one process
             rank_state = load_resharded(found, self.engine, self.model, self.loader)
-            self._note = {"converted_from": found.describe()}
+            self._note = rank_state["note"]
         else:
             _client, rank_state = ds_checkpoint.load(self.engine, self.ckpt_dir, tag=found.path.name)
             self.loader.load_state_dict(rank_state["loader"])

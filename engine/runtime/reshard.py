@@ -3,7 +3,7 @@ checkpoint under DeepSpeed): the saved run is made whole, then each rank takes i
 
     if resharding_needed(found, world_size, zero_stage):            # found: resume.find_checkpoint(out)
         rank_state = load_resharded(found, engine, model, loader)   # weights, Adam, target, data position
-        step = rank_state["step"]                                   # + "nonfinite", "rng" of a saved rank
+        step = rank_state["step"]                     # + "nonfinite", "rng" of a saved rank, "note" for the history
 
 Whole: the model state of engine.runtime.resume (`deepspeed_model_state`, the conversion that
 `python -m engine.train --resume` uses in one process), made once by rank 0 into a file beside the
@@ -65,7 +65,8 @@ def optimizer_names(model) -> list[list[str]]:
 def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
     """Load `found` into this rank's part of `engine` (whose module is `model`) and `loader`.
 
-    Every rank calls it together. Returns {"step", "nonfinite", "rng"}: this rank's resume state.
+    Every rank calls it together. Returns this rank's resume state {"step", "nonfinite", "rng"} and a
+    "note" for config_history.yaml (what it was converted from, the global batch then and now).
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     opt = engine.optimizer
@@ -89,9 +90,13 @@ def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
     meta = ds_meta(found.path) if found.kind == "deepspeed" else {}
     engine.global_steps = int(meta.get("global_steps", state["step"]))
     engine.skipped_steps = int(meta.get("skipped_steps", 0))
-    log.warning("rank %d/%d: resumed %s resharded for ZeRO-%d", rank, world, found.describe(),
-                engine.zero_optimization_stage())
-    return {"step": int(state["step"]), "nonfinite": mine.get("nonfinite", {}), "rng": mine["rng"]}
+    saved_batch = int(meta["ds_config"]["train_batch_size"]) if meta else int(found.config["data"]["batch_size"])
+    note = {"converted_from": found.describe(),
+            "global_batch": {"saved": saved_batch, "now": int(engine.train_batch_size())}}
+    if rank == 0:
+        log.warning("resumed %s on %d rank(s) under ZeRO-%d: the global batch is now %d (was %d)", found.describe(),
+                    world, engine.zero_optimization_stage(), engine.train_batch_size(), saved_batch)
+    return {"step": int(state["step"]), "nonfinite": mine.get("nonfinite", {}), "rng": mine["rng"], "note": note}
 
 
 def _saved_rank_state(found: Checkpoint, rank: int) -> dict:

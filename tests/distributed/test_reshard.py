@@ -178,6 +178,7 @@ def test_the_epoch_goes_on_with_no_sample_repeated_or_skipped(where, saved, requ
         assert (r[-1]["loader"]["epoch"], r[-1]["loader"]["batch_in_epoch"], r[-1]["loader"]["start_sample"]) == (1, 0, 0)
     history = yaml.safe_load((Path(out) / "config_history.yaml").read_text())
     assert "ZeRO-3, 2 ranks, step 2" in history[0]["converted_from"]
+    assert history[0]["global_batch"] == {"saved": 2 * 2, "now": 2 * len(ranks)}
 
 
 # -- the loader position alone (no ranks) ------------------------------------------------------------------
