@@ -68,8 +68,12 @@ def _build_jepa(cfg: Config):
             import logging
             logging.getLogger("engine.train").warning(
                 "meta.pretrain_checkpoint is not set: the frozen encoder keeps its random init")
-        return ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
-                      normalize_reps=cfg.loss.normalize_reps, action_scale=cfg.model.action_scale)
+        frame_level = ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
+                             normalize_reps=cfg.loss.normalize_reps, action_scale=cfg.model.action_scale)
+        if cfg.is_hierarchical:
+            from engine.hjepa import build_hjepa
+            return build_hjepa(cfg, frame_level)
+        return frame_level
     lc = cfg.loss
     sigreg = None
     if lc.sigreg_coeff > 0:

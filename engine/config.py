@@ -4,7 +4,7 @@
     cfg.data.batch_size, cfg.model.model_name, cfg.mask[0].spatial_scale, cfg.ignored_keys
 
 Sections: data, data_aug, mask, model, loss, optimization, meta, logging, planning (ours: the CEM planner
-and its reach task) (+ top-level app/folder and
+and its tasks), hierarchy (ours: the upper levels of an `app: hjepa` stack) (+ top-level app/folder and
 the launcher keys). The V-JEPA (`configs/pretrain/*.yaml`), V-JEPA 2 (`configs/train/*/*.yaml`) and
 I-JEPA (`configs/*.yaml`) files load unchanged: I-JEPA's layout (model keys under meta, one mask
 dict) is mapped onto the same typed sections. Keys that only the reference launcher uses are
@@ -54,21 +54,23 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     "meta.load_predictor": ((False,), (), "the action-conditioned predictor starts from its initialisation"),
     "meta.context_encoder_key": (("encoder", "target_encoder"), (), "the action-conditioned run has one frozen "
                                                                      "encoder, read from meta.target_encoder_key"),
-    "model.pred_is_frame_causal": ((False,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
-    "model.use_extrinsics": ((False,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
-    "model.action_dim": ((7,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
-    "model.state_dim": ((None,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
-    "loss.auto_steps": ((1,), ("vjepa_droid",), "only the action-conditioned rollout has it"),
-    "loss.normalize_reps": ((True,), ("vjepa_droid",), "V-JEPA targets are always layer-normed"),
-    "model.action_scale": ((1.0,), ("vjepa_droid",), "only the action-conditioned predictor has it"),
+    "model.pred_is_frame_causal": ((False,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
+    "model.use_extrinsics": ((False,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
+    "model.action_dim": ((7,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
+    "model.state_dim": ((None,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
+    "loss.auto_steps": ((1,), ("vjepa_droid", "hjepa"), "only the action-conditioned rollout has it"),
+    "loss.normalize_reps": ((True,), ("vjepa_droid", "hjepa"), "V-JEPA targets are always layer-normed"),
+    "model.action_scale": ((1.0,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
 }
 
 # Keys an app does not read (its model or data path has no use for them): for that app, a value other
 # than the default is refused by name.
 UNREAD_BY_APP = {
-    "ijepa": ("data_aug.*", "loss.reg_coeff", "data.num_clips", "data.num_frames", "data.sampling_rate", "data.fps",
+    "vjepa": ("hierarchy.*",),
+    "ijepa": ("hierarchy.*", "data_aug.*", "loss.reg_coeff", "data.num_clips", "data.num_frames", "data.sampling_rate", "data.fps",
               "data.clip_duration", "data.dataset_fpcs", "data.datasets_weights", "data.filter_short_videos"),
-    "vjepa_droid": ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
+    "vjepa_droid": ("hierarchy.*", "loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
+    "hjepa": ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
 }
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -268,8 +270,29 @@ class PlanningConfig:
 
 
 @dataclass
+class HierarchyConfig:
+    """ours: H-JEPA (engine.hjepa). Level 1 is the action-conditioned model over frames (the model/loss
+    sections); each level above encodes windows of the latents of the level below (temporal mean pooling,
+    then a small transformer over the pooled tokens) and predicts them at its own, coarser time step from
+    the summed actions of the steps it spans."""
+    levels: int = 2                   # levels in the stack, the frame level included
+    window: int = 4                   # steps of level k that one step of level k+1 pools
+    stride: int = 4                   # steps of level k between two steps of level k+1 (its time step)
+    embed_dim: int = 128              # width of every upper level's latents and encoder
+    depth: int = 2                    # transformer blocks of each upper encoder
+    num_heads: int = 4
+    pred_depth: int = 2               # each upper level's action-conditioned predictor
+    pred_embed_dim: int = 96
+    pred_num_heads: int = 4
+    train: str = "joint"              # joint: every level at once | level_by_level: hierarchy.level only
+    level: int = 2                    # level_by_level: the level this run trains (the others stay frozen)
+    init_checkpoint: Optional[str] = None   # level_by_level: an hjepa run (or file) holding the levels below
+    use_states: bool = True           # false: the predictors see zero states (the latents alone carry the state)
+
+
+@dataclass
 class Config:
-    app: str = "vjepa"                                # vjepa | ijepa | vjepa_droid
+    app: str = "vjepa"                                # vjepa | ijepa | vjepa_droid | hjepa
     folder: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
     data_aug: DataAugConfig = field(default_factory=DataAugConfig)
@@ -280,6 +303,7 @@ class Config:
     meta: MetaConfig = field(default_factory=MetaConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     planning: PlanningConfig = field(default_factory=PlanningConfig)
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)
     ignored_keys: list[str] = field(default_factory=list)
     source: Optional[str] = None
 
@@ -290,7 +314,12 @@ class Config:
 
     @property
     def is_action_conditioned(self) -> bool:
-        return self.app == "vjepa_droid"
+        """The frame level is V-JEPA 2-AC's (a frozen encoder, an action-conditioned predictor)."""
+        return self.app in ("vjepa_droid", "hjepa")
+
+    @property
+    def is_hierarchical(self) -> bool:
+        return self.app == "hjepa"
 
     @property
     def frames_per_clip(self) -> int:
@@ -329,6 +358,7 @@ class Config:
 SECTIONS = {
     "data": DataConfig, "data_aug": DataAugConfig, "model": ModelConfig, "loss": LossConfig,
     "optimization": OptimizationConfig, "meta": MetaConfig, "logging": LoggingConfig, "planning": PlanningConfig,
+    "hierarchy": HierarchyConfig,
 }
 
 
@@ -503,8 +533,8 @@ def validate(cfg: Config) -> None:
     _refuse_unsupported(cfg)
     _refuse_unread(cfg)
     d, o, m = cfg.data, cfg.optimization, cfg.meta
-    if cfg.app not in ("vjepa", "ijepa", "vjepa_droid"):
-        raise ConfigError(f"app: expected vjepa, ijepa or vjepa_droid, got {cfg.app!r}")
+    if cfg.app not in ("vjepa", "ijepa", "vjepa_droid", "hjepa"):
+        raise ConfigError(f"app: expected vjepa, ijepa, vjepa_droid or hjepa, got {cfg.app!r}")
     if m.dtype not in DTYPES:
         raise ConfigError(f"meta.dtype: expected one of {DTYPES}, got {m.dtype!r}")
     if m.eval_freq < 0 or m.eval_samples < 4:
@@ -572,6 +602,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"loss.{key}: must be >= 0, got {getattr(cfg.loss, key)}")
     _validate_masks(cfg)
     _validate_model(cfg)
+    if cfg.is_hierarchical:
+        _validate_hierarchy(cfg)
 
 
 def _validate_masks(cfg: Config) -> None:
@@ -624,6 +656,56 @@ def _validate_model(cfg: Config) -> None:
     if md.pred_num_heads is not None and md.pred_embed_dim % md.pred_num_heads:
         raise ConfigError(f"model.pred_embed_dim: {md.pred_embed_dim} is not divisible by "
                           f"model.pred_num_heads ({md.pred_num_heads})")
+
+
+def level_steps(frames: int, h: HierarchyConfig) -> list[int]:
+    """Steps per clip of `frames` frames at each level: frames at level 1, then (steps below - window)
+    // stride + 1 (the windows that fit)."""
+    steps = [frames]
+    for _ in range(1, h.levels):
+        steps.append((steps[-1] - h.window) // h.stride + 1)
+    return steps
+
+
+def _validate_hierarchy(cfg: Config) -> None:
+    h = cfg.hierarchy
+    for key in ("levels", "window", "stride", "embed_dim", "depth", "num_heads", "pred_depth", "pred_embed_dim",
+                "pred_num_heads"):
+        if getattr(h, key) < 1:
+            raise ConfigError(f"hierarchy.{key}: must be >= 1, got {getattr(h, key)}")
+    if h.levels < 2:
+        raise ConfigError(f"hierarchy.levels: an hjepa stack has >= 2 levels, got {h.levels}; one level is "
+                          "app: vjepa_droid")
+    if h.stride > h.window:
+        raise ConfigError(f"hierarchy.stride: {h.stride} is more than hierarchy.window ({h.window}): steps of the "
+                          "level below would belong to no window")
+    if h.embed_dim % h.num_heads:
+        raise ConfigError(f"hierarchy.embed_dim: {h.embed_dim} is not divisible by hierarchy.num_heads ({h.num_heads})")
+    if h.pred_embed_dim % h.pred_num_heads:
+        raise ConfigError(f"hierarchy.pred_embed_dim: {h.pred_embed_dim} is not divisible by "
+                          f"hierarchy.pred_num_heads ({h.pred_num_heads})")
+    steps = level_steps(cfg.frames_per_clip, h)
+    if steps[-1] < 2:
+        need = cfg.frames_per_clip
+        while level_steps(need, h)[-1] < 2:
+            need += 1
+        fpc_key = "data.dataset_fpcs" if cfg.data.dataset_fpcs else "data.num_frames"
+        raise ConfigError(f"{fpc_key}: clips of {cfg.frames_per_clip} frames give {steps} steps per level with "
+                          f"hierarchy.window {h.window} / stride {h.stride}; the top level needs >= 2 (use clips of "
+                          f">= {need} frames, or fewer levels / a smaller window)")
+    if h.train not in ("joint", "level_by_level"):
+        raise ConfigError(f"hierarchy.train: expected joint or level_by_level, got {h.train!r}")
+    if h.train == "joint":
+        if h.level != HierarchyConfig.level or h.init_checkpoint is not None:
+            raise ConfigError("hierarchy.level / hierarchy.init_checkpoint: only read with hierarchy.train: "
+                              "level_by_level (joint trains every level); remove them")
+    else:
+        if not 1 <= h.level <= h.levels:
+            raise ConfigError(f"hierarchy.level: the level to train must lie in 1..{h.levels} (hierarchy.levels), "
+                              f"got {h.level}")
+        if h.level > 1 and h.init_checkpoint is None:
+            raise ConfigError(f"hierarchy.init_checkpoint: training level {h.level} alone needs the levels below "
+                              "it trained: name the hjepa run (or checkpoint file) that trained them")
 
 
 # -- YAML + command-line overrides -------------------------------------------------------------

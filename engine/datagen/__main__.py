@@ -19,6 +19,8 @@ Usage:
         -> DIR/robot.csv + DIR/robot/NNNNNN.mp4 (+ .actions.npy, .states.npy): a pybullet KUKA arm
     python -m engine.datagen atari --output DIR --num N [--frames 32 --games breakout pong ... --size S]
         -> DIR/atari.csv + DIR/atari/NNNNNN.mp4 (+ .actions.npy, .states.npy): ale-py gameplay
+    python -m engine.datagen maze --output DIR --num N [--frames 32 --size 32 --fps 10 --seed 0]
+        -> DIR/maze.csv + DIR/maze/NNNNNN.mp4 (+ .actions.npy, .states.npy): a ball exploring a two-room maze
 """
 from __future__ import annotations
 
@@ -95,14 +97,18 @@ def main(argv=None):
                     help="keep the encoder's own reference structure (default for h264 / vp9: many frames "
                          "unreferenced, so strided clips decode fewer frames)")
     for name, helptext in (("robot", "pybullet KUKA arm episodes (random / reach / push) with actions + states"),
-                           ("atari", "Atari gameplay (ale-py ROMs) with actions + RAM states")):
+                           ("atari", "Atari gameplay (ale-py ROMs) with actions + RAM states"),
+                           ("maze", "pybullet ball in a two-room maze, seen from above, with actions + positions")):
         r = sub.add_parser(name, help=helptext)
         r.add_argument("--output", required=True)
         r.add_argument("--num", type=int, required=True)
         r.add_argument("--frames", type=int, default=32)
         r.add_argument("--seed", type=int, default=0)
         r.add_argument("--codec", default="h264", choices=sorted(CODECS))
-        if name == "robot":
+        if name == "maze":
+            r.add_argument("--size", type=int, default=32)
+            r.add_argument("--fps", type=int, default=10)
+        elif name == "robot":
             r.add_argument("--size", type=int, default=64)
             r.add_argument("--fps", type=int, default=10)
             r.add_argument("--policies", nargs="+", default=None,
@@ -142,6 +148,12 @@ def main(argv=None):
         csv = generate_robot(args.output, args.num, num_frames=args.frames, size=args.size, fps=args.fps,
                              codec=args.codec, seed=args.seed, progress=True,
                              **({"policies": args.policies} if args.policies else {}))
+        print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
+    elif args.cmd == "maze":
+        from .sources import generate_maze
+
+        csv = generate_maze(args.output, args.num, num_frames=args.frames, size=args.size, fps=args.fps,
+                            codec=args.codec, seed=args.seed, progress=True)
         print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "atari":
         from .sources import generate_atari
