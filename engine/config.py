@@ -65,11 +65,14 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
 
 # Keys an app does not read (its model or data path has no use for them): for that app, a value other
 # than the default is refused by name.
+HJEPA_ONLY = ("hierarchy.*", "planning.top_samples", "planning.top_topk", "planning.top_iterations",
+              "planning.top_horizon")
 UNREAD_BY_APP = {
-    "vjepa": ("hierarchy.*",),
-    "ijepa": ("hierarchy.*", "data_aug.*", "loss.reg_coeff", "data.num_clips", "data.num_frames", "data.sampling_rate", "data.fps",
-              "data.clip_duration", "data.dataset_fpcs", "data.datasets_weights", "data.filter_short_videos"),
-    "vjepa_droid": ("hierarchy.*", "loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
+    "vjepa": HJEPA_ONLY,
+    "ijepa": HJEPA_ONLY + ("data_aug.*", "loss.reg_coeff", "data.num_clips", "data.num_frames", "data.sampling_rate",
+                           "data.fps", "data.clip_duration", "data.dataset_fpcs", "data.datasets_weights",
+                           "data.filter_short_videos"),
+    "vjepa_droid": HJEPA_ONLY + ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
     "hjepa": ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
 }
 
@@ -267,6 +270,11 @@ class PlanningConfig:
     max_steps: int = 30               # the task's step budget per episode
     tolerance: float = 0.05           # success: end effector within this distance (m) of the goal
     goal_seed: int = 1000             # episodes' scenes and goals come from (goal_seed, episode)
+    # H-JEPA (engine.planning.hierarchical): the top level's CEM, at its own time step
+    top_samples: int = 64
+    top_topk: int = 8
+    top_iterations: int = 4
+    top_horizon: int = 4              # summed displacements (steps of level 2) per planned sequence
 
 
 @dataclass
@@ -646,8 +654,13 @@ def _validate_model(cfg: Config) -> None:
     for key in ("samples", "topk", "iterations", "horizon", "max_steps"):
         if getattr(pl, key) < 1:
             raise ConfigError(f"planning.{key}: must be >= 1, got {getattr(pl, key)}")
-    if pl.topk > pl.samples:
-        raise ConfigError(f"planning.topk: {pl.topk} is more than planning.samples ({pl.samples})")
+    for key in ("top_samples", "top_topk", "top_iterations", "top_horizon"):
+        if getattr(pl, key) < 1:
+            raise ConfigError(f"planning.{key}: must be >= 1, got {getattr(pl, key)}")
+    for top in ("", "top_"):
+        if getattr(pl, top + "topk") > getattr(pl, top + "samples"):
+            raise ConfigError(f"planning.{top}topk: {getattr(pl, top + 'topk')} is more than planning.{top}samples "
+                              f"({getattr(pl, top + 'samples')})")
     for key in ("momentum_mean", "momentum_std"):
         if not 0.0 <= getattr(pl, key) < 1.0:
             raise ConfigError(f"planning.{key}: must lie in [0, 1), got {getattr(pl, key)}")

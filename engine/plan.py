@@ -1,7 +1,10 @@
-"""Closed-loop planning with a trained action-conditioned world model on the pybullet reach task.
+"""Closed-loop planning with a trained action-conditioned world model on the pybullet reach task, or with
+an H-JEPA on the two-room maze (--hierarchical).
 
     python -m engine.plan --config configs/ac_arm_tiny_cpu.yaml --checkpoint runs/ac_arm --episodes 20
         [--set planning.samples=200 ...] [--baselines random zero oracle] [--csv results.csv]
+    python -m engine.plan --hierarchical --config configs/hjepa_tiny_cpu.yaml --checkpoint runs/hjepa_tiny
+        --episodes 20 [--csv bench/results/hjepa_plan_cpu.csv]
 
 Per episode (engine.planning.reach: held-out scenes and goals from planning.goal_seed): render the goal
 image, then MPC: encode the current frame, plan with CEM towards the goal image's latent (engine.planning.cem,
@@ -9,6 +12,12 @@ the `planning` section), execute the first action, repeat until the end effector
 planning.tolerance of the goal or planning.max_steps actions are spent. The same episodes are run with
 the baselines (random actions, zero actions, and the oracle that knows the goal position). Prints one
 row per controller: success rate, mean final distance (m), seconds per action.
+
+--hierarchical (engine.planning.maze, engine.planning.hierarchical): per held-out maze episode, the
+hierarchical planner (the top level's subgoals, the frame level's actions), the flat planner (CEM on the
+frame level alone towards the goal latent, given as many predictor steps per action: its samples are
+raised to match), random actions and the oracle that knows the way; the same columns plus the
+predictor steps each planner spent per action.
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ import torch
 from engine.config import ConfigError, load_config
 
 BASELINES = ("random", "zero", "oracle")
+MAZE_BASELINES = ("random", "oracle")
 
 
 def parse_args(argv=None):
@@ -35,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
     p.add_argument("--csv", help="append one row per controller to this CSV")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--hierarchical", action="store_true",
+                   help="an hjepa checkpoint on the maze task: hierarchical vs flat planning at equal compute")
     return p.parse_args(argv)
 
 
@@ -62,6 +74,28 @@ def planner(world_model, pc, seed: int):
     return act
 
 
+def report(rows: list[dict], args, pc, extra=()) -> None:
+    """Print the table; with --csv append one row per controller (the planning settings beside it)."""
+    print(f"{'controller':<12} {'success':>8} {'final m':>8} {'min m':>7} {'steps':>6} {'s/action':>9}"
+          + "".join(f" {k:>14}" for k in extra))
+    for r in rows:
+        print(f"{r['controller']:<12} {r['success_rate']:>8.2f} {r['final_distance_m']:>8.3f} "
+              f"{r['min_distance_m']:>7.3f} {r['steps']:>6.1f} {r['seconds_per_action']:>9.4f}"
+              + "".join(f" {r.get(k, float('nan')):>14.1f}" for k in extra))
+    if args.csv:
+        path = Path(args.csv)
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["checkpoint", "first_episode", "samples", "horizon", "iterations",
+                                              "tolerance", "max_steps", *rows[0]])
+            if new:
+                w.writeheader()
+            for r in rows:
+                w.writerow({"checkpoint": str(args.checkpoint), "first_episode": args.first_episode,
+                            "samples": pc.samples, "horizon": pc.horizon, "iterations": pc.iterations,
+                            "tolerance": pc.tolerance, "max_steps": pc.max_steps, **r})
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
@@ -74,6 +108,8 @@ def main(argv=None) -> list[dict]:
     if args.episodes < 1:
         print("--episodes must be >= 1", file=sys.stderr)
         raise SystemExit(2)
+    if args.hierarchical:
+        return main_hierarchical(args, cfg)
     from engine.planning.cem import load_world_model
     from engine.planning.reach import ReachTask, random_controller, oracle_controller, zero_controller
     try:
@@ -102,22 +138,58 @@ def main(argv=None) -> list[dict]:
     rows = [summarize(n, results[n]) for n in names]
     print(f"\nreach, {args.episodes} episodes, tolerance {pc.tolerance} m, budget {pc.max_steps} actions; CEM "
           f"{pc.samples} samples x horizon {pc.horizon} x {pc.iterations} iterations")
-    print(f"{'controller':<10} {'success':>8} {'final m':>8} {'min m':>7} {'steps':>6} {'s/action':>9}")
-    for r in rows:
-        print(f"{r['controller']:<10} {r['success_rate']:>8.2f} {r['final_distance_m']:>8.3f} "
-              f"{r['min_distance_m']:>7.3f} {r['steps']:>6.1f} {r['seconds_per_action']:>9.4f}")
-    if args.csv:
-        path = Path(args.csv)
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["checkpoint", "first_episode", "samples", "horizon", "iterations",
-                                              "tolerance", "max_steps", *rows[0]])
-            if new:
-                w.writeheader()
-            for r in rows:
-                w.writerow({"checkpoint": str(args.checkpoint), "first_episode": args.first_episode,
-                            "samples": pc.samples, "horizon": pc.horizon, "iterations": pc.iterations,
-                            "tolerance": pc.tolerance, "max_steps": pc.max_steps, **r})
+    report(rows, args, pc)
+    return rows
+
+
+def main_hierarchical(args, cfg) -> list[dict]:
+    """Hierarchical vs flat (equal predictor steps per action) vs random vs oracle on the maze."""
+    from engine.hjepa import load_hjepa
+    from engine.planning.cem import LatentWorldModel
+    from engine.planning.hierarchical import (HierarchicalPlanner, flat_samples_for, frame_settings,
+                                              hierarchical_steps_per_action)
+    from engine.planning.maze import MazeTask, oracle_controller, random_controller
+    try:
+        hj, train_cfg = load_hjepa(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    pc = cfg.planning
+    stride = hj.window_of(2)[1]
+    budget = hierarchical_steps_per_action(pc, stride)
+    flat_pc = frame_settings(pc, samples=flat_samples_for(budget, pc))
+    hier = HierarchicalPlanner(hj, train_cfg.data.crop_size, pc, torch.Generator().manual_seed(cfg.meta.seed))
+    episode = {}
+
+    def hierarchical(frame, state, ep, maze):
+        if episode.get("index") != ep.index:
+            hier.reset(ep.goal_image)
+            episode["index"] = ep.index
+        return hier.act(frame, state)
+
+    flat_wm = LatentWorldModel(hj.levels[0], train_cfg.data.crop_size, zero_states=not hj.use_states)
+    rng = np.random.default_rng(cfg.meta.seed)
+    controllers = {"hierarchical": hierarchical, "flat": planner(flat_wm, flat_pc, cfg.meta.seed),
+                   "random": random_controller(rng, pc.maxnorm), "oracle": oracle_controller}
+    names = ["hierarchical", "flat"] + [b for b in MAZE_BASELINES if b in args.baselines]
+    steps = {"hierarchical": budget, "flat": float((flat_pc.iterations * flat_pc.samples + 1) * flat_pc.horizon)}
+    task = MazeTask(size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
+    results = {n: [] for n in names}
+    try:
+        for i in range(args.first_episode, args.first_episode + args.episodes):
+            ep = task.episode(i)
+            for n in names:
+                results[n].append(task.run(ep, controllers[n]))
+            print(f"episode {i}: " + ", ".join(f"{n} {'reached' if results[n][-1].success else 'missed'} "
+                                                f"({results[n][-1].final_distance:.2f} m)" for n in names), flush=True)
+    finally:
+        task.close()
+    rows = [dict(summarize(n, results[n]), predictor_steps_per_action=steps.get(n, 0.0)) for n in names]
+    print(f"\nmaze, {args.episodes} episodes, tolerance {pc.tolerance} m, budget {pc.max_steps} actions; "
+          f"hierarchical: top CEM {pc.top_samples} x horizon {pc.top_horizon} x {pc.top_iterations} every {stride} "
+          f"actions + frame CEM {pc.samples} x {pc.iterations}; flat: CEM {flat_pc.samples} x horizon {pc.horizon} "
+          f"x {pc.iterations}")
+    report(rows, args, pc, extra=("predictor_steps_per_action",))
     return rows
 
 

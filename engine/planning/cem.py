@@ -12,7 +12,8 @@ action sequences are drawn from a diagonal Gaussian (clipped to +-maxnorm), roll
 The rollout is batched: ONE predictor call on all samples per horizon step (context: the current
 frame, then the predicted ones). States are rolled out as the reference does for poses: the next
 state is the last one with the action added to its first action_dim entries (the end-effector
-position, which the arm's actions displace); the other entries are held.
+position, which the arm's actions displace); the other entries are held. A model trained without
+states (`zero_states`, H-JEPA's hierarchy.use_states: false) sees zero states throughout.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from engine.data.transforms import Normalize
 class LatentWorldModel:
     """An ACJEPA seen as a world model: frames -> latents, (latents, states, actions) -> next latents."""
 
-    def __init__(self, model, crop_size: int):
+    def __init__(self, model, crop_size: int, zero_states: bool = False):
         self.model = model.eval()
         self.crop_size = int(crop_size)
+        self.zero_states = zero_states
         self.normalize = Normalize()   # the training transform's normalisation of uint8 clips
 
     @property
@@ -47,17 +49,25 @@ class LatentWorldModel:
     @torch.no_grad()
     def rollout(self, z0_1ND, state_S, actions_KHA) -> torch.Tensor:
         """Latents [K, H'*W', D] after each of the K action sequences [K, H, A] from (z0, state)."""
+        return self.rollout_steps(z0_1ND, state_S, actions_KHA)[:, -1]
+
+    @torch.no_grad()
+    def rollout_steps(self, z0_1ND, state_S, actions_KHA) -> torch.Tensor:
+        """Latents after each action of each sequence: [K, H, H'*W', D]."""
         K, H, A = actions_KHA.shape
         z = z0_1ND.expand(K, -1, -1)
         states = torch.as_tensor(state_S, dtype=torch.float32).view(1, 1, -1).expand(K, 1, -1)
+        if self.zero_states:
+            states = torch.zeros_like(states)
         n = self.model.tokens_per_frame
         for h in range(H):
             z_next = self.model.step_predictor(z, actions_KHA[:, :h + 1], states)[:, -n:]
             z = torch.cat([z, z_next], dim=1)
             nxt = states[:, -1:].clone()
-            nxt[..., :A] += actions_KHA[:, h:h + 1]
+            if not self.zero_states:
+                nxt[..., :A] += actions_KHA[:, h:h + 1]
             states = torch.cat([states, nxt], dim=1)
-        return z[:, -n:]
+        return z[:, n:].reshape(K, H, n, -1)
 
 
 def energy(z_KND, goal_1ND) -> torch.Tensor:
