@@ -144,7 +144,7 @@ class HJEPA(nn.Module):
                     levels[f"std_level{k}"] = float(tgt.float().std(dim=0).mean())
             if k > 1:
                 h = tgt
-            levels[f"loss_level{k}"] = float(l_tf + l_ar)
+            levels[f"loss_level{k}"] = float((l_tf + l_ar).detach())
             if train_k:
                 total, tf, ar = total + l_tf + l_ar, tf + l_tf.detach(), ar + l_ar.detach()
         # The loop's metrics have fixed columns: the trained levels' sums go there, each level's own

@@ -1,0 +1,87 @@
+"""engine.planning.hierarchical: one plan step of each level, its compute accounting, and
+`python -m engine.plan --hierarchical` end to end on a small untrained stack."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from engine.builders import build_jepa
+from engine.config import load_config
+from engine.planning.hierarchical import (HierarchicalPlanner, cem_predictor_steps, flat_samples_for,
+                                          frame_settings, hierarchical_steps_per_action, top_settings)
+
+TINY = "configs/hjepa_tiny_cpu.yaml"
+SMALL = ["model.pred_depth=1", "hierarchy.depth=1", "hierarchy.pred_depth=1", "hierarchy.embed_dim=32",
+         "hierarchy.num_heads=2", "hierarchy.pred_embed_dim=48", "hierarchy.pred_num_heads=2",
+         "planning.samples=8", "planning.topk=2", "planning.iterations=2", "planning.top_samples=8",
+         "planning.top_topk=2", "planning.top_iterations=2", "planning.top_horizon=2", "planning.max_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    cfg = load_config(TINY, SMALL)
+    torch.manual_seed(0)
+    return build_jepa(cfg).eval(), cfg
+
+
+def test_a_plan_step_replans_the_top_level_once_per_stride(stack):
+    hj, cfg = stack
+    calls = {"level1": [], "level2": []}
+    hooks = [hj.predictor[k].register_forward_hook(lambda m, a, o, k=k: calls[k].append(a[0].shape[0]))
+             for k in calls]
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    try:
+        planner = HierarchicalPlanner(hj, 32, cfg.planning, torch.Generator().manual_seed(0))
+        planner.reset(frames[0])
+        actions = [planner.act(f, np.zeros(2, np.float32)) for f in frames[1:]]
+    finally:
+        for h in hooks:
+            h.remove()
+    pc = cfg.planning
+    assert all(a.shape == (2,) and np.abs(a).max() <= pc.maxnorm for a in actions)
+    # 5 actions with stride 4: the top level planned at actions 0 and 4, each a CEM plus the subgoal rollout
+    top = top_settings(pc, 4)
+    assert len(calls["level2"]) == 2 * ((top.iterations + 1) * top.horizon + 1)
+    # the frame level's horizon counts down to the subgoal: 4, 3, 2, 1, then 4 again
+    low = sum((pc.iterations + 1) * h for h in (4, 3, 2, 1, 4))
+    assert len(calls["level1"]) == low
+
+
+def test_flat_planner_gets_the_hierarchical_planners_predictor_steps(stack):
+    _, cfg = stack
+    pc = load_config(TINY).planning
+    budget = hierarchical_steps_per_action(pc, 4)
+    low = np.mean([(pc.iterations * pc.samples + 1) * h for h in (1, 2, 3, 4)])
+    top = ((pc.top_iterations * pc.top_samples + 1) * pc.top_horizon + 1) / 4
+    assert budget == pytest.approx(low + top)
+    flat = frame_settings(pc, samples=flat_samples_for(budget, pc))
+    assert cem_predictor_steps(flat) == pytest.approx(budget, rel=0.02)
+
+
+def test_plan_cli_hierarchical_writes_a_row_per_controller(stack, tmp_path):
+    from engine.plan import main
+    from engine.runtime.checkpoint import save_checkpoint
+    hj, cfg = stack
+    save_checkpoint(tmp_path / "run", 1, {"encoder": hj.encoder.state_dict(), "predictor": hj.predictor.state_dict(),
+                                          "target_encoder": hj.target_encoder.state_dict(), "config": cfg.to_dict()})
+    out = tmp_path / "plan.csv"
+    args = ["--hierarchical", "--config", TINY, "--checkpoint", str(tmp_path / "run"), "--episodes", "1",
+            "--csv", str(out)] + [a for o in SMALL if o.startswith("planning.") for a in ("--set", o)]
+    rows = main(args)
+    assert [r["controller"] for r in rows] == ["hierarchical", "flat", "random", "oracle"]
+    assert all(r["steps"] == 3 for r in rows)          # max_steps=3: nobody crosses the maze in 3
+    with open(out) as f:
+        got = list(csv.DictReader(f))
+    assert [g["controller"] for g in got] == ["hierarchical", "flat", "random", "oracle"]
+    assert float(got[0]["predictor_steps_per_action"]) == pytest.approx(float(got[1]["predictor_steps_per_action"]), rel=0.1)
+
+
+def test_plan_cli_refuses_a_checkpoint_of_another_app(tmp_path, capsys):
+    from engine.plan import main
+    from engine.runtime.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path, 1, {"encoder": {}, "predictor": {}, "config": {"app": "vjepa_droid"}})
+    with pytest.raises(SystemExit):
+        main(["--hierarchical", "--config", TINY, "--checkpoint", str(tmp_path), "--episodes", "1"])
+    assert "not a checkpoint of an `app: hjepa` run" in capsys.readouterr().err
