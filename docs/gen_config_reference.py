@@ -96,7 +96,7 @@ def render() -> str:
     lines += _section("mask", c.VideoMaskConfig, "Video (V-JEPA, V-JEPA 2): a list of these, one per mask config; "
                       "address an item as `mask.<i>.<key>`.")
     lines += _section("mask (I-JEPA)", c.ImageMaskConfig, "Images (`app: ijepa`): one mapping.")
-    for name in ("model", "loss", "optimization", "meta", "logging"):
+    for name in ("model", "loss", "optimization", "meta", "logging", "planning", "hierarchy"):
         lines += _section(name, hints[name])
     lines += ["## Values not supported", "", "Any other value of these keys is an error naming the key.", "",
               "| key | accepted | acts for app | why |", "|---|---|---|---|"]

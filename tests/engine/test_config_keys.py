@@ -46,6 +46,8 @@ RUNTIME = {
     "optimization.resume_anneal": "engine/runtime",
     "meta.eval_freq": "engine/eval/periodic.py", "meta.eval_samples": "engine/eval/periodic.py",
     **{f"planning.{f.name}": "engine/plan.py engine/planning" for f in dataclasses.fields(C.PlanningConfig)},
+    # the H-JEPA stack's keys: its model and builders read them (tests/hjepa)
+    **{f"hierarchy.{f.name}": "engine/hjepa.py" for f in dataclasses.fields(C.HierarchyConfig)},
 }
 # Accepted today and read by nothing: the training loop's own keys, being implemented with it. Each is an
 # expected failure below until the loop reads it (then the mark and this entry go).
