@@ -75,7 +75,7 @@ class HJEPA(nn.Module):
         for k in range(1, L + 1):
             if k not in self.trained:
                 self.freeze_level(k)
-        self._ema: dict = {}
+        self._ema = None
         self.level_losses: dict = {}
 
     def freeze_level(self, k: int) -> None:
@@ -158,14 +158,18 @@ class HJEPA(nn.Module):
 
     @torch.no_grad()
     def update_target(self, momentum) -> None:
-        """EMA of each trained upper level's encoder into its target (level 1's encoder is frozen)."""
+        """EMA of the trained upper levels' encoders into their targets, in one pass (level 1's encoder is
+        frozen; a frozen upper level's encoder holds its target's weights)."""
+        from types import SimpleNamespace
+
         from engine.runtime.ema import TargetEMA
-        for k in self.trained:
-            if k == 1:
-                continue
-            if k not in self._ema:
-                self._ema[k] = TargetEMA(self.encoder[level_key(k)], self.target_encoder[level_key(k)])
-            self._ema[k](momentum)
+        keys = [level_key(k) for k in self.trained if k > 1]
+        if not keys:
+            return
+        if self._ema is None:
+            self._ema = TargetEMA(SimpleNamespace(encoder=nn.ModuleDict({k: self.encoder[k] for k in keys}),
+                                                  target_encoder=nn.ModuleDict({k: self.target_encoder[k] for k in keys})))
+        self._ema(momentum)
 
 
 def trained_levels(cfg) -> list[int]:

@@ -9,7 +9,7 @@ is drawn in the upper part of the right room, so the straight line between them 
 the ball must go down to the gap, through it and up again (about 3 m, 30+ actions of at most 0.1 m per
 axis). A planner that greedily reduces its distance to the goal in latent space presses the ball against
 the wall. The goal image is rendered with the ball placed at the goal. Success: the ball comes within
-`tolerance` of the goal within `max_steps` actions (engine.data.sources.pybullet_maze holds the world).
+`tolerance` of the goal within `max_steps` actions (engine.datagen.sources.pybullet_maze holds the world).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from engine.data.sources.pybullet_maze import BALL_RADIUS, FREE, MAX_STEP, WALL_END, WALL_T, Maze, blocked
+from engine.datagen.sources.pybullet_maze import BALL_RADIUS, FREE, MAX_STEP, WALL_END, WALL_T, Maze, blocked
 from engine.planning.reach import Episode, Result
 
 START_LO, START_HI = np.array([-0.75, 0.25]), np.array([-0.35, 0.75])

@@ -3,7 +3,7 @@ task (held-out goals behind the wall: the oracle reaches them, heading straight 
 import numpy as np
 import pytest
 
-from engine.data.sources.pybullet_maze import MAX_STEP, Maze, blocked, explore_episode, generate_maze
+from engine.datagen.sources.pybullet_maze import MAX_STEP, Maze, blocked, explore_episode, generate_maze
 from engine.planning.maze import MazeTask, oracle_controller
 
 

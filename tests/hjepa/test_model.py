@@ -53,7 +53,7 @@ def test_forward_gives_the_summed_loss_and_each_levels_loss():
     lv = m.level_losses
     assert set(lv) == {"loss_level1", "loss_level2", "std_level2"}
     torch.testing.assert_close(float(loss.detach()), lv["loss_level1"] + lv["loss_level2"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(float(info["loss_tf"] + info["loss_rollout"]), float(loss), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(float(info["loss_tf"] + info["loss_rollout"]), float(loss.detach()), rtol=1e-5, atol=1e-6)
     h = m.encode_frames(clips)
     assert h.shape == (2, 12, 16, 192)
     assert m.encode_level(2, h).shape == (2, 3, 16, 32)

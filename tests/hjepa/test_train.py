@@ -15,7 +15,7 @@ SMALL = ["model.pred_depth=1", "hierarchy.depth=1", "hierarchy.pred_depth=1", "h
 
 @pytest.fixture(scope="module")
 def maze_csv(tmp_path_factory):
-    from engine.data.sources import generate_maze
+    from engine.datagen.sources import generate_maze
     return generate_maze(tmp_path_factory.mktemp("maze"), 4, num_frames=14, size=32, seed=0)
 
 
