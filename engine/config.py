@@ -766,13 +766,19 @@ def load_raw(path) -> dict:
 
 def load_config(path=None, overrides=(), raw: Optional[dict] = None) -> Config:
     """Read a YAML file (or a parsed dict), apply `section.key=value` overrides, type and check it."""
+    return load_typed(config_from_dict, path, overrides, raw)
+
+
+def load_typed(from_dict, path=None, overrides=(), raw: Optional[dict] = None):
+    """from_dict(raw dict, source) on a YAML file (or a parsed dict) after `a.b.c=value` overrides; its
+    ConfigError names the file. The one loader of the training and the evaluation configs."""
     if raw is None:
         raw = load_raw(path) if path is not None else {}
     raw = copy.deepcopy(raw)
     for item in overrides or ():
         _apply_override(raw, item)
     try:
-        return config_from_dict(raw, source=str(path) if path is not None else None)
+        return from_dict(raw, source=str(path) if path is not None else None)
     except ConfigError as e:
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from engine.config import ConfigError, _apply_override, _build, _coerce, load_raw
+from engine.config import ConfigError, _build, _coerce, load_typed
 
 EVAL_NAMES = ("video_classification_frozen", "image_classification_frozen")
 IGNORED_TOP = ("nodes", "tasks_per_node", "cpus_per_task", "mem_per_gpu", "max_workers", "resume_checkpoint")
@@ -299,17 +299,7 @@ def _validate(ec: EvalConfig) -> None:
 
 def load_eval_config(path=None, overrides=(), raw: Optional[dict] = None) -> EvalConfig:
     """Read an eval YAML (either reference layout), apply `a.b.c=value` overrides, type and check it."""
-    if raw is None:
-        raw = load_raw(path)
-    raw = copy.deepcopy(raw)
-    for item in overrides or ():
-        _apply_override(raw, item)
-    try:
-        return eval_config_from_dict(raw, source=str(path) if path is not None else None)
-    except ConfigError as e:
-        if path is not None:
-            raise ConfigError(f"{path}: {e}") from None
-        raise
+    return load_typed(eval_config_from_dict, path, overrides, raw)
 
 
 def image_split_folder(ec: EvalConfig, split: str) -> Path:
