@@ -3,13 +3,15 @@
 One 2-rank ZeRO-3 launch of the real tiny V-JEPA saves after 2 steps: 8 of the epoch's 32 samples,
 which is not a whole number of 3-rank batches (6). It records its fp32 weights (EMA target included),
 fp32 masters, Adam moments and steps as DeepSpeed's own API reads them. Then one 3-rank launch resumes
-it under ZeRO-1 and ZeRO-3, and one 1-rank launch under ZeRO-0 and ZeRO-3: each must hold exactly the
-saved values, and the ZeRO-3 ones train on to the end of the epoch, reading exactly the samples the
-saved run had not read. The 3-rank launch also resumes a one-process checkpoint under ZeRO-2.
+it under ZeRO-1 (optimizer offloaded) and ZeRO-3, and one 1-rank launch under ZeRO-0 and ZeRO-3: each
+must hold exactly the saved values, and the ZeRO-3 ones train on to the end of the epoch, reading
+exactly the samples the saved run had not read. The 3-rank launch also resumes a one-process
+checkpoint under ZeRO-2.
 """
 import math
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -36,12 +38,20 @@ class IdClips(RandomClips):
         return super().__getitem__(key)
 
 
-def _trainer(out, stage, seed):
+class Run(NamedTuple):
+    out: str                 # the run folder
+    stage: int               # the ZeRO stage it is resumed under
+    until: int | None = None  # then trained to this step
+    source: str = "saved"    # what wrote it: the 2-rank ZeRO-3 run, or one process ("local")
+    offload: bool = False    # optimizer states on the CPU
+
+
+def _trainer(out, stage, seed, offload=False):
     from engine.builders import build_mask_sampler
     from engine.runtime.ds_trainer import DSTrainer
     cfg = tiny_cfg()
     return DSTrainer(cfg, out, ds_config=stage, model=build_tiny(cfg, seed=seed), dataset=IdClips(cfg),
-                     mask_sampler=build_mask_sampler(cfg), progress=False, timeout_s=120)
+                     mask_sampler=build_mask_sampler(cfg), progress=False, timeout_s=120, offload_optimizer=offload)
 
 
 def _full_state(tr) -> dict:
@@ -75,15 +85,15 @@ def _save(rank, out):
 
 
 def _resume(rank, runs):
-    """runs: (folder, ZeRO stage, train to this step or None, what wrote the folder), in order (ZeRO-3
-    last: it patches torch)."""
+    """runs: Run, in order (ZeRO-3 last: it patches torch)."""
     results = []
-    for out, stage, until, _source in runs:
-        tr = _trainer(out, stage, seed=1)   # other initial weights: everything must come from the checkpoint
+    for run in runs:
+        # other initial weights (seed 1): everything must come from the checkpoint
+        tr = _trainer(run.out, run.stage, seed=1, offload=run.offload)
         tr.fit(max_steps=SAVED_STEPS, resume=True)     # loads, trains nothing
         res = {"loaded": _full_state(tr), "loader_loaded": tr.loader.state_dict()}
-        if until is not None:
-            s = tr.fit(max_steps=until, resume=True)
+        if run.until is not None:
+            s = tr.fit(max_steps=run.until, resume=True)
             res.update(seen=tr.dataset.seen, losses=s["losses"], steps=s["steps"], loader=tr.loader.state_dict())
         results.append(res)
     return results
@@ -101,7 +111,6 @@ def _copies(saved, tmp_path_factory, names):
     return [str(shutil.copytree(saved[0], root / n)) for n in names]
 
 
-# Training to the end of the epoch: the 24 samples left make 4 steps of 3 ranks x 2, or 12 steps of 1 x 2.
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     """A one-process run (engine.runtime.trainer) after 2 steps, and what its checkpoint holds by name."""
@@ -119,17 +128,18 @@ def local(tmp_path_factory):
     return out, {"weights": weights, "adam": adam, "steps": sorted({float(s["step"]) for s in opt.values()})}
 
 
+# Training to the end of the epoch: the 24 samples left make 4 steps of 3 ranks x 2, or 12 steps of 1 x 2.
 @pytest.fixture(scope="module")
 def on3(saved, local, tmp_path_factory):
     z1, z3 = _copies(saved, tmp_path_factory, ["z1_on3", "z3_on3"])
-    runs = [(z1, 1, None, "saved"), (str(local[0]), 2, None, "local"), (z3, 3, SAVED_STEPS + 4, "saved")]
+    runs = [Run(z1, 1, offload=True), Run(str(local[0]), 2, source="local"), Run(z3, 3, until=SAVED_STEPS + 4)]
     return runs, run_ranks(_resume, world_size=3, args=(runs,), timeout_s=300)
 
 
 @pytest.fixture(scope="module")
 def on1(saved, tmp_path_factory):
     z0, z3 = _copies(saved, tmp_path_factory, ["z0_on1", "z3_on1"])
-    runs = [(z0, 0, None, "saved"), (z3, 3, SAVED_STEPS + 12, "saved")]
+    runs = [Run(z0, 0), Run(z3, 3, until=SAVED_STEPS + 12)]
     return runs, run_ranks(_resume, world_size=1, args=(runs,), timeout_s=300)
 
 
@@ -150,9 +160,9 @@ def _check_exact(saved_state, loaded):
 @pytest.mark.parametrize("where", ["on3", "on1"])
 def test_zero3_of_2_ranks_resumes_exactly_on_another_world_and_stage(where, saved, request):
     runs, ranks = request.getfixturevalue(where)
-    for i, (_out, _stage, _until, source) in enumerate(runs):
+    for i, run in enumerate(runs):
         for r in ranks:      # every rank reads the same whole values
-            if source == "saved":
+            if run.source == "saved":
                 _check_exact(saved[1], r[i]["loaded"])
 
 
@@ -168,14 +178,15 @@ def test_a_one_process_checkpoint_resumes_under_zero2_on_3_ranks(local, on3):
 @pytest.mark.parametrize("where", ["on3", "on1"])
 def test_the_epoch_goes_on_with_no_sample_repeated_or_skipped(where, saved, request):
     runs, ranks = request.getfixturevalue(where)
-    out, _stage, until, _source = runs[-1]
+    out, until = runs[-1].out, runs[-1].until
     resumed = [i for r in ranks for i in r[-1]["seen"]]
     assert len(saved[2]) == 2 * 2 * SAVED_STEPS
     assert sorted(saved[2] + resumed) == list(range(N_SAMPLES))          # each sample once in the epoch
     for r in ranks:
         assert r[-1]["steps"] == until and len(r[-1]["losses"]) == until - SAVED_STEPS
         assert all(math.isfinite(x) for x in r[-1]["losses"])
-        assert (r[-1]["loader"]["epoch"], r[-1]["loader"]["batch_in_epoch"], r[-1]["loader"]["start_sample"]) == (1, 0, 0)
+        pos = r[-1]["loader"]          # the next epoch starts at its first sample
+        assert (pos["epoch"], pos["batch_in_epoch"], pos["start_sample"]) == (1, 0, 0)
     history = yaml.safe_load((Path(out) / "config_history.yaml").read_text())
     assert "ZeRO-3, 2 ranks, step 2" in history[0]["converted_from"]
     assert history[0]["global_batch"] == {"saved": 2 * 2, "now": 2 * len(ranks)}
