@@ -61,7 +61,8 @@ def load(engine, ckpt_dir, tag: str | None = None):
         raise FileNotFoundError(f"DeepSpeed could not load checkpoint {tag} from {ckpt_dir}")
     rank_file = Path(ckpt_dir) / tag / f"client_rank{dist.get_rank():03d}.pt"
     if not rank_file.exists():
-        raise FileNotFoundError(f"{rank_file} is missing: resume needs the same world size as the save")
+        raise FileNotFoundError(f"{rank_file} is missing: the checkpoint is incomplete (this load needs the world size "
+                                "it was saved with; engine.runtime.reshard loads it on another)")
     return client_state, torch.load(rank_file, map_location="cpu", weights_only=False)
 
 
