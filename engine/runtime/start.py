@@ -118,6 +118,16 @@ def skip_batches(loader, n: int) -> None:
         return
     st = loader.state_dict()
     per_epoch = loader.batches_per_epoch
-    epoch, batch = divmod(st["epoch"] * per_epoch + st["batch_in_epoch"] + n, per_epoch)
-    loader.load_state_dict({**st, "epoch": epoch, "batch_in_epoch": batch})
+    epoch, batch, start = st["epoch"], st["batch_in_epoch"], st.get("start_sample", 0)
+    if start:   # an epoch begun on another number of ranks (engine.data.loader.state_for_world): shorter
+        in_epoch = loader.sampler.batches_from(start)
+        if batch + n < in_epoch:
+            epoch, batch, n = epoch, batch + n, 0
+        else:
+            epoch, batch, start, n = epoch + 1, 0, 0, n - (in_epoch - batch)
+    epoch, batch = divmod(epoch * per_epoch + batch + n, per_epoch)
+    new = {**st, "epoch": epoch, "batch_in_epoch": batch}
+    if "start_sample" in st:
+        new["start_sample"] = start
+    loader.load_state_dict(new)
     log.info("meta.skip_batches: skipped %d batches; the data stream continues at epoch %d batch %d", n, epoch, batch)

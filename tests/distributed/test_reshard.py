@@ -256,3 +256,19 @@ def test_a_loader_goes_on_from_a_start_sample_then_starts_the_next_epoch_at_0():
     ds.seen.clear()
     next(it)
     assert ds.seen == [int(x) for x in ref.sampler.epoch_order(1)[[1, 4]]]
+
+
+def test_skip_batches_finishes_a_partial_epoch_first():
+    """meta.skip_batches after a resume on another number of ranks: the epoch begun at a start sample
+    is shorter (here 4 batches of rank 1 of 3, from position 8 of 32), then whole epochs (5 batches)."""
+    from engine.data.loader import make_loader
+    from engine.runtime.start import skip_batches
+    ds = IdClips(tiny_cfg())
+    state = {"epoch": 0, "batch_in_epoch": 1, "start_sample": 8, "world_size": 3, "rank": 1, "seed": 0,
+             "batch_size": 2, "num_samples": N_SAMPLES}
+    for n, want in [(2, (0, 3, 8)), (3, (1, 0, 0)), (3 + 5 + 2, (2, 2, 0))]:   # 3 left of the 4
+        loader = make_loader(ds, batch_size=2, seed=0, rank=1, world_size=3)
+        loader.load_state_dict(state)
+        skip_batches(loader, n)
+        pos = loader.state_dict()
+        assert (pos["epoch"], pos["batch_in_epoch"], pos["start_sample"]) == want, n
