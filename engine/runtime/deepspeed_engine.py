@@ -92,16 +92,20 @@ def initialize(model: nn.Module, ds_config: dict, *, betas=(0.9, 0.999), eps: fl
     optimizer group and has requires_grad=False: it is never trained.
     """
     import deepspeed
-    from engine.runtime.trainer import param_groups
     for p in model.target_encoder.parameters():
         p.requires_grad_(False)
-    groups = [g for g in param_groups([model.encoder, model.predictor]) if g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=tuple(betas), eps=eps)
+    optimizer = torch.optim.AdamW(optimizer_groups(model), lr=0.0, betas=tuple(betas), eps=eps)
     if zero_stage(ds_config) == 3:
         register_container_params(model)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     alias_fp32_master(engine)
     return engine
+
+
+def optimizer_groups(model: nn.Module) -> list[dict]:
+    """The AdamW groups of `initialize`: encoder + predictor, the non-empty groups of the reference's split."""
+    from engine.runtime.trainer import param_groups
+    return [g for g in param_groups([model.encoder, model.predictor]) if g["params"]]
 
 
 def alias_fp32_master(engine) -> int:

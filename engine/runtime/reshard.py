@@ -55,11 +55,10 @@ def resharding_needed(found: Checkpoint, world_size: int, zero_stage: int) -> bo
 
 
 def optimizer_names(model) -> list[list[str]]:
-    """The parameter names of each AdamW group, in the order engine.runtime.distributed.initialize made them."""
-    from engine.runtime.trainer import param_groups
+    """The parameter names of each AdamW group of the engine (deepspeed_engine.optimizer_groups), in order."""
+    from engine.runtime.deepspeed_engine import optimizer_groups
     names = {id(p): n for n, p in model.named_parameters()}
-    groups = param_groups([model.encoder, model.predictor])
-    return [[names[id(p)] for p in g["params"]] for g in groups if g["params"]]
+    return [[names[id(p)] for p in g["params"]] for g in optimizer_groups(model)]
 
 
 def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
@@ -90,7 +89,7 @@ def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
     meta = ds_meta(found.path) if found.kind == "deepspeed" else {}
     engine.global_steps = int(meta.get("global_steps", state["step"]))
     engine.skipped_steps = int(meta.get("skipped_steps", 0))
-    saved_batch = int(meta["ds_config"]["train_batch_size"]) if meta else int(found.config["data"]["batch_size"])
+    saved_batch = int(meta["ds_config"]["train_batch_size"] if meta else mine["loader"]["batch_size"])
     note = {"converted_from": found.describe(),
             "global_batch": {"saved": saved_batch, "now": int(engine.train_batch_size())}}
     if rank == 0:
