@@ -55,12 +55,12 @@ def _parts(name):
 
 
 def _worker(rank, name, stages, steps, out):
-    from engine.runtime.ds_trainer import DSTrainer
+    from engine.runtime.trainer import Trainer
     rows = []
     for stage in stages:
         torch.manual_seed(0)
         cfg, model, ds, sampler = _parts(name)
-        tr = DSTrainer(cfg, f"{out}/{name}_s{stage}", ds_config=stage, model=model, dataset=ds, mask_sampler=sampler,
+        tr = Trainer(cfg, f"{out}/{name}_s{stage}", deepspeed=stage, model=model, dataset=ds, mask_sampler=sampler,
                        progress=False, track_memory=True)
         it = iter(tr.loader)
         times = []
@@ -73,7 +73,7 @@ def _worker(rank, name, stages, steps, out):
         def full(ps):  # ZeRO-3 leaves p.numel() == 0 outside a forward; ds_numel is the full size
             return sum(getattr(p, "ds_numel", p.numel()) for p in ps)
         P = full(p for m in (model.encoder, model.predictor) for p in m.parameters())
-        m = tr.memory
+        m = tr.backend.memory
         rows.append({"model": name, "model_impl": "engine.models", "stage": stage, "ranks": tr.world,
                      "trainable_params": P, "target_params": full(model.target_encoder.parameters()),
                      **{f"{k}_mb": round(v / 2**20, 3) for k, v in m.items()},

@@ -16,7 +16,7 @@ Plain PyTorch (examples/plain_loop.py):
 Lightning (examples/lightning_module.py): the same three calls inside a LightningModule; the EMA goes
 in `optimizer_step` (after the real step, so it runs once per optimizer step under accumulation).
 With `DeepSpeedStrategy(stage=3)` call `api.prepare_for_zero3(model)` before the strategy wraps it
-(Lightning's DeepSpeed strategy accepts only CUDA accelerators; on CPU use DSTrainer or the default strategy).
+(Lightning's DeepSpeed strategy accepts only CUDA accelerators; on CPU use engine.train's DeepSpeed backend or the default strategy).
 
 HF Accelerate (examples/accelerate_loop.py):
     model, opt, loader = accelerator.prepare(api.prepare_for_zero3(model), opt, loader)  # prepare_for_zero3: only for ZeRO-3
@@ -39,7 +39,7 @@ from engine.jepa import JEPA
 from engine.runtime.deepspeed_engine import register_container_params
 from engine.runtime.ema import TargetEMA, unwrap  # noqa: F401  (public as engine.TargetEMA, engine.unwrap)
 from engine.runtime.schedules import Schedules, apply_to_optimizer
-from engine.runtime.trainer import param_groups as _param_groups
+from engine.runtime.step import param_groups as _param_groups
 
 # No __all__ here: the public names are engine.__all__ (engine/__init__.py re-exports these).
 

@@ -96,30 +96,26 @@ def _run(args) -> dict:
     if cfg.ignored_keys:
         logging.getLogger("engine.train").info("ignored launcher-only keys: %s", ", ".join(cfg.ignored_keys))
     out = output_dir(cfg, args.output)
-    from engine.runtime.launch import launched_by_launcher
-    if args.deepspeed or launched_by_launcher():
-        # Many ranks (or one, under a launcher): DeepSpeed. A broken launch raises LaunchError, never
-        # falls back to the single-process trainer.
-        from engine.runtime.launch import LaunchError
-        from engine.runtime.ds_trainer import DSTrainer
-        try:
-            trainer = DSTrainer(cfg, out, ds_config=args.deepspeed or 0,
-                                grad_accum=args.grad_accum, offload_optimizer=args.offload_optimizer,
-                                progress=not args.no_progress)
-        except LaunchError as e:
-            print(f"launch error: {e}", file=sys.stderr)
-            raise SystemExit(3)
-        summary = trainer.fit(max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite)
-        summary.pop("losses", None)
-        if trainer.rank == 0:
-            print(json.dumps(summary, indent=2))
-        return summary
+    from engine.runtime.launch import LaunchError, launched_by_launcher
     from engine.runtime.rundir import check_output
-    check_output(out)   # before the data set is built: a wrong --output is the cheaper error to hear first
     from engine.runtime.trainer import Trainer
-    trainer = Trainer(cfg, out, device=args.device, progress=not args.no_progress)
+    # Many ranks (or one, under a launcher): the DeepSpeed backend. A broken launch raises LaunchError,
+    # never falls back to one process.
+    deepspeed = (args.deepspeed or 0) if args.deepspeed or launched_by_launcher() else None
+    if deepspeed is None and (args.grad_accum or args.offload_optimizer):
+        raise ConfigError("--grad-accum / --offload-optimizer: DeepSpeed only; add --deepspeed configs/deepspeed/zeroN.json")
+    if deepspeed is None:
+        check_output(out)   # before the data set is built: a wrong --output is the cheaper error to hear first
+    try:
+        trainer = Trainer(cfg, out, device=args.device, progress=not args.no_progress, deepspeed=deepspeed,
+                          grad_accum=args.grad_accum, offload_optimizer=args.offload_optimizer)
+    except LaunchError as e:
+        print(f"launch error: {e}", file=sys.stderr)
+        raise SystemExit(3)
     summary = trainer.fit(max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps(summary, indent=2))
+    summary.pop("losses", None)
+    if trainer.rank == 0:
+        print(json.dumps(summary, indent=2))
     return summary
 
 

@@ -34,7 +34,7 @@ def ds_config_path(stage_or_path) -> Path:
 
 
 def load_ds_config(config, *, micro_batch: int, world_size: int, grad_accum: int | None = None,
-                   clip_grad: float | None = None, offload_optimizer: bool = False) -> dict:
+                   offload_optimizer: bool = False) -> dict:
     """A DeepSpeed config dict with the batch sizes filled in from the run's config.
 
     micro_batch is cfg.data.batch_size (per rank, as in the reference); the global batch is
@@ -45,13 +45,14 @@ def load_ds_config(config, *, micro_batch: int, world_size: int, grad_accum: int
         if ds.get(key, {}).get("enabled", False):
             raise ValueError(f"DeepSpeed config: `{key}.enabled` must be false: parameters stay fp32 (the EMA "
                              f"target must be fp32); train in bf16 with meta.dtype=bfloat16 (autocast) instead")
+    if float(ds.get("gradient_clipping", 0.0)) != 0.0:
+        raise ValueError("DeepSpeed config: `gradient_clipping` must be 0: the step clips each module's gradient "
+                         "norm (encoder, predictor) itself, after the warm-up; set optimization.clip_grad instead")
     gas = int(grad_accum or ds.get("gradient_accumulation_steps", 1))
     ds["train_micro_batch_size_per_gpu"] = int(micro_batch)
     ds["gradient_accumulation_steps"] = gas
     ds["train_batch_size"] = int(micro_batch) * gas * int(world_size)
     ds.setdefault("zero_allow_untested_optimizer", True)  # a plain torch.optim.AdamW (no JIT build)
-    if clip_grad is not None:
-        ds["gradient_clipping"] = float(clip_grad)
     if offload_optimizer:
         zo = ds.setdefault("zero_optimization", {})
         if zo.get("stage", 0) == 0:
@@ -104,7 +105,7 @@ def initialize(model: nn.Module, ds_config: dict, *, betas=(0.9, 0.999), eps: fl
 
 def optimizer_groups(model: nn.Module) -> list[dict]:
     """The AdamW groups of `initialize`: encoder + predictor, the non-empty groups of the reference's split."""
-    from engine.runtime.trainer import param_groups
+    from engine.runtime.step import param_groups
     return [g for g in param_groups([model.encoder, model.predictor]) if g["params"]]
 
 
@@ -144,19 +145,40 @@ def alias_fp32_master(engine) -> int:
     return n
 
 
-def set_grad_clip(engine, value: float) -> None:
-    """Change the global-norm clip threshold between steps (the reference clips only after warm-up).
+def grad_norms(modules, clip: float | None) -> list[float]:
+    """Each module's gradient norm over every rank (what one process would compute on the global batch),
+    scaled to at most `clip` when given: per module, as the reference clips encoder and predictor.
 
-    DeepSpeed reads it from the config (stage 0) or the ZeRO optimizer's `clip_grad` (stages 1-3) at
-    each step. Note: DeepSpeed clips ONE norm over encoder + predictor; the single-process Trainer
-    clips each module's norm separately, as the reference does. They agree whenever no clip fires.
+    Call it between the last micro-batch's backward() and step(). Through DeepSpeed's gradient API,
+    at any stage (ZeRO-1/2 assemble each gradient with one all-reduce per parameter; stage 0 holds
+    them whole): every rank computes the same norms and applies the same factor, as clip_grad_norm_.
     """
-    engine._config.gradient_clipping = float(value)
-    if hasattr(engine.optimizer, "clip_grad"):
-        engine.optimizer.clip_grad = float(value)
+    from deepspeed.utils import safe_get_full_grad, safe_update_full_grad_vectorized
+    norms = []
+    for module in modules:
+        params = [p for p in module.parameters() if p.requires_grad]
+        grads = [g for g in (safe_get_full_grad(p) for p in params) if g is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if clip is not None:
+            coef = torch.clamp(clip / (norm + 1e-6), max=1.0)   # torch's clip_grads_with_norm_
+            if coef < 1.0:
+                safe_update_full_grad_vectorized(params, lambda g, p: g * coef.to(g.device, g.dtype))
+        norms.append(float(norm))
+    return norms
 
 
+def load_weights(engine, model: nn.Module, state: dict) -> None:
+    """Load encoder / predictor / target_encoder state dicts (whole tensors) into an initialized engine's
+    model at any stage (ZeRO-3: gathered, written, partitioned again), then refresh ZeRO's fp32 master."""
+    import deepspeed
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
+        for part in ("encoder", "predictor", "target_encoder"):
+            getattr(model, part).load_state_dict(state[part])
+    if hasattr(engine.optimizer, "refresh_fp32_params"):
+        engine.optimizer.refresh_fp32_params()
 
+
+# -- memory accounting ---------------------------------------------------------------------------------
 def memory_report(engine, model: nn.Module) -> dict:
     """Bytes this rank holds, by kind. Call it between backward() and step() to count gradients, after
     a first step so that Adam's moments exist.

@@ -24,21 +24,23 @@ def read_latest(ckpt_dir) -> str | None:
     return p.read_text().strip() if p.exists() else None
 
 
-def save(engine, ckpt_dir, step: int, client_state: dict, rank_state: dict, keep_last: int = 2) -> str:
+def save(engine, ckpt_dir, step: int, client_state: dict, rank_state: dict, keep_last: int = 2,
+         copy_tag: str | None = None) -> str:
     """DeepSpeed's checkpoint of step `step` + this rank's own state, then `latest` (atomically).
 
     client_state (model-independent resume state: step, config) goes into DeepSpeed's files;
     rank_state (RNG states, this rank's loader position) into <tag>/client_rank{r}.pt. `latest` is
     written in DeepSpeed's format (the tag) only after every rank has finished writing, so a crash
     mid-save leaves it on the previous complete checkpoint; older tags are removed only after.
+    copy_tag: a copy kept for good under that tag (meta.save_every_freq); `latest` does not move.
     """
     import torch.distributed as dist
     ckpt_dir = Path(ckpt_dir)
-    tag = tag_for(step)
+    tag = copy_tag or tag_for(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     atomic_torch_save(rank_state, ckpt_dir / tag / f"client_rank{dist.get_rank():03d}.pt")
     dist.barrier()
-    if dist.get_rank() == 0:
+    if dist.get_rank() == 0 and copy_tag is None:
         atomic_write_text(ckpt_dir / "latest", tag)
         tags = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
         for old in tags[:-keep_last] if keep_last > 0 else []:

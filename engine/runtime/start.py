@@ -95,7 +95,7 @@ def _reorder_reference_opt(opt: dict, model, param_order: list[list[str]]) -> di
     ref_ids = {}
     for g, (part, decayed) in zip(opt["param_groups"], REF_GROUPS):
         names = [f"{part}.{n}" for n, p in getattr(model, part).named_parameters()
-                 if ("bias" not in n and p.dim() != 1) == decayed]
+                 if ("bias" not in n and len(getattr(p, "ds_shape", p.shape)) != 1) == decayed]  # ZeRO-3: ds_shape
         if len(names) != len(g["params"]):
             raise RunError(f"the checkpoint's optimizer group of {part} has {len(g['params'])} parameters, this "
                            f"model {len(names)}: it was written for another model")

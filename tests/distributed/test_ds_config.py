@@ -14,9 +14,15 @@ def test_stage_files_exist_and_parse():
 
 
 def test_batch_sizes_filled_from_run_config():
-    ds = load_ds_config(2, micro_batch=8, world_size=4, grad_accum=3, clip_grad=1.0)
+    ds = load_ds_config(2, micro_batch=8, world_size=4, grad_accum=3)
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (8, 3, 96)
-    assert ds["gradient_clipping"] == 1.0 and ds["zero_allow_untested_optimizer"]
+    assert ds["gradient_clipping"] == 0.0 and ds["zero_allow_untested_optimizer"]
+
+
+def test_deepspeed_clipping_refused_with_the_fix():
+    """The step clips per module (optimization.clip_grad); DeepSpeed's one global clip would be a second rule."""
+    with pytest.raises(ValueError, match="optimization.clip_grad"):
+        load_ds_config({"gradient_clipping": 1.0}, micro_batch=1, world_size=1)
 
 
 def test_bf16_section_refused_with_the_fix():

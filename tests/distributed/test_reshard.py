@@ -48,10 +48,10 @@ class Run(NamedTuple):
 
 def _trainer(out, stage, seed, offload=False):
     from engine.builders import build_mask_sampler
-    from engine.runtime.ds_trainer import DSTrainer
+    from engine.runtime.trainer import Trainer
     cfg = tiny_cfg()
-    return DSTrainer(cfg, out, ds_config=stage, model=build_tiny(cfg, seed=seed), dataset=IdClips(cfg),
-                     mask_sampler=build_mask_sampler(cfg), progress=False, timeout_s=120, offload_optimizer=offload)
+    return Trainer(cfg, out, deepspeed=stage, model=build_tiny(cfg, seed=seed), dataset=IdClips(cfg),
+                   mask_sampler=build_mask_sampler(cfg), progress=False, timeout_s=120, offload_optimizer=offload)
 
 
 def _full_state(tr) -> dict:
@@ -61,19 +61,19 @@ def _full_state(tr) -> dict:
 
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
-    model, opt = tr.model, tr.engine.optimizer
-    gather = deepspeed.zero.GatheredParameters(list(model.parameters())) if tr.stage == 3 else contextlib.nullcontext()
+    model, opt = tr.model, tr.backend.engine.optimizer
+    gather = deepspeed.zero.GatheredParameters(list(model.parameters())) if tr.backend.stage == 3 else contextlib.nullcontext()
     with gather:
         weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     adam = {}
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if tr.stage == 0:    # torch AdamW itself: the weights are the fp32 master
+        if tr.backend.stage == 0:    # torch AdamW itself: the weights are the fp32 master
             adam[n] = {"fp32": p.detach().clone(), **{k: opt.state[p][k].clone() for k in ADAM}}
         else:
             adam[n] = {"fp32": safe_get_full_fp32_param(p), **{k: safe_get_full_optimizer_state(p, k) for k in ADAM}}
-    inner = opt if tr.stage == 0 else opt.optimizer
+    inner = opt if tr.backend.stage == 0 else opt.optimizer
     return {"weights": weights, "adam": adam, "steps": sorted({float(s["step"]) for s in inner.state.values()}),
             "step": tr.step}
 
@@ -119,8 +119,9 @@ def local(tmp_path_factory):
     cfg = tiny_cfg()
     tr = Trainer(cfg, out, progress=False, dataset=IdClips(cfg))
     tr.fit(max_steps=SAVED_STEPS)
-    state = tr.state_dict()
-    names = [n for g in tr.param_names() for n in g]
+    state = {**{p: getattr(tr.model, p).state_dict() for p in ("encoder", "predictor", "target_encoder")},
+             "opt": tr.optimizer.state_dict()}
+    names = [n for g in tr.backend.param_names for n in g]
     weights = {f"{part}.{k}": v for part in ("encoder", "predictor", "target_encoder") for k, v in state[part].items()
                if f"{part}.{k}" in dict(tr.model.named_parameters())}
     opt = state["opt"]["state"]

@@ -47,11 +47,11 @@ def test_the_failing_rank_logs_its_rank_and_cause(failed_run):
 
 def _resume_on_one_rank(rank, out):
     from engine.builders import build_mask_sampler
-    from engine.runtime.ds_trainer import DSTrainer
+    from engine.runtime.trainer import Trainer
     from engine.runtime.errors import RunError
     from tests.distributed.tiny import RandomClips, build_tiny, tiny_cfg
     cfg = tiny_cfg(["meta.checkpoint_every=2"])
-    tr = DSTrainer(cfg, out, ds_config=3, model=build_tiny(cfg), dataset=RandomClips(cfg),
+    tr = Trainer(cfg, out, deepspeed=3, model=build_tiny(cfg), dataset=RandomClips(cfg),
                    mask_sampler=build_mask_sampler(cfg), progress=False, timeout_s=60)
     try:
         tr.fit(max_steps=6, resume=True)

@@ -15,7 +15,7 @@ from tests.distributed.spawn import run_ranks
 from tests.distributed.tiny import FixedMasks, RandomClips, build_tiny, tiny_cfg
 
 STEPS = 6
-# warm-up 0 and a small clip so that the global-norm clip fires from epoch 1 (step 2) on. eps=1e-6: the
+# warm-up 0 and a small clip so that the per-module clip fires from epoch 1 (step 2) on. eps=1e-6: the
 # L1 loss can give a gradient element that is 0 up to rounding (signs that cancel), and Adam with a tiny
 # eps turns +-1e-10 of summation-order noise into a +-lr step; a larger eps keeps that noise noise.
 OVERRIDES = ["optimization.ipe=2", "optimization.epochs=4", "optimization.warmup=0",
@@ -44,11 +44,11 @@ def _gathered(model, stage):
 
 
 def _worker(rank, out_root):
-    from engine.runtime.ds_trainer import DSTrainer
+    from engine.runtime.trainer import Trainer
     res = {}
     for stage in (0, 1, 2, 3):
         model, ds, sampler = _parts(_cfg())
-        tr = DSTrainer(_cfg(), f"{out_root}/s{stage}", ds_config=stage, model=model, dataset=ds,
+        tr = Trainer(_cfg(), f"{out_root}/s{stage}", deepspeed=stage, model=model, dataset=ds,
                        mask_sampler=sampler, progress=False, track_memory=True)
         s = tr.fit(max_steps=STEPS)
         local_numel = {n: (p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel())
@@ -60,13 +60,13 @@ def _worker(rank, out_root):
             res["z3_checks"] = _zero3_checks(tr, model)
     # bf16 autocast (DeepSpeed keeps fp32 weights and an fp32 target), ZeRO-3
     model, ds, sampler = _parts(_cfg())
-    tr = DSTrainer(_cfg(["meta.dtype=bfloat16"]), f"{out_root}/s3bf16", ds_config=3, model=model,
+    tr = Trainer(_cfg(["meta.dtype=bfloat16"]), f"{out_root}/s3bf16", deepspeed=3, model=model,
                    dataset=ds, mask_sampler=sampler, progress=False)
     res["3bf16"] = {"losses": tr.fit(max_steps=STEPS)["losses"],
                     "dtypes": {str(p.ds_tensor.dtype) for p in model.parameters()}}
     # ZeRO-3 with the optimizer state offloaded to the CPU (torch AdamW, no DeepSpeedCPUAdam build)
     model, ds, sampler = _parts(_cfg())
-    tr = DSTrainer(_cfg(), f"{out_root}/s3off", ds_config=3, offload_optimizer=True, model=model,
+    tr = Trainer(_cfg(), f"{out_root}/s3off", deepspeed=3, offload_optimizer=True, model=model,
                    dataset=ds, mask_sampler=sampler, progress=False)
     res["3off"] = {"losses": tr.fit(max_steps=STEPS)["losses"], "params": _gathered(model, 3)}
     # gradient accumulation: k=2 micro-batches of 2 == one batch of 4 (the same real mask for every
@@ -74,7 +74,7 @@ def _worker(rank, out_root):
     for k, b in ((2, 2), (1, 4)):
         cfg = _cfg([f"data.batch_size={b}"])
         model, ds, sampler = _parts(cfg, fixed=True)
-        tr = DSTrainer(cfg, f"{out_root}/acc{k}", ds_config=2, grad_accum=k,
+        tr = Trainer(cfg, f"{out_root}/acc{k}", deepspeed=2, grad_accum=k,
                        model=model, dataset=ds, mask_sampler=sampler, progress=False)
         res[f"acc{k}"] = {"losses": tr.fit(max_steps=4)["losses"], "params": _gathered(model, 2)}
     res["out_root"] = str(out_root)
@@ -109,7 +109,7 @@ def _reference(steps):
     """One process, plain torch, on the 2-rank global batch (rank 0's batch + rank 1's batch)."""
     from engine.data.loader import make_loader
     from engine.runtime.schedules import Schedules, apply_to_optimizer
-    from engine.runtime.trainer import param_groups
+    from engine.runtime.step import param_groups
     cfg = _cfg()
     opt = cfg.optimization
     model, ds, sampler = _parts(cfg)
@@ -118,15 +118,15 @@ def _reference(steps):
     its = [iter(make_loader(ds, batch_size=cfg.data.batch_size, seed=cfg.meta.seed,
                             mask_sampler=sampler, rank=r, world_size=2)) for r in (0, 1)]
     sched = Schedules.from_config(opt, opt.ipe)
-    trainable = [p for m in (model.encoder, model.predictor) for p in m.parameters()]
     losses = []
     for i in range(steps):
         apply_to_optimizer(optim, sched.lr(i), sched.wd(i))
         batches = [next(it) for it in its]
         loss = torch.stack([model(b[0], b[2])[0] for b in batches]).mean()
         loss.backward()
-        if i // opt.ipe > opt.warmup:
-            torch.nn.utils.clip_grad_norm_(trainable, opt.clip_grad)
+        if i // opt.ipe > opt.warmup:   # per module, as the reference (and the engine's step) clips
+            for m in (model.encoder, model.predictor):
+                torch.nn.utils.clip_grad_norm_(m.parameters(), opt.clip_grad)
         optim.step()
         optim.zero_grad(set_to_none=True)
         model.update_target(sched.momentum(i))

@@ -1,4 +1,4 @@
-"""Train the real tiny V-JEPA with DSTrainer under a real launcher (the resume and failure tests run this).
+"""Train the real tiny V-JEPA with the DeepSpeed backend under a real launcher (the resume and failure tests run this).
 
     torchrun --standalone --nproc_per_node 2 -m tests.distributed.tiny_train --out DIR --stage 3 --steps 8
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module tests.distributed.tiny_train --out DIR ...
@@ -26,9 +26,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     from engine.builders import build_mask_sampler
-    from engine.runtime.ds_trainer import DSTrainer
+    from engine.runtime.trainer import Trainer
     cfg = tiny_cfg([f"meta.checkpoint_every={a.every}"])
-    tr = DSTrainer(cfg, a.out, ds_config=a.stage, model=build_tiny(cfg), dataset=RandomClips(cfg),
+    tr = Trainer(cfg, a.out, deepspeed=a.stage, model=build_tiny(cfg), dataset=RandomClips(cfg),
                    mask_sampler=build_mask_sampler(cfg), progress=False, timeout_s=a.timeout)
     s = tr.fit(max_steps=a.steps, resume=a.resume)
     if tr.rank == 0:

@@ -280,7 +280,7 @@ def observe(kind: str, cfg):
             steps = range(0, s.total_steps + 1, max(1, s.total_steps // 7))
             return s.total_steps, [(s.lr(i), s.wd(i), s.momentum(i)) for i in steps]
         if kind == "optimizer":
-            from engine.runtime.trainer import param_groups
+            from engine.runtime.step import param_groups
             model = builders.build_jepa(cfg)
             opt = torch.optim.AdamW(param_groups([model.encoder, model.predictor]), betas=tuple(cfg.optimization.betas),
                                     eps=cfg.optimization.eps)

@@ -5,26 +5,26 @@ import warnings
 import pytest
 import torch
 
-from engine.runtime import trainer
+from engine.runtime import step
 
 
 @pytest.fixture
 def gemm_ms(monkeypatch):
     def use(fp32, bf16):
-        monkeypatch.setattr(trainer, "cpu_gemm_ms", lambda: (fp32, bf16))
-        trainer.warn_if_slow_cpu_bf16.cache_clear()
+        monkeypatch.setattr(step, "cpu_gemm_ms", lambda: (fp32, bf16))
+        step.warn_if_slow_cpu_bf16.cache_clear()
     yield use
-    trainer.warn_if_slow_cpu_bf16.cache_clear()
+    step.warn_if_slow_cpu_bf16.cache_clear()
 
 
 def test_slow_bf16_warns_once_by_key(gemm_ms):
     gemm_ms(5.0, 33.0)
     with pytest.warns(UserWarning, match=r"^meta\.dtype: bfloat16 on this CPU runs torch's GEMMs 6\.6x slower"):
-        with trainer.autocast(torch.bfloat16, torch.device("cpu")):
+        with step.autocast(torch.bfloat16, torch.device("cpu")):
             pass
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with trainer.autocast(torch.bfloat16, torch.device("cpu")):   # once per process
+        with step.autocast(torch.bfloat16, torch.device("cpu")):   # once per process
             pass
 
 
@@ -32,12 +32,12 @@ def test_fast_bf16_and_fp32_say_nothing(gemm_ms):
     gemm_ms(11.0, 3.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with trainer.autocast(torch.bfloat16, torch.device("cpu")):
+        with step.autocast(torch.bfloat16, torch.device("cpu")):
             assert torch.is_autocast_enabled("cpu")
-        with trainer.autocast(torch.float32, torch.device("cpu")):
+        with step.autocast(torch.float32, torch.device("cpu")):
             assert not torch.is_autocast_enabled("cpu")
 
 
 def test_gemm_probe_measures_both_dtypes():
-    fp32, bf16 = trainer.cpu_gemm_ms()
+    fp32, bf16 = step.cpu_gemm_ms()
     assert fp32 > 0 and bf16 > 0

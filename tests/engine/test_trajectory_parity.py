@@ -72,7 +72,7 @@ def run(tmp_path_factory):
     rows = []
     for i in range(len(d["loss"])):
         clips = to_float(d["clips_u8"][d["clip_index"][i].long()])
-        rows.append(trainer.train_step(clips, step_masks(d, i)))
+        rows.append(trainer.train_step([(clips, step_masks(d, i))]))
     return d, cfg, trainer, rows
 
 
