@@ -5,9 +5,10 @@
     python -m engine.eval linear --config ...      # linear classifier on pooled features
     python -m engine.eval embed  --config ... [--split val]     # pooled embeddings -> HiPlot HTML + PCA PNG
     python -m engine.eval anomaly --config configs/tiny_cpu.yaml --checkpoint runs/demo --data videos.csv \
-        [--mode future|masked] [--masks 8] [--output DIR] [--random-init]
+        [--mode future|masked] [--masks 8] [--context STEPS] [--events NAME.events.csv] [--output DIR] [--random-init]
         # per-clip and per-token surprise (engine.eval.anomaly) -> surprise.csv, token_surprise.npy, and
-        # with labels (1 = anomalous) ROC AUC of the model's surprise and of the pixel-difference baseline
+        # with labels (1 = anomalous) ROC AUC of the model's surprise and of the pixel-difference baseline;
+        # with --events the matched pairs' accuracy and relative AUC per event type
 
 probe, knn and linear read the same cached features (folder/features/), so running all three extracts
 them once; each writes its result as folder/<command>.json and prints the best accuracy.
@@ -138,30 +139,42 @@ def cmd_embed(args) -> dict:
 def cmd_anomaly(args) -> dict:
     import numpy as np
     from engine.config import load_config
-    from engine.eval.anomaly import load_jepa, roc_auc, score_dataset, surprise_dataset
+    from engine.eval.anomaly import (SCORES, load_jepa, pair_scores, read_events, roc_auc, score_dataset,
+                                     surprise_dataset)
     from engine.runtime.io import atomic_write_text
     cfg = load_config(args.config, args.overrides)
     folder = Path(args.output or "runs/anomaly")
     folder.mkdir(parents=True, exist_ok=True)
     model = load_jepa(cfg, args.checkpoint, random_init=args.random_init, seed=args.seed)
     ds = surprise_dataset(cfg, args.data)
+    events = read_events(args.events) if args.events else None
+    if events is not None and (missing := [p for p in ds.paths if p not in events]):
+        raise ConfigError(f"--events: {args.events} does not list {missing[0]} (and {len(missing) - 1} more) of "
+                          f"--data; pass the NAME.events.csv written beside the generator's NAME.csv")
     t0 = time.perf_counter()
     r = score_dataset(model, cfg, ds, mode=args.mode, num_masks=args.masks, batch_size=args.batch_size,
-                      num_workers=args.num_workers, seed=args.seed)
-    lines = ["path,label,surprise_mean,surprise_max,pixel_difference\n"]
+                      num_workers=args.num_workers, seed=args.seed, context=args.context)
+    keys = (*SCORES, "pixel")
+    lines = ["path,label," + ",".join(f"surprise_{k}" for k in SCORES) + ",pixel_difference\n"]
     for i, path in enumerate(ds.paths):
-        lines.append(f"{path},{int(r['labels'][i])},{float(r['mean'][i]):.6g},{float(r['max'][i]):.6g},"
-                     f"{float(r['pixel'][i]):.6g}\n")
+        lines.append(f"{path},{int(r['labels'][i])}," + ",".join(f"{float(r[k][i]):.6g}" for k in keys) + "\n")
     atomic_write_text(folder / "surprise.csv", "".join(lines))
     np.save(folder / "token_surprise.npy", r["token_err"].numpy())
     out = {"clips": len(ds), "mode": args.mode, "masks": args.masks if args.mode == "masked" else None,
-           "random_init": args.random_init, "seconds": round(time.perf_counter() - t0, 1)}
+           "context": args.context, "random_init": args.random_init, "seconds": round(time.perf_counter() - t0, 1)}
     labels = r["labels"].numpy()
     if len(set(labels.tolist())) == 2:
-        out["roc_auc"] = {k: roc_auc(r[k].numpy(), labels) for k in ("mean", "max", "pixel")}
-        print("ROC AUC (label 1 = anomalous): " + ", ".join(f"surprise {k} {v:.3f}" if k != "pixel" else
-                                                             f"pixel difference {v:.3f}"
-                                                             for k, v in out["roc_auc"].items()))
+        out["roc_auc"] = {k: roc_auc(r[k].numpy(), labels) for k in keys}
+        print("ROC AUC (label 1 = anomalous): " + ", ".join(f"{k} {v:.3f}" for k, v in out["roc_auc"].items()))
+    if events is not None:
+        kinds = sorted({events[p][0] for p in ds.paths})
+        pairs = np.array([events[p][1] for p in ds.paths])
+        out["pairs"] = {}
+        for kind in ["all", *kinds]:
+            sel = np.array([kind == "all" or events[p][0] == kind for p in ds.paths])
+            out["pairs"][kind] = {k: pair_scores(r[k].numpy()[sel], labels[sel], pairs[sel]) for k in keys}
+            print(f"pairs ({kind}): " + ", ".join(f"{k} acc {v['pair_acc']:.3f} relative AUC {v['relative_auc']:.3f}"
+                                                  for k, v in out["pairs"][kind].items()))
     _write(folder, "anomaly", out)
     print(f"surprise of {len(ds)} clips: {folder / 'surprise.csv'}, per token: {folder / 'token_surprise.npy'}")
     return out
@@ -185,6 +198,10 @@ def main(argv=None):
     a.add_argument("--data", required=True, help="CSV of 'path label' lines (label 1 = anomalous)")
     a.add_argument("--mode", choices=("future", "masked"), default="future")
     a.add_argument("--masks", type=int, default=8, help="masks per clip (masked mode)")
+    a.add_argument("--context", type=int, default=None,
+                   help="future mode: time steps of context before each predicted step (default: all)")
+    a.add_argument("--events", default=None,
+                   help="the generator's NAME.events.csv: matched-pair accuracy and relative AUC per event")
     a.add_argument("--batch-size", type=int, default=16)
     a.add_argument("--num-workers", type=int, default=0)
     a.add_argument("--output", default=None)

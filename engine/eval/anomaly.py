@@ -2,15 +2,22 @@
 
     model = load_jepa(train_cfg, "runs/demo")                        # encoder, predictor, target encoder
     err_BN, n_BN = token_surprise(model, clips_B3THW, mask_sets)     # mean |prediction - target| per token
-    clip_BK = clip_scores(err_BN, n_BN)                              # per clip: mean, max
+    clip_BK = clip_scores(err_BN, n_BN, grid_THW)                    # per clip: mean, max, frame_max
     roc_auc(scores, labels)
+    pair_scores(scores, labels, pair_ids)                            # matched pairs: accuracy, relative AUC
 
 A token's surprise is the predictor's L1 error (averaged over channels, as the loss) on that token's
 layer-normed target-encoder feature, averaged over every mask in which the token was a target:
 - "masked": masks drawn from the training config's mask generators (the task the model learnt);
-- "future": for each time step t > 0 of the token grid, the context is every token before t and the
-  targets are the tokens at t (the model must carry the past forward; the spirit of V-JEPA's IntPhys test).
-A clip's surprise is the mean over its scored tokens, and the max (an event is local in space and time).
+- "future": for each time step t > 0 of the token grid, the context is the tokens of the `context` time
+  steps before t (default: all of them) and the targets are the tokens at t (the model must carry the
+  past forward; the spirit of V-JEPA's IntPhys test).
+A clip's surprise: "mean" over its scored tokens; "max" over its tokens; "frame_max" (V-JEPA's IntPhys
+score) the max over time steps of the mean error of a step's tokens, which weighs a vanished object's
+missing error against a teleported one's new error within one frame rather than token by token.
+Possible and impossible videos of a matched pair share everything up to the event, so `pair_scores`
+compares each clip with its own pair: pairwise accuracy (impossible more surprising than possible) and
+the "relative" ROC AUC of scores minus their pair's mean (scene-to-scene differences cancel).
 The no-model baseline (`pixel_surprise`): the largest mean absolute change between consecutive frames.
 """
 from __future__ import annotations
@@ -48,13 +55,17 @@ def load_jepa(cfg, checkpoint=None, random_init: bool = False, seed: int = 0):
     return model.eval()
 
 
-def future_masks(grid_THW, B: int, start: int = 1) -> list[BatchMasks]:
-    """One mask set per time step t >= start: context = tokens before t, targets = tokens at t."""
+def future_masks(grid_THW, B: int, start: int = 1, context: int | None = None) -> list[BatchMasks]:
+    """One mask set per time step t >= start: context = tokens of the `context` steps before t (None: all
+    before t), targets = tokens at t."""
     T, H, W = grid_THW
+    if context is not None and context < 1:
+        raise ValueError(f"context: at least 1 time step of context is needed, got {context}")
     per_t = H * W
     sets = []
-    for t in range(start, T):
-        ctx, tgt = torch.arange(t * per_t), torch.arange(t * per_t, (t + 1) * per_t)
+    for t in range(max(start, 1), T):
+        t0 = 0 if context is None else max(0, t - context)
+        ctx, tgt = torch.arange(t0 * per_t, t * per_t), torch.arange(t * per_t, (t + 1) * per_t)
         sets.append(BatchMasks(ctx=[[ctx] * B], tgt=[[tgt] * B], pairs=[(0, 0)], mask_index=[0]))
     return sets
 
@@ -81,12 +92,16 @@ def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.T
     return (err_sum / count.clamp_min(1)).view(B, N), count.view(B, N)
 
 
-def clip_scores(err_BN, count_BN) -> dict:
-    """Per-clip surprise over the scored tokens: {"mean": [B], "max": [B]}."""
+def clip_scores(err_BN, count_BN, grid_THW) -> dict:
+    """Per-clip surprise over the scored tokens: {"mean", "max", "frame_max": [B]} (see the module doc)."""
     scored = count_BN > 0
     mean = (err_BN * scored).sum(1) / scored.sum(1).clamp_min(1)
     mx = torch.where(scored, err_BN, torch.full_like(err_BN, -float("inf"))).amax(1)
-    return {"mean": mean, "max": mx}
+    B, T = err_BN.shape[0], grid_THW[0]
+    scored_BTS = scored.view(B, T, -1)
+    step_BT = (err_BN.view(B, T, -1) * scored_BTS).sum(2) / scored_BTS.sum(2).clamp_min(1)
+    step_BT = torch.where(scored_BTS.any(2), step_BT, torch.full_like(step_BT, -float("inf")))
+    return {"mean": mean, "max": mx, "frame_max": step_BT.amax(1)}
 
 
 def pixel_surprise(clips_B3THW) -> torch.Tensor:
@@ -105,9 +120,34 @@ def roc_auc(scores, labels) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-def mask_sets_for(mode: str, cfg, model, B: int, num_masks: int, seed: int):
+def pair_scores(scores, labels, pair_ids) -> dict:
+    """Matched pairs (one possible, label 0, and one impossible, label 1, per pair id): {"pair_acc":
+    fraction of pairs whose impossible clip scores higher (ties half), "relative_auc": ROC AUC of each
+    score minus its pair's mean, "pairs": count}."""
+    s, y, ids = np.asarray(scores, np.float64), np.asarray(labels).astype(int), np.asarray(pair_ids)
+    by_pair: dict = {}
+    for i, (pid, lab) in enumerate(zip(ids.tolist(), y.tolist())):
+        if by_pair.setdefault(pid, {}).setdefault(lab, i) != i:
+            raise ValueError(f"pair_scores: pair {pid} has two clips labelled {lab}")
+    if any(set(m) != {0, 1} for m in by_pair.values()):
+        raise ValueError("pair_scores: every pair needs one clip labelled 0 and one labelled 1")
+    d = np.array([s[m[1]] - s[m[0]] for m in by_pair.values()])
+    acc = float(np.mean((d > 0) + 0.5 * (d == 0)))
+    # relative score of a clip: its score minus its pair's mean, i.e. +d/2 (impossible) or -d/2 (possible)
+    return {"pair_acc": acc, "relative_auc": roc_auc(np.concatenate([d, -d]) / 2,
+                                                     np.r_[np.ones(len(d)), np.zeros(len(d))]), "pairs": len(d)}
+
+
+def read_events(path) -> dict:
+    """The generator's NAME.events.csv: {video path: (event, pair id)}."""
+    import csv
+    with open(path, newline="") as f:
+        return {r["path"]: (r["event"], int(r["pair"])) for r in csv.DictReader(f)}
+
+
+def mask_sets_for(mode: str, cfg, model, B: int, num_masks: int, seed: int, context: int | None = None):
     if mode == "future":
-        return future_masks(model.encoder.grid, B)
+        return future_masks(model.encoder.grid, B, context=context)
     if mode == "masked":
         from engine.builders import build_mask_sampler
         sampler = build_mask_sampler(cfg)
@@ -125,19 +165,22 @@ def surprise_dataset(cfg, csv):
                         random_clip_sampling=False)
 
 
+SCORES = ("mean", "max", "frame_max")
+
+
 def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int = 8, batch_size: int = 16,
-                  num_workers: int = 0, seed: int = 0) -> dict:
-    """{"mean", "max", "pixel": [M] per-clip scores, "labels": [M], "token_err": [M, N]} for every clip."""
+                  num_workers: int = 0, seed: int = 0, context: int | None = None) -> dict:
+    """{"mean", "max", "frame_max", "pixel": [M] per-clip scores, "labels": [M], "token_err": [M, N]}."""
     from engine.eval.probe import _Indexed
     loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, num_workers=num_workers)
-    out = {"mean": [], "max": [], "pixel": [], "labels": [], "token_err": []}
+    out = {k: [] for k in (*SCORES, "pixel", "labels", "token_err")}
     for clips, y in loader:
         # the same masks for every batch (masked mode): clips are compared under equal masking
-        sets = mask_sets_for(mode, cfg, model, len(y), num_masks, seed)
+        sets = mask_sets_for(mode, cfg, model, len(y), num_masks, seed, context)
         err, n = token_surprise(model, clips, sets)
-        cs = clip_scores(err, n)
-        out["mean"].append(cs["mean"])
-        out["max"].append(cs["max"])
+        cs = clip_scores(err, n, model.encoder.grid)
+        for k in SCORES:
+            out[k].append(cs[k])
         out["pixel"].append(pixel_surprise(clips))
         out["labels"].append(torch.as_tensor(y))
         out["token_err"].append(err)

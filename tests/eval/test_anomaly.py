@@ -11,7 +11,7 @@ import torch
 from engine.config import load_config
 from engine.datagen.synthetic import EVENTS, generate_events, render_event_clip
 from engine.eval.__main__ import main
-from engine.eval.anomaly import clip_scores, future_masks, load_jepa, roc_auc, token_surprise
+from engine.eval.anomaly import clip_scores, future_masks, load_jepa, pair_scores, roc_auc, token_surprise
 
 SCENE = dict(actors=2, radius=(6, 10), distractors=0, background="plain")
 
@@ -55,18 +55,83 @@ def test_future_surprise_is_the_loss_error_of_each_token(tiny_model):
     with torch.no_grad():
         loss, _ = model(clips, sets[-1])
     e1, n1 = token_surprise(model, clips, sets[-1:])
-    assert float(clip_scores(e1, n1)["mean"].mean()) == pytest.approx(float(loss), rel=1e-5)
+    assert float(clip_scores(e1, n1, model.encoder.grid)["mean"].mean()) == pytest.approx(float(loss), rel=1e-5)
     torch.testing.assert_close(e1[:, -H * W:], err[:, -H * W:])   # each token scored alone
 
 
-def test_anomaly_and_embed_commands(eval_yaml, tmp_path):
+def test_future_masks_context_window():
+    T, H, W = 4, 2, 3
+    full, win = future_masks((T, H, W), 2), future_masks((T, H, W), 2, context=1)
+    assert len(full) == len(win) == T - 1
+    for t, (f, w) in enumerate(zip(full, win), start=1):
+        assert f.ctx[0][0].tolist() == list(range(t * H * W))                   # every earlier step
+        assert w.ctx[0][0].tolist() == list(range((t - 1) * H * W, t * H * W))  # the one step before t
+        assert f.tgt[0][0].tolist() == w.tgt[0][0].tolist() == list(range(t * H * W, (t + 1) * H * W))
+    assert [m.ctx[0][0].numel() for m in future_masks((T, H, W), 1, context=2)] == [6, 12, 12]
+    with pytest.raises(ValueError, match="context"):
+        future_masks((T, H, W), 1, context=0)
+
+
+def test_frame_max_scores_whole_steps_not_single_tokens():
+    grid = (3, 2, 2)   # 3 time steps of 4 tokens; step 0 is context only (count 0)
+    err = torch.zeros(2, 12)
+    n = torch.ones(2, 12)
+    n[:, :4] = 0
+    err[:, :4] = 100.0                 # unscored tokens never count
+    err[0, 9] = 4.0                    # clip 0: one token far off (an object where none was predicted)
+    err[1, 4:8] = 2.0                  # clip 1: a whole step off by 2
+    s = clip_scores(err, n, grid)
+    torch.testing.assert_close(s["max"], torch.tensor([4.0, 2.0]))
+    torch.testing.assert_close(s["frame_max"], torch.tensor([1.0, 2.0]))   # step means: [0, 1] and [2, 0]
+    torch.testing.assert_close(s["mean"], torch.tensor([0.5, 1.0]))
+
+
+def test_pair_scores_compare_each_clip_with_its_own_pair():
+    # scenes differ a lot (pair 1 is noisy everywhere), the event adds a little: only pairs reveal it
+    scores = [10.0, 10.5, 1.0, 1.2, 5.0, 4.0]
+    labels = [0, 1, 0, 1, 1, 0]
+    pairs = [1, 1, 7, 7, 3, 3]
+    r = pair_scores(scores, labels, pairs)
+    assert r["pairs"] == 3 and r["pair_acc"] == pytest.approx(1.0)
+    assert roc_auc(scores, labels) == pytest.approx(6 / 9)           # unpaired, the scene dominates
+    assert r["relative_auc"] == pytest.approx(1.0)                    # d = 0.5, 0.2, 1.0: all positive
+    r2 = pair_scores([1.0, 0.0, 1.0, 3.0], [1, 0, 1, 0], [0, 0, 1, 1])  # d = +1, -2
+    assert r2["pair_acc"] == pytest.approx(0.5)
+    # relative scores +-d/2: positives {0.5, -1}, negatives {-0.5, 1}: 0.5 > -0.5 only
+    assert r2["relative_auc"] == pytest.approx(0.25)
+    assert pair_scores([2.0, 2.0], [0, 1], [4, 4])["pair_acc"] == 0.5   # ties count half
+    with pytest.raises(ValueError, match="one clip labelled 0 and one labelled 1"):
+        pair_scores([1.0, 2.0, 3.0], [0, 1, 0], [0, 0, 1])
+    with pytest.raises(ValueError, match="two clips labelled 1"):
+        pair_scores([1.0, 2.0, 3.0], [0, 1, 1], [0, 0, 0])
+
+
+def test_anomaly_and_embed_commands(eval_yaml, tmp_path, capsys):
     csv = generate_events(tmp_path / "ev", 3, num_frames=8, size=32, **SCENE)
     out = tmp_path / "anomaly"
     r = main(["anomaly", "--config", "configs/tiny_cpu.yaml", "--set", "data.crop_size=32", "--random-init",
               "--data", str(csv), "--output", str(out), "--mode", "masked", "--masks", "2"])
     rows = (out / "surprise.csv").read_text().splitlines()
-    assert rows[0] == "path,label,surprise_mean,surprise_max,pixel_difference" and len(rows) == 7
-    assert set(r["roc_auc"]) == {"mean", "max", "pixel"} and json.loads((out / "anomaly.json").read_text())["clips"] == 6
+    assert rows[0] == "path,label,surprise_mean,surprise_max,surprise_frame_max,pixel_difference" and len(rows) == 7
+    assert set(r["roc_auc"]) == {"mean", "max", "frame_max", "pixel"} and "pairs" not in r
+    assert json.loads((out / "anomaly.json").read_text())["clips"] == 6
+    events_csv = csv.with_name("events.events.csv")
+    f = main(["anomaly", "--config", "configs/tiny_cpu.yaml", "--set", "data.crop_size=32", "--random-init",
+              "--data", str(csv), "--output", str(out), "--context", "2", "--events", str(events_csv)])
+    assert f["context"] == 2 and set(f["pairs"]) == {"all", *EVENTS}
+    # one pair per event: its accuracy is 0, 1/2 or 1, and the pixel baseline's is the rank of the pair's two
+    # clips' largest frame change (the impossible clip's jump, gap or overlap is measured on decoded frames)
+    pix = {line.split(",")[0]: float(line.split(",")[-1]) for line in (out / "surprise.csv").read_text().splitlines()[1:]}
+    paths = csv.read_text().split()[::2]
+    for i, event in enumerate(EVENTS):
+        want = float(pix[paths[2 * i + 1]] > pix[paths[2 * i]]) + 0.5 * (pix[paths[2 * i + 1]] == pix[paths[2 * i]])
+        assert f["pairs"][event]["pixel"]["pairs"] == 1 and f["pairs"][event]["pixel"]["pair_acc"] == want
+    other = tmp_path / "other.events.csv"
+    other.write_text("path,label,event,pair,event_frame\n")
+    with pytest.raises(SystemExit):   # an events file of other videos: one line naming the option and file
+        main(["anomaly", "--config", "configs/tiny_cpu.yaml", "--set", "data.crop_size=32", "--random-init",
+              "--data", str(csv), "--output", str(out), "--events", str(other)])
+    assert f"--events: {other} does not list" in capsys.readouterr().err
     assert np.load(out / "token_surprise.npy").shape == (6, 64)
     e = main(["embed", "--config", str(eval_yaml)])   # the config's folder (and its feature cache)
     page = html.unescape((eval_yaml.parent / "out" / "embed_val.html").read_text())
