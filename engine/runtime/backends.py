@@ -19,22 +19,15 @@ import torch
 
 from engine.runtime import deepspeed_engine as DE, ds_checkpoint
 from engine.runtime.checkpoint import checkpoint_dir, latest_path, save_checkpoint
-from engine.runtime.errors import RunError
 from engine.runtime.io import atomic_torch_save
 from engine.runtime.launch import init_distributed
-from engine.runtime.reshard import load_resharded, optimizer_names, resharding_needed
+from engine.runtime.reshard import load_resharded, load_whole_state, optimizer_names, resharding_needed
 from engine.runtime.resume import deepspeed_to_local
 from engine.runtime.schedules import apply_to_optimizer
 from engine.runtime.step import grad_norm, param_groups
 
 log = logging.getLogger("engine.train")
 PARTS = ("encoder", "predictor", "target_encoder")
-
-
-def _group_names(model, groups) -> list[list[str]]:
-    """The names (encoder.* / predictor.*) of each optimizer group's parameters, in order."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [[names[id(p)] for p in g["params"]] for g in groups]
 
 
 def _fit_groups(opt: dict, groups: list[dict]) -> dict:
@@ -59,7 +52,8 @@ class LocalBackend:
         self.model = model
         self.optimizer = torch.optim.AdamW(param_groups([model.encoder, model.predictor]),
                                            betas=tuple(o.betas), eps=o.eps)
-        self.param_names = _group_names(model, self.optimizer.param_groups)
+        names = {id(p): n for n, p in model.named_parameters()}   # each group's parameter names, in order
+        self.param_names = [[names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
 
     def set_lr_wd(self, lr: float, wd: float) -> None:
         apply_to_optimizer(self.optimizer, lr, wd)
@@ -104,14 +98,12 @@ class LocalBackend:
         path = latest_path(out)
         return str(path) if path else None
 
-    def load_weights(self, state: dict) -> None:
+    def load_start(self, state: dict) -> None:
+        """Weights, target and (where the state has it) the optimizer."""
         for p in PARTS:
             getattr(self.model, p).load_state_dict(state[p])
         if "opt" in state:
             self.optimizer.load_state_dict(_fit_groups(state["opt"], self.optimizer.param_groups))
-
-    def load_start(self, state: dict) -> None:
-        self.load_weights(state)
 
     def load_resume(self, found, loader) -> tuple[dict, dict | None]:
         """Weights, optimizer and `loader` from a checkpoint of either backend; returns the loop's state
@@ -121,7 +113,7 @@ class LocalBackend:
             log.warning("resuming the DeepSpeed checkpoint %s in one process: the global batch changes",
                         found.describe())
             state, note = deepspeed_to_local(found, self.param_names), {"converted_from": found.describe()}
-        self.load_weights(state)
+        self.load_start(state)
         loader.load_state_dict(state["loader"])
         return state, note
 
@@ -209,15 +201,7 @@ class DeepSpeedBackend:
         return ds_checkpoint.read_latest(Path(out) / "ds_checkpoints")
 
     def load_start(self, state: dict) -> None:
-        DE.load_weights(self.engine, self.model, state)
-        if "opt" not in state:
-            return
-        if self.stage == 0:   # the engine steps the torch AdamW itself
-            opt = self.engine.optimizer
-            opt.load_state_dict(_fit_groups(state["opt"], opt.param_groups))
-        else:
-            log.warning("ZeRO-%d: the start checkpoint's AdamW state is not loaded (the weights, the target, the "
-                        "step and the data position are); Adam's moments start fresh", self.stage)
+        load_whole_state(self.engine, self.model, state, state["started_from"])
 
     def load_resume(self, found, loader) -> tuple[dict, dict | None]:
         """As LocalBackend.load_resume; a checkpoint of another world size or stage, or of one process,

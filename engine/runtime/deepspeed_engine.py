@@ -167,17 +167,6 @@ def grad_norms(modules, clip: float | None) -> list[float]:
     return norms
 
 
-def load_weights(engine, model: nn.Module, state: dict) -> None:
-    """Load encoder / predictor / target_encoder state dicts (whole tensors) into an initialized engine's
-    model at any stage (ZeRO-3: gathered, written, partitioned again), then refresh ZeRO's fp32 master."""
-    import deepspeed
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
-        for part in ("encoder", "predictor", "target_encoder"):
-            getattr(model, part).load_state_dict(state[part])
-    if hasattr(engine.optimizer, "refresh_fp32_params"):
-        engine.optimizer.refresh_fp32_params()
-
-
 # -- memory accounting ---------------------------------------------------------------------------------
 def memory_report(engine, model: nn.Module) -> dict:
     """Bytes this rank holds, by kind. Call it between backward() and step() to count gradients, after

@@ -15,10 +15,6 @@ import torch
 from engine.runtime.io import atomic_torch_save, atomic_write_text
 
 
-def tag_for(step: int) -> str:
-    return f"step_{step:07d}"
-
-
 def read_latest(ckpt_dir) -> str | None:
     p = Path(ckpt_dir) / "latest"
     return p.read_text().strip() if p.exists() else None
@@ -36,7 +32,7 @@ def save(engine, ckpt_dir, step: int, client_state: dict, rank_state: dict, keep
     """
     import torch.distributed as dist
     ckpt_dir = Path(ckpt_dir)
-    tag = copy_tag or tag_for(step)
+    tag = copy_tag or f"step_{step:07d}"
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     atomic_torch_save(rank_state, ckpt_dir / tag / f"client_rank{dist.get_rank():03d}.pt")
     dist.barrier()

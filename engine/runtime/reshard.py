@@ -78,14 +78,8 @@ def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
         loader.load_state_dict(state_for_world(mine["loader"], world, rank))
     except ValueError as e:
         raise RunError(f"{found.describe()}: {e}; relaunch with {found.world_size} rank(s)") from None
-    names = optimizer_names(model)
-    state = _whole_state(found, names, rank)
-    if hasattr(opt, "checkpoint_event_prologue"):   # ZeRO-3: every parameter partitioned before writing
-        opt.checkpoint_event_prologue()
-    _load_weights(model, {f"{part}.{k}": v for part in PARTS for k, v in state[part].items()})
-    _load_adam(opt, model, names, state["opt"], found)
-    if hasattr(opt, "checkpoint_event_epilogue"):
-        opt.checkpoint_event_epilogue()
+    state = _whole_state(found, optimizer_names(model), rank)
+    load_whole_state(engine, model, state, found.describe())
     meta = ds_meta(found.path) if found.kind == "deepspeed" else {}
     engine.global_steps = int(meta.get("global_steps", state["step"]))
     engine.skipped_steps = int(meta.get("skipped_steps", 0))
@@ -96,6 +90,22 @@ def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
         log.warning("resumed %s on %d rank(s) under ZeRO-%d: the global batch is now %d (was %d)", found.describe(),
                     world, engine.zero_optimization_stage(), engine.train_batch_size(), saved_batch)
     return {"step": int(state["step"]), "nonfinite": mine.get("nonfinite", {}), "rng": mine["rng"], "note": note}
+
+
+def load_whole_state(engine, model, state: dict, where: str) -> None:
+    """Whole fp32 weights ("encoder", "predictor", "target_encoder" state dicts) and, when `state` has
+    one, a torch AdamW state dict ("opt") into this rank's part of `engine`, at any stage. Every rank
+    calls it together (also how a new run under DeepSpeed starts from a checkpoint)."""
+    opt = engine.optimizer
+    if hasattr(opt, "checkpoint_event_prologue"):   # ZeRO-3: every parameter partitioned before writing
+        opt.checkpoint_event_prologue()
+    _load_weights(model, {f"{part}.{k}": v for part in PARTS for k, v in state[part].items()})
+    if "opt" in state:
+        _load_adam(opt, model, optimizer_names(model), state["opt"], where)
+    elif hasattr(opt, "refresh_fp32_params"):
+        opt.refresh_fp32_params()   # the master partitions from the weights just written
+    if hasattr(opt, "checkpoint_event_epilogue"):
+        opt.checkpoint_event_epilogue()
 
 
 def _saved_rank_state(found: Checkpoint, rank: int) -> dict:
@@ -159,20 +169,20 @@ def _load_weights(model, full: dict) -> None:
 
 
 @torch.no_grad()
-def _load_adam(opt, model, names: list[list[str]], saved: dict, found: Checkpoint) -> None:
+def _load_adam(opt, model, names: list[list[str]], saved: dict, where: str) -> None:
     """Adam's moments and step of every trainable parameter (saved: a torch AdamW state dict in the
     order of `names`, its param_groups possibly bare id lists)."""
     from deepspeed.utils import safe_set_full_optimizer_state
     flat_names = [n for g in names for n in g]
     st = saved["state"]
     if len(st) != len(flat_names):
-        raise RunError(f"{found.describe()}: Adam state for {len(st)} parameters, this model trains {len(flat_names)}; "
+        raise RunError(f"{where}: Adam state for {len(st)} parameters, this model trains {len(flat_names)}; "
                        "it was written by another model")
     params = dict(model.named_parameters())
     moments = {id(params[n]): st[i] for i, n in enumerate(flat_names)}
     steps = {float(s["step"]) for s in st.values()}
     if len(steps) != 1:
-        raise RunError(f"{found.describe()}: its parameters were updated different numbers of times ({sorted(steps)}); "
+        raise RunError(f"{where}: its parameters were updated different numbers of times ({sorted(steps)}); "
                        "ZeRO keeps one step count per group and cannot hold them")
     step = torch.tensor(steps.pop(), dtype=torch.float32)
     stage = _stage(opt)

@@ -4,21 +4,17 @@
     trainer = Trainer(cfg, output_dir, deepspeed="configs/deepspeed/zero3.json", grad_accum=1)   # under a launcher
     summary = trainer.fit(max_steps=None, resume=False, overwrite=False)
 
-Per optimizer step i (k = accumulated micro-batches of cfg.data.batch_size per rank; k = 1 in one
-process): set lr/wd from the schedules; k times {forward under autocast (bf16: no GradScaler),
-backward}; each module's gradient norm over every rank, clipped per module after the warm-up epochs
-(as the reference); the optimizer step; the EMA of the target with momentum(i), only when the step
-was applied. A non-finite loss or gradient norm skips the update on every rank and is counted
-(engine.runtime.faults). The logged loss is the mean over micro-batches and ranks: the global batch's.
-The step's work runs in a backend (engine.runtime.backends); everything else is written once here.
+Per optimizer step i (k micro-batches per rank; k = 1 in one process): lr/wd from the schedules; k
+times {forward under autocast (bf16: no GradScaler), backward}; each module's gradient norm over every
+rank, clipped per module after the warm-up epochs (as the reference); the optimizer step; the EMA of
+the target with momentum(i) only when the step was applied. A non-finite loss or gradient norm skips
+the update on every rank and is counted. The logged loss is the global batch's (mean over micro-batches
+and ranks). The step's work runs in a backend (engine.runtime.backends); the rest is written once here.
 
-A checkpoint holds everything a resume needs (models, target, optimizer, step, data-stream position,
-RNG states), so a resumed run's losses equal the uninterrupted run's, step for step. One process
-writes checkpoints/step_*.pt; DeepSpeed its own format in ds_checkpoints/ (engine.runtime.ds_checkpoint,
-whose export_fp32 writes the reference layout). The output folder is claimed first (engine.runtime.rundir);
-`resume` continues from the newest checkpoint (engine.runtime.resume: one process converts a DeepSpeed
-one); a new run may start from a checkpoint (engine.runtime.start: meta.read_checkpoint, is_anneal).
-User errors (data, folders, disk) are RunError: one line, naming the path and what to do.
+A checkpoint holds everything a resume needs (weights, target, optimizer, step, data position, RNG),
+so a resumed run's losses equal the uninterrupted run's, step for step. `resume` continues from the
+newest checkpoint whatever wrote it; a new run may start from one (engine.runtime.start). User errors
+(data, folders, disk) are RunError: one line, naming the path and what to do.
 
 Test hooks: JEPA_FAULT_KILL="RANK:STEP" makes that rank SIGKILL itself at the start of that step;
 JEPA_FAULT_RAISE="RANK:STEP" makes it raise there (a rank that fails while its peers run on).
@@ -54,12 +50,6 @@ from engine.runtime.step import autocast
 log = logging.getLogger("engine.train")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class Trainer:
     def __init__(self, cfg: Config, output_dir, device: str | torch.device = "cpu", progress: bool = True,
                  dataset=None, *, deepspeed=None, grad_accum: int | None = None, offload_optimizer: bool = False,
@@ -74,7 +64,9 @@ class Trainer:
                                          timeout_s=timeout_s, track_memory=track_memory))
         b = self.backend
         self.rank, self.world, self.device = b.rank, b.world, b.device
-        seed_everything(cfg.meta.seed)  # the same seed on every rank: identical initial weights
+        random.seed(cfg.meta.seed)   # the same seed on every rank: identical initial weights
+        np.random.seed(cfg.meta.seed)
+        torch.manual_seed(cfg.meta.seed)
         if model is None:
             from engine.builders import build_jepa
             model = build_jepa(cfg)
@@ -234,7 +226,10 @@ class Trainer:
         peak_flops, _ = device_peak_flops(self.device, self.cfg.dtype)
         stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
         every = meta.checkpoint_every or self.ipe
-        bar = _progress(self.progress and lead, total=stop, initial=self.step)
+        bar = None
+        if self.progress and lead:
+            from tqdm import tqdm
+            bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         it = iter(self.loader)
         probe = PeriodicProbe.from_config(self.cfg)   # meta.eval_freq
         B = self.cfg.data.batch_size * self.backend.accum * self.world   # the global batch
@@ -319,13 +314,6 @@ def next_batch(it, dataset):
         # From a DataLoader worker the message is the worker's traceback: its last line is the error.
         last = str(e).strip().splitlines()[-1]
         raise RunError(last.partition("NoReadableFiles: ")[2] or last) from None
-
-
-def _progress(enabled: bool, total: int, initial: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
 
 def _parse_fault(spec):
