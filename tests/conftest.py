@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,8 +22,23 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_tests_{_h.hexdigest()[:12]}")
 
 
+# One torch thread count for the whole run: the tests' own processes (module fixtures included, which
+# pytest sets up before any function fixture) and the engine.train processes they start. Results are
+# bitwise equal only at equal thread counts, and a resume test compares a run made in one process with
+# one made in another. JEPA_TEST_THREADS, else OMP_NUM_THREADS, else 2.
+# A new process caps OMP_NUM_THREADS at what the machine has, so the count is the one a child gets.
+os.environ["OMP_NUM_THREADS"] = os.environ.get("JEPA_TEST_THREADS") or os.environ.get("OMP_NUM_THREADS") or "2"
+THREADS = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, text=True, check=True).stdout)
+
+
+def pytest_configure(config):
+    import torch
+    torch.set_num_threads(THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     import torch
-    torch.set_num_threads(int(os.environ.get("JEPA_TEST_THREADS", "2")))
+    torch.set_num_threads(THREADS)   # again: a test may have changed it
     yield
