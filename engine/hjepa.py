@@ -33,6 +33,19 @@ from engine.models.ac_predictor import ACPredictor
 from engine.models.hierarchy import WindowEncoder, window_starts
 
 
+class ResidualACJEPA(ACJEPA):
+    """An ACJEPA whose predictor output is added to the step it reads (hierarchy.residual): the prediction
+    of step t+1 at step t's tokens is z_t + predictor(...)_t, layer-normed. In the maze a step moves the
+    ball across one or two of the 16 tokens; a plain predictor must first learn to copy the other tokens
+    through its bottleneck, and its loss is dominated by that copy, not by the actions."""
+
+    def step_predictor(self, z, actions, states, extrinsics=None) -> torch.Tensor:
+        if self.action_scale != 1.0:
+            actions = actions * self.action_scale
+        z = z + self.predictor(z, actions, states, extrinsics)
+        return F.layer_norm(z, (z.size(-1),)) if self.normalize_reps else z
+
+
 def level_key(k: int) -> str:
     return f"level{k}"
 
@@ -50,8 +63,13 @@ def abstract_actions(actions_BTA, states_BTS, window: int, stride: int):
 
 class HJEPA(nn.Module):
     def __init__(self, frame_level: ACJEPA, encoders: list[WindowEncoder], predictors: list[ACPredictor],
-                 trained_levels, use_states: bool = True):
+                 trained_levels, use_states: bool = True, residual: bool = False):
         super().__init__()
+        kind = ResidualACJEPA if residual else ACJEPA
+        if residual:
+            frame_level = kind(frame_level.encoder, frame_level.predictor, auto_steps=frame_level.auto_steps,
+                               loss_exp=frame_level.loss_exp, normalize_reps=frame_level.normalize_reps,
+                               action_scale=frame_level.action_scale)
         L = 1 + len(encoders)
         if len(predictors) != len(encoders):
             raise ValueError(f"HJEPA: {len(encoders)} upper encoders but {len(predictors)} upper predictors")
@@ -70,7 +88,7 @@ class HJEPA(nn.Module):
             self.predictor[level_key(k)] = pred
             # Summed actions grow with the steps they span: scale them back to level 1's units.
             scale = frame_level.action_scale / (enc.stride ** (k - 1))
-            self.levels.append(ACJEPA(tgt, pred, auto_steps=frame_level.auto_steps, loss_exp=frame_level.loss_exp,
+            self.levels.append(kind(tgt, pred, auto_steps=frame_level.auto_steps, loss_exp=frame_level.loss_exp,
                                       normalize_reps=frame_level.normalize_reps, action_scale=scale))
         for k in range(1, L + 1):
             if k not in self.trained:
@@ -199,7 +217,8 @@ def build_hjepa(cfg, frame_level: ACJEPA) -> HJEPA:
     hierarchy.init_checkpoint holds are loaded, and the frozen upper levels' online encoders take their
     EMA targets' weights (so an EMA pass, whichever backend runs it, leaves a frozen level unchanged)."""
     encoders, predictors = build_upper_levels(cfg, frame_level)
-    model = HJEPA(frame_level, encoders, predictors, trained_levels(cfg), cfg.hierarchy.use_states)
+    model = HJEPA(frame_level, encoders, predictors, trained_levels(cfg), cfg.hierarchy.use_states,
+                  cfg.hierarchy.residual)
     if cfg.hierarchy.init_checkpoint:
         load_levels(model, cfg.hierarchy.init_checkpoint, below=cfg.hierarchy.level)
     for k in range(2, model.num_levels + 1):

@@ -49,7 +49,7 @@ def test_generated_episodes_load_as_trajectories(tmp_path):
 
 
 def test_goals_are_held_out_behind_the_wall_and_only_the_oracle_reaches_them():
-    task = MazeTask(size=32, tolerance=0.15, max_steps=40, seed=1000)
+    task = MazeTask(size=32, tolerance=0.15, max_steps=30, seed=1000)
     try:
         eps = [task.episode(i) for i in range(3)]
         again = task.episode(1)
@@ -59,6 +59,6 @@ def test_goals_are_held_out_behind_the_wall_and_only_the_oracle_reaches_them():
             assert ep.goal_image.shape == (32, 32, 3)
             assert task.run(ep, oracle_controller).success
             straight = task.run(ep, lambda f, s, e, m: np.clip(e.goal_pos - m.position(), -MAX_STEP, MAX_STEP))
-            assert not straight.success and straight.steps == 40
+            assert not straight.success and straight.steps == 30
     finally:
         task.close()

@@ -146,3 +146,17 @@ def test_init_checkpoint_of_another_app_is_refused(tmp_path):
     save_checkpoint(tmp_path, 1, {"encoder": {}, "predictor": {}, "config": {"app": "vjepa_droid"}})
     with pytest.raises(ValueError, match="not a checkpoint of an `app: hjepa` run"):
         model(["hierarchy.train=level_by_level", "hierarchy.level=2", f"hierarchy.init_checkpoint={tmp_path}"])
+
+
+def test_a_residual_predictor_with_zero_output_predicts_no_change():
+    m = model(["hierarchy.residual=true"]).eval()
+    clips, traj = batch()
+    h = m.encode_frames(clips)
+    for k in (1, 2):
+        proj = m.predictor[f"level{k}"].predictor_proj
+        proj.weight.data.zero_(), proj.bias.data.zero_()
+    lv = m.levels[0]
+    z = h.reshape(2, -1, h.shape[-1])[:, :-16]
+    out = lv.step_predictor(z, traj["actions"], traj["states"][:, :-1])
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(z, (z.shape[-1],)))
+    assert all(type(lv).__name__ == "ResidualACJEPA" for lv in m.levels)

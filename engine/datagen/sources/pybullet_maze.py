@@ -27,7 +27,7 @@ HALF = 1.0                 # the floor spans [-HALF, HALF]^2 (m)
 WALL_T = 0.12              # wall thickness (m)
 WALL_END = -0.35           # the middle wall runs from the top wall down to this y; the gap is below
 BALL_RADIUS = 0.15
-MAX_STEP = 0.1             # largest displacement per action and axis (m)
+MAX_STEP = 0.15            # largest displacement per action and axis (m): 2.4 px of a 32-px frame, so a step shows
 FREE = HALF - WALL_T / 2 - BALL_RADIUS - 0.01   # the ball's centre stays within [-FREE, FREE]^2
 
 
