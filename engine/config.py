@@ -296,6 +296,8 @@ class HierarchyConfig:
     level: int = 2                    # level_by_level: the level this run trains (the others stay frozen)
     init_checkpoint: Optional[str] = None   # level_by_level: an hjepa run (or file) holding the levels below
     use_states: bool = True           # false: the predictors see zero states (the latents alone carry the state)
+    freeze_encoders: bool = False     # true: the upper levels' window encoders keep their random init (their
+                                      # EMA targets equal them), as the frozen frame encoder: they cannot collapse
     residual: bool = False            # true: every level's predictor predicts the change of each token from
                                       # the step it reads (a copy costs nothing; the moved ball is what is left)
 

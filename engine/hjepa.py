@@ -63,7 +63,7 @@ def abstract_actions(actions_BTA, states_BTS, window: int, stride: int):
 
 class HJEPA(nn.Module):
     def __init__(self, frame_level: ACJEPA, encoders: list[WindowEncoder], predictors: list[ACPredictor],
-                 trained_levels, use_states: bool = True, residual: bool = False):
+                 trained_levels, use_states: bool = True, residual: bool = False, freeze_encoders: bool = False):
         super().__init__()
         kind = ResidualACJEPA if residual else ACJEPA
         if residual:
@@ -93,6 +93,8 @@ class HJEPA(nn.Module):
         for k in range(1, L + 1):
             if k not in self.trained:
                 self.freeze_level(k)
+            elif k > 1 and freeze_encoders:
+                self.encoder[level_key(k)].requires_grad_(False)
         self._ema = None
         self.level_losses: dict = {}
 
@@ -218,7 +220,7 @@ def build_hjepa(cfg, frame_level: ACJEPA) -> HJEPA:
     EMA targets' weights (so an EMA pass, whichever backend runs it, leaves a frozen level unchanged)."""
     encoders, predictors = build_upper_levels(cfg, frame_level)
     model = HJEPA(frame_level, encoders, predictors, trained_levels(cfg), cfg.hierarchy.use_states,
-                  cfg.hierarchy.residual)
+                  cfg.hierarchy.residual, cfg.hierarchy.freeze_encoders)
     if cfg.hierarchy.init_checkpoint:
         load_levels(model, cfg.hierarchy.init_checkpoint, below=cfg.hierarchy.level)
     for k in range(2, model.num_levels + 1):
