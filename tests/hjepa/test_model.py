@@ -47,7 +47,7 @@ def test_pool_windows_is_the_mean_of_each_window():
 
 
 def test_forward_gives_the_summed_loss_and_each_levels_loss():
-    m = model()
+    m = model(["hierarchy.freeze_encoders=false"])
     clips, traj = batch()
     loss, info = m(clips, traj)
     lv = m.level_losses
@@ -63,6 +63,10 @@ def test_forward_gives_the_summed_loss_and_each_levels_loss():
         assert all(grads(m.predictor[k]))
     assert all(grads(m.encoder["level2"]))
     assert not any(grads(m.encoder["level1"]))
+    # hierarchy.freeze_encoders (the tiny config's setting): the upper encoder keeps its init, its predictor trains
+    frozen = model()
+    frozen(clips, traj)[0].backward()
+    assert not any(grads(frozen.encoder["level2"])) and all(grads(frozen.predictor["level2"]))
 
 
 def test_level_two_loss_depends_on_its_actions_and_on_level_one_only_through_the_frames():
