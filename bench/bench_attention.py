@@ -27,7 +27,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import kernels  # noqa: E402
-from engine.runtime.io import atomic_write_csv  # noqa: E402
+from engine.core.io import atomic_write_csv  # noqa: E402
 
 DENSE_MAX_T = 6000   # above this the dense [T, T] way takes minutes here: reported as skipped
 

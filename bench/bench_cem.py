@@ -54,7 +54,7 @@ def main(argv=None):
     p.add_argument("--loop-samples", type=int, default=50, help="the batched-vs-loop comparison's sample count")
     p.add_argument("--csv", default="bench/results/cem_cpu.csv")
     args = p.parse_args(argv)
-    from engine.planning.cem import load_world_model
+    from engine.planning.world_model import load_world_model
     from engine.planning.reach import ReachTask
     wm, cfg = load_world_model(args.checkpoint)
     task = ReachTask(size=cfg.data.crop_size, seed=cfg.planning.goal_seed)

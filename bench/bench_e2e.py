@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.models.layers import Tokens, run_blocks  # noqa: E402
-from engine.runtime.io import atomic_write_csv  # noqa: E402
+from engine.core.io import atomic_write_csv  # noqa: E402
 
 MODES = ("reference_style", "compat", "ragged")
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}

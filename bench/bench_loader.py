@@ -72,7 +72,7 @@ from engine.data import VideoDataset, VideoTransform, make_loader  # noqa: E402
 from engine.datagen.synthetic import CODECS, render_clip, write_video  # noqa: E402
 from engine.data.transforms import IMAGENET_MEAN, IMAGENET_STD, random_crop_box  # noqa: E402
 from engine.data.video import sample_clip_indices  # noqa: E402
-from engine.runtime.io import atomic_write_csv  # noqa: E402
+from engine.core.io import atomic_write_csv  # noqa: E402
 
 FPC, STEP, T_VIDEO, W, H, FPS = 16, 4, 64, 320, 240, 30
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import kernels  # noqa: E402
 from engine.data.transforms import resize_planar, random_crop_box  # noqa: E402
 from engine.data.video import _resized_crop_into, _to_rgb  # noqa: E402
-from engine.runtime.io import atomic_write_csv  # noqa: E402
+from engine.core.io import atomic_write_csv  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from run_kernels import timeit  # noqa: E402  (median of repeated calls after a warm-up)

@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from engine.runtime.io import atomic_write_csv  # noqa: E402
+from engine.core.io import atomic_write_csv  # noqa: E402
 
 # name: config overrides on configs/tiny_cpu.yaml (the real V-JEPA of engine.builders.build_jepa)
 MODELS = {

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import kernels  # noqa: E402
 from kernels import _registry  # noqa: E402
-from engine.runtime.io import atomic_write_csv  # noqa: E402
+from engine.core.io import atomic_write_csv  # noqa: E402
 
 SECTIONS = ("correctness", "ops", "e2e", "decode")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

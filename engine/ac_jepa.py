@@ -22,10 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.core.checkpoint import latest_path
+from engine.core.state import ReferenceCheckpointError, match_state
+
 
 class ACJEPA(nn.Module):
     def __init__(self, encoder: nn.Module, predictor: nn.Module, auto_steps: int = 1, loss_exp: float = 1.0,
-                 normalize_reps: bool = True, action_scale: float = 1.0):
+                 normalize_reps: bool = True, action_scale: float = 1.0, residual: bool = False):
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
@@ -40,6 +43,11 @@ class ACJEPA(nn.Module):
         # Actions are multiplied by this before the predictor sees them (ours; 1 = the reference): the
         # arm's actions are a few cm, and at that scale the action embedding starts out all bias.
         self.action_scale = float(action_scale)
+        # residual (H-JEPA's hierarchy.residual): the prediction of step t+1 at step t's tokens is
+        # z_t + predictor(...)_t. In the maze a step moves the ball across one or two of the 16 tokens; a
+        # plain predictor must first learn to copy the other tokens through its bottleneck, and its loss is
+        # dominated by that copy, not by the actions.
+        self.residual = bool(residual)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -63,7 +71,8 @@ class ACJEPA(nn.Module):
     def step_predictor(self, z, actions, states, extrinsics=None) -> torch.Tensor:
         if self.action_scale != 1.0:
             actions = actions * self.action_scale
-        z = self.predictor(z, actions, states, extrinsics)
+        out = self.predictor(z, actions, states, extrinsics)
+        z = z + out if self.residual else out
         return F.layer_norm(z, (z.size(-1),)) if self.normalize_reps else z
 
     def predictions(self, h, actions, states, extrinsics=None):
@@ -108,8 +117,6 @@ def load_encoder_weights(encoder: nn.Module, path, key: str = "target_encoder") 
     reference's load_pretrained does). One error lists every mismatch."""
     import pickle
 
-    from engine.reference_ckpt import ReferenceCheckpointError, match_state
-    from engine.runtime.checkpoint import latest_path
     path = Path(path)
     if path.is_dir():   # a run folder: its latest checkpoint
         path = latest_path(path) or path / "checkpoints"

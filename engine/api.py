@@ -37,9 +37,9 @@ from torch import nn
 
 from engine.jepa import JEPA
 from engine.runtime.deepspeed_engine import register_container_params
-from engine.runtime.ema import TargetEMA, unwrap  # noqa: F401  (public as engine.TargetEMA, engine.unwrap)
-from engine.runtime.schedules import Schedules, apply_to_optimizer
-from engine.runtime.step import param_groups as _param_groups
+from engine.core.ema import TargetEMA, unwrap  # noqa: F401  (public as engine.TargetEMA, engine.unwrap)
+from engine.core.schedules import Schedules, apply_to_optimizer
+from engine.core.step import param_groups as _param_groups
 
 # No __all__ here: the public names are engine.__all__ (engine/__init__.py re-exports these).
 

@@ -61,15 +61,14 @@ def _build_jepa(cfg: Config):
     from engine.jepa import JEPA
     encoder, predictor = build_models(cfg)
     if cfg.is_action_conditioned:
-        from engine.ac_jepa import ACJEPA, load_encoder_weights
+        from engine.ac_jepa import load_encoder_weights
         if cfg.meta.pretrain_checkpoint:
             load_encoder_weights(encoder, cfg.meta.pretrain_checkpoint, cfg.meta.target_encoder_key)
         else:
             import logging
             logging.getLogger("engine.train").warning(
                 "meta.pretrain_checkpoint is not set: the frozen encoder keeps its random init")
-        frame_level = ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
-                             normalize_reps=cfg.loss.normalize_reps, action_scale=cfg.model.action_scale)
+        frame_level = build_ac_jepa(cfg, encoder, predictor)
         if cfg.is_hierarchical:
             from engine.hjepa import build_hjepa
             return build_hjepa(cfg, frame_level)
@@ -82,6 +81,13 @@ def _build_jepa(cfg: Config):
     return JEPA(encoder, predictor, loss="smooth_l1" if cfg.is_image else "l1", loss_exp=lc.loss_exp,
                 reg_coeff=0.0 if cfg.is_image else lc.reg_coeff, std_coeff=lc.std_coeff, cov_coeff=lc.cov_coeff,
                 sigreg=sigreg, sigreg_coeff=lc.sigreg_coeff)
+
+
+def build_ac_jepa(cfg: Config, encoder, predictor):
+    """The V-JEPA 2-AC step around these models, with the config's loss and action settings."""
+    from engine.ac_jepa import ACJEPA
+    return ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
+                  normalize_reps=cfg.loss.normalize_reps, action_scale=cfg.model.action_scale)
 
 
 def build_mask_sampler(cfg: Config):

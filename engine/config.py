@@ -790,5 +790,5 @@ def load_typed(from_dict, path=None, overrides=(), raw: Optional[dict] = None):
 
 
 def save_config(cfg: Config, path) -> None:
-    from engine.runtime.io import atomic_write_text
+    from engine.core.io import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

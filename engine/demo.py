@@ -20,8 +20,8 @@ import torch
 
 from engine.builders import build_dataset, build_models
 from engine.config import load_config
-from engine.runtime.checkpoint import latest_path
-from engine.runtime.io import atomic_write_text
+from engine.core.checkpoint import latest_path
+from engine.core.io import atomic_write_text
 from engine.runtime.metrics import SUMMARY_WINDOW
 
 

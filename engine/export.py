@@ -40,7 +40,7 @@ def export_safetensors(model, path, config: Config | None = None, kind: str = "v
     """
     from safetensors.torch import save
 
-    from engine.runtime.io import atomic_write_bytes
+    from engine.core.io import atomic_write_bytes
     model, config, kind = _resolve(model, config, kind)
     if config is None:
         raise ExportError("export_safetensors: pass config= (the Config the model was built from)")
@@ -113,7 +113,7 @@ def _resolve(model, config, kind):
     if isinstance(model, ReferenceCheckpoint):
         return model, config or model.config, model.kind
     if isinstance(model, (str, Path)) and Path(model).is_dir():
-        from engine.runtime.checkpoint import load_latest
+        from engine.core.checkpoint import load_latest
         folder = Path(model)
         state = load_latest(folder)
         if state is None:

@@ -22,28 +22,17 @@ level_by_level trains hierarchy.level only, the others frozen (loaded from hiera
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.ac_jepa import ACJEPA
+from engine.core.checkpoint import read_run_checkpoint
+from engine.core.ema import TargetEMA
 from engine.models.ac_predictor import ACPredictor
 from engine.models.hierarchy import WindowEncoder, window_starts
-
-
-class ResidualACJEPA(ACJEPA):
-    """An ACJEPA whose predictor output is added to the step it reads (hierarchy.residual): the prediction
-    of step t+1 at step t's tokens is z_t + predictor(...)_t, layer-normed. In the maze a step moves the
-    ball across one or two of the 16 tokens; a plain predictor must first learn to copy the other tokens
-    through its bottleneck, and its loss is dominated by that copy, not by the actions."""
-
-    def step_predictor(self, z, actions, states, extrinsics=None) -> torch.Tensor:
-        if self.action_scale != 1.0:
-            actions = actions * self.action_scale
-        z = z + self.predictor(z, actions, states, extrinsics)
-        return F.layer_norm(z, (z.size(-1),)) if self.normalize_reps else z
 
 
 def level_key(k: int) -> str:
@@ -65,11 +54,10 @@ class HJEPA(nn.Module):
     def __init__(self, frame_level: ACJEPA, encoders: list[WindowEncoder], predictors: list[ACPredictor],
                  trained_levels, use_states: bool = True, residual: bool = False, freeze_encoders: bool = False):
         super().__init__()
-        kind = ResidualACJEPA if residual else ACJEPA
         if residual:
-            frame_level = kind(frame_level.encoder, frame_level.predictor, auto_steps=frame_level.auto_steps,
-                               loss_exp=frame_level.loss_exp, normalize_reps=frame_level.normalize_reps,
-                               action_scale=frame_level.action_scale)
+            frame_level = ACJEPA(frame_level.encoder, frame_level.predictor, auto_steps=frame_level.auto_steps,
+                                 loss_exp=frame_level.loss_exp, normalize_reps=frame_level.normalize_reps,
+                                 action_scale=frame_level.action_scale, residual=True)
         L = 1 + len(encoders)
         if len(predictors) != len(encoders):
             raise ValueError(f"HJEPA: {len(encoders)} upper encoders but {len(predictors)} upper predictors")
@@ -88,8 +76,8 @@ class HJEPA(nn.Module):
             self.predictor[level_key(k)] = pred
             # Summed actions grow with the steps they span: scale them back to level 1's units.
             scale = frame_level.action_scale / (enc.stride ** (k - 1))
-            self.levels.append(kind(tgt, pred, auto_steps=frame_level.auto_steps, loss_exp=frame_level.loss_exp,
-                                      normalize_reps=frame_level.normalize_reps, action_scale=scale))
+            self.levels.append(ACJEPA(tgt, pred, auto_steps=frame_level.auto_steps, loss_exp=frame_level.loss_exp,
+                                      normalize_reps=frame_level.normalize_reps, action_scale=scale, residual=residual))
         for k in range(1, L + 1):
             if k not in self.trained:
                 self.freeze_level(k)
@@ -180,9 +168,6 @@ class HJEPA(nn.Module):
     def update_target(self, momentum) -> None:
         """EMA of the trained upper levels' encoders into their targets, in one pass (level 1's encoder is
         frozen; a frozen upper level's encoder holds its target's weights)."""
-        from types import SimpleNamespace
-
-        from engine.runtime.ema import TargetEMA
         keys = [level_key(k) for k in self.trained if k > 1]
         if not keys:
             return
@@ -230,25 +215,6 @@ def build_hjepa(cfg, frame_level: ACJEPA) -> HJEPA:
 
 
 # -- checkpoints -------------------------------------------------------------------------------------
-def read_checkpoint(path) -> tuple[dict, Path]:
-    """(the state dict an engine.train run wrote, its file): a run folder (its latest) or a file."""
-    from engine.runtime.checkpoint import latest_path
-    path = Path(path)
-    if path.is_dir():
-        found = latest_path(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no checkpoints/latest in this folder; train the hjepa run first "
-                                    "(python -m engine.train --config configs/hjepa_tiny_cpu.yaml)")
-        path = found
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("config", {}).get("app") != "hjepa":
-        app = state.get("config", {}).get("app") if isinstance(state, dict) else None
-        raise ValueError(f"{path}: not a checkpoint of an `app: hjepa` run (app {app!r}); it holds no levels")
-    return state, path
-
-
 def level_state(state: dict, part: str, k: int) -> dict:
     prefix = level_key(k) + "."
     return {n[len(prefix):]: v for n, v in state[part].items() if n.startswith(prefix)}
@@ -256,7 +222,8 @@ def level_state(state: dict, part: str, k: int) -> dict:
 
 def load_levels(model: HJEPA, checkpoint, below: int) -> None:
     """Load levels 1..below-1 (encoder, target, predictor) of an hjepa checkpoint into `model`, strictly."""
-    state, path = read_checkpoint(checkpoint)
+    state, path = read_run_checkpoint(checkpoint, "hjepa", "hierarchy.init_checkpoint",
+                                      "python -m engine.train --config configs/hjepa_tiny_cpu.yaml")
     for k in range(1, below):
         for part in ("encoder", "target_encoder", "predictor"):
             sd = level_state(state, part, k)
@@ -264,43 +231,3 @@ def load_levels(model: HJEPA, checkpoint, below: int) -> None:
                 raise ValueError(f"hierarchy.init_checkpoint: {path} holds no level {k} ({part}); it has "
                                  f"{sorted({n.split('.')[0] for n in state[part]})}")
             getattr(model, part)[level_key(k)].load_state_dict(sd)
-
-
-def checkpoint_config(state: dict, path):
-    """The run's Config, read as a whole stack (every level built, nothing loaded from elsewhere)."""
-    from engine.config import config_from_dict
-    raw = dict(state["config"])
-    raw["hierarchy"] = dict(raw.get("hierarchy") or {}, train="joint", level=2, init_checkpoint=None)
-    return config_from_dict(raw, source=str(path))
-
-
-def load_hjepa(checkpoint, device: str = "cpu"):
-    """(HJEPA with every level of the checkpoint loaded, in eval mode; its Config)."""
-    from engine.builders import build_models
-    state, path = read_checkpoint(checkpoint)
-    cfg = checkpoint_config(state, path)
-    encoder, predictor = build_models(cfg)
-    frame = ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
-                   normalize_reps=cfg.loss.normalize_reps, action_scale=cfg.model.action_scale)
-    model = build_hjepa(cfg, frame)
-    for part in ("encoder", "predictor", "target_encoder"):
-        getattr(model, part).load_state_dict(state[part])
-    return model.to(device).eval(), cfg
-
-
-def load_level(checkpoint, k: int, device: str = "cpu"):
-    """One level alone, for evaluation or probing: (its EMA target encoder, its predictor, Config), read
-    strictly from that level's entries only. Level 1's encoder is the frozen frame encoder."""
-    from engine.builders import build_models
-    state, path = read_checkpoint(checkpoint)
-    cfg = checkpoint_config(state, path)
-    if not 1 <= k <= cfg.hierarchy.levels:
-        raise ValueError(f"{path}: level {k} does not exist (the run has levels 1..{cfg.hierarchy.levels})")
-    encoder, predictor = build_models(cfg)
-    if k > 1:
-        frame = ACJEPA(encoder, predictor)
-        encs, preds = build_upper_levels(cfg, frame)
-        encoder, predictor = encs[k - 2], preds[k - 2]
-    encoder.load_state_dict(level_state(state, "target_encoder", k))
-    predictor.load_state_dict(level_state(state, "predictor", k))
-    return encoder.to(device).eval(), predictor.to(device).eval(), cfg

@@ -134,7 +134,7 @@ class JEPA(nn.Module):
     # -- EMA -----------------------------------------------------------------------------------
     @torch.no_grad()
     def update_target(self, momentum) -> None:
-        from engine.runtime.ema import TargetEMA
+        from engine.core.ema import TargetEMA
         if self._ema is None:
             self._ema = TargetEMA(self)
         self._ema(momentum)

@@ -97,6 +97,16 @@ def report(rows: list[dict], args, pc, extra=()) -> None:
                             "tolerance": pc.tolerance, "max_steps": pc.max_steps, **r})
 
 
+def world_model(args):
+    """(the trained world model --checkpoint holds, its run's Config); a bad checkpoint is one line, exit 2."""
+    from engine.planning.world_model import load_world_model
+    try:
+        return load_world_model(args.checkpoint, hierarchical=args.hierarchical)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
@@ -111,13 +121,8 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(2)
     if args.hierarchical:
         return main_hierarchical(args, cfg)
-    from engine.planning.cem import load_world_model
     from engine.planning.reach import ReachTask, random_controller, oracle_controller, zero_controller
-    try:
-        wm, train_cfg = load_world_model(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"checkpoint error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    wm, train_cfg = world_model(args)
     pc = cfg.planning
     task = ReachTask(size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
     controllers = {"cem": planner(wm, pc, cfg.meta.seed)}
@@ -145,17 +150,12 @@ def main(argv=None) -> list[dict]:
 
 def main_hierarchical(args, cfg) -> list[dict]:
     """Hierarchical vs flat (equal predictor steps per action) vs random vs oracle on the maze."""
-    from engine.hjepa import load_hjepa
     from engine.planning.cem import LatentWorldModel
     from engine.planning.hierarchical import (HierarchicalPlanner, flat_samples_for, frame_settings,
                                               hierarchical_steps_per_action)
     from engine.planning.maze import MazeTask, oracle_controller, random_controller
     from engine.planning.sensitivity import action_sensitivity, maze_clips
-    try:
-        hj, train_cfg = load_hjepa(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"checkpoint error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    hj, train_cfg = world_model(args)
     pc = cfg.planning
     clips, traj = maze_clips(train_cfg.data.crop_size, episodes=16, frames=train_cfg.data.dataset_fpcs[0], seed=1)
     for r in action_sensitivity(hj, clips, traj):

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from engine.config import Config, ConfigError, load_config
+from engine.core.state import ReferenceCheckpointError, match_state
 
 # vjepa2_ac: the vjepa_droid trainer wraps each model in DDP alone (no multi-mask wrapper).
 KINDS = {"vjepa": "module.backbone.", "vjepa2": "module.backbone.", "ijepa": "module.", "vjepa2_ac": "module."}
@@ -43,15 +44,6 @@ PARTS = ("encoder", "predictor", "target_encoder")
 MISSING_TARGET = ("error", "copy", "none")
 # Entries besides the three models that the reference train scripts write.
 META_KEYS = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
-
-
-class ReferenceCheckpointError(ValueError):
-    """A checkpoint does not fit the models its config describes; `problems` lists every mismatch."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.problems = list(problems)
-        lines = "\n  ".join(self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s) loading the reference checkpoint:\n  {lines}")
 
 
 @dataclass
@@ -178,25 +170,6 @@ def strip_prefix(sd: Mapping, prefix: str, part: str, problems: list[str]) -> Op
 def _first(keys, n: int = 6) -> str:
     keys = [str(k) for k in keys]
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def match_state(module: nn.Module, sd: Mapping, part: str, problems: list[str], ignore: Iterable[str] = ()) -> dict:
-    """Check sd against the module's own state_dict: every key present, none extra, shapes equal.
-    Appends one line per problem; returns the entries to load."""
-    own = module.state_dict()
-    ignore = set(ignore)
-    for k in sorted(set(own) - set(sd)):
-        problems.append(f"{part}: missing key {k!r} (shape {tuple(own[k].shape)})")
-    for k in sorted(set(sd) - set(own) - ignore):
-        shape = tuple(sd[k].shape) if torch.is_tensor(sd[k]) else type(sd[k]).__name__
-        problems.append(f"{part}: unexpected key {k!r} (shape {shape})")
-    for k in sorted(set(sd) & set(own)):
-        v = sd[k]
-        if not torch.is_tensor(v):
-            problems.append(f"{part}: key {k!r} holds a {type(v).__name__}, not a tensor")
-        elif tuple(v.shape) != tuple(own[k].shape):
-            problems.append(f"{part}: key {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-    return {k: v for k, v in sd.items() if k in own}
 
 
 def load_reference_checkpoint(path_or_state_dict, kind: str, config, *, missing_target: str = "error",
@@ -357,7 +330,7 @@ def save_reference_checkpoint(path, obj_or_parts, kind: str, config=None, **meta
         fresh optimizer state in the reference layout is written (the reference then resumes at `epoch`
         with new Adam moments); without a `scaler`, GradScaler's initial state.
     """
-    from engine.runtime.io import atomic_torch_save
+    from engine.core.io import atomic_torch_save
     atomic_torch_save(reference_state(obj_or_parts, kind, config, **meta), path)
 
 

@@ -98,6 +98,7 @@ def _run(args) -> dict:
     out = output_dir(cfg, args.output)
     from engine.runtime.launch import LaunchError, launched_by_launcher
     from engine.runtime.rundir import check_output
+    from engine.eval.periodic import PeriodicProbe
     from engine.runtime.trainer import Trainer
     # Many ranks (or one, under a launcher): the DeepSpeed backend. A broken launch raises LaunchError,
     # never falls back to one process.
@@ -106,9 +107,11 @@ def _run(args) -> dict:
         raise ConfigError("--grad-accum / --offload-optimizer: DeepSpeed only; add --deepspeed configs/deepspeed/zeroN.json")
     if deepspeed is None:
         check_output(out)   # before the data set is built: a wrong --output is the cheaper error to hear first
+    probe = PeriodicProbe.from_config(cfg)   # meta.eval_freq
     try:
         trainer = Trainer(cfg, out, device=args.device, progress=not args.no_progress, deepspeed=deepspeed,
-                          grad_accum=args.grad_accum, offload_optimizer=args.offload_optimizer)
+                          grad_accum=args.grad_accum, offload_optimizer=args.offload_optimizer,
+                          evaluate=probe.maybe if probe is not None else None)
     except LaunchError as e:
         print(f"launch error: {e}", file=sys.stderr)
         raise SystemExit(3)

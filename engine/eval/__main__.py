@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from engine.config import ConfigError
-from engine.reference_ckpt import ReferenceCheckpointError
+from engine.core.state import ReferenceCheckpointError
 
 
 def _common(p):
@@ -49,7 +49,7 @@ def _setup(args):
 
 
 def _write(folder: Path, name: str, result: dict) -> None:
-    from engine.runtime.io import atomic_write_text
+    from engine.core.io import atomic_write_text
     atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=2))
 
 
@@ -141,7 +141,7 @@ def cmd_anomaly(args) -> dict:
     from engine.config import load_config
     from engine.eval.anomaly import (SCORES, load_jepa, pair_scores, read_events, roc_auc, score_dataset,
                                      surprise_dataset)
-    from engine.runtime.io import atomic_write_text
+    from engine.core.io import atomic_write_text
     cfg = load_config(args.config, args.overrides)
     folder = Path(args.output or "runs/anomaly")
     folder.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ def load_jepa(cfg, checkpoint=None, random_init: bool = False, seed: int = 0):
     from engine.builders import build_jepa
     from engine.config import ConfigError
     from engine.reference_ckpt import read_checkpoint
-    from engine.runtime.checkpoint import latest_path
+    from engine.core.checkpoint import latest_path
     from pathlib import Path
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -37,7 +37,7 @@ def embedding_rows(x_MD, labels, paths, clip_starts=None, num_components: int = 
 
 def write_hiplot(rows: list[dict], path) -> Path:
     import hiplot as hip
-    from engine.runtime.io import atomic_write_text
+    from engine.core.io import atomic_write_text
     exp = hip.Experiment.from_iterable(rows)
     exp.colorby = "label"
     path = Path(path)

@@ -78,8 +78,9 @@ def build_encoder(ec: EvalConfig, random_init: bool = False, seed: int = 0):
 def load_encoder_weights(encoder, checkpoint, key: str = "target_encoder", trusted: bool = False) -> None:
     """Load one model of a checkpoint (a reference checkpoint, a training checkpoint of this engine, or a
     run folder: its latest) strictly; `module.` / `backbone.` prefixes are dropped as the reference does."""
-    from engine.reference_ckpt import ReferenceCheckpointError, match_state, read_checkpoint
-    from engine.runtime.checkpoint import latest_path
+    from engine.core.state import ReferenceCheckpointError, match_state
+    from engine.reference_ckpt import read_checkpoint
+    from engine.core.checkpoint import latest_path
     path = Path(checkpoint)
     if path.is_dir():
         latest = latest_path(path)

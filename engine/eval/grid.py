@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.eval.attentive import AttentiveClassifier
-from engine.runtime.schedules import Schedules, apply_to_optimizer
-from engine.runtime.step import param_groups
+from engine.core.schedules import Schedules, apply_to_optimizer
+from engine.core.step import param_groups
 
 
 def _inputs(x_BSND, attend_across_segments: bool) -> list[torch.Tensor]:

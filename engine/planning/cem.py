@@ -93,41 +93,4 @@ def cem_plan(world_model: LatentWorldModel, z0_1ND, state_S, goal_1ND, pc, gener
     return mean, float(final)
 
 
-def load_world_model(checkpoint, device: str = "cpu"):
-    """(LatentWorldModel, its Config) from an action-conditioned training run: a run folder (its latest
-    checkpoint) or a checkpoint file that engine.train wrote. Another kind of checkpoint is refused."""
-    from pathlib import Path
-
-    from engine.builders import build_models
-    from engine.config import config_from_dict
-    from engine.ac_jepa import ACJEPA
-    from engine.runtime.checkpoint import latest_path
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = latest_path(path)
-        if found is None:
-            raise FileNotFoundError(f"--checkpoint {path}: no checkpoints/latest in this folder; train first "
-                                    "(python -m engine.train --config configs/ac_arm_tiny_cpu.yaml)")
-        path = found
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {path}: no such file")
-    state = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(state, dict) or "config" not in state or "predictor" not in state:
-        raise ValueError(f"--checkpoint {path}: not a checkpoint written by engine.train (no 'config'/'predictor' "
-                         "entries); a reference V-JEPA 2-AC file loads with engine.load_reference_checkpoint(..., "
-                         "'vjepa2_ac', cfg)")
-    raw = dict(state["config"])
-    if raw.get("app") != "vjepa_droid":
-        raise ValueError(f"--checkpoint {path}: written by an `app: {raw.get('app')}` run, which has no "
-                         "action-conditioned predictor to plan with; train one with an `app: vjepa_droid` config "
-                         "(configs/ac_arm_tiny_cpu.yaml)")
-    cfg = config_from_dict(raw, source=str(path))
-    encoder, predictor = build_models(cfg)
-    encoder.load_state_dict(state["encoder"])
-    predictor.load_state_dict(state["predictor"])
-    model = ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
-                   normalize_reps=cfg.loss.normalize_reps, action_scale=cfg.model.action_scale).to(device)
-    return LatentWorldModel(model, cfg.data.crop_size), cfg
-
-
-__all__ = ["LatentWorldModel", "cem_plan", "energy", "load_world_model"]
+__all__ = ["LatentWorldModel", "cem_plan", "energy"]

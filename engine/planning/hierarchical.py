@@ -1,6 +1,6 @@
 """Hierarchical planning with an H-JEPA: the upper level plans subgoals, the frame level plans actions.
 
-    hj, cfg = load_hjepa("runs/hjepa_tiny")
+    hj, cfg = load_world_model("runs/hjepa_tiny", hierarchical=True)
     planner = HierarchicalPlanner(hj, cfg.data.crop_size, cfg.planning, generator)
     planner.reset(goal_image_HW3)
     action_A = planner.act(frame_HW3, state_S)          # MPC: call once per executed action

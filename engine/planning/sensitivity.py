@@ -1,6 +1,6 @@
 """Does an H-JEPA use its actions? Each level's loss with the true actions against shuffled ones.
 
-    hj, cfg = load_hjepa("runs/hjepa_tiny")
+    hj, cfg = load_world_model("runs/hjepa_tiny", hierarchical=True)
     clips, traj = maze_clips(cfg.data.crop_size, episodes=16, frames=12, seed=1)   # held-out, clean renders
     rows = action_sensitivity(hj, clips, traj)     # one dict per level
 

@@ -1,1 +1,1 @@
-"""Training runtime: schedules, EMA, checkpoints, logging."""
+"""The training loop (trainer) over its step backends (local, DeepSpeed), with resume, faults, metrics and launch."""

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from engine.runtime import deepspeed_engine as DE, ds_checkpoint
-from engine.runtime.checkpoint import checkpoint_dir, latest_path, save_checkpoint
-from engine.runtime.io import atomic_torch_save
+from engine.core.checkpoint import checkpoint_dir, latest_path, save_checkpoint
+from engine.core.io import atomic_torch_save
 from engine.runtime.launch import init_distributed
 from engine.runtime.reshard import PARTS, load_resharded, load_whole_state, optimizer_names, resharding_needed
 from engine.runtime.resume import deepspeed_to_local
-from engine.runtime.schedules import apply_to_optimizer
-from engine.runtime.step import grad_norm, param_groups
+from engine.core.schedules import apply_to_optimizer
+from engine.core.step import grad_norm, param_groups
 
 log = logging.getLogger("engine.train")
 

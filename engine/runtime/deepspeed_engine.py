@@ -105,7 +105,7 @@ def initialize(model: nn.Module, ds_config: dict, *, betas=(0.9, 0.999), eps: fl
 
 def optimizer_groups(model: nn.Module) -> list[dict]:
     """The AdamW groups of `initialize`: encoder + predictor, the non-empty groups of the reference's split."""
-    from engine.runtime.step import param_groups
+    from engine.core.step import param_groups
     return [g for g in param_groups([model.encoder, model.predictor]) if g["params"]]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from engine.runtime.io import atomic_torch_save, atomic_write_text
+from engine.core.io import atomic_torch_save, atomic_write_text
 
 
 def read_latest(ckpt_dir) -> str | None:

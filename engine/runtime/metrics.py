@@ -24,7 +24,7 @@ import os
 import secrets
 from pathlib import Path
 
-from engine.runtime.io import atomic_write_text
+from engine.core.io import atomic_write_text
 
 COLUMNS = ("step", "epoch", "itr", "loss", "loss_reg", "loss_std", "loss_cov", "loss_sigreg", "loss_tf", "loss_rollout",
            "lr", "wd", "momentum", "enc_grad_norm", "pred_grad_norm", "ctx_tokens", "tgt_tokens", "step_ms",

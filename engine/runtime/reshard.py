@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 
 from engine.runtime.errors import RunError
-from engine.runtime.io import atomic_torch_save
+from engine.core.io import atomic_torch_save
 from engine.runtime.resume import Checkpoint, deepspeed_model_state, ds_meta
 
 log = logging.getLogger("engine.train")

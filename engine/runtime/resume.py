@@ -5,7 +5,7 @@
     record_changes(out, found.step, changes)     # config_history.yaml + a log line; then config.yaml is rewritten
     state = found.load_local(param_names)        # a single-process Trainer state, converted from DeepSpeed if need be
 
-A one-process checkpoint is one file (engine.runtime.checkpoint); a DeepSpeed one is a tag folder of
+A one-process checkpoint is one file (engine.core.checkpoint); a DeepSpeed one is a tag folder of
 per-rank files whose rank-0 model-states file carries our client state (step, world_size, zero_stage,
 config), read here before DeepSpeed is asked to load anything, so a wrong world size is refused by name.
 A corrupt or truncated newest checkpoint falls back to the previous good one with a warning naming both.
@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from engine.runtime.errors import RunError
-from engine.runtime.io import atomic_write_text
+from engine.core.io import atomic_write_text
 
 log = logging.getLogger("engine.train")
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from engine.runtime.errors import RunError
-from engine.runtime.io import remove_stale_tmp
+from engine.core.io import remove_stale_tmp
 
 RUN_FILES = ("metrics.csv", "config.yaml", "config_history.yaml", "checkpoints", "ds_checkpoints", "tb",
              "loss.png", "losses.jsonl", "metrics.replaced.csv")

@@ -8,7 +8,7 @@
   checkpoint's epoch (the reference advances its schedulers by epoch * ipe). `load_checkpoint`
   without `read_checkpoint` means the run's own latest checkpoint: that is `--resume`.
 - `optimization.is_anneal: true` (V-JEPA 2 cool-down): start from `anneal_ckpt` the same way, but at
-  step 0, with the linear-decay schedule (engine.runtime.schedules). `resume_anneal: true` continues an
+  step 0, with the linear-decay schedule (engine.core.schedules). `resume_anneal: true` continues an
   interrupted cool-down from the run's own checkpoint when it has one (as `--resume` does).
 - `meta.skip_batches: N > 0`: skip the next N batches of the data stream at start (each launch, as
   the reference does), without decoding them.
@@ -74,7 +74,8 @@ def start_state(cfg, model, param_order: list[list[str]], ipe: int) -> dict | No
 
 
 def _from_reference(raw, path, cfg, model, param_order):
-    from engine.reference_ckpt import ReferenceCheckpointError, load_reference_checkpoint, reference_kind
+    from engine.core.state import ReferenceCheckpointError
+    from engine.reference_ckpt import load_reference_checkpoint, reference_kind
     kind = reference_kind(cfg)
     try:
         ck = load_reference_checkpoint(raw, kind, cfg, missing_target="copy")

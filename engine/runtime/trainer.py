@@ -34,18 +34,17 @@ import numpy as np
 import torch
 
 from engine.config import Config, save_config
-from engine.eval.periodic import PeriodicProbe
 from engine.runtime.backends import DeepSpeedBackend, LocalBackend
 from engine.runtime.errors import RunError, checkpoint_write, data_errors
 from engine.runtime.faults import NonFinitePolicy, StopSignals
 from engine.runtime.flops import device_peak_flops, jepa_step_flops, peak_memory_mb
-from engine.runtime.io import atomic_write_text
+from engine.core.io import atomic_write_text
 from engine.runtime.metrics import MetricsLogger, loss_summary, plot_loss
 from engine.runtime.resume import check_config, find_checkpoint, record_changes
 from engine.runtime.rundir import check_output, claim
-from engine.runtime.schedules import Schedules
+from engine.core.schedules import Schedules
 from engine.runtime.start import skip_batches, start_state
-from engine.runtime.step import autocast
+from engine.core.step import autocast
 
 log = logging.getLogger("engine.train")
 
@@ -53,10 +52,18 @@ log = logging.getLogger("engine.train")
 class Trainer:
     def __init__(self, cfg: Config, output_dir, device: str | torch.device = "cpu", progress: bool = True,
                  dataset=None, *, deepspeed=None, grad_accum: int | None = None, offload_optimizer: bool = False,
-                 timeout_s: float | None = None, model=None, mask_sampler=None, track_memory: bool = False):
+                 timeout_s: float | None = None, model=None, mask_sampler=None, track_memory: bool = False,
+                 evaluate=None):
         """deepspeed: a DeepSpeed JSON (or ZeRO stage 0-3) to train under the launcher's ranks; None: one
-        process on `device`. model / dataset / mask_sampler default to the builders' (tests pass their own)."""
+        process on `device`. model / dataset / mask_sampler default to the builders' (tests pass their own).
+        evaluate(step, target_encoder) -> dict: extra metric columns after each step (meta.eval_freq: the
+        caller passes engine.eval.periodic's probe, as engine.train does; evaluation sits above the loop)."""
+        if evaluate is None and cfg.meta.eval_freq and cfg.data.val_datasets:
+            raise ValueError(f"meta.eval_freq={cfg.meta.eval_freq}: this Trainer has no evaluate hook to act on it; "
+                             "pass evaluate=engine.eval.periodic.PeriodicProbe.from_config(cfg).maybe "
+                             "(engine.train does) or set meta.eval_freq: 0")
         self.cfg = cfg
+        self.evaluate = evaluate
         self.out = Path(output_dir)
         self.progress = progress
         self.backend = (LocalBackend(device) if deepspeed is None else
@@ -231,7 +238,6 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         it = iter(self.loader)
-        probe = PeriodicProbe.from_config(self.cfg)   # meta.eval_freq
         B = self.cfg.data.batch_size * self.backend.accum * self.world   # the global batch
         losses, t_run = [], time.perf_counter()
         wait_total = step_total = 0.0
@@ -249,8 +255,8 @@ class Trainer:
                 t1 = time.perf_counter()
                 row = self.train_step(micro)
                 t2 = time.perf_counter()
-                if probe is not None:
-                    row.update(probe.maybe(self.step, self.model.target_encoder))
+                if self.evaluate is not None:
+                    row.update(self.evaluate(self.step, self.model.target_encoder))
                 wait_total += t1 - t0
                 step_total += t2 - t0
                 losses.append(row["loss"])

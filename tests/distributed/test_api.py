@@ -46,7 +46,7 @@ def test_plain_loop_example_trains_and_moves_target():
 
 def test_api_ema_matches_reference_loop():
     from engine import api
-    from engine.runtime.step import param_groups
+    from engine.core.step import param_groups
     a = build_tiny(tiny_cfg())
     b = build_tiny(tiny_cfg())
     b.load_state_dict(a.state_dict())

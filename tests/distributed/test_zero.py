@@ -108,8 +108,8 @@ def _zero3_checks(tr, model):
 def _reference(steps):
     """One process, plain torch, on the 2-rank global batch (rank 0's batch + rank 1's batch)."""
     from engine.data.loader import make_loader
-    from engine.runtime.schedules import Schedules, apply_to_optimizer
-    from engine.runtime.step import param_groups
+    from engine.core.schedules import Schedules, apply_to_optimizer
+    from engine.core.step import param_groups
     cfg = _cfg()
     opt = cfg.optimization
     model, ds, sampler = _parts(cfg)

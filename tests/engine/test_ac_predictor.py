@@ -19,7 +19,8 @@ import torch
 
 from engine.config import ConfigError
 from engine.models.ac_predictor import ACPredictor
-from engine.reference_ckpt import ReferenceCheckpointError, load_reference_checkpoint
+from engine.core.state import ReferenceCheckpointError
+from engine.reference_ckpt import load_reference_checkpoint
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ref_vjepa2_ac.pt"
 TOL = dict(atol=1e-5, rtol=1e-5)

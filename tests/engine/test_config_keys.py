@@ -275,12 +275,12 @@ def observe(kind: str, cfg):
             return (type(loader).__name__, dl.num_workers, dl.persistent_workers, dl.pin_memory, first,
                     list(loader.sampler)[:1])
         if kind == "schedule":
-            from engine.runtime.schedules import Schedules
+            from engine.core.schedules import Schedules
             s = Schedules.from_config(cfg.optimization, cfg.optimization.ipe or 10)
             steps = range(0, s.total_steps + 1, max(1, s.total_steps // 7))
             return s.total_steps, [(s.lr(i), s.wd(i), s.momentum(i)) for i in steps]
         if kind == "optimizer":
-            from engine.runtime.step import param_groups
+            from engine.core.step import param_groups
             model = builders.build_jepa(cfg)
             opt = torch.optim.AdamW(param_groups([model.encoder, model.predictor]), betas=tuple(cfg.optimization.betas),
                                     eps=cfg.optimization.eps)

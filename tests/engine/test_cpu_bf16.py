@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from engine.runtime import step
+from engine.core import step
 
 
 @pytest.fixture

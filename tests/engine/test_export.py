@@ -44,7 +44,7 @@ def test_from_pretrained_is_strict(tmp_path):
 
 def test_export_a_run_folder(tmp_path):
     """A run folder written by the trainer: its latest checkpoint with its own config.yaml."""
-    from engine.runtime.checkpoint import save_checkpoint
+    from engine.core.checkpoint import save_checkpoint
     from engine.config import save_config
     cfg = engine.load_config("configs/tiny_cpu.yaml", TINY)
     model = engine.build_model(cfg)

@@ -44,7 +44,7 @@ def test_every_step_logs_grad_norms_and_throughput_and_files_are_group_readable(
 
 
 def test_grad_norm_is_clip_grad_norm_without_the_clip():
-    from engine.runtime.step import grad_norm
+    from engine.core.step import grad_norm
     torch.manual_seed(0)
     a, b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
     b.load_state_dict(a.state_dict())

@@ -62,11 +62,11 @@ def test_goal_image_of_the_wrong_size_is_refused(tiny_world_model):
 
 
 def test_checkpoint_of_another_kind_is_refused(tmp_path):
-    from engine.planning.cem import load_world_model
+    from engine.planning.world_model import load_world_model
     cfg = load_config("configs/tiny_cpu.yaml")
     path = tmp_path / "step.pt"
     torch.save({"config": cfg.to_dict(), "encoder": {}, "predictor": {}}, path)
-    with pytest.raises(ValueError, match="`app: vjepa` run, which has no action-conditioned predictor"):
+    with pytest.raises(ValueError, match="`app: vjepa` run, not a checkpoint of an `app: vjepa_droid` run"):
         load_world_model(path)
     with pytest.raises(FileNotFoundError, match="no checkpoints/latest"):
         load_world_model(tmp_path)

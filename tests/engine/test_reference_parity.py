@@ -25,8 +25,8 @@ import torch.nn.functional as F
 import yaml
 
 from engine.config import ConfigError, load_config
-from engine.reference_ckpt import (ReferenceCheckpoint, ReferenceCheckpointError, load_reference_checkpoint,
-                                   save_reference_checkpoint)
+from engine.core.state import ReferenceCheckpointError
+from engine.reference_ckpt import ReferenceCheckpoint, load_reference_checkpoint, save_reference_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 KINDS = ("vjepa", "vjepa2", "ijepa")

@@ -21,10 +21,12 @@ def videos(tmp_path_factory):
 
 
 def _run(videos, out, steps, *extra, resume=False):
+    from engine.eval.periodic import PeriodicProbe
     from engine.runtime.trainer import Trainer
     cfg = load_config("configs/tiny_cpu.yaml", SMALL + [f"data.datasets=[{videos / 'train.csv'}]",
                                                         f"data.val_datasets=[{videos / 'val.csv'}]", *extra])
-    Trainer(cfg, out, progress=False).fit(max_steps=steps, resume=resume)
+    probe = PeriodicProbe.from_config(cfg)
+    Trainer(cfg, out, progress=False, evaluate=probe.maybe if probe else None).fit(max_steps=steps, resume=resume)
     with open(out / "metrics.csv") as f:
         return [(r["step"], r["loss"], r["eval_knn_acc"], r["eval_linear_acc"]) for r in csv.DictReader(f)]
 
@@ -49,3 +51,11 @@ def test_eval_freq_without_a_val_set_is_reported_unused():
     assert "meta.eval_freq" not in cfg.ignored_keys
     with pytest.raises(Exception, match="meta.eval_freq"):
         load_config("configs/tiny_cpu.yaml", ["meta.eval_freq=-1"])
+
+
+def test_a_trainer_without_the_evaluate_hook_refuses_eval_freq(videos, tmp_path):
+    from engine.runtime.trainer import Trainer
+    cfg = load_config("configs/tiny_cpu.yaml", SMALL + [f"data.datasets=[{videos / 'train.csv'}]",
+                                                        f"data.val_datasets=[{videos / 'val.csv'}]", "meta.eval_freq=2"])
+    with pytest.raises(ValueError, match="meta.eval_freq=2: this Trainer has no evaluate hook"):
+        Trainer(cfg, tmp_path, progress=False)

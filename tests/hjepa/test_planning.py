@@ -62,7 +62,7 @@ def test_flat_planner_gets_the_hierarchical_planners_predictor_steps(stack):
 
 def test_plan_cli_hierarchical_writes_a_row_per_controller(stack, tmp_path):
     from engine.plan import main
-    from engine.runtime.checkpoint import save_checkpoint
+    from engine.core.checkpoint import save_checkpoint
     hj, cfg = stack
     save_checkpoint(tmp_path / "run", 1, {"encoder": hj.encoder.state_dict(), "predictor": hj.predictor.state_dict(),
                                           "target_encoder": hj.target_encoder.state_dict(), "config": cfg.to_dict()})
@@ -80,7 +80,7 @@ def test_plan_cli_hierarchical_writes_a_row_per_controller(stack, tmp_path):
 
 def test_plan_cli_refuses_a_checkpoint_of_another_app(tmp_path, capsys):
     from engine.plan import main
-    from engine.runtime.checkpoint import save_checkpoint
+    from engine.core.checkpoint import save_checkpoint
     save_checkpoint(tmp_path, 1, {"encoder": {}, "predictor": {}, "config": {"app": "vjepa_droid"}})
     with pytest.raises(SystemExit):
         main(["--hierarchical", "--config", TINY, "--checkpoint", str(tmp_path), "--episodes", "1"])

@@ -37,8 +37,8 @@ def test_tiny_config_trains_every_level_and_resumes_exactly(maze_csv, tmp_path):
     for part in ("encoder", "predictor", "target_encoder"):
         assert {k.split(".")[0] for k in state[part]} == {"level1", "level2"}
     # the level-2 target moved (EMA) and the frozen frame encoder did not
-    from engine.hjepa import load_hjepa
-    hj, _ = load_hjepa(tmp_path / "a")
+    from engine.planning.world_model import load_world_model
+    hj, _ = load_world_model(tmp_path / "a", hierarchical=True)
     assert not torch.equal(state["target_encoder"]["level2.embed.weight"], state["encoder"]["level2.embed.weight"])
     assert hj.num_levels == 2
     first = losses(tmp_path / "a")

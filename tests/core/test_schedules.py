@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.config import load_config
-from engine.runtime.schedules import Schedules, apply_to_optimizer
+from engine.core.schedules import Schedules, apply_to_optimizer
 
 
 class _RefWarmupCosine:

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine.runtime import checkpoint as ck
-from engine.runtime.io import atomic_torch_save
+from engine.core import checkpoint as ck
+from engine.core.io import atomic_torch_save
 
 
 def test_save_load_latest_and_keep_last(tmp_path):
@@ -44,7 +44,7 @@ def test_atomic_torch_save_roundtrip(tmp_path):
 
 def test_atomic_write_csv_unions_keys_and_keeps_the_old_file_on_error(tmp_path):
     import csv as _csv
-    from engine.runtime.io import atomic_write_csv
+    from engine.core.io import atomic_write_csv
     path = tmp_path / "results" / "r.csv"
     atomic_write_csv(path, [{"a": 1, "b": 2.5}, {"a": 3, "c": "x"}])
     rows = list(_csv.DictReader(open(path)))

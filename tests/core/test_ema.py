@@ -1,10 +1,10 @@
-"""engine.runtime.ema.TargetEMA: one flat call when the parameters lie end to end in one buffer, the
+"""engine.core.ema.TargetEMA: one flat call when the parameters lie end to end in one buffer, the
 multi-tensor call otherwise; the same numbers either way, on whole tensors."""
 import pytest
 import torch
 from torch import nn
 
-from engine.runtime import ema as E
+from engine.core import ema as E
 
 
 class _Pair(nn.Module):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from engine.runtime.io import atomic_torch_save, atomic_write_text
+from engine.core.io import atomic_torch_save, atomic_write_text
 
 KEEP_LAST = 2
 
@@ -50,3 +50,25 @@ def load_latest(folder, map_location="cpu") -> dict | None:
     if path is None:
         return None
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def read_run_checkpoint(checkpoint, app: str, option: str, train_hint: str) -> tuple[dict, Path]:
+    """(the state an engine.train run of `app` wrote, its file) from a run folder (its latest) or a file.
+    Errors name `option` (the flag or key that pointed here) and say what to train: FileNotFoundError when
+    nothing is there, ValueError when the file is not such a run's checkpoint."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        found = latest_path(path)
+        if found is None:
+            raise FileNotFoundError(f"{option} {path}: no checkpoints/latest in this folder; train first ({train_hint})")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"{option} {path}: no such checkpoint file")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "predictor" not in state:
+        raise ValueError(f"{option} {path}: not a checkpoint written by engine.train (no 'config'/'predictor' "
+                         "entries); a reference checkpoint loads with engine.load_reference_checkpoint")
+    if state["config"].get("app") != app:
+        raise ValueError(f"{option} {path}: written by an `app: {state['config'].get('app')}` run, not a checkpoint "
+                         f"of an `app: {app}` run ({train_hint})")
+    return state, path

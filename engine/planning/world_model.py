@@ -1,0 +1,60 @@
+"""The world models engine.train runs wrote, loaded for planning and evaluation.
+
+    wm, cfg = load_world_model("runs/ac_arm")                        # app vjepa_droid: a LatentWorldModel
+    hj, cfg = load_world_model("runs/hjepa_tiny", hierarchical=True)  # app hjepa: the HJEPA stack, eval mode
+    encoder, predictor, cfg = load_level("runs/hjepa_tiny", 2)       # one level: its EMA target, its predictor
+
+Each takes a run folder (its latest checkpoint) or a checkpoint file; a checkpoint of another app is
+refused by name (FileNotFoundError / ValueError naming the path).
+"""
+from __future__ import annotations
+
+from engine.builders import build_ac_jepa, build_models
+from engine.config import config_from_dict
+from engine.core.checkpoint import read_run_checkpoint
+from engine.hjepa import build_hjepa, build_upper_levels, level_state
+from engine.planning.cem import LatentWorldModel
+
+TRAIN_HINT = {"vjepa_droid": "python -m engine.train --config configs/ac_arm_tiny_cpu.yaml",
+              "hjepa": "python -m engine.train --config configs/hjepa_tiny_cpu.yaml"}
+
+
+def _read(checkpoint, app: str):
+    """(state, the run's Config); an hjepa run's Config builds the whole stack (every level, nothing
+    loaded from its hierarchy.init_checkpoint)."""
+    state, path = read_run_checkpoint(checkpoint, app, "--checkpoint", TRAIN_HINT[app])
+    raw = dict(state["config"])
+    if app == "hjepa":
+        raw["hierarchy"] = dict(raw.get("hierarchy") or {}, train="joint", level=2, init_checkpoint=None)
+    return state, config_from_dict(raw, source=str(path))
+
+
+def load_world_model(checkpoint, device: str = "cpu", hierarchical: bool = False):
+    """(the world model, its run's Config): a LatentWorldModel of an `app: vjepa_droid` run, or with
+    `hierarchical` the HJEPA of an `app: hjepa` run with every level loaded."""
+    state, cfg = _read(checkpoint, "hjepa" if hierarchical else "vjepa_droid")
+    encoder, predictor = build_models(cfg)
+    frame_level = build_ac_jepa(cfg, encoder, predictor)
+    if not hierarchical:
+        encoder.load_state_dict(state["encoder"])
+        predictor.load_state_dict(state["predictor"])
+        return LatentWorldModel(frame_level.to(device), cfg.data.crop_size), cfg
+    model = build_hjepa(cfg, frame_level)
+    for part in ("encoder", "predictor", "target_encoder"):
+        getattr(model, part).load_state_dict(state[part])
+    return model.to(device).eval(), cfg
+
+
+def load_level(checkpoint, k: int, device: str = "cpu"):
+    """One level of an hjepa run alone, for evaluation or probing: (its EMA target encoder, its predictor,
+    Config), read strictly from that level's entries only. Level 1's encoder is the frozen frame encoder."""
+    state, cfg = _read(checkpoint, "hjepa")
+    if not 1 <= k <= cfg.hierarchy.levels:
+        raise ValueError(f"{cfg.source}: level {k} does not exist (the run has levels 1..{cfg.hierarchy.levels})")
+    encoder, predictor = build_models(cfg)
+    if k > 1:
+        encs, preds = build_upper_levels(cfg, build_ac_jepa(cfg, encoder, predictor))
+        encoder, predictor = encs[k - 2], preds[k - 2]
+    encoder.load_state_dict(level_state(state, "target_encoder", k))
+    predictor.load_state_dict(level_state(state, "predictor", k))
+    return encoder.to(device).eval(), predictor.to(device).eval(), cfg
