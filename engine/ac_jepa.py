@@ -16,13 +16,11 @@ The predictor's outputs are layer-normed too when normalize_reps is on.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.core.checkpoint import latest_path
+from engine.core.checkpoint import checkpoint_file
 from engine.core.state import ReferenceCheckpointError, match_state
 
 
@@ -117,12 +115,7 @@ def load_encoder_weights(encoder: nn.Module, path, key: str = "target_encoder") 
     reference's load_pretrained does). One error lists every mismatch."""
     import pickle
 
-    path = Path(path)
-    if path.is_dir():   # a run folder: its latest checkpoint
-        path = latest_path(path) or path / "checkpoints"
-    if not path.is_file():
-        raise FileNotFoundError(f"meta.pretrain_checkpoint: {path} not found; train the encoder first "
-                                "(python -m engine.train --config ...) or point it at a checkpoint file")
+    path = checkpoint_file(path, "meta.pretrain_checkpoint", "python -m engine.train --config ...")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -52,10 +52,9 @@ def load_latest(folder, map_location="cpu") -> dict | None:
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
-def read_run_checkpoint(checkpoint, app: str, option: str, train_hint: str) -> tuple[dict, Path]:
-    """(the state an engine.train run of `app` wrote, its file) from a run folder (its latest) or a file.
-    Errors name `option` (the flag or key that pointed here) and say what to train: FileNotFoundError when
-    nothing is there, ValueError when the file is not such a run's checkpoint."""
+def checkpoint_file(checkpoint, option: str, train_hint: str) -> Path:
+    """`checkpoint` itself, or the file a run folder's checkpoints/latest names. FileNotFoundError naming
+    `option` (the flag or key that pointed here) and saying what to run (`train_hint`) when there is none."""
     path = Path(checkpoint)
     if path.is_dir():
         found = latest_path(path)
@@ -63,7 +62,15 @@ def read_run_checkpoint(checkpoint, app: str, option: str, train_hint: str) -> t
             raise FileNotFoundError(f"{option} {path}: no checkpoints/latest in this folder; train first ({train_hint})")
         path = found
     if not path.is_file():
-        raise FileNotFoundError(f"{option} {path}: no such checkpoint file")
+        raise FileNotFoundError(f"{option} {path}: no such checkpoint file; train first ({train_hint}) or point "
+                                "it at a checkpoint file")
+    return path
+
+
+def read_run_checkpoint(checkpoint, app: str, option: str, train_hint: str) -> tuple[dict, Path]:
+    """(the state an engine.train run of `app` wrote, its file) from a run folder (its latest) or a file;
+    ValueError naming `option` when the file is not such a run's checkpoint."""
+    path = checkpoint_file(checkpoint, option, train_hint)
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "predictor" not in state:
         raise ValueError(f"{option} {path}: not a checkpoint written by engine.train (no 'config'/'predictor' "

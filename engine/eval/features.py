@@ -80,13 +80,8 @@ def load_encoder_weights(encoder, checkpoint, key: str = "target_encoder", trust
     run folder: its latest) strictly; `module.` / `backbone.` prefixes are dropped as the reference does."""
     from engine.core.state import ReferenceCheckpointError, match_state
     from engine.reference_ckpt import read_checkpoint
-    from engine.core.checkpoint import latest_path
-    path = Path(checkpoint)
-    if path.is_dir():
-        latest = latest_path(path)
-        if latest is None:
-            raise ConfigError(f"model_kwargs.checkpoint: {path} holds no checkpoints/latest")
-        path = latest
+    from engine.core.checkpoint import checkpoint_file
+    path = checkpoint_file(checkpoint, "model_kwargs.checkpoint", "python -m engine.train --config ...")
     state, name = read_checkpoint(path, trusted=trusted)
     sd = state.get(key) if key in state else state.get("encoder")
     if sd is None:
