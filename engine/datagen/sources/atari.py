@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import SourceWriter
+from .common import write_episodes
 
 GAMES = ("breakout", "pong", "space_invaders", "freeway", "ms_pacman")
 
@@ -93,14 +93,12 @@ def generate_atari(out_dir, num_videos: int, *, num_frames: int = 32, games=GAME
     envs = _Games()
     for g in games:  # fail early on an unknown name
         envs.get(g)
-    it = range(num_videos)
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(it, desc=f"atari plays -> {out_dir}", unit="video")
-    with SourceWriter(out_dir, name, codec=codec, fps=fps, meta=meta) as w:
-        for i in it:
-            label = i % len(games)
-            frames, actions, states = play(envs.get(games[label]), np.random.default_rng([seed, i]), num_frames,
-                                           frameskip, size=size)
-            w.add(i, frames, label, actions, states)
-    return w.csv_path
+
+    def episode(i):
+        label = i % len(games)
+        frames, actions, states = play(envs.get(games[label]), np.random.default_rng([seed, i]), num_frames,
+                                       frameskip, size=size)
+        return frames, label, actions, states
+
+    return write_episodes(out_dir, name, num_videos, episode, size=None, codec=codec, fps=fps, meta=meta,
+                          progress=progress, unit="plays")

@@ -4,6 +4,7 @@ Usage:
     with SourceWriter(out_dir, name="robot", codec="h264", fps=10) as w:
         w.add(i, frames_THW3, label, actions_TA, states_TS)      # -> out_dir/robot/000017.mp4 (+ .npy files)
     csv_path = w.csv_path                                         # out_dir/robot.csv, written on exit
+    csv_path = write_episodes(out_dir, "robot", 30, episode, size=64, ...)   # episode(i) -> frames, label, arrays
 """
 from __future__ import annotations
 
@@ -56,3 +57,23 @@ class SourceWriter:
         os.replace(tmp, self.csv_path)
         meta = dict(self.meta, name=self.name, codec=self.codec, fps=self.fps, num_videos=len(self.lines))
         self.csv_path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+
+def write_episodes(out_dir, name: str, num_videos: int, episode, *, size: int | None, codec: str, fps: int,
+                   meta: dict, progress: bool = False, unit: str = "episodes", close=None) -> Path:
+    """Write episode(i) -> (frames_THW3, label, actions_TA, states_TS) for i < num_videos through one
+    SourceWriter; return its index CSV. `close` (the simulator's) runs however the writing ends."""
+    try:
+        if size is not None and size % 4:
+            raise ValueError(f"size must be a multiple of 4 (4:2:0 video), got {size}")
+        it = range(num_videos)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, desc=f"{name} {unit} -> {out_dir}", unit="video")
+        with SourceWriter(out_dir, name, codec=codec, fps=fps, meta=meta) as w:
+            for i in it:
+                w.add(i, *episode(i))
+    finally:
+        if close is not None:
+            close()
+    return w.csv_path

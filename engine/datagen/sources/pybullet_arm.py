@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import SourceWriter
+from .common import write_episodes
 
 POLICIES = ("random", "reach", "push", "explore")
 DEFAULT_POLICIES = POLICIES[:3]
@@ -145,24 +145,16 @@ def generate_robot(out_dir, num_videos: int, *, num_frames: int = 32, size: int 
                    codec: str = "h264", seed: int = 0, policies=DEFAULT_POLICIES, name: str = "robot",
                    progress: bool = False):
     """Write num_videos episodes (policy i % len(policies)); return the index CSV path."""
-    if size % 4:
-        raise ValueError(f"size must be a multiple of 4 (4:2:0 video), got {size}")
     policies = tuple(policies)
     meta = {"source": "pybullet kuka_iiwa", "classes": list(policies), "num_frames": num_frames, "size": size,
             "seed": seed, "arrays": {"actions": "float32 [T, 3] end-effector displacement (m)",
                                      "states": "float32 [T, 10] end-effector xyz, quaternion xyzw, cube xyz"}}
     arm = Arm()
-    it = range(num_videos)
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(it, desc=f"robot episodes -> {out_dir}", unit="video")
-    try:
-        with SourceWriter(out_dir, name, codec=codec, fps=fps, meta=meta) as w:
-            for i in it:
-                label = i % len(policies)
-                frames, actions, states = run_episode(arm, policies[label], np.random.default_rng([seed, i]),
-                                                      num_frames, size, fps)
-                w.add(i, frames, POLICIES.index(policies[label]), actions, states)
-    finally:
-        arm.close()
-    return w.csv_path
+
+    def episode(i):
+        policy = policies[i % len(policies)]
+        frames, actions, states = run_episode(arm, policy, np.random.default_rng([seed, i]), num_frames, size, fps)
+        return frames, POLICIES.index(policy), actions, states
+
+    return write_episodes(out_dir, name, num_videos, episode, size=size, codec=codec, fps=fps, meta=meta,
+                          progress=progress, close=arm.close)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import SourceWriter
+from .common import write_episodes
 
 HALF = 1.0                 # the floor spans [-HALF, HALF]^2 (m)
 WALL_T = 0.12              # wall thickness (m)
@@ -129,21 +129,14 @@ def explore_episode(maze: Maze, rng: np.random.Generator, num_frames: int = 32):
 def generate_maze(out_dir, num_videos: int, *, num_frames: int = 32, size: int = 32, fps: int = 10,
                   codec: str = "h264", seed: int = 0, name: str = "maze", progress: bool = False):
     """Write num_videos exploration episodes; return the index CSV path."""
-    if size % 4:
-        raise ValueError(f"size must be a multiple of 4 (4:2:0 video), got {size}")
     meta = {"source": "pybullet two-room maze", "classes": ["explore"], "num_frames": num_frames, "size": size,
             "seed": seed, "arrays": {"actions": "float32 [T, 2] ball displacement (m)",
                                      "states": "float32 [T, 2] ball xy (m)"}}
     maze = Maze(size, fps)
-    it = range(num_videos)
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(it, desc=f"maze episodes -> {out_dir}", unit="video")
-    try:
-        with SourceWriter(out_dir, name, codec=codec, fps=fps, meta=meta) as w:
-            for i in it:
-                frames, actions, states = explore_episode(maze, np.random.default_rng([seed, i]), num_frames)
-                w.add(i, frames, 0, actions, states)
-    finally:
-        maze.close()
-    return w.csv_path
+
+    def episode(i):
+        frames, actions, states = explore_episode(maze, np.random.default_rng([seed, i]), num_frames)
+        return frames, 0, actions, states
+
+    return write_episodes(out_dir, name, num_videos, episode, size=size, codec=codec, fps=fps, meta=meta,
+                          progress=progress, close=maze.close)
