@@ -62,3 +62,11 @@ def test_goals_are_held_out_behind_the_wall_and_only_the_oracle_reaches_them():
             assert not straight.success and straight.steps == 30
     finally:
         task.close()
+
+
+def test_a_size_that_4_2_0_video_cannot_hold_is_refused_and_closes_the_simulator(tmp_path, monkeypatch):
+    closed, real_close = [], Maze.close
+    monkeypatch.setattr(Maze, "close", lambda self: (closed.append(True), real_close(self)))
+    with pytest.raises(ValueError, match="size must be a multiple of 4"):
+        generate_maze(tmp_path, 1, num_frames=4, size=30)
+    assert closed == [True] and not (tmp_path / "maze.csv").exists()
