@@ -1,8 +1,8 @@
 """Surprise: how badly a trained JEPA predicts a clip's own latent representation, per token and per clip.
 
     model = load_jepa(train_cfg, "runs/demo")                        # encoder, predictor, target encoder
-    err_BN, n_BN = token_surprise(model, clips_B3THW, mask_sets)     # mean |prediction - target| per token
-    clip_BK = clip_scores(err_BN, n_BN, grid_THW)                    # per clip: mean, max, frame_max
+    err_BN, n_BN, set_BS = token_surprise(model, clips_B3THW, mask_sets)   # per token; per mask set, pooled
+    clip_BK = clip_scores(err_BN, n_BN, grid_THW, set_BS)            # per clip: mean, max, frame_max, pooled_max
     roc_auc(scores, labels)
     pair_scores(scores, labels, pair_ids)                            # matched pairs: accuracy, relative AUC
 
@@ -14,7 +14,11 @@ layer-normed target-encoder feature, averaged over every mask in which the token
   past forward; the spirit of V-JEPA's IntPhys test).
 A clip's surprise: "mean" over its scored tokens; "max" over its tokens; "frame_max" (V-JEPA's IntPhys
 score) the max over time steps of the mean error of a step's tokens, which weighs a vanished object's
-missing error against a teleported one's new error within one frame rather than token by token.
+missing error against a teleported one's new error within one frame rather than token by token;
+"pooled_max" the max over mask sets (future mode: over time steps) of the L1 error between the mean
+predicted and the mean target feature of the set's targets: pooled over positions, it asks whether the
+predicted step holds what the real one holds (an object that should persist), not where each thing is,
+so the uncertainty of a moving object's position does not count as surprise.
 Possible and impossible videos of a matched pair share everything up to the event, so `pair_scores`
 compares each clip with its own pair: pairwise accuracy (impossible more surprising than possible) and
 the "relative" ROC AUC of scores minus their pair's mean (scene-to-scene differences cancel).
@@ -71,14 +75,17 @@ def future_masks(grid_THW, B: int, start: int = 1, context: int | None = None) -
 
 
 @torch.no_grad()
-def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean error per token [B, N], how many masks scored it [B, N]); tokens never a target: count 0."""
+def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean error per token [B, N], how many masks scored it [B, N]; tokens never a target: count 0,
+    error of each mask set's pooled prediction [B, S]: L1 between the mean predicted and the mean target
+    feature over the sample's targets of set s)."""
     from engine.jepa import plan_packing
     B, N = clips_B3THW.shape[0], model.encoder.num_patches
     h_BND = model.target_encoder.forward_dense(model.target_encoder.embed(clips_B3THW))
     x_BND = model.encoder.embed(clips_B3THW)
     err_sum = torch.zeros(B * N)
     count = torch.zeros(B * N)
+    set_err = []
     for masks in mask_sets:
         plan = plan_packing(masks, B, N)
         h_TD = kernels.gather_layer_norm(h_BND, plan.tgt.rows_T)
@@ -89,11 +96,17 @@ def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.T
         err_T = (p_TD.float() - h_TD.float()).abs().mean(-1)
         err_sum.index_add_(0, plan.tgt.rows_T, err_T)
         count.index_add_(0, plan.tgt.rows_T, torch.ones_like(err_T))
-    return (err_sum / count.clamp_min(1)).view(B, N), count.view(B, N)
+        sample_T = plan.tgt.rows_T // N
+        n_B1 = torch.zeros(B, 1).index_add_(0, sample_T, torch.ones(len(sample_T), 1)).clamp_min(1)
+        p_BD = torch.zeros(B, p_TD.shape[1]).index_add_(0, sample_T, p_TD.float()) / n_B1
+        h_BD = torch.zeros(B, h_TD.shape[1]).index_add_(0, sample_T, h_TD.float()) / n_B1
+        set_err.append((p_BD - h_BD).abs().mean(-1))
+    return (err_sum / count.clamp_min(1)).view(B, N), count.view(B, N), torch.stack(set_err, 1)
 
 
-def clip_scores(err_BN, count_BN, grid_THW) -> dict:
-    """Per-clip surprise over the scored tokens: {"mean", "max", "frame_max": [B]} (see the module doc)."""
+def clip_scores(err_BN, count_BN, grid_THW, set_err_BS=None) -> dict:
+    """Per-clip surprise over the scored tokens: {"mean", "max", "frame_max", with set_err_BS "pooled_max":
+    [B]} (see the module doc)."""
     scored = count_BN > 0
     mean = (err_BN * scored).sum(1) / scored.sum(1).clamp_min(1)
     mx = torch.where(scored, err_BN, torch.full_like(err_BN, -float("inf"))).amax(1)
@@ -101,7 +114,10 @@ def clip_scores(err_BN, count_BN, grid_THW) -> dict:
     scored_BTS = scored.view(B, T, -1)
     step_BT = (err_BN.view(B, T, -1) * scored_BTS).sum(2) / scored_BTS.sum(2).clamp_min(1)
     step_BT = torch.where(scored_BTS.any(2), step_BT, torch.full_like(step_BT, -float("inf")))
-    return {"mean": mean, "max": mx, "frame_max": step_BT.amax(1)}
+    out = {"mean": mean, "max": mx, "frame_max": step_BT.amax(1)}
+    if set_err_BS is not None:
+        out["pooled_max"] = set_err_BS.amax(1)
+    return out
 
 
 def pixel_surprise(clips_B3THW) -> torch.Tensor:
@@ -165,7 +181,7 @@ def surprise_dataset(cfg, csv):
                         random_clip_sampling=False)
 
 
-SCORES = ("mean", "max", "frame_max")
+SCORES = ("mean", "max", "frame_max", "pooled_max")
 
 
 def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int = 8, batch_size: int = 16,
@@ -177,8 +193,8 @@ def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int =
     for clips, y in loader:
         # the same masks for every batch (masked mode): clips are compared under equal masking
         sets = mask_sets_for(mode, cfg, model, len(y), num_masks, seed, context)
-        err, n = token_surprise(model, clips, sets)
-        cs = clip_scores(err, n, model.encoder.grid)
+        err, n, set_err = token_surprise(model, clips, sets)
+        cs = clip_scores(err, n, model.encoder.grid, set_err)
         for k in SCORES:
             out[k].append(cs[k])
         out["pixel"].append(pixel_surprise(clips))

@@ -48,15 +48,38 @@ def test_future_surprise_is_the_loss_error_of_each_token(tiny_model):
     cfg, model = tiny_model
     clips = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0))
     sets = future_masks(model.encoder.grid, 2)
-    err, n = token_surprise(model, clips, sets)
+    err, n, set_err = token_surprise(model, clips, sets)
     T, H, W = model.encoder.grid
     assert len(sets) == T - 1 and (n[:, :H * W] == 0).all() and (n[:, H * W:] == 1).all()
+    assert set_err.shape == (2, T - 1)
     # one mask set: the clip mean of the token errors is the JEPA loss of that set (per-token mean L1)
     with torch.no_grad():
         loss, _ = model(clips, sets[-1])
-    e1, n1 = token_surprise(model, clips, sets[-1:])
+    e1, n1, s1 = token_surprise(model, clips, sets[-1:])
     assert float(clip_scores(e1, n1, model.encoder.grid)["mean"].mean()) == pytest.approx(float(loss), rel=1e-5)
     torch.testing.assert_close(e1[:, -H * W:], err[:, -H * W:])   # each token scored alone
+    torch.testing.assert_close(s1[:, 0], set_err[:, -1])
+
+
+def test_pooled_surprise_is_the_error_of_the_mean_prediction(tiny_model):
+    from engine.jepa import plan_packing
+    cfg, model = tiny_model
+    clips = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(1))
+    sets = future_masks(model.encoder.grid, 2)
+    _, _, set_err = token_surprise(model, clips, sets)
+    T, H, W = model.encoder.grid
+    N = T * H * W
+    with torch.no_grad():   # step t's targets are all its tokens: pool the prediction and the target over them
+        h_BND = torch.nn.functional.layer_norm(model.target_encoder.forward_dense(model.target_encoder.embed(clips)),
+                                               (model.encoder.embed_dim,))
+        plan = plan_packing(sets[0], 2, N)
+        z = model.encoder.forward_packed(model.encoder.embed(clips), plan.ctx)
+        p_BSD = model.predictor.forward_packed(z, plan.ctx_pairs, plan.tgt, plan.mask_index_S).view(2, H * W, -1)
+    want_B = (p_BSD.mean(1) - h_BND[:, H * W:2 * H * W].mean(1)).abs().mean(-1)
+    torch.testing.assert_close(set_err[:, 0], want_B, rtol=1e-4, atol=1e-6)
+    # pooling forgets where: the error of the mean is at most the mean of the token errors
+    err, n, _ = token_surprise(model, clips, sets[:1])
+    assert (set_err[:, 0] <= clip_scores(err, n, model.encoder.grid)["mean"] + 1e-6).all()
 
 
 def test_future_masks_context_window():
@@ -112,8 +135,9 @@ def test_anomaly_and_embed_commands(eval_yaml, tmp_path, capsys):
     r = main(["anomaly", "--config", "configs/tiny_cpu.yaml", "--set", "data.crop_size=32", "--random-init",
               "--data", str(csv), "--output", str(out), "--mode", "masked", "--masks", "2"])
     rows = (out / "surprise.csv").read_text().splitlines()
-    assert rows[0] == "path,label,surprise_mean,surprise_max,surprise_frame_max,pixel_difference" and len(rows) == 7
-    assert set(r["roc_auc"]) == {"mean", "max", "frame_max", "pixel"} and "pairs" not in r
+    assert rows[0] == ("path,label,surprise_mean,surprise_max,surprise_frame_max,surprise_pooled_max,"
+                       "pixel_difference") and len(rows) == 7
+    assert set(r["roc_auc"]) == {"mean", "max", "frame_max", "pooled_max", "pixel"} and "pairs" not in r
     assert json.loads((out / "anomaly.json").read_text())["clips"] == 6
     events_csv = csv.with_name("events.events.csv")
     f = main(["anomaly", "--config", "configs/tiny_cpu.yaml", "--set", "data.crop_size=32", "--random-init",
