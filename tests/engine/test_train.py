@@ -8,10 +8,9 @@ import torch
 
 from engine.config import load_config
 
-SMALL = ["model.depth=2", "model.embed_dim=48", "model.num_heads=2", "model.pred_depth=1",
-         "model.pred_embed_dim=32", "model.pred_num_heads=2", "data.batch_size=4", "data.num_workers=0",
-         "optimization.ipe=4", "optimization.epochs=3", "optimization.warmup=1", "meta.checkpoint_every=3",
-         "logging.tensorboard=false"]
+from tests.tiny_runs import VJEPA_SMALL
+
+SMALL = VJEPA_SMALL + ["optimization.epochs=3", "meta.checkpoint_every=3"]
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,12 @@
 """meta.eval_freq: the probe's accuracies land in metrics.csv every N steps, and the run's losses are
 exactly those of a run without it, straight or resumed."""
-import csv
-
 import pytest
 
 from engine.config import load_config
 
-SMALL = ["model.depth=2", "model.embed_dim=48", "model.num_heads=2", "model.pred_depth=1",
-         "model.pred_embed_dim=32", "model.pred_num_heads=2", "data.batch_size=4", "data.num_workers=0",
-         "optimization.ipe=4", "optimization.epochs=2", "optimization.warmup=1", "meta.checkpoint_every=2",
-         "logging.tensorboard=false", "data.crop_size=32"]
+from tests.tiny_runs import VJEPA_SMALL, VJEPA_TINY, metric_columns
+
+SMALL = VJEPA_SMALL + ["optimization.epochs=2", "meta.checkpoint_every=2", "data.crop_size=32"]
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +20,11 @@ def videos(tmp_path_factory):
 def _run(videos, out, steps, *extra, resume=False):
     from engine.eval.periodic import PeriodicProbe
     from engine.runtime.trainer import Trainer
-    cfg = load_config("configs/tiny_cpu.yaml", SMALL + [f"data.datasets=[{videos / 'train.csv'}]",
+    cfg = load_config(VJEPA_TINY, SMALL + [f"data.datasets=[{videos / 'train.csv'}]",
                                                         f"data.val_datasets=[{videos / 'val.csv'}]", *extra])
     probe = PeriodicProbe.from_config(cfg)
     Trainer(cfg, out, progress=False, evaluate=probe.maybe if probe else None).fit(max_steps=steps, resume=resume)
-    with open(out / "metrics.csv") as f:
-        return [(r["step"], r["loss"], r["eval_knn_acc"], r["eval_linear_acc"]) for r in csv.DictReader(f)]
+    return metric_columns(out, "loss", "eval_knn_acc", "eval_linear_acc")
 
 
 def test_eval_freq_logs_and_leaves_training_exact(videos, tmp_path):
@@ -36,7 +32,7 @@ def test_eval_freq_logs_and_leaves_training_exact(videos, tmp_path):
     without = _run(videos, tmp_path / "b", 4)
     assert [r[:2] for r in with_probe] == [r[:2] for r in without]        # the same losses, bitwise (as text)
     logged = [r for r in with_probe if r[2] != ""]
-    assert [r[0] for r in logged] == ["1", "3"]                            # after steps 2 and 4
+    assert [r[0] for r in logged] == [1, 3]                                # after steps 2 and 4
     assert all(0 <= float(r[2]) <= 1 and 0 <= float(r[3]) <= 1 for r in logged)
     assert all(r[2] == r[3] == "" for r in without)
     _run(videos, tmp_path / "c", 2, "meta.eval_freq=2", "meta.eval_samples=12")
@@ -55,7 +51,7 @@ def test_eval_freq_without_a_val_set_is_reported_unused():
 
 def test_a_trainer_without_the_evaluate_hook_refuses_eval_freq(videos, tmp_path):
     from engine.runtime.trainer import Trainer
-    cfg = load_config("configs/tiny_cpu.yaml", SMALL + [f"data.datasets=[{videos / 'train.csv'}]",
+    cfg = load_config(VJEPA_TINY, SMALL + [f"data.datasets=[{videos / 'train.csv'}]",
                                                         f"data.val_datasets=[{videos / 'val.csv'}]", "meta.eval_freq=2"])
     with pytest.raises(ValueError, match="meta.eval_freq=2: this Trainer has no evaluate hook"):
         Trainer(cfg, tmp_path, progress=False)

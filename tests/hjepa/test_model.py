@@ -9,9 +9,7 @@ from engine.hjepa import abstract_actions
 from engine.planning.world_model import load_level, load_world_model
 from engine.models.hierarchy import pool_windows
 
-TINY = "configs/hjepa_tiny_cpu.yaml"
-SMALL = ["model.pred_depth=1", "hierarchy.depth=1", "hierarchy.pred_depth=1", "hierarchy.embed_dim=32",
-         "hierarchy.num_heads=2", "hierarchy.pred_embed_dim=48", "hierarchy.pred_num_heads=2"]
+from tests.tiny_runs import HJEPA_SMALL as SMALL, HJEPA_TINY as TINY
 
 
 def batch(B=2, T=12, seed=0):

@@ -11,11 +11,11 @@ from engine.config import load_config
 from engine.planning.hierarchical import (HierarchicalPlanner, cem_predictor_steps, flat_samples_for,
                                           frame_settings, hierarchical_steps_per_action, top_settings)
 
-TINY = "configs/hjepa_tiny_cpu.yaml"
-SMALL = ["model.pred_depth=1", "hierarchy.depth=1", "hierarchy.pred_depth=1", "hierarchy.embed_dim=32",
-         "hierarchy.num_heads=2", "hierarchy.pred_embed_dim=48", "hierarchy.pred_num_heads=2",
-         "planning.samples=8", "planning.topk=2", "planning.iterations=2", "planning.top_samples=8",
-         "planning.top_topk=2", "planning.top_iterations=2", "planning.top_horizon=2", "planning.max_steps=3"]
+from tests.tiny_runs import HJEPA_SMALL, HJEPA_TINY as TINY
+
+SMALL = HJEPA_SMALL + ["planning.samples=8", "planning.topk=2", "planning.iterations=2", "planning.top_samples=8",
+                       "planning.top_topk=2", "planning.top_iterations=2", "planning.top_horizon=2",
+                       "planning.max_steps=3"]
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ from engine.builders import build_jepa
 from engine.config import load_config
 from engine.planning.sensitivity import action_sensitivity, maze_clips
 
-TINY = "configs/hjepa_tiny_cpu.yaml"
-SMALL = ["model.pred_depth=1", "hierarchy.depth=1", "hierarchy.pred_depth=1", "hierarchy.embed_dim=32",
-         "hierarchy.num_heads=2", "hierarchy.pred_embed_dim=48", "hierarchy.pred_num_heads=2"]
+from tests.tiny_runs import HJEPA_SMALL as SMALL, HJEPA_TINY as TINY
 
 
 @pytest.fixture(scope="module")

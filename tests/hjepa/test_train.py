@@ -1,32 +1,21 @@
 """The tiny H-JEPA config trains through `python -m engine.train` (the loop every app shares), its
 checkpoint holds every level, and a resumed run continues with the same losses."""
-import csv
 import subprocess
 import sys
 
 import pytest
 import torch
 
-SMALL = ["model.pred_depth=1", "hierarchy.depth=1", "hierarchy.pred_depth=1", "hierarchy.embed_dim=32",
-         "hierarchy.num_heads=2", "hierarchy.pred_embed_dim=48", "hierarchy.pred_num_heads=2", "data.batch_size=2",
-         "data.num_workers=0", "optimization.ipe=3", "optimization.epochs=2", "optimization.warmup=1",
-         "meta.checkpoint_every=2", "logging.tensorboard=false"]
-
-
-@pytest.fixture(scope="module")
-def maze_csv(tmp_path_factory):
-    from engine.datagen.sources import generate_maze
-    return generate_maze(tmp_path_factory.mktemp("maze"), 4, num_frames=14, size=32, seed=0)
+from tests.tiny_runs import HJEPA_RUN, HJEPA_TINY, metric_columns, train_args
 
 
 def args(maze_csv, out, *extra):
-    sets = [a for o in SMALL + [f"data.datasets=[{maze_csv}]"] for a in ("--set", o)]
-    return ["--config", "configs/hjepa_tiny_cpu.yaml", "--output", str(out), "--no-progress", *sets, *extra]
+    return train_args(HJEPA_TINY, out, HJEPA_RUN + ["optimization.ipe=3", "optimization.warmup=1",
+                                                    f"data.datasets=[{maze_csv}]"], *extra)
 
 
 def losses(folder):
-    with open(folder / "metrics.csv") as f:
-        return [(int(r["step"]), r["loss"], r["loss_tf"], r["loss_rollout"]) for r in csv.DictReader(f)]
+    return metric_columns(folder, "loss", "loss_tf", "loss_rollout")
 
 
 def test_tiny_config_trains_every_level_and_resumes_exactly(maze_csv, tmp_path):

@@ -1,36 +1,26 @@
 """H-JEPA under DeepSpeed ZeRO-3 on 2 CPU ranks (torchrun, `python -m engine.train --deepspeed`): every
 level trains in the shared loop, a run stopped after 2 steps and resumed gives the uninterrupted run's
 losses bitwise, and the consolidated checkpoint holds every level."""
-import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
+
+from tests.tiny_runs import HJEPA_RUN, HJEPA_TINY, metric_columns, train_args
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-SMALL = ["model.pred_depth=1", "hierarchy.depth=1", "hierarchy.pred_depth=1", "hierarchy.embed_dim=32",
-         "hierarchy.num_heads=2", "hierarchy.pred_embed_dim=48", "hierarchy.pred_num_heads=2", "data.batch_size=2",
-         "data.num_workers=0", "optimization.ipe=4", "optimization.epochs=2", "optimization.warmup=0",
-         "meta.checkpoint_every=2", "logging.tensorboard=false"]
-
-
-@pytest.fixture(scope="module")
-def maze_csv(tmp_path_factory):
-    from engine.datagen.sources import generate_maze
-    return generate_maze(tmp_path_factory.mktemp("maze"), 4, num_frames=14, size=32, seed=0)
+OVERRIDES = HJEPA_RUN + ["optimization.ipe=4", "optimization.warmup=0"]
 
 
 def run_pair(maze_csv, outs_steps_resume):
     """Launch each (out, steps, resume) at once: start-up dominates, so the launches overlap."""
-    sets = [a for o in SMALL + [f"data.datasets=[{maze_csv}]"] for a in ("--set", o)]
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                               "-m", "engine.train", "--config", "configs/hjepa_tiny_cpu.yaml", "--deepspeed",
-                               "configs/deepspeed/zero3.json", "--output", str(out), "--max-steps", str(steps),
-                               "--no-progress", *sets, *(["--resume"] if resume else [])],
+                               "-m", "engine.train", "--deepspeed", "configs/deepspeed/zero3.json",
+                               *train_args(HJEPA_TINY, out, OVERRIDES + [f"data.datasets=[{maze_csv}]"],
+                                           "--max-steps", str(steps), *(["--resume"] if resume else []))],
                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for out, steps, resume in outs_steps_resume]
     for p in procs:
@@ -39,8 +29,7 @@ def run_pair(maze_csv, outs_steps_resume):
 
 
 def losses(folder):
-    with open(folder / "metrics.csv") as f:
-        return [(int(r["step"]), r["loss"], r["loss_tf"], r["loss_rollout"]) for r in csv.DictReader(f)]
+    return metric_columns(folder, "loss", "loss_tf", "loss_rollout")
 
 
 def test_zero3_trains_every_level_and_resumes_exactly(maze_csv, tmp_path):
