@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
+from engine.core.io import atomic_write_text
 from engine.masks import MaskCollator
 
 
@@ -790,5 +791,4 @@ def load_typed(from_dict, path=None, overrides=(), raw: Optional[dict] = None):
 
 
 def save_config(cfg: Config, path) -> None:
-    from engine.core.io import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

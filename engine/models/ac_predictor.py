@@ -24,11 +24,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from engine.models.layers import Block, Tokens, init_reference_weights, run_blocks
+from engine.models.layers import PredictorTrunk, Tokens
 from engine.models.rope import Rope3D
 
 
-class ACPredictor(nn.Module):
+class ACPredictor(PredictorTrunk):
     def __init__(self, grid: tuple[int, int], embed_dim: int, predictor_embed_dim: int = 1024, depth: int = 24,
                  num_heads: int = 16, mlp_ratio: float = 4.0, qkv_bias: bool = True, norm_eps: float = 1e-6,
                  init_std: float = 0.02, is_frame_causal: bool = True, use_rope: bool = True,
@@ -48,7 +48,6 @@ class ACPredictor(nn.Module):
         self.cond_tokens = 3 if use_extrinsics else 2
         self.action_dim = action_dim
         self.state_dim = action_dim if state_dim is None else state_dim
-        self.use_activation_checkpointing = use_activation_checkpointing
         P = predictor_embed_dim
         self.predictor_embed = nn.Linear(embed_dim, P, bias=True)
         self.action_encoder = nn.Linear(action_dim, P, bias=True)
@@ -56,12 +55,8 @@ class ACPredictor(nn.Module):
         self.extrinsics_encoder = nn.Linear(action_dim - 1, P, bias=True)
         # The frame axis is unbounded (RoPE): the grid's depth only matters for splitting ids.
         self.rope = Rope3D(P // num_heads, (1 << 20, self.grid_height, self.grid_width), rope_reference_layout)
-        self.predictor_blocks = nn.ModuleList([
-            Block(P, num_heads, mlp_ratio, qkv_bias, None, norm_eps, use_silu, wide_silu, self.rope)
-            for _ in range(depth)])
-        self.predictor_norm = nn.LayerNorm(P, eps=norm_eps)
-        self.predictor_proj = nn.Linear(P, embed_dim, bias=True)
-        init_reference_weights(self, self.predictor_blocks, init_std)
+        self.add_trunk(P, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, norm_eps, use_silu, wide_silu, self.rope,
+                       init_std, use_activation_checkpointing)
 
     def _layout(self, B: int, T: int, device):
         """Grid ids (for RoPE), frame ids and cu_seqlens of B samples of T frames, token order
@@ -98,9 +93,8 @@ class ACPredictor(nn.Module):
         x_TD = seq.reshape(B * T * (K + HW), -1)
         ids, frames, cu, L = self._layout(B, T, x.device)
         tok = Tokens(ids, cu, L, self.rope.tables(ids), frames if self.is_frame_causal else None)
-        x_TD = run_blocks(self.predictor_blocks, x_TD, tok, self.use_activation_checkpointing)
-        out = x_TD.view(B, T, K + HW, -1)[:, :, K:].reshape(B, T * HW, -1)
-        return self.predictor_proj(self.predictor_norm(out))
+        x_TD = self.run_trunk(x_TD, tok)
+        return self.project(x_TD.view(B, T, K + HW, -1)[:, :, K:].reshape(B, T * HW, -1))
 
 
 def build_ac_predictor(cfg, encoder) -> ACPredictor:

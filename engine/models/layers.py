@@ -159,3 +159,29 @@ def init_reference_weights(module: nn.Module, blocks: nn.ModuleList, std: float 
             blk.attn.proj.weight.div_((2.0 * layer_id) ** 0.5)
             # fc2 even for SwiGLU (where it is an input projection): the reference does so.
             blk.mlp.fc2.weight.div_((2.0 * layer_id) ** 0.5)
+
+
+class PredictorTrunk(nn.Module):
+    """What the JEPA predictor and the action-conditioned one share, under the reference's names
+    (predictor_blocks, predictor_norm, predictor_proj) so its checkpoints load strictly: the block stack
+    over the tokens, then a norm and a projection back to the encoder's width. A subclass registers its
+    own input layers first and calls add_trunk last, so parameters keep the reference's order (the
+    optimizer state's layout follows it)."""
+
+    def add_trunk(self, width: int, out_dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
+                  norm_eps: float, use_silu: bool, wide_silu: bool, rope: Optional[Rope3D], init_std: float,
+                  use_activation_checkpointing: bool) -> None:
+        self.use_activation_checkpointing = use_activation_checkpointing
+        self.predictor_blocks = nn.ModuleList([
+            Block(width, num_heads, mlp_ratio, qkv_bias, None, norm_eps, use_silu, wide_silu, rope)
+            for _ in range(depth)])
+        self.predictor_norm = nn.LayerNorm(width, eps=norm_eps)
+        self.predictor_proj = nn.Linear(width, out_dim, bias=True)
+        init_reference_weights(self, self.predictor_blocks, init_std)
+
+    def run_trunk(self, x_TP, tok: Tokens) -> torch.Tensor:
+        return run_blocks(self.predictor_blocks, x_TP, tok, self.use_activation_checkpointing)
+
+    def project(self, x_P) -> torch.Tensor:
+        """Norm and projection, per token: run them on the output rows only."""
+        return self.predictor_proj(self.predictor_norm(x_P))

@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 import kernels
-from engine.models.layers import Block, Tokens, init_reference_weights, run_blocks
+from engine.models.layers import PredictorTrunk, Tokens
 from engine.models.pos_embed import sincos_2d, sincos_3d
 from engine.models.rope import Rope3D
 from engine.packing import Packed, pack_index_sets
 
 
-class Predictor(nn.Module):
+class Predictor(PredictorTrunk):
     def __init__(self, grid: tuple[int, int, int], embed_dim: int, predictor_embed_dim: int = 384,
                  depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  norm_eps: float = 1e-6, init_std: float = 0.02, is_video: bool = True,
@@ -36,7 +36,6 @@ class Predictor(nn.Module):
         self.grid = tuple(grid)
         self.num_patches = grid[0] * grid[1] * grid[2]
         self.embed_dim = embed_dim
-        self.use_activation_checkpointing = use_activation_checkpointing
         self.single_mask_token = single_mask_token
         P = predictor_embed_dim
         self.predictor_embed = nn.Linear(embed_dim, P, bias=True)
@@ -52,12 +51,8 @@ class Predictor(nn.Module):
         else:
             pe = sincos_3d(P, grid[0], grid[1], uniform_power) if is_video else sincos_2d(P, grid[1])
             self.predictor_pos_embed = nn.Parameter(pe.unsqueeze(0), requires_grad=False)
-        self.predictor_blocks = nn.ModuleList([
-            Block(P, num_heads, mlp_ratio, qkv_bias, None, norm_eps, use_silu, wide_silu, self.rope)
-            for _ in range(depth)])
-        self.predictor_norm = nn.LayerNorm(P, eps=norm_eps)
-        self.predictor_proj = nn.Linear(P, embed_dim, bias=True)
-        init_reference_weights(self, self.predictor_blocks, init_std)
+        self.add_trunk(P, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, norm_eps, use_silu, wide_silu, self.rope,
+                       init_std, use_activation_checkpointing)
         if single_mask_token or not zero_init_mask_tokens:
             for t in self._mask_token_params():
                 nn.init.trunc_normal_(t, std=init_std, a=-2.0, b=2.0)
@@ -99,9 +94,8 @@ class Predictor(nn.Module):
         # An upper bound known on the host (no device sync): kernels use it only to size their grids.
         max_len = ctx.max_seqlen + tgt.max_seqlen
         tok = Tokens(ids, cu, max_len, self.rope.tables(ids) if self.rope is not None else None)
-        x = run_blocks(self.predictor_blocks, x, tok, self.use_activation_checkpointing)
-        # Norm and project only the target rows (both act per token).
-        return self.predictor_proj(self.predictor_norm(x.index_select(0, dest_t)))
+        x = self.run_trunk(x, tok)
+        return self.project(x.index_select(0, dest_t))
 
     # -- the reference calls ---------------------------------------------------------------------------
     def forward(self, x, *args, mask_index: int = 1):
