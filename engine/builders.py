@@ -35,6 +35,13 @@ def build_models(cfg: Config):
     from engine.models.predictor import build_predictor
     from engine.models.vit import VisionTransformer
     kw = encoder_kwargs(cfg)
+    if cfg.is_lewm:
+        from engine.models.lewm import ActionPredictor, FrameEncoder
+        md = cfg.model
+        encoder = FrameEncoder(VisionTransformer(**dict(kw, num_frames=1)))   # one frame at a time
+        predictor = ActionPredictor(encoder.embed_dim, md.pred_depth, md.pred_num_heads or encoder.vit.num_heads,
+                                    history=cfg.frames_per_clip - 1, action_dim=md.action_dim)
+        return encoder, predictor
     if cfg.is_action_conditioned:
         from engine.models.ac_predictor import build_ac_predictor
         # The encoder sees one frame at a time; its position table is that of its pretraining clips.
@@ -60,6 +67,9 @@ def build_jepa(cfg: Config):
 def _build_jepa(cfg: Config):
     from engine.jepa import JEPA
     encoder, predictor = build_models(cfg)
+    if cfg.is_lewm:
+        from engine.lewm import build_lewm
+        return build_lewm(cfg, encoder, predictor)
     if cfg.is_action_conditioned:
         from engine.ac_jepa import load_encoder_weights
         if cfg.meta.pretrain_checkpoint:
@@ -131,7 +141,7 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None):
         tf = VideoEvalTransform(d.crop_size)
     kw = dict(frames_per_clip=cfg.frames_per_clip, frame_step=d.sampling_rate, fps=d.fps, duration=d.clip_duration,
               num_clips=d.num_clips if train else 1, transform=tf)
-    if cfg.is_action_conditioned:
+    if cfg.uses_trajectories:
         from engine.data.trajectories import TrajectoryDataset
         if d.dataset_type.lower() != "videodataset":
             raise ConfigError(f"data.dataset_type: action-conditioned runs read trajectory index CSVs "

@@ -57,11 +57,11 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
                                                                      "encoder, read from meta.target_encoder_key"),
     "model.pred_is_frame_causal": ((False,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
     "model.use_extrinsics": ((False,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
-    "model.action_dim": ((7,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
+    "model.action_dim": ((7,), ("vjepa_droid", "hjepa", "lewm"), "only the action-conditioned predictors have it"),
     "model.state_dim": ((None,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
     "loss.auto_steps": ((1,), ("vjepa_droid", "hjepa"), "only the action-conditioned rollout has it"),
     "loss.normalize_reps": ((True,), ("vjepa_droid", "hjepa"), "V-JEPA targets are always layer-normed"),
-    "model.action_scale": ((1.0,), ("vjepa_droid", "hjepa"), "only the action-conditioned predictor has it"),
+    "model.action_scale": ((1.0,), ("vjepa_droid", "hjepa", "lewm"), "only the action-conditioned predictors have it"),
 }
 
 # Keys an app does not read (its model or data path has no use for them): for that app, a value other
@@ -75,6 +75,10 @@ UNREAD_BY_APP = {
                            "data.filter_short_videos"),
     "vjepa_droid": HJEPA_ONLY + ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
     "hjepa": ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
+    # LeWorldModel: one embedding per frame (no masks), the MSE of the next one plus SIGReg
+    "lewm": HJEPA_ONLY + ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.loss_exp", "loss.auto_steps",
+                          "loss.normalize_reps", "model.state_dim", "model.use_rope", "model.use_silu",
+                          "model.use_pred_silu", "meta.pretrain_checkpoint"),
 }
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -305,7 +309,7 @@ class HierarchyConfig:
 
 @dataclass
 class Config:
-    app: str = "vjepa"                                # vjepa | ijepa | vjepa_droid | hjepa
+    app: str = "vjepa"                                # vjepa | ijepa | vjepa_droid | hjepa | lewm
     folder: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
     data_aug: DataAugConfig = field(default_factory=DataAugConfig)
@@ -333,6 +337,16 @@ class Config:
     @property
     def is_hierarchical(self) -> bool:
         return self.app == "hjepa"
+
+    @property
+    def is_lewm(self) -> bool:
+        """LeWorldModel: encoder and action-conditioned predictor trained together from pixels."""
+        return self.app == "lewm"
+
+    @property
+    def uses_trajectories(self) -> bool:
+        """Clips come with their actions and states (engine.data.trajectories)."""
+        return self.is_action_conditioned or self.is_lewm
 
     @property
     def frames_per_clip(self) -> int:
@@ -546,8 +560,8 @@ def validate(cfg: Config) -> None:
     _refuse_unsupported(cfg)
     _refuse_unread(cfg)
     d, o, m = cfg.data, cfg.optimization, cfg.meta
-    if cfg.app not in ("vjepa", "ijepa", "vjepa_droid", "hjepa"):
-        raise ConfigError(f"app: expected vjepa, ijepa, vjepa_droid or hjepa, got {cfg.app!r}")
+    if cfg.app not in ("vjepa", "ijepa", "vjepa_droid", "hjepa", "lewm"):
+        raise ConfigError(f"app: expected vjepa, ijepa, vjepa_droid, hjepa or lewm, got {cfg.app!r}")
     if m.dtype not in DTYPES:
         raise ConfigError(f"meta.dtype: expected one of {DTYPES}, got {m.dtype!r}")
     if m.eval_freq < 0 or m.eval_samples < 4:
@@ -652,9 +666,11 @@ def _validate_model(cfg: Config) -> None:
         raise ConfigError(f"model.action_dim / model.state_dim: must be >= 2 / >= 1, got {md.action_dim} / {md.state_dim}")
     if cfg.loss.auto_steps < 1:
         raise ConfigError(f"loss.auto_steps: must be >= 1, got {cfg.loss.auto_steps}")
-    if cfg.is_action_conditioned and cfg.frames_per_clip < 2:
+    if cfg.uses_trajectories and cfg.frames_per_clip < 2:
         raise ConfigError(f"data.dataset_fpcs: an action-conditioned run needs clips of >= 2 frames, got "
                           f"{cfg.frames_per_clip}")
+    if cfg.is_lewm:
+        _validate_lewm(cfg)
     pl = cfg.planning
     for key in ("samples", "topk", "iterations", "horizon", "max_steps"):
         if getattr(pl, key) < 1:
@@ -674,6 +690,20 @@ def _validate_model(cfg: Config) -> None:
     if md.pred_num_heads is not None and md.pred_embed_dim % md.pred_num_heads:
         raise ConfigError(f"model.pred_embed_dim: {md.pred_embed_dim} is not divisible by "
                           f"model.pred_num_heads ({md.pred_num_heads})")
+
+
+def _validate_lewm(cfg: Config) -> None:
+    from engine.models.vit import VIT_SIZES
+    width = cfg.model.embed_dim or VIT_SIZES[cfg.model.model_name]["embed_dim"]
+    if cfg.model.pred_embed_dim != width:
+        raise ConfigError(f"model.pred_embed_dim: {cfg.model.pred_embed_dim}, but app lewm's predictor works at the "
+                          f"encoder's width; set it to {width}")
+    if cfg.loss.sigreg_coeff <= 0:
+        raise ConfigError("loss.sigreg_coeff: app lewm needs > 0 (SIGReg is all that keeps its embeddings from "
+                          "collapsing; the paper uses ~0.1)")
+    if list(cfg.optimization.ema) != [0.0, 0.0]:
+        raise ConfigError(f"optimization.ema: {cfg.optimization.ema} but app lewm has no target encoder; "
+                          "set optimization.ema: none")
 
 
 def level_steps(frames: int, h: HierarchyConfig) -> list[int]:

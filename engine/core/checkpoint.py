@@ -67,15 +67,16 @@ def checkpoint_file(checkpoint, option: str, train_hint: str) -> Path:
     return path
 
 
-def read_run_checkpoint(checkpoint, app: str, option: str, train_hint: str) -> tuple[dict, Path]:
-    """(the state an engine.train run of `app` wrote, its file) from a run folder (its latest) or a file;
-    ValueError naming `option` when the file is not such a run's checkpoint."""
+def read_run_checkpoint(checkpoint, app: str | tuple, option: str, train_hint: str) -> tuple[dict, Path]:
+    """(the state an engine.train run of `app` (or of one of several apps) wrote, its file) from a run
+    folder (its latest) or a file; ValueError naming `option` when the file is not such a run's checkpoint."""
     path = checkpoint_file(checkpoint, option, train_hint)
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "predictor" not in state:
         raise ValueError(f"{option} {path}: not a checkpoint written by engine.train (no 'config'/'predictor' "
                          "entries); a reference checkpoint loads with engine.load_reference_checkpoint")
-    if state["config"].get("app") != app:
+    apps = (app,) if isinstance(app, str) else tuple(app)
+    if state["config"].get("app") not in apps:
         raise ValueError(f"{option} {path}: written by an `app: {state['config'].get('app')}` run, not a checkpoint "
-                         f"of an `app: {app}` run ({train_hint})")
+                         f"of an `app: {' or '.join(apps)}` run ({train_hint})")
     return state, path

@@ -1,6 +1,6 @@
 """The world models engine.train runs wrote, loaded for planning and evaluation.
 
-    wm, cfg = load_world_model("runs/ac_arm")                        # app vjepa_droid: a LatentWorldModel
+    wm, cfg = load_world_model("runs/ac_arm")                        # app vjepa_droid or lewm: a LatentWorldModel
     hj, cfg = load_world_model("runs/hjepa_tiny", hierarchical=True)  # app hjepa: the HJEPA stack, eval mode
     encoder, predictor, cfg = load_level("runs/hjepa_tiny", 2)       # one level: its EMA target, its predictor
 
@@ -17,12 +17,14 @@ from engine.planning.cem import LatentWorldModel
 
 TRAIN_HINT = {"vjepa_droid": "python -m engine.train --config configs/ac_arm_tiny_cpu.yaml",
               "hjepa": "python -m engine.train --config configs/hjepa_tiny_cpu.yaml"}
+FLAT_APPS = ("vjepa_droid", "lewm")   # the world models the flat planner takes
 
 
-def _read(checkpoint, app: str):
+def _read(checkpoint, app: str | tuple):
     """(state, the run's Config); an hjepa run's Config builds the whole stack (every level, nothing
     loaded from its hierarchy.init_checkpoint)."""
-    state, path = read_run_checkpoint(checkpoint, app, "--checkpoint", TRAIN_HINT[app])
+    state, path = read_run_checkpoint(checkpoint, app, "--checkpoint", TRAIN_HINT["vjepa_droid" if app == FLAT_APPS
+                                                                                 else app])
     raw = dict(state["config"])
     if app == "hjepa":
         raw["hierarchy"] = dict(raw.get("hierarchy") or {}, train="joint", level=2, init_checkpoint=None)
@@ -30,10 +32,16 @@ def _read(checkpoint, app: str):
 
 
 def load_world_model(checkpoint, device: str = "cpu", hierarchical: bool = False):
-    """(the world model, its run's Config): a LatentWorldModel of an `app: vjepa_droid` run, or with
-    `hierarchical` the HJEPA of an `app: hjepa` run with every level loaded."""
-    state, cfg = _read(checkpoint, "hjepa" if hierarchical else "vjepa_droid")
+    """(the world model, its run's Config): a LatentWorldModel of an `app: vjepa_droid` or `app: lewm` run,
+    or with `hierarchical` the HJEPA of an `app: hjepa` run with every level loaded."""
+    state, cfg = _read(checkpoint, "hjepa" if hierarchical else FLAT_APPS)
     encoder, predictor = build_models(cfg)
+    if cfg.is_lewm:
+        from engine.lewm import build_lewm
+        model = build_lewm(cfg, encoder, predictor)
+        encoder.load_state_dict(state["encoder"])
+        predictor.load_state_dict(state["predictor"])
+        return LatentWorldModel(model.to(device), cfg.data.crop_size), cfg
     frame_level = build_ac_jepa(cfg, encoder, predictor)
     if not hierarchical:
         encoder.load_state_dict(state["encoder"])

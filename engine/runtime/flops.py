@@ -85,8 +85,11 @@ def measured_gemm_flops(device, dtype: torch.dtype = torch.float32, n: int = 102
     """The best FLOP/s of an n x n x n matmul on `device` (measured once per process and kept)."""
     key = (str(device), dtype)
     if key not in _measured:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        # Its own generator: the first measurement of a process must not move the global RNG, whose
+        # draws (SIGReg's directions) a resumed run replays.
+        g = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
         best = float("inf")
         for _ in range(repeats + 1):   # the first is a warm-up
             if a.is_cuda:

@@ -1,0 +1,124 @@
+"""Why does CEM fail where it fails? Checks of the planning energy and the predictor on held-out reach episodes.
+
+    python -m engine.planning.diagnose --config configs/ac_arm_tiny_cpu.yaml [--checkpoint runs/ac_arm]
+        [--episodes 8] [--set section.key=value ...]
+
+Per held-out episode (the planner's: planning.goal_seed), the arm is driven by the oracle from its start
+to the goal, and at each pose of that path:
+    energy vs distance: the planning energy of the TRUE frame (L1 between its latent and the goal image's)
+        against the end effector's true distance to the goal; `spearman` is their rank correlation over
+        the path (1: the energy is monotone in the distance, what CEM needs).
+    greedy with a perfect predictor: each of the 26 unit-grid directions (maxnorm per axis) is executed in
+        the simulator from that pose and its true next frame scored by the energy; `greedy_gain` is the
+        distance the lowest-energy one removes, as a fraction of what the best direction removes (1: a
+        horizon-1 planner with an exact predictor would pick the best move).
+With a checkpoint (its predictor): the same 26 candidates rolled out by the predictor instead:
+    `pred_rank_corr`: rank correlation of the predicted energies with the true-frame energies;
+    `pred_gain`: the distance the predictor's lowest-energy candidate removes, as greedy_gain;
+    `err_1step` / `err_copy`: the predictor's L1 to the true next latent vs copying the current latent.
+Without a checkpoint the encoder is the config's (meta.pretrain_checkpoint, or its seeded random init).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import numpy as np
+import torch
+
+GRID = np.array([d for d in itertools.product((-1, 0, 1), repeat=3) if any(d)], dtype=np.float64)
+
+
+def spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if np.std(ra) > 0 and np.std(rb) > 0 else float("nan")
+
+
+def world_model(cfg, checkpoint):
+    from engine.planning.cem import LatentWorldModel
+    from engine.planning.world_model import load_world_model
+    if checkpoint:
+        return load_world_model(checkpoint)[0]
+    from engine.builders import build_jepa
+    torch.manual_seed(cfg.meta.seed)   # the training run's initial weights
+    return LatentWorldModel(build_jepa(cfg), cfg.data.crop_size)
+
+
+@torch.no_grad()
+def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: int = 4) -> dict:
+    from engine.planning.reach import oracle_action
+    arm, pb = task.arm, task.arm.pb
+    goal_z = wm.encode_frame(ep.goal_image)
+    task._reset(ep.index)
+    path_d, path_e = [], []
+    rows = {"greedy_gain": [], "pred_gain": [], "pred_rank_corr": [], "err_1step": [], "err_copy": []}
+    step = 0
+    while True:
+        d = float(np.linalg.norm(arm.ee()[0] - ep.goal_pos))
+        frame, state = arm.render(task.size), arm.state()
+        z = wm.encode_frame(frame)
+        path_d.append(d)
+        path_e.append(float((z - goal_z).abs().mean()))
+        if d < task.tolerance or step >= task.max_steps:
+            break
+        if step < poses:
+            saved, target = pb.saveState(physicsClientId=arm.cid), arm.target.copy()
+            true_e, true_d, true_z = [], [], []
+            for g in GRID:
+                arm.act(g * maxnorm, task.substeps)
+                zn = wm.encode_frame(arm.render(task.size))
+                true_z.append(zn)
+                true_e.append(float((zn - goal_z).abs().mean()))
+                true_d.append(float(np.linalg.norm(arm.ee()[0] - ep.goal_pos)))
+                pb.restoreState(saved, physicsClientId=arm.cid)
+                arm.target = target.copy()
+            pb.removeState(saved, physicsClientId=arm.cid)
+            gain = d - np.asarray(true_d)
+            best = gain.max()
+            rows["greedy_gain"].append(gain[int(np.argmin(true_e))] / best if best > 0 else np.nan)
+            if with_predictor:
+                acts = torch.as_tensor(GRID * maxnorm, dtype=torch.float32)[:, None]
+                pred = wm.rollout(z, state, acts)
+                pred_e = (pred - goal_z).abs().mean(dim=(1, 2)).numpy()
+                rows["pred_rank_corr"].append(spearman(pred_e, true_e))
+                rows["pred_gain"].append(gain[int(np.argmin(pred_e))] / best if best > 0 else np.nan)
+                tz = torch.cat(true_z)
+                rows["err_1step"].append(float((pred - tz).abs().mean()))
+                rows["err_copy"].append(float((z - tz).abs().mean()))
+        arm.act(oracle_action(arm.target, ep.goal_pos), task.substeps)
+        step += 1
+    out = {"episode": ep.index, "start_m": path_d[0], "spearman": spearman(path_e, path_d),
+           "energy_start": path_e[0], "energy_goal": path_e[-1]}
+    out.update({k: float(np.nanmean(v)) for k, v in rows.items() if v})
+    return out
+
+
+def main(argv=None):
+    from engine.config import load_config
+    from engine.planning.reach import ReachTask
+    p = argparse.ArgumentParser(prog="python -m engine.planning.diagnose", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--checkpoint", default=None, help="an action-conditioned run: also check its predictor")
+    p.add_argument("--episodes", type=int, default=8)
+    p.add_argument("--poses", type=int, default=4, help="poses per episode with the 26-direction test")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    wm = world_model(cfg, args.checkpoint)
+    pc = cfg.planning
+    task = ReachTask(size=cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
+    rows = []
+    try:
+        for i in range(args.episodes):
+            r = diagnose_episode(task, task.episode(i), wm, pc.maxnorm, args.checkpoint is not None, args.poses)
+            rows.append(r)
+            print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()), flush=True)
+    finally:
+        task.close()
+    keys = [k for k in rows[0] if k != "episode"]
+    print("mean: " + " ".join(f"{k} {np.nanmean([r[k] for r in rows]):.3f}" for k in keys))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
