@@ -66,7 +66,7 @@ def test_checkpoint_of_another_kind_is_refused(tmp_path):
     cfg = load_config("configs/tiny_cpu.yaml")
     path = tmp_path / "step.pt"
     torch.save({"config": cfg.to_dict(), "encoder": {}, "predictor": {}}, path)
-    with pytest.raises(ValueError, match="`app: vjepa` run, not a checkpoint of an `app: vjepa_droid` run"):
+    with pytest.raises(ValueError, match="`app: vjepa` run, not a checkpoint of an `app: vjepa_droid or lewm` run"):
         load_world_model(path)
     with pytest.raises(FileNotFoundError, match="no checkpoints/latest"):
         load_world_model(tmp_path)
