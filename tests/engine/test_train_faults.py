@@ -16,15 +16,15 @@ import torch
 
 from engine.train import main
 from tests.engine.test_train_rundir import SMALL, videos  # noqa: F401  (the shared fixture)
+from tests.tiny_runs import VJEPA_TINY, train_args
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
 
 
 def _args(videos, out, *extra, steps=STEPS):
-    sets = [a for s in SMALL + [f"data.datasets=[{videos / 'train.csv'}]"] for a in ("--set", s)]
-    return ["--config", "configs/tiny_cpu.yaml", *sets, "--output", str(out), "--no-progress",
-            "--max-steps", str(steps), *extra]
+    return train_args(VJEPA_TINY, out, SMALL + [f"data.datasets=[{videos / 'train.csv'}]"], "--max-steps", str(steps),
+                      *extra)
 
 
 def _rows(out) -> int:

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from engine.train import main
+from tests.tiny_runs import VJEPA_TINY, train_args
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["model.depth=1", "model.embed_dim=48", "model.num_heads=3", "model.pred_embed_dim=48",
@@ -47,10 +48,9 @@ def _copy(base_run, tmp_path):
     return Path(shutil.copytree(base_run, tmp_path / "run"))
 
 
-def _args(videos, out, *extra, steps=None, config="configs/tiny_cpu.yaml"):
-    sets = [a for s in SMALL + [f"data.datasets=[{videos / 'train.csv'}]"] for a in ("--set", s)]
-    a = ["--config", config, *sets, "--output", str(out), "--no-progress", *extra]
-    return a + (["--max-steps", str(steps)] if steps is not None else [])
+def _args(videos, out, *extra, steps=None, config=VJEPA_TINY):
+    return train_args(config, out, SMALL + [f"data.datasets=[{videos / 'train.csv'}]"], *extra,
+                      *(["--max-steps", str(steps)] if steps is not None else []))
 
 
 def _fails(capsys, argv) -> str:
