@@ -65,17 +65,23 @@ def stacked(masks):
     return [torch.stack(sets) for sets in masks.ctx], [torch.stack(sets) for sets in masks.tgt]
 
 
+def reference_layout(x_BND):
+    """The reference's patch embedding returns the conv output transposed ([B, D, N] memory as [B, N, D]),
+    and its target encoder runs its blocks on that layout: the same values, laid out as it does."""
+    return x_BND.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def reference_style_loss(model, x, masks, loss_exp: float = 1.0):
     """The reference objective the reference way (masks: rectangular BatchMasks, compat mode)."""
     ctx, tgt = stacked(masks)
     enc, tgt_enc = model.encoder, model.target_encoder
     with torch.no_grad():
-        h = tgt_enc.forward_dense(tgt_enc.embed(x))
+        h = tgt_enc.forward_dense(reference_layout(tgt_enc.embed(x)))
         h = F.layer_norm(h, (h.size(-1),))
         hs = [torch.gather(h, 1, m_BK.unsqueeze(-1).repeat(1, 1, h.size(-1))) for m_BK in tgt]
     loss = 0.0
     for (c, m), i in zip(masks.pairs, masks.mask_index):
-        x_BND = enc.embed(x)   # the reference re-embeds the clip for every mask config
+        x_BND = reference_layout(enc.embed(x))   # the reference re-embeds the clip for every mask config
         z = torch.gather(x_BND, 1, ctx[c].unsqueeze(-1).repeat(1, 1, x_BND.size(-1)))
         z = enc.norm(run_blocks(enc.blocks, z, Tokens(ctx[c], rope=enc.rope.tables(ctx[c]) if enc.rope else None),
                                 enc.use_activation_checkpointing))

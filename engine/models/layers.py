@@ -49,7 +49,9 @@ class PatchEmbed(nn.Module):
         if x.dim() != want:
             raise ValueError(f"PatchEmbed: expected a {want}-D input ({'[B,C,T,H,W]' if want == 5 else '[B,C,H,W]'}), "
                              f"got shape {tuple(x.shape)}")
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # contiguous: a transposed view would carry its layout into the residual stream (every add
+        # keeps it, every LayerNorm then copies it back)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class Attention(nn.Module):

@@ -157,3 +157,16 @@ def test_bad_shapes_are_named():
         tiny_vit(embed_dim=60)
     with pytest.raises(ValueError, match=r"expected a 5-D input"):
         tiny_vit()(torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_embedded_tokens_and_the_residual_stream_are_row_major(video):
+    # A conv's [B, D, N] output transposed to [B, N, D] is a strided view; kept, every residual add would
+    # carry that layout and every LayerNorm would copy it back. Values are the conv's, positions added.
+    enc = tiny_vit(num_frames=4 if video else 1)
+    x = torch.randn(2, 3, 4, 32, 32) if video else torch.randn(2, 3, 32, 32)
+    x_BND = enc.embed(x)
+    assert x_BND.is_contiguous()
+    want = enc.patch_embed.proj(x).flatten(2).transpose(1, 2) + enc.pos_embed
+    torch.testing.assert_close(x_BND, want, rtol=0, atol=0)
+    assert enc.forward_dense(x_BND).is_contiguous()
