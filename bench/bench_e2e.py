@@ -38,6 +38,7 @@ from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.models.layers import Tokens, run_blocks  # noqa: E402
 from engine.core.io import atomic_write_csv  # noqa: E402
+from engine.core.step import adamw  # noqa: E402
 
 MODES = ("reference_style", "compat", "ragged")
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
@@ -105,7 +106,9 @@ class Mode:
         torch.manual_seed(seed)
         self.model = build_jepa(self.cfg)
         self.sampler = build_mask_sampler(self.cfg)
-        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # the engine's trainers use the fused AdamW; the reference loop torch's default (a loop per parameter)
+        self.opt = torch.optim.AdamW(params, lr=1e-4) if name == "reference_style" else adamw(params, lr=1e-4)
         self.rng = np.random.default_rng(seed)
         self.B = self.cfg.data.batch_size
         self.wall, self.cpu, self.tokens = [], [], []

@@ -24,7 +24,7 @@ from engine.runtime.launch import init_distributed
 from engine.runtime.reshard import PARTS, load_resharded, load_whole_state, optimizer_names, resharding_needed
 from engine.runtime.resume import deepspeed_to_local
 from engine.core.schedules import apply_to_optimizer
-from engine.core.step import grad_norm, param_groups
+from engine.core.step import adamw, grad_norm, param_groups
 
 log = logging.getLogger("engine.train")
 
@@ -49,8 +49,7 @@ class LocalBackend:
     def setup(self, model, cfg) -> None:
         o = cfg.optimization
         self.model = model
-        self.optimizer = torch.optim.AdamW(param_groups([model.encoder, model.predictor]),
-                                           betas=tuple(o.betas), eps=o.eps)
+        self.optimizer = adamw(param_groups([model.encoder, model.predictor]), betas=tuple(o.betas), eps=o.eps)
         names = {id(p): n for n, p in model.named_parameters()}   # each group's parameter names, in order
         self.param_names = [[names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
 
