@@ -286,6 +286,11 @@ def run_correctness(device, budget, small, dry):
 
 
 # -- ops --------------------------------------------------------------------------------------------------
+def sig3(x: float) -> float:
+    """Three significant digits: a small-op rate on a busy host must not round to 0."""
+    return float(f"{x:.3g}")
+
+
 def copy_gbs(device, nbytes: int, reps: int) -> float:
     n = max(1, nbytes // 8)
     a, b = torch.randn(n, device=device), torch.empty(n, device=device)
@@ -305,9 +310,9 @@ def op_rows(device, budget, small, dry):
             r = dict(section="ops", op=op, shape=shape, method=w, ms=round(ms, 4))
             if nbytes:
                 gbs = nbytes / (ms * 1e-3) / 1e9
-                r.update(GB_s=round(gbs, 1), copy_GB_s_same_bytes=round(copy, 1), pct_copy_bw=round(100 * gbs / copy, 1))
+                r.update(GB_s=sig3(gbs), copy_GB_s_same_bytes=sig3(copy), pct_copy_bw=round(100 * gbs / copy, 1))
             if flops:
-                r.update(TFLOP_s_real=round(flops / (ms * 1e-3) / 1e12, 2))
+                r.update(TFLOP_s_real=sig3(flops / (ms * 1e-3) / 1e12))
             r.update(extra or {})
             rows.append(r)
 
