@@ -46,11 +46,13 @@ clock. Batches after the first are timed (start-up excluded); each number is the
 interleaved runs; frames = clips * 16. The consumer reads every page of each batch (a shared-memory
 batch is mapped into it on first access: a cost real training pays). Ratios are against the reference
 loader with the same codec, crop size and workers, in the same run (vs_reference: the row's unit;
-cpu_vs_reference: CPU-seconds).
+cpu_vs_reference: CPU-seconds). A run replaces the rows of the settings it measured in --out and keeps
+the others.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import tempfile
 import time
@@ -243,6 +245,16 @@ def measure(kinds, csv_path, crop, workers, batch, batches, rounds) -> dict:
     return best
 
 
+def kept_rows(path, rows) -> list[dict]:
+    """The rows of an existing results file for (codec, crop, workers) settings this run did not measure:
+    a run of some settings updates the file without losing the others'."""
+    if not Path(path).exists():
+        return []
+    measured = {(r["codec"], str(r["crop"]), str(r["workers"])) for r in rows}
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if (r["codec"], r["crop"], r["workers"]) not in measured]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--codecs", nargs="+", default=["h264", "vp9", "mjpeg", "h264_gop8", "vp9_gop8", "h264_sparse",
@@ -286,7 +298,7 @@ def main(argv=None):
                         print(f"{k:10s} {codec:11s} {crop:4d} px  workers={workers}: {main_metric:7.1f} {r['unit']:11s} "
                               f"({main_metric * FPC:6.0f} frames)  x{r['vs_reference']:.2f} vs reference; "
                               f"{cpu:6.1f} clips/cpu-s x{cpu / res['reference'][1]:.2f}", flush=True)
-    atomic_write_csv(args.out, rows)
+    atomic_write_csv(args.out, kept_rows(args.out, rows) + rows)
     print(f"\n{'loader':10s} {'codec':11s} {'crop':>4s} {'wk':>2s} {'unit':11s} {'clips':>7s} {'frames':>7s} "
           f"{'x ref':>6s} {'cpu-s':>7s} {'x ref':>6s}")
     for r in rows:

@@ -14,7 +14,8 @@ from kernels.block_attention import block_attention, block_attention_ref
 from kernels.ema import ema_, ema_ref
 from kernels.gather import (gather_layer_norm, gather_layer_norm_ref, gather_tokens, gather_tokens_ref,
                             scatter_tokens, scatter_tokens_ref)
-from kernels.yuv_resize import yuv_coeffs, yuv_resized_crop, yuv_resized_crop_ref
+from kernels.yuv_resize import (normalize_u8, normalize_u8_ref, yuv_coeffs, yuv_resized_crop, yuv_resized_crop_frames,
+                                yuv_resized_crop_ref)
 
 __all__ = [
     "BACKENDS", "backend", "current_backend", "use_backend",
@@ -22,5 +23,6 @@ __all__ = [
     "ema_", "ema_ref",
     "gather_layer_norm", "gather_layer_norm_ref",
     "gather_tokens", "gather_tokens_ref", "scatter_tokens", "scatter_tokens_ref",
-    "yuv_coeffs", "yuv_resized_crop", "yuv_resized_crop_ref",
+    "normalize_u8", "normalize_u8_ref", "yuv_coeffs", "yuv_resized_crop", "yuv_resized_crop_frames",
+    "yuv_resized_crop_ref",
 ]

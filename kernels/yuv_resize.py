@@ -3,6 +3,8 @@
     coeffs = kernels.yuv_coeffs("bt601", full_range=False)          # the frame's colour matrix and range
     rgb_3HW = kernels.yuv_resized_crop(y_HW, u_hw, v_hw, box=(top, left, h, w), size=(64, 64), coeffs=coeffs)
     kernels.yuv_resized_crop(y, u, v, box, size, coeffs=coeffs, flip=True, out=clip_3THW, t=5)   # into a clip
+    kernels.yuv_resized_crop_frames([f.planes for f in frames], boxes_T4, flips_T, coeffs=coeffs, out=clip_3THW)
+    x_B3THW = kernels.normalize_u8(u8_B3THW, scale_C, bias_C, channel_dim=-4)    # then floats, one pass
 
 A video decoder hands out planar YUV frames (Y full size, U and V subsampled by 2 in x and/or y). The
 training clip needs a small crop of each, resized (64 px or 224 px) and in RGB. Converting the whole
@@ -18,9 +20,15 @@ converting first and resizing after (the order of the old decode path: swscale R
 uint8 resize) except for rounding and where the clamp would cut an out-of-gamut neighbour first
 (tests/kernels/test_yuv_resize.py measures both on decoded video).
 
+The decode path calls it once per clip (yuv_resized_crop_frames: a call per frame cost as much in
+Python as the conversion of a 224 px frame). Its last step, where a batch's consumer wants floats,
+is normalize_u8: x * scale[c] + bias[c] from uint8 in one pass (a conversion, a multiply and an add are
+three passes over the float batch, four times the uint8 one's size).
+
 Backends (kernels/_registry.py): cpp (csrc/cpu/yuv_resize.cpp, a pybind11 function on buffers, so a
-PyAV plane goes in without becoming a tensor) and torch (the reference). CPU only: on a GPU, DALI decodes and
-resizes (engine/data/dali.py); this is the decode path of CPU data-loader workers.
+PyAV plane goes in without becoming a tensor) and torch (the reference). yuv_resized_crop is CPU only: on a
+GPU, DALI decodes and resizes (engine/data/dali.py); this is the decode path of CPU data-loader workers.
+normalize_u8 runs anywhere (torch's three passes where the C++ one does not apply).
 """
 from __future__ import annotations
 
@@ -106,18 +114,21 @@ def yuv_resized_crop_ref(y_HW, u_hw, v_hw, box, size, *, coeffs=None, flip: bool
     return rgb.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
 
 
-def _yuv_cpp(y, u, v, geometry, shifts, coeffs, box, out, t, flip) -> None:
-    _ops.require_cpp("yuv_resized_crop").yuv_resized_crop(y, u, v, geometry, *shifts, list(coeffs), list(box),
-                                                          out, t, flip)
+def _yuv_cpp(ys, us, vs, geometry, shifts, coeffs, boxes, flips, out, t0) -> None:
+    _ops.require_cpp("yuv_resized_crop").yuv_resized_crop(ys, us, vs, geometry, *shifts, list(coeffs), boxes, flips,
+                                                          out, t0)
 
 
-def _yuv_torch(y, u, v, geometry, shifts, coeffs, box, out, t, flip) -> None:
-    if geometry != [0] * 6:   # decoder planes: flat buffers with a line size
-        y, u, v = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in (y, u, v))
-    out[:, t] = yuv_resized_crop_ref(y, u, v, box, tuple(out.shape[2:]), coeffs=coeffs, flip=flip)
+def _yuv_torch(ys, us, vs, geometry, shifts, coeffs, boxes, flips, out, t0) -> None:
+    for i, planes in enumerate(zip(ys, us, vs)):
+        if geometry[6 * i:6 * i + 6] != [0] * 6:   # decoder planes: flat buffers with a line size
+            planes = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in planes)
+        out[:, t0 + i] = yuv_resized_crop_ref(*planes, boxes[4 * i:4 * i + 4], tuple(out.shape[2:]), coeffs=coeffs,
+                                              flip=flips[i])
 
 
-# Both impls write into out[:, t]; yuv_resized_crop below checks the call and is the one entry point.
+# Both impls take a clip's frames (plane lists, 6 geometry values, 4 box values and a flip per frame) and
+# write them into out[:, t0 + i]; yuv_resized_crop / yuv_resized_crop_frames below check the call.
 _registry.register("yuv_resized_crop", "torch", _yuv_torch)
 _registry.register("yuv_resized_crop", "cpp", _yuv_cpp, **_registry.CPP)
 
@@ -149,13 +160,86 @@ def yuv_resized_crop(y_HW, u_hw, v_hw, box, size, *, coeffs=None, flip: bool = F
                          f"{out.dtype} {tuple(out.shape)}")
     if hasattr(y_HW, "line_size"):   # PyAV planes: buffers go in as they are, no copy, no tensor wrapping
         planes = (y_HW, u_hw, v_hw)
-        geometry = [int(x) for p in (y_HW, u_hw) for x in (p.height, p.width, p.line_size)]
+        geometry = _geometry(y_HW, u_hw)
         box, shifts = _check(*(_Shape(p) for p in planes), box, size)
     else:
         box, shifts = _check(y_HW, u_hw, v_hw, box, size)
         planes, geometry = tuple(_as_plane(p) for p in (y_HW, u_hw, v_hw)), [0] * 6
     dst = out if out is not None else torch.empty(3, 1, int(size[0]), int(size[1]), dtype=torch.uint8)
     t = t if out is not None else 0
-    _registry.pick("yuv_resized_crop", torch.device("cpu")).fn(*planes, geometry, shifts, coeffs, box, dst, t,
-                                                                bool(flip))
+    _registry.pick("yuv_resized_crop", torch.device("cpu")).fn(*([p] for p in planes), geometry, shifts, coeffs,
+                                                                list(box), [bool(flip)], dst, t)
     return dst[:, t]
+
+
+def _geometry(y, u) -> list[int]:
+    return [int(x) for p in (y, u) for x in (p.height, p.width, p.line_size)]
+
+
+def yuv_resized_crop_frames(frames, boxes_T4, flips_T, *, coeffs, out: torch.Tensor, t0: int = 0) -> None:
+    """yuv_resized_crop for a clip's decoded frames in one call: frame i's (y, u, v) PyAV planes
+    (frames[i], flat buffers with a line size; all frames of one size), its box boxes_T4[i] and flip
+    flips_T[i] -> out[:, t0 + i]. What a loader worker calls once per clip: the arguments are checked
+    once, each frame's buffers against its geometry in C++."""
+    T = len(frames)
+    boxes_T4 = np.asarray(boxes_T4, dtype=np.int64).reshape(T, 4)
+    if out.dtype != torch.uint8 or out.dim() != 4 or out.shape[0] != 3 or not 0 <= t0 <= out.shape[1] - T:
+        raise ValueError(f"yuv_resized_crop_frames: out must be uint8 [3, >= {t0 + T}, H, W], got "
+                         f"{out.dtype} {tuple(out.shape)}")
+    y0, u0, v0 = frames[0]
+    H, W = int(y0.height), int(y0.width)
+    top, left, h, w = boxes_T4.T
+    outside = (h <= 0) | (w <= 0) | (top < 0) | (left < 0) | (top + h > H) | (left + w > W)
+    # the plane, size and box checks of one frame: the first, or the first whose box is outside
+    _, shifts = _check(*(_Shape(p) for p in frames[0]), boxes_T4[int(np.argmax(outside))], tuple(out.shape[2:]))
+    geometry = [g for y, u, _ in frames for g in _geometry(y, u)]
+    if any(geometry[6 * i:6 * i + 2] != [H, W] for i in range(T)):
+        raise ValueError(f"yuv_resized_crop_frames: frames of several sizes ({H}x{W} first)")
+    coeffs = tuple(float(c) for c in coeffs)
+    _registry.pick("yuv_resized_crop", torch.device("cpu")).fn(
+        [f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames], geometry, shifts, coeffs,
+        boxes_T4.ravel().tolist(), [bool(f) for f in np.broadcast_to(flips_T, (T,))], out, int(t0))
+
+
+def normalize_u8_ref(x_u8: torch.Tensor, scale_C: torch.Tensor, bias_C: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Plain-torch definition: float32 x * scale[c] + bias[c], c the index along `channel_dim` (negative).
+
+    Equivalent pytorch code::
+
+        shape = (C,) + (1,) * (-channel_dim - 1)
+        out = x_u8.float().mul_(scale_C.view(shape)).add_(bias_C.view(shape))    # product rounded, then the sum
+    """
+    shape = (scale_C.numel(),) + (1,) * (-channel_dim - 1)
+    return x_u8.float().mul_(scale_C.view(shape)).add_(bias_C.view(shape))
+
+
+def _normalize_torch(x_u8, scale_C, bias_C, channel_dim, out) -> None:
+    shape = (scale_C.numel(),) + (1,) * (-channel_dim - 1)
+    out.copy_(x_u8)
+    out.mul_(scale_C.view(shape)).add_(bias_C.view(shape))
+
+
+def _normalize_cpp(x_u8, scale_C, bias_C, channel_dim, out) -> None:
+    _ops.require_cpp("normalize_u8").normalize_u8(x_u8, out, scale_C.tolist(), bias_C.tolist(), channel_dim)
+
+
+_registry.register("normalize_u8", "torch", _normalize_torch)
+_registry.register("normalize_u8", "cpp", _normalize_cpp, **_registry.CPP)
+
+
+def normalize_u8(x_u8: torch.Tensor, scale_C: torch.Tensor, bias_C: torch.Tensor, *, channel_dim: int,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 x_u8 * scale_C[c] + bias_C[c] (normalize_u8_ref), written into `out` when given (float32, x's
+    shape, same device). On CPU one pass over the batch (C++); elsewhere torch's three."""
+    if x_u8.dtype != torch.uint8 or not -x_u8.dim() <= channel_dim < 0 or x_u8.shape[channel_dim] != scale_C.numel() \
+            or bias_C.numel() != scale_C.numel():
+        raise ValueError(f"normalize_u8: x must be uint8 with {scale_C.numel()} channels at dim {channel_dim}, got "
+                         f"{x_u8.dtype} {tuple(x_u8.shape)} ({bias_C.numel()} biases)")
+    out = out if out is not None else torch.empty(x_u8.shape, dtype=torch.float32, device=x_u8.device)
+    if out.dtype != torch.float32 or out.shape != x_u8.shape or out.device != x_u8.device:
+        raise ValueError(f"normalize_u8: out must be float32 {tuple(x_u8.shape)} on {x_u8.device}, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}")
+    dst = out if out.is_contiguous() else torch.empty(out.shape, dtype=torch.float32, device=out.device)
+    # both impls take contiguous tensors (a strided uint8 input is copied: a quarter of the float output)
+    _registry.pick("normalize_u8", x_u8.device).fn(x_u8.contiguous(), scale_C, bias_C, channel_dim, dst)
+    return dst if dst is out else out.copy_(dst)

@@ -7,6 +7,6 @@
 void bind_yuv_resize(pybind11::module& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "JEPA engine CPU ops: see torch.ops.jepa_cpp; plus yuv_resized_crop (kernels/yuv_resize.py)";
+  m.doc() = "JEPA engine CPU ops: see torch.ops.jepa_cpp; plus yuv_resized_crop and normalize_u8 (kernels/yuv_resize.py)";
   bind_yuv_resize(m);
 }

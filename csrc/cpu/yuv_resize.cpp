@@ -12,9 +12,11 @@
 //     [0, 255]; optional horizontal flip.
 // The matrix is affine, so converting before or after the (linear) resize gives the same value except
 // where a neighbour is out of gamut and the clamp would have cut it first, and for rounding.
-// Bound as a plain pybind11 function on buffers (PyAV planes, numpy arrays): a call costs ~1 us,
-// where wrapping three planes as tensors cost more than converting a 64x64 crop. No threads: the
-// data loader's workers are the parallelism.
+// Bound as a plain pybind11 function on buffers (PyAV planes, numpy arrays), one call per clip:
+// wrapping three planes as tensors cost more than converting a 64x64 crop. No threads: the data
+// loader's workers are the parallelism.
+// normalize_u8 is the last step of the same path: a batch of uint8 clips to normalised float32 in one
+// pass, where the consumer of the batch needs floats.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -134,26 +136,9 @@ void convert_row(const float* __restrict__ y0, const float* __restrict__ y1, con
   }
 }
 
-}  // namespace
-
-// coeffs: (y_offset, y_scale, r_v, g_u, g_v, b_u): R = s(Y-o) + r_v(V-128), G = s(Y-o) - g_u(U-128)
-// - g_v(V-128), B = s(Y-o) + b_u(U-128). box: (top, left, h, w) in luma pixels. out: uint8 [3, T, H, W]
-// (any strides); frame t of it is written, columns reversed when flip.
-void yuv_resized_crop(const py::buffer& y_buf, const py::buffer& u_buf, const py::buffer& v_buf,
-                      std::vector<int64_t> geometry, int64_t shift_x, int64_t shift_y, std::vector<double> coeffs,
-                      std::vector<int64_t> box, at::Tensor out, int64_t t, bool flip) {
-  TORCH_CHECK(geometry.size() == 6, "yuv_resized_crop: geometry is (rows, cols, stride) of Y then of U/V, got ",
-              geometry.size(), " values");
-  TORCH_CHECK(coeffs.size() == 6, "yuv_resized_crop: coeffs needs 6 values, got ", coeffs.size());
-  for (double c : coeffs) {  // keeps every converted value far inside int range
-    TORCH_CHECK(std::abs(c) <= 1024.0, "yuv_resized_crop: colour coefficient ", c, " is out of range (|c| <= 1024)");
-  }
-  TORCH_CHECK(box.size() == 4, "yuv_resized_crop: box is (top, left, h, w), got ", box.size(), " values");
-  TORCH_CHECK((shift_x == 0 || shift_x == 1) && (shift_y == 0 || shift_y == 1),
-              "yuv_resized_crop: chroma shifts must be 0 or 1, got ", shift_x, ", ", shift_y);
-  const Plane Y = plane_of(y_buf, geometry[0], geometry[1], geometry[2], "Y");
-  const Plane U = plane_of(u_buf, geometry[3], geometry[4], geometry[5], "U");
-  const Plane V = plane_of(v_buf, geometry[3], geometry[4], geometry[5], "V");
+// One frame: its box of Y, U, V resized to out's size, converted, written into out[:, t].
+void convert_frame(const Plane& Y, const Plane& U, const Plane& V, int64_t shift_x, int64_t shift_y, const Coeffs& c,
+                   const int64_t* box, bool flip, at::Tensor& out, int64_t t) {
   TORCH_CHECK(U.rows == V.rows && U.cols == V.cols, "yuv_resized_crop: U is ", U.rows, "x", U.cols, " but V is ",
               V.rows, "x", V.cols);
   TORCH_CHECK(U.rows == (Y.rows + shift_y) >> shift_y && U.cols == (Y.cols + shift_x) >> shift_x,
@@ -163,12 +148,7 @@ void yuv_resized_crop(const py::buffer& y_buf, const py::buffer& u_buf, const py
   TORCH_CHECK(h > 0 && w > 0 && top >= 0 && left >= 0 && top + h <= Y.rows && left + w <= Y.cols,
               "yuv_resized_crop: box (top=", top, ", left=", left, ", h=", h, ", w=", w, ") is not inside the ",
               Y.rows, "x", Y.cols, " frame");
-  TORCH_CHECK(out.scalar_type() == at::kByte && out.dim() == 4 && out.size(0) == 3 && out.device().is_cpu(),
-              "yuv_resized_crop: out must be a CPU uint8 tensor [3, T, H, W], got ", out.scalar_type(), " ",
-              out.sizes());
-  TORCH_CHECK(t >= 0 && t < out.size(1), "yuv_resized_crop: frame ", t, " is outside out's ", out.size(1), " frames");
   const int64_t OH = out.size(2), OW = out.size(3);
-  TORCH_CHECK(OH > 0 && OW > 0, "yuv_resized_crop: empty output size ", OH, "x", OW);
 
   // column tables, flipped here so that the output rows are written in order
   const std::vector<Axis> rows = axis_table(h, OH, top), cols = axis_table(w, OW, left);
@@ -180,8 +160,6 @@ void yuv_resized_crop(const py::buffer& y_buf, const py::buffer& u_buf, const py
   }
   RowCache yr(Y, lx0, lx1, wx), ur(U, cx0, cx1, wx), vr(V, cx0, cx1, wx);
 
-  const Coeffs c{static_cast<float>(coeffs[0]), static_cast<float>(coeffs[1]), static_cast<float>(coeffs[2]),
-                 static_cast<float>(coeffs[3]), static_cast<float>(coeffs[4]), static_cast<float>(coeffs[5])};
   const int64_t sc = out.stride(0), sy = out.stride(2), sx = out.stride(3);
   uint8_t* base = out.data_ptr<uint8_t>() + t * out.stride(1);
   std::vector<uint8_t> tmp(sx == 1 ? 0 : 3 * OW);  // staging only when out's columns are strided
@@ -207,10 +185,96 @@ void yuv_resized_crop(const py::buffer& y_buf, const py::buffer& u_buf, const py
   }
 }
 
+// out[j] = in[j] * s + b: the product rounded, then the sum (torch's mul_ then add_, the same floats)
+JEPA_AVX2_CLONE
+void affine_u8_row(const uint8_t* __restrict__ in, float* __restrict__ out, int64_t n, float s, float b) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float p = static_cast<float>(in[j]) * s;
+    out[j] = p + b;
+  }
+}
+
+}  // namespace
+
+// out = x * scale[c] + bias[c], c the index along dim `channel_dim` (negative, from the end), for a
+// contiguous uint8 x and a contiguous float32 out of its shape: one pass over the batch (a conversion,
+// then a multiply, then an add are three over the float one). Parallel over (leading index, channel)
+// slabs with torch's intra-op threads.
+void normalize_u8(const at::Tensor& x, at::Tensor out, const std::vector<double>& scale,
+                  const std::vector<double>& bias, int64_t channel_dim) {
+  TORCH_CHECK(x.scalar_type() == at::kByte && x.device().is_cpu() && x.is_contiguous(),
+              "normalize_u8: x must be a contiguous CPU uint8 tensor, got ", x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.device().is_cpu() && out.is_contiguous() &&
+              out.sizes() == x.sizes(), "normalize_u8: out must be a contiguous CPU float32 tensor of x's shape ",
+              x.sizes(), ", got ", out.scalar_type(), " ", out.sizes());
+  TORCH_CHECK(channel_dim < 0 && -channel_dim <= x.dim(), "normalize_u8: channel_dim ", channel_dim,
+              " is not a dim of a ", x.dim(), "-D tensor counted from the end");
+  const int64_t cd = x.dim() + channel_dim, C = x.size(cd);
+  TORCH_CHECK(static_cast<int64_t>(scale.size()) == C && static_cast<int64_t>(bias.size()) == C, "normalize_u8: ",
+              C, " channels but ", scale.size(), " scales and ", bias.size(), " biases");
+  int64_t inner = 1;
+  for (int64_t d = cd + 1; d < x.dim(); ++d) inner *= x.size(d);
+  const int64_t slabs = x.numel() / std::max<int64_t>(inner, 1);
+  const uint8_t* src = x.data_ptr<uint8_t>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, slabs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t c = k % C;
+      affine_u8_row(src + k * inner, dst + k * inner, inner, static_cast<float>(scale[c]),
+                    static_cast<float>(bias[c]));
+    }
+  });
+}
+
+// Frames i = 0..T-1 (T = len(ys)): planes ys[i], us[i], vs[i] with geometry[6i:6i+6] = (rows, cols,
+// stride) of Y then of U/V (all 0 for 2-D arrays, which carry their own), box boxes[4i:4i+4] = (top,
+// left, h, w) in luma pixels, written into out[:, t0 + i] (out: uint8 [3, T', H, W], any strides), columns
+// reversed where flips[i]. coeffs: (y_offset, y_scale, r_v, g_u, g_v, b_u): R = s(Y-o) + r_v(V-128),
+// G = s(Y-o) - g_u(U-128) - g_v(V-128), B = s(Y-o) + b_u(U-128). One call per clip: the per-frame
+// Python work of a call per frame cost about as much as converting a 224 px frame.
+void yuv_resized_crop(const std::vector<py::buffer>& ys, const std::vector<py::buffer>& us,
+                      const std::vector<py::buffer>& vs, const std::vector<int64_t>& geometry, int64_t shift_x,
+                      int64_t shift_y, const std::vector<double>& coeffs, const std::vector<int64_t>& boxes,
+                      const std::vector<bool>& flips, at::Tensor out, int64_t t0) {
+  const int64_t T = static_cast<int64_t>(ys.size());
+  TORCH_CHECK(static_cast<int64_t>(us.size()) == T && static_cast<int64_t>(vs.size()) == T,
+              "yuv_resized_crop: ", T, " Y planes but ", us.size(), " U and ", vs.size(), " V planes");
+  TORCH_CHECK(static_cast<int64_t>(geometry.size()) == 6 * T, "yuv_resized_crop: geometry is (rows, cols, stride) "
+              "of Y then of U/V per frame: ", 6 * T, " values for ", T, " frames, got ", geometry.size());
+  TORCH_CHECK(static_cast<int64_t>(boxes.size()) == 4 * T, "yuv_resized_crop: boxes are (top, left, h, w) per "
+              "frame: ", 4 * T, " values for ", T, " frames, got ", boxes.size());
+  TORCH_CHECK(static_cast<int64_t>(flips.size()) == T, "yuv_resized_crop: ", flips.size(), " flips for ", T,
+              " frames");
+  TORCH_CHECK(coeffs.size() == 6, "yuv_resized_crop: coeffs needs 6 values, got ", coeffs.size());
+  for (double c : coeffs) {  // keeps every converted value far inside int range
+    TORCH_CHECK(std::abs(c) <= 1024.0, "yuv_resized_crop: colour coefficient ", c, " is out of range (|c| <= 1024)");
+  }
+  TORCH_CHECK((shift_x == 0 || shift_x == 1) && (shift_y == 0 || shift_y == 1),
+              "yuv_resized_crop: chroma shifts must be 0 or 1, got ", shift_x, ", ", shift_y);
+  TORCH_CHECK(out.scalar_type() == at::kByte && out.dim() == 4 && out.size(0) == 3 && out.device().is_cpu(),
+              "yuv_resized_crop: out must be a CPU uint8 tensor [3, T, H, W], got ", out.scalar_type(), " ",
+              out.sizes());
+  TORCH_CHECK(t0 >= 0 && t0 + T <= out.size(1), "yuv_resized_crop: frames ", t0, "..", t0 + T - 1,
+              " are outside out's ", out.size(1), " frames");
+  TORCH_CHECK(out.size(2) > 0 && out.size(3) > 0, "yuv_resized_crop: empty output size ", out.size(2), "x",
+              out.size(3));
+  const Coeffs c{static_cast<float>(coeffs[0]), static_cast<float>(coeffs[1]), static_cast<float>(coeffs[2]),
+                 static_cast<float>(coeffs[3]), static_cast<float>(coeffs[4]), static_cast<float>(coeffs[5])};
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t* g = geometry.data() + 6 * i;
+    const Plane Y = plane_of(ys[i], g[0], g[1], g[2], "Y");
+    const Plane U = plane_of(us[i], g[3], g[4], g[5], "U");
+    const Plane V = plane_of(vs[i], g[3], g[4], g[5], "V");
+    convert_frame(Y, U, V, shift_x, shift_y, c, boxes.data() + 4 * i, flips[i], out, t0 + i);
+  }
+}
+
 void bind_yuv_resize(py::module& m) {
-  m.def("yuv_resized_crop", &yuv_resized_crop, py::arg("y"), py::arg("u"), py::arg("v"), py::arg("geometry"),
-        py::arg("shift_x"), py::arg("shift_y"), py::arg("coeffs"), py::arg("box"), py::arg("out"), py::arg("t"),
-        py::arg("flip"),
-        "Planar YUV frame -> bilinear-resized RGB crop written into out[:, t] (uint8 [3, T, H, W]); "
+  m.def("yuv_resized_crop", &yuv_resized_crop, py::arg("ys"), py::arg("us"), py::arg("vs"), py::arg("geometry"),
+        py::arg("shift_x"), py::arg("shift_y"), py::arg("coeffs"), py::arg("boxes"), py::arg("flips"), py::arg("out"),
+        py::arg("t0"),
+        "Planar YUV frames -> bilinear-resized RGB crops written into out[:, t0 + i] (uint8 [3, T, H, W]); "
         "see kernels/yuv_resize.py");
+  m.def("normalize_u8", &normalize_u8, py::arg("x"), py::arg("out"), py::arg("scale"), py::arg("bias"),
+        py::arg("channel_dim"), "out = x * scale[c] + bias[c] (uint8 -> float32, one pass); see kernels/yuv_resize.py");
 }

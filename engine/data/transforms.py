@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import kernels
 from engine.data.augment import ClipRandAugment, ImageColorAugment, RandomErasing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,9 +70,9 @@ class Normalize:
     """uint8 pixels -> (x/255 - mean) / std, float32 (or `dtype`), on the tensor's own device.
 
     channel_dim: where the 3 channels are counted from the end: -4 for clips ([3, T, H, W] and batches
-    [B, 3, T, H, W]), -3 for images ([3, H, W], [B, 3, H, W]). Computed as one conversion then
-    x * (1/(255 std)) + (-mean/std) in place: within 2.4e-7 of the same multiply-add fused (addcmul)
-    straight from uint8, and cheaper: a mixed-dtype addcmul is not vectorised on CPU.
+    [B, 3, T, H, W]), -3 for images ([3, H, W], [B, 3, H, W]). Computed as
+    x * (1/(255 std)) + (-mean/std) (kernels.normalize_u8: on CPU one pass from uint8, the product
+    rounded then the sum, the same floats as a conversion, a multiply and an add in turn).
     """
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_dim: int = -4):
@@ -87,11 +88,9 @@ class Normalize:
             raise TypeError(f"Normalize expects uint8 pixels, got {x_u8.dtype} (already normalised?)")
         if x_u8.dim() < -self.channel_dim or x_u8.shape[self.channel_dim] != 3:
             raise ValueError(f"Normalize expects 3 channels at dim {self.channel_dim}, got shape {tuple(x_u8.shape)}")
-        shape = (3,) + (1,) * (-self.channel_dim - 1)
-        x = _empty_f32(x_u8.shape, x_u8.device)
-        x.copy_(x_u8)
-        scale_C, bias_C = self._constants(x.device)
-        x.mul_(scale_C.view(shape)).add_(bias_C.view(shape))
+        scale_C, bias_C = self._constants(x_u8.device)
+        x = kernels.normalize_u8(x_u8, scale_C, bias_C, channel_dim=self.channel_dim,
+                                 out=_empty_f32(x_u8.shape, x_u8.device))
         return x if dtype == torch.float32 else x.to(dtype)
 
     def _constants(self, device):

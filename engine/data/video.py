@@ -79,16 +79,23 @@ _MATRIX_OF_COLORSPACE = {1: "bt709", 4: "fcc", 7: "smpte240m", 9: "bt2020", 10: 
 _AVCOL_RANGE_JPEG = 2
 
 
+def _yuv_coeffs_of(frame) -> tuple | None:
+    """The colour conversion of a planar 8-bit YUV frame (kernels.yuv_coeffs), None for other formats."""
+    full = _PLANAR_YUV.get(frame.format.name)
+    if full is None:
+        return None
+    return _coeffs(_MATRIX_OF_COLORSPACE.get(int(frame.colorspace), "bt601"),
+                   full or int(frame.color_range) == _AVCOL_RANGE_JPEG)
+
+
 def _resized_crop_into(frame, box, flip: bool, out: torch.Tensor, t: int) -> None:
     """out[:, t] = the frame's box (top, left, h, w) resized to out's size, RGB, flipped if asked."""
-    full = _PLANAR_YUV.get(frame.format.name)
-    if full is None:  # RGB, 10-bit, semi-planar, grey...: through swscale's RGB and the transforms' resize
+    coeffs = _yuv_coeffs_of(frame)
+    if coeffs is None:  # RGB, 10-bit, semi-planar, grey...: through swscale's RGB and the transforms' resize
         top, left, h, w = (int(b) for b in box)
         rgb_1HW3 = _to_rgb(frame)[None, top:top + h, left:left + w]
         out[:, t] = resize_planar(rgb_1HW3, tuple(out.shape[2:]), flip)[:, 0]
         return
-    coeffs = _coeffs(_MATRIX_OF_COLORSPACE.get(int(frame.colorspace), "bt601"),
-                     full or int(frame.color_range) == _AVCOL_RANGE_JPEG)
     kernels_yuv.yuv_resized_crop(*frame.planes[:3], box, tuple(out.shape[2:]), coeffs=coeffs, flip=flip, out=out, t=t)
 
 
@@ -554,11 +561,17 @@ class VideoReader:
         boxes_T4 = np.broadcast_to(np.asarray(boxes, dtype=np.int64).reshape(-1, 4), (T, 4))
         flips_T = np.broadcast_to(np.asarray(flips, dtype=bool).reshape(-1), (T,))
         out = torch.empty(3, T, int(size[0]), int(size[1]), dtype=torch.uint8)
-        for t, k in enumerate(idx_T.tolist()):
-            frame = got[k]
+        frames = [got[k] for k in idx_T.tolist()]
+        for k, frame in zip(idx_T.tolist(), frames):
             if frame.width != self.info.width or frame.height != self.info.height:
                 raise VideoDecodeError(f"{self.path}: frame {k} is {frame.width}x{frame.height}, the stream "
                                        f"{self.info.width}x{self.info.height} (size changes mid-stream)")
+        coeffs = {_yuv_coeffs_of(f) for f in frames}
+        if len(coeffs) == 1 and None not in coeffs:  # one conversion for the clip: one call
+            kernels_yuv.yuv_resized_crop_frames([f.planes for f in frames], boxes_T4, flips_T, coeffs=coeffs.pop(),
+                                                out=out)
+            return out
+        for t, frame in enumerate(frames):
             _resized_crop_into(frame, boxes_T4[t], bool(flips_T[t]), out, t)
         return out
 

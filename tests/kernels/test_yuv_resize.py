@@ -216,3 +216,82 @@ def test_av_frames_every_path():
         want = resize_planar(_to_rgb(other)[None, top:top + h, left:left + w], size, True)[:, 0]
         assert torch.equal(out[:, 3], want), fmt
         assert (out[:, 3].int() - out[:, 1].int()).abs().float().mean() < 3  # the same picture
+
+
+def _frames_with_padded_rows(n, H=30, W=44, seed=7):
+    """n decoded-like yuv420p PyAV frames (rows padded to the line size), smooth content with noise."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    frames = []
+    for i in range(n):
+        rgb = np.stack([xx * 5 + i, yy * 7, 200 - xx * 3], -1) + rng.normal(0, 4, (H, W, 3))
+        frames.append(av.VideoFrame.from_ndarray(np.clip(rgb, 0, 255).astype(np.uint8), format="rgb24")
+                      .reformat(format="yuv420p"))
+    return frames
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_frames_of_a_clip_in_one_call_match_one_call_per_frame(backend):
+    """yuv_resized_crop_frames (one call per clip, a box and a flip per frame, from out[:, t0]) writes
+    exactly what yuv_resized_crop writes frame by frame, and leaves the other frames of out alone."""
+    if backend == "cpp" and not kernels._ops.cpp_available():
+        pytest.skip("the C++ extension is not built (kernels._C)")
+    frames = _frames_with_padded_rows(5)
+    boxes = [(0, 0, 30, 44), (3, 5, 20, 31), (29, 43, 1, 1), (1, 2, 28, 40), (10, 0, 20, 44)]
+    flips = [False, True, False, True, True]
+    coeffs = kernels.yuv_coeffs("bt709", False)
+    with kernels.backend(backend):
+        one_call = torch.full((3, 7, 13, 9), 77, dtype=torch.uint8)
+        kernels.yuv_resized_crop_frames([f.planes for f in frames], boxes, flips, coeffs=coeffs, out=one_call, t0=1)
+        for t, (f, box, flip) in enumerate(zip(frames, boxes, flips)):
+            want = kernels.yuv_resized_crop(*f.planes, box, (13, 9), coeffs=coeffs, flip=flip)
+            assert torch.equal(one_call[:, 1 + t], want), t
+    assert (one_call[:, [0, 6]] == 77).all()
+
+
+def test_frames_of_a_clip_bad_arguments_name_the_problem():
+    frames = _frames_with_padded_rows(3)
+    planes = [f.planes for f in frames]
+    out = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    ok = [(0, 0, 30, 44)] * 3
+    with pytest.raises(ValueError, match=r"not inside the 30x44 frame"):
+        kernels.yuv_resized_crop_frames(planes, ok[:2] + [(10, 0, 21, 44)], False, coeffs=kernels.yuv_coeffs(), out=out)
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.yuv_resized_crop_frames(planes, ok, False, coeffs=kernels.yuv_coeffs(), out=out, t0=1)
+    other = _frames_with_padded_rows(1, H=32)[0]
+    with pytest.raises(ValueError, match="several sizes"):
+        kernels.yuv_resized_crop_frames(planes[:2] + [other.planes], ok, False, coeffs=kernels.yuv_coeffs(), out=out)
+
+
+@pytest.mark.parametrize("channel_dim,shape", [(-4, (2, 3, 4, 5, 6)), (-4, (3, 1, 7, 9)), (-3, (2, 3, 5, 7)),
+                                               (-1, (4, 5, 3))])
+def test_normalize_u8_is_the_reference_bitwise(channel_dim, shape):
+    """One pass from uint8 (C++) gives exactly the floats of a conversion, a multiply and an add; strided
+    inputs and outputs give the same."""
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(len(shape)))
+    scale_C = torch.tensor([1 / (255 * 0.229), 1 / (255 * 0.224), 1 / (255 * 0.225)])
+    bias_C = -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225])
+    want = kernels.normalize_u8_ref(x, scale_C, bias_C, channel_dim)
+    assert want.abs().max() > 2  # the values span the normalised range
+    for backend in ["cpp", "torch"] if kernels._ops.cpp_available() else ["torch"]:
+        with kernels.backend(backend):
+            assert torch.equal(kernels.normalize_u8(x, scale_C, bias_C, channel_dim=channel_dim), want), backend
+    strided = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert not strided.is_contiguous()
+    assert torch.equal(kernels.normalize_u8(strided, scale_C, bias_C, channel_dim=channel_dim), want)
+    out = torch.zeros(shape[::-1]).permute(*reversed(range(len(shape))))
+    assert kernels.normalize_u8(x, scale_C, bias_C, channel_dim=channel_dim, out=out) is out
+    assert torch.equal(out, want)
+
+
+def test_normalize_u8_bad_arguments_name_the_problem():
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    s = torch.ones(3)
+    with pytest.raises(ValueError, match="3 channels at dim -4"):
+        kernels.normalize_u8(x, s, s, channel_dim=-4)
+    with pytest.raises(ValueError, match="must be uint8"):
+        kernels.normalize_u8(x.float(), s, s, channel_dim=-3)
+    with pytest.raises(ValueError, match="out must be float32"):
+        kernels.normalize_u8(x, s, s, channel_dim=-3, out=torch.empty(2, 3, 4, 5))
