@@ -7,7 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # Lowest first: (module prefixes, why the layer sits there). A module may import its own layer and the
-# layers below it; the longest prefix that matches places it.
+# layers below it; the longest prefix that matches places it. "engine" names the package's __init__
+# only, so a new module outside the table is reported unplaced rather than taken for an entry point.
 LAYERS = [
     (("kernels",), "fused ops usable on any tensor: know nothing of the engine"),
     (("engine.core",), "primitives every layer uses: atomic files, checkpoint files, EMA, schedules, optimizer "
@@ -16,7 +17,7 @@ LAYERS = [
      "building blocks: tensors and files in, tensors out; no run config"),
     (("engine.datagen",), "offline data tools: write what engine.data reads"),
     (("engine.config",), "the typed run config: checks names against the blocks (mask kinds, ViT sizes)"),
-    (("engine.jepa", "engine.ac_jepa", "engine.hjepa", "engine.sigreg"),
+    (("engine.jepa", "engine.ac_jepa", "engine.hjepa", "engine.lewm", "engine.sigreg"),
      "the objectives: one training step around the models"),
     (("engine.builders",), "config -> models, objectives, data sets, loaders"),
     (("engine.reference_ckpt",), "the reference repos' checkpoint layout, read into built models"),
@@ -81,7 +82,7 @@ def layer_of(module: str) -> int | None:
     best, level = -1, None
     for i, (prefixes, _why) in enumerate(LAYERS):
         for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and len(p) > best:
+            if (module == p or (p != "engine" and module.startswith(p + "."))) and len(p) > best:
                 best, level = len(p), i
     return level
 
