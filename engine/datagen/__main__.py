@@ -70,6 +70,10 @@ def main(argv=None):
     ev = sub.add_parser("events", help="possible / impossible video pairs (intuitive physics)")
     ev.add_argument("--pairs", type=int, required=True)
     ev.add_argument("--events", nargs="+", default=list(EVENTS), choices=EVENTS)
+    ev.add_argument("--event-radius", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="the event object's radius range in px at 64 px (default: --radius)")
+    ev.add_argument("--event-speed", type=float, nargs=2, default=(14.0, 24.0), metavar=("LO", "HI"),
+                    help="the event object's speed range in px/s at 64 px")
     for sp in (g, ev):   # the scene: the same arguments for both
         _scene_args(sp)
     im = sub.add_parser("images", help="procedural shape images in ImageFolder layout")
@@ -130,7 +134,8 @@ def main(argv=None):
         csv = generate_events(args.output, args.pairs, events=tuple(args.events), num_frames=args.frames,
                               size=args.size, fps=args.fps, codec=args.codec, seed=args.seed, num_classes=args.classes,
                               actors=args.actors, radius=tuple(args.radius), distractors=args.distractors,
-                              background=args.background, flicker=args.flicker, progress=True)
+                              background=args.background, flicker=args.flicker, progress=True,
+                              event_radius=args.event_radius, event_speed=tuple(args.event_speed))
         print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "bench":
         print(f"{bench(args):.1f} clips/s")

@@ -261,10 +261,13 @@ EVENTS = ("teleport", "vanish", "pass_through")
 
 
 def render_event_clip(event: str, impossible: bool, rng: np.random.Generator, num_frames: int = 16,
-                      size: int = 64, fps: float = 8, num_classes: int = len(MOTION_CLASSES), **scene):
+                      size: int = 64, fps: float = 8, num_classes: int = len(MOTION_CLASSES),
+                      event_radius=None, event_speed=(14.0, 24.0), **scene):
     """One video of an event pair: (uint8 frames [T, H, W, 3], event frame). The rng draws do not depend
     on `impossible`, so both videos of a pair drawn from equal rngs show the same scene and differ only
-    from the event frame on. `scene`: render_clip's keyword arguments (actors, radius, background, ...)."""
+    from the event frame on. `scene`: render_clip's keyword arguments (actors, radius, background, ...).
+    event_radius (default: the scene's radius range) and event_speed (px/s at 64 px): the ranges the
+    event's object is drawn from; a bigger, slower object makes a clearer event."""
     if event not in EVENTS:
         raise ValueError(f"event must be one of {EVENTS}, got {event!r}")
     label = int(rng.integers(num_classes))
@@ -273,12 +276,12 @@ def render_event_clip(event: str, impossible: bool, rng: np.random.Generator, nu
     s = size / 64.0
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     lo_r, hi_r = scene.get("radius", (4.5, 8.0))
-    r = rng.uniform(lo_r, hi_r) * s
+    r = rng.uniform(*(event_radius or (lo_r, hi_r))) * s
     shape, colour = SHAPES[rng.integers(len(SHAPES))], contrasting_colour(rng, frames[0].mean((0, 1)))
     k = int(rng.integers(num_frames // 3, 2 * num_frames // 3 + 1))   # the event frame
     t_T = np.arange(num_frames) / fps
     lo, hi = r, size - 1 - r
-    speed = rng.uniform(14, 24) * s
+    speed = rng.uniform(*event_speed) * s
     alpha_T = np.ones(num_frames, np.float32)
     if event == "pass_through":
         # a block in the actor's path, reached at frame k: possible = it bounces back, impossible = it goes on

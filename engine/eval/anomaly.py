@@ -2,7 +2,7 @@
 
     model = load_jepa(train_cfg, "runs/demo")                        # encoder, predictor, target encoder
     err_BN, n_BN, set_BS = token_surprise(model, clips_B3THW, mask_sets)   # per token; per mask set, pooled
-    clip_BK = clip_scores(err_BN, n_BN, grid_THW, set_BS)            # per clip: mean, max, frame_max, pooled_max
+    clip_BK = clip_scores(err_BN, n_BN, grid_THW, set_BS)   # per clip: mean, max, frame_max, frame_ratio, pooled_max
     roc_auc(scores, labels)
     pair_scores(scores, labels, pair_ids)                            # matched pairs: accuracy, relative AUC
 
@@ -18,7 +18,9 @@ missing error against a teleported one's new error within one frame rather than 
 "pooled_max" the max over mask sets (future mode: over time steps) of the L1 error between the mean
 predicted and the mean target feature of the set's targets: pooled over positions, it asks whether the
 predicted step holds what the real one holds (an object that should persist), not where each thing is,
-so the uncertainty of a moving object's position does not count as surprise.
+so the uncertainty of a moving object's position does not count as surprise; "frame_ratio" the largest
+over the smallest mean error of a scored time step: the clip's own easiest step is its reference, so a
+scene that is hard to predict throughout scores no higher than an easy one, only a step that stands out does.
 Possible and impossible videos of a matched pair share everything up to the event, so `pair_scores`
 compares each clip with its own pair: pairwise accuracy (impossible more surprising than possible) and
 the "relative" ROC AUC of scores minus their pair's mean (scene-to-scene differences cancel).
@@ -105,16 +107,19 @@ def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.T
 
 
 def clip_scores(err_BN, count_BN, grid_THW, set_err_BS=None) -> dict:
-    """Per-clip surprise over the scored tokens: {"mean", "max", "frame_max", with set_err_BS "pooled_max":
-    [B]} (see the module doc)."""
+    """Per-clip surprise over the scored tokens: {"mean", "max", "frame_max", "frame_ratio", with set_err_BS
+    "pooled_max": [B]} (see the module doc)."""
     scored = count_BN > 0
     mean = (err_BN * scored).sum(1) / scored.sum(1).clamp_min(1)
     mx = torch.where(scored, err_BN, torch.full_like(err_BN, -float("inf"))).amax(1)
     B, T = err_BN.shape[0], grid_THW[0]
     scored_BTS = scored.view(B, T, -1)
     step_BT = (err_BN.view(B, T, -1) * scored_BTS).sum(2) / scored_BTS.sum(2).clamp_min(1)
-    step_BT = torch.where(scored_BTS.any(2), step_BT, torch.full_like(step_BT, -float("inf")))
-    out = {"mean": mean, "max": mx, "frame_max": step_BT.amax(1)}
+    has_BT = scored_BTS.any(2)
+    lowest_B = torch.where(has_BT, step_BT, torch.full_like(step_BT, float("inf"))).amin(1)
+    step_BT = torch.where(has_BT, step_BT, torch.full_like(step_BT, -float("inf")))
+    out = {"mean": mean, "max": mx, "frame_max": step_BT.amax(1),
+           "frame_ratio": step_BT.amax(1) / lowest_B.clamp_min(1e-12)}
     if set_err_BS is not None:
         out["pooled_max"] = set_err_BS.amax(1)
     return out
@@ -181,7 +186,7 @@ def surprise_dataset(cfg, csv):
                         random_clip_sampling=False)
 
 
-SCORES = ("mean", "max", "frame_max", "pooled_max")
+SCORES = ("mean", "max", "frame_max", "frame_ratio", "pooled_max")
 
 
 def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int = 8, batch_size: int = 16,

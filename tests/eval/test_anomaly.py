@@ -26,6 +26,22 @@ def test_event_pairs_differ_only_from_the_event_on(event):
     assert (diff_T[k + 1:] > 100).all(), diff_T      # an object elsewhere (or gone) after it
 
 
+def test_event_object_radius_and_speed_options():
+    def vanished_pixels(**kw):   # pixels that differ in the last frame: the vanished object's area
+        ok, _ = render_event_clip("vanish", False, np.random.default_rng(3), 16, 64, 8, **SCENE, **kw)
+        bad, _ = render_event_clip("vanish", True, np.random.default_rng(3), 16, 64, 8, **SCENE, **kw)
+        return int((np.abs(ok[-1].astype(int) - bad[-1]).max(-1) > 30).sum())
+    small, big = vanished_pixels(), vanished_pixels(event_radius=(14, 14))
+    assert 0 < small < 350 < 450 < big < 900, (small, big)   # radius 6-10 vs 14 (an area of ~615 px)
+
+    def clip(speed):
+        ok, _ = render_event_clip("teleport", False, np.random.default_rng(3), 16, 64, 8, **SCENE,
+                                  event_speed=(speed, speed))
+        return ok
+    slow, fast = clip(4.0), clip(40.0)
+    assert not np.array_equal(slow, fast) and np.array_equal(slow[0], fast[0])   # the same scene, moving apart
+
+
 def test_roc_auc_is_the_rank_statistic():
     assert roc_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
     assert roc_auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
@@ -107,6 +123,9 @@ def test_frame_max_scores_whole_steps_not_single_tokens():
     torch.testing.assert_close(s["max"], torch.tensor([4.0, 2.0]))
     torch.testing.assert_close(s["frame_max"], torch.tensor([1.0, 2.0]))   # step means: [0, 1] and [2, 0]
     torch.testing.assert_close(s["mean"], torch.tensor([0.5, 1.0]))
+    err[:, 4:] += 1.0                  # the largest over the smallest scored step mean: [2, 1] / [1, 1] etc.
+    torch.testing.assert_close(clip_scores(err, n, grid)["frame_ratio"], torch.tensor([2.0 / 1.0, 3.0 / 1.0]))
+    torch.testing.assert_close(clip_scores(err * 5, n, grid)["frame_ratio"], torch.tensor([2.0, 3.0]))  # scale-free
 
 
 def test_pair_scores_compare_each_clip_with_its_own_pair():
@@ -135,9 +154,10 @@ def test_anomaly_and_embed_commands(eval_yaml, tmp_path, capsys):
     r = main(["anomaly", "--config", "configs/tiny_cpu.yaml", "--set", "data.crop_size=32", "--random-init",
               "--data", str(csv), "--output", str(out), "--mode", "masked", "--masks", "2"])
     rows = (out / "surprise.csv").read_text().splitlines()
-    assert rows[0] == ("path,label,surprise_mean,surprise_max,surprise_frame_max,surprise_pooled_max,"
-                       "pixel_difference") and len(rows) == 7
-    assert set(r["roc_auc"]) == {"mean", "max", "frame_max", "pooled_max", "pixel"} and "pairs" not in r
+    assert rows[0] == ("path,label,surprise_mean,surprise_max,surprise_frame_max,surprise_frame_ratio,"
+                       "surprise_pooled_max,pixel_difference") and len(rows) == 7
+    assert set(r["roc_auc"]) == {"mean", "max", "frame_max", "frame_ratio", "pooled_max", "pixel"}
+    assert "pairs" not in r
     assert json.loads((out / "anomaly.json").read_text())["clips"] == 6
     events_csv = csv.with_name("events.events.csv")
     f = main(["anomaly", "--config", "configs/tiny_cpu.yaml", "--set", "data.crop_size=32", "--random-init",
