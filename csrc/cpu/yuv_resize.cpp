@@ -19,6 +19,10 @@
 // pass, where the consumer of the batch needs floats.
 #include <torch/extension.h>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -87,29 +91,66 @@ std::vector<Axis> axis_table(int64_t in, int64_t out, int64_t offset) {
 // IEEE semantics compiles to branches here, 5x slower on real pixels)
 inline uint8_t to_level(float v) { return static_cast<uint8_t>(std::min(std::max(static_cast<int>(v + 0.5f), 0), 255)); }
 
+// d[j] = a + w[j] * (b - a), a = f[x0[j]], b = f[x1[j]]: the horizontal half of the bilinear resize.
+// Eight columns a step with AVX2's float gathers where the CPU has them (the compiler does not
+// vectorise these gathers itself); the same multiply and add either way, so the same floats.
+void lerp_gather_scalar(const float* f, const int32_t* x0, const int32_t* x1, const float* w, float* d, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = f[x0[j]];
+    d[j] = a + w[j] * (f[x1[j]] - a);
+  }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx2"))) void lerp_gather_avx2(const float* f, const int32_t* x0, const int32_t* x1,
+                                                      const float* w, float* d, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 a = _mm256_i32gather_ps(f, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + j)), 4);
+    const __m256 b = _mm256_i32gather_ps(f, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + j)), 4);
+    _mm256_storeu_ps(d + j, _mm256_add_ps(a, _mm256_mul_ps(_mm256_loadu_ps(w + j), _mm256_sub_ps(b, a))));
+  }
+  lerp_gather_scalar(f, x0 + j, x1 + j, w + j, d + j, n - j);
+}
+const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
+void lerp_gather(const float* f, const int32_t* x0, const int32_t* x1, const float* w, float* d, int64_t n) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (kHasAvx2) return lerp_gather_avx2(f, x0, x1, w, d, n);
+#endif
+  lerp_gather_scalar(f, x0, x1, w, d, n);
+}
+
 // Two rows of one plane resized to the output width, kept while the output walks down the source.
+// A new row's columns [lo, hi) (all the output samples) become floats first, then are gathered.
 struct RowCache {
   const Plane& plane;
-  const std::vector<int64_t>& x0;  // source column per output column (already flipped when asked)
-  const std::vector<int64_t>& x1;
+  std::vector<int32_t> x0, x1;  // source column - lo per output column (already flipped when asked)
   const std::vector<float>& wx;
-  std::vector<float> buf;
+  int64_t lo;
+  std::vector<float> src, buf;
   int64_t held[2] = {-1, -1};
 
   RowCache(const Plane& p, const std::vector<int64_t>& a, const std::vector<int64_t>& b, const std::vector<float>& w)
-      : plane(p), x0(a), x1(b), wx(w), buf(2 * a.size()) {}
+      : plane(p), x0(a.size()), x1(b.size()), wx(w) {
+    lo = *std::min_element(a.begin(), a.end());
+    const int64_t hi = *std::max_element(b.begin(), b.end()) + 1;
+    for (size_t j = 0; j < a.size(); ++j) x0[j] = static_cast<int32_t>(a[j] - lo), x1[j] = static_cast<int32_t>(b[j] - lo);
+    src.resize(hi - lo);
+    buf.resize(2 * a.size());
+  }
 
   const float* row(int64_t r) {
     const int64_t n = static_cast<int64_t>(x0.size());
     if (held[0] == r) return buf.data();
     if (held[1] == r) return buf.data() + n;
     const int slot = held[0] < held[1] ? 0 : 1;  // rows only move down: replace the upper one
-    const uint8_t* s = plane.data + r * plane.stride;
+    const uint8_t* s = plane.data + r * plane.stride + lo;
+    const int64_t m = static_cast<int64_t>(src.size());
+    for (int64_t k = 0; k < m; ++k) src[k] = static_cast<float>(s[k]);
     float* d = buf.data() + slot * n;
-    for (int64_t j = 0; j < n; ++j) {
-      const float a = static_cast<float>(s[x0[j]]);
-      d[j] = a + wx[j] * (static_cast<float>(s[x1[j]]) - a);
-    }
+    lerp_gather(src.data(), x0.data(), x1.data(), wx.data(), d, n);
     held[slot] = r;
     return d;
   }
