@@ -82,15 +82,47 @@ class Attention(nn.Module):
         return self.proj(o.reshape(*lead, -1))
 
 
+class _GeluLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, weight = ctx.saved_tensors
+        g_RO = g.reshape(-1, g.shape[-1])
+        d_weight = g_RO.t() @ F.gelu(h).reshape(-1, h.shape[-1]) if ctx.needs_input_grad[1] else None
+        d_bias = g_RO.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        d_h = torch.ops.aten.gelu_backward(g @ weight, h) if ctx.needs_input_grad[0] else None
+        return d_h, d_weight, d_bias
+
+
+class GeluLinear(nn.Linear):
+    """linear(gelu(h)): an MLP's activation and output layer, keeping only h for the backward.
+
+    Autograd would keep both h (for GELU's backward) and gelu(h) (for the weight gradient), the two
+    largest activations of a block; the GELU is recomputed in the backward instead (one elementwise
+    pass). A Linear subclass, so its parameters keep the reference's names and ZeRO-3 gathers them
+    when this module runs. Autocast (mixed dtypes in the backward) and compiled graphs (which plan
+    their own memory) take the plain ops."""
+
+    def forward(self, h):
+        if (torch.is_grad_enabled() and not torch.is_autocast_enabled(h.device.type)
+                and not torch.compiler.is_compiling()):
+            return _GeluLinearFn.apply(h, self.weight, self.bias)
+        return F.linear(F.gelu(h), self.weight, self.bias)
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = GeluLinear(hidden, dim)   # GELU inside
 
     def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.fc1(x))
 
 
 class SwiGLU(nn.Module):

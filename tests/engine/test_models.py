@@ -170,3 +170,46 @@ def test_embedded_tokens_and_the_residual_stream_are_row_major(video):
     want = enc.patch_embed.proj(x).flatten(2).transpose(1, 2) + enc.pos_embed
     torch.testing.assert_close(x_BND, want, rtol=0, atol=0)
     assert enc.forward_dense(x_BND).is_contiguous()
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (2, 3, 5), (0, 5)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gelu_linear_matches_autograd_through_gelu_and_linear(shape, bias):
+    from engine.models.layers import GeluLinear
+    torch.manual_seed(0)
+    lin = GeluLinear(5, 3, bias=bias)
+    h = (torch.randn(*shape) * 3).requires_grad_()       # both GELU tails and its middle
+    g = torch.randn(*shape[:-1], 3)
+    out = lin(h)
+    (out * g).sum().backward()
+    h2 = h.detach().clone().requires_grad_()
+    w2 = lin.weight.detach().clone().requires_grad_()
+    b2 = lin.bias.detach().clone().requires_grad_() if bias else None
+    want = torch.nn.functional.linear(torch.nn.functional.gelu(h2), w2, b2)
+    (want * g).sum().backward()
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lin.weight.grad, w2.grad, rtol=1e-6, atol=1e-6)
+    if bias:
+        torch.testing.assert_close(lin.bias.grad, b2.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_gelu_linear_gradcheck_on_a_non_contiguous_input():
+    from engine.models.layers import _GeluLinearFn
+    torch.manual_seed(0)
+    h = torch.randn(4, 6, dtype=torch.float64).t().requires_grad_()   # [6, 4], column-major
+    w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert not h.is_contiguous()
+    assert torch.autograd.gradcheck(_GeluLinearFn.apply, (h, w, b))
+
+
+def test_mlp_keeps_the_reference_parameter_names_and_saves_less():
+    from engine.models.layers import MLP
+    mlp = MLP(8, 32)
+    assert sorted(n for n, _ in mlp.named_parameters()) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        mlp(torch.randn(10, 8, requires_grad=True)).sum().backward()
+    # fc1: its input and weight; fc2: h and its weight; no separate copy of gelu(h)
+    assert sum(n for n in saved if n == 10 * 32) == 10 * 32
