@@ -86,11 +86,16 @@ def test_sigkill_then_resume_is_exact(tmp_path, stage):
     assert torch.load(tmp_path / "a.pt", weights_only=False).keys() >= {"encoder", "predictor", "target_encoder"}
 
 
+# A job whose survivor waited on its lost peer would run into the subprocess timeout (the collectives'
+# own timeout is far longer), so the timeout is the hang check; it is generous because a loaded
+# machine takes minutes just to start the ranks.
+HANG_S = 600
+
+
 def test_dead_rank_fails_the_job_torchrun(tmp_path):
-    p, dt = _torchrun(["--out", str(tmp_path), "--stage", "2", "--steps", "8", "--every", "100"],
-                      env={"JEPA_FAULT_KILL": "1:2"}, timeout=120)
+    p, _ = _torchrun(["--out", str(tmp_path), "--stage", "2", "--steps", "8", "--every", "100"],
+                     env={"JEPA_FAULT_KILL": "1:2"}, timeout=HANG_S)
     assert p.returncode != 0
-    assert dt < 90
     text = p.stdout + p.stderr
     assert "SIGKILL" in text and "tiny_train" in text, text[-3000:]
 
@@ -99,11 +104,9 @@ def test_dead_rank_fails_the_job_deepspeed_launcher(tmp_path):
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29731",
            "--module", "tests.distributed.tiny_train", "--out", str(tmp_path), "--stage", "3", "--steps", "8",
            "--every", "100"]
-    t0 = time.monotonic()
     p = subprocess.run(cmd, cwd=ROOT, env={**ENV, "JEPA_FAULT_KILL": "1:2"}, capture_output=True, text=True,
-                       timeout=150)
+                       timeout=HANG_S)
     assert p.returncode != 0
-    assert time.monotonic() - t0 < 120
     text = p.stdout + p.stderr
     # The launcher polls its ranks once a second, in no fixed order, and names the first failed one it
     # sees: rank 1 (SIGKILLed: -9) or rank 0, whose collective lost its peer in the same second (1).
@@ -138,9 +141,8 @@ def test_wrong_world_size_is_an_error():
 
 def test_rank_that_never_arrives_times_out_clearly():
     env = dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29735")
-    p, dt = _probe(env)
+    p, _ = _probe(env)
     assert p.returncode != 0 and "did not form within 4 s" in p.stderr, p.stderr[-2000:]
-    assert dt < 60
 
 
 def test_train_cli_deepspeed_without_launcher_fails_clearly():
