@@ -41,8 +41,8 @@ class ACJEPA(nn.Module):
         # Actions are multiplied by this before the predictor sees them (ours; 1 = the reference): the
         # arm's actions are a few cm, and at that scale the action embedding starts out all bias.
         self.action_scale = float(action_scale)
-        # residual (H-JEPA's hierarchy.residual): the prediction of step t+1 at step t's tokens is
-        # z_t + predictor(...)_t. In the maze a step moves the ball across one or two of the 16 tokens; a
+        # residual (model.pred_residual; H-JEPA's hierarchy.residual): the prediction of step t+1 at
+        # step t's tokens is z_t + predictor(...)_t. In the maze a step moves the ball across one or two of the 16 tokens; a
         # plain predictor must first learn to copy the other tokens through its bottleneck, and its loss is
         # dominated by that copy, not by the actions.
         self.residual = bool(residual)

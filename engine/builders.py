@@ -97,7 +97,8 @@ def build_ac_jepa(cfg: Config, encoder, predictor):
     """The V-JEPA 2-AC step around these models, with the config's loss and action settings."""
     from engine.ac_jepa import ACJEPA
     return ACJEPA(encoder, predictor, auto_steps=cfg.loss.auto_steps, loss_exp=cfg.loss.loss_exp,
-                  normalize_reps=cfg.loss.normalize_reps, action_scale=cfg.model.action_scale)
+                  normalize_reps=cfg.loss.normalize_reps, action_scale=cfg.model.action_scale,
+                  residual=cfg.model.pred_residual)
 
 
 def build_mask_sampler(cfg: Config):

@@ -126,6 +126,7 @@ PROBES = {
     "model.action_dim": (5, "predictor", DROID),
     "model.state_dim": (3, "predictor", DROID),
     "model.action_scale": (2.0, "jepa", DROID),
+    "model.pred_residual": (True, "jepa", DROID),
     "optimization.ipe": (7, "schedule", []),
     "optimization.ipe_scale": (2.0, "schedule", []),
     "optimization.epochs": (3, "schedule", []),
