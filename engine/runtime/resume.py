@@ -50,7 +50,11 @@ def check_config(saved: dict | None, now: dict, where: str) -> dict:
     """{key: (saved, now)} of the accepted changes; RunError naming every change that cannot continue."""
     if not saved:
         return {}
+    from engine.config import Config
     a, b = _flatten(saved), _flatten(now)
+    # A key the engine gained after the run was saved reads as its default: what that run did.
+    defaults = _flatten(Config().to_dict())
+    a.update({k: defaults[k] for k in b.keys() - a.keys() if k in defaults})
     changes = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
     fixed = [k for k in changes if k in FIXED_KEYS or k.startswith(FIXED_SECTIONS)]
     if fixed:
