@@ -271,6 +271,19 @@ def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool
     return rows
 
 
+def _commit() -> str:
+    """The code the rows measure: the short hash of HEAD, '+' when the work tree differs from it."""
+    import subprocess
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+" if dirty else "")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "tiny_cpu.yaml"))
@@ -298,6 +311,7 @@ def main(argv=None):
         r["threads"] = torch.get_num_threads()
         r["load_avg_1min_at_end"] = round(os.getloadavg()[0], 1)   # other processes on the machine
         r["overrides"] = " ".join(args.set)
+        r["commit"] = _commit()
     atomic_write_csv(args.out, rows)
     print(f"{'mode':16} {'cpu s/step':>10} {'samples/s':>9} {'tokens/step':>11} {'tokens/s':>9} {'GFLOP':>7} "
           f"{'% peak':>7} {'peak MB':>8} {'vs first':>8}")
