@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.models.layers import Tokens, run_blocks  # noqa: E402
+from engine.models.layers import GeluLinear, Tokens, run_blocks  # noqa: E402
 from engine.core.io import atomic_write_csv  # noqa: E402
 from engine.core.step import adamw  # noqa: E402
 
@@ -91,6 +92,16 @@ def reference_style_loss(model, x, masks, loss_exp: float = 1.0):
     return loss / len(masks.pairs)
 
 
+def reference_mlps(model) -> None:
+    """The reference's MLP keeps both fc1's output and its GELU for the backward (autograd through
+    nn.GELU and nn.Linear): the reference_style model's GeluLinear layers run those plain ops."""
+    def plain(self, h):
+        return F.linear(F.gelu(h), self.weight, self.bias)
+    for m in model.modules():
+        if isinstance(m, GeluLinear):
+            m.forward = types.MethodType(plain, m)
+
+
 def per_parameter_ema(model, m: float) -> None:
     with torch.no_grad():
         for q, k in zip(model.encoder.parameters(), model.target_encoder.parameters()):
@@ -105,6 +116,8 @@ class Mode:
         self.cfg = load_config(cfg_path, [*overrides, f"meta.mask_mode={mask_mode}"])
         torch.manual_seed(seed)
         self.model = build_jepa(self.cfg)
+        if name == "reference_style":
+            reference_mlps(self.model)
         self.sampler = build_mask_sampler(self.cfg)
         params = [p for p in self.model.parameters() if p.requires_grad]
         # the engine's trainers use the fused AdamW; the reference loop torch's default (a loop per parameter)
