@@ -90,8 +90,9 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def summary(path: Path) -> list[dict]:
-    """Per mode and metric: seeds, mean, sample std, standard error of the mean; and per seed-paired
-    difference of each mode against random_init (mean, standard error, mean / standard error)."""
+    """Per mode and metric: seeds, mean, sample std, standard error of the mean; and the seed-paired
+    differences of each mode against random_init and of ragged against compat (mean, standard error,
+    mean / standard error)."""
     with open(path) as f:
         rows = list(csv.DictReader(f))
     metrics = ["attentive_acc", "linear_acc", "knn_acc", "effective_rank", "loss_last_20"]
@@ -111,14 +112,16 @@ def summary(path: Path) -> list[dict]:
             if v:
                 m, sd, se = stats(v)
                 out.append({"mode": mode, "metric": k, "seeds": len(v), "mean": m, "std": sd, "sem": se})
-        if mode == "random_init" or "random_init" not in by:
+    pairs = [(m, "random_init") for m in by if m != "random_init"] + [("ragged", "compat")]
+    for a, b in pairs:
+        if a not in by or b not in by:
             continue
         for k in ("attentive_acc", "linear_acc", "knn_acc"):
-            common = sorted(set(seeds) & set(by["random_init"]))
-            d = [float(seeds[s][k]) - float(by["random_init"][s][k]) for s in common]
+            common = sorted(set(by[a]) & set(by[b]))
+            d = [float(by[a][s][k]) - float(by[b][s][k]) for s in common]
             if len(d) > 1:
                 m, sd, se = stats(d)
-                out.append({"mode": f"{mode} - random_init", "metric": k, "seeds": len(d), "mean": m, "std": sd,
+                out.append({"mode": f"{a} - {b}", "metric": k, "seeds": len(d), "mean": m, "std": sd,
                             "sem": se, "t": m / se if se > 0 else float("inf")})
     return out
 

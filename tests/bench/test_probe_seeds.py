@@ -27,6 +27,13 @@ def test_summary_means_standard_errors_and_paired_differences(tmp_path):
     assert d["t"] == pytest.approx(0.3 / (0.1 / math.sqrt(3)))
     assert s[("ragged - random_init", "linear_acc")]["mean"] == pytest.approx(0.15)
     assert ("random_init - random_init", "attentive_acc") not in s
+    probe_seeds.append_row(path, {"seed": 0, "mode": "compat", "steps": 8, "attentive_acc": 0.6,
+                                  "linear_acc": 0.3, "knn_acc": 0.1})
+    probe_seeds.append_row(path, {"seed": 2, "mode": "compat", "steps": 8, "attentive_acc": 1.0,
+                                  "linear_acc": 0.3, "knn_acc": 0.1})
+    s = {(r["mode"], r["metric"]): r for r in probe_seeds.summary(path)}
+    d = s[("ragged - compat", "attentive_acc")]   # seeds 0 and 2 only: 0.2, 0.1
+    assert d["seeds"] == 2 and d["mean"] == pytest.approx(0.15)
 
 
 def test_one_seed_trains_probes_and_resumes(tmp_path, monkeypatch):
