@@ -10,7 +10,7 @@ Each op module holds its plain-torch reference `<op>_ref`, its fast kernels and 
     kernels.use_backend("torch")   # or JEPA_KERNEL_BACKEND=torch|cpp|triton|cuda
 """
 from kernels._backend import BACKENDS, backend, current_backend, use_backend
-from kernels.block_attention import block_attention, block_attention_ref
+from kernels.block_attention import block_attention, block_attention_ref, sdpa
 from kernels.ema import ema_, ema_ref
 from kernels.gather import (gather_layer_norm, gather_layer_norm_ref, gather_tokens, gather_tokens_ref,
                             scatter_tokens, scatter_tokens_ref)
@@ -19,7 +19,7 @@ from kernels.yuv_resize import (normalize_u8, normalize_u8_ref, yuv_coeffs, yuv_
 
 __all__ = [
     "BACKENDS", "backend", "current_backend", "use_backend",
-    "block_attention", "block_attention_ref",
+    "block_attention", "block_attention_ref", "sdpa",
     "ema_", "ema_ref",
     "gather_layer_norm", "gather_layer_norm_ref",
     "gather_tokens", "gather_tokens_ref", "scatter_tokens", "scatter_tokens_ref",

@@ -82,3 +82,23 @@ def triton_available() -> bool:
 def triton_runs_on(device) -> bool:
     """Triton runs on CUDA tensors, and on CPU tensors only under its interpreter (TRITON_INTERPRET=1)."""
     return _TRITON and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+_bf16_flash: dict = {}   # filled on first use; a plain dict for the same reason as _loaded
+
+
+def cpu_bf16_flash_ok() -> bool:
+    """Whether ATen's fused CPU flash attention runs in bf16 in this process.
+
+    On a CPU with AVX512-BF16/AMX, the bf16 flash kernel packs its operands with an AVX-512 routine
+    that is compiled out of the lower-ISA kernels; when ATEN_CPU_CAPABILITY selects one (avx2, default)
+    the call raises for key lengths >= 64. Such a process computes bf16 attention another way."""
+    if "ok" not in _bf16_flash:
+        import torch
+        x = torch.zeros(1, 1, 64, 8, dtype=torch.bfloat16)
+        try:
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(x, x, x)
+            _bf16_flash["ok"] = True
+        except RuntimeError:
+            _bf16_flash["ok"] = False
+    return _bf16_flash["ok"]

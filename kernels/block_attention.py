@@ -32,6 +32,7 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels import _ops, _registry
 
@@ -177,10 +178,30 @@ def _lse_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _needs_fp32(dtype) -> bool:
+    """bf16 where ATen's CPU flash kernel cannot run it (_ops.cpu_bf16_flash_ok): computed in fp32, which
+    is what that kernel accumulates in anyway."""
+    return dtype == torch.bfloat16 and not _ops.cpu_bf16_flash_ok()
+
+
+def sdpa(q, k, v, **kwargs):
+    """F.scaled_dot_product_attention on dense [..., H, L, Dh] inputs; on CPU, bf16 (or bf16 autocast) goes
+    to the math backend where ATen's flash kernel cannot run it (_ops.cpu_bf16_flash_ok)."""
+    if q.device.type == "cpu":
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+        if _needs_fp32(dtype):
+            with sdpa_kernel(SDPBackend.MATH):
+                return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 @torch.library.custom_op("jepa::block_attention_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
             max_q: int, max_k: int, scale: float, fq: torch.Tensor | None,
             fk: torch.Tensor | None, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "cpp" and _needs_fp32(q.dtype):
+        out, lse = _fwd_op(q.float(), k.float(), v.float(), cu_q, cu_k, max_q, max_k, scale, fq, fk, backend)
+        return out.to(q.dtype), lse
     if backend == "cpp":
         if _ops.cpp_available():
             out, lse = torch.ops.jepa_cpp.block_attention_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)
@@ -203,6 +224,10 @@ def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk, backend):
 def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
             lse: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int, scale: float,
             fq: torch.Tensor | None, fk: torch.Tensor | None, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "cpp" and _needs_fp32(q.dtype):
+        g = _bwd_op(dout.float(), q.float(), k.float(), v.float(), out.float(), lse, cu_q, cu_k, max_q, max_k,
+                    scale, fq, fk, backend)
+        return tuple(t.to(q.dtype) for t in g)
     if backend == "cpp":
         if _ops.cpp_available():
             g = torch.ops.jepa_cpp.block_attention_bwd(dout, q, k, v, out, lse, cu_q, cu_k, scale, fq, fk)

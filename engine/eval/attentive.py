@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+import kernels
 from engine.models.layers import MLP, Block, Tokens, init_reference_weights
 
 LAYOUTS = ("vjepa", "vjepa2")
@@ -45,7 +45,7 @@ class CrossAttention(nn.Module):
         H = self.num_heads
         q = self.q(q_BnD).view(B, n, H, D // H).transpose(1, 2)
         k, v = self.kv(x_BND).view(B, x_BND.shape[1], 2, H, D // H).permute(2, 0, 3, 1, 4)
-        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, n, D)
+        return kernels.sdpa(q, k, v).transpose(1, 2).reshape(B, n, D)
 
 
 class CrossAttentionBlock(nn.Module):

@@ -77,8 +77,8 @@ class Attention(nn.Module):
             o = kernels.block_attention(q, k, v, tok.cu_seqlens, tok.cu_seqlens, max_seqlen_q=tok.max_seqlen,
                                         max_seqlen_k=tok.max_seqlen, scale=self.scale, block_causal=tok.frames)
         else:
-            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               scale=self.scale).transpose(1, 2)
+            o = kernels.sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                             scale=self.scale).transpose(1, 2)
         return self.proj(o.reshape(*lead, -1))
 
 

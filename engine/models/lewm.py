@@ -19,8 +19,9 @@ Ours: attention heads split the width (the paper's heads are 64 wide each) and t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+import kernels
 
 PROJ_HIDDEN = 2048   # the paper's projector width
 
@@ -72,7 +73,7 @@ class AdaLNBlock(nn.Module):
     def attention(self, x_BTD: torch.Tensor) -> torch.Tensor:
         B, T, D = x_BTD.shape
         q, k, v = self.qkv(x_BTD).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # frame t sees frames <= t
+        o = kernels.sdpa(q, k, v, is_causal=True)   # frame t sees frames <= t
         return self.proj(o.transpose(1, 2).reshape(B, T, D))
 
     def forward(self, x_BTD: torch.Tensor, c_BTD: torch.Tensor) -> torch.Tensor:
