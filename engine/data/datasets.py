@@ -136,15 +136,12 @@ class VideoDataset(SkipBadFiles):
     # and counted like an unreadable one, as the reference skips it; otherwise its clip repeats frames
     filter_short_videos = False
 
-    def __init__(self, index_csvs, weights=None, frames_per_clip: int = 16, frame_step: int = 4,
-                 fps: float | None = None, duration: float | None = None, num_clips: int = 1, transform=None,
-                 random_clip_sampling: bool = True, allow_clip_overlap: bool = False,
-                 max_consecutive_failures: int | None = None, seek_threshold: int = 64):
+    def __init__(self, index_csvs, weights=None, **clip_args):
+        """clip_args: those of _init_clip_args."""
         if isinstance(index_csvs, (str, Path)):
             index_csvs = [index_csvs]
         self.index_csvs = [str(p) for p in index_csvs]
-        self._init_clip_args(frames_per_clip, frame_step, fps, duration, num_clips, transform, random_clip_sampling,
-                             allow_clip_overlap, seek_threshold)
+        self._init_clip_args(**clip_args)
         self.paths, labels, self.num_samples_per_dataset = [], [], []
         for csv in self.index_csvs:
             p, lab = read_index_csv(csv)
@@ -161,10 +158,12 @@ class VideoDataset(SkipBadFiles):
             self.sample_weights = np.concatenate(
                 [np.full(n, w / n) for w, n in zip(weights, self.num_samples_per_dataset)])
         self.source = "index file(s) " + ", ".join(self.index_csvs)
-        self._init_skips(max_consecutive_failures)
 
-    def _init_clip_args(self, frames_per_clip, frame_step, fps, duration, num_clips, transform, random_clip_sampling,
-                        allow_clip_overlap, seek_threshold):
+    def _init_clip_args(self, frames_per_clip: int = 16, frame_step: int = 4, fps: float | None = None,
+                        duration: float | None = None, num_clips: int = 1, transform=None,
+                        random_clip_sampling: bool = True, allow_clip_overlap: bool = False,
+                        max_consecutive_failures: int | None = None, seek_threshold: int = 64):
+        """How clips are sampled (sample_indices), transformed and skipped, for every clip dataset."""
         if fps is not None and duration is not None:
             raise ValueError("give at most one of fps= and duration= (either overrides frame_step)")
         if fps is None and duration is None and not (frame_step and frame_step > 0):
@@ -173,6 +172,7 @@ class VideoDataset(SkipBadFiles):
         self.num_clips, self.transform = num_clips, transform
         self.random_clip_sampling, self.allow_clip_overlap = random_clip_sampling, allow_clip_overlap
         self.seek_threshold = seek_threshold
+        self._init_skips(max_consecutive_failures)
 
     def sample_indices(self, vr, rng) -> list:
         """This dataset's clip frame indices for an open VideoReader (the sampling rules in one place)."""

@@ -319,6 +319,19 @@ class ResumableLoader(LoaderPosition):
     def __init__(self, dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
                  rank=0, world_size=1, pin_memory=False, persistent_workers=True, prefetch_factor=2,
                  multiprocessing_context=None, batch_sampler=None, clip_dtype=torch.float32, device=None):
+        """See the module docstring; `mask_sampler` is any picklable callable (batch_size, rng) -> masks.
+
+        batch_sampler: None (EpochBatchSampler, or the dataset's own `make_batch_sampler(...)` when it has one,
+        as the tar-shard dataset does: each rank then reads its own shards) or any object with the same
+        interface (epoch, start_batch, batches_per_epoch, global_batch, seed, rank, world_size, batch_size, n).
+
+        multiprocessing_context: None (fork on Linux: fast start) or "forkserver"/"spawn" (workers start
+        clean, ~1 s each, for parents holding threads that are not fork-safe).
+
+        clip_dtype: torch.float32 (normalised clips, the transform's own output) or torch.uint8 (the raw
+        pixels after crop/resize/flip; `loader.normalize(clips)` gives the floats). device: where clips are
+        normalised and yielded (e.g. "cuda": uint8 goes over the bus, 4x fewer bytes); None = this process.
+        """
         if clip_dtype not in (torch.float32, torch.uint8):
             raise ValueError(f"clip_dtype must be torch.float32 (normalised) or torch.uint8, got {clip_dtype}")
         self.dataset = dataset
@@ -379,26 +392,4 @@ class ResumableLoader(LoaderPosition):
         return x
 
 
-def make_loader(dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
-                rank=0, world_size=1, pin_memory=False, persistent_workers=True, prefetch_factor=2,
-                multiprocessing_context=None, batch_sampler=None, clip_dtype=torch.float32,
-                device=None) -> ResumableLoader:
-    """See the module docstring; `mask_sampler` is any picklable callable (batch_size, rng) -> masks.
-
-    batch_sampler: None (EpochBatchSampler, or the dataset's own `make_batch_sampler(...)` when it has one,
-    as the tar-shard dataset does: each rank then reads its own shards) or any object with the same
-    interface (epoch, start_batch, batches_per_epoch, global_batch, seed, rank, world_size, batch_size, n).
-
-    multiprocessing_context: None (fork on Linux: fast start) or "forkserver"/"spawn" (workers start
-    clean, ~1 s each, for parents holding threads that are not fork-safe).
-
-    clip_dtype: torch.float32 (normalised clips, the transform's own output) or torch.uint8 (the raw
-    pixels after crop/resize/flip; `loader.normalize(clips)` gives the floats). device: where clips are
-    normalised and yielded (e.g. "cuda": uint8 goes over the bus, 4x fewer bytes); None = this process.
-    """
-    return ResumableLoader(dataset, batch_size=batch_size, seed=seed, mask_sampler=mask_sampler,
-                           num_workers=num_workers, drop_last=drop_last, shuffle=shuffle, rank=rank,
-                           world_size=world_size, pin_memory=pin_memory, persistent_workers=persistent_workers,
-                           prefetch_factor=prefetch_factor,
-                           multiprocessing_context=multiprocessing_context, batch_sampler=batch_sampler,
-                           clip_dtype=clip_dtype, device=device)
+make_loader = ResumableLoader   # the name the package exports (engine.data.make_loader)

@@ -42,7 +42,7 @@ import numpy as np
 
 from .datasets import VideoDataset
 from .loader import sample_seeds
-from .video import VideoReader
+from .video import decode_clip
 
 logger = logging.getLogger(__name__)
 VIDEO_EXTS = ("mp4", "webm", "avi", "mkv")
@@ -187,12 +187,9 @@ class ShardVideoDataset(VideoDataset):
     JSON's "label"). `make_loader` picks up `make_batch_sampler`, so each rank reads its own shards.
     """
 
-    def __init__(self, shards, frames_per_clip: int = 16, frame_step: int = 4, fps: float | None = None,
-                 duration: float | None = None, num_clips: int = 1, transform=None, random_clip_sampling: bool = True,
-                 allow_clip_overlap: bool = False, max_consecutive_failures: int | None = None,
-                 seek_threshold: int = 64):
-        self._init_clip_args(frames_per_clip, frame_step, fps, duration, num_clips, transform, random_clip_sampling,
-                             allow_clip_overlap, seek_threshold)
+    def __init__(self, shards, **clip_args):
+        """clip_args: those of VideoDataset._init_clip_args."""
+        self._init_clip_args(**clip_args)
         self.shard_paths, self.shard_counts, self.bad_shards = [], [], {}
         self.paths, self._members = [], []  # per sample: "tar:key" (for messages), (tar index, {ext: (off, size)})
         for tar in resolve_shards(shards):
@@ -216,7 +213,6 @@ class ShardVideoDataset(VideoDataset):
         self.labels = np.full(len(self.paths), -1, np.int64)  # filled as samples are read
         self.sample_weights, self.index_csvs = None, []
         self.source = f"shards {shards!r}" if not isinstance(shards, (list, tuple)) else f"{len(shards)} shard paths"
-        self._init_skips(max_consecutive_failures)
 
     def make_batch_sampler(self, batch_size, seed, *, shuffle=True, drop_last=True, rank=0, world_size=1):
         return ShardBatchSampler(self.shard_counts, batch_size, seed, shuffle=shuffle, drop_last=drop_last,
@@ -237,12 +233,8 @@ class ShardVideoDataset(VideoDataset):
     def read_meta(self, i: int) -> dict:
         return json.loads(self.read_component(i, "json"))
 
-    def video_ext(self, i: int) -> str:
-        members = self._members[i][1]
-        return next(e for e in VIDEO_EXTS if e in members)
-
     def read_video(self, i: int) -> io.BytesIO:
-        ext = self.video_ext(i)
+        ext = next(e for e in VIDEO_EXTS if e in self._members[i][1])
         buf = io.BytesIO(self.read_component(i, ext))
         buf.name = f"{self.paths[i]}.{ext}"  # names the member in decode errors
         return buf
@@ -269,5 +261,4 @@ class ShardVideoDataset(VideoDataset):
 
     def decode(self, i: int, frame_indices) -> np.ndarray:
         """uint8 [T, H, W, 3]: given frames of sample i (tests, tools)."""
-        with VideoReader(self.read_video(i), seek_threshold=self.seek_threshold) as vr:
-            return vr.decode(frame_indices)
+        return decode_clip(self.read_video(i), frame_indices, self.seek_threshold)

@@ -145,16 +145,14 @@ def resize_planar(region_THW3: np.ndarray, out_hw, flip: bool) -> torch.Tensor:
     return x_T3hw.permute(1, 0, 2, 3)
 
 
-def _check_dtype(dtype):
-    if dtype not in (torch.float32, torch.uint8):
-        raise ValueError(f"transform dtype must be torch.float32 (normalised) or torch.uint8 (raw pixels), got {dtype}")
-    return dtype
-
-
 class _Output:
     """dtype handling shared by the transforms: float32 = normalised here, uint8 = normalised later."""
 
-    dtype = torch.float32
+    def _init_output(self, mean, std, dtype, channel_dim: int) -> None:
+        if dtype not in (torch.float32, torch.uint8):
+            raise ValueError(f"transform dtype must be torch.float32 (normalised) or torch.uint8 (raw pixels), "
+                             f"got {dtype}")
+        self.normalize, self.dtype = Normalize(mean, std, channel_dim=channel_dim), dtype
 
     def as_uint8(self):
         """A copy of this transform that returns the uint8 pixels; its `normalize` gives the floats later."""
@@ -188,8 +186,7 @@ class VideoTransform(_Output):
         self.scale = tuple(random_resize_scale)
         self.ratio = tuple(random_resize_aspect_ratio)
         self.horizontal_flip = horizontal_flip
-        self.normalize = Normalize(mean, std, channel_dim=-4)
-        self.dtype = _check_dtype(dtype)
+        self._init_output(mean, std, dtype, channel_dim=-4)
         self.auto_augment = ClipRandAugment() if auto_augment else None
         self.motion_shift = bool(motion_shift)
         if not 0.0 <= reprob <= 1.0:
@@ -243,8 +240,7 @@ class VideoEvalTransform(_Output):
                  dtype=torch.float32):
         self.crop_size = int(crop_size)
         self.short_side_size = short_side_size or int(crop_size * 256 / 224)
-        self.normalize = Normalize(mean, std, channel_dim=-4)
-        self.dtype = _check_dtype(dtype)
+        self._init_output(mean, std, dtype, channel_dim=-4)
 
     def plan(self, height: int, width: int, rng: np.random.Generator | None = None):
         """((top, left, h, w), False): the centre box in source pixels (no random draws)."""
@@ -269,8 +265,7 @@ class ImageTransform(_Output):
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32, color_distortion: bool = False,
                  color_jitter_strength: float = 1.0, gaussian_blur: bool = False):
         self.video = VideoTransform(crop_size, scale, ratio, horizontal_flip, mean, std, dtype=torch.uint8)
-        self.normalize = Normalize(mean, std, channel_dim=-3)
-        self.dtype = _check_dtype(dtype)
+        self._init_output(mean, std, dtype, channel_dim=-3)
         self.color = ImageColorAugment(color_distortion, color_jitter_strength, gaussian_blur)
 
     def __call__(self, img_HW3: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
@@ -286,8 +281,7 @@ class ImageEvalTransform(_Output):
     def __init__(self, crop_size: int = 224, short_side_size: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  dtype=torch.float32):
         self.video = VideoEvalTransform(crop_size, short_side_size, mean, std, dtype=torch.uint8)
-        self.normalize = Normalize(mean, std, channel_dim=-3)
-        self.dtype = _check_dtype(dtype)
+        self._init_output(mean, std, dtype, channel_dim=-3)
 
     def __call__(self, img_HW3: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         return self._out(self.video(img_HW3[None])[:, 0])

@@ -21,8 +21,8 @@ from engine.runtime import deepspeed_engine as DE, ds_checkpoint
 from engine.core.checkpoint import checkpoint_dir, latest_path, save_checkpoint
 from engine.core.io import atomic_torch_save
 from engine.runtime.launch import init_distributed
-from engine.runtime.reshard import PARTS, load_resharded, load_whole_state, optimizer_names, resharding_needed
-from engine.runtime.resume import deepspeed_to_local
+from engine.runtime.reshard import load_resharded, load_whole_state, optimizer_names, resharding_needed
+from engine.runtime.resume import PARTS, deepspeed_to_local
 from engine.core.schedules import apply_to_optimizer
 from engine.core.step import adamw, grad_norm, param_groups
 

@@ -1,7 +1,7 @@
 """DeepSpeed checkpoints of a run: save / load with an atomic `latest`, and export to the reference layout.
 
-    save(engine, out / "checkpoints", step, client_state, rank_state)   # DeepSpeed format + atomic `latest`
-    client_state, rank_state = load(engine, out / "checkpoints")        # None when there is none
+    save(engine, out / "ds_checkpoints", step, client_state, rank_state)   # DeepSpeed format + atomic `latest`
+    client_state, rank_state = load(engine, out / "ds_checkpoints", tag)   # tag: resume.find_checkpoint's
     export_fp32(out / "ds_checkpoints", "model.pth.tar")                # consolidated fp32, the reference layout
 
 Checkpoints of a many-machine run must go to a filesystem every host sees (DeepSpeed writes per rank).
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from engine.core.io import atomic_torch_save, atomic_write_text
+from engine.runtime.resume import DS_MODEL_FILES, ds_meta, split_parts
 
 
 def read_latest(ckpt_dir) -> str | None:
@@ -47,12 +48,9 @@ def save(engine, ckpt_dir, step: int, client_state: dict, rank_state: dict, keep
     return tag
 
 
-def load(engine, ckpt_dir, tag: str | None = None):
-    """(client_state, rank_state) of `tag` (default: `latest`), or None when there is no checkpoint."""
+def load(engine, ckpt_dir, tag: str):
+    """(client_state, rank_state) of checkpoint `tag` in ckpt_dir."""
     import torch.distributed as dist
-    tag = tag or read_latest(ckpt_dir)
-    if tag is None:
-        return None
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
     if path is None:
@@ -85,30 +83,24 @@ def export_fp32(ckpt_dir, out_path, tag: str | None = None, kind: str | None = N
     if tag is None:
         raise FileNotFoundError(f"no `latest` in {ckpt_dir}: not a DeepSpeed checkpoint folder of engine.train")
     d = ckpt_dir / tag
-    model_file = d / "mp_rank_00_model_states.pt"
-    if not model_file.exists():
-        model_file = d / "zero_pp_rank_0_mp_rank_00_model_states.pt"
-    if not model_file.exists():
-        raise FileNotFoundError(f"{d}: no mp_rank_00_model_states.pt nor zero_pp_rank_0_mp_rank_00_model_states.pt")
-    meta = torch.load(model_file, map_location="cpu", weights_only=False)
+    meta = ds_meta(d)
+    if meta is None:
+        raise FileNotFoundError(f"{d}: no {' nor '.join(DS_MODEL_FILES)}")
     stage = int(meta.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
     if stage == 3:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         flat = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     else:
         flat = dict(meta["module"])
-    parts = {"encoder": {}, "predictor": {}, "target_encoder": {}}
-    for k, v in flat.items():
-        head, _, rest = k.partition(".")
-        if head in parts:
-            parts[head][rest] = v.detach().float().clone() if v.is_floating_point() else v.clone()
+    parts = {part: {k: v.detach().float().clone() if v.is_floating_point() else v.clone() for k, v in sd.items()}
+             for part, sd in split_parts(flat).items()}
     empty = [p for p, sd in parts.items() if not sd]
     if empty:
         raise ValueError(f"{d}: the checkpoint holds no {empty} weights (keys: {sorted(flat)[:6]} ...)")
     cfg = load_config(raw=meta["config"]) if meta.get("config") else None
     if kind is None:
         if cfg is None:
-            raise ValueError(f"{model_file}: no run config in the checkpoint; pass kind='vjepa'|'vjepa2'|'ijepa'")
+            raise ValueError(f"{d}: no run config in the checkpoint; pass kind='vjepa'|'vjepa2'|'ijepa'")
         kind = reference_kind(cfg)
     epoch = meta.get("epoch", 0)
     save_reference_checkpoint(out_path, parts, kind, config=cfg, epoch=int(epoch or 0),

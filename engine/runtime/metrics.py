@@ -1,14 +1,14 @@
 """Run metrics: one row per optimizer step, written to every configured sink.
 
-    log = MetricsLogger(folder, rank=0, tensorboard=True, wandb=False)    # or MetricsLogger.from_config(folder, cfg)
+    log = MetricsLogger(folder, tensorboard=True, wandb=False)    # or MetricsLogger.from_config(folder, cfg)
     log.truncate_after(step)          # on resume: drop rows the resumed run will write again
     log.write({"step": 3, "loss": 0.52, ...})
     log.close()
 
-Sinks, all behind the same write(row) / close() interface:
-- CSVLogger: metrics.csv per rank (append-only, fsynced per row, trimmed on resume); always on.
-- TensorBoardLogger: events in tb/ (logging.tensorboard), rank 0.
-- WandbLogger: a Weights & Biases run (logging.wandb; project logging.wandb_project), rank 0; the run id
+Sinks, all behind the same write(row) / close() interface (the training loop logs on rank 0 only):
+- CSVLogger: metrics.csv (append-only, fsynced per row, trimmed on resume); always on.
+- TensorBoardLogger: events in tb/ (logging.tensorboard).
+- WandbLogger: a Weights & Biases run (logging.wandb; project logging.wandb_project); the run id
   is kept in wandb_id so a resumed run continues the same W&B run. WANDB_MODE=offline writes it
   locally (wandb/ in the run folder) for a later `wandb sync`.
 
@@ -42,27 +42,30 @@ def loss_summary(losses: list[float]) -> dict:
             f"mean_loss_last_{SUMMARY_WINDOW}": sum(tail) / len(tail) if tail else math.nan}
 
 
+def _csv_lines(rows) -> str:
+    return "".join(",".join(r.get(c) or "" for c in COLUMNS) + "\n" for r in rows)
+
+
 class CSVLogger:
-    def __init__(self, folder: Path, rank: int = 0):
-        self.path = folder / ("metrics.csv" if rank == 0 else f"metrics_r{rank}.csv")
+    HEADER = ",".join(COLUMNS) + "\n"
+
+    def __init__(self, folder: Path):
+        self.path = folder / "metrics.csv"
         if not self.path.exists():
-            atomic_write_text(self.path, ",".join(COLUMNS) + "\n")
+            atomic_write_text(self.path, self.HEADER)
 
     def truncate_after(self, step: int) -> None:
         """Keep only rows with step < `step` (a resumed run rewrites the rest); the rows taken out are
         appended to metrics.replaced.csv, so no logged row is ever lost."""
         with open(self.path, newline="") as f:
             rows = list(csv.DictReader(f))
-        keep = [r for r in rows if int(r["step"]) < step]
         gone = [r for r in rows if int(r["step"]) >= step]
         if gone:
             replaced = self.path.with_name(self.path.stem + ".replaced.csv")
-            new = not replaced.exists()
+            header = "" if replaced.exists() else self.HEADER
             with open(replaced, "a") as f:
-                f.write((",".join(COLUMNS) + "\n" if new else "")
-                        + "".join(",".join(r.get(c) or "" for c in COLUMNS) + "\n" for r in gone))
-        lines = [",".join(COLUMNS)] + [",".join(r.get(c) or "" for c in COLUMNS) for r in keep]
-        atomic_write_text(self.path, "\n".join(lines) + "\n")
+                f.write(header + _csv_lines(gone))
+        atomic_write_text(self.path, self.HEADER + _csv_lines(r for r in rows if int(r["step"]) < step))
 
     def write(self, row: dict) -> None:
         with open(self.path, "a") as f:
@@ -109,25 +112,24 @@ class WandbLogger:
 
 
 class MetricsLogger:
-    """The CSV of this rank plus, on rank 0, TensorBoard and W&B when enabled."""
+    """The CSV plus TensorBoard and W&B when enabled."""
 
-    def __init__(self, folder, rank: int = 0, tensorboard: bool = True, wandb: bool = False,
-                 wandb_project: str = "jepa-engine", config: dict | None = None, tag: str | None = None):
+    def __init__(self, folder, tensorboard: bool = True, wandb: bool = False, wandb_project: str = "jepa-engine",
+                 config: dict | None = None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.rank = rank
-        self.csv = CSVLogger(self.folder, rank)
+        self.csv = CSVLogger(self.folder)
         self.path = self.csv.path
         self.sinks = [self.csv]
-        if rank == 0 and tensorboard:
+        if tensorboard:
             self.sinks.append(TensorBoardLogger(self.folder))
-        if rank == 0 and wandb:
+        if wandb:
             self.sinks.append(WandbLogger(self.folder, wandb_project, config))
 
     @classmethod
-    def from_config(cls, folder, cfg, rank: int = 0) -> "MetricsLogger":
+    def from_config(cls, folder, cfg) -> "MetricsLogger":
         lg = cfg.logging
-        return cls(folder, rank=rank, tensorboard=lg.tensorboard, wandb=lg.wandb, wandb_project=lg.wandb_project,
+        return cls(folder, tensorboard=lg.tensorboard, wandb=lg.wandb, wandb_project=lg.wandb_project,
                    config=cfg.to_dict())
 
     def truncate_after(self, step: int) -> None:

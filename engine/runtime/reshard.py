@@ -41,11 +41,9 @@ import torch.distributed as dist
 
 from engine.runtime.errors import RunError
 from engine.core.io import atomic_torch_save
-from engine.runtime.resume import Checkpoint, deepspeed_model_state, ds_meta
+from engine.runtime.resume import PARTS, Checkpoint, deepspeed_model_state, ds_meta
 
 log = logging.getLogger("engine.train")
-
-PARTS = ("encoder", "predictor", "target_encoder")
 
 
 def resharding_needed(found: Checkpoint, world_size: int, zero_stage: int) -> bool:

@@ -33,6 +33,7 @@ FIXED_KEYS = ("app", "data.crop_size", "data.patch_size", "data.num_frames", "da
               "data.dataset_fpcs", "data.num_clips", "data.batch_size", "mask.patch_size")
 
 DS_MODEL_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+PARTS = ("encoder", "predictor", "target_encoder")   # the model's parts a checkpoint holds, each a state dict
 
 
 def _flatten(d, prefix="") -> dict:
@@ -103,44 +104,9 @@ class Checkpoint:
         return f"{self.path} (DeepSpeed ZeRO-{self.zero_stage}, {self.world_size} ranks, step {self.step})"
 
 
-def _load_local(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _local_candidates(out: Path) -> list[Path]:
-    """Checkpoint files to try, best first: the one `latest` names, then the others, newest first."""
-    d = out / "checkpoints"
-    pointer = d / "latest"
-    files = sorted(d.glob("step_*.pt"), reverse=True)
-    if not pointer.exists():
-        return files
-    named = d / pointer.read_text().strip()
-    if not named.exists():
-        if not files:
-            raise RunError(f"{pointer} names {named.name}, which does not exist, and {d} holds no other "
-                           "checkpoint; restore the file, or start again with --overwrite")
-        log.warning("%s names %s, which does not exist; falling back to %s", pointer, named.name, files[0])
-        return files
-    return [named] + [f for f in files if f != named]
-
-
-def find_local(out: Path) -> Checkpoint | None:
-    first = None
-    for path in _local_candidates(out):
-        try:
-            state = _load_local(path)
-            step = int(state["step"])
-        except Exception as e:  # noqa: BLE001 -- a torn or corrupt file of any kind: try the previous one
-            log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path, type(e).__name__, e)
-            first = first or path
-            continue
-        if first is not None:
-            log.warning("resuming from %s instead of the unreadable %s", path, first)
-        return Checkpoint("local", step, path, config=state.get("config"), state=state)
-    if first is not None:
-        raise RunError(f"{out / 'checkpoints'}: no readable checkpoint ({first} is corrupt or truncated); "
-                       "start again with --overwrite")
-    return None
+def _read_local(path: Path) -> Checkpoint:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return Checkpoint("local", int(state["step"]), path, config=state.get("config"), state=state)
 
 
 def ds_meta(tag_dir: Path) -> dict | None:
@@ -151,46 +117,75 @@ def ds_meta(tag_dir: Path) -> dict | None:
     return None
 
 
-def find_deepspeed(out: Path) -> Checkpoint | None:
-    d = out / "ds_checkpoints"
+def _read_deepspeed(tag_dir: Path) -> Checkpoint:
+    meta = ds_meta(tag_dir)
+    if meta is None:
+        raise FileNotFoundError(f"no {' or '.join(DS_MODEL_FILES)}")
+    world = int(meta.get("world_size", meta.get("dp_world_size", 1)))
+    missing = [f"client_rank{r:03d}.pt" for r in range(world) if not (tag_dir / f"client_rank{r:03d}.pt").exists()]
+    if missing:
+        raise FileNotFoundError(f"missing {missing}")
+    return Checkpoint("deepspeed", int(meta["step"]), tag_dir, world_size=world,
+                      zero_stage=int(meta.get("zero_stage", 0)), config=meta.get("config"))
+
+
+def _newest_usable(d: Path, pattern: str, read, what: str) -> Checkpoint | None:
+    """The first checkpoint of `d` that read(path) opens, best first: the one `latest` names, then the
+    others (`pattern`), newest first. Each one that fails is a warning naming it, and the one used
+    instead; RunError when none opens; None when `d` holds none."""
     pointer = d / "latest"
-    tags = sorted((p for p in d.glob("step_*") if p.is_dir()), reverse=True)
+    tried = sorted(d.glob(pattern), reverse=True)
     if pointer.exists():
         named = d / pointer.read_text().strip()
-        tags = [named] + [t for t in tags if t != named]
+        tried = [named] + [p for p in tried if p != named]
     first = None
-    for tag_dir in tags:
+    for path in tried:
         try:
-            meta = ds_meta(tag_dir)
-            if meta is None:
-                raise FileNotFoundError(f"no {' or '.join(DS_MODEL_FILES)}")
-            world = int(meta.get("world_size", meta.get("dp_world_size", 1)))
-            missing = [f"client_rank{r:03d}.pt" for r in range(world) if not (tag_dir / f"client_rank{r:03d}.pt").exists()]
-            if missing:
-                raise FileNotFoundError(f"missing {missing}")
-        except Exception as e:  # noqa: BLE001 -- see find_local
-            log.warning("DeepSpeed checkpoint %s is unusable (%s: %s); trying the previous one", tag_dir,
-                        type(e).__name__, e)
-            first = first or tag_dir
+            found = read(path)
+        except Exception as e:  # noqa: BLE001 -- missing, torn, incomplete or corrupt: try the previous one
+            log.warning("%s %s is unusable (%s: %s); trying the previous one", what, path, type(e).__name__, e)
+            first = first or path
             continue
         if first is not None:
-            log.warning("resuming from %s instead of the unusable %s", tag_dir, first)
-        return Checkpoint("deepspeed", int(meta["step"]), tag_dir, world_size=world,
-                          zero_stage=int(meta.get("zero_stage", 0)), config=meta.get("config"))
+            log.warning("resuming from %s instead of the unusable %s", path, first)
+        return found
     if first is not None:
-        raise RunError(f"{d}: no usable DeepSpeed checkpoint ({first} is incomplete or corrupt); "
-                       "start again with --overwrite")
+        named_by = f", which {pointer} names," if pointer.exists() else ""
+        raise RunError(f"{d}: no usable {what} ({first}{named_by} is missing, incomplete or corrupt); restore it, "
+                       "or start again with --overwrite")
     return None
 
 
 def find_checkpoint(out) -> Checkpoint | None:
     """The newest checkpoint of the run in `out`, one-process or DeepSpeed; None when it has none."""
     out = Path(out)
-    found = [c for c in (find_local(out), find_deepspeed(out)) if c is not None]
+    found = [c for c in (_newest_usable(out / "checkpoints", "step_*.pt", _read_local, "checkpoint"),
+                         _newest_usable(out / "ds_checkpoints", "step_*", _read_deepspeed, "DeepSpeed checkpoint"))
+             if c is not None]
     return max(found, key=lambda c: c.step) if found else None
 
 
 # -- DeepSpeed -> one process ---------------------------------------------------------------------------
+def split_parts(flat: dict) -> dict:
+    """{"encoder": {...}, "predictor": {...}, "target_encoder": {...}} of a whole model's state dict
+    ("encoder.x" goes to ["encoder"]["x"]); keys of no part are left out."""
+    parts = {p: {} for p in PARTS}
+    for k, v in flat.items():
+        head, _, rest = k.partition(".")
+        if head in parts:
+            parts[head][rest] = v
+    return parts
+
+
+def renumber_adam(param_order: list[list[str]], state_of) -> dict:
+    """A torch AdamW state dict over param_order (each group's parameter names, in order): ids 0, 1, ... in
+    that order, param_groups bare id lists, state[id] = state_of(name) (None: that parameter has none)."""
+    flat = [n for names in param_order for n in names]
+    state = {i: st for i, n in enumerate(flat) if (st := state_of(n)) is not None}
+    starts = [sum(map(len, param_order[:g])) for g in range(len(param_order))]
+    return {"state": state, "param_groups": [list(range(s, s + len(names))) for s, names in zip(starts, param_order)]}
+
+
 def deepspeed_to_local(ckpt: Checkpoint, param_order: list[list[str]]) -> dict:
     """A single-process Trainer state from a DeepSpeed checkpoint of any ZeRO stage and world size.
 
@@ -214,37 +209,25 @@ def deepspeed_model_state(ckpt: Checkpoint, param_order: list[list[str]]) -> dic
     stage and world size. Adam's moments are re-assembled per parameter (ZeRO 1-3 through DeepSpeed's
     universal-checkpoint conversion)."""
     meta = ds_meta(ckpt.path)
-    stage = ckpt.zero_stage or 0
-    if stage == 0:
+    if (ckpt.zero_stage or 0) == 0:
         weights = {k: v.float() for k, v in meta["module"].items()}
         opt = meta["optimizer"]
-        moments = {}
         flat_names = [n for g in param_order for n in g]
-        for idx, st in opt["state"].items():
-            moments[flat_names[int(idx)]] = st
+        moments = {flat_names[int(idx)]: st for idx, st in opt["state"].items()}
         step_count = next(iter(opt["state"].values()))["step"] if opt["state"] else torch.tensor(0.0)
     else:
         weights, moments, step_count = _from_universal(ckpt)
-    parts = {"encoder": {}, "predictor": {}, "target_encoder": {}}
-    for k, v in weights.items():
-        head, _, rest = k.partition(".")
-        if head in parts:
-            parts[head][rest] = v
-    state, groups, i = {}, [], 0
-    for names in param_order:
-        ids = []
-        for n in names:
-            if n not in moments:
-                raise RunError(f"{ckpt.describe()}: no optimizer state for {n}; it cannot be converted to one process")
-            m = moments[n]
-            shape = parts[n.partition(".")[0]][n.partition(".")[2]].shape
-            state[i] = {"step": torch.as_tensor(m.get("step", step_count), dtype=torch.float32).clone(),
-                        "exp_avg": m["exp_avg"].float().reshape(shape).clone(),
-                        "exp_avg_sq": m["exp_avg_sq"].float().reshape(shape).clone()}
-            ids.append(i)
-            i += 1
-        groups.append(ids)
-    return {**parts, "opt": {"state": state, "param_groups": groups}, "step": ckpt.step}
+    parts = split_parts(weights)
+
+    def adam_state(n: str) -> dict:
+        if n not in moments:
+            raise RunError(f"{ckpt.describe()}: no optimizer state for {n}; it cannot be converted to one process")
+        m, shape = moments[n], parts[n.partition(".")[0]][n.partition(".")[2]].shape
+        return {"step": torch.as_tensor(m.get("step", step_count), dtype=torch.float32).clone(),
+                "exp_avg": m["exp_avg"].float().reshape(shape).clone(),
+                "exp_avg_sq": m["exp_avg_sq"].float().reshape(shape).clone()}
+
+    return {**parts, "opt": renumber_adam(param_order, adam_state), "step": ckpt.step}
 
 
 def _from_universal(ckpt: Checkpoint):

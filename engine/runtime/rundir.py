@@ -51,7 +51,7 @@ def describe_run(out) -> str | None:
     out = Path(out)
     if not out.is_dir():
         return None
-    present = [n for n in RUN_FILES if (out / n).exists()] + [p.name for p in out.glob("metrics_r*.csv")]
+    present = [n for n in RUN_FILES if (out / n).exists()]
     if not present:
         return None
     parts = []
@@ -84,7 +84,5 @@ def claim(out, resume: bool = False, overwrite: bool = False) -> Path:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-        for p in out.glob("metrics_r*.csv"):
-            p.unlink()
     remove_stale_tmp(out)
     return out

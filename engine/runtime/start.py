@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from engine.runtime.errors import RunError
+from engine.runtime.resume import renumber_adam
 
 log = logging.getLogger("engine.train")
 
@@ -101,16 +102,7 @@ def _reorder_reference_opt(opt: dict, model, param_order: list[list[str]]) -> di
             raise RunError(f"the checkpoint's optimizer group of {part} has {len(g['params'])} parameters, this "
                            f"model {len(names)}: it was written for another model")
         ref_ids.update(zip(names, g["params"]))
-    state, groups, i = {}, [], 0
-    for names in param_order:
-        ids = []
-        for n in names:
-            if ref_ids[n] in opt["state"]:
-                state[i] = opt["state"][ref_ids[n]]
-            ids.append(i)
-            i += 1
-        groups.append(ids)
-    return {"state": state, "param_groups": groups}
+    return renumber_adam(param_order, lambda n: opt["state"].get(ref_ids[n]))
 
 
 def skip_batches(loader, n: int) -> None:
