@@ -123,13 +123,10 @@ class _Planner(SkipBadFiles):
         with VideoReader(buf, seek_threshold=ds.seek_threshold) as vr:
             (idx,) = ds.sample_indices(vr, rng)
             H, W = vr.info.height, vr.info.width
-        return buf.getvalue(), idx, H, W, label
-
-    def _label(self, i, data) -> int:
-        return int(data[-1])
+        return (buf.getvalue(), idx, H, W), label
 
     def _finish(self, data, rng):
-        encoded, idx, H, W, label = data
+        encoded, idx, H, W = data
         tf = self.transform
         if tf is not None:  # the draws of the PyAV path, in its order
             (top, left, h, w), flip = tf.plan(H, W, rng)

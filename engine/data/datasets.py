@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .transforms import VideoEvalTransform, VideoTransform
-from .video import VideoReader, sample_clip_indices
+from .video import VideoReader, frame_step_for, sample_clip_indices
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -61,7 +61,7 @@ class NoReadableFiles(RuntimeError):
 class SkipBadFiles(torch.utils.data.Dataset):
     """Skip-and-count logic: subclasses set paths, labels, source; define _load(path, rng), _finish(data, rng).
 
-    (Or override _load_index(i, rng) and _label(i, data) when a sample is not one file, e.g. a tar member.)
+    (Or override _load_index(i, rng) -> (data, label) when a sample is not one file, e.g. a tar member.)
     """
 
     max_consecutive_failures: int = 50
@@ -86,21 +86,18 @@ class SkipBadFiles(torch.utils.data.Dataset):
         for attempt in range(min(n, self.max_consecutive_failures)):
             i = (index + attempt) % n
             try:
-                data = self._load_index(i, rng)
+                data, label = self._load_index(i, rng)
             except Exception as e:  # noqa: BLE001 -- any unreadable file is skipped (the transform is not)
                 last_err = e
                 self._note_bad(self.paths[i], e)
                 skipped.append(self.paths[i])
                 continue
-            return self._finish(data, rng), self._label(i, data), skipped
+            return self._finish(data, rng), label, skipped
         raise NoReadableFiles(f"{len(skipped)} consecutive files failed to load starting at index {index} "
                            f"(last: {skipped[-1]}: {last_err!r}); check {self.source}") from last_err
 
     def _load_index(self, i, rng):
-        return self._load(self.paths[i], rng)
-
-    def _label(self, i, data) -> int:
-        return int(self.labels[i])
+        return self._load(self.paths[i], rng), int(self.labels[i])
 
     def __getitem__(self, key):
         sample, label, _ = self.get(key)
@@ -177,10 +174,9 @@ class VideoDataset(SkipBadFiles):
     def sample_indices(self, vr, rng) -> list:
         """This dataset's clip frame indices for an open VideoReader (the sampling rules in one place)."""
         step = self.frame_step
-        if self.fps is not None:
-            step = vr.frame_step_for(fps=self.fps)
-        elif self.duration is not None:
-            step = vr.frame_step_for(duration=self.duration, frames_per_clip=self.frames_per_clip)
+        if self.fps is not None or self.duration is not None:   # V-JEPA 2: from the video's own frame rate
+            step = frame_step_for(vr.info.fps, fps=self.fps, duration=self.duration,
+                                  frames_per_clip=self.frames_per_clip)
         if self.filter_short_videos and vr.info.num_frames < self.frames_per_clip * step:
             raise ValueError(f"video of {vr.info.num_frames} frames is shorter than a clip "
                              f"({self.frames_per_clip} x {step}) and data.filter_short_videos is on")
@@ -212,12 +208,11 @@ class VideoDataset(SkipBadFiles):
     def _finish(self, clips_THW3, rng):
         if isinstance(clips_THW3, _Resized):  # cropped while decoding: what follows the crop is left
             clips = [self.transform.finish(c, rng) for c in clips_THW3.clips]
-            return clips[0] if self.num_clips == 1 else clips
-        if self.transform is not None:
-            clips_THW3 = [self.transform(c, rng) for c in clips_THW3]
+        elif self.transform is not None:
+            clips = [self.transform(c, rng) for c in clips_THW3]
         else:
-            clips_THW3 = [torch.from_numpy(c) for c in clips_THW3]
-        return clips_THW3[0] if self.num_clips == 1 else clips_THW3
+            clips = [torch.from_numpy(c) for c in clips_THW3]
+        return clips[0] if self.num_clips == 1 else clips
 
 
 class ImageFolderDataset(SkipBadFiles):

@@ -253,12 +253,6 @@ class ShardVideoDataset(VideoDataset):
         self.labels[i] = label
         return self._load(self.read_video(i), rng), label
 
-    def _label(self, i, data) -> int:
-        return int(data[1])
-
-    def _finish(self, data, rng):
-        return super()._finish(data[0], rng)
-
     def decode(self, i: int, frame_indices) -> np.ndarray:
         """uint8 [T, H, W, 3]: given frames of sample i (tests, tools)."""
         return decode_clip(self.read_video(i), frame_indices, self.seek_threshold)

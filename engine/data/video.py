@@ -3,7 +3,7 @@
 Usage:
     rng = np.random.default_rng(0)
     with VideoReader("clip.mp4") as vr:
-        step = vr.frame_step_for(fps=4)                  # V-JEPA 2 fps sampling: ceil(video fps) // fps
+        step = frame_step_for(vr.info.fps, fps=4)        # V-JEPA 2 fps sampling: ceil(video fps) // fps
         idx = sample_clip_indices(vr.info.num_frames, 16, step, num_clips=1, rng=rng)
         clip_THW3 = vr.decode(idx[0])                    # uint8 [16, H, W, 3]
         clip_3TSS = vr.decode_resized(idx[0], (64, 64), boxes=(10, 20, 120, 160), flips=True)  # crop while converting
@@ -36,7 +36,7 @@ the libavformat way (fast_open=False forces it).
 Conversion: decoded frames are kept as the decoder's planar YUV until the clip is complete. `decode`
 converts them to RGB (swscale); `decode_resized` cuts each frame's crop box and resizes it while
 converting (kernels.yuv_resized_crop), so no full-size RGB frame is ever made: what VideoDataset does
-by default with a VideoTransform. One decoder thread by default (see VideoReader._set_threads).
+by default with a VideoTransform. One decoder thread by default (see VideoReader._open).
 """
 from __future__ import annotations
 
@@ -99,9 +99,7 @@ def _resized_crop_into(frame, box, flip: bool, out: torch.Tensor, t: int) -> Non
     kernels_yuv.yuv_resized_crop(*frame.planes[:3], box, tuple(out.shape[2:]), coeffs=coeffs, flip=flip, out=out, t=t)
 
 
-@functools.lru_cache(maxsize=None)
-def _coeffs(matrix: str, full_range: bool) -> tuple:
-    return kernels_yuv.yuv_coeffs(matrix, full_range)
+_coeffs = functools.lru_cache(maxsize=None)(kernels_yuv.yuv_coeffs)   # (matrix, full_range) -> coefficients
 
 
 _decoders: dict = {}  # (pid, thread, codec, extradata) -> an open one-thread av.CodecContext, reused clip after clip
@@ -299,14 +297,13 @@ class VideoReader:
 
     def _open_container(self):
         try:
-            self._container = self._open()
+            self._open()
         except (av.FFmpegError, UnicodeDecodeError) as e:  # garbage or empty files fail here
             raise VideoDecodeError(f"cannot open {self.path}: {e}") from e
         if not self._container.streams.video:
             self.close()
             raise VideoDecodeError(f"no video stream in {self.path}")
-        self._stream = s = self._container.streams.video[0]
-        self._set_threads()
+        s = self._stream
         rate = s.average_rate or s.guessed_rate or s.base_rate
         fps = float(rate) if rate else 0.0
         self._start_pts = s.start_time or 0
@@ -326,22 +323,19 @@ class VideoReader:
         self.info = VideoInfo(n, fps, int(s.width), int(s.height), exact, s.codec_context.name)
         self._tb = float(s.time_base)  # a Fraction, converted once: Fraction arithmetic per packet is slow
 
-    def _set_threads(self):
-        # One thread by default: a reader lives for one clip, and libavcodec's automatic threads (a pool
-        # started per open, slice threads synchronised per frame) cost more CPU than a short clip wins
-        # back; the loader's workers are the parallelism (bench/results/loader_cpu.csv). The reference
-        # reads with decord's num_threads=-1, which libavcodec also runs without threads.
-        s = self._stream
-        s.thread_type, s.codec_context.thread_count = "AUTO", self._threads
-
     def _open(self):
+        """(Re)open the file with libavformat: the container, its video stream (when it has one) and its
+        decoder threads."""
         if self._file is not None:
             self._file.seek(0)
-            return av.open(self._file)
-        return av.open(self.path)
-
-    def frame_step_for(self, **kwargs) -> int:
-        return frame_step_for(self.info.fps, **kwargs)
+        self._container = av.open(self._file if self._file is not None else self.path)
+        if self._container.streams.video:
+            self._stream = s = self._container.streams.video[0]
+            # One thread by default: a reader lives for one clip, and libavcodec's automatic threads (a pool
+            # started per open, slice threads synchronised per frame) cost more CPU than a short clip wins
+            # back; the loader's workers are the parallelism (bench/results/loader_cpu.csv). The reference
+            # reads with decord's num_threads=-1, which libavcodec also runs without threads.
+            s.thread_type, s.codec_context.thread_count = "AUTO", self._threads
 
     # -- decoding
     def _groups(self, targets: np.ndarray) -> list[np.ndarray]:
@@ -495,9 +489,7 @@ class VideoReader:
 
     def _reopen(self):
         self._container.close()
-        self._container = self._open()
-        self._stream = self._container.streams.video[0]
-        self._set_threads()
+        self._open()
 
     def _frames(self, frame_indices) -> tuple[np.ndarray, dict]:
         """(frame indices [T] as given, {index: decoded av.VideoFrame} covering each of them).

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 
-def _linear_weights(module: nn.Module) -> int:
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+def _weights(module: nn.Module, kinds=nn.Linear) -> int:
+    """Weights of `module`'s layers of `kinds` (biases left out)."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, kinds))
 
 
 def _attention_dims(module: nn.Module) -> list[int]:
@@ -39,11 +40,7 @@ def transformer_flops(module: nn.Module, seqlens: list[int], attention: bool = T
     over packed sequences of lengths `seqlens`."""
     tokens = sum(seqlens)
     sq = sum(L * L for L in seqlens) if attention else 0
-    return 2.0 * tokens * _linear_weights(module) + sum(4.0 * d * sq for d in _attention_dims(module))
-
-
-def _patch_embed_weights(encoder: nn.Module) -> int:
-    return sum(m.weight.numel() for m in encoder.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
+    return 2.0 * tokens * _weights(module) + sum(4.0 * d * sq for d in _attention_dims(module))
 
 
 def jepa_forward_flops(model: nn.Module, masks, batch_size: int, attention: bool = True) -> dict[str, float]:
@@ -51,7 +48,7 @@ def jepa_forward_flops(model: nn.Module, masks, batch_size: int, attention: bool
     (engine.masks.BatchMasks: per-sample context / target index sets and the (context, target) pairs)."""
     enc, pred = model.encoder, model.predictor
     N, B = enc.num_patches, batch_size
-    embed = 2.0 * B * N * _patch_embed_weights(enc)
+    embed = 2.0 * B * N * _weights(enc, (nn.Conv2d, nn.Conv3d))   # the patch embedding
     ctx_lens = [int(s.numel()) for sets in masks.ctx for s in sets]
     pair_ctx = [int(masks.ctx[c][b].numel()) for c, _ in masks.pairs for b in range(B)]
     pair_tgt = [int(masks.tgt[m][b].numel()) for _, m in masks.pairs for b in range(B)]
@@ -91,13 +88,12 @@ def measured_gemm_flops(device, dtype: torch.dtype = torch.float32, n: int = 102
         a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
         b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
         best = float("inf")
+        sync = (lambda: torch.cuda.synchronize(a.device)) if a.is_cuda else (lambda: None)
         for _ in range(repeats + 1):   # the first is a warm-up
-            if a.is_cuda:
-                torch.cuda.synchronize(a.device)
+            sync()
             t0 = time.perf_counter()
             torch.mm(a, b)
-            if a.is_cuda:
-                torch.cuda.synchronize(a.device)
+            sync()
             best = min(best, time.perf_counter() - t0)
         _measured[key] = 2.0 * n ** 3 / best
     return _measured[key]

@@ -157,11 +157,6 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def read_metrics(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def plot_loss(metrics_csv, png_path) -> None:
     """Write a PNG of the loss curve (and a running mean) from metrics.csv."""
     import matplotlib
@@ -169,7 +164,8 @@ def plot_loss(metrics_csv, png_path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = read_metrics(metrics_csv)
+    with open(metrics_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
     if not rows:
         return
     step = np.array([int(r["step"]) for r in rows])

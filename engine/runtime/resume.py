@@ -244,26 +244,16 @@ def _from_universal(ckpt: Checkpoint):
                            f"({type(e).__name__}: {e}); resume it under DeepSpeed with {ckpt.world_size} ranks "
                            f"and ZeRO-{ckpt.zero_stage}") from None
         zero = Path(tmp) / "zero"
-        weights, moments = {}, {}
-        for d in zero.iterdir():
-            if not d.is_dir():
-                continue
-            weights[d.name] = _tensor(d / "fp32.pt")
-            if (d / "exp_avg.pt").exists():   # frozen parameters (the target) have no moments
-                moments[d.name] = {"exp_avg": _tensor(d / "exp_avg.pt"), "exp_avg_sq": _tensor(d / "exp_avg_sq.pt")}
+        moments = {d.name: {"exp_avg": _tensor(d / "exp_avg.pt"), "exp_avg_sq": _tensor(d / "exp_avg_sq.pt")}
+                   for d in zero.iterdir() if (d / "exp_avg.pt").exists()}   # frozen parameters have none
         common = torch.load(zero / "optimizer_state.pt", map_location="cpu", weights_only=False)
     inner = common.get("optimizer_state_dict") or common.get("base_optimizer_state") or {}
     steps = [st.get("step") for st in inner.get("state", {}).values() if isinstance(st, dict) and "step" in st]
     step_count = steps[0] if steps else torch.tensor(float(ckpt.step))
-    # Frozen parameters (the EMA target) are not in the optimizer: take them from the consolidated weights.
+    # The weights, trained and frozen (the EMA target, in no optimizer group) alike, consolidated in their shapes.
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.path.parent), tag=ckpt.path.name)
-    for k, v in full.items():
-        weights.setdefault(k, v.float())
-    for k in list(weights):
-        if k in full:
-            weights[k] = weights[k].reshape(full[k].shape)
-    return weights, moments, step_count
+    return {k: v.float() for k, v in full.items()}, moments, step_count
 
 
 def _tensor(path: Path) -> torch.Tensor:

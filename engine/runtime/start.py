@@ -110,15 +110,13 @@ def skip_batches(loader, n: int) -> None:
     if n <= 0:
         return
     st = loader.state_dict()
-    per_epoch = loader.batches_per_epoch
-    epoch, batch, start = st["epoch"], st["batch_in_epoch"], st.get("start_sample", 0)
-    if start:   # an epoch begun on another number of ranks (engine.data.loader.state_for_world): shorter
-        in_epoch = loader.sampler.batches_from(start)
-        if batch + n < in_epoch:
-            epoch, batch, n = epoch, batch + n, 0
-        else:
-            epoch, batch, start, n = epoch + 1, 0, 0, n - (in_epoch - batch)
-    epoch, batch = divmod(epoch * per_epoch + batch + n, per_epoch)
+    per_epoch, start = loader.batches_per_epoch, st.get("start_sample", 0)
+    # an epoch begun on another number of ranks (engine.data.loader.state_for_world) is shorter
+    left = (loader.sampler.batches_from(start) if start else per_epoch) - st["batch_in_epoch"]
+    if n < left:
+        epoch, batch = st["epoch"], st["batch_in_epoch"] + n
+    else:   # on into later epochs, each from its first sample
+        (epoch, batch), start = divmod((st["epoch"] + 1) * per_epoch + n - left, per_epoch), 0
     new = {**st, "epoch": epoch, "batch_in_epoch": batch}
     if "start_sample" in st:
         new["start_sample"] = start

@@ -91,8 +91,7 @@ class Trainer:
         self.nonfinite = NonFinitePolicy(cfg.meta.max_nonfinite_in_a_row)
         self.ema = self.model.update_target   # the model's own EMA: AC-JEPA trains no encoder, H-JEPA has levels
         self.step = 0
-        self._fault_kill = _parse_fault(os.environ.get("JEPA_FAULT_KILL"))
-        self._fault_raise = _parse_fault(os.environ.get("JEPA_FAULT_RAISE"))
+        self._fault_kill, self._fault_raise = _fault_at("JEPA_FAULT_KILL"), _fault_at("JEPA_FAULT_RAISE")
 
     @property
     def optimizer(self):
@@ -322,11 +321,10 @@ def next_batch(it, dataset):
         raise RunError(last.partition("NoReadableFiles: ")[2] or last) from None
 
 
-def _parse_fault(spec):
-    if not spec:
-        return None
-    r, s = spec.split(":")
-    return int(r), int(s)
+def _fault_at(env: str) -> tuple[int, int] | None:
+    """(rank, step) of a test hook's RANK:STEP, None when it is not set."""
+    spec = os.environ.get(env)
+    return tuple(map(int, spec.split(":"))) if spec else None
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:
