@@ -25,6 +25,7 @@ fails inside DALI's decoder raises (DALI cannot drop one sample of a batch).
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import time
 import warnings
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from .datasets import SkipBadFiles
-from .loader import LoaderPosition, batch_sampler_for
+from .loader import Collate, LoaderPosition, batch_sampler_for
 from .transforms import VideoEvalTransform, VideoTransform
 from .video import VideoReader
 
@@ -108,7 +109,6 @@ class _Planner(SkipBadFiles):
             raise ValueError(f"DALI loader: transform must be VideoTransform, VideoEvalTransform or None, got {tf!r}")
         self.dataset, self.transform = dataset, tf
         self.paths, self.labels, self.source = dataset.paths, getattr(dataset, "labels", None), dataset.source
-        self.sample_weights = getattr(dataset, "sample_weights", None)
         self._init_skips(getattr(dataset, "max_consecutive_failures", None))
 
     def _load_index(self, i, rng):
@@ -138,7 +138,9 @@ class _Planner(SkipBadFiles):
 
 
 class PlannedSource:
-    """External source: batches from a sampler (EpochBatchSampler / ShardBatchSampler) planned on the host."""
+    """External source: batches from a sampler (EpochBatchSampler / ShardBatchSampler) planned on the host.
+    (It holds the planner rather than being one: DALI reads a source with __len__ / __getitem__ as something
+    other than a batch callback.)"""
 
     def __init__(self, dataset, sampler):
         self.planner, self.sampler = _Planner(dataset), sampler
@@ -215,7 +217,7 @@ class DaliLoader(LoaderPosition):
     def __init__(self, pipe_factory, planned: PlannedSource, *, seed, mask_sampler=None):
         super().__init__(planned.sampler)
         self._factory, self.planned = pipe_factory, planned
-        self.seed, self.mask_sampler = int(seed), mask_sampler
+        self.collate = Collate(seed, mask_sampler)   # its masks: those of the PyAV loader's batches
 
     def __iter__(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -231,10 +233,7 @@ class DaliLoader(LoaderPosition):
             self.batch_in_epoch = b + 1
             self.record_batch(t0, skipped)
             clips, labels = out["video"], out["label"].reshape(-1).long()
-            masks = None
-            if self.mask_sampler is not None:
-                masks = self.mask_sampler(clips.shape[0], np.random.default_rng([self.seed, gb]))
-            yield clips, labels, masks
+            yield clips, labels, self.collate.masks(clips.shape[0], gb)
 
 
 def make_dali_loader(dataset, *, batch_size, seed, mask_sampler=None, device="cpu", rank=0, world_size=1,
@@ -247,9 +246,6 @@ def make_dali_loader(dataset, *, batch_size, seed, mask_sampler=None, device="cp
     sampler = batch_sampler_for(dataset, batch_size, seed, shuffle=shuffle, drop_last=drop_last, rank=rank,
                                 world_size=world_size)
     planned = PlannedSource(dataset, sampler)
-
-    def factory():
-        return build_pipeline(planned, device=device, batch_size=batch_size, num_threads=num_threads,
-                              device_id=device_id, seed=seed, prefetch_queue_depth=prefetch_queue_depth)
-
+    factory = functools.partial(build_pipeline, planned, device=device, batch_size=batch_size, num_threads=num_threads,
+                                device_id=device_id, seed=seed, prefetch_queue_depth=prefetch_queue_depth)
     return DaliLoader(factory, planned, seed=seed, mask_sampler=mask_sampler)

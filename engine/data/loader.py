@@ -168,12 +168,16 @@ class Collate:
             labels_B = labels_B.repeat(num_clips)
         else:
             clips = _stack(xs)
-        masks = None
-        if self.mask_sampler is not None:
-            masks = self.mask_sampler(len(samples), np.random.default_rng([self.seed, gbs[0]]))
-            if num_clips > 1:
-                masks = masks.repeat(num_clips)
+        masks = self.masks(len(samples), gbs[0])
+        if masks is not None and num_clips > 1:
+            masks = masks.repeat(num_clips)
         return clips, labels_B, masks, [p for s in skipped for p in s]
+
+    def masks(self, batch_size: int, global_batch: int):
+        """A batch's masks, from a generator seeded by (seed, global batch); None without a mask sampler."""
+        if self.mask_sampler is None:
+            return None
+        return self.mask_sampler(batch_size, np.random.default_rng([self.seed, global_batch]))
 
 
 def uint8_twin(dataset):

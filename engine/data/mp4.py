@@ -162,10 +162,7 @@ def _parse(buf: memoryview) -> Mp4Track:
         if p + 8 + 4 * n > stbl[b"stsz"][1]:
             raise Mp4Unsupported("stsz shorter than its count")
         size_T = np.frombuffer(buf, ">u4", count=n, offset=p + 8).astype(np.int64)
-    if b"stco" in stbl:
-        chunk_C = _table(buf, *stbl[b"stco"], 1)[:, 0]
-    else:
-        chunk_C = _table(buf, *stbl[b"co64"], 1, ">u8")[:, 0]
+    chunk_C = (_table(buf, *stbl[b"stco"], 1) if b"stco" in stbl else _table(buf, *stbl[b"co64"], 1, ">u8"))[:, 0]
     stsc = _table(buf, *stbl[b"stsc"], 3)  # first chunk (1-based), samples per chunk, description
     per_chunk_C = np.zeros(chunk_C.size, np.int64)
     for i, (first, count, _) in enumerate(stsc):

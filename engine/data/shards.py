@@ -42,7 +42,6 @@ import numpy as np
 
 from .datasets import VideoDataset
 from .loader import sample_seeds
-from .video import decode_clip
 
 logger = logging.getLogger(__name__)
 VIDEO_EXTS = ("mp4", "webm", "avi", "mkv")
@@ -150,15 +149,12 @@ class ShardBatchSampler:
             self.batches_per_epoch = math.ceil(self.samples_per_epoch / self.batch_size)
         self.epoch, self.start_batch = 0, 0
 
-    def rank_shards(self, epoch: int, rank: int | None = None) -> np.ndarray:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.counts)) if self.shuffle \
-            else np.arange(len(self.counts))
-        return order[(self.rank if rank is None else rank)::self.world_size]
-
-    def rank_stream(self, epoch: int, rank: int | None = None) -> np.ndarray:
-        """Dataset indices of a rank's whole stream in epoch `epoch` (before the per-epoch cut)."""
+    def rank_stream(self, epoch: int) -> np.ndarray:
+        """Dataset indices of this rank's whole stream in epoch `epoch` (before the per-epoch cut)."""
+        S = len(self.counts)
+        shards = np.random.default_rng([self.seed, epoch]).permutation(S) if self.shuffle else np.arange(S)
         parts = []
-        for s in self.rank_shards(epoch, rank):
+        for s in shards[self.rank::self.world_size]:
             n = int(self.counts[s])
             within = np.random.default_rng([self.seed, epoch, int(s)]).permutation(n) if self.shuffle else np.arange(n)
             parts.append(self.offsets[s] + within)
@@ -252,7 +248,3 @@ class ShardVideoDataset(VideoDataset):
         label = self.read_label(i)
         self.labels[i] = label
         return self._load(self.read_video(i), rng), label
-
-    def decode(self, i: int, frame_indices) -> np.ndarray:
-        """uint8 [T, H, W, 3]: given frames of sample i (tests, tools)."""
-        return decode_clip(self.read_video(i), frame_indices, self.seek_threshold)

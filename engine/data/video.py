@@ -348,8 +348,7 @@ class VideoReader:
 
     def _seek(self, target: int) -> None:
         """Seek the container to the keyframe at or before frame `target`."""
-        s = self._stream
-        self._container.seek(self._start_pts + int(target / self.info.fps / self._tb), stream=s,
+        self._container.seek(self._start_pts + int(target / self.info.fps / self._tb), stream=self._stream,
                              backward=True, any_frame=False)
 
     def _frame_index(self, pts) -> int:

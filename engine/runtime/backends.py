@@ -50,8 +50,7 @@ class LocalBackend:
         o = cfg.optimization
         self.model = model
         self.optimizer = adamw(param_groups([model.encoder, model.predictor]), betas=tuple(o.betas), eps=o.eps)
-        names = {id(p): n for n, p in model.named_parameters()}   # each group's parameter names, in order
-        self.param_names = [[names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
+        self.param_names = optimizer_names(model, self.optimizer.param_groups)   # each group's, in order
 
     def set_lr_wd(self, lr: float, wd: float) -> None:
         apply_to_optimizer(self.optimizer, lr, wd)

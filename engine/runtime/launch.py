@@ -15,6 +15,7 @@ SLURM: `srun python -m engine.train ...` (the world comes from SLURM_PROCID / SL
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -51,11 +52,8 @@ def _slurm_tasks() -> int:
 
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list: "gpu[07-09,12],cpu01" -> "gpu07"."""
-    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[:nodelist.index("]") + 1]
-    if "[" not in head:
-        return head.strip()
-    prefix, ranges = head.split("[", 1)
-    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+    prefix, index = re.match(r"([^,\[]*)(?:\[([^,\]-]*))?", nodelist).groups()   # "gpu", "07"
+    return prefix.strip() + (index or "")
 
 
 def slurm_env() -> dict:

@@ -52,11 +52,12 @@ def resharding_needed(found: Checkpoint, world_size: int, zero_stage: int) -> bo
     return found.kind == "local" or found.world_size != world_size or found.zero_stage != zero_stage
 
 
-def optimizer_names(model) -> list[list[str]]:
-    """The parameter names of each AdamW group of the engine (deepspeed_engine.optimizer_groups), in order."""
+def optimizer_names(model, groups=None) -> list[list[str]]:
+    """The parameter names of each AdamW group of `groups` (default: the engine's,
+    deepspeed_engine.optimizer_groups), in order."""
     from engine.runtime.deepspeed_engine import optimizer_groups
     names = {id(p): n for n, p in model.named_parameters()}
-    return [[names[id(p)] for p in g["params"]] for g in optimizer_groups(model)]
+    return [[names[id(p)] for p in g["params"]] for g in (optimizer_groups(model) if groups is None else groups)]
 
 
 def load_resharded(found: Checkpoint, engine, model, loader) -> dict:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import ShardBatchSampler, ShardVideoDataset, VideoDataset, VideoTransform, make_loader, read_index_csv
+from engine.data import (ShardBatchSampler, ShardVideoDataset, VideoDataset, VideoTransform, decode_clip, make_loader,
+                         read_index_csv)
 from engine.data.shards import scan_shard, split_member_name
 from engine.datagen import ShardWriter, prepare, read_counter, write_counter_video
 from engine.datagen.__main__ import main as cli_main
@@ -97,7 +98,7 @@ def test_prepare_keeps_frames_and_arrays(tmp_path):
     cli_main(["prepare", "--input", str(tmp_path / "v"), "--output", str(tmp_path / "s"), "--size", "0", "--gop", "8",
               "--codec", "vp9"])
     ds = ShardVideoDataset(tmp_path / "s", frames_per_clip=6, frame_step=5)
-    assert read_counter(ds.decode(0, [0, 7, 29, 29])).tolist() == [0, 7, 29, 29]
+    assert read_counter(decode_clip(ds.read_video(0), [0, 7, 29, 29])).tolist() == [0, 7, 29, 29]
     assert ds.read_array(0, "actions").tolist() == list(range(30)) and ds.read_array(0, "states").shape == (30, 2)
     clip, _ = ds[(0, 3)]
     k = read_counter(clip.numpy())
