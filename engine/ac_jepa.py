@@ -16,6 +16,8 @@ The predictor's outputs are layer-normed too when normalize_reps is on.
 """
 from __future__ import annotations
 
+import pickle
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -109,24 +111,36 @@ class ACJEPA(nn.Module):
         """No target to move: the encoder is frozen."""
 
 
-def load_encoder_weights(encoder: nn.Module, path, key: str = "target_encoder") -> None:
-    """Load the pretrained encoder entry `key` of a checkpoint into `encoder`, strictly: an engine
-    training checkpoint, or a reference one (its `module.` / `backbone.` prefixes are dropped, as the
-    reference's load_pretrained does). One error lists every mismatch."""
-    import pickle
-
-    path = checkpoint_file(path, "meta.pretrain_checkpoint", "python -m engine.train --config ...")
+def load_encoder_weights(encoder: nn.Module, checkpoint, key: str = "target_encoder", *,
+                         option: str = "meta.pretrain_checkpoint", key_option: str = "meta.target_encoder_key",
+                         trusted: bool = False, keep_own: tuple = ()) -> None:
+    """Load the encoder entry `key` (else "encoder", as the reference's load_pretrained) of a checkpoint
+    into `encoder`, strictly: a reference checkpoint (its `module.` / `backbone.` prefixes dropped, as the
+    reference does), a training checkpoint of this engine, or a run folder (its latest). The entries named
+    in keep_own keep the encoder's own values (an evaluation's fixed sin-cos table, built for its clip size).
+    A file that needs full unpickling (a run's RNG states) is read when `trusted` or written by a run
+    (checkpoints/), as that run's resume reads it. `option` / `key_option` name the config keys that point
+    here in the messages; one error lists every mismatch."""
+    path = checkpoint_file(checkpoint, option, "python -m engine.train --config ...")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if path.parent.name != "checkpoints":
-            raise
-        # A checkpoint an engine run wrote (its RNG states need full unpickling), read as that run's resume does.
+    except pickle.UnpicklingError as e:
+        if not (trusted or path.parent.name == "checkpoints"):
+            raise ReferenceCheckpointError(str(path), [
+                f"it holds objects that weights_only loading refuses ({str(e).splitlines()[0]}); if you trust "
+                "the file, pass trusted=True"]) from None
         state = torch.load(path, map_location="cpu", weights_only=False)
-    if key not in state:
-        raise ReferenceCheckpointError(str(path), [f"no {key!r} entry (entries: {', '.join(map(str, state))}); "
-                                                   "set meta.target_encoder_key"])
-    sd = {k.replace("module.", "", 1).replace("backbone.", "", 1): v for k, v in state[key].items()}
+    sd = state.get(key, state.get("encoder")) if isinstance(state, dict) else None
+    if sd is None:
+        entries = ", ".join(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise ReferenceCheckpointError(str(path), [f"no {key!r} entry, nor 'encoder' (entries: {entries}); "
+                                                   f"set {key_option}"])
+    sd = {k.replace("module.", "").replace("backbone.", ""): v for k, v in sd.items()}
+    own = encoder.state_dict()
+    for k in keep_own:
+        sd.pop(k, None)
+        if k in own:
+            sd[k] = own[k]
     problems: list[str] = []
     sd = match_state(encoder, sd, key, problems)
     if problems:

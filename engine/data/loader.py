@@ -222,9 +222,6 @@ class LoaderPosition:
     def batches_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch
 
-    def __len__(self):
-        return self.batches_per_epoch
-
     def takes_start_sample(self) -> bool:
         """Whether the sampler walks global positions (EpochBatchSampler), so that an epoch can continue
         from any position on any number of ranks; a per-rank shard sampler cannot."""
@@ -322,12 +319,9 @@ class ResumableLoader(LoaderPosition):
 
     def __init__(self, dataset, *, batch_size, seed, mask_sampler=None, num_workers=0, drop_last=True, shuffle=True,
                  rank=0, world_size=1, pin_memory=False, persistent_workers=True, prefetch_factor=2,
-                 multiprocessing_context=None, batch_sampler=None, clip_dtype=torch.float32, device=None):
+                 multiprocessing_context=None, clip_dtype=torch.float32, device=None):
         """See the module docstring; `mask_sampler` is any picklable callable (batch_size, rng) -> masks.
-
-        batch_sampler: None (EpochBatchSampler, or the dataset's own `make_batch_sampler(...)` when it has one,
-        as the tar-shard dataset does: each rank then reads its own shards) or any object with the same
-        interface (epoch, start_batch, batches_per_epoch, global_batch, seed, rank, world_size, batch_size, n).
+        The batches come from batch_sampler_for(dataset, ...): the tar-shard data set deals its own.
 
         multiprocessing_context: None (fork on Linux: fast start) or "forkserver"/"spawn" (workers start
         clean, ~1 s each, for parents holding threads that are not fork-safe).
@@ -339,8 +333,8 @@ class ResumableLoader(LoaderPosition):
         if clip_dtype not in (torch.float32, torch.uint8):
             raise ValueError(f"clip_dtype must be torch.float32 (normalised) or torch.uint8, got {clip_dtype}")
         self.dataset = dataset
-        super().__init__(batch_sampler or batch_sampler_for(dataset, batch_size, seed, shuffle=shuffle,
-                                                            drop_last=drop_last, rank=rank, world_size=world_size))
+        super().__init__(batch_sampler_for(dataset, batch_size, seed, shuffle=shuffle, drop_last=drop_last, rank=rank,
+                                           world_size=world_size))
         if hasattr(dataset, "warn_on_skip"):
             dataset.warn_on_skip = False  # skips are logged once here, not once per worker
         source, self.normalize = uint8_twin(dataset)

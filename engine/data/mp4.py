@@ -103,6 +103,14 @@ def _table(buf, a, b, fields: int, dtype=">u4") -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=n * fields, offset=p + 4).reshape(n, fields).astype(np.int64)
 
 
+def _per_sample(runs_R2: np.ndarray, n: int, box: str) -> np.ndarray:
+    """A run-length table [(count, value)] (stts, ctts) as its value per sample: [n]."""
+    value_T = np.repeat(runs_R2[:, 1], runs_R2[:, 0])
+    if value_T.size != n:
+        raise Mp4Unsupported(f"{box} does not cover the samples")
+    return value_T
+
+
 def _video_trak(buf, moov):
     for typ, a, b in _boxes(buf, *moov):
         if typ != b"trak":
@@ -178,19 +186,11 @@ def _parse(buf: memoryview) -> Mp4Track:
         raise Mp4Unsupported("samples past the end of the file (truncated?)")
 
     # times: decode times from stts, presentation offsets from ctts
-    stts = _table(buf, *stbl[b"stts"], 2)
-    delta_T = np.repeat(stts[:, 1], stts[:, 0])
-    if delta_T.size != n:
-        raise Mp4Unsupported("stts does not cover the samples")
-    dts_T = np.cumsum(delta_T) - delta_T
-    pts_T = dts_T.copy()
-    if b"ctts" in stbl:
+    delta_T = _per_sample(_table(buf, *stbl[b"stts"], 2), n, "stts")
+    pts_T = np.cumsum(delta_T) - delta_T   # the decode times
+    if b"ctts" in stbl:   # + the presentation offsets
         version, _ = _full_box(buf, stbl[b"ctts"][0])
-        ctts = _table(buf, *stbl[b"ctts"], 2, ">i4" if version == 1 else ">u4")
-        off_T = np.repeat(ctts[:, 1], ctts[:, 0])
-        if off_T.size != n:
-            raise Mp4Unsupported("ctts does not cover the samples")
-        pts_T = pts_T + off_T
+        pts_T = pts_T + _per_sample(_table(buf, *stbl[b"ctts"], 2, ">i4" if version == 1 else ">u4"), n, "ctts")
     if b"edts" in trak:
         elst = _children(buf, *trak[b"edts"]).get(b"elst")
         if elst is not None:

@@ -104,10 +104,7 @@ def read_member(tar_path, offset: int, size: int) -> bytes:
 def resolve_shards(source) -> list[str]:
     """Tar paths from an index.json (written by `prepare`), a folder (its index.json, else its *.tar), or tars."""
     if isinstance(source, (list, tuple)):
-        out = []
-        for s in source:
-            out += resolve_shards(s)
-        return out
+        return [tar for s in source for tar in resolve_shards(s)]
     p = Path(source)
     if p.is_dir():
         p = p / "index.json" if (p / "index.json").exists() else p

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.ac_jepa import load_encoder_weights
 from engine.config import ConfigError
 from engine.eval.config import EvalConfig, image_split_folder
 
@@ -70,33 +71,11 @@ def build_encoder(ec: EvalConfig, random_init: bool = False, seed: int = 0):
             raise ConfigError("model_kwargs.checkpoint: a checkpoint (or a training run folder) is required; "
                               "pass --random-init for an untrained encoder")
         # a checkpoint written by this engine's trainer (a training config given) also holds RNG states
-        load_encoder_weights(encoder, ec.checkpoint, e.checkpoint_key, trusted=e.config is not None)
+        load_encoder_weights(encoder, ec.checkpoint, e.checkpoint_key, option="model_kwargs.checkpoint",
+                             key_option="model_kwargs.pretrain_kwargs.encoder.checkpoint_key",
+                             trusted=e.config is not None, keep_own=("pos_embed",))
     encoder.eval().requires_grad_(False)
     return encoder
-
-
-def load_encoder_weights(encoder, checkpoint, key: str = "target_encoder", trusted: bool = False) -> None:
-    """Load one model of a checkpoint (a reference checkpoint, a training checkpoint of this engine, or a
-    run folder: its latest) strictly; `module.` / `backbone.` prefixes are dropped as the reference does."""
-    from engine.core.state import ReferenceCheckpointError, match_state
-    from engine.reference_ckpt import read_checkpoint
-    from engine.core.checkpoint import checkpoint_file
-    path = checkpoint_file(checkpoint, "model_kwargs.checkpoint", "python -m engine.train --config ...")
-    state, name = read_checkpoint(path, trusted=trusted)
-    sd = state.get(key) if key in state else state.get("encoder")
-    if sd is None:
-        raise ConfigError(f"model_kwargs.pretrain_kwargs.encoder.checkpoint_key: {name} has no {key!r} "
-                          f"(nor 'encoder'); it holds {sorted(state)[:8]}")
-    sd = {k.replace("module.", "").replace("backbone.", ""): v for k, v in sd.items()}
-    sd.pop("pos_embed", None)   # fixed sin-cos: ours is built for the evaluation's clip size
-    problems: list[str] = []
-    own_pos = encoder.state_dict().get("pos_embed")
-    if own_pos is not None:
-        sd["pos_embed"] = own_pos
-    sd = match_state(encoder, sd, key, problems)
-    if problems:
-        raise ReferenceCheckpointError(name, problems)
-    encoder.load_state_dict(sd, strict=True)
 
 
 @torch.no_grad()

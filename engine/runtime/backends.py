@@ -125,8 +125,8 @@ class DeepSpeedBackend:
 
     def __init__(self, ds_config="configs/deepspeed/zero0.json", *, grad_accum: int | None = None,
                  offload_optimizer: bool = False, timeout_s: float | None = None, track_memory: bool = False):
-        self.ctx = init_distributed(timeout_s=timeout_s)
-        self.rank, self.world, self.device = self.ctx.rank, self.ctx.world_size, self.ctx.device
+        ctx = init_distributed(timeout_s=timeout_s)
+        self.rank, self.world, self.device = ctx.rank, ctx.world_size, ctx.device
         self._ds_args = (ds_config, grad_accum, offload_optimizer)
         self.track_memory = track_memory
         self.memory: dict | None = None

@@ -3,13 +3,13 @@
     with StopSignals() as stop:              # SIGTERM / SIGUSR1 (what SLURM and Kubernetes send before a kill)
         while ...:
             train one step
-            if stop.requested(): checkpoint, return     # the step in flight always finishes
+            if stop.requested(all_reduce): checkpoint, return     # the step in flight always finishes
     policy = NonFinitePolicy(max_in_a_row=3)    # meta.max_nonfinite_in_a_row
     if policy.skip(step, loss): ...          # a non-finite loss: skip this update (counted); RunError at
                                              # the `max_in_a_row`-th such step in a row, naming the step
 
-Under DeepSpeed `requested(all_reduce=...)` takes the maximum over ranks, so every rank stops after
-the same step and they write one checkpoint together, whichever rank got the signal.
+`requested` takes the maximum over ranks (the backend's all_reduce: the identity in one process), so every
+rank stops after the same step and they write one checkpoint together, whichever rank got the signal.
 """
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 class StopSignals:
     """Turn SIGTERM / SIGUSR1 into a flag the loop polls between steps (handlers restored on exit)."""
 
-    def __init__(self, signals=STOP_SIGNALS):
-        self.signals = signals
+    def __init__(self):
         self.received: int | None = None
         self._old = {}
 
@@ -41,7 +40,7 @@ class StopSignals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():   # handlers can only be set there
-            for s in self.signals:
+            for s in STOP_SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
@@ -51,12 +50,9 @@ class StopSignals:
         self._old.clear()
         return False
 
-    def requested(self, all_reduce=None) -> bool:
-        """True when a stop signal arrived (on any rank, when `all_reduce` takes a max over ranks)."""
-        flag = 1.0 if self.received is not None else 0.0
-        if all_reduce is not None:
-            flag = all_reduce(flag)
-        return flag > 0
+    def requested(self, all_reduce) -> bool:
+        """True when a stop signal arrived on any rank (all_reduce(flag): its max over the ranks)."""
+        return all_reduce(1.0 if self.received is not None else 0.0) > 0
 
     @property
     def name(self) -> str | None:

@@ -71,7 +71,10 @@ def load_resharded(found: Checkpoint, engine, model, loader) -> dict:
     if getattr(opt, "swap_optimizer", False):
         raise RunError(f"{found.describe()}: its optimizer states cannot be moved into NVMe-swapped ones; relaunch "
                        f"with {found.world_size} rank(s) and ZeRO-{found.zero_stage}, or without offload to nvme")
-    mine = _saved_rank_state(found, rank)
+    # the resume state (loader position, RNG states, counters) of the saved rank this one stands for: rank mod
+    # the saved world size (every saved rank holds the same loader position)
+    mine = found.state if found.kind == "local" else torch.load(
+        found.path / f"client_rank{rank % found.world_size:03d}.pt", map_location="cpu", weights_only=False)
     from engine.data.loader import state_for_world
     try:
         loader.load_state_dict(state_for_world(mine["loader"], world, rank))
@@ -107,15 +110,6 @@ def load_whole_state(engine, model, state: dict, where: str) -> None:
         opt.checkpoint_event_epilogue()
 
 
-def _saved_rank_state(found: Checkpoint, rank: int) -> dict:
-    """The resume state (loader position, RNG states, counters) of the saved rank this one stands for:
-    rank mod the saved world size (every saved rank holds the same loader position)."""
-    if found.kind == "local":
-        return found.state
-    return torch.load(found.path / f"client_rank{rank % found.world_size:03d}.pt", map_location="cpu",
-                      weights_only=False)
-
-
 def _whole_state(found: Checkpoint, names: list[list[str]], rank: int) -> dict:
     """The one-process state of `found` (weights, Adam, step), converted once by rank 0 and mapped by all."""
     if found.kind == "local":
@@ -135,13 +129,6 @@ def _whole_state(found: Checkpoint, names: list[list[str]], rank: int) -> dict:
     if rank == 0:
         Path(path).unlink(missing_ok=True)
     return state
-
-
-def _stage(opt) -> int:
-    """3 (ZeRO-3), 1 (ZeRO-1 or 2: the same optimizer partitions) or 0 (the client's torch AdamW)."""
-    if hasattr(opt, "fp32_partitioned_groups_flat"):
-        return 3
-    return 1 if hasattr(opt, "single_partition_of_fp32_groups") else 0
 
 
 def _rank_slice(value: torch.Tensor, P: int) -> torch.Tensor:
@@ -184,7 +171,9 @@ def _load_adam(opt, model, names: list[list[str]], saved: dict, where: str) -> N
         raise RunError(f"{where}: its parameters were updated different numbers of times ({sorted(steps)}); "
                        "ZeRO keeps one step count per group and cannot hold them")
     step = torch.tensor(steps.pop(), dtype=torch.float32)
-    stage = _stage(opt)
+    # 3 (ZeRO-3), 1 (ZeRO-1 or 2: the same optimizer partitions) or 0 (the client's torch AdamW)
+    stage = (3 if hasattr(opt, "fp32_partitioned_groups_flat") else
+             1 if hasattr(opt, "single_partition_of_fp32_groups") else 0)
     if stage == 0:   # torch AdamW itself, state per parameter
         for n in flat_names:
             p = params[n]

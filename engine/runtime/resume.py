@@ -70,8 +70,7 @@ def record_changes(out, step: int, changes: dict, note: dict | None = None) -> N
     if not changes and not note:
         return
     path = Path(out) / "config_history.yaml"
-    history = yaml.safe_load(path.read_text()) if path.exists() else None
-    history = history or []
+    history = (yaml.safe_load(path.read_text()) if path.exists() else None) or []
     entry = {"resumed_at_step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "changes": {k: {"saved": _plain(o), "now": _plain(n)} for k, (o, n) in changes.items()}}
     if note:

@@ -132,3 +132,51 @@ def test_reference_droid_yaml_loads_and_builds_the_ac_predictor():
     assert sorted({k.split(".")[0] for k in pred.state_dict()}) == [
         "action_encoder", "extrinsics_encoder", "predictor_blocks", "predictor_embed", "predictor_norm",
         "predictor_proj", "state_encoder"]
+
+
+def test_encoder_weights_load_from_each_layout_and_refuse_by_name(tmp_path):
+    """load_encoder_weights, the one loader of a pretrained frozen encoder (the AC trainer's and the
+    evaluations'): a reference file (prefixed keys, only an 'encoder' entry), a run's checkpoint (RNG
+    states: full unpickling), kept entries, and the refusals."""
+    import numpy as np
+
+    from engine.ac_jepa import load_encoder_weights
+    from engine.models.vit import VisionTransformer
+
+    def vit(seed):
+        torch.manual_seed(seed)
+        return VisionTransformer(img_size=16, patch_size=8, num_frames=2, tubelet_size=2, embed_dim=24, depth=1,
+                                 num_heads=2)
+
+    def same(a, b):
+        return all(torch.equal(x, b.state_dict()[k]) for k, x in a.state_dict().items())
+
+    src = vit(0)
+    ref = tmp_path / "ref.pt"
+    torch.save({"encoder": {f"module.backbone.{k}": v for k, v in src.state_dict().items()}}, ref)
+    dst = vit(1)
+    assert not same(src, dst)
+    load_encoder_weights(dst, ref)                                   # no target_encoder: the 'encoder' entry
+    assert same(src, dst)
+
+    run = tmp_path / "run" / "checkpoints" / "step_0000002.pt"       # as the trainer writes it
+    run.parent.mkdir(parents=True)
+    torch.save({"target_encoder": src.state_dict(), "rng": {"numpy": np.random.get_state()}}, run)
+    dst = vit(2)
+    load_encoder_weights(dst, run)
+    assert same(src, dst)
+    elsewhere = tmp_path / "copied.pt"
+    elsewhere.write_bytes(run.read_bytes())
+    with pytest.raises(ReferenceCheckpointError, match="weights_only loading refuses.*trusted=True"):
+        load_encoder_weights(vit(3), elsewhere)
+    load_encoder_weights(dst, elsewhere, trusted=True)
+
+    moved = {k: v + 1 for k, v in src.state_dict().items()}
+    torch.save({"target_encoder": moved}, ref)
+    dst = vit(4)
+    load_encoder_weights(dst, ref, keep_own=("pos_embed",))          # its own sin-cos table, the rest loaded
+    assert torch.equal(dst.pos_embed, vit(4).pos_embed) and torch.equal(dst.norm.weight, moved["norm.weight"])
+
+    torch.save({"predictor": {}}, ref)
+    with pytest.raises(ReferenceCheckpointError, match="no 'target_encoder' entry.*set meta.target_encoder_key"):
+        load_encoder_weights(vit(5), ref)
