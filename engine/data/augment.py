@@ -44,11 +44,6 @@ def _affine(img, coeffs):
     return img.transform(img.size, Image.AFFINE, coeffs, resample=Image.BICUBIC, fillcolor=FILL)
 
 
-def _solarize_add(img, add: int, thresh: int = 128):
-    lut = [min(255, i + add) if i < thresh else i for i in range(256)]
-    return img.point(lut * 3)
-
-
 # name -> (arguments from (level, rng): the draws made once per clip, op(img, *args) for each frame)
 OPS = {
     "AutoContrast": (lambda lv, rng: (), lambda img: ImageOps.autocontrast(img)),
@@ -60,7 +55,8 @@ OPS = {
                             lambda img, bits: img if bits >= 8 else ImageOps.posterize(img, bits)),
     "SolarizeIncreasing": (lambda lv, rng: (256 - int(lv / MAX_LEVEL * 256),),
                            lambda img, thresh: ImageOps.solarize(img, thresh)),
-    "SolarizeAdd": (lambda lv, rng: (int(lv / MAX_LEVEL * 110),), _solarize_add),
+    "SolarizeAdd": (lambda lv, rng: (int(lv / MAX_LEVEL * 110),),   # below 128 (the threshold): + add
+                    lambda img, add: img.point([min(255, i + add) if i < 128 else i for i in range(256)] * 3)),
     "ColorIncreasing": (lambda lv, rng: (1.0 + _signed(lv / MAX_LEVEL * 0.9, rng),),
                         lambda img, f: ImageEnhance.Color(img).enhance(f)),
     "ContrastIncreasing": (lambda lv, rng: (1.0 + _signed(lv / MAX_LEVEL * 0.9, rng),),
@@ -99,9 +95,7 @@ class ClipRandAugment:
 
     def __call__(self, clip_THW3: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         ops = self.plan(rng)
-        if not ops:
-            return clip_THW3
-        return apply_ops(clip_THW3, ops)
+        return apply_ops(clip_THW3, ops) if ops else clip_THW3
 
 
 def apply_ops(clip_THW3: np.ndarray, ops) -> np.ndarray:
@@ -147,7 +141,6 @@ class RandomErasing:
         out = u8_3THW.clone()
         out[:, :, top:top + h, left:left + w] = torch.from_numpy(np.clip(np.rint(pix), 0, 255).astype(np.uint8))
         return out
-
 
 
 def adjust_hue(img, shift: float):

@@ -88,9 +88,13 @@ class SkipBadFiles(torch.utils.data.Dataset):
             try:
                 data, label = self._load_index(i, rng)
             except Exception as e:  # noqa: BLE001 -- any unreadable file is skipped (the transform is not)
-                last_err = e
-                self._note_bad(self.paths[i], e)
-                skipped.append(self.paths[i])
+                last_err, path = e, self.paths[i]
+                skipped.append(path)
+                self.skipped += 1
+                if path not in self.bad_paths:   # logged once per path
+                    self.bad_paths.add(path)
+                    if self.warn_on_skip:
+                        logger.warning("skipping unreadable file %s: %s", path, e)
                 continue
             return self._finish(data, rng), label, skipped
         raise NoReadableFiles(f"{len(skipped)} consecutive files failed to load starting at index {index} "
@@ -102,13 +106,6 @@ class SkipBadFiles(torch.utils.data.Dataset):
     def __getitem__(self, key):
         sample, label, _ = self.get(key)
         return sample, label
-
-    def _note_bad(self, path, err):
-        self.skipped += 1
-        if path not in self.bad_paths:
-            self.bad_paths.add(path)
-            if self.warn_on_skip:
-                logger.warning("skipping unreadable file %s: %s", path, err)
 
 
 class _Resized:

@@ -125,9 +125,6 @@ class _Fetch(torch.utils.data.Dataset):
     def __init__(self, dataset):
         self.dataset = dataset
 
-    def __len__(self):
-        return len(self.dataset)
-
     def __getitem__(self, key):
         index, seed, gb = key
         if hasattr(self.dataset, "get"):
@@ -213,14 +210,10 @@ class LoaderPosition:
         if sampler.batches_per_epoch == 0:
             raise ValueError(f"{sampler.n} samples over {sampler.world_size} rank(s) make no batch of "
                              f"{sampler.batch_size}")
-        self.sampler = sampler
+        self.sampler, self.batches_per_epoch = sampler, sampler.batches_per_epoch
         self.epoch, self.batch_in_epoch, self.start_sample = 0, 0, 0
         self.skipped_files, self.bad_paths = 0, set()
         self.wait_seconds, self.last_wait_seconds = 0.0, 0.0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.sampler.batches_per_epoch
 
     def takes_start_sample(self) -> bool:
         """Whether the sampler walks global positions (EpochBatchSampler), so that an epoch can continue

@@ -92,15 +92,6 @@ def scan_shard(path) -> tuple[list[dict], str | None]:
     return samples, problem
 
 
-def read_member(tar_path, offset: int, size: int) -> bytes:
-    with open(tar_path, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) != size:
-        raise OSError(f"{tar_path}: member at {offset} is truncated ({len(data)} of {size} bytes)")
-    return data
-
-
 def resolve_shards(source) -> list[str]:
     """Tar paths from an index.json (written by `prepare`), a folder (its index.json, else its *.tar), or tars."""
     if isinstance(source, (list, tuple)):
@@ -217,7 +208,13 @@ class ShardVideoDataset(VideoDataset):
         t, members = self._members[i]
         if ext not in members:
             raise KeyError(f"{self.paths[i]}: no member .{ext} (has {sorted(members)})")
-        return read_member(self.shard_paths[t], *members[ext])
+        (offset, size), tar = members[ext], self.shard_paths[t]
+        with open(tar, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise OSError(f"{tar}: member at {offset} is truncated ({len(data)} of {size} bytes)")
+        return data
 
     def read_array(self, i: int, name: str) -> np.ndarray:
         """A saved per-frame array of sample i, e.g. read_array(i, "actions")."""

@@ -21,7 +21,7 @@ from engine.runtime import deepspeed_engine as DE, ds_checkpoint
 from engine.core.checkpoint import checkpoint_dir, latest_path, save_checkpoint
 from engine.core.io import atomic_torch_save
 from engine.runtime.launch import init_distributed
-from engine.runtime.reshard import load_resharded, load_whole_state, optimizer_names, resharding_needed
+from engine.runtime.reshard import load_resharded, load_whole_state, optimizer_names
 from engine.runtime.resume import PARTS, deepspeed_to_local
 from engine.core.schedules import apply_to_optimizer
 from engine.core.step import adamw, grad_norm, param_groups
@@ -203,7 +203,8 @@ class DeepSpeedBackend:
     def load_resume(self, found, loader) -> tuple[dict, dict | None]:
         """As LocalBackend.load_resume; a checkpoint of another world size or stage, or of one process,
         is resharded (engine.runtime.reshard), every rank together."""
-        if resharding_needed(found, self.world, self.stage):
+        # written by one process, or by another number of ranks or ZeRO stage: DeepSpeed cannot load it as it is
+        if found.kind == "local" or found.world_size != self.world or found.zero_stage != self.stage:
             state = load_resharded(found, self.engine, self.model, loader)
             return state, state["note"]
         _client, rank_state = ds_checkpoint.load(self.engine, found.path.parent, tag=found.path.name)

@@ -67,7 +67,7 @@ def zero_stage(ds_config: dict) -> int:
 
 
 # -- the engine --------------------------------------------------------------------------------------
-def register_container_params(root: nn.Module) -> int:
+def register_container_params(root: nn.Module) -> None:
     """ZeRO-3 fetches a module's own parameters only when its forward() runs. The JEPA step calls
     encoder.embed(), forward_packed() etc., not forward(), so parameters that sit directly on a
     container module (pos_embed, mask tokens, cls tokens) would stay partitioned (empty). Register
@@ -75,14 +75,11 @@ def register_container_params(root: nn.Module) -> int:
     Leaf modules (Linear, LayerNorm, Conv) always run through forward() and keep per-module fetching.
     """
     from deepspeed.runtime.zero.partition_parameters import register_external_parameter
-    n = 0
     for m in root.modules():
         if m is root or not any(True for _ in m.children()):
             continue
         for p in m.parameters(recurse=False):
             register_external_parameter(root, p)
-            n += 1
-    return n
 
 
 def initialize(model: nn.Module, ds_config: dict, *, betas=(0.9, 0.999), eps: float = 1e-8):

@@ -29,18 +29,14 @@ def _weights(module: nn.Module, kinds=nn.Linear) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, kinds))
 
 
-def _attention_dims(module: nn.Module) -> list[int]:
-    """The width of every attention layer (one fused qkv Linear each)."""
-    return [m.out_features // 3 for name, m in module.named_modules() if isinstance(m, nn.Linear)
-            and name.split(".")[-1] == "qkv"]
-
-
 def transformer_flops(module: nn.Module, seqlens: list[int], attention: bool = True) -> float:
     """Forward matmul FLOPs of `module`'s Linear layers (and, with attention=True, of its attention)
     over packed sequences of lengths `seqlens`."""
     tokens = sum(seqlens)
     sq = sum(L * L for L in seqlens) if attention else 0
-    return 2.0 * tokens * _weights(module) + sum(4.0 * d * sq for d in _attention_dims(module))
+    widths = [m.out_features // 3 for name, m in module.named_modules()   # of each attention layer's fused qkv
+              if isinstance(m, nn.Linear) and name.split(".")[-1] == "qkv"]
+    return 2.0 * tokens * _weights(module) + sum(4.0 * d * sq for d in widths)
 
 
 def jepa_forward_flops(model: nn.Module, masks, batch_size: int, attention: bool = True) -> dict[str, float]:

@@ -33,9 +33,7 @@ class LaunchError(RuntimeError):
 class DistContext:
     rank: int
     world_size: int
-    local_rank: int
     device: torch.device
-    backend: str
 
 
 def launched_by_launcher() -> bool:
@@ -127,15 +125,7 @@ def init_distributed(expected_world_size: int | None = None, timeout_s: float | 
     else:
         device = torch.device(get_accelerator().device_name(local))
         get_accelerator().set_device(local)
-    return DistContext(rank, world, local, device, backend)
-
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return DistContext(rank, world, device)
 
 
 def _run_local_entry(rank, world_size, port, fn, args, out_dir, threads):
@@ -159,11 +149,15 @@ def run_local(fn, world_size: int = 2, args=(), timeout_s: float = 300, threads:
     fails the call with its error; past `timeout_s` all ranks are killed and TimeoutError is raised.
     fn must be importable (a module-level function): ranks are started with `spawn`.
     """
+    import socket
     import tempfile
     import time
     import torch.multiprocessing as mp
     out_dir = tempfile.mkdtemp(prefix="ranks_")
-    ctx = mp.start_processes(_run_local_entry, args=(world_size, _free_port(), fn, args, out_dir, threads),
+    with socket.socket() as s:   # a free port for the ranks' rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(_run_local_entry, args=(world_size, port, fn, args, out_dir, threads),
                              nprocs=world_size, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     try:

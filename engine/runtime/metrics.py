@@ -1,7 +1,7 @@
 """Run metrics: one row per optimizer step, written to every configured sink.
 
     log = MetricsLogger(folder, tensorboard=True, wandb=False)    # or MetricsLogger.from_config(folder, cfg)
-    log.truncate_after(step)          # on resume: drop rows the resumed run will write again
+    log.csv.truncate_after(step)      # on resume: drop rows the resumed run will write again
     log.write({"step": 3, "loss": 0.52, ...})
     log.close()
 
@@ -69,7 +69,8 @@ class CSVLogger:
 
     def write(self, row: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(",".join(_fmt(row.get(c, "")) for c in COLUMNS) + "\n")
+            cells = (row.get(c, "") for c in COLUMNS)
+            f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in cells) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -119,7 +120,6 @@ class MetricsLogger:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.csv = CSVLogger(self.folder)
-        self.path = self.csv.path
         self.sinks = [self.csv]
         if tensorboard:
             self.sinks.append(TensorBoardLogger(self.folder))
@@ -131,9 +131,6 @@ class MetricsLogger:
         lg = cfg.logging
         return cls(folder, tensorboard=lg.tensorboard, wandb=lg.wandb, wandb_project=lg.wandb_project,
                    config=cfg.to_dict())
-
-    def truncate_after(self, step: int) -> None:
-        self.csv.truncate_after(step)
 
     def write(self, row: dict) -> None:
         unknown = set(row) - set(COLUMNS)
@@ -149,12 +146,6 @@ class MetricsLogger:
 
 def _numbers(row: dict):
     return [(k, v) for k, v in row.items() if k != "step" and isinstance(v, (int, float))]
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
 
 
 def plot_loss(metrics_csv, png_path) -> None:

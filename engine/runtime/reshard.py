@@ -1,8 +1,8 @@
 """Resume a checkpoint under DeepSpeed on another number of ranks or another ZeRO stage (or a one-process
 checkpoint under DeepSpeed): the saved run is made whole, then each rank takes its part of it.
 
-    if resharding_needed(found, world_size, zero_stage):            # found: resume.find_checkpoint(out)
-        rank_state = load_resharded(found, engine, model, loader)   # weights, Adam, target, data position
+    if found.kind == "local" or found.world_size != world_size or found.zero_stage != zero_stage:
+        rank_state = load_resharded(found, engine, model, loader)   # found: resume.find_checkpoint(out)
         step = rank_state["step"]                     # + "nonfinite", "rng" of a saved rank, "note" for the history
 
 Whole: the model state of engine.runtime.resume (`deepspeed_model_state`, the conversion that
@@ -44,12 +44,6 @@ from engine.core.io import atomic_torch_save
 from engine.runtime.resume import PARTS, Checkpoint, deepspeed_model_state, ds_meta
 
 log = logging.getLogger("engine.train")
-
-
-def resharding_needed(found: Checkpoint, world_size: int, zero_stage: int) -> bool:
-    """Whether `found` cannot be loaded by DeepSpeed as it is (written by one process, or by another
-    number of ranks or ZeRO stage)."""
-    return found.kind == "local" or found.world_size != world_size or found.zero_stage != zero_stage
 
 
 def optimizer_names(model, groups=None) -> list[list[str]]:

@@ -227,7 +227,7 @@ class Trainer:
         if lead:
             save_config(self.cfg, self.out / "config.yaml")
             metrics = MetricsLogger.from_config(self.out, self.cfg)
-            metrics.truncate_after(self.step)
+            metrics.csv.truncate_after(self.step)
             _truncate_jsonl(self.out / "losses.jsonl", self.step)
         peak_flops, _ = device_peak_flops(self.device, self.cfg.dtype)
         stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
