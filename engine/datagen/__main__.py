@@ -108,7 +108,7 @@ def main(argv=None):
         r.add_argument("--num", type=int, required=True)
         r.add_argument("--frames", type=int, default=32)
         r.add_argument("--seed", type=int, default=0)
-        r.add_argument("--codec", default="h264", choices=sorted(CODECS))
+        r.add_argument("--codec", default="h264rgb" if name == "robot" else "h264", choices=sorted(CODECS))
         if name == "maze":
             r.add_argument("--size", type=int, default=32)
             r.add_argument("--fps", type=int, default=10)

@@ -43,6 +43,21 @@ def test_robot_episodes(tmp_path):
     np.testing.assert_array_equal(_arrays(paths[0])[1], _arrays(again)[1])
 
 
+def test_robot_frames_are_the_renderers(tmp_path):
+    """The default codec is lossless: the training frames are the frames a planner gets from the renderer
+    (4:2:0 video moves a 64 px arm frame by as much as a step of the arm does)."""
+    from engine.datagen.sources.pybullet_arm import Arm, run_episode
+
+    cli_main(["robot", "--output", str(tmp_path), "--num", "1", "--frames", "8", "--size", "32"])
+    path = read_index_csv(tmp_path / "robot.csv")[0][0]
+    arm = Arm()
+    try:
+        rendered, _, _ = run_episode(arm, "random", np.random.default_rng([0, 0]), 8, 32, 10)
+    finally:
+        arm.close()
+    np.testing.assert_array_equal(decode_clip(path, range(8)), rendered)
+
+
 def test_atari_plays_and_shards(tmp_path):
     cli_main(["atari", "--output", str(tmp_path), "--num", "2", "--frames", "12", "--games", "breakout", "pong"])
     paths, labels = read_index_csv(tmp_path / "atari.csv")

@@ -17,6 +17,8 @@ state seen in frame t and the action taken after it. Policies (the label is the 
     explore move to a random waypoint in the workspace, then the next one (covers the workspace evenly:
             the data for learning what an action does anywhere, e.g. for reaching goals by planning)
 states: end-effector position (3) and orientation quaternion xyzw (4), cube position (3).
+Frames are written lossless by default (codec h264rgb): a planner sees the renderer's frames, and a lossy
+codec's chroma subsampling alone changes these frames as much as one step of the arm does.
 Episode i depends only on (seed, i).
 """
 from __future__ import annotations
@@ -142,7 +144,7 @@ def run_episode(arm: Arm, policy: str, rng: np.random.Generator, num_frames: int
 
 
 def generate_robot(out_dir, num_videos: int, *, num_frames: int = 32, size: int = 64, fps: int = 10,
-                   codec: str = "h264", seed: int = 0, policies=DEFAULT_POLICIES, name: str = "robot",
+                   codec: str = "h264rgb", seed: int = 0, policies=DEFAULT_POLICIES, name: str = "robot",
                    progress: bool = False):
     """Write num_videos episodes (policy i % len(policies)); return the index CSV path."""
     policies = tuple(policies)
