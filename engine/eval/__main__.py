@@ -5,7 +5,7 @@
     python -m engine.eval linear --config ...      # linear classifier on pooled features
     python -m engine.eval embed  --config ... [--split val]     # pooled embeddings -> HiPlot HTML + PCA PNG
     python -m engine.eval anomaly --config configs/tiny_cpu.yaml --checkpoint runs/demo --data videos.csv \
-        [--mode future|masked] [--masks 8] [--context STEPS] [--events NAME.events.csv] [--output DIR] [--random-init]
+        [--mode future|masked] [--masks 8] [--context STEPS|all ...] [--events NAME.events.csv] [--output DIR] [--random-init]
         # per-clip and per-token surprise (engine.eval.anomaly) -> surprise.csv, token_surprise.npy, and
         # with labels (1 = anomalous) ROC AUC of the model's surprise and of the pixel-difference baseline;
         # with --events the matched pairs' accuracy and relative AUC per event type
@@ -139,7 +139,7 @@ def cmd_embed(args) -> dict:
 def cmd_anomaly(args) -> dict:
     import numpy as np
     from engine.config import load_config
-    from engine.eval.anomaly import (SCORES, load_jepa, pair_scores, read_events, roc_auc, score_dataset,
+    from engine.eval.anomaly import (BASELINES, SCORES, load_jepa, pair_scores, read_events, roc_auc, score_dataset,
                                      surprise_dataset)
     from engine.core.io import atomic_write_text
     cfg = load_config(args.config, args.overrides)
@@ -154,8 +154,8 @@ def cmd_anomaly(args) -> dict:
     t0 = time.perf_counter()
     r = score_dataset(model, cfg, ds, mode=args.mode, num_masks=args.masks, batch_size=args.batch_size,
                       num_workers=args.num_workers, seed=args.seed, context=args.context)
-    keys = (*SCORES, "pixel")
-    lines = ["path,label," + ",".join(f"surprise_{k}" for k in SCORES) + ",pixel_difference\n"]
+    keys = (*SCORES, *BASELINES)
+    lines = ["path,label," + ",".join(f"surprise_{k}" for k in SCORES) + ",pixel_difference,pixel_jump\n"]
     for i, path in enumerate(ds.paths):
         lines.append(f"{path},{int(r['labels'][i])}," + ",".join(f"{float(r[k][i]):.6g}" for k in keys) + "\n")
     atomic_write_text(folder / "surprise.csv", "".join(lines))
@@ -180,6 +180,11 @@ def cmd_anomaly(args) -> dict:
     return out
 
 
+def _context_window(text: str):
+    """--context values: a positive number of time steps, or 'all' (None: every step before)."""
+    return None if text == "all" else int(text)
+
+
 COMMANDS = {"probe": cmd_probe, "knn": cmd_knn, "linear": cmd_linear, "embed": cmd_embed, "anomaly": cmd_anomaly}
 
 
@@ -198,8 +203,9 @@ def main(argv=None):
     a.add_argument("--data", required=True, help="CSV of 'path label' lines (label 1 = anomalous)")
     a.add_argument("--mode", choices=("future", "masked"), default="future")
     a.add_argument("--masks", type=int, default=8, help="masks per clip (masked mode)")
-    a.add_argument("--context", type=int, default=None,
-                   help="future mode: time steps of context before each predicted step (default: all)")
+    a.add_argument("--context", type=_context_window, nargs="+", default=[None],
+                   help="future mode: time steps of context before each predicted step, or 'all' (default); "
+                        "several windows: each token's surprise is averaged over them")
     a.add_argument("--events", default=None,
                    help="the generator's NAME.events.csv: matched-pair accuracy and relative AUC per event")
     a.add_argument("--batch-size", type=int, default=16)

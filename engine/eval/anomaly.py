@@ -2,7 +2,8 @@
 
     model = load_jepa(train_cfg, "runs/demo")                        # encoder, predictor, target encoder
     err_BN, n_BN, set_BS = token_surprise(model, clips_B3THW, mask_sets)   # per token; per mask set, pooled
-    clip_BK = clip_scores(err_BN, n_BN, grid_THW, set_BS)   # per clip: mean, max, frame_max, frame_ratio, pooled_max
+    clip_BK = clip_scores(err_BN, n_BN, grid_THW, set_BS)   # per clip: mean, max, frame_max, frame_ratio,
+                                                            # step_jump, pooled_max
     roc_auc(scores, labels)
     pair_scores(scores, labels, pair_ids)                            # matched pairs: accuracy, relative AUC
 
@@ -20,11 +21,16 @@ predicted and the mean target feature of the set's targets: pooled over position
 predicted step holds what the real one holds (an object that should persist), not where each thing is,
 so the uncertainty of a moving object's position does not count as surprise; "frame_ratio" the largest
 over the smallest mean error of a scored time step: the clip's own easiest step is its reference, so a
-scene that is hard to predict throughout scores no higher than an easy one, only a step that stands out does.
+scene that is hard to predict throughout scores no higher than an easy one, only a step that stands out does;
+"step_jump" the largest absolute change of a step's mean error from the scored step before it (IntPhys's
+surprise after the event minus before, within the clip): absolute because an event can make the future
+harder to predict (a teleported object where none was) or easier (a vanished object leaves background).
 Possible and impossible videos of a matched pair share everything up to the event, so `pair_scores`
 compares each clip with its own pair: pairwise accuracy (impossible more surprising than possible) and
 the "relative" ROC AUC of scores minus their pair's mean (scene-to-scene differences cancel).
-The no-model baseline (`pixel_surprise`): the largest mean absolute change between consecutive frames.
+The no-model baselines: `pixel_surprise`, the largest mean absolute change between consecutive frames, and
+`pixel_jump`, the largest change of that per-frame change from one frame pair to the next (step_jump's
+within-clip contrast on pixels).
 """
 from __future__ import annotations
 
@@ -61,18 +67,26 @@ def load_jepa(cfg, checkpoint=None, random_init: bool = False, seed: int = 0):
     return model.eval()
 
 
-def future_masks(grid_THW, B: int, start: int = 1, context: int | None = None) -> list[BatchMasks]:
-    """One mask set per time step t >= start: context = tokens of the `context` steps before t (None: all
-    before t), targets = tokens at t."""
+def future_masks(grid_THW, B: int, start: int = 1, context=None) -> list[BatchMasks]:
+    """Mask sets predicting each time step t >= start from the steps before it: context = tokens of the
+    `context` steps before t (None: all before t), targets = tokens at t. `context` may be a sequence of
+    windows (V-JEPA's IntPhys test averages over context lengths): one set per distinct (window, t), so a
+    token's surprise is averaged over the windows that differ at its step (for t <= c a window of c steps
+    is all of the past, scored once)."""
     T, H, W = grid_THW
-    if context is not None and context < 1:
+    windows = list(context) if isinstance(context, (list, tuple)) else [context]
+    if not windows or any(c is not None and c < 1 for c in windows):
         raise ValueError(f"context: at least 1 time step of context is needed, got {context}")
     per_t = H * W
-    sets = []
-    for t in range(max(start, 1), T):
-        t0 = 0 if context is None else max(0, t - context)
-        ctx, tgt = torch.arange(t0 * per_t, t * per_t), torch.arange(t * per_t, (t + 1) * per_t)
-        sets.append(BatchMasks(ctx=[[ctx] * B], tgt=[[tgt] * B], pairs=[(0, 0)], mask_index=[0]))
+    sets, seen = [], set()
+    for c in windows:
+        for t in range(max(start, 1), T):
+            t0 = 0 if c is None else max(0, t - c)
+            if (t0, t) in seen:
+                continue
+            seen.add((t0, t))
+            ctx, tgt = torch.arange(t0 * per_t, t * per_t), torch.arange(t * per_t, (t + 1) * per_t)
+            sets.append(BatchMasks(ctx=[[ctx] * B], tgt=[[tgt] * B], pairs=[(0, 0)], mask_index=[0]))
     return sets
 
 
@@ -107,8 +121,8 @@ def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.T
 
 
 def clip_scores(err_BN, count_BN, grid_THW, set_err_BS=None) -> dict:
-    """Per-clip surprise over the scored tokens: {"mean", "max", "frame_max", "frame_ratio", with set_err_BS
-    "pooled_max": [B]} (see the module doc)."""
+    """Per-clip surprise over the scored tokens: {"mean", "max", "frame_max", "frame_ratio", "step_jump", with
+    set_err_BS "pooled_max": [B]} (see the module doc)."""
     scored = count_BN > 0
     mean = (err_BN * scored).sum(1) / scored.sum(1).clamp_min(1)
     mx = torch.where(scored, err_BN, torch.full_like(err_BN, -float("inf"))).amax(1)
@@ -119,16 +133,34 @@ def clip_scores(err_BN, count_BN, grid_THW, set_err_BS=None) -> dict:
     lowest_B = torch.where(has_BT, step_BT, torch.full_like(step_BT, float("inf"))).amin(1)
     step_BT = torch.where(has_BT, step_BT, torch.full_like(step_BT, -float("inf")))
     out = {"mean": mean, "max": mx, "frame_max": step_BT.amax(1),
-           "frame_ratio": step_BT.amax(1) / lowest_B.clamp_min(1e-12)}
+           "frame_ratio": step_BT.amax(1) / lowest_B.clamp_min(1e-12),
+           "step_jump": largest_change(torch.where(has_BT, step_BT, 0.0), has_BT)}
     if set_err_BS is not None:
         out["pooled_max"] = set_err_BS.amax(1)
     return out
 
 
+def largest_change(x_BT, valid_BT=None) -> torch.Tensor:
+    """max over t of |x[t] - x[t-1]| where both steps are valid (all by default); 0 where no such pair ([B])."""
+    jump_BT = (x_BT[:, 1:] - x_BT[:, :-1]).abs()
+    if valid_BT is not None:
+        jump_BT = torch.where(valid_BT[:, 1:] & valid_BT[:, :-1], jump_BT, torch.zeros_like(jump_BT))
+    return jump_BT.amax(1) if jump_BT.shape[1] else torch.zeros(x_BT.shape[0])
+
+
+def frame_change(clips_B3THW) -> torch.Tensor:
+    """Mean |frame t+1 - frame t| over channels and pixels ([B, T-1])."""
+    return (clips_B3THW[:, :, 1:] - clips_B3THW[:, :, :-1]).abs().mean(dim=(1, 3, 4))
+
+
 def pixel_surprise(clips_B3THW) -> torch.Tensor:
     """The no-model baseline: max over t of the mean |frame t+1 - frame t| ([B])."""
-    d = (clips_B3THW[:, :, 1:] - clips_B3THW[:, :, :-1]).abs().mean(dim=(1, 3, 4))
-    return d.amax(1)
+    return frame_change(clips_B3THW).amax(1)
+
+
+def pixel_jump(clips_B3THW) -> torch.Tensor:
+    """The no-model baseline with step_jump's contrast: the largest change of the per-frame change ([B])."""
+    return largest_change(frame_change(clips_B3THW))
 
 
 def roc_auc(scores, labels) -> float:
@@ -166,7 +198,7 @@ def read_events(path) -> dict:
         return {r["path"]: (r["event"], int(r["pair"])) for r in csv.DictReader(f)}
 
 
-def mask_sets_for(mode: str, cfg, model, B: int, num_masks: int, seed: int, context: int | None = None):
+def mask_sets_for(mode: str, cfg, model, B: int, num_masks: int, seed: int, context=None):
     if mode == "future":
         return future_masks(model.encoder.grid, B, context=context)
     if mode == "masked":
@@ -186,15 +218,17 @@ def surprise_dataset(cfg, csv):
                         random_clip_sampling=False)
 
 
-SCORES = ("mean", "max", "frame_max", "frame_ratio", "pooled_max")
+SCORES = ("mean", "max", "frame_max", "frame_ratio", "step_jump", "pooled_max")
+BASELINES = ("pixel", "pixel_jump")
 
 
 def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int = 8, batch_size: int = 16,
-                  num_workers: int = 0, seed: int = 0, context: int | None = None) -> dict:
-    """{"mean", "max", "frame_max", "pixel": [M] per-clip scores, "labels": [M], "token_err": [M, N]}."""
+                  num_workers: int = 0, seed: int = 0, context=None) -> dict:
+    """{each of SCORES and BASELINES: [M] per-clip scores, "labels": [M], "token_err": [M, N]}; context: a
+    future window or a sequence of them (future_masks)."""
     from engine.eval.probe import _Indexed
     loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, num_workers=num_workers)
-    out = {k: [] for k in (*SCORES, "pixel", "labels", "token_err")}
+    out = {k: [] for k in (*SCORES, *BASELINES, "labels", "token_err")}
     for clips, y in loader:
         # the same masks for every batch (masked mode): clips are compared under equal masking
         sets = mask_sets_for(mode, cfg, model, len(y), num_masks, seed, context)
@@ -203,6 +237,7 @@ def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int =
         for k in SCORES:
             out[k].append(cs[k])
         out["pixel"].append(pixel_surprise(clips))
+        out["pixel_jump"].append(pixel_jump(clips))
         out["labels"].append(torch.as_tensor(y))
         out["token_err"].append(err)
     return {k: torch.cat(v) for k, v in out.items()}

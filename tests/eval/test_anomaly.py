@@ -3,6 +3,7 @@ surprise of one mask set is the JEPA loss's own error; future masks score every 
 AUC is the rank statistic; the anomaly and embed commands write their files (the HiPlot page loads)."""
 import html
 import json
+from csv import DictReader
 
 import numpy as np
 import pytest
@@ -11,7 +12,13 @@ import torch
 from engine.config import load_config
 from engine.datagen.synthetic import EVENTS, generate_events, render_event_clip
 from engine.eval.__main__ import main
-from engine.eval.anomaly import clip_scores, future_masks, load_jepa, pair_scores, roc_auc, token_surprise
+from engine.eval.anomaly import (clip_scores, future_masks, load_jepa, pair_scores, pixel_jump, pixel_surprise,
+                                 roc_auc, token_surprise)
+
+def csv_rows(path):
+    with open(path, newline="") as f:
+        return list(DictReader(f))
+
 
 SCENE = dict(actors=2, radius=(6, 10), distractors=0, background="plain")
 
@@ -109,6 +116,25 @@ def test_future_masks_context_window():
     assert [m.ctx[0][0].numel() for m in future_masks((T, H, W), 1, context=2)] == [6, 12, 12]
     with pytest.raises(ValueError, match="context"):
         future_masks((T, H, W), 1, context=0)
+    # several windows: one set per distinct (first context step, target step); at t = 1 both are all the past
+    spans = [(int(m.ctx[0][0][0]) // (H * W), int(m.tgt[0][0][0]) // (H * W))
+             for m in future_masks((T, H, W), 1, context=[1, None])]
+    assert spans == [(0, 1), (1, 2), (2, 3), (0, 2), (0, 3)]
+    with pytest.raises(ValueError, match="context"):
+        future_masks((T, H, W), 1, context=[2, 0])
+
+
+def test_surprise_over_several_windows_is_their_mean(tiny_model):
+    cfg, model = tiny_model
+    clips = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(2))
+    grid = model.encoder.grid
+    one, _, _ = token_surprise(model, clips, future_masks(grid, 2, context=1))
+    full, _, _ = token_surprise(model, clips, future_masks(grid, 2))
+    both, n, _ = token_surprise(model, clips, future_masks(grid, 2, context=[1, None]))
+    per_t = grid[1] * grid[2]
+    assert (n[:, per_t:2 * per_t] == 1).all() and (n[:, 2 * per_t:] == 2).all()
+    torch.testing.assert_close(both[:, per_t:], (one[:, per_t:] + full[:, per_t:]) / 2)
+    assert not torch.allclose(one[:, 2 * per_t:], full[:, 2 * per_t:])   # the windows do predict differently
 
 
 def test_frame_max_scores_whole_steps_not_single_tokens():
@@ -126,6 +152,32 @@ def test_frame_max_scores_whole_steps_not_single_tokens():
     err[:, 4:] += 1.0                  # the largest over the smallest scored step mean: [2, 1] / [1, 1] etc.
     torch.testing.assert_close(clip_scores(err, n, grid)["frame_ratio"], torch.tensor([2.0 / 1.0, 3.0 / 1.0]))
     torch.testing.assert_close(clip_scores(err * 5, n, grid)["frame_ratio"], torch.tensor([2.0, 3.0]))  # scale-free
+
+
+def test_step_jump_is_the_largest_change_between_scored_steps_either_way():
+    grid = (4, 1, 2)   # 4 time steps of 2 tokens; step 0 unscored
+    n = torch.ones(3, 8)
+    n[:, :2] = 0
+    step_BT = torch.tensor([[9.0, 0.5, 0.5, 0.5],     # flat after the unscored step: no jump (step 0 never counts)
+                            [9.0, 0.5, 0.9, 0.8],     # the error rises at step 2 (an object where none was)
+                            [9.0, 0.5, 0.5, 0.2]])    # the error drops at step 3 (an object gone)
+    err = step_BT.repeat_interleave(2, dim=1)
+    err[:, 6] += 0.1                                   # a step's mean, not a token, is compared: step 3 +0.05
+    err[:, 7] -= 0.1
+    torch.testing.assert_close(clip_scores(err, n, grid)["step_jump"], torch.tensor([0.0, 0.4, 0.3]))
+    n[2, 4:6] = 0                                      # clip 2's step 2 unscored: steps 1 and 3 are not neighbours
+    torch.testing.assert_close(clip_scores(err, n, grid)["step_jump"][2], torch.tensor(0.0))
+
+
+def test_pixel_baselines():
+    clips = torch.zeros(2, 3, 4, 2, 2)
+    clips[0, :, 2:] = 1.0                              # clip 0: one change of 1 between frames 1 and 2
+    clips[1, :, 1:] = torch.arange(1, 4.0).view(3, 1, 1) * 0.5   # clip 1: steady change of 0.5 per frame
+    torch.testing.assert_close(pixel_surprise(clips), torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(pixel_jump(clips), torch.tensor([1.0, 0.0]))   # frame changes [0, 1, 0] / [.5, .5, .5]
+    clips[1, :, 0] = 0.5                               # clip 1 now still, then steady: [0, .5, .5]
+    torch.testing.assert_close(pixel_jump(clips), torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(pixel_surprise(clips), torch.tensor([1.0, 0.5]))
 
 
 def test_pair_scores_compare_each_clip_with_its_own_pair():
@@ -155,17 +207,18 @@ def test_anomaly_and_embed_commands(eval_yaml, tmp_path, capsys):
               "--data", str(csv), "--output", str(out), "--mode", "masked", "--masks", "2"])
     rows = (out / "surprise.csv").read_text().splitlines()
     assert rows[0] == ("path,label,surprise_mean,surprise_max,surprise_frame_max,surprise_frame_ratio,"
-                       "surprise_pooled_max,pixel_difference") and len(rows) == 7
-    assert set(r["roc_auc"]) == {"mean", "max", "frame_max", "frame_ratio", "pooled_max", "pixel"}
+                       "surprise_step_jump,surprise_pooled_max,pixel_difference,pixel_jump") and len(rows) == 7
+    assert set(r["roc_auc"]) == {"mean", "max", "frame_max", "frame_ratio", "step_jump", "pooled_max", "pixel",
+                                 "pixel_jump"}
     assert "pairs" not in r
     assert json.loads((out / "anomaly.json").read_text())["clips"] == 6
     events_csv = csv.with_name("events.events.csv")
     f = main(["anomaly", "--config", "configs/tiny_cpu.yaml", "--set", "data.crop_size=32", "--random-init",
-              "--data", str(csv), "--output", str(out), "--context", "2", "--events", str(events_csv)])
-    assert f["context"] == 2 and set(f["pairs"]) == {"all", *EVENTS}
+              "--data", str(csv), "--output", str(out), "--context", "2", "all", "--events", str(events_csv)])
+    assert f["context"] == [2, None] and set(f["pairs"]) == {"all", *EVENTS}
     # one pair per event: its accuracy is 0, 1/2 or 1, and the pixel baseline's is the rank of the pair's two
     # clips' largest frame change (the impossible clip's jump, gap or overlap is measured on decoded frames)
-    pix = {line.split(",")[0]: float(line.split(",")[-1]) for line in (out / "surprise.csv").read_text().splitlines()[1:]}
+    pix = {r["path"]: float(r["pixel_difference"]) for r in csv_rows(out / "surprise.csv")}
     paths = csv.read_text().split()[::2]
     for i, event in enumerate(EVENTS):
         want = float(pix[paths[2 * i + 1]] > pix[paths[2 * i]]) + 0.5 * (pix[paths[2 * i + 1]] == pix[paths[2 * i]])
