@@ -24,22 +24,44 @@
 #endif
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 namespace py = pybind11;
 
-// The row conversion is compiled twice, for AVX2 and for the baseline, and picked when the library
-// loads (GCC function multiversioning): 8 floats a step and native integer min/max, 224 px rows 2.2x
-// faster than the SSE2 build that runs everywhere. Only on x86-64 GCC builds; elsewhere one version.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define JEPA_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
-#else
-#define JEPA_AVX2_CLONE
+// The row loops are compiled twice, for AVX2 and for the baseline (SSE2, what every x86-64 has), and
+// one is picked per call by use_avx2(): 8 floats a step and native integer min/max, 224 px rows 2.2x
+// faster than the baseline. JEPA_CPU_BASELINE=1 in the environment picks the baseline on any CPU, so
+// that the path CPUs without AVX2 run is tested on those that have it. Elsewhere (not x86-64 GCC/clang)
+// one version.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define JEPA_X86_ISA 1
 #endif
 
 namespace {
+
+#ifdef JEPA_X86_ISA
+bool use_avx2() {
+  static const bool avx2 = __builtin_cpu_supports("avx2") && !std::getenv("JEPA_CPU_BASELINE");
+  return avx2;
+}
+// name(params): name##_body compiled for AVX2 and for the baseline, dispatched by use_avx2(). The body is
+// always inlined, so each copy is vectorised for its own instruction set.
+#define JEPA_ISA_DISPATCH(name, params, args)                              \
+  __attribute__((target("avx2"))) void name##_avx2 params { name##_body args; } \
+  void name##_base params { name##_body args; }                            \
+  void name params {                                                       \
+    if (use_avx2()) return name##_avx2 args;                               \
+    name##_base args;                                                      \
+  }
+#else
+bool use_avx2() { return false; }
+#define JEPA_ISA_DISPATCH(name, params, args) \
+  void name params { name##_body args; }
+#endif
+#define JEPA_BODY inline __attribute__((always_inline))
 
 struct Plane {
   const uint8_t* data;
@@ -101,7 +123,7 @@ void lerp_gather_scalar(const float* f, const int32_t* x0, const int32_t* x1, co
   }
 }
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#ifdef JEPA_X86_ISA
 __attribute__((target("avx2"))) void lerp_gather_avx2(const float* f, const int32_t* x0, const int32_t* x1,
                                                       const float* w, float* d, int64_t n) {
   int64_t j = 0;
@@ -112,12 +134,11 @@ __attribute__((target("avx2"))) void lerp_gather_avx2(const float* f, const int3
   }
   lerp_gather_scalar(f, x0 + j, x1 + j, w + j, d + j, n - j);
 }
-const bool kHasAvx2 = __builtin_cpu_supports("avx2");
 #endif
 
 void lerp_gather(const float* f, const int32_t* x0, const int32_t* x1, const float* w, float* d, int64_t n) {
-#if defined(__GNUC__) && defined(__x86_64__)
-  if (kHasAvx2) return lerp_gather_avx2(f, x0, x1, w, d, n);
+#ifdef JEPA_X86_ISA
+  if (use_avx2()) return lerp_gather_avx2(f, x0, x1, w, d, n);
 #endif
   lerp_gather_scalar(f, x0, x1, w, d, n);
 }
@@ -162,11 +183,11 @@ struct Coeffs {
 
 // One output row: blend two resized rows of each plane, convert, round, clamp. The pointers do not
 // alias (restrict): without that the uint8 stores could alias the float rows and the loop stays scalar.
-JEPA_AVX2_CLONE
-void convert_row(const float* __restrict__ y0, const float* __restrict__ y1, const float* __restrict__ u0,
-                 const float* __restrict__ u1, const float* __restrict__ v0, const float* __restrict__ v1, float w1,
-                 const Coeffs c, uint8_t* __restrict__ dR, uint8_t* __restrict__ dG, uint8_t* __restrict__ dB,
-                 int64_t n) {
+JEPA_BODY void convert_row_body(const float* __restrict__ y0, const float* __restrict__ y1,
+                                const float* __restrict__ u0, const float* __restrict__ u1,
+                                const float* __restrict__ v0, const float* __restrict__ v1, float w1, const Coeffs c,
+                                uint8_t* __restrict__ dR, uint8_t* __restrict__ dG, uint8_t* __restrict__ dB,
+                                int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const float l = c.ys * (y0[j] + w1 * (y1[j] - y0[j]) - c.yo);
     const float cu = u0[j] + w1 * (u1[j] - u0[j]) - 128.0f;
@@ -176,6 +197,12 @@ void convert_row(const float* __restrict__ y0, const float* __restrict__ y1, con
     dB[j] = to_level(l + c.bu * cu);
   }
 }
+JEPA_ISA_DISPATCH(convert_row,
+                  (const float* __restrict__ y0, const float* __restrict__ y1, const float* __restrict__ u0,
+                   const float* __restrict__ u1, const float* __restrict__ v0, const float* __restrict__ v1, float w1,
+                   const Coeffs c, uint8_t* __restrict__ dR, uint8_t* __restrict__ dG, uint8_t* __restrict__ dB,
+                   int64_t n),
+                  (y0, y1, u0, u1, v0, v1, w1, c, dR, dG, dB, n))
 
 // One frame: its box of Y, U, V resized to out's size, converted, written into out[:, t].
 void convert_frame(const Plane& Y, const Plane& U, const Plane& V, int64_t shift_x, int64_t shift_y, const Coeffs& c,
@@ -227,13 +254,16 @@ void convert_frame(const Plane& Y, const Plane& U, const Plane& V, int64_t shift
 }
 
 // out[j] = in[j] * s + b: the product rounded, then the sum (torch's mul_ then add_, the same floats)
-JEPA_AVX2_CLONE
-void affine_u8_row(const uint8_t* __restrict__ in, float* __restrict__ out, int64_t n, float s, float b) {
+JEPA_BODY void affine_u8_row_body(const uint8_t* __restrict__ in, float* __restrict__ out, int64_t n, float s,
+                                  float b) {
   for (int64_t j = 0; j < n; ++j) {
     const float p = static_cast<float>(in[j]) * s;
     out[j] = p + b;
   }
 }
+JEPA_ISA_DISPATCH(affine_u8_row,
+                  (const uint8_t* __restrict__ in, float* __restrict__ out, int64_t n, float s, float b),
+                  (in, out, n, s, b))
 
 }  // namespace
 
@@ -318,4 +348,6 @@ void bind_yuv_resize(py::module& m) {
         "see kernels/yuv_resize.py");
   m.def("normalize_u8", &normalize_u8, py::arg("x"), py::arg("out"), py::arg("scale"), py::arg("bias"),
         py::arg("channel_dim"), "out = x * scale[c] + bias[c] (uint8 -> float32, one pass); see kernels/yuv_resize.py");
+  m.def("yuv_resize_isa", [] { return use_avx2() ? "avx2" : "baseline"; },
+        "The instruction set the row loops above run with here: avx2 or baseline (JEPA_CPU_BASELINE=1 forces it)");
 }

@@ -295,3 +295,42 @@ def test_normalize_u8_bad_arguments_name_the_problem():
         kernels.normalize_u8(x.float(), s, s, channel_dim=-3)
     with pytest.raises(ValueError, match="out must be float32"):
         kernels.normalize_u8(x, s, s, channel_dim=-3, out=torch.empty(2, 3, 4, 5))
+
+
+_BASELINE_SCRIPT = """
+import sys, numpy as np, torch, kernels
+from kernels import _ops
+from tests.kernels.test_yuv_resize import FRAMES, _boxes, _planes
+outs = []
+for i, (H, W, sx, sy) in enumerate(FRAMES):
+    Y, U, V = _planes(H, W, sx, sy, seed=i)
+    for box in _boxes(H, W):
+        for flip in (False, True):
+            outs.append(kernels.yuv_resized_crop(Y, U, V, box, (13, 21), coeffs=kernels.yuv_coeffs(), flip=flip))
+x = torch.randint(0, 256, (2, 3, 5, 37), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+outs.append(kernels.normalize_u8(x, torch.tensor([0.5, 1 / 3, 0.7]), torch.tensor([-1.0, 0.25, 2.0]), channel_dim=-3))
+torch.save({"isa": _ops.require_cpp("test").yuv_resize_isa(), "outs": outs}, sys.argv[1])
+"""
+
+
+def test_baseline_isa_gives_the_same_bytes_as_avx2(tmp_path):
+    """The row loops' baseline build (what a CPU without AVX2 runs; JEPA_CPU_BASELINE=1 picks it on any
+    CPU) gives exactly the bytes and floats of the build this CPU picks by itself."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    got = {}
+    for isa, extra in (("native", {}), ("baseline", {"JEPA_CPU_BASELINE": "1"})):
+        env = {k: v for k, v in os.environ.items() if k != "JEPA_CPU_BASELINE"}
+        subprocess.run([sys.executable, "-c", _BASELINE_SCRIPT, str(tmp_path / f"{isa}.pt")], cwd=repo,
+                       env={**env, **extra}, check=True, timeout=300)
+        got[isa] = torch.load(tmp_path / f"{isa}.pt")
+    assert got["baseline"]["isa"] == "baseline"
+    with open("/proc/cpuinfo") as f:
+        has_avx2 = " avx2" in f.read()
+    assert got["native"]["isa"] == ("avx2" if has_avx2 else "baseline")
+    assert len(got["native"]["outs"]) == len(got["baseline"]["outs"]) > 30
+    for a, b in zip(got["native"]["outs"], got["baseline"]["outs"]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
