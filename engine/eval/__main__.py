@@ -11,7 +11,9 @@
         # with --events the matched pairs' accuracy and relative AUC per event type
 
 probe, knn and linear read the same cached features (folder/features/), so running all three extracts
-them once; each writes its result as folder/<command>.json and prints the best accuracy.
+them once; each writes its result as folder/<command>.json and prints the best accuracy. Under a launcher
+(`deepspeed --num_gpus N --module engine.eval probe ...`, torchrun, srun) the ranks extract the features
+together (each its share of the samples, into the one cache) and rank 0 trains and writes the results.
 """
 from __future__ import annotations
 
@@ -38,14 +40,25 @@ def _common(p):
 def _setup(args):
     from engine.eval.config import load_eval_config
     from engine.eval.features import build_encoder, feature_sources
+    from engine.runtime.launch import init_distributed, launched_by_launcher
     ec = load_eval_config(args.config, args.overrides)
     folder = Path(args.output or ec.output_folder or "runs/eval")
     folder.mkdir(parents=True, exist_ok=True)
     if ec.ignored_keys:
         print(f"ignored (launcher keys): {', '.join(ec.ignored_keys)}")
+    rank = 0
+    if launched_by_launcher():   # each rank extracts its share of the features; rank 0 evaluates
+        rank = init_distributed().rank
     encoder = build_encoder(ec, random_init=args.random_init, seed=args.seed)
-    train, val = feature_sources(ec, encoder, folder, random_init=args.random_init, seed=args.seed)
+    train, val = feature_sources(ec, encoder, folder, random_init=args.random_init, seed=args.seed,
+                                 log=print if rank == 0 else (lambda *_: None))
+    if rank != 0:
+        raise _SharedDone
     return ec, folder, encoder, train, val
+
+
+class _SharedDone(Exception):
+    """A rank other than 0 has written its share of the features: nothing more for it to do."""
 
 
 def _write(folder: Path, name: str, result: dict) -> None:
@@ -216,6 +229,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except _SharedDone:
+        return None
     except (ConfigError, FileNotFoundError, ReferenceCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -48,6 +48,28 @@ def test_commands_write_results(eval_yaml):
         main(["probe", "--config", str(eval_yaml), "--set", "experiment.data.num_segmnts=2"])
 
 
+def _command_on_rank(rank, argv):
+    return main(argv)
+
+
+def test_two_ranks_extract_the_features_one_process_does(eval_yaml, tmp_path):
+    # each rank encodes every other sample into the one cache; rank 0 alone trains and writes the result
+    from engine.runtime.launch import run_local
+    argv = ["knn", "--config", str(eval_yaml), "--output"]
+    r0, r1 = run_local(_command_on_rank, world_size=2, args=(argv + [str(tmp_path / "two")],), timeout_s=600)
+    assert r1 is None and r0["k"] == 20 and (tmp_path / "two" / "knn.json").exists()
+    one = main(argv + [str(tmp_path / "one")])
+    assert one["val_acc"] == r0["val_acc"]
+    for split in ("train", "val"):
+        [f2] = (tmp_path / "two" / "features").glob(f"{split}_*[0-9a-f].npy")
+        f1 = tmp_path / "one" / "features" / f2.name      # the same key: the same data and encoder
+        x1, x2 = np.load(f1), np.load(f2)
+        assert x1.shape == x2.shape and np.abs(x1).max() > 0
+        np.testing.assert_allclose(x2, x1, rtol=0, atol=1e-5 * np.abs(x1).max())   # batch sizes differ
+        np.testing.assert_array_equal(np.load(f2.with_suffix(".labels.npy")), np.load(f1.with_suffix(".labels.npy")))
+    assert not list((tmp_path / "two" / "features").glob(".*tmp*"))
+
+
 class _Source:
     """Features [M, 1, 1, N, D] in memory, with the sources' batches() interface."""
 
