@@ -35,6 +35,7 @@ def _common(p):
     p.add_argument("--output", default=None, help="output folder (default: the config's folder)")
     p.add_argument("--random-init", action="store_true", help="an untrained encoder of the same architecture")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)   # the deepspeed launcher's
 
 
 def _setup(args):

@@ -49,7 +49,7 @@ def test_commands_write_results(eval_yaml):
 
 
 def _command_on_rank(rank, argv):
-    return main(argv)
+    return main(argv + [f"--local_rank={rank}"])   # as the deepspeed launcher appends it
 
 
 def test_two_ranks_extract_the_features_one_process_does(eval_yaml, tmp_path):
