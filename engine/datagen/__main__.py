@@ -19,7 +19,7 @@ Usage:
         -> DIR/robot.csv + DIR/robot/NNNNNN.mp4 (+ .actions.npy, .states.npy): a pybullet KUKA arm
     python -m engine.datagen atari --output DIR --num N [--frames 32 --games breakout pong ... --size S]
         -> DIR/atari.csv + DIR/atari/NNNNNN.mp4 (+ .actions.npy, .states.npy): ale-py gameplay
-    python -m engine.datagen maze --output DIR --num N [--frames 32 --size 32 --fps 10 --seed 0]
+    python -m engine.datagen maze --output DIR --num N [--frames 32 --size 32 --fps 10 --seed 0 --codec h264rgb]
         -> DIR/maze.csv + DIR/maze/NNNNNN.mp4 (+ .actions.npy, .states.npy): a ball exploring a two-room maze
 """
 from __future__ import annotations
@@ -108,7 +108,8 @@ def main(argv=None):
         r.add_argument("--num", type=int, required=True)
         r.add_argument("--frames", type=int, default=32)
         r.add_argument("--seed", type=int, default=0)
-        r.add_argument("--codec", default="h264rgb" if name == "robot" else "h264", choices=sorted(CODECS))
+        # robot and maze frames go to a planner that sees the renderer's frames: lossless by default
+        r.add_argument("--codec", default="h264" if name == "atari" else "h264rgb", choices=sorted(CODECS))
         if name == "maze":
             r.add_argument("--size", type=int, default=32)
             r.add_argument("--fps", type=int, default=10)

@@ -48,6 +48,16 @@ def test_generated_episodes_load_as_trajectories(tmp_path):
     assert tuple(actions.shape) == (3, 2) and tuple(states.shape) == (4, 2) and clip.shape[0] == 4
 
 
+def test_frames_are_the_renderers(tmp_path, maze):
+    """The default codec is lossless: the training frames are the frames the planner renders (4:2:0 video
+    moves a 32-px maze frame's pixels by more than a step of the ball does)."""
+    from engine.data import decode_clip, read_index_csv
+    from engine.datagen.__main__ import main as datagen_main
+    datagen_main(["maze", "--output", str(tmp_path), "--num", "1", "--frames", "8"])   # the command's defaults
+    rendered, _, _ = explore_episode(maze, np.random.default_rng([0, 0]), 8)
+    np.testing.assert_array_equal(decode_clip(read_index_csv(tmp_path / "maze.csv")[0][0], range(8)), rendered)
+
+
 def test_goals_are_held_out_behind_the_wall_and_only_the_oracle_reaches_them():
     task = MazeTask(size=32, tolerance=0.15, max_steps=30, seed=1000)
     try:
