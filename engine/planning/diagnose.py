@@ -93,17 +93,24 @@ def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: 
     return out
 
 
-def main(argv=None):
+def diagnosis_args(prog: str, description: str, argv, checkpoint_help: str, poses_help: str, checkpoint_required=False):
+    """The planning diagnoses' command line (--config, --checkpoint, --episodes, --poses, --set): (args, Config)."""
     from engine.config import load_config
-    from engine.planning.reach import ReachTask
-    p = argparse.ArgumentParser(prog="python -m engine.planning.diagnose", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", required=True)
-    p.add_argument("--checkpoint", default=None, help="an action-conditioned run: also check its predictor")
+    p.add_argument("--checkpoint", default=None, required=checkpoint_required, help=checkpoint_help)
     p.add_argument("--episodes", type=int, default=8)
-    p.add_argument("--poses", type=int, default=4, help="poses per episode with the 26-direction test")
+    p.add_argument("--poses", type=int, default=4, help=poses_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    return args, load_config(args.config, args.overrides)
+
+
+def main(argv=None):
+    from engine.planning.reach import ReachTask
+    args, cfg = diagnosis_args("python -m engine.planning.diagnose", __doc__.split("\n")[0], argv,
+                               "an action-conditioned run: also check its predictor",
+                               "poses per episode with the 26-direction test")
     wm = world_model(cfg, args.checkpoint)
     pc = cfg.planning
     task = ReachTask(size=cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)

@@ -85,3 +85,34 @@ def test_plan_cli_refuses_a_checkpoint_of_another_app(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--hierarchical", "--config", TINY, "--checkpoint", str(tmp_path), "--episodes", "1"])
     assert "not a checkpoint of an `app: hjepa` run" in capsys.readouterr().err
+
+
+def test_subgoal_check_scores_the_compass_steps_and_puts_the_ball_back(stack):
+    """engine.planning.subgoals: a goal that IS the window after `stride` steps down makes the true energy
+    pick down, the way the oracle goes first from the left room's upper part; the checks follow the
+    oracle path at the top level's re-planning steps and leave the ball where they found it."""
+    from engine.planning.maze import MazeTask
+    from engine.planning.subgoals import COMPASS, check_episode, check_pose
+    hj, cfg = stack
+    pc = cfg.planning
+    planner = HierarchicalPlanner(hj, 32, pc, torch.Generator().manual_seed(0))
+    task = MazeTask(size=32, tolerance=pc.tolerance, max_steps=30, seed=pc.goal_seed)
+    try:
+        ep, maze = task.episode(0), task.maze
+        rows = check_episode(planner, task, ep, poses=2, maxnorm=pc.maxnorm)
+        assert [r["step"] for r in rows] == [0, 4]
+        assert all(-1 - 1e-6 <= r[k] <= 1 + 1e-6 for r in rows for k in ("cos_way", "cos_straight", "true_way"))
+        maze.place(ep.start_pos)
+        pos = maze.position()
+        history = [planner.frame_wm.encode_frame(maze.render())]
+        down = []
+        for _ in range(planner.stride):
+            maze.act(COMPASS[6] * pc.maxnorm)
+            down.append(planner.frame_wm.encode_frame(maze.render()))
+        planner.goal2 = planner.level2(history + down)
+        maze.place(pos)
+        r = check_pose(planner, maze, ep.goal_pos, history, pc.maxnorm)
+        assert r["true_way"] > 0.99
+        np.testing.assert_allclose(maze.position(), pos, atol=1e-9)
+    finally:
+        task.close()
