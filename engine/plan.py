@@ -1,8 +1,8 @@
 """Closed-loop planning with a trained action-conditioned world model on the pybullet reach task, or with
 an H-JEPA on the two-room maze (--hierarchical).
 
-    python -m engine.plan --config configs/ac_arm_tiny_cpu.yaml --checkpoint runs/ac_arm --episodes 20
-        [--set planning.samples=200 ...] [--baselines random zero oracle] [--csv results.csv]
+    python -m engine.plan --config configs/ac_arm_tiny_cpu.yaml --checkpoint runs/ac_arm [runs/ac_arm_s1 ...]
+        --episodes 20 [--set planning.samples=200 ...] [--baselines random zero oracle] [--csv results.csv]
     python -m engine.plan --hierarchical --config configs/hjepa_tiny_cpu.yaml --checkpoint runs/hjepa_tiny
         --episodes 20 [--csv bench/results/hjepa_plan_cpu.csv]
 
@@ -39,7 +39,9 @@ MAZE_BASELINES = ("random", "oracle")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m engine.plan", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="the planning run's YAML (its `planning` section)")
-    p.add_argument("--checkpoint", required=True, help="an action-conditioned run folder or checkpoint file")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="an action-conditioned run folder or checkpoint file; several: plan with their ensemble "
+                        "(engine.planning.ensemble: the mean of their energies)")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--first-episode", type=int, default=0, help="episode index to start from")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -92,16 +94,17 @@ def report(rows: list[dict], args, pc, extra=()) -> None:
             if new:
                 w.writeheader()
             for r in rows:
-                w.writerow({"checkpoint": str(args.checkpoint), "first_episode": args.first_episode,
+                w.writerow({"checkpoint": " + ".join(map(str, args.checkpoint)), "first_episode": args.first_episode,
                             "samples": pc.samples, "horizon": pc.horizon, "iterations": pc.iterations,
                             "tolerance": pc.tolerance, "max_steps": pc.max_steps, **r})
 
 
 def world_model(args):
-    """(the trained world model --checkpoint holds, its run's Config); a bad checkpoint is one line, exit 2."""
-    from engine.planning.world_model import load_world_model
+    """(the trained world model --checkpoint holds, or the ensemble of several, and the first run's Config);
+    a bad checkpoint is one line, exit 2."""
+    from engine.planning.world_model import load_world_models
     try:
-        return load_world_model(args.checkpoint, hierarchical=args.hierarchical)
+        return load_world_models(args.checkpoint, hierarchical=args.hierarchical)
     except (FileNotFoundError, ValueError) as e:
         print(f"checkpoint error: {e}", file=sys.stderr)
         raise SystemExit(2)

@@ -1,6 +1,6 @@
 """Why does CEM fail where it fails? Checks of the planning energy and the predictor on held-out reach episodes.
 
-    python -m engine.planning.diagnose --config configs/ac_arm_tiny_cpu.yaml [--checkpoint runs/ac_arm]
+    python -m engine.planning.diagnose --config configs/ac_arm_tiny_cpu.yaml [--checkpoint runs/ac_arm [...]]
         [--episodes 8] [--set section.key=value ...]
 
 Per held-out episode (the planner's: planning.goal_seed), the arm is driven by the oracle from its start
@@ -16,7 +16,8 @@ With a checkpoint (its predictor): the same 26 candidates rolled out by the pred
     `pred_rank_corr`: rank correlation of the predicted energies with the true-frame energies;
     `pred_gain`: the distance the predictor's lowest-energy candidate removes, as greedy_gain;
     `err_1step` / `err_copy`: the predictor's L1 to the true next latent vs copying the current latent.
-Without a checkpoint the encoder is the config's (meta.pretrain_checkpoint, or its seeded random init).
+Several checkpoints: their ensemble (engine.planning.ensemble; the energies and errors are the members'
+means). Without a checkpoint the encoder is the config's (meta.pretrain_checkpoint, or its seeded random init).
 """
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ def spearman(a, b) -> float:
 
 def world_model(cfg, checkpoint):
     from engine.planning.cem import LatentWorldModel
-    from engine.planning.world_model import load_world_model
+    from engine.planning.world_model import load_world_models
     if checkpoint:
-        return load_world_model(checkpoint)[0]
+        return load_world_models(checkpoint)[0]
     from engine.builders import build_jepa
     torch.manual_seed(cfg.meta.seed)   # the training run's initial weights
     return LatentWorldModel(build_jepa(cfg), cfg.data.crop_size)
@@ -93,12 +94,15 @@ def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: 
     return out
 
 
-def diagnosis_args(prog: str, description: str, argv, checkpoint_help: str, poses_help: str, checkpoint_required=False):
-    """The planning diagnoses' command line (--config, --checkpoint, --episodes, --poses, --set): (args, Config)."""
+def diagnosis_args(prog: str, description: str, argv, checkpoint_help: str, poses_help: str, checkpoint_required=False,
+                   several=False):
+    """The planning diagnoses' command line (--config, --checkpoint, --episodes, --poses, --set): (args, Config).
+    several: --checkpoint takes one or more runs (a list)."""
     from engine.config import load_config
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", required=True)
-    p.add_argument("--checkpoint", default=None, required=checkpoint_required, help=checkpoint_help)
+    p.add_argument("--checkpoint", default=None, required=checkpoint_required, nargs="+" if several else None,
+                   help=checkpoint_help)
     p.add_argument("--episodes", type=int, default=8)
     p.add_argument("--poses", type=int, default=4, help=poses_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -109,8 +113,8 @@ def diagnosis_args(prog: str, description: str, argv, checkpoint_help: str, pose
 def main(argv=None):
     from engine.planning.reach import ReachTask
     args, cfg = diagnosis_args("python -m engine.planning.diagnose", __doc__.split("\n")[0], argv,
-                               "an action-conditioned run: also check its predictor",
-                               "poses per episode with the 26-direction test")
+                               "an action-conditioned run: also check its predictor; several: their ensemble's",
+                               "poses per episode with the 26-direction test", several=True)
     wm = world_model(cfg, args.checkpoint)
     pc = cfg.planning
     task = ReachTask(size=cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)

@@ -1,6 +1,7 @@
 """The world models engine.train runs wrote, loaded for planning and evaluation.
 
     wm, cfg = load_world_model("runs/ac_arm")                        # app vjepa_droid or lewm: a LatentWorldModel
+    wm, cfg = load_world_models(["runs/ac_s0", "runs/ac_s1"])        # several: their EnsembleWorldModel
     hj, cfg = load_world_model("runs/hjepa_tiny", hierarchical=True)  # app hjepa: the HJEPA stack, eval mode
     encoder, predictor, cfg = load_level("runs/hjepa_tiny", 2)       # one level: its EMA target, its predictor
 
@@ -14,6 +15,7 @@ from engine.config import config_from_dict
 from engine.core.checkpoint import read_run_checkpoint
 from engine.hjepa import build_hjepa, build_upper_levels, level_state
 from engine.planning.cem import LatentWorldModel
+from engine.planning.ensemble import EnsembleWorldModel
 
 TRAIN_HINT = {"vjepa_droid": "python -m engine.train --config configs/ac_arm_tiny_cpu.yaml",
               "hjepa": "python -m engine.train --config configs/hjepa_tiny_cpu.yaml"}
@@ -51,6 +53,18 @@ def load_world_model(checkpoint, device: str = "cpu", hierarchical: bool = False
     for part in ("encoder", "predictor", "target_encoder"):
         getattr(model, part).load_state_dict(state[part])
     return model.to(device).eval(), cfg
+
+
+def load_world_models(checkpoints, device: str = "cpu", hierarchical: bool = False):
+    """(the world model of one checkpoint, or the EnsembleWorldModel of several flat ones; the first run's
+    Config)."""
+    checkpoints = list(checkpoints)
+    if len(checkpoints) == 1:
+        return load_world_model(checkpoints[0], device, hierarchical)
+    if hierarchical:
+        raise ValueError(f"a hierarchical world model is planned with alone: got {len(checkpoints)} checkpoints")
+    loaded = [load_world_model(c, device) for c in checkpoints]
+    return EnsembleWorldModel([wm for wm, _ in loaded]), loaded[0][1]
 
 
 def load_level(checkpoint, k: int, device: str = "cpu"):

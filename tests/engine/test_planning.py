@@ -56,6 +56,39 @@ def test_rollout_calls_the_predictor_once_per_horizon_step(tiny_world_model):
     assert seen == [(5, n, D), (5, 2 * n, D), (5, 3 * n, D)]
 
 
+def test_ensemble_energy_is_the_mean_of_its_members_energies(tiny_world_model):
+    """Two differently seeded models: the ensemble's latents are theirs side by side, its rollout each one's own
+    rollout, and so the planning energy of its rollout is the mean of the two members' energies."""
+    from engine.builders import build_jepa
+    from engine.planning.cem import energy
+    from engine.planning.ensemble import EnsembleWorldModel
+    cfg = load_config("configs/ac_arm_tiny_cpu.yaml", ["data.crop_size=32", "model.pred_depth=1"])
+    torch.manual_seed(1)
+    other = LatentWorldModel(build_jepa(cfg), cfg.data.crop_size)
+    members = [tiny_world_model, other]
+    ens = EnsembleWorldModel(members)
+    rng = np.random.default_rng(0)
+    frame, goal = (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2))
+    state, acts = rng.normal(size=10).astype(np.float32), torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(0))
+    z0, zg = ens.encode_frame(frame), ens.encode_frame(goal)
+    D = tiny_world_model.encode_frame(frame).shape[-1]
+    assert z0.shape[-1] == 2 * D
+    e_members = [energy(m.rollout(m.encode_frame(frame), state, acts), m.encode_frame(goal)) for m in members]
+    assert not torch.allclose(e_members[0], e_members[1])          # the members differ: the mean is a real mean
+    out = ens.rollout(z0, state, acts)
+    torch.testing.assert_close(out[..., D:], other.rollout(other.encode_frame(frame), state, acts))
+    torch.testing.assert_close(energy(out, zg), (e_members[0] + e_members[1]) / 2)
+
+
+def test_ensemble_of_mismatched_models_is_refused(tiny_world_model):
+    from engine.planning.ensemble import EnsembleWorldModel
+    with pytest.raises(ValueError, match="at least 2 world models"):
+        EnsembleWorldModel([tiny_world_model])
+    other = LatentWorldModel(tiny_world_model.model, 64)
+    with pytest.raises(ValueError, match=r"differ in crop_size: \[32, 64\]"):
+        EnsembleWorldModel([tiny_world_model, other])
+
+
 def test_goal_image_of_the_wrong_size_is_refused(tiny_world_model):
     with pytest.raises(ValueError, match="goal image: expected an RGB image of 32x32"):
         tiny_world_model.encode_frame(np.zeros((64, 64, 3), np.uint8), "goal image")
@@ -105,3 +138,11 @@ def test_plan_cli_runs_closed_loop(tmp_path):
     assert by["cem"]["seconds_per_action"] > 0 and by["cem"]["steps"] == 3
     assert by["zero"]["success_rate"] == 0.0 and by["oracle"]["final_distance_m"] < by["zero"]["final_distance_m"]
     assert len((tmp_path / "plan.csv").read_text().splitlines()) == 5
+    # the run twice over as an ensemble: the same energies, so the same plan, and the CSV names both
+    twice = plan_main(["--config", "configs/ac_arm_tiny_cpu.yaml", "--checkpoint", str(tmp_path / "run"),
+                       str(tmp_path / "run"), "--episodes", "1", "--csv", str(tmp_path / "plan.csv"), "--baselines",
+                       "--set", "planning.samples=8", "--set", "planning.topk=2", "--set", "planning.iterations=1",
+                       "--set", "planning.max_steps=3"])
+    assert [r["controller"] for r in twice] == ["cem"]
+    assert twice[0]["final_distance_m"] == pytest.approx(by["cem"]["final_distance_m"], rel=1e-6)
+    assert f"{tmp_path / 'run'} + {tmp_path / 'run'}" in (tmp_path / "plan.csv").read_text().splitlines()[-1]
