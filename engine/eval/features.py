@@ -33,6 +33,7 @@ import torch
 from engine.ac_jepa import load_encoder_weights
 from engine.config import ConfigError
 from engine.eval.config import EvalConfig, image_split_folder
+from engine.runtime.launch import barrier, from_rank0, world
 
 logger = logging.getLogger(__name__)
 CACHE_MARGIN_BYTES = 1 << 30   # free disk left after a cache is written
@@ -261,14 +262,14 @@ def feature_sources(ec: EvalConfig, encoder, folder, *, random_init: bool = Fals
         cache_dir = Path(folder) / "features"
         cache_dir.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(cache_dir).free
-        use_cache = _rank0s(f.cache == "always" or (f.cache == "auto" and need + CACHE_MARGIN_BYTES < free))
+        use_cache = from_rank0(f.cache == "always" or (f.cache == "auto" and need + CACHE_MARGIN_BYTES < free))
         if not use_cache:
             log(f"{split}: streaming features ({need / 2**30:.1f} GiB would not fit on disk, {free / 2**30:.1f} "
                 f"GiB free)" if f.cache == "auto" else f"{split}: streaming features (cache: never)")
             out[split] = StreamedFeatures(encoder, ds, fresh_each_epoch=train_aug, **kw)
             continue
         path = cache_dir / f"{split}_{_cache_key(ec, split, copies, random_init, seed)}.npy"
-        if not _rank0s(path.with_suffix(".json").exists()):
+        if not from_rank0(path.with_suffix(".json").exists()):
             log(f"{split}: extracting features of {len(ds)} samples x {copies} into {path} ({need / 2**20:.0f} MiB)")
             _write_cache(path, encoder, ds, copies, kw, shape_VSND)
         else:
@@ -277,39 +278,19 @@ def feature_sources(ec: EvalConfig, encoder, folder, *, random_init: bool = Fals
     return out["train"], out["val"]
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the process group this process is in, (0, 1) outside one."""
-    import torch.distributed as dist
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
-def _rank0s(value):
-    """Rank 0's value on every rank: the ranks must take the same branch."""
-    if _world()[1] == 1:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier() -> None:
-    if _world()[1] > 1:
-        torch.distributed.barrier()
-
-
 def _write_cache(path: Path, encoder, ds, copies: int, kw: dict, shape_VSND) -> None:
     """Features of every sample into one .npy; in a process group, rank r encodes samples r, r + W, ...
     into the same file (a folder every rank sees), and rank 0 publishes it when all are done. A sample's
     clips depend on its index and seed only, so the file is the one a single process writes."""
-    rank, world = _world()
+    rank, size = world()
     V = shape_VSND[0]
     tmp, tmp_labels = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.stem}.labels.tmp")
     if rank == 0:
         np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ds), copies * V, *shape_VSND[1:]))
         np.lib.format.open_memmap(tmp_labels, mode="w+", dtype=np.int64, shape=(len(ds),))
-    _barrier()
+    barrier()
     x, labels = np.load(tmp, mmap_mode="r+"), np.load(tmp_labels, mmap_mode="r+")
-    mine = list(range(rank, len(ds), world))
+    mine = list(range(rank, len(ds), size))
     for c in range(copies):
         i = 0
         kwc = dict(kw, seed=kw["seed"] + c * 7919)   # copy c is the streamed source's epoch c
@@ -323,12 +304,12 @@ def _write_cache(path: Path, encoder, ds, copies: int, kw: dict, shape_VSND) -> 
     x.flush()
     labels.flush()
     del x, labels
-    _barrier()
+    barrier()
     if rank == 0:   # the .json last: it marks a complete cache
         os.replace(tmp_labels, path.with_suffix(".labels.npy"))
         os.replace(tmp, path)
         path.with_suffix(".json").write_text(json.dumps({"copies": copies, "samples": len(ds)}))
-    _barrier()
+    barrier()
 
 
 def pooled(source, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 from engine.runtime import deepspeed_engine as DE, ds_checkpoint
 from engine.core.checkpoint import checkpoint_dir, latest_path, save_checkpoint
 from engine.core.io import atomic_torch_save
-from engine.runtime.launch import init_distributed
+from engine.runtime.launch import from_rank0, init_distributed
 from engine.runtime.reshard import load_resharded, load_whole_state, optimizer_names
 from engine.runtime.resume import PARTS, deepspeed_to_local
 from engine.core.schedules import apply_to_optimizer
@@ -176,10 +176,7 @@ class DeepSpeedBackend:
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""
-        import torch.distributed as dist
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return from_rank0(obj)
 
     def summary(self) -> dict:
         return {"zero_stage": self.stage, "memory": self.memory}
