@@ -32,6 +32,7 @@ import torch
 
 from engine.ac_jepa import load_encoder_weights
 from engine.config import ConfigError
+from engine.core.io import atomic_write_text
 from engine.eval.config import EvalConfig, image_split_folder
 from engine.runtime.launch import barrier, from_rank0, world
 
@@ -308,7 +309,7 @@ def _write_cache(path: Path, encoder, ds, copies: int, kw: dict, shape_VSND) -> 
     if rank == 0:   # the .json last: it marks a complete cache
         os.replace(tmp_labels, path.with_suffix(".labels.npy"))
         os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps({"copies": copies, "samples": len(ds)}))
+        atomic_write_text(path.with_suffix(".json"), json.dumps({"copies": copies, "samples": len(ds)}))
     barrier()
 
 
