@@ -10,6 +10,8 @@
 // sequences the per-call fork/join of ATen's own parallelism (and its stalls when the cores are
 // shared) is what dominates otherwise.
 // `fq`/`fk` (frame ids) add a per-sequence additive mask: key frame <= query frame.
+// A packing of equal-length sequences (no frame mask) is one [S, H, L, Dh] batch: one kernel call on
+// views, no per-sequence copies. Outputs every row of which is written start uninitialised.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -112,6 +114,42 @@ void check(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_q
 
 Tensor inner_contig(const Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
 
+// S sequences of one length each for queries and keys, back to back from row 0, none empty: the whole
+// packing is a [S, H, L, Dh] batch, run as one kernel call on views (no per-sequence calls, copies or
+// zero fills). The predictor's sequences (context + targets = every token of a clip) are such a batch.
+bool uniform(const std::vector<int64_t>& cq, const std::vector<int64_t>& ck) {
+  int64_t S = (int64_t)cq.size() - 1;
+  if (S < 1 || cq[0] != 0 || ck[0] != 0) return false;
+  int64_t lq = cq[1] - cq[0], lk = ck[1] - ck[0];
+  if (lq < 1 || lk < 1) return false;
+  for (int64_t s = 1; s < S; ++s)
+    if (cq[s + 1] - cq[s] != lq || ck[s + 1] - ck[s] != lk) return false;
+  return true;
+}
+
+// [S * L, H, D] rows -> the [S, H, L, D] view the flash kernel takes
+Tensor batch_view(const Tensor& x, int64_t S) {
+  return x.view({S, x.size(0) / S, x.size(1), x.size(2)}).transpose(1, 2);
+}
+
+// [S, H, L, D] kernel output (memory [S, L, H, D]) -> [S * L, H, D] rows (a view for that memory)
+Tensor rows_of(const Tensor& x_SHLD) {
+  return x_SHLD.transpose(1, 2).reshape({-1, x_SHLD.size(1), x_SHLD.size(3)});
+}
+
+// every row of a side belongs to a sequence that runs: its output rows are all written
+bool all_live(const std::vector<int64_t>& cq, const std::vector<int64_t>& ck, bool keys) {
+  for (size_t s = 0; s + 1 < cq.size(); ++s) {
+    bool has_q = cq[s + 1] > cq[s], has_k = ck[s + 1] > ck[s];
+    if ((keys ? has_k : has_q) && !(has_q && has_k)) return false;
+  }
+  return true;
+}
+
+Tensor out_like(const Tensor& x, bool written) {
+  return written ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::zeros_like(x, at::MemoryFormat::Contiguous);
+}
+
 std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k_, const Tensor& v_,
                                                const Tensor& cu_q, const Tensor& cu_k, double scale,
                                                const std::optional<Tensor>& fq, const std::optional<Tensor>& fk) {
@@ -120,8 +158,17 @@ std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k
   auto cq = to_vec(cu_q), ck = to_vec(cu_k);
   TORCH_CHECK(cq.back() == q.size(0) && ck.back() == k.size(0), "block_attention: cu_seqlens must end at T");
   auto lse_dt = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  Tensor out = at::zeros_like(q, at::MemoryFormat::Contiguous);
-  Tensor lse = at::zeros({q.size(0), q.size(1)}, q.options().dtype(lse_dt));
+  if (!fq.has_value() && uniform(cq, ck)) {
+    int64_t S = (int64_t)cq.size() - 1;
+    auto r = at::_scaled_dot_product_flash_attention_for_cpu(batch_view(q, S), batch_view(k, S), batch_view(v, S),
+                                                             0.0, false, std::nullopt, scale);
+    // lse [S, H, L] -> [S * L, H]
+    return {rows_of(std::get<0>(r)), std::get<1>(r).transpose(1, 2).reshape({q.size(0), q.size(1)}).to(lse_dt)};
+  }
+  bool written = all_live(cq, ck, false);
+  Tensor out = out_like(q, written);
+  Tensor lse = written ? at::empty({q.size(0), q.size(1)}, q.options().dtype(lse_dt))
+                       : at::zeros({q.size(0), q.size(1)}, q.options().dtype(lse_dt));
   for_each_item(items(live_order(cq, ck), q.size(1)), [&](const Item& it) {
     int64_t s = it.s, h0 = it.h0, h1 = it.h1;
     int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];
@@ -142,9 +189,17 @@ std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
   Tensor q = inner_contig(q_), k = inner_contig(k_), v = inner_contig(v_);
   Tensor dout = inner_contig(dout_), out = inner_contig(out_);
   auto cq = to_vec(cu_q), ck = to_vec(cu_k);
-  Tensor dq = at::zeros_like(q, at::MemoryFormat::Contiguous);
-  Tensor dk = at::zeros_like(k, at::MemoryFormat::Contiguous);
-  Tensor dv = at::zeros_like(v, at::MemoryFormat::Contiguous);
+  if (!fq.has_value() && uniform(cq, ck)) {
+    int64_t S = (int64_t)cq.size() - 1;
+    auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
+        batch_view(dout, S), batch_view(q, S), batch_view(k, S), batch_view(v, S), batch_view(out, S),
+        lse.view({S, q.size(0) / S, q.size(1)}).transpose(1, 2), 0.0, false, std::nullopt, scale);
+    return {rows_of(std::get<0>(g)), rows_of(std::get<1>(g)), rows_of(std::get<2>(g))};
+  }
+  bool q_written = all_live(cq, ck, false), k_written = all_live(cq, ck, true);
+  Tensor dq = out_like(q, q_written);
+  Tensor dk = out_like(k, k_written);
+  Tensor dv = out_like(v, k_written);
   for_each_item(items(live_order(cq, ck), q.size(1)), [&](const Item& it) {
     int64_t s = it.s, h0 = it.h0, h1 = it.h1;
     int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];

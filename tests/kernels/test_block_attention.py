@@ -165,6 +165,25 @@ def test_non_contiguous_inputs():
     _check_rule(q, k_strided, v, cu, None, _kernel)
 
 
+def test_equal_length_batches():
+    """Sequences all of one query and one key length (the predictor's packing: every token of each clip)
+    run as one batch of views; strided inputs, cross lengths, one sequence and fp64 grads as elsewhere."""
+    g = torch.Generator().manual_seed(5)
+    for S, L in ((4, 24), (1, 37), (6, 1)):
+        cu = torch.arange(0, S * L + 1, L)
+        qkv = torch.randn(S * L, 3, 3, 16, generator=g)               # a fused qkv projection's views
+        q, k, v = qkv.unbind(1)
+        _check_rule(q, k, v, cu, None, _kernel)
+    S, Lq, Lk = 3, 5, 11
+    cu_q, cu_k = torch.arange(0, S * Lq + 1, Lq), torch.arange(0, S * Lk + 1, Lk)
+    q = torch.randn(S * Lq, 2, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    k, v = (torch.randn(S * Lk, 2, 8, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    kw = dict(max_seqlen_q=Lq, max_seqlen_k=Lk)
+    torch.testing.assert_close(kernels.block_attention(q, k, v, cu_q, cu_k, **kw),
+                               block_attention_ref(q, k, v, cu_q, cu_k, **kw))
+    assert torch.autograd.gradcheck(lambda q, k, v: kernels.block_attention(q, k, v, cu_q, cu_k, **kw), (q, k, v))
+
+
 def test_gradcheck_fp64():
     cu = torch.tensor([0, 3, 3, 4, 9])
     g = torch.Generator().manual_seed(0)
