@@ -308,6 +308,8 @@ class HierarchyConfig:
                                       # EMA targets equal them), as the frozen frame encoder: they cannot collapse
     residual: bool = False            # true: every level's predictor predicts the change of each token from
                                       # the step it reads (a copy costs nothing; the moved ball is what is left)
+    auto_steps: Optional[int] = None  # rollout steps of the upper levels' loss (null: loss.auto_steps); a planner
+                                      # that rolls level 2 out over top_horizon steps wants it trained that far
 
 
 @dataclass
@@ -724,6 +726,8 @@ def _validate_hierarchy(cfg: Config) -> None:
                 "pred_num_heads"):
         if getattr(h, key) < 1:
             raise ConfigError(f"hierarchy.{key}: must be >= 1, got {getattr(h, key)}")
+    if h.auto_steps is not None and h.auto_steps < 1:
+        raise ConfigError(f"hierarchy.auto_steps: must be >= 1 (or null: loss.auto_steps), got {h.auto_steps}")
     if h.levels < 2:
         raise ConfigError(f"hierarchy.levels: an hjepa stack has >= 2 levels, got {h.levels}; one level is "
                           "app: vjepa_droid")

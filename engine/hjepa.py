@@ -10,7 +10,7 @@ rollout loss). Level k+1 encodes windows of level k's latents (engine.models.hie
 step every `stride` steps below, pooling `window` of them) and has its own action-conditioned predictor
 at that step, conditioned on the summed actions of the `stride` steps below it spans (the sources'
 actions are displacements, which add up) and the state at the window's last step. Its loss is level 1's
-(teacher-forced + rollout, L1 to the power loss_exp) between the predictor fed with the online
+(teacher-forced + rollout over hierarchy.auto_steps of its steps, L1 to the power loss_exp) between the predictor fed with the online
 encoder's latents and the EMA target encoder's latents of the next windows. Each level's targets are
 the input of the level above (no gradient crosses levels).
 
@@ -52,7 +52,8 @@ def abstract_actions(actions_BTA, states_BTS, window: int, stride: int):
 
 class HJEPA(nn.Module):
     def __init__(self, frame_level: ACJEPA, encoders: list[WindowEncoder], predictors: list[ACPredictor],
-                 trained_levels, use_states: bool = True, residual: bool = False, freeze_encoders: bool = False):
+                 trained_levels, use_states: bool = True, residual: bool = False, freeze_encoders: bool = False,
+                 upper_auto_steps: int | None = None):
         super().__init__()
         if residual:
             frame_level = ACJEPA(frame_level.encoder, frame_level.predictor, auto_steps=frame_level.auto_steps,
@@ -76,7 +77,8 @@ class HJEPA(nn.Module):
             self.predictor[level_key(k)] = pred
             # Summed actions grow with the steps they span: scale them back to level 1's units.
             scale = frame_level.action_scale / (enc.stride ** (k - 1))
-            self.levels.append(ACJEPA(tgt, pred, auto_steps=frame_level.auto_steps, loss_exp=frame_level.loss_exp,
+            self.levels.append(ACJEPA(tgt, pred, auto_steps=upper_auto_steps or frame_level.auto_steps,
+                                      loss_exp=frame_level.loss_exp,
                                       normalize_reps=frame_level.normalize_reps, action_scale=scale, residual=residual))
         for k in range(1, L + 1):
             if k not in self.trained:
@@ -205,7 +207,7 @@ def build_hjepa(cfg, frame_level: ACJEPA) -> HJEPA:
     EMA targets' weights (so an EMA pass, whichever backend runs it, leaves a frozen level unchanged)."""
     encoders, predictors = build_upper_levels(cfg, frame_level)
     model = HJEPA(frame_level, encoders, predictors, trained_levels(cfg), cfg.hierarchy.use_states,
-                  cfg.hierarchy.residual, cfg.hierarchy.freeze_encoders)
+                  cfg.hierarchy.residual, cfg.hierarchy.freeze_encoders, cfg.hierarchy.auto_steps)
     if cfg.hierarchy.init_checkpoint:
         load_levels(model, cfg.hierarchy.init_checkpoint, below=cfg.hierarchy.level)
     for k in range(2, model.num_levels + 1):

@@ -95,9 +95,9 @@ def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: 
 
 
 def diagnosis_args(prog: str, description: str, argv, checkpoint_help: str, poses_help: str, checkpoint_required=False,
-                   several=False):
+                   several=False, extra=None):
     """The planning diagnoses' command line (--config, --checkpoint, --episodes, --poses, --set): (args, Config).
-    several: --checkpoint takes one or more runs (a list)."""
+    several: --checkpoint takes one or more runs (a list); extra(parser) adds a diagnosis' own options."""
     from engine.config import load_config
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", required=True)
@@ -106,6 +106,8 @@ def diagnosis_args(prog: str, description: str, argv, checkpoint_help: str, pose
     p.add_argument("--episodes", type=int, default=8)
     p.add_argument("--poses", type=int, default=4, help=poses_help)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    if extra is not None:
+        extra(p)
     args = p.parse_args(argv)
     return args, load_config(args.config, args.overrides)
 

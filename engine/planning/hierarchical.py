@@ -115,15 +115,20 @@ class HierarchicalPlanner:
         self.history, self.left = [], 0
 
     @torch.no_grad()
+    def plan_subgoal(self, state_S) -> torch.Tensor:
+        """The top level's subgoal [1, N, E] from the observed window: its CEM plan's first step, rolled out."""
+        z2 = self.level2(self.history)
+        plan, _ = cem_plan(self.top_wm, z2, state_S, self.goal2, self.top, self.gen)
+        return self.top_wm.rollout(z2, state_S, plan[None, :1])
+
+    @torch.no_grad()
     def act(self, frame_HW3: np.ndarray, state_S) -> np.ndarray:
         if self.goal2 is None:
             raise RuntimeError("HierarchicalPlanner.act before reset(goal image)")
         z1 = self.frame_wm.encode_frame(frame_HW3)
         self.history = (self.history + [z1])[-self.window:]
         if self.left == 0:   # the top level re-plans once per its own time step
-            z2 = self.level2(self.history)
-            plan, _ = cem_plan(self.top_wm, z2, state_S, self.goal2, self.top, self.gen)
-            self.subgoal = self.top_wm.rollout(z2, state_S, plan[None, :1])
+            self.subgoal = self.plan_subgoal(state_S)
             self.left = self.stride
         sub = WindowRollout(self.hj, self.frame_wm, self.padded(self.history))
         actions, _ = cem_plan(sub, z1, state_S, self.subgoal, frame_settings(self.pc, horizon=self.left), self.gen)

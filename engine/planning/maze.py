@@ -26,6 +26,33 @@ GAP_Y = (WALL_END - BALL_RADIUS - FREE) / 2     # the middle of the way under th
 SIDE_X = 0.5                                    # where the oracle goes down and up in each room
 
 
+# The middle wall seen by the ball's centre: a segment along x = 0 down to WALL_CORNER_Y, with the two
+# corners a shortest way bends round at (+-WALL_CORNER_X, WALL_CORNER_Y).
+WALL_CORNER_X, WALL_CORNER_Y = WALL_T / 2 + BALL_RADIUS, WALL_END - BALL_RADIUS
+
+
+def sees(p, q) -> bool:
+    """Whether the straight way from p to q passes under the middle wall (or stays on one side of it)."""
+    if p[0] * q[0] >= 0:
+        return True
+    y0 = p[1] + (q[1] - p[1]) * (-p[0]) / (q[0] - p[0])    # where the segment crosses x = 0
+    return y0 <= WALL_CORNER_Y
+
+
+def geodesic_distance(p, q) -> float:
+    """The shortest way (m) from p to q for the ball's centre: straight, or bent round the wall's corner(s)."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    if sees(p, q):
+        return float(np.linalg.norm(q - p))
+    near = np.array([np.sign(p[0]) * WALL_CORNER_X, WALL_CORNER_Y])   # p's corner, then q's
+    far = np.array([np.sign(q[0]) * WALL_CORNER_X, WALL_CORNER_Y])
+    ways = [np.linalg.norm(near - p) + np.linalg.norm(far - near) + np.linalg.norm(q - far)]
+    for c in (near, far):        # one corner is enough where the other is in sight
+        if sees(p, c) and sees(c, q):
+            ways.append(np.linalg.norm(c - p) + np.linalg.norm(q - c))
+    return float(min(ways))
+
+
 def oracle_action(pos, goal) -> np.ndarray:
     """The privileged controller: down its room to the gap, across, up to the goal (at most MAX_STEP per axis)."""
     pos, goal = np.asarray(pos, dtype=np.float64), np.asarray(goal, dtype=np.float64)

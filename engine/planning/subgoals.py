@@ -1,7 +1,7 @@
 """Do the top level's subgoals point the way through the maze? Checks of the hierarchical planner's level 2.
 
     python -m engine.planning.subgoals --config configs/hjepa_tiny_cpu.yaml --checkpoint runs/hjepa_tiny
-        [--episodes 8 --poses 4] [--set planning.top_horizon=4 ...]
+        [--check compass|landscape|routes|oracle-subgoals] [--episodes 8 --poses 4] [--set planning.top_horizon=4 ...]
 
 Per held-out maze episode (the planner's: planning.goal_seed) the ball is driven by the oracle (down its
 room, under the wall, up to the goal) and at every `stride`-th step of that path, the top level's
@@ -19,6 +19,20 @@ re-planning time, while it is still in the start room:
     pred_way / pred_rank_corr: the same 8 directions rolled out by the level-2 predictor (one step): the
         cosine of its lowest-energy direction with the way, and the rank correlation of its energies with
         the true ones.
+--check landscape: does the energy grow with the way round the wall or with the straight line? Per
+    episode the ball is placed on a grid of free points (--spacing m) and each point's steady window scored
+    by the top level's energy to the goal (and its frame by the frame level's); `geo` / `straight` are
+    their rank correlations with the geodesic / straight-line distance, over all points and over the
+    start room's (`_start`, where the two disagree: the way there leads down to the gap).
+--check routes: from each episode's start, top_horizon steps of summed displacements: the oracle's way
+    (round the wall) and the straight line (into the wall), each scored by the top level's predictor
+    (`pred_*`) and by the window the simulator shows after executing them (`true_*`); then the top CEM's
+    plan, predicted and executed (`plan_*`, its summed displacements split evenly over their actions). A
+    model that knows the wall predicts oracle < straight, as the simulator shows once the horizon reaches
+    the goal; plan_pred far below plan_true: the CEM found a way through the model's errors.
+--check oracle-subgoals: the hierarchical planner with its top level replaced by the oracle (the subgoal
+    is the level-2 latent of the window the oracle's next `stride` actions show; the frame level plans as
+    always): reached episodes out of --episodes. Whether the frame level follows good subgoals.
 """
 from __future__ import annotations
 
@@ -27,6 +41,7 @@ import torch
 
 from engine.planning.cem import cem_plan, energy
 from engine.planning.diagnose import diagnosis_args, spearman
+from engine.planning.hierarchical import HierarchicalPlanner
 
 COMPASS = np.array([[np.cos(a), np.sin(a)] for a in np.arange(8) * np.pi / 4])
 
@@ -84,27 +99,158 @@ def check_episode(planner, task, ep, poses: int, maxnorm: float) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def steady_energies(planner, frame_HW3, goal1_1ND) -> tuple[float, float]:
+    """(top-level energy of the steady window of this frame, frame-level energy of the frame) to the goal."""
+    z1 = planner.frame_wm.encode_frame(frame_HW3)
+    return float(energy(planner.level2([z1]), planner.goal2)[0]), float(energy(z1, goal1_1ND)[0])
+
+
+@torch.no_grad()
+def check_landscape(planner, task, ep, spacing: float = 0.2) -> dict:
+    """Rank correlations of the energies of steady windows on a grid of free points with the geodesic and
+    the straight-line distance to the goal, over the maze and over the start room."""
+    from engine.datagen.sources.pybullet_maze import FREE, blocked
+    from engine.planning.maze import geodesic_distance
+    planner.reset(ep.goal_image)
+    goal1 = planner.frame_wm.encode_frame(ep.goal_image)
+    maze = task.maze
+    ticks = np.arange(-FREE, FREE + 1e-9, spacing)
+    pts = [np.array([x, y]) for x in ticks for y in ticks if not blocked([x, y])]
+    e2, e1 = [], []
+    for p in pts:
+        maze.place(p)
+        a, b = steady_energies(planner, maze.render(), goal1)
+        e2.append(a)
+        e1.append(b)
+    maze.place(ep.start_pos)
+    geo = np.array([geodesic_distance(p, ep.goal_pos) for p in pts])
+    straight = np.array([np.linalg.norm(p - ep.goal_pos) for p in pts])
+    start = np.array([np.sign(p[0]) == np.sign(ep.start_pos[0]) for p in pts])
+    e2, e1 = np.asarray(e2), np.asarray(e1)
+    row = {"episode": ep.index, "points": len(pts)}
+    for name, e in (("top", e2), ("frame", e1)):
+        row.update({f"{name}_geo": spearman(e, geo), f"{name}_straight": spearman(e, straight),
+                    f"{name}_geo_start": spearman(e[start], geo[start]),
+                    f"{name}_straight_start": spearman(e[start], straight[start])})
+    return row
+
+
+def execute_summed(planner, maze, summed_HA) -> torch.Tensor:
+    """Execute summed displacements (each split evenly over `stride` actions); the level-2 latent of the
+    last window the frames show. The ball is left where the actions took it."""
+    frames = []
+    for d in np.asarray(summed_HA, dtype=np.float64):
+        for _ in range(planner.stride):
+            maze.act(d / planner.stride)
+            frames.append(planner.frame_wm.encode_frame(maze.render()))
+    return planner.level2(frames)
+
+
+@torch.no_grad()
+def check_routes(planner, task, ep) -> dict:
+    """The top level's predicted and true energies of the oracle's way, the straight line and its own CEM
+    plan, over top_horizon steps from the episode's start."""
+    from engine.planning.maze import oracle_action
+    maze, H, stride = task.maze, planner.top.horizon, planner.stride
+    planner.reset(ep.goal_image)
+    maze.place(ep.start_pos)
+    state = maze.state()
+    planner.history = [planner.frame_wm.encode_frame(maze.render())]
+    z2 = planner.level2(planner.history)
+    oracle, frames = [], []
+    for _ in range(H):                          # the oracle's way, as the summed displacements it commands
+        total = np.zeros(2)
+        for _ in range(stride):
+            a = oracle_action(maze.position(), ep.goal_pos)
+            maze.act(a)
+            total += a
+            frames.append(planner.frame_wm.encode_frame(maze.render()))
+        oracle.append(total)
+    true_oracle = float(energy(planner.level2(frames), planner.goal2)[0])
+    bound = planner.top.maxnorm
+    straight = np.tile(np.clip((ep.goal_pos - ep.start_pos) / H, -bound, bound), (H, 1))
+    plan, _ = cem_plan(planner.top_wm, z2, state, planner.goal2, planner.top, planner.gen)
+    routes = {"oracle": np.asarray(oracle), "straight": straight, "plan": plan.numpy()}
+    pred = energy(planner.top_wm.rollout(z2, state, torch.as_tensor(np.stack(list(routes.values())),
+                                                                    dtype=torch.float32)), planner.goal2)
+    row = {"episode": ep.index}
+    for (name, summed), e in zip(routes.items(), pred.tolist()):
+        if name == "oracle":
+            true = true_oracle
+        else:
+            maze.place(ep.start_pos)
+            true = float(energy(execute_summed(planner, maze, summed), planner.goal2)[0])
+        row.update({f"pred_{name}": e, f"true_{name}": true})
+    maze.place(ep.start_pos)
+    row["plan_final_m"] = float(np.linalg.norm(maze.position() - ep.goal_pos))
+    return row
+
+
+class OracleSubgoals(HierarchicalPlanner):
+    """The hierarchical planner whose top level is the oracle: the subgoal is the level-2 latent of the
+    window the oracle's next `stride` actions show from the ball's pose (the ball is put back)."""
+
+    def __init__(self, hj, crop_size: int, pc, maze, generator: torch.Generator | None = None):
+        super().__init__(hj, crop_size, pc, generator)
+        self.maze, self.goal_pos = maze, None
+
+    def start(self, ep) -> None:
+        self.reset(ep.goal_image)
+        self.goal_pos = ep.goal_pos
+
+    @torch.no_grad()
+    def plan_subgoal(self, state_S) -> torch.Tensor:
+        from engine.planning.maze import oracle_action
+        pos, frames = self.maze.position(), []
+        for _ in range(self.stride):
+            self.maze.act(oracle_action(self.maze.position(), self.goal_pos))
+            frames.append(self.frame_wm.encode_frame(self.maze.render()))
+        self.maze.place(pos)
+        return self.level2(frames)
+
+
+def run_oracle_subgoals(planner: OracleSubgoals, task, ep) -> dict:
+    planner.start(ep)
+    r = task.run(ep, lambda frame, state, ep, maze: planner.act(frame, state))
+    return {"episode": ep.index, "reached": float(r.success), "steps": r.steps, "final_m": r.final_distance}
+
+
+CHECKS = ("compass", "landscape", "routes", "oracle-subgoals")
+
+
 def main(argv=None) -> list[dict]:
-    from engine.planning.hierarchical import HierarchicalPlanner
     from engine.planning.maze import MazeTask
     from engine.planning.world_model import load_world_model
     args, cfg = diagnosis_args("python -m engine.planning.subgoals", __doc__.split("\n")[0], argv, "an hjepa run",
-                               "re-planning poses per episode (every stride actions)", checkpoint_required=True)
+                               "re-planning poses per episode (every stride actions)", checkpoint_required=True,
+                               extra=lambda p: (p.add_argument("--check", choices=CHECKS, default="compass"),
+                                                p.add_argument("--spacing", type=float, default=0.2,
+                                                               help="landscape: the grid's spacing (m)")))
     hj, train_cfg = load_world_model(args.checkpoint, hierarchical=True)
     pc = cfg.planning
-    planner = HierarchicalPlanner(hj, train_cfg.data.crop_size, pc, torch.Generator().manual_seed(cfg.meta.seed))
     task = MazeTask(size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
+    gen = torch.Generator().manual_seed(cfg.meta.seed)
+    if args.check == "oracle-subgoals":
+        planner = OracleSubgoals(hj, train_cfg.data.crop_size, pc, task.maze, gen)
+    else:
+        planner = HierarchicalPlanner(hj, train_cfg.data.crop_size, pc, gen)
+    checks = {"compass": lambda ep: check_episode(planner, task, ep, args.poses, pc.maxnorm),
+              "landscape": lambda ep: [check_landscape(planner, task, ep, args.spacing)],
+              "routes": lambda ep: [check_routes(planner, task, ep)],
+              "oracle-subgoals": lambda ep: [run_oracle_subgoals(planner, task, ep)]}[args.check]
     rows = []
     try:
         for i in range(args.episodes):
-            for r in check_episode(planner, task, task.episode(i), args.poses, pc.maxnorm):
+            for r in checks(task.episode(i)):
                 rows.append(r)
                 print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
                       flush=True)
     finally:
         task.close()
     keys = [k for k in rows[0] if k not in ("episode", "step")]
-    print(f"mean over {len(rows)} poses: " + " ".join(f"{k} {np.nanmean([r[k] for r in rows]):.3f}" for k in keys))
+    print(f"{args.check}, mean over {len(rows)} rows: "
+          + " ".join(f"{k} {np.nanmean([r[k] for r in rows]):.3f}" for k in keys))
     return rows
 
 

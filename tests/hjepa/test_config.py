@@ -30,6 +30,7 @@ def test_large_config_loads():
     ("hierarchy.stack=3", "hierarchy.stack: unknown key"),
     ("planning.top_topk=100", "planning.top_topk: 100 is more than planning.top_samples"),
     ("planning.top_horizon=0", "planning.top_horizon: must be >= 1"),
+    ("hierarchy.auto_steps=0", "hierarchy.auto_steps: must be >= 1"),
     ("loss.std_coeff=1.0", "loss.std_coeff: 1.0 is not supported with app hjepa"),
 ])
 def test_bad_hierarchy_values_are_refused_by_name(override, match):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engine.datagen.sources.pybullet_maze import MAX_STEP, Maze, blocked, explore_episode, generate_maze
-from engine.planning.maze import MazeTask, oracle_controller
+from engine.planning.maze import WALL_CORNER_X, WALL_CORNER_Y, MazeTask, geodesic_distance, oracle_controller
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,19 @@ def test_a_size_that_4_2_0_video_cannot_hold_is_refused_and_closes_the_simulator
     with pytest.raises(ValueError, match="size must be a multiple of 4"):
         generate_maze(tmp_path, 1, num_frames=4, size=30)
     assert closed == [True] and not (tmp_path / "maze.csv").exists()
+
+
+def test_geodesic_distance_is_straight_in_sight_and_bends_round_the_wall_otherwise():
+    assert geodesic_distance([-0.5, 0.5], [-0.2, 0.1]) == pytest.approx(0.5)          # one room
+    assert geodesic_distance([-0.5, -0.7], [0.5, -0.7]) == pytest.approx(1.0)         # under the wall
+    # upper left to upper right: down to the left corner, across, up from the right corner
+    leg = np.hypot(0.5 - WALL_CORNER_X, 0.5 - WALL_CORNER_Y)
+    assert geodesic_distance([-0.5, 0.5], [0.5, 0.5]) == pytest.approx(2 * leg + 2 * WALL_CORNER_X)
+    # low in the left room the right corner is in sight: one bend
+    p, q, c = np.array([-0.5, -0.7]), np.array([0.5, 0.5]), np.array([WALL_CORNER_X, WALL_CORNER_Y])
+    assert geodesic_distance(p, q) == pytest.approx(np.linalg.norm(c - p) + np.linalg.norm(q - c))
+    rng = np.random.default_rng(0)
+    for _ in range(50):        # never shorter than the straight line, symmetric
+        a, b = rng.uniform(-0.8, 0.8, 2), rng.uniform(-0.8, 0.8, 2)
+        assert geodesic_distance(a, b) >= np.linalg.norm(a - b) - 1e-12
+        assert geodesic_distance(a, b) == pytest.approx(geodesic_distance(b, a))

@@ -80,6 +80,19 @@ def test_level_two_loss_depends_on_its_actions_and_on_level_one_only_through_the
     assert m.level_losses["loss_level1"] != base["loss_level1"]
 
 
+def test_upper_levels_roll_out_hierarchy_auto_steps_and_the_frame_level_loss_auto_steps():
+    """hierarchy.auto_steps: level 2's rollout loss covers that many of its steps (3 windows of 12 frames
+    hold 2 transitions, so 2 at most) while level 1 keeps loss.auto_steps."""
+    m = model(["loss.auto_steps=1", "hierarchy.auto_steps=2"])
+    assert (m.levels[0].auto_steps, m.levels[1].auto_steps) == (1, 2)
+    h2 = m.encode_level(2, m.encode_frames(batch()[0]))
+    B, M = h2.shape[:2]
+    a2 = 0.1 * torch.randn(B, M - 1, 2, generator=torch.Generator().manual_seed(1))
+    _, z_ar = m.levels[1].predictions(h2.reshape(B, -1, h2.shape[-1]), a2, torch.zeros(B, M, 2))
+    assert z_ar.shape[1] == 2 * h2.shape[2]
+    assert model(["loss.auto_steps=1"]).levels[1].auto_steps == 1      # null: loss.auto_steps
+
+
 def test_ema_moves_the_level_two_target_only():
     m = model()
     before = {k: v.clone() for k, v in m.target_encoder.state_dict().items()}

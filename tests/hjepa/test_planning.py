@@ -116,3 +116,66 @@ def test_subgoal_check_scores_the_compass_steps_and_puts_the_ball_back(stack):
         np.testing.assert_allclose(maze.position(), pos, atol=1e-9)
     finally:
         task.close()
+
+
+def test_route_check_scores_the_oracles_way_below_the_straight_line_in_the_simulator(stack):
+    """engine.planning.subgoals --check routes: over 6 level-2 steps (24 actions) the oracle's way reaches
+    the goal, so the window the simulator shows there is the goal's (energy near 0), while the straight
+    line ends on the wall; the ball is back at its start."""
+    from engine.planning.maze import MazeTask
+    from engine.planning.subgoals import check_routes
+    hj, _ = stack
+    pc = load_config(TINY, SMALL + ["planning.top_horizon=6"]).planning
+    planner = HierarchicalPlanner(hj, 32, pc, torch.Generator().manual_seed(0))
+    task = MazeTask(size=32, tolerance=pc.tolerance, max_steps=30, seed=pc.goal_seed)
+    try:
+        ep = task.episode(0)
+        r = check_routes(planner, task, ep)
+        np.testing.assert_allclose(task.maze.position(), ep.start_pos, atol=1e-9)
+    finally:
+        task.close()
+    assert r["true_oracle"] < 0.2 * r["true_straight"]
+    assert all(np.isfinite(r[f"pred_{k}"]) and r[f"pred_{k}"] > 0 for k in ("oracle", "straight", "plan"))
+    assert r["plan_final_m"] > 0
+
+
+def test_oracle_subgoals_are_the_oracles_next_window_and_leave_the_ball_in_place(stack):
+    from engine.planning.maze import MazeTask, oracle_action
+    from engine.planning.subgoals import OracleSubgoals, run_oracle_subgoals
+    hj, cfg = stack
+    pc = cfg.planning
+    task = MazeTask(size=32, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
+    try:
+        ep, maze = task.episode(1), task.maze
+        planner = OracleSubgoals(hj, 32, pc, maze, torch.Generator().manual_seed(0))
+        planner.start(ep)
+        maze.place(ep.start_pos)
+        sub = planner.plan_subgoal(maze.state())
+        np.testing.assert_allclose(maze.position(), ep.start_pos, atol=1e-9)
+        frames = []
+        for _ in range(planner.stride):
+            maze.act(oracle_action(maze.position(), ep.goal_pos))
+            frames.append(planner.frame_wm.encode_frame(maze.render()))
+        torch.testing.assert_close(sub, planner.level2(frames))
+        row = run_oracle_subgoals(planner, task, ep)
+    finally:
+        task.close()
+    assert row["steps"] == pc.max_steps and row["reached"] == 0.0     # 3 actions do not cross the maze
+
+
+def test_landscape_check_scores_every_free_grid_point(stack):
+    from engine.datagen.sources.pybullet_maze import FREE, blocked
+    from engine.planning.maze import MazeTask
+    from engine.planning.subgoals import check_landscape
+    hj, cfg = stack
+    pc = cfg.planning
+    planner = HierarchicalPlanner(hj, 32, pc, torch.Generator().manual_seed(0))
+    task = MazeTask(size=32, tolerance=pc.tolerance, max_steps=30, seed=pc.goal_seed)
+    try:
+        r = check_landscape(planner, task, task.episode(0), spacing=0.4)
+    finally:
+        task.close()
+    ticks = np.arange(-FREE, FREE + 1e-9, 0.4)
+    assert r["points"] == sum(not blocked([x, y]) for x in ticks for y in ticks)
+    corr = [v for k, v in r.items() if k.startswith(("top_", "frame_"))]
+    assert len(corr) == 8 and all(-1 <= v <= 1 for v in corr)
