@@ -1,7 +1,8 @@
 """Do the top level's subgoals point the way through the maze? Checks of the hierarchical planner's level 2.
 
     python -m engine.planning.subgoals --config configs/hjepa_tiny_cpu.yaml --checkpoint runs/hjepa_tiny
-        [--check compass|landscape|routes|oracle-subgoals] [--episodes 8 --poses 4] [--set planning.top_horizon=4 ...]
+        [--check compass|landscape|routes|plan] [--subgoals oracle] [--top-model simulator]
+        [--episodes 8 --poses 4] [--set planning.top_horizon=4 ...]
 
 Per held-out maze episode (the planner's: planning.goal_seed) the ball is driven by the oracle (down its
 room, under the wall, up to the goal) and at every `stride`-th step of that path, the top level's
@@ -27,12 +28,18 @@ re-planning time, while it is still in the start room:
 --check routes: from each episode's start, top_horizon steps of summed displacements: the oracle's way
     (round the wall) and the straight line (into the wall), each scored by the top level's predictor
     (`pred_*`) and by the window the simulator shows after executing them (`true_*`); then the top CEM's
-    plan, predicted and executed (`plan_*`, its summed displacements split evenly over their actions). A
-    model that knows the wall predicts oracle < straight, as the simulator shows once the horizon reaches
-    the goal; plan_pred far below plan_true: the CEM found a way through the model's errors.
---check oracle-subgoals: the hierarchical planner with its top level replaced by the oracle (the subgoal
-    is the level-2 latent of the window the oracle's next `stride` actions show; the frame level plans as
-    always): reached episodes out of --episodes. Whether the frame level follows good subgoals.
+    plan, predicted and executed (`*_plan`, its summed displacements split evenly over their actions;
+    `plan_final_m`: where it takes the ball). A model that knows the wall predicts oracle < straight, as the
+    simulator shows once the horizon reaches the goal; pred_plan far below true_plan: the CEM found a way
+    through the model's errors.
+--check plan: closed-loop episodes of the hierarchical planner (reached, steps, final distance), with
+    --subgoals oracle: its top level replaced by the oracle (OracleSubgoals: the subgoal is the level-2
+        latent of the window the oracle's next `stride` actions show; the frame level plans as always).
+        Whether the frame level follows good subgoals.
+--top-model simulator (any check): the top level's world model is the simulator (SimulatorWindows: its CEM
+    and subgoals see the true windows its summed displacements lead to; the level-2 energy and the frame
+    level unchanged). Whether a perfect level-2 predictor would be enough, or the energy and the search
+    fail anyway.
 """
 from __future__ import annotations
 
@@ -168,6 +175,7 @@ def check_routes(planner, task, ep) -> dict:
             frames.append(planner.frame_wm.encode_frame(maze.render()))
         oracle.append(total)
     true_oracle = float(energy(planner.level2(frames), planner.goal2)[0])
+    maze.place(ep.start_pos)                    # the top model plans from the start (the simulator's too)
     bound = planner.top.maxnorm
     straight = np.tile(np.clip((ep.goal_pos - ep.start_pos) / H, -bound, bound), (H, 1))
     plan, _ = cem_plan(planner.top_wm, z2, state, planner.goal2, planner.top, planner.gen)
@@ -182,8 +190,8 @@ def check_routes(planner, task, ep) -> dict:
             maze.place(ep.start_pos)
             true = float(energy(execute_summed(planner, maze, summed), planner.goal2)[0])
         row.update({f"pred_{name}": e, f"true_{name}": true})
+    row["plan_final_m"] = float(np.linalg.norm(maze.position() - ep.goal_pos))   # where the plan took the ball
     maze.place(ep.start_pos)
-    row["plan_final_m"] = float(np.linalg.norm(maze.position() - ep.goal_pos))
     return row
 
 
@@ -194,10 +202,6 @@ class OracleSubgoals(HierarchicalPlanner):
     def __init__(self, hj, crop_size: int, pc, maze, generator: torch.Generator | None = None):
         super().__init__(hj, crop_size, pc, generator)
         self.maze, self.goal_pos = maze, None
-
-    def start(self, ep) -> None:
-        self.reset(ep.goal_image)
-        self.goal_pos = ep.goal_pos
 
     @torch.no_grad()
     def plan_subgoal(self, state_S) -> torch.Tensor:
@@ -210,35 +214,69 @@ class OracleSubgoals(HierarchicalPlanner):
         return self.level2(frames)
 
 
-def run_oracle_subgoals(planner: OracleSubgoals, task, ep) -> dict:
-    planner.start(ep)
+class SimulatorWindows:
+    """The top level's world model replaced by the simulator (what a perfect level-2 predictor would give):
+    each sequence of summed displacements is executed from the ball's pose, each split evenly over its
+    `stride` actions, and the level-2 latent of the last window its frames show is returned; the ball is
+    put back. For the top CEM (engine.planning.cem.cem_plan) in place of the level-2 predictor."""
+
+    action_dim = 2
+
+    def __init__(self, planner, maze):
+        self.planner, self.maze = planner, maze
+
+    @torch.no_grad()
+    def rollout(self, z0_1ND, state_S, actions_KHA) -> torch.Tensor:
+        pos = self.maze.position()
+        out = []
+        for summed_HA in actions_KHA.numpy():
+            self.maze.place(pos)
+            out.append(execute_summed(self.planner, self.maze, summed_HA))
+        self.maze.place(pos)
+        return torch.cat(out)
+
+
+def run_hierarchical(planner, task, ep) -> dict:
+    """One closed-loop episode of a hierarchical planner (the plan's controller): reached, steps, final distance."""
+    if isinstance(planner, OracleSubgoals):
+        planner.goal_pos = ep.goal_pos
+    planner.reset(ep.goal_image)
     r = task.run(ep, lambda frame, state, ep, maze: planner.act(frame, state))
     return {"episode": ep.index, "reached": float(r.success), "steps": r.steps, "final_m": r.final_distance}
 
 
-CHECKS = ("compass", "landscape", "routes", "oracle-subgoals")
+CHECKS = ("compass", "landscape", "routes", "plan")
 
 
 def main(argv=None) -> list[dict]:
     from engine.planning.maze import MazeTask
     from engine.planning.world_model import load_world_model
+
+    def options(p):
+        p.add_argument("--check", choices=CHECKS, default="compass")
+        p.add_argument("--subgoals", choices=("planner", "oracle"), default="planner",
+                       help="plan: the top level's subgoals, or the oracle's (OracleSubgoals)")
+        p.add_argument("--top-model", choices=("predictor", "simulator"), default="predictor",
+                       help="the top level's world model: its predictor, or the simulator (SimulatorWindows)")
+        p.add_argument("--spacing", type=float, default=0.2, help="landscape: the grid's spacing (m)")
+
     args, cfg = diagnosis_args("python -m engine.planning.subgoals", __doc__.split("\n")[0], argv, "an hjepa run",
                                "re-planning poses per episode (every stride actions)", checkpoint_required=True,
-                               extra=lambda p: (p.add_argument("--check", choices=CHECKS, default="compass"),
-                                                p.add_argument("--spacing", type=float, default=0.2,
-                                                               help="landscape: the grid's spacing (m)")))
+                               extra=options)
     hj, train_cfg = load_world_model(args.checkpoint, hierarchical=True)
     pc = cfg.planning
     task = MazeTask(size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
     gen = torch.Generator().manual_seed(cfg.meta.seed)
-    if args.check == "oracle-subgoals":
+    if args.subgoals == "oracle":
         planner = OracleSubgoals(hj, train_cfg.data.crop_size, pc, task.maze, gen)
     else:
         planner = HierarchicalPlanner(hj, train_cfg.data.crop_size, pc, gen)
+    if args.top_model == "simulator":
+        planner.top_wm = SimulatorWindows(planner, task.maze)
     checks = {"compass": lambda ep: check_episode(planner, task, ep, args.poses, pc.maxnorm),
               "landscape": lambda ep: [check_landscape(planner, task, ep, args.spacing)],
               "routes": lambda ep: [check_routes(planner, task, ep)],
-              "oracle-subgoals": lambda ep: [run_oracle_subgoals(planner, task, ep)]}[args.check]
+              "plan": lambda ep: [run_hierarchical(planner, task, ep)]}[args.check]
     rows = []
     try:
         for i in range(args.episodes):

@@ -141,14 +141,15 @@ def test_route_check_scores_the_oracles_way_below_the_straight_line_in_the_simul
 
 def test_oracle_subgoals_are_the_oracles_next_window_and_leave_the_ball_in_place(stack):
     from engine.planning.maze import MazeTask, oracle_action
-    from engine.planning.subgoals import OracleSubgoals, run_oracle_subgoals
+    from engine.planning.subgoals import OracleSubgoals, run_hierarchical
     hj, cfg = stack
     pc = cfg.planning
     task = MazeTask(size=32, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
     try:
         ep, maze = task.episode(1), task.maze
         planner = OracleSubgoals(hj, 32, pc, maze, torch.Generator().manual_seed(0))
-        planner.start(ep)
+        planner.goal_pos = ep.goal_pos
+        planner.reset(ep.goal_image)
         maze.place(ep.start_pos)
         sub = planner.plan_subgoal(maze.state())
         np.testing.assert_allclose(maze.position(), ep.start_pos, atol=1e-9)
@@ -157,7 +158,7 @@ def test_oracle_subgoals_are_the_oracles_next_window_and_leave_the_ball_in_place
             maze.act(oracle_action(maze.position(), ep.goal_pos))
             frames.append(planner.frame_wm.encode_frame(maze.render()))
         torch.testing.assert_close(sub, planner.level2(frames))
-        row = run_oracle_subgoals(planner, task, ep)
+        row = run_hierarchical(planner, task, ep)
     finally:
         task.close()
     assert row["steps"] == pc.max_steps and row["reached"] == 0.0     # 3 actions do not cross the maze
@@ -179,3 +180,42 @@ def test_landscape_check_scores_every_free_grid_point(stack):
     assert r["points"] == sum(not blocked([x, y]) for x in ticks for y in ticks)
     corr = [v for k, v in r.items() if k.startswith(("top_", "frame_"))]
     assert len(corr) == 8 and all(-1 <= v <= 1 for v in corr)
+
+
+def test_simulator_windows_are_the_windows_the_summed_displacements_lead_to(stack):
+    """--top-model simulator: the top level's model: K sequences -> the level-2 latents of the windows the simulator
+    shows after them, the ball put back where it was."""
+    from engine.planning.maze import MazeTask
+    from engine.planning.subgoals import SimulatorWindows, execute_summed
+    hj, cfg = stack
+    planner = HierarchicalPlanner(hj, 32, cfg.planning, torch.Generator().manual_seed(0))
+    task = MazeTask(size=32, tolerance=0.15, max_steps=30, seed=1000)
+    try:
+        ep, maze = task.episode(0), task.maze
+        maze.place(ep.start_pos)
+        summed = torch.tensor([[[0.0, -0.6], [0.6, 0.0]], [[0.6, 0.0], [0.6, 0.0]]])   # down-right; right into the wall
+        z = SimulatorWindows(planner, maze).rollout(None, maze.state(), summed)
+        np.testing.assert_allclose(maze.position(), ep.start_pos, atol=1e-9)
+        assert z.shape == (2, 16, 32)
+        torch.testing.assert_close(z[1], execute_summed(planner, maze, summed[1].numpy())[0])
+        assert maze.position()[0] < 0          # the wall stopped it in the start room
+        assert (z[0] - z[1]).abs().mean() > 1e-3
+    finally:
+        task.close()
+
+
+def test_subgoals_cli_plans_with_the_oracles_subgoals_and_the_simulator_as_top_model(stack, tmp_path):
+    from engine.core.checkpoint import save_checkpoint
+    from engine.planning.subgoals import main
+    hj, cfg = stack
+    save_checkpoint(tmp_path / "run", 1, {"encoder": hj.encoder.state_dict(), "predictor": hj.predictor.state_dict(),
+                                          "target_encoder": hj.target_encoder.state_dict(), "config": cfg.to_dict()})
+    sets = [a for o in SMALL if o.startswith("planning.") for a in ("--set", o)]
+    base = ["--config", TINY, "--checkpoint", str(tmp_path / "run"), "--episodes", "1"] + sets
+    rows = main(base + ["--check", "plan", "--subgoals", "oracle"])
+    assert len(rows) == 1 and rows[0]["steps"] == 3 and rows[0]["reached"] == 0.0
+    rows = main(base + ["--check", "routes", "--top-model", "simulator"])
+    # the simulator is the top model: a route's predicted energy is the energy of where it truly leads (the
+    # oracle's own actions are not an even split of its sums, so its route is left out)
+    for k in ("straight", "plan"):
+        assert rows[0][f"pred_{k}"] == pytest.approx(rows[0][f"true_{k}"], rel=1e-4)
