@@ -146,10 +146,11 @@ def check_landscape(planner, task, ep, spacing: float = 0.2) -> dict:
 def execute_summed(planner, maze, summed_HA) -> torch.Tensor:
     """Execute summed displacements (each split evenly over `stride` actions); the level-2 latent of the
     last window the frames show. The ball is left where the actions took it."""
+    actions = np.repeat(np.asarray(summed_HA, dtype=np.float64) / planner.stride, planner.stride, axis=0)
     frames = []
-    for d in np.asarray(summed_HA, dtype=np.float64):
-        for _ in range(planner.stride):
-            maze.act(d / planner.stride)
+    for t, a in enumerate(actions):
+        maze.act(a)
+        if t >= len(actions) - planner.window:      # only the last window is encoded
             frames.append(planner.frame_wm.encode_frame(maze.render()))
     return planner.level2(frames)
 
