@@ -62,8 +62,8 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     "loss.auto_steps": ((1,), ("vjepa_droid", "hjepa"), "only the action-conditioned rollout has it"),
     "loss.normalize_reps": ((True,), ("vjepa_droid", "hjepa"), "V-JEPA targets are always layer-normed"),
     "model.action_scale": ((1.0,), ("vjepa_droid", "hjepa", "lewm"), "only the action-conditioned predictors have it"),
-    "model.pred_residual": ((False,), ("vjepa_droid",), "only the V-JEPA 2-AC predictor has it; H-JEPA: "
-                                                        "hierarchy.residual"),
+    "model.pred_residual": ((False,), ("vjepa_droid", "vjepa"), "the video predictors have it (V-JEPA, V-JEPA 2-AC); "
+                                                                "H-JEPA: hierarchy.residual"),
 }
 
 # Keys an app does not read (its model or data path has no use for them): for that app, a value other
@@ -186,7 +186,7 @@ class ModelConfig:
     action_dim: int = 7                  # ours: the action vector's length (the reference fixes 7)
     state_dim: Optional[int] = None      # ours: the state vector's length (None: action_dim, as the reference)
     action_scale: float = 1.0            # ours: actions are multiplied by this before the AC predictor (1: reference)
-    pred_residual: bool = False          # ours: the AC predictor predicts each token's change (z_t + out; false: reference)
+    pred_residual: bool = False          # ours: the predictor predicts each token's change (earlier feature + out; false: reference)
     # ours: override the preset's encoder size (small CPU runs)
     depth: Optional[int] = None
     num_heads: Optional[int] = None

@@ -31,9 +31,14 @@ class Predictor(PredictorTrunk):
                  uniform_power: bool = False, use_rope: bool = False, rope_reference_layout: bool = True,
                  use_silu: bool = False, wide_silu: bool = True, num_mask_tokens: int = 2,
                  zero_init_mask_tokens: bool = True, single_mask_token: bool = False,
-                 use_activation_checkpointing: bool = False):
+                 use_activation_checkpointing: bool = False, residual: bool = False):
         super().__init__()
         self.grid = tuple(grid)
+        # residual (model.pred_residual): a target token's prediction is its position's latest earlier
+        # context feature plus the predictor's output, so the predictor learns each token's change. A
+        # future predictor must otherwise first learn to copy the background through its own width, and
+        # a narrow one stops at copying everything, moving objects included.
+        self.residual = bool(residual)
         self.num_patches = grid[0] * grid[1] * grid[2]
         self.embed_dim = embed_dim
         self.single_mask_token = single_mask_token
@@ -95,7 +100,25 @@ class Predictor(PredictorTrunk):
         max_len = ctx.max_seqlen + tgt.max_seqlen
         tok = Tokens(ids, cu, max_len, self.rope.tables(ids) if self.rope is not None else None)
         x = self.run_trunk(x, tok)
-        return self.project(x.index_select(0, dest_t))
+        p_TD = self.project(x.index_select(0, dest_t))
+        return p_TD + self.carried_forward(z_TD, ctx, tgt) if self.residual else p_TD
+
+    def carried_forward(self, z_TD, ctx: Packed, tgt: Packed) -> torch.Tensor:
+        """[Tt, D]: for each target token, the layer-normed context feature (as the targets are normed) at
+        the same spatial position in the latest earlier time step of its sequence's context; zero where that
+        position has no earlier context. Detached: the encoder is taught by the predictor's input, not
+        rewarded for features that stay still over time."""
+        dev, per_t = z_TD.device, self.grid[1] * self.grid[2]
+        row_SN = torch.full((ctx.num_seqs, self.num_patches), -1, dtype=torch.long, device=dev)
+        row_SN[ctx.seq_id_T(), ctx.pos_T] = torch.arange(z_TD.shape[0], device=dev)
+        seq_T, pos_T = tgt.seq_id_T(), tgt.pos_T
+        src_T = torch.full_like(pos_T, -1)
+        for back in range(1, self.grid[0]):   # the nearest earlier step first
+            earlier_T = pos_T - back * per_t
+            found_T = torch.where(earlier_T >= 0, row_SN[seq_T, earlier_T.clamp_min(0)], -1)
+            src_T = torch.where(src_T < 0, found_T, src_T)
+        z_TD = torch.nn.functional.layer_norm(z_TD.detach(), (z_TD.shape[-1],))
+        return z_TD.index_select(0, src_T.clamp_min(0)) * (src_T >= 0).unsqueeze(1).to(z_TD.dtype)
 
     # -- the reference calls ---------------------------------------------------------------------------
     def forward(self, x, *args, mask_index: int = 1):
@@ -136,4 +159,4 @@ def build_predictor(cfg, encoder) -> Predictor:
                      rope_reference_layout=getattr(md, "rope_reference_layout", True),
                      use_silu=md.use_pred_silu, wide_silu=md.wide_silu, num_mask_tokens=n_tokens,
                      zero_init_mask_tokens=md.zero_init_mask_tokens, single_mask_token=single,
-                     use_activation_checkpointing=md.use_activation_checkpointing)
+                     use_activation_checkpointing=md.use_activation_checkpointing, residual=md.pred_residual)

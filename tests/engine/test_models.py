@@ -92,6 +92,35 @@ def test_packed_predictor_equals_each_sample_alone(rope):
     assert p_TD.shape == (10, 48)
 
 
+def test_residual_predictor_adds_the_latest_earlier_context_feature_at_each_position():
+    """model.pred_residual: prediction = plain prediction + the layer-normed context feature at the target's
+    spatial position in the nearest earlier step of its own sequence's context (zero where there is none)."""
+    grid = (4, 2, 2)                                             # 4 steps of 2 x 2 tokens, N = 16
+    torch.manual_seed(0)
+    plain = Predictor(grid, 12, predictor_embed_dim=8, depth=1, num_heads=2, zero_init_mask_tokens=False).eval()
+    residual = Predictor(grid, 12, predictor_embed_dim=8, depth=1, num_heads=2, residual=True).eval()
+    residual.load_state_dict(plain.state_dict())
+    # sequence 0: all of step 0, position 1 at step 1, position 2 at step 2; sequence 1: step 1 only
+    ctx_sets = [torch.tensor([0, 1, 2, 3, 5, 10]), torch.tensor([4, 5])]
+    tgt_sets = [torch.tensor([4, 13, 14, 15]), torch.tensor([2, 9, 11])]
+    # the context position each target carries forward (None: no earlier step holds its position)
+    carried = [[0, 5, 10, 3], [None, 5, None]]
+    ctx, tgt = pack_index_sets(ctx_sets, [0, 1], 16), pack_index_sets(tgt_sets, [1, 0], 16)
+    z_TD = torch.randn(ctx.rows_T.numel(), 12, requires_grad=True)
+    mask_index_S = torch.tensor([0, 1])
+    with torch.no_grad():
+        change_TD = residual.forward_packed(z_TD, ctx, tgt, mask_index_S) - plain.forward_packed(z_TD, ctx, tgt,
+                                                                                                mask_index_S)
+    normed_TD = torch.nn.functional.layer_norm(z_TD.detach(), (12,))
+    expected = []
+    for s, positions in enumerate(carried):
+        rows = {int(p): int(ctx.cu_seqlens[s]) + i for i, p in enumerate(ctx_sets[s])}
+        expected += [normed_TD[rows[p]] if p is not None else torch.zeros(12) for p in positions]
+    torch.testing.assert_close(change_TD, torch.stack(expected), **TOL)
+    # the carried feature is a fixed base: no gradient reaches the context through it
+    assert not residual.carried_forward(z_TD, ctx, tgt).requires_grad
+
+
 def test_sincos_3d_layout():
     pe = sincos_3d(16, grid_depth=2, grid_size=3)
     assert pe.shape == (18, 16)
