@@ -106,8 +106,10 @@ class Predictor(PredictorTrunk):
     def carried_forward(self, z_TD, ctx: Packed, tgt: Packed) -> torch.Tensor:
         """[Tt, D]: for each target token, the layer-normed context feature (as the targets are normed) at
         the same spatial position in the latest earlier time step of its sequence's context; zero where that
-        position has no earlier context. Detached: the encoder is taught by the predictor's input, not
-        rewarded for features that stay still over time."""
+        position has no earlier context. Not detached: the base must live in the targets' space, and only
+        the loss's gradient through it puts the context encoder's features there (the V-JEPA 2-AC
+        predictor's base is its target encoder's own feature; a detached base here trained a predictor
+        worse than copying the last step)."""
         dev, per_t = z_TD.device, self.grid[1] * self.grid[2]
         row_SN = torch.full((ctx.num_seqs, self.num_patches), -1, dtype=torch.long, device=dev)
         row_SN[ctx.seq_id_T(), ctx.pos_T] = torch.arange(z_TD.shape[0], device=dev)
@@ -117,7 +119,7 @@ class Predictor(PredictorTrunk):
             earlier_T = pos_T - back * per_t
             found_T = torch.where(earlier_T >= 0, row_SN[seq_T, earlier_T.clamp_min(0)], -1)
             src_T = torch.where(src_T < 0, found_T, src_T)
-        z_TD = torch.nn.functional.layer_norm(z_TD.detach(), (z_TD.shape[-1],))
+        z_TD = torch.nn.functional.layer_norm(z_TD, (z_TD.shape[-1],))
         return z_TD.index_select(0, src_T.clamp_min(0)) * (src_T >= 0).unsqueeze(1).to(z_TD.dtype)
 
     # -- the reference calls ---------------------------------------------------------------------------

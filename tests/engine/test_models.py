@@ -117,8 +117,12 @@ def test_residual_predictor_adds_the_latest_earlier_context_feature_at_each_posi
         rows = {int(p): int(ctx.cu_seqlens[s]) + i for i, p in enumerate(ctx_sets[s])}
         expected += [normed_TD[rows[p]] if p is not None else torch.zeros(12) for p in positions]
     torch.testing.assert_close(change_TD, torch.stack(expected), **TOL)
-    # the carried feature is a fixed base: no gradient reaches the context through it
-    assert not residual.carried_forward(z_TD, ctx, tgt).requires_grad
+    # the base is trained: the gradient reaches exactly the context rows that are carried forward
+    # (through a random readout: a layer-normed row sums to a constant, so .sum() would have no gradient)
+    (residual.carried_forward(z_TD, ctx, tgt) @ torch.randn(12)).sum().backward()
+    carried_rows = {int(ctx.cu_seqlens[s]) + [int(p) for p in ctx_sets[s]].index(p)
+                    for s, positions in enumerate(carried) for p in positions if p is not None}
+    assert {i for i in range(z_TD.shape[0]) if z_TD.grad[i].abs().sum() > 0} == carried_rows
 
 
 def test_sincos_3d_layout():
