@@ -137,6 +137,29 @@ def test_surprise_over_several_windows_is_their_mean(tiny_model):
     assert not torch.allclose(one[:, 2 * per_t:], full[:, 2 * per_t:])   # the windows do predict differently
 
 
+def test_residual_surprise_with_no_predicted_change_is_the_copy_of_the_last_step():
+    """model.pred_residual with a predictor that outputs no change: a token's future surprise (one step of
+    context) is the L1 between its target and its position's context feature one step before."""
+    cfg = load_config("configs/tiny_cpu.yaml", ["loss.std_coeff=0", "loss.cov_coeff=0", "data.crop_size=32",
+                                                "model.pred_residual=true"])
+    model = load_jepa(cfg, random_init=True, seed=1)
+    with torch.no_grad():
+        model.predictor.predictor_proj.weight.zero_()
+        model.predictor.predictor_proj.bias.zero_()
+    clips = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(4))
+    T, H, W = model.encoder.grid
+    S = H * W
+    err_BN, _, _ = token_surprise(model, clips, future_masks((T, H, W), 2, context=1))
+    with torch.no_grad():
+        h_BND = model.target_encoder.forward_dense(model.target_encoder.embed(clips))
+        h_BND = torch.nn.functional.layer_norm(h_BND, (h_BND.shape[-1],))
+        for t in range(1, T):
+            z_BSD = model.encoder(clips, masks=[torch.arange((t - 1) * S, t * S).expand(2, -1)])
+            z_BSD = torch.nn.functional.layer_norm(z_BSD, (z_BSD.shape[-1],))
+            copy_BS = (z_BSD - h_BND[:, t * S:(t + 1) * S]).abs().mean(-1)
+            torch.testing.assert_close(err_BN[:, t * S:(t + 1) * S], copy_BS, rtol=1e-4, atol=1e-5)
+
+
 def test_frame_max_scores_whole_steps_not_single_tokens():
     grid = (3, 2, 2)   # 3 time steps of 4 tokens; step 0 is context only (count 0)
     err = torch.zeros(2, 12)
