@@ -264,6 +264,11 @@ class LoggingConfig:
     wandb_project: str = "jepa-engine"                # the W&B project of the run (its name: the output folder)
 
 
+# The planner's energies (engine.planning.cem.ENERGIES implements each) and the rollout steps they score
+PLANNING_ENERGIES = ("l1", "l2", "cosine", "pooled_l1")
+PLANNING_ENERGY_STEPS = ("last", "sum")
+
+
 @dataclass
 class PlanningConfig:
     """ours: the CEM planner (engine.planning) and the reach task it is scored on (engine.plan). The CEM
@@ -278,6 +283,9 @@ class PlanningConfig:
     max_steps: int = 30               # the task's step budget per episode
     tolerance: float = 0.05           # success: end effector within this distance (m) of the goal
     goal_seed: int = 1000             # episodes' scenes and goals come from (goal_seed, episode)
+    # ours: the energy CEM minimises between predicted and goal latents, and which predicted steps it scores
+    energy: str = "l1"                # l1 (the reference's), l2, cosine, pooled_l1 (PLANNING_ENERGIES)
+    energy_steps: str = "last"        # horizon > 1: the last step's energy (the reference's) or the sum over steps
     # H-JEPA (engine.planning.hierarchical): the top level's CEM, at its own time step
     top_samples: int = 64
     top_topk: int = 8
@@ -690,6 +698,11 @@ def _validate_model(cfg: Config) -> None:
     for key in ("momentum_mean", "momentum_std"):
         if not 0.0 <= getattr(pl, key) < 1.0:
             raise ConfigError(f"planning.{key}: must lie in [0, 1), got {getattr(pl, key)}")
+    if pl.energy not in PLANNING_ENERGIES:
+        raise ConfigError(f"planning.energy: unknown {pl.energy!r}; expected one of {list(PLANNING_ENERGIES)}")
+    if pl.energy_steps not in PLANNING_ENERGY_STEPS:
+        raise ConfigError(f"planning.energy_steps: unknown {pl.energy_steps!r}; expected one of "
+                          f"{list(PLANNING_ENERGY_STEPS)}")
     if pl.maxnorm <= 0 or pl.tolerance <= 0:
         raise ConfigError(f"planning.maxnorm / planning.tolerance: must be > 0, got {pl.maxnorm} / {pl.tolerance}")
     if md.pred_num_heads is not None and md.pred_embed_dim % md.pred_num_heads:

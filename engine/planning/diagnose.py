@@ -5,7 +5,7 @@
 
 Per held-out episode (the planner's: planning.goal_seed), the arm is driven by the oracle from its start
 to the goal, and at each pose of that path:
-    energy vs distance: the planning energy of the TRUE frame (L1 between its latent and the goal image's)
+    energy vs distance: the planning energy (planning.energy; l1: the reference's) of the TRUE frame
         against the end effector's true distance to the goal; `spearman` is their rank correlation over
         the path (1: the energy is monotone in the distance, what CEM needs).
     greedy with a perfect predictor: each of the 26 unit-grid directions (maxnorm per axis) is executed in
@@ -46,7 +46,9 @@ def world_model(cfg, checkpoint):
 
 
 @torch.no_grad()
-def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: int = 4) -> dict:
+def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: int = 4, kind: str = "l1") -> dict:
+    """kind: the planning energy scored (planning.energy)."""
+    from engine.planning.cem import energy
     from engine.planning.reach import oracle_action
     arm, pb = task.arm, task.arm.pb
     goal_z = wm.encode_frame(ep.goal_image)
@@ -59,7 +61,7 @@ def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: 
         frame, state = arm.render(task.size), arm.state()
         z = wm.encode_frame(frame)
         path_d.append(d)
-        path_e.append(float((z - goal_z).abs().mean()))
+        path_e.append(float(energy(z, goal_z, kind)[0]))
         if d < task.tolerance or step >= task.max_steps:
             break
         if step < poses:
@@ -69,7 +71,7 @@ def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: 
                 arm.act(g * maxnorm, task.substeps)
                 zn = wm.encode_frame(arm.render(task.size))
                 true_z.append(zn)
-                true_e.append(float((zn - goal_z).abs().mean()))
+                true_e.append(float(energy(zn, goal_z, kind)[0]))
                 true_d.append(float(np.linalg.norm(arm.ee()[0] - ep.goal_pos)))
                 pb.restoreState(saved, physicsClientId=arm.cid)
                 arm.target = target.copy()
@@ -80,7 +82,7 @@ def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: 
             if with_predictor:
                 acts = torch.as_tensor(GRID * maxnorm, dtype=torch.float32)[:, None]
                 pred = wm.rollout(z, state, acts)
-                pred_e = (pred - goal_z).abs().mean(dim=(1, 2)).numpy()
+                pred_e = energy(pred, goal_z, kind).numpy()
                 rows["pred_rank_corr"].append(spearman(pred_e, true_e))
                 rows["pred_gain"].append(gain[int(np.argmin(pred_e))] / best if best > 0 else np.nan)
                 tz = torch.cat(true_z)
@@ -123,7 +125,8 @@ def main(argv=None):
     rows = []
     try:
         for i in range(args.episodes):
-            r = diagnose_episode(task, task.episode(i), wm, pc.maxnorm, args.checkpoint is not None, args.poses)
+            r = diagnose_episode(task, task.episode(i), wm, pc.maxnorm, args.checkpoint is not None, args.poses,
+                                 pc.energy)
             rows.append(r)
             print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()), flush=True)
     finally:

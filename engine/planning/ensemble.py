@@ -10,8 +10,9 @@ the mean of their energies averages part of those errors out.
 
 An ensemble latent is the members' latents concatenated along the feature axis ([1, N, M*D]); every
 member has the same tokens N and width D, so the planning energy (L1 averaged over tokens and features,
-engine.planning.cem.energy) of an ensemble latent IS the mean of the members' energies, and cem_plan and
-the diagnosis take an ensemble unchanged. Each member rolls out its own slice.
+engine.planning.cem.energy; likewise l2, pooled_l1, and cosine on layer-normed tokens of equal norm) of an
+ensemble latent IS the mean of the members' energies, and cem_plan and the diagnosis take an ensemble
+unchanged. Each member rolls out its own slice.
 """
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ class EnsembleWorldModel:
         """Each member's latents after each action sequence, side by side: [K, N, M*D]."""
         return torch.cat([m.rollout(z, state_S, actions_KHA) for m, z in zip(self.members, self._split(z0_1ND))],
                          dim=-1)
+
+    @torch.no_grad()
+    def rollout_steps(self, z0_1ND, state_S, actions_KHA) -> torch.Tensor:
+        """Each member's latents after each action of each sequence, side by side: [K, H, N, M*D]."""
+        return torch.cat([m.rollout_steps(z, state_S, actions_KHA)
+                          for m, z in zip(self.members, self._split(z0_1ND))], dim=-1)
 
 
 __all__ = ["EnsembleWorldModel"]

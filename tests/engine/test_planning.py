@@ -20,6 +20,10 @@ class ShiftModel:
         self.calls.append(tuple(acts_KHA.shape))
         return z0 + acts_KHA.sum(1)[:, None, :]
 
+    def rollout_steps(self, z0, state, acts_KHA):
+        self.calls.append(tuple(acts_KHA.shape))
+        return z0[:, None] + acts_KHA.cumsum(1)[:, :, None, :]
+
 
 def test_cem_finds_the_action_that_reaches_the_goal():
     pc = load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.samples=64", "planning.topk=8",
@@ -32,6 +36,62 @@ def test_cem_finds_the_action_that_reaches_the_goal():
     assert e < 2e-3
     # one batched rollout of all samples per iteration (and one for the final mean)
     assert wm.calls == [(64, 2, 3)] * 12 + [(1, 2, 3)]
+
+
+def test_summed_energy_prefers_getting_there_first():
+    """Horizon 2 towards a goal one step away: the last step's energy (the reference's) is indifferent to the
+    order of the two actions; summed over the steps it is lowest for the whole move first, then staying."""
+    pc = load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.samples=64", "planning.topk=8",
+                                                      "planning.iterations=12", "planning.horizon=2",
+                                                      "planning.energy_steps=sum"]).planning
+    z0, want = torch.zeros(1, 1, 3), torch.tensor([0.02, -0.03, 0.01])
+    actions, e = cem_plan(ShiftModel(), z0, None, z0 + want, pc, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(actions[0], want, atol=4e-3, rtol=0)
+    torch.testing.assert_close(actions[1], torch.zeros(3), atol=4e-3, rtol=0)
+    assert e < 4e-3
+
+
+def test_energies_rank_a_constructed_pair_differently():
+    """Goal: four tokens (1, 1). A: one token off by 0.8 in both features, (0.2, 1.8); B: every token off by 0.5
+    in the first feature, (1.5, 1). L1 and the pooled L1 prefer A (less total difference), L2 prefers B (no
+    large difference), cosine prefers B (A's far token turns away from the goal's). Each value by hand."""
+    from engine.planning.cem import energy
+    goal = torch.ones(1, 4, 2)
+    a, b = goal.clone(), goal.clone()
+    a[0, 0] = torch.tensor([0.2, 1.8])
+    b[0, :, 0] = 1.5
+    z = torch.cat([a, b])
+    cos_a, cos_b = 2.0 / (3.28 ** 0.5 * 2 ** 0.5), 2.5 / (3.25 ** 0.5 * 2 ** 0.5)
+    want = {"l1": [1.6 / 8, 2.0 / 8], "l2": [1.28 / 8, 1.0 / 8], "pooled_l1": [0.2, 0.25],
+            "cosine": [(1 - cos_a) / 4, 1 - cos_b]}
+    for kind, (ea, eb) in want.items():
+        torch.testing.assert_close(energy(z, goal, kind), torch.tensor([ea, eb]), atol=1e-6, rtol=1e-6)
+    assert [int(energy(z, goal, k).argmin()) for k in ("l1", "pooled_l1", "l2", "cosine")] == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="unknown planning energy 'l3'"):
+        energy(z, goal, "l3")
+
+
+def test_unknown_energy_options_are_refused_by_name():
+    from engine.config import PLANNING_ENERGIES, ConfigError
+    from engine.planning.cem import ENERGIES
+    assert tuple(ENERGIES) == PLANNING_ENERGIES            # every name the config takes has its energy
+    assert load_config("configs/ac_arm_tiny_cpu.yaml").planning.energy == "l1"   # the reference's by default
+    with pytest.raises(ConfigError, match="planning.energy: unknown 'l3'"):
+        load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.energy=l3"])
+    with pytest.raises(ConfigError, match="planning.energy_steps: unknown 'mean'"):
+        load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.energy_steps=mean"])
+
+
+def test_summed_energy_needs_each_steps_latents():
+    pc = load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.energy_steps=sum"]).planning
+
+    class LastOnly:
+        action_dim = 3
+
+        def rollout(self, z0, state, acts_KHA):
+            return z0 + acts_KHA.sum(1)[:, None, :]
+    with pytest.raises(ValueError, match="'sum' needs each step's latents, and LastOnly rolls out only the last"):
+        cem_plan(LastOnly(), torch.zeros(1, 1, 3), None, torch.zeros(1, 1, 3), pc)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +138,10 @@ def test_ensemble_energy_is_the_mean_of_its_members_energies(tiny_world_model):
     out = ens.rollout(z0, state, acts)
     torch.testing.assert_close(out[..., D:], other.rollout(other.encode_frame(frame), state, acts))
     torch.testing.assert_close(energy(out, zg), (e_members[0] + e_members[1]) / 2)
+    steps = ens.rollout_steps(z0, state, acts)                      # each step's latents, the members' side by side
+    torch.testing.assert_close(steps[:, -1], out)
+    torch.testing.assert_close(steps[..., :D], tiny_world_model.rollout_steps(tiny_world_model.encode_frame(frame),
+                                                                              state, acts))
 
 
 def test_ensemble_of_mismatched_models_is_refused(tiny_world_model):
