@@ -16,6 +16,8 @@ With a checkpoint (its predictor): the same 26 candidates rolled out by the pred
     `pred_rank_corr`: rank correlation of the predicted energies with the true-frame energies;
     `pred_gain`: the distance the predictor's lowest-energy candidate removes, as greedy_gain;
     `err_1step` / `err_copy`: the predictor's L1 to the true next latent vs copying the current latent.
+energy by camera axis: from the goal pose, 2 actions along the camera's right, up and depth (its ray)
+    axes; `e_right` / `e_up` / `e_depth`: the energy reached per metre moved (what the energy sees of each).
 Several checkpoints: their ensemble (engine.planning.ensemble; the energies and errors are the members'
 means). Without a checkpoint the encoder is the config's (meta.pretrain_checkpoint, or its seeded random init).
 """
@@ -96,6 +98,42 @@ def diagnose_episode(task, ep, wm, maxnorm: float, with_predictor: bool, poses: 
     return out
 
 
+CAMERA_AXES = ("right", "up", "depth")
+
+
+def camera_axes(arm) -> np.ndarray:
+    """The scene camera's right, up and backward (towards the eye) unit axes in world coordinates, [3, 3]: the
+    rows of its view matrix's rotation (pybullet returns the matrix column-major)."""
+    return np.asarray(arm.view, dtype=np.float64).reshape(4, 4)[:3, :3].T
+
+
+@torch.no_grad()
+def energy_by_camera_axis(task, ep, wm, maxnorm: float, kind: str = "l1", steps: int = 2) -> dict:
+    """How much the energy sees each direction: from the goal pose, `steps` actions of length maxnorm along
+    each camera axis (both signs), the energy of the frame reached per metre the end effector moved,
+    {"e_right", "e_up", "e_depth"}. A single view sees depth (along its ray) only as the arm's size and
+    shape: a low e_depth means goals are ambiguous along the ray, and CEM stalls on false minima there."""
+    from engine.planning.cem import energy
+    arm, pb = task.arm, task.arm.pb
+    goal_z = wm.encode_frame(ep.goal_image)
+    task._reset(ep.index)
+    task.drive_to(ep.goal_pos)
+    start, saved, target = arm.ee()[0].copy(), pb.saveState(physicsClientId=arm.cid), arm.target.copy()
+    out = {}
+    for name, axis in zip(CAMERA_AXES, camera_axes(arm)):
+        per_m = []
+        for sign in (1.0, -1.0):
+            for _ in range(steps):
+                arm.act(sign * axis * maxnorm, task.substeps)
+            moved = float(np.linalg.norm(arm.ee()[0] - start))
+            per_m.append(float(energy(wm.encode_frame(arm.render(task.size)), goal_z, kind)[0]) / max(moved, 1e-6))
+            pb.restoreState(saved, physicsClientId=arm.cid)
+            arm.target = target.copy()
+        out[f"e_{name}"] = float(np.mean(per_m))
+    pb.removeState(saved, physicsClientId=arm.cid)
+    return out
+
+
 def diagnosis_args(prog: str, description: str, argv, checkpoint_help: str, poses_help: str, checkpoint_required=False,
                    several=False, extra=None):
     """The planning diagnoses' command line (--config, --checkpoint, --episodes, --poses, --set): (args, Config).
@@ -125,8 +163,9 @@ def main(argv=None):
     rows = []
     try:
         for i in range(args.episodes):
-            r = diagnose_episode(task, task.episode(i), wm, pc.maxnorm, args.checkpoint is not None, args.poses,
-                                 pc.energy)
+            ep = task.episode(i)
+            r = diagnose_episode(task, ep, wm, pc.maxnorm, args.checkpoint is not None, args.poses, pc.energy)
+            r.update(energy_by_camera_axis(task, ep, wm, pc.maxnorm, pc.energy))
             rows.append(r)
             print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()), flush=True)
     finally:

@@ -182,6 +182,27 @@ def test_unreachable_goal_is_refused():
         task.close()
 
 
+def test_camera_axes_are_the_scene_cameras():
+    """The axes the diagnosis moves along: orthonormal, and the backward one points from the camera's target to
+    its eye (1.25 m away, 30 degrees above, as the arm source places it)."""
+    pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
+    from engine.planning.diagnose import camera_axes
+    from engine.planning.reach import ReachTask
+    task = ReachTask(size=32)
+    try:
+        task.episode(0)
+        axes = camera_axes(task.arm)
+        view = np.asarray(task.arm.view, dtype=np.float64).reshape(4, 4)
+    finally:
+        task.close()
+    np.testing.assert_allclose(axes @ axes.T, np.eye(3), atol=1e-6)
+    eye = -axes.T @ view[3, :3]                       # the camera's position: -R^T t
+    to_eye = eye - np.array([0.45, 0.0, 0.3])
+    np.testing.assert_allclose(np.linalg.norm(to_eye), 1.25, rtol=1e-5)
+    np.testing.assert_allclose(axes[2], to_eye / 1.25, atol=1e-5)
+    np.testing.assert_allclose(axes[2][2], np.sin(np.radians(30)), atol=1e-5)
+
+
 def test_plan_cli_runs_closed_loop(tmp_path):
     """A one-step-trained tiny model plans one short episode next to the baselines and writes its table."""
     pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
