@@ -703,6 +703,9 @@ def _validate_model(cfg: Config) -> None:
     if pl.energy_steps not in PLANNING_ENERGY_STEPS:
         raise ConfigError(f"planning.energy_steps: unknown {pl.energy_steps!r}; expected one of "
                           f"{list(PLANNING_ENERGY_STEPS)}")
+    if cfg.is_hierarchical and pl.energy_steps != "last":
+        raise ConfigError(f"planning.energy_steps: {pl.energy_steps!r} is for the flat planner; the hierarchical one "
+                          f"scores the level-2 window its actions end in, the last step only")
     if pl.maxnorm <= 0 or pl.tolerance <= 0:
         raise ConfigError(f"planning.maxnorm / planning.tolerance: must be > 0, got {pl.maxnorm} / {pl.tolerance}")
     if md.pred_num_heads is not None and md.pred_embed_dim % md.pred_num_heads:

@@ -9,9 +9,9 @@ Every `stride` actions (level 2's time step) the top level re-plans: CEM (engine
 over top_horizon summed displacements at its own time step, from the level-2 latent of the last
 `window` observed frames towards the goal image's level-2 latent (the goal frame held for a window);
 the level-2 latent its predictor reaches after the plan's first step is the subgoal. Every action, the
-frame level re-plans: CEM over the actions left until the subgoal's time, scored by the L1 distance
-between the subgoal and the level-2 encoding of the window those actions end in (observed frames, then
-the frame level's predictions). The first action is executed.
+frame level re-plans: CEM over the actions left until the subgoal's time, scored by the distance
+(planning.energy, L1 by default) between the subgoal and the level-2 encoding of the window those actions
+end in (observed frames, then the frame level's predictions). The first action is executed.
 
 Compute is counted in predictor steps (one sample advanced by one step of one level's predictor):
 `predictor_steps_per_action` gives what a planner spends, so a flat planner can be given the same.
@@ -36,17 +36,19 @@ class CEMSettings:
     momentum_mean: float
     momentum_std: float
     maxnorm: float
+    energy: str = "l1"                # planning.energy
+    energy_steps: str = "last"        # the window its actions end in is scored: always the last step
 
 
 def frame_settings(pc, horizon: int | None = None, samples: int | None = None) -> CEMSettings:
     return CEMSettings(samples or pc.samples, pc.topk, pc.iterations, horizon or pc.horizon, pc.momentum_mean,
-                       pc.momentum_std, pc.maxnorm)
+                       pc.momentum_std, pc.maxnorm, pc.energy)
 
 
 def top_settings(pc, stride: int) -> CEMSettings:
     """The top level's CEM: its summed displacements span `stride` actions, so their bound is stride x maxnorm."""
     return CEMSettings(pc.top_samples, pc.top_topk, pc.top_iterations, pc.top_horizon, pc.momentum_mean,
-                       pc.momentum_std, pc.maxnorm * stride)
+                       pc.momentum_std, pc.maxnorm * stride, pc.energy)
 
 
 def cem_predictor_steps(s: CEMSettings) -> int:

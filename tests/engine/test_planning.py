@@ -80,6 +80,8 @@ def test_unknown_energy_options_are_refused_by_name():
         load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.energy=l3"])
     with pytest.raises(ConfigError, match="planning.energy_steps: unknown 'mean'"):
         load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.energy_steps=mean"])
+    with pytest.raises(ConfigError, match="planning.energy_steps: 'sum' is for the flat planner"):
+        load_config("configs/hjepa_tiny_cpu.yaml", ["planning.energy_steps=sum"])
 
 
 def test_summed_energy_needs_each_steps_latents():
