@@ -77,10 +77,10 @@ def check_pose(planner, maze, goal_pos, history: list, maxnorm: float) -> dict:
         for _ in range(stride):
             maze.act(d * maxnorm)
             frames.append(planner.frame_wm.encode_frame(maze.render()))
-        true_e.append(float(energy(planner.level2(history + frames), planner.goal2)[0]))
+        true_e.append(float(energy(planner.level2(history + frames), planner.goal2, planner.top.energy)[0]))
     maze.place(pos)
     summed = torch.as_tensor(COMPASS * maxnorm * stride, dtype=torch.float32)[:, None]
-    pred_e = energy(planner.top_wm.rollout(z2, state, summed), planner.goal2).numpy()
+    pred_e = energy(planner.top_wm.rollout(z2, state, summed), planner.goal2, planner.top.energy).numpy()
     return {"cos_way": cosine(plan[0].numpy(), way), "cos_straight": cosine(plan[0].numpy(), goal_pos - pos),
             "true_way": cosine(COMPASS[int(np.argmin(true_e))], way),
             "pred_way": cosine(COMPASS[int(np.argmin(pred_e))], way),
@@ -108,9 +108,11 @@ def check_episode(planner, task, ep, poses: int, maxnorm: float) -> list[dict]:
 
 @torch.no_grad()
 def steady_energies(planner, frame_HW3, goal1_1ND) -> tuple[float, float]:
-    """(top-level energy of the steady window of this frame, frame-level energy of the frame) to the goal."""
+    """(top-level energy of the steady window of this frame, frame-level energy of the frame) to the goal, each
+    the configured planning.energy, as the planner scores them."""
     z1 = planner.frame_wm.encode_frame(frame_HW3)
-    return float(energy(planner.level2([z1]), planner.goal2)[0]), float(energy(z1, goal1_1ND)[0])
+    top = energy(planner.level2([z1]), planner.goal2, planner.top.energy)
+    return float(top[0]), float(energy(z1, goal1_1ND, planner.pc.energy)[0])
 
 
 @torch.no_grad()
@@ -175,21 +177,21 @@ def check_routes(planner, task, ep) -> dict:
             total += a
             frames.append(planner.frame_wm.encode_frame(maze.render()))
         oracle.append(total)
-    true_oracle = float(energy(planner.level2(frames), planner.goal2)[0])
+    true_oracle = float(energy(planner.level2(frames), planner.goal2, planner.top.energy)[0])
     maze.place(ep.start_pos)                    # the top model plans from the start (the simulator's too)
     bound = planner.top.maxnorm
     straight = np.tile(np.clip((ep.goal_pos - ep.start_pos) / H, -bound, bound), (H, 1))
     plan, _ = cem_plan(planner.top_wm, z2, state, planner.goal2, planner.top, planner.gen)
     routes = {"oracle": np.asarray(oracle), "straight": straight, "plan": plan.numpy()}
-    pred = energy(planner.top_wm.rollout(z2, state, torch.as_tensor(np.stack(list(routes.values())),
-                                                                    dtype=torch.float32)), planner.goal2)
+    summed_KHA = torch.as_tensor(np.stack(list(routes.values())), dtype=torch.float32)
+    pred = energy(planner.top_wm.rollout(z2, state, summed_KHA), planner.goal2, planner.top.energy)
     row = {"episode": ep.index}
     for (name, summed), e in zip(routes.items(), pred.tolist()):
         if name == "oracle":
             true = true_oracle
         else:
             maze.place(ep.start_pos)
-            true = float(energy(execute_summed(planner, maze, summed), planner.goal2)[0])
+            true = float(energy(execute_summed(planner, maze, summed), planner.goal2, planner.top.energy)[0])
         row.update({f"pred_{name}": e, f"true_{name}": true})
     row["plan_final_m"] = float(np.linalg.norm(maze.position() - ep.goal_pos))   # where the plan took the ball
     maze.place(ep.start_pos)
