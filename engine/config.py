@@ -69,7 +69,8 @@ NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
 # Keys an app does not read (its model or data path has no use for them): for that app, a value other
 # than the default is refused by name.
 HJEPA_ONLY = ("hierarchy.*", "planning.top_samples", "planning.top_topk", "planning.top_iterations",
-              "planning.top_horizon")
+              "planning.top_horizon", "planning.top_planner", "planning.graph_data", "planning.graph_neighbours",
+              "planning.graph_lookahead")
 UNREAD_BY_APP = {
     "vjepa": HJEPA_ONLY,
     "ijepa": HJEPA_ONLY + ("data_aug.*", "loss.reg_coeff", "data.num_clips", "data.num_frames", "data.sampling_rate",
@@ -267,6 +268,9 @@ class LoggingConfig:
 # The planner's energies (engine.planning.cem.ENERGIES implements each) and the rollout steps they score
 PLANNING_ENERGIES = ("l1", "l2", "cosine", "pooled_l1")
 PLANNING_ENERGY_STEPS = ("last", "sum")
+# The H-JEPA planner's top level (engine.planning.hierarchical: cem; engine.planning.latent_graph: graph)
+TOP_PLANNERS = ("cem", "graph")
+GRAPH_KEYS = ("graph_data", "graph_neighbours", "graph_lookahead")
 
 
 @dataclass
@@ -291,6 +295,11 @@ class PlanningConfig:
     top_topk: int = 8
     top_iterations: int = 4
     top_horizon: int = 4              # summed displacements (steps of level 2) per planned sequence
+    top_planner: str = "cem"          # cem: the keys above | graph: a shortest path over a graph of the
+                                      # exploration data's level-2 latents (engine.planning.latent_graph)
+    graph_data: Optional[str] = None  # graph: the exploration episodes' index CSV (engine.datagen maze)
+    graph_neighbours: int = 4         # graph: links from each node to its nearest nodes of other episodes
+    graph_lookahead: int = 1          # graph: the subgoal is this many level-2 steps along the path
 
 
 @dataclass
@@ -706,11 +715,28 @@ def _validate_model(cfg: Config) -> None:
     if cfg.is_hierarchical and pl.energy_steps != "last":
         raise ConfigError(f"planning.energy_steps: {pl.energy_steps!r} is for the flat planner; the hierarchical one "
                           f"scores the level-2 window its actions end in, the last step only")
+    _validate_top_planner(pl)
     if pl.maxnorm <= 0 or pl.tolerance <= 0:
         raise ConfigError(f"planning.maxnorm / planning.tolerance: must be > 0, got {pl.maxnorm} / {pl.tolerance}")
     if md.pred_num_heads is not None and md.pred_embed_dim % md.pred_num_heads:
         raise ConfigError(f"model.pred_embed_dim: {md.pred_embed_dim} is not divisible by "
                           f"model.pred_num_heads ({md.pred_num_heads})")
+
+
+def _validate_top_planner(pl: PlanningConfig) -> None:
+    if pl.top_planner not in TOP_PLANNERS:
+        raise ConfigError(f"planning.top_planner: unknown {pl.top_planner!r}; expected one of {list(TOP_PLANNERS)}")
+    if pl.top_planner != "graph":
+        for key in GRAPH_KEYS:
+            if getattr(pl, key) != getattr(PlanningConfig, key):
+                raise ConfigError(f"planning.{key}: only the graph top level reads it; planning.top_planner is "
+                                  f"{pl.top_planner!r}")
+        return
+    if not pl.graph_data:
+        raise ConfigError("planning.graph_data: planning.top_planner graph needs the exploration episodes' index CSV")
+    if pl.graph_neighbours < 0 or pl.graph_lookahead < 1:
+        raise ConfigError(f"planning.graph_neighbours / planning.graph_lookahead: must be >= 0 / >= 1, got "
+                          f"{pl.graph_neighbours} / {pl.graph_lookahead}")
 
 
 def _validate_lewm(cfg: Config) -> None:

@@ -17,7 +17,9 @@ row per controller: success rate, mean final distance (m), seconds per action.
 hierarchical planner (the top level's subgoals, the frame level's actions), the flat planner (CEM on the
 frame level alone towards the goal latent, given as many predictor steps per action: its samples are
 raised to match), random actions and the oracle that knows the way; the same columns plus the
-predictor steps each planner spent per action. First it prints each level's action sensitivity
+predictor steps each planner spent per action. planning.top_planner graph: the top level is a shortest
+path over a graph of the exploration data's level-2 latents (engine.planning.latent_graph; no predictor
+steps), so flat gets the frame level's predictor steps per action. First it prints each level's action sensitivity
 (engine.planning.sensitivity: loss with the true vs shuffled actions on held-out exploration clips).
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,11 +154,28 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
+def hierarchical_planner(hj, crop_size: int, pc, gen):
+    """The HierarchicalPlanner of planning.top_planner: level-2 CEM, or the graph of the exploration data's
+    level-2 latents (built here, once; its build time printed)."""
+    from engine.planning.hierarchical import HierarchicalPlanner
+    if pc.top_planner == "cem":
+        return HierarchicalPlanner(hj, crop_size, pc, gen)
+    from engine.planning.latent_graph import GraphSubgoals, load_graph
+    t0 = time.perf_counter()
+    try:
+        graph = load_graph(hj, pc)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"graph error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"graph of {pc.graph_data}: {graph.num_nodes} nodes, {len(graph.indices) // 2} edges, built in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return GraphSubgoals(hj, crop_size, pc, graph, gen)
+
+
 def main_hierarchical(args, cfg) -> list[dict]:
     """Hierarchical vs flat (equal predictor steps per action) vs random vs oracle on the maze."""
     from engine.planning.cem import LatentWorldModel
-    from engine.planning.hierarchical import (HierarchicalPlanner, flat_samples_for, frame_settings,
-                                              hierarchical_steps_per_action)
+    from engine.planning.hierarchical import flat_samples_for, frame_settings, hierarchical_steps_per_action
     from engine.planning.maze import MazeTask, oracle_controller, random_controller
     from engine.planning.sensitivity import action_sensitivity, maze_clips
     hj, train_cfg = world_model(args)
@@ -168,7 +188,7 @@ def main_hierarchical(args, cfg) -> list[dict]:
     stride = hj.window_of(2)[1]
     budget = hierarchical_steps_per_action(pc, stride)
     flat_pc = frame_settings(pc, samples=flat_samples_for(budget, pc))
-    hier = HierarchicalPlanner(hj, train_cfg.data.crop_size, pc, torch.Generator().manual_seed(cfg.meta.seed))
+    hier = hierarchical_planner(hj, train_cfg.data.crop_size, pc, torch.Generator().manual_seed(cfg.meta.seed))
     episode = {}
 
     def hierarchical(frame, state, ep, maze):
@@ -195,10 +215,11 @@ def main_hierarchical(args, cfg) -> list[dict]:
     finally:
         task.close()
     rows = [dict(summarize(n, results[n]), predictor_steps_per_action=steps.get(n, 0.0)) for n in names]
+    top = (f"graph (lookahead {pc.graph_lookahead}, {pc.graph_neighbours} links per node)" if pc.top_planner == "graph"
+           else f"top CEM {pc.top_samples} x horizon {pc.top_horizon} x {pc.top_iterations}")
     print(f"\nmaze, {args.episodes} episodes, tolerance {pc.tolerance} m, budget {pc.max_steps} actions; "
-          f"hierarchical: top CEM {pc.top_samples} x horizon {pc.top_horizon} x {pc.top_iterations} every {stride} "
-          f"actions + frame CEM {pc.samples} x {pc.iterations}; flat: CEM {flat_pc.samples} x horizon {pc.horizon} "
-          f"x {pc.iterations}")
+          f"hierarchical: {top} every {stride} actions + frame CEM {pc.samples} x {pc.iterations}; flat: CEM "
+          f"{flat_pc.samples} x horizon {pc.horizon} x {pc.iterations}")
     report(rows, args, pc, extra=("predictor_steps_per_action",))
     return rows
 

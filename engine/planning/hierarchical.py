@@ -58,8 +58,11 @@ def cem_predictor_steps(s: CEMSettings) -> int:
 
 def hierarchical_steps_per_action(pc, stride: int) -> float:
     """Mean predictor steps per action of HierarchicalPlanner: the frame level's horizons run stride..1,
-    the top level plans (and rolls out its subgoal) once per stride actions."""
+    the top level plans (and rolls out its subgoal) once per stride actions; a graph top level
+    (engine.planning.latent_graph) searches without the predictor."""
     low = np.mean([cem_predictor_steps(frame_settings(pc, horizon=h)) for h in range(1, stride + 1)])
+    if pc.top_planner == "graph":
+        return float(low)
     return float(low + (cem_predictor_steps(top_settings(pc, stride)) + 1) / stride)
 
 

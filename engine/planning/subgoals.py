@@ -24,7 +24,9 @@ re-planning time, while it is still in the start room:
     episode the ball is placed on a grid of free points (--spacing m) and each point's steady window scored
     by the top level's energy to the goal (and its frame by the frame level's); `geo` / `straight` are
     their rank correlations with the geodesic / straight-line distance, over all points and over the
-    start room's (`_start`, where the two disagree: the way there leads down to the gap).
+    start room's (`_start`, where the two disagree: the way there leads down to the gap). With
+    planning.top_planner graph, `graph_*` scores the graph's path length to the goal from the node
+    nearest each window (engine.planning.latent_graph) the same way.
 --check routes: from each episode's start, top_horizon steps of summed displacements: the oracle's way
     (round the wall) and the straight line (into the wall), each scored by the top level's predictor
     (`pred_*`) and by the window the simulator shows after executing them (`true_*`); then the top CEM's
@@ -126,19 +128,24 @@ def check_landscape(planner, task, ep, spacing: float = 0.2) -> dict:
     maze = task.maze
     ticks = np.arange(-FREE, FREE + 1e-9, spacing)
     pts = [np.array([x, y]) for x in ticks for y in ticks if not blocked([x, y])]
-    e2, e1 = [], []
+    e2, e1, windows = [], [], []
     for p in pts:
         maze.place(p)
-        a, b = steady_energies(planner, maze.render(), goal1)
+        frame = maze.render()
+        a, b = steady_energies(planner, frame, goal1)
         e2.append(a)
         e1.append(b)
+        windows.append(planner.level2([planner.frame_wm.encode_frame(frame)]))
     maze.place(ep.start_pos)
     geo = np.array([geodesic_distance(p, ep.goal_pos) for p in pts])
     straight = np.array([np.linalg.norm(p - ep.goal_pos) for p in pts])
     start = np.array([np.sign(p[0]) == np.sign(ep.start_pos[0]) for p in pts])
     e2, e1 = np.asarray(e2), np.asarray(e1)
     row = {"episode": ep.index, "points": len(pts)}
-    for name, e in (("top", e2), ("frame", e1)):
+    scores = [("top", e2), ("frame", e1)]
+    if getattr(planner, "graph", None) is not None:     # the graph top level: each point's path length to the goal
+        scores.append(("graph", planner.dist[planner.graph.nearest(torch.cat(windows))]))
+    for name, e in scores:
         row.update({f"{name}_geo": spearman(e, geo), f"{name}_straight": spearman(e, straight),
                     f"{name}_geo_start": spearman(e[start], geo[start]),
                     f"{name}_straight_start": spearman(e[start], straight[start])})
@@ -273,7 +280,8 @@ def main(argv=None) -> list[dict]:
     if args.subgoals == "oracle":
         planner = OracleSubgoals(hj, train_cfg.data.crop_size, pc, task.maze, gen)
     else:
-        planner = HierarchicalPlanner(hj, train_cfg.data.crop_size, pc, gen)
+        from engine.plan import hierarchical_planner
+        planner = hierarchical_planner(hj, train_cfg.data.crop_size, pc, gen)
     if args.top_model == "simulator":
         planner.top_wm = SimulatorWindows(planner, task.maze)
     checks = {"compass": lambda ep: check_episode(planner, task, ep, args.poses, pc.maxnorm),

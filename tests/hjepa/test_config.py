@@ -32,6 +32,10 @@ def test_large_config_loads():
     ("planning.top_horizon=0", "planning.top_horizon: must be >= 1"),
     ("hierarchy.auto_steps=0", "hierarchy.auto_steps: must be >= 1"),
     ("loss.std_coeff=1.0", "loss.std_coeff: 1.0 is not supported with app hjepa"),
+    ("planning.top_planner=tree", r"planning.top_planner: unknown 'tree'; expected one of \['cem', 'graph'\]"),
+    ("planning.graph_lookahead=2", "planning.graph_lookahead: only the graph top level reads it"),
+    ("planning.graph_data=d.csv", "planning.graph_data: only the graph top level reads it"),
+    ("planning.top_planner=graph", "planning.graph_data: planning.top_planner graph needs"),
 ])
 def test_bad_hierarchy_values_are_refused_by_name(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -58,3 +62,13 @@ def test_hierarchy_keys_are_refused_outside_hjepa(config):
         load_config(config, ["hierarchy.window=8"])
     with pytest.raises(ConfigError, match="planning.top_samples: 10 is not supported with app"):
         load_config(config, ["planning.top_samples=10"])
+    with pytest.raises(ConfigError, match="planning.top_planner: 'graph' is not supported with app"):
+        load_config(config, ["planning.top_planner=graph"])
+
+
+def test_graph_keys_are_checked_when_the_graph_plans():
+    sets = ["planning.top_planner=graph", "planning.graph_data=d.csv"]
+    with pytest.raises(ConfigError, match="planning.graph_neighbours / planning.graph_lookahead: must be >= 0 / >= 1"):
+        load_config(TINY, sets + ["planning.graph_lookahead=0"])
+    pc = load_config(TINY, sets + ["planning.graph_neighbours=8"]).planning
+    assert (pc.top_planner, pc.graph_data, pc.graph_neighbours, pc.graph_lookahead) == ("graph", "d.csv", 8, 1)
