@@ -61,7 +61,7 @@ def read_episodes(index_csv, limit: int | None = None) -> Episodes:
 
 @torch.no_grad()
 def window_latents(hj, frames_ETHW3: np.ndarray, batch: int = 16) -> torch.Tensor:
-    """Level-2 latents of every window position of each episode: [E, T-W+1, N, E2]."""
+    """Level-2 latents of every window position of each episode: [E, M = T-W+1, N, C]."""
     from engine.data.transforms import Normalize
     norm, W = Normalize(), hj.window_of(2)[0]
     out = []
@@ -77,7 +77,7 @@ def window_latents(hj, frames_ETHW3: np.ndarray, batch: int = 16) -> torch.Tenso
 
 @dataclass
 class LatentGraph:
-    latents_MNE: torch.Tensor          # node latents
+    latents_MNC: torch.Tensor          # node latents
     episode_M: np.ndarray              # the exploration episode each node comes from
     positions_M2: np.ndarray           # the ball's mean position over the node's window (diagnosis only)
     indptr: np.ndarray                 # CSR adjacency (undirected: both directions stored)
@@ -88,9 +88,9 @@ class LatentGraph:
     def num_nodes(self) -> int:
         return len(self.episode_M)
 
-    def nearest(self, z_KNE: torch.Tensor) -> np.ndarray:
+    def nearest(self, z_KNC: torch.Tensor) -> np.ndarray:
         """The node nearest each latent (Euclidean over the flattened latent): [K]."""
-        return sq_distances(z_KNE.flatten(1), self.latents_MNE.flatten(1)).argmin(1).numpy()
+        return sq_distances(z_KNC.flatten(1), self.latents_MNC.flatten(1)).argmin(1).numpy()
 
     def neighbours_of(self, i: int):
         lo, hi = self.indptr[i], self.indptr[i + 1]
@@ -102,17 +102,17 @@ def sq_distances(a_KF: torch.Tensor, b_MF: torch.Tensor) -> torch.Tensor:
     return ((a_KF * a_KF).sum(1, keepdim=True) - 2 * a_KF @ b_MF.T + (b_MF * b_MF).sum(1)).clamp_min(0)
 
 
-def build_graph(latents_ETNE: torch.Tensor, positions_ET2: np.ndarray, neighbours: int, chunk: int = 1024) -> LatentGraph:
-    """The graph of the module's docstring from every window's latent [E, M, N, E2] and the ball's positions
-    per frame [E, T, 2] (only kept beside the nodes, for diagnosis)."""
-    E, M = latents_ETNE.shape[:2]
+def build_graph(latents_EMNC: torch.Tensor, positions_ET2: np.ndarray, neighbours: int, chunk: int = 1024) -> LatentGraph:
+    """The graph of the module's docstring from every window's latent [E, M, N, C] (window_latents) and the
+    ball's positions per frame [E, T, 2] (only kept beside the nodes, for diagnosis)."""
+    E, M = latents_EMNC.shape[:2]
     W = positions_ET2.shape[1] - M + 1
-    z_MF = latents_ETNE.flatten(2).flatten(0, 1).float()
+    z_MF = latents_EMNC.flatten(2).flatten(0, 1).float()
     episode = np.repeat(np.arange(E), M)
     pos = np.stack([positions_ET2[:, t:t + W].mean(1) for t in range(M)], 1).reshape(-1, 2)
     nodes = np.arange(E * M).reshape(E, M)
     src, dst, w = [nodes[:, :-1].ravel()], [nodes[:, 1:].ravel()], [np.ones((M - 1) * E)]
-    step = float(torch.median((latents_ETNE[:, 1:] - latents_ETNE[:, :-1]).flatten(2).norm(dim=2)))
+    step = float(torch.median((latents_EMNC[:, 1:] - latents_EMNC[:, :-1]).flatten(2).norm(dim=2)))
     if neighbours > 0:
         ep = torch.from_numpy(episode)
         for i in range(0, len(z_MF), chunk):
@@ -126,7 +126,7 @@ def build_graph(latents_ETNE: torch.Tensor, positions_ET2: np.ndarray, neighbour
     src, dst, w = np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([w, w])
     order = np.argsort(src, kind="stable")
     indptr = np.searchsorted(src[order], np.arange(E * M + 1))
-    return LatentGraph(latents_ETNE.flatten(0, 1), episode, pos, indptr, dst[order], w[order])
+    return LatentGraph(latents_EMNC.flatten(0, 1), episode, pos, indptr, dst[order], w[order])
 
 
 def shortest_paths(graph: LatentGraph, target: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +174,7 @@ class GraphSubgoals(HierarchicalPlanner):
     def plan_subgoal(self, state_S) -> torch.Tensor:
         here = int(self.graph.nearest(self.level2(self.history))[0])
         ahead = node_ahead(self.dist, self.nxt, here, self.lookahead)
-        return self.goal2 if ahead is None else self.graph.latents_MNE[ahead][None]
+        return self.goal2 if ahead is None else self.graph.latents_MNC[ahead][None]
 
 
 def load_graph(hj, pc) -> LatentGraph:

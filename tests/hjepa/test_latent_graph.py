@@ -84,7 +84,7 @@ def test_nearest_node_and_the_lookahead_subgoal(grid_graph):
 
 def test_without_links_the_episodes_stay_apart(grid_graph):
     g, pos = grid_graph
-    lone = build_graph(g.latents_MNE.view(-1, SEGMENT, 1, 2), pos.reshape(-1, SEGMENT, 2), neighbours=0)
+    lone = build_graph(g.latents_MNC.view(-1, SEGMENT, 1, 2), pos.reshape(-1, SEGMENT, 2), neighbours=0)
     dist, _ = shortest_paths(lone, 0)
     assert np.isfinite(dist).sum() == SEGMENT
 
@@ -111,9 +111,9 @@ def test_graph_nodes_are_the_planners_level2_latents_of_the_episodes_windows(sta
     planner = GraphSubgoals(hj, 32, pc, load_graph(hj, pc), torch.Generator().manual_seed(0))
     window = [planner.frame_wm.encode_frame(f) for f in eps.frames[2, 5:9]]
     torch.testing.assert_close(planner.level2(window)[0], z[2, 5], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(planner.graph.latents_MNE[2 * 11 + 5], z[2, 5])
+    torch.testing.assert_close(planner.graph.latents_MNC[2 * 11 + 5], z[2, 5])
     near = planner.graph.nearest(planner.level2(window))[0]
-    torch.testing.assert_close(planner.graph.latents_MNE[near], z[2, 5], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(planner.graph.latents_MNC[near], z[2, 5], atol=1e-5, rtol=1e-4)
 
 
 def test_graph_subgoal_is_the_node_a_stride_along_the_path_or_the_goal(stack, maze_csv):
@@ -129,7 +129,7 @@ def test_graph_subgoal_is_the_node_a_stride_along_the_path_or_the_goal(stack, ma
     planner.lookahead = planner.dist[here] / 2               # a subgoal half way, wherever the untrained model puts it
     ahead = node_ahead(planner.dist, planner.nxt, here, planner.lookahead)
     assert planner.dist[here] - planner.dist[ahead] >= planner.lookahead
-    torch.testing.assert_close(planner.plan_subgoal(np.zeros(2, np.float32))[0], planner.graph.latents_MNE[ahead])
+    torch.testing.assert_close(planner.plan_subgoal(np.zeros(2, np.float32))[0], planner.graph.latents_MNC[ahead])
     planner.history = [planner.frame_wm.encode_frame(eps.frames[0, 13])]      # at the goal already
     torch.testing.assert_close(planner.plan_subgoal(np.zeros(2, np.float32)), planner.goal2)
 
