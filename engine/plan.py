@@ -19,8 +19,9 @@ frame level alone towards the goal latent, given as many predictor steps per act
 raised to match), random actions and the oracle that knows the way; the same columns plus the
 predictor steps each planner spent per action. planning.top_planner graph: the top level is a shortest
 path over a graph of the exploration data's level-2 latents (engine.planning.latent_graph; no predictor
-steps), so flat gets the frame level's predictor steps per action. First it prints each level's action sensitivity
-(engine.planning.sensitivity: loss with the true vs shuffled actions on held-out exploration clips).
+steps), so flat gets the frame level's predictor steps per action. First it prints each level's action
+sensitivity (engine.planning.sensitivity: loss with the true vs shuffled actions on held-out exploration
+clips).
 """
 from __future__ import annotations
 
