@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,17 +91,37 @@ def report(rows: list[dict], args, pc, extra=()) -> None:
               f"{r['min_distance_m']:>7.3f} {r['steps']:>6.1f} {r['seconds_per_action']:>9.4f}"
               + "".join(f" {r.get(k, float('nan')):>14.1f}" for k in extra))
     if args.csv:
-        path = Path(args.csv)
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["checkpoint", "first_episode", "samples", "horizon", "iterations",
-                                              "tolerance", "max_steps", *rows[0]])
-            if new:
+        settings = {"checkpoint": " + ".join(map(str, args.checkpoint)), "first_episode": args.first_episode,
+                    "samples": pc.samples, "horizon": pc.horizon, "iterations": pc.iterations,
+                    "energy": pc.energy, "energy_steps": pc.energy_steps, "tolerance": pc.tolerance,
+                    "max_steps": pc.max_steps}
+        if args.hierarchical:
+            settings["top_planner"] = pc.top_planner
+        append_rows(Path(args.csv), [{**settings, **r} for r in rows])
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows to a results CSV. A file written before a column existed is rewritten once (atomically)
+    with the new columns after its own, its old rows left blank there, so no row is lost or misaligned."""
+    header = list(rows[0])
+    if path.exists() and path.stat().st_size:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old_header, old_rows = list(reader.fieldnames or []), list(reader)
+        header = old_header + [k for k in header if k not in old_header]
+        if header != old_header:
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=header)
                 w.writeheader()
-            for r in rows:
-                w.writerow({"checkpoint": " + ".join(map(str, args.checkpoint)), "first_episode": args.first_episode,
-                            "samples": pc.samples, "horizon": pc.horizon, "iterations": pc.iterations,
-                            "tolerance": pc.tolerance, "max_steps": pc.max_steps, **r})
+                w.writerows(old_rows)
+            os.replace(tmp, path)
+    new = not path.exists() or not path.stat().st_size
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
 
 
 def world_model(args):
