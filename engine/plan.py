@@ -26,16 +26,14 @@ clips).
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.config import ConfigError, load_config
+from engine.core.io import append_csv_rows
 
 BASELINES = ("random", "zero", "oracle")
 MAZE_BASELINES = ("random", "oracle")
@@ -97,31 +95,7 @@ def report(rows: list[dict], args, pc, extra=()) -> None:
                     "max_steps": pc.max_steps}
         if args.hierarchical:
             settings["top_planner"] = pc.top_planner
-        append_rows(Path(args.csv), [{**settings, **r} for r in rows])
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append rows to a results CSV. A file written before a column existed is rewritten once (atomically)
-    with the new columns after its own, its old rows left blank there, so no row is lost or misaligned."""
-    header = list(rows[0])
-    if path.exists() and path.stat().st_size:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            old_header, old_rows = list(reader.fieldnames or []), list(reader)
-        header = old_header + [k for k in header if k not in old_header]
-        if header != old_header:
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=header)
-                w.writeheader()
-                w.writerows(old_rows)
-            os.replace(tmp, path)
-    new = not path.exists() or not path.stat().st_size
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+        append_csv_rows(args.csv, [{**settings, **r} for r in rows])
 
 
 def world_model(args):

@@ -92,5 +92,15 @@ def atomic_write_csv(path, rows) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def append_csv_rows(path, rows) -> None:
+    """Append rows (dicts) to a results CSV, atomically. Columns new to the file go after its own, its
+    older rows blank there, so appended rows never misalign and no row written before is lost."""
+    old = []
+    if Path(path).is_file():
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+    atomic_write_csv(path, old + list(rows))
+
+
 def atomic_torch_save(obj, path) -> None:
     _atomic(path, lambda f: torch.save(obj, f))

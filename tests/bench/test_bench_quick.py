@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -54,3 +56,25 @@ def test_bench_yuv_resize_quick(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert {row["method"] for row in rows} == {"reference", "rgb_then_resize", "yuv_resized_crop"}
     assert all(float(row["us_per_frame"]) > 0 for row in rows)
+
+
+def test_bench_kernel_floor_records_gemms_and_attention(tmp_path):
+    """The floor bench sees every mode's GEMMs and attention kernels (ATen's and the engine's packed one)
+    at the dispatcher, and writes a row per mode."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_kernel_floor as kf
+    from bench_e2e import Mode
+    tiny = ["model.depth=1", "model.pred_depth=1", "model.embed_dim=48", "model.num_heads=2", "data.batch_size=2",
+            "loss.std_coeff=0", "loss.cov_coeff=0"]
+    for name in kf.MODES:
+        m = Mode(name, ROOT / "configs" / "tiny_cpu.yaml", tiny)
+        cfg = m.cfg
+        x = torch.randn(cfg.data.batch_size, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
+        kinds = [k for _, k, _, _ in kf.record(m, x)]
+        assert kinds.count("gemm") >= 6 and kinds.count("attention") >= 2, (name, kinds)
+    out = tmp_path / "f.csv"
+    kf.main(["--rounds", "1", "--steps", "1", "--threads", "1", "--out", str(out)] + [a for o in tiny for a in ("--set", o)])
+    rows = list(csv.DictReader(out.open()))
+    assert [r["mode"] for r in rows] == list(kf.MODES)
+    assert all(float(r["floor_s"]) > 0 and float(r["floor_gemm_s"]) > 0 and float(r["floor_attention_s"]) > 0
+               for r in rows)

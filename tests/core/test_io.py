@@ -1,9 +1,11 @@
 """Checkpoints are atomic; the latest pointer moves only after a complete write."""
+import csv
+
 import pytest
 import torch
 
 from engine.core import checkpoint as ck
-from engine.core.io import atomic_torch_save
+from engine.core.io import append_csv_rows, atomic_torch_save
 
 
 def test_save_load_latest_and_keep_last(tmp_path):
@@ -53,3 +55,23 @@ def test_atomic_write_csv_unions_keys_and_keeps_the_old_file_on_error(tmp_path):
         atomic_write_csv(path, [{"a": 1}, "not a row"])
     assert list(_csv.DictReader(open(path))) == rows          # untouched
     assert [p.name for p in path.parent.iterdir()] == ["r.csv"]   # no temporary left behind
+
+
+def test_append_csv_rows_adds_columns_without_losing_rows(tmp_path):
+    """A results CSV written before a column existed keeps every row; new rows land under their own columns."""
+    path = tmp_path / "plan.csv"
+    path.write_text("checkpoint,samples,controller,success_rate\nruns/a,100,cem,0.65\nruns/a,100,random,0.05\n")
+    append_csv_rows(path, [{"checkpoint": "runs/b", "samples": 200, "energy": "l2", "controller": "cem",
+                        "success_rate": 0.7}])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["checkpoint", "samples", "controller", "success_rate", "energy"]
+    assert [(r["checkpoint"], r["controller"], r["success_rate"], r["energy"]) for r in rows] == [
+        ("runs/a", "cem", "0.65", ""), ("runs/a", "random", "0.05", ""), ("runs/b", "cem", "0.7", "l2")]
+    append_csv_rows(path, [{"checkpoint": "runs/c", "controller": "zero"}])        # fewer keys: blanks, same header
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and rows[-1]["samples"] == "" and list(rows[0])[-1] == "energy"
+    fresh = tmp_path / "fresh.csv"
+    append_csv_rows(fresh, [{"a": 1, "b": 2}])
+    assert fresh.read_text().splitlines() == ["a,b", "1,2"]
