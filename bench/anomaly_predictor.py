@@ -11,14 +11,16 @@ step t: a copy that has seen the answer), `copy_causal_l1` as the target encoder
 steps before t alone (what the predictor is given). A token holds an object when any pixel of its
 patch, over the step's frames, is far (0.5 normalised units) from the clip's median colour (the plain
 background of the events generator's scenes). Prints one line per token kind: share, predictor L1, the
-two copies' L1.
+two copies' L1. A world model (`app: vjepa_droid`, each frame encoded alone: engine.eval.anomaly's
+next_step_surprise) is compared per frame; its frames never see the frames after them, so its two copies
+are one.
 """
 import argparse
 
 import torch
 
 from engine.config import load_config
-from engine.eval.anomaly import future_masks, load_jepa, surprise_dataset, token_surprise
+from engine.eval.anomaly import future_masks, load_jepa, next_step_surprise, surprise_dataset, token_surprise
 from engine.eval.probe import _Indexed
 from engine.jepa import plan_packing
 
@@ -29,17 +31,24 @@ def predictor_vs_copy(model, cfg, dataset, batch_size: int = 20):
     clips."""
     T, H, W = model.encoder.grid
     p, tub = cfg.data.patch_size, cfg.data.tubelet_size
+    if cfg.is_action_conditioned:
+        T, tub = cfg.frames_per_clip, 1
     out = ([], [], [], [])
     for clips, y in torch.utils.data.DataLoader(_Indexed(dataset, 0), batch_size=batch_size):
         clips = clips[torch.as_tensor(y) == 0]
         B = len(clips)
         if B == 0:
             continue
-        err_BN, _, _ = token_surprise(model, clips, future_masks((T, H, W), B))
-        h_BND = model.target_encoder.forward_dense(model.target_encoder.embed(clips))
-        h_BTSD = torch.nn.functional.layer_norm(h_BND, (h_BND.shape[-1],)).view(B, T, H * W, -1)
-        copy_BTS = (h_BTSD[:, 1:] - h_BTSD[:, :-1]).abs().mean(-1)
-        causal_BTS = (h_BTSD[:, 1:] - causal_last_step(model.target_encoder, clips, (T, H, W))).abs().mean(-1)
+        if cfg.is_action_conditioned:
+            err_BN, _, _ = next_step_surprise(model, clips)
+            h_BTSD = model.encode(clips).view(B, T, H * W, -1)
+            copy_BTS = causal_BTS = (h_BTSD[:, 1:] - h_BTSD[:, :-1]).abs().mean(-1)
+        else:
+            err_BN, _, _ = token_surprise(model, clips, future_masks((T, H, W), B))
+            h_BND = model.target_encoder.forward_dense(model.target_encoder.embed(clips))
+            h_BTSD = torch.nn.functional.layer_norm(h_BND, (h_BND.shape[-1],)).view(B, T, H * W, -1)
+            copy_BTS = (h_BTSD[:, 1:] - h_BTSD[:, :-1]).abs().mean(-1)
+            causal_BTS = (h_BTSD[:, 1:] - causal_last_step(model.target_encoder, clips, (T, H, W))).abs().mean(-1)
         x = clips.view(B, 3, T, tub, H, p, W, p)
         bg = x.reshape(B, 3, -1).median(-1).values.view(B, 3, 1, 1, 1, 1, 1, 1)
         obj_BTS = ((x - bg).abs().amax(1) > 0.5).any(2).any(3).any(-1).reshape(B, T, H * W)[:, 1:]

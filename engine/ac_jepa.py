@@ -13,6 +13,9 @@ As the reference's vjepa_droid trainer:
         own outputs back for auto_steps-1 more frames -> frames 1..auto_steps
     loss = mean |z - h|^p / p over the teacher-forced frames + the same over the rolled-out frames
 The predictor's outputs are layer-normed too when normalize_reps is on.
+
+An unconditioned predictor (action_dim 0, engine.models.ac_predictor) trains the same way on plain
+clips: `model(clips_B3THW, None)`, every actions / states argument None.
 """
 from __future__ import annotations
 
@@ -68,24 +71,30 @@ class ACJEPA(nn.Module):
         h = h.reshape(B, T * h.shape[1], h.shape[2])
         return F.layer_norm(h, (h.size(-1),)) if self.normalize_reps else h
 
-    def step_predictor(self, z, actions, states, extrinsics=None) -> torch.Tensor:
-        if self.action_scale != 1.0:
+    @property
+    def conditioned(self) -> bool:
+        """The predictor takes actions and states (action_dim > 0)."""
+        return self.predictor.action_dim > 0
+
+    def step_predictor(self, z, actions=None, states=None, extrinsics=None) -> torch.Tensor:
+        if actions is not None and self.action_scale != 1.0:
             actions = actions * self.action_scale
         out = self.predictor(z, actions, states, extrinsics)
         z = z + out if self.residual else out
         return F.layer_norm(z, (z.size(-1),)) if self.normalize_reps else z
 
-    def predictions(self, h, actions, states, extrinsics=None):
-        """(teacher-forced predictions of frames 1..T-1, rolled-out predictions of frames 1..auto_steps)."""
+    def predictions(self, h, actions=None, states=None, extrinsics=None):
+        """(teacher-forced predictions of frames 1..T-1, rolled-out predictions of frames 1..auto_steps);
+        actions / states None for an unconditioned predictor."""
         n = self.tokens_per_frame
         T = h.shape[1] // n
-        ext = (lambda a, b: None) if extrinsics is None else (lambda a, b: extrinsics[:, a:b])
-        z_tf = self.step_predictor(h[:, :-n], actions, states[:, :-1], ext(0, T - 1))
+        upto = lambda v, b: None if v is None else v[:, :b]     # noqa: E731  the first b frames' inputs
+        z_tf = self.step_predictor(h[:, :-n], actions, upto(states, T - 1), upto(extrinsics, T - 1))
         # T frames hold T-1 actions: a rollout can reach frame T-1 at most.
         steps = max(1, min(self.auto_steps, T - 1))
         z = torch.cat([h[:, :n], z_tf[:, :n]], dim=1)
         for k in range(1, steps):
-            z_next = self.step_predictor(z, actions[:, :k + 1], states[:, :k + 1], ext(0, k + 1))[:, -n:]
+            z_next = self.step_predictor(z, upto(actions, k + 1), upto(states, k + 1), upto(extrinsics, k + 1))[:, -n:]
             z = torch.cat([z, z_next], dim=1)
         return z_tf, z[:, n:]
 
@@ -94,14 +103,20 @@ class ACJEPA(nn.Module):
         target = h[:, n:z.size(1) + n]
         return torch.mean(torch.abs(z.float() - target.float()) ** self.loss_exp) / self.loss_exp
 
-    def forward(self, clips, traj: dict):
-        if not isinstance(traj, dict) or "actions" not in traj or "states" not in traj:
+    def forward(self, clips, traj: dict | None):
+        dev = clips.device
+        if not self.conditioned:
+            if traj is not None:
+                raise ValueError("ACJEPA: an unconditioned predictor (action_dim 0) takes plain clips, got a batch "
+                                 "with " + type(traj).__name__)
+            actions = states = ext = None
+        elif not isinstance(traj, dict) or "actions" not in traj or "states" not in traj:
             raise ValueError("ACJEPA: each batch needs {'actions', 'states'} (trajectory data: "
                              "engine.data.trajectories), got " + type(traj).__name__)
-        dev = clips.device
-        actions, states = traj["actions"].to(dev).float(), traj["states"].to(dev).float()
-        ext = traj.get("extrinsics")
-        ext = ext.to(dev).float() if ext is not None else None
+        else:
+            actions, states = traj["actions"].to(dev).float(), traj["states"].to(dev).float()
+            ext = traj.get("extrinsics")
+            ext = ext.to(dev).float() if ext is not None else None
         h = self.encode(clips)
         z_tf, z_ar = self.predictions(h, actions, states, ext)
         loss_tf, loss_ar = self.loss_fn(z_tf, h), self.loss_fn(z_ar, h)

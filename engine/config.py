@@ -184,7 +184,7 @@ class ModelConfig:
     # V-JEPA 2-AC
     pred_is_frame_causal: bool = False
     use_extrinsics: bool = False
-    action_dim: int = 7                  # ours: the action vector's length (the reference fixes 7)
+    action_dim: int = 7                  # ours: the action vector's length (the reference fixes 7; 0, app vjepa_droid: no actions)
     state_dim: Optional[int] = None      # ours: the state vector's length (None: action_dim, as the reference)
     action_scale: float = 1.0            # ours: actions are multiplied by this before the AC predictor (1: reference)
     pred_residual: bool = False          # ours: the predictor predicts each token's change (earlier feature + out; false: reference)
@@ -366,9 +366,20 @@ class Config:
         return self.app == "lewm"
 
     @property
+    def is_unconditioned(self) -> bool:
+        """The frame level's predictor takes no actions or states (model.action_dim 0): it learns the
+        videos' own dynamics from plain clips."""
+        return self.is_action_conditioned and self.model.action_dim == 0
+
+    @property
     def uses_trajectories(self) -> bool:
         """Clips come with their actions and states (engine.data.trajectories)."""
-        return self.is_action_conditioned or self.is_lewm
+        return (self.is_action_conditioned and not self.is_unconditioned) or self.is_lewm
+
+    @property
+    def uses_masks(self) -> bool:
+        """Batches carry mask sets (the V-JEPA / I-JEPA step); the world models predict whole frames."""
+        return not (self.is_action_conditioned or self.is_lewm)
 
     @property
     def frames_per_clip(self) -> int:
@@ -684,12 +695,15 @@ def _validate_model(cfg: Config) -> None:
         raise ConfigError(f"model.embed_dim: {md.embed_dim} is not divisible by model.num_heads ({md.num_heads})")
     if md.action_scale <= 0:
         raise ConfigError(f"model.action_scale: must be > 0, got {md.action_scale}")
-    if md.action_dim < 2 or (md.state_dim is not None and md.state_dim < 1):
-        raise ConfigError(f"model.action_dim / model.state_dim: must be >= 2 / >= 1, got {md.action_dim} / {md.state_dim}")
+    if md.action_dim == 0:
+        _validate_unconditioned(cfg)
+    elif md.action_dim < 2 or (md.state_dim is not None and md.state_dim < 1):
+        raise ConfigError(f"model.action_dim / model.state_dim: must be >= 2 (or 0: no actions, app vjepa_droid) / "
+                          f">= 1, got {md.action_dim} / {md.state_dim}")
     if cfg.loss.auto_steps < 1:
         raise ConfigError(f"loss.auto_steps: must be >= 1, got {cfg.loss.auto_steps}")
-    if cfg.uses_trajectories and cfg.frames_per_clip < 2:
-        raise ConfigError(f"data.dataset_fpcs: an action-conditioned run needs clips of >= 2 frames, got "
+    if (cfg.is_action_conditioned or cfg.is_lewm) and cfg.frames_per_clip < 2:
+        raise ConfigError(f"data.dataset_fpcs: a world-model run needs clips of >= 2 frames, got "
                           f"{cfg.frames_per_clip}")
     if cfg.is_lewm:
         _validate_lewm(cfg)
@@ -737,6 +751,18 @@ def _validate_top_planner(pl: PlanningConfig) -> None:
     if pl.graph_neighbours < 0 or pl.graph_lookahead < 1:
         raise ConfigError(f"planning.graph_neighbours / planning.graph_lookahead: must be >= 0 / >= 1, got "
                           f"{pl.graph_neighbours} / {pl.graph_lookahead}")
+
+
+def _validate_unconditioned(cfg: Config) -> None:
+    """model.action_dim 0: the frame-causal predictor sees latents only, so every action setting is refused."""
+    md = cfg.model
+    if cfg.app != "vjepa_droid":
+        raise ConfigError(f"model.action_dim: 0 (no actions) is for app vjepa_droid; app {cfg.app} needs actions")
+    for key, value, off in (("state_dim", md.state_dim, None), ("use_extrinsics", md.use_extrinsics, False),
+                            ("action_scale", md.action_scale, 1.0)):
+        if value != off:
+            raise ConfigError(f"model.{key}: {value!r}, but model.action_dim 0 means a predictor without actions or "
+                              f"states; leave it at {off!r}")
 
 
 def _validate_lewm(cfg: Config) -> None:

@@ -13,6 +13,10 @@ layer-normed target-encoder feature, averaged over every mask in which the token
 - "future": for each time step t > 0 of the token grid, the context is the tokens of the `context` time
   steps before t (default: all of them) and the targets are the tokens at t (the model must carry the
   past forward; the spirit of V-JEPA's IntPhys test).
+A world model (`app: vjepa_droid`, e.g. the unconditioned next-step predictor of
+configs/ac_events_tiny_cpu.yaml) is scored in its own task, "future" mode only (`next_step_surprise`):
+each frame t >= 1 is predicted from the frozen encoder's latents of the `context` frames before it
+(teacher-forced), and its tokens' surprise is the L1 error on their latents; a time step is one frame.
 A clip's surprise: "mean" over its scored tokens; "max" over its tokens; "frame_max" (V-JEPA's IntPhys
 score) the max over time steps of the mean error of a step's tokens, which weighs a vanished object's
 missing error against a teleported one's new error within one frame rather than token by token;
@@ -48,6 +52,10 @@ def load_jepa(cfg, checkpoint=None, random_init: bool = False, seed: int = 0):
     from engine.reference_ckpt import read_checkpoint
     from engine.core.checkpoint import latest_path
     from pathlib import Path
+    if random_init and cfg.is_action_conditioned:
+        import copy
+        cfg = copy.deepcopy(cfg)   # untrained throughout: the frozen encoder is not read from its checkpoint
+        cfg.meta.pretrain_checkpoint = None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_jepa(cfg)
@@ -67,6 +75,22 @@ def load_jepa(cfg, checkpoint=None, random_init: bool = False, seed: int = 0):
     return model.eval()
 
 
+def context_spans(T: int, context=None, start: int = 1) -> list[tuple[int, int]]:
+    """The distinct (first context step, predicted step t) of each window in `context` (None: every step
+    before t; a sequence: several windows) for t = start..T-1; for t <= c a window of c steps is all of the
+    past, listed once."""
+    windows = list(context) if isinstance(context, (list, tuple)) else [context]
+    if not windows or any(c is not None and c < 1 for c in windows):
+        raise ValueError(f"context: at least 1 time step of context is needed, got {context}")
+    spans: list[tuple[int, int]] = []
+    for c in windows:
+        for t in range(max(start, 1), T):
+            span = (0 if c is None else max(0, t - c), t)
+            if span not in spans:
+                spans.append(span)
+    return spans
+
+
 def future_masks(grid_THW, B: int, start: int = 1, context=None) -> list[BatchMasks]:
     """Mask sets predicting each time step t >= start from the steps before it: context = tokens of the
     `context` steps before t (None: all before t), targets = tokens at t. `context` may be a sequence of
@@ -74,19 +98,11 @@ def future_masks(grid_THW, B: int, start: int = 1, context=None) -> list[BatchMa
     token's surprise is averaged over the windows that differ at its step (for t <= c a window of c steps
     is all of the past, scored once)."""
     T, H, W = grid_THW
-    windows = list(context) if isinstance(context, (list, tuple)) else [context]
-    if not windows or any(c is not None and c < 1 for c in windows):
-        raise ValueError(f"context: at least 1 time step of context is needed, got {context}")
     per_t = H * W
-    sets, seen = [], set()
-    for c in windows:
-        for t in range(max(start, 1), T):
-            t0 = 0 if c is None else max(0, t - c)
-            if (t0, t) in seen:
-                continue
-            seen.add((t0, t))
-            ctx, tgt = torch.arange(t0 * per_t, t * per_t), torch.arange(t * per_t, (t + 1) * per_t)
-            sets.append(BatchMasks(ctx=[[ctx] * B], tgt=[[tgt] * B], pairs=[(0, 0)], mask_index=[0]))
+    sets = []
+    for t0, t in context_spans(T, context, start):
+        ctx, tgt = torch.arange(t0 * per_t, t * per_t), torch.arange(t * per_t, (t + 1) * per_t)
+        sets.append(BatchMasks(ctx=[[ctx] * B], tgt=[[tgt] * B], pairs=[(0, 0)], mask_index=[0]))
     return sets
 
 
@@ -118,6 +134,42 @@ def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.T
         h_BD = torch.zeros(B, h_TD.shape[1]).index_add_(0, sample_T, h_TD.float()) / n_B1
         set_err.append((p_BD - h_BD).abs().mean(-1))
     return (err_sum / count.clamp_min(1)).view(B, N), count.view(B, N), torch.stack(set_err, 1)
+
+
+@torch.no_grad()
+def next_step_surprise(model, clips_B3THW, context=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A frame-causal world model's (engine.ac_jepa.ACJEPA without actions) surprise, as token_surprise's
+    triple over the [T frames x H' x W'] grid: each frame t >= 1 predicted from the latents of frames
+    t0..t-1 for every span of context_spans (frame 0, never predicted, has count 0). Every (0, t) span comes
+    from one teacher-forced pass over the whole clip (frame-causal attention: frame t's prediction sees
+    frames < t only); a shorter window runs the predictor on its frames alone (RoPE: only the frames'
+    distances matter)."""
+    if model.conditioned:
+        raise ValueError("next_step_surprise: the predictor takes actions (model.action_dim > 0); surprise is "
+                         "scored for a predictor without them (model.action_dim 0)")
+    h_BND = model.encode(clips_B3THW).float()
+    n = model.tokens_per_frame
+    B, N, _ = h_BND.shape
+    spans = context_spans(N // n, context)
+    full_BND = model.step_predictor(h_BND[:, :-n]).float() if any(t0 == 0 for t0, _ in spans) else None
+    err_BN, count_BN, set_err = torch.zeros(B, N), torch.zeros(B, N), []
+    for t0, t in spans:
+        if t0 == 0:
+            p_BnD = full_BND[:, (t - 1) * n:t * n]
+        else:
+            p_BnD = model.step_predictor(h_BND[:, t0 * n:t * n]).float()[:, -n:]
+        h_BnD = h_BND[:, t * n:(t + 1) * n]
+        err_BN[:, t * n:(t + 1) * n] += (p_BnD - h_BnD).abs().mean(-1)
+        count_BN[:, t * n:(t + 1) * n] += 1
+        set_err.append((p_BnD.mean(1) - h_BnD.mean(1)).abs().mean(-1))
+    return err_BN / count_BN.clamp_min(1), count_BN, torch.stack(set_err, 1)
+
+
+def surprise_grid(model, num_tokens: int) -> tuple[int, int, int]:
+    """The (time steps, rows, columns) of the grid of a clip's `num_tokens` scored tokens: a world model's
+    step is one frame (engine.ac_jepa.ACJEPA encodes each frame alone), a V-JEPA's one tubelet."""
+    _, H, W = model.encoder.grid
+    return num_tokens // (H * W), H, W
 
 
 def clip_scores(err_BN, count_BN, grid_THW, set_err_BS=None) -> dict:
@@ -229,11 +281,18 @@ def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int =
     from engine.eval.probe import _Indexed
     loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, num_workers=num_workers)
     out = {k: [] for k in (*SCORES, *BASELINES, "labels", "token_err")}
+    if cfg.is_action_conditioned and mode != "future":
+        from engine.config import ConfigError
+        raise ConfigError(f"--mode: a world model (app {cfg.app}) is scored on its own task, the next frame "
+                         f"from the frames before it ('future'), got {mode!r}")
     for clips, y in loader:
-        # the same masks for every batch (masked mode): clips are compared under equal masking
-        sets = mask_sets_for(mode, cfg, model, len(y), num_masks, seed, context)
-        err, n, set_err = token_surprise(model, clips, sets)
-        cs = clip_scores(err, n, model.encoder.grid, set_err)
+        if cfg.is_action_conditioned:
+            err, n, set_err = next_step_surprise(model, clips, context)
+        else:
+            # the same masks for every batch (masked mode): clips are compared under equal masking
+            sets = mask_sets_for(mode, cfg, model, len(y), num_masks, seed, context)
+            err, n, set_err = token_surprise(model, clips, sets)
+        cs = clip_scores(err, n, surprise_grid(model, err.shape[1]), set_err)
         for k in SCORES:
             out[k].append(cs[k])
         out["pixel"].append(pixel_surprise(clips))

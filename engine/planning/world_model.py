@@ -37,6 +37,9 @@ def load_world_model(checkpoint, device: str = "cpu", hierarchical: bool = False
     """(the world model, its run's Config): a LatentWorldModel of an `app: vjepa_droid` or `app: lewm` run,
     or with `hierarchical` the HJEPA of an `app: hjepa` run with every level loaded."""
     state, cfg = _read(checkpoint, "hjepa" if hierarchical else FLAT_APPS)
+    if cfg.is_unconditioned:
+        raise ValueError(f"{cfg.source}: model.action_dim 0, a predictor without actions: nothing to plan with "
+                         "(it scores surprise: python -m engine.eval anomaly)")
     encoder, predictor = build_models(cfg)
     if cfg.is_lewm:
         from engine.lewm import build_lewm

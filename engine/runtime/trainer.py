@@ -83,7 +83,8 @@ class Trainer:
             from engine.builders import build_dataset, build_loader, build_mask_sampler
             self.dataset = build_dataset(cfg, train=True) if dataset is None else dataset
             self.loader = build_loader(cfg, self.dataset, self.device, rank=self.rank, world_size=self.world,
-                                       mask_sampler=build_mask_sampler(cfg) if mask_sampler is None else mask_sampler)
+                                       mask_sampler=mask_sampler if mask_sampler is not None or not cfg.uses_masks
+                                       else build_mask_sampler(cfg))
         opt = cfg.optimization
         self.ipe = opt.ipe or max(1, self.loader.batches_per_epoch // b.accum)   # a step eats `accum` batches
         self.total_steps = opt.epochs * self.ipe

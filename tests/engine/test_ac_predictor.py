@@ -226,3 +226,82 @@ def test_predictor_learns_the_action_effect(residual):
         assert err < 0.8 * err_copy, (err, err_copy)
     else:
         assert err > err_copy, (err, err_copy)
+
+
+def test_unconditioned_predictor_has_no_conditioning_and_refuses_it():
+    """action_dim 0: a frame is its patches alone (no action, state or extrinsics encoders, no conditioning
+    tokens), it stays frame-causal, and passing actions or asking for states is refused."""
+    torch.manual_seed(0)
+    pred = ACPredictor((3, 3), embed_dim=24, predictor_embed_dim=36, depth=2, num_heads=3, action_dim=0).eval()
+    assert pred.cond_tokens == 0 and not any(k.startswith(("action_", "state_", "extrinsics_"))
+                                             for k in pred.state_dict())
+    B, T, n = 2, 4, 9
+    z = torch.randn(B, T * n, 24)
+    base = pred(z).view(B, T, n, -1)
+    for t in range(T):
+        z2 = z.clone()
+        z2.view(B, T, n, -1)[:, t] += torch.randn(B, n, 24)
+        out = pred(z2).view(B, T, n, -1)
+        assert torch.equal(out[:, :t], base[:, :t]) and (out[:, t:] - base[:, t:]).abs().amax() > 1e-4
+    with pytest.raises(ValueError, match="takes no actions"):
+        pred(z, torch.randn(B, T, 2), None)
+    with pytest.raises(ValueError, match="takes no states"):
+        ACPredictor((3, 3), embed_dim=24, predictor_embed_dim=36, depth=1, num_heads=3, action_dim=0, state_dim=3)
+
+
+def _drifting_world(B: int, T: int, N: int, D: int, gen: torch.Generator):
+    """Latents [B, T*N, D]: random tokens that all move by a per-sample velocity each frame, so frame t is
+    predictable from the two frames before it and not from one."""
+    z_BND, v_B1D = torch.randn(B, N, D, generator=gen), torch.randn(B, 1, D, generator=gen)
+    return torch.cat([z_BND + t * v_B1D for t in range(T)], 1)
+
+
+def test_unconditioned_predictor_learns_the_motion_from_the_past():
+    """Trained on plain clips (no actions) whose tokens drift by a per-sample velocity, the residual
+    predictor's error on frames 2.. (two frames of past: the velocity is known) must beat copying the last
+    frame by far, while on frame 1 (one frame of past) it cannot."""
+    from engine.ac_jepa import ACJEPA
+
+    N, D, T = 4, 16, 4
+    torch.manual_seed(0)
+    pred = ACPredictor((2, 2), embed_dim=D, predictor_embed_dim=32, depth=2, num_heads=2, action_dim=0)
+    model = ACJEPA(torch.nn.Identity(), pred, auto_steps=1, loss_exp=2.0, normalize_reps=False, residual=True)
+    opt = torch.optim.AdamW(pred.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        h = _drifting_world(32, T, N, D, gen)
+        z_tf, _ = model.predictions(h)
+        loss = model.loss_fn(z_tf, h)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    h = _drifting_world(256, T, N, D, gen)
+    with torch.no_grad():
+        z_tf, _ = model.predictions(h)
+    err_T = (z_tf - h[:, N:]).abs().view(256, T - 1, N, D).mean((0, 2, 3))
+    copy_T = (h[:, :-N] - h[:, N:]).abs().view(256, T - 1, N, D).mean((0, 2, 3))
+    assert (err_T[1:] < 0.5 * copy_T[1:]).all() and err_T[0] > 0.8 * copy_T[0], (err_T, copy_T)
+
+
+def test_unconditioned_step_takes_plain_clips_and_refuses_trajectories():
+    """ACJEPA with an action-free predictor: its loss on plain clips is the teacher-forced plus the
+    rollout error, and a trajectory batch is refused by name."""
+    from engine.ac_jepa import ACJEPA
+    from engine.models.vit import VisionTransformer
+
+    torch.manual_seed(0)
+    enc = VisionTransformer(img_size=16, patch_size=8, num_frames=4, tubelet_size=2, embed_dim=24, depth=1,
+                            num_heads=2)
+    pred = ACPredictor((2, 2), embed_dim=24, predictor_embed_dim=12, depth=1, num_heads=2, action_dim=0)
+    model = ACJEPA(enc, pred, auto_steps=2, loss_exp=2.0, residual=True)
+    clips = torch.randn(2, 3, 4, 16, 16)
+    loss, info = model(clips, None)
+    h = model.encode(clips)
+    z_tf, z_ar = model.predictions(h)
+    assert z_ar.shape == (2, 2 * 4, 24)
+    torch.testing.assert_close(loss, model.loss_fn(z_tf, h) + model.loss_fn(z_ar, h))
+    torch.testing.assert_close(info["loss_rollout"], model.loss_fn(z_ar, h))
+    loss.backward()
+    assert pred.predictor_proj.weight.grad.abs().sum() > 0 and enc.patch_embed.proj.weight.grad is None
+    with pytest.raises(ValueError, match="takes plain clips"):
+        model(clips, {"actions": torch.zeros(2, 3, 2), "states": torch.zeros(2, 4, 2)})

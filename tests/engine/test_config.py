@@ -124,3 +124,26 @@ def test_bad_override_syntax():
         load_config("configs/tiny_cpu.yaml", ["optimization.lr"])
     with pytest.raises(ConfigError, match="not an index"):
         load_config("configs/tiny_cpu.yaml", ["mask.5.num_blocks=1"])
+
+
+@pytest.mark.parametrize("config, override, key", [
+    ("configs/ac_events_tiny_cpu.yaml", "model.state_dim=3", "model.state_dim"),
+    ("configs/ac_events_tiny_cpu.yaml", "model.use_extrinsics=true", "model.use_extrinsics"),
+    ("configs/ac_events_tiny_cpu.yaml", "model.action_scale=2.0", "model.action_scale"),
+    ("configs/ac_events_tiny_cpu.yaml", "model.action_dim=1", "model.action_dim"),
+    ("configs/hjepa_tiny_cpu.yaml", "model.action_dim=0", "model.action_dim"),
+    ("configs/lewm_tiny_cpu.yaml", "model.action_dim=0", "model.action_dim"),
+])
+def test_action_free_predictor_refuses_what_cannot_act(config, override, key):
+    """model.action_dim 0 (a predictor without actions) is app vjepa_droid's only, and every action or state
+    setting beside it is refused by name."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(config, [override])
+
+
+def test_action_free_predictor_reads_plain_clips_without_masks():
+    cfg = load_config("configs/ac_events_tiny_cpu.yaml")
+    assert cfg.is_unconditioned and not cfg.uses_trajectories and not cfg.uses_masks
+    arm = load_config("configs/ac_arm_tiny_cpu.yaml")
+    assert not arm.is_unconditioned and arm.uses_trajectories and not arm.uses_masks
+    assert load_config("configs/tiny_cpu.yaml").uses_masks

@@ -12,8 +12,8 @@ import torch
 from engine.config import load_config
 from engine.datagen.synthetic import EVENTS, generate_events, render_event_clip
 from engine.eval.__main__ import main
-from engine.eval.anomaly import (clip_scores, future_masks, load_jepa, pair_scores, pixel_jump, pixel_surprise,
-                                 roc_auc, token_surprise)
+from engine.eval.anomaly import (clip_scores, future_masks, load_jepa, next_step_surprise, pair_scores, pixel_jump,
+                                 pixel_surprise, roc_auc, token_surprise)
 
 def csv_rows(path):
     with open(path, newline="") as f:
@@ -265,3 +265,94 @@ def load_eval_config_paths(path):
     from engine.data.datasets import read_index_csv
     from engine.eval.config import load_eval_config
     return read_index_csv(load_eval_config(path).data.dataset_val)[0]
+
+
+# The action-free world model of configs/ac_events_tiny_cpu.yaml, shrunk: 8 frames of 32 px (2 x 2 tokens a
+# frame), a one-block encoder left at its random init, a one-block predictor.
+AC_SMALL = ["data.crop_size=32", "data.dataset_fpcs=[8]", "data.num_frames=8", "data.batch_size=2",
+            "data.num_workers=0", "meta.pretrain_checkpoint=null", "model.depth=1", "model.pred_depth=1",
+            "model.pred_embed_dim=24", "model.pred_num_heads=2", "logging.tensorboard=false"]
+
+
+def world_model(*overrides):
+    return load_jepa(load_config("configs/ac_events_tiny_cpu.yaml", AC_SMALL + list(overrides)), random_init=True,
+                     seed=1)
+
+
+def test_next_step_surprise_is_the_teacher_forced_error_of_each_frame():
+    """A frame's surprise is the L1 of the predictor's next-step prediction from the frames before it: the
+    teacher-forced pass of training for 'all' (no later frame leaks in: the same as the predictor run on
+    the past alone), the window's frames alone for a window; several windows average; frame 0 is unscored.
+    (Not residual: at its init a residual predictor's output is nearly its input's last frame whatever the
+    window.)"""
+    model = world_model("model.pred_residual=false")
+    clips = torch.randn(3, 3, 8, 32, 32, generator=torch.Generator().manual_seed(2))
+    n = model.tokens_per_frame
+    err_BN, count_BN, set_BS = next_step_surprise(model, clips)
+    assert err_BN.shape == (3, 8 * n) and set_BS.shape == (3, 7)
+    assert (count_BN[:, :n] == 0).all() and (count_BN[:, n:] == 1).all() and (err_BN[:, :n] == 0).all()
+    with torch.no_grad():
+        h_BND = model.encode(clips)
+        z_tf, _ = model.predictions(h_BND)
+        torch.testing.assert_close(err_BN[:, n:], (z_tf - h_BND[:, n:]).abs().mean(-1))
+        win_BN = torch.zeros_like(err_BN)
+        for t in range(1, 8):
+            alone = model.step_predictor(h_BND[:, :t * n])[:, -n:]
+            torch.testing.assert_close(err_BN[:, t * n:(t + 1) * n], (alone - h_BND[:, t * n:(t + 1) * n]).abs().mean(-1))
+            past = model.step_predictor(h_BND[:, max(0, t - 2) * n:t * n])[:, -n:]
+            win_BN[:, t * n:(t + 1) * n] = (past - h_BND[:, t * n:(t + 1) * n]).abs().mean(-1)
+    two_BN, _, _ = next_step_surprise(model, clips, context=2)
+    torch.testing.assert_close(two_BN, win_BN)
+    both_BN, count2_BN, set2_BS = next_step_surprise(model, clips, context=[2, None])
+    torch.testing.assert_close(both_BN[:, 2 * n:], (two_BN[:, 2 * n:] + err_BN[:, 2 * n:]) / 2)
+    assert (count2_BN[:, n:3 * n] == 1).all() and (count2_BN[:, 3 * n:] == 2).all() and set2_BS.shape == (3, 7 + 5)
+    assert (err_BN[:, 2 * n:] - two_BN[:, 2 * n:]).abs().amax() > 1e-4    # the windows do differ
+
+
+def test_next_step_surprise_of_a_predictor_of_no_change_is_the_copy_of_the_last_frame():
+    """The residual predictor outputting no change predicts each frame as the one before it, whatever the
+    window."""
+    model = world_model()
+    with torch.no_grad():
+        model.predictor.predictor_proj.weight.zero_()
+        model.predictor.predictor_proj.bias.zero_()
+    clips = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(4))
+    n = model.tokens_per_frame
+    with torch.no_grad():
+        h_BND = model.encode(clips)
+    copy_BN = (h_BND[:, n:] - h_BND[:, :-n]).abs().mean(-1)
+    for context in (None, 1, [1, 3, None]):
+        err_BN, _, _ = next_step_surprise(model, clips, context=context)
+        torch.testing.assert_close(err_BN[:, n:], copy_BN, rtol=1e-4, atol=1e-4)
+
+
+def test_anomaly_command_scores_a_trained_action_free_world_model(tmp_path, capsys):
+    """End to end: an action-free predictor trained on generated possible videos, then the anomaly command on
+    generated pairs scores each clip frame by frame (a step is one frame: 8 steps of 2 x 2 tokens); the
+    V-JEPA-only masked mode is refused by name, and so is planning with it."""
+    from engine.train import main as train
+    from tests.tiny_runs import train_args
+    csv = generate_events(tmp_path / "ev", 3, num_frames=8, size=32, **SCENE)
+    possible = tmp_path / "possible.csv"
+    possible.write_text("".join(line + "\n" for line in csv.read_text().splitlines() if line.endswith(" 0")))
+    run = tmp_path / "run"
+    r = train(train_args("configs/ac_events_tiny_cpu.yaml", run, AC_SMALL + [f"data.datasets=[{possible}]",
+                         "optimization.ipe=2", "optimization.epochs=1", "optimization.warmup=0"]))
+    assert r["steps"] == 2 and np.isfinite(r["last_loss"])
+    out = tmp_path / "anomaly"
+    f = main(["anomaly", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--data", str(csv),
+              "--output", str(out), "--context", "1", "all", "--events", str(csv.with_name("events.events.csv"))])
+    assert f["clips"] == 6 and set(f["pairs"]) == {"all", *EVENTS}
+    assert set(f["roc_auc"]) == {"mean", "max", "frame_max", "frame_ratio", "step_jump", "pooled_max", "pixel",
+                                 "pixel_jump"}
+    err = np.load(out / "token_surprise.npy")
+    assert err.shape == (6, 8 * 4) and (err[:, :4] == 0).all() and (err[:, 4:] > 0).all()
+    rows = csv_rows(out / "surprise.csv")
+    assert len(rows) == 6 and all(float(r["surprise_step_jump"]) > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        main(["anomaly", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--data", str(csv),
+              "--output", str(out), "--mode", "masked"])
+    assert "--mode: a world model" in capsys.readouterr().err
+    from engine.planning.world_model import load_world_model
+    with pytest.raises(ValueError, match="nothing to plan with"):
+        load_world_model(run)
