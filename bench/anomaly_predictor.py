@@ -11,8 +11,8 @@ step t: a copy that has seen the answer), `copy_causal_l1` as the target encoder
 steps before t alone (what the predictor is given). A token holds an object when any pixel of its
 patch, over the step's frames, is far (0.5 normalised units) from the clip's median colour (the plain
 background of the events generator's scenes). Prints one line per token kind: share, predictor L1, the
-two copies' L1. A world model (`app: vjepa_droid`, each frame encoded alone: engine.eval.anomaly's
-next_step_surprise) is compared per frame; its frames never see the frames after them, so its two copies
+two copies' L1. A world model (`app: vjepa_droid`, each frame encoded alone) is compared per frame, on its
+teacher-forced predictions of frames 1..; its frames never see the frames after them, so its two copies
 are one.
 """
 import argparse
@@ -20,7 +20,7 @@ import argparse
 import torch
 
 from engine.config import load_config
-from engine.eval.anomaly import future_masks, load_jepa, next_step_surprise, surprise_dataset, token_surprise
+from engine.eval.anomaly import future_masks, load_jepa, surprise_dataset, token_surprise
 from engine.eval.probe import _Indexed
 from engine.jepa import plan_packing
 
@@ -39,9 +39,11 @@ def predictor_vs_copy(model, cfg, dataset, batch_size: int = 20):
         B = len(clips)
         if B == 0:
             continue
-        if cfg.is_action_conditioned:
-            err_BN, _, _ = next_step_surprise(model, clips)
-            h_BTSD = model.encode(clips).view(B, T, H * W, -1)
+        if cfg.is_action_conditioned:   # L1 here too (its surprise is its own loss): comparable with the copies
+            h_BND = model.encode(clips)
+            z_tf, _ = model.predictions(h_BND)
+            err_BN = torch.cat([torch.zeros(B, H * W), (z_tf - h_BND[:, H * W:]).abs().mean(-1)], 1)
+            h_BTSD = h_BND.view(B, T, H * W, -1)
             copy_BTS = causal_BTS = (h_BTSD[:, 1:] - h_BTSD[:, :-1]).abs().mean(-1)
         else:
             err_BN, _, _ = token_surprise(model, clips, future_masks((T, H, W), B))

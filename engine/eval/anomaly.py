@@ -16,7 +16,8 @@ layer-normed target-encoder feature, averaged over every mask in which the token
 A world model (`app: vjepa_droid`, e.g. the unconditioned next-step predictor of
 configs/ac_events_tiny_cpu.yaml) is scored in its own task, "future" mode only (`next_step_surprise`):
 each frame t >= 1 is predicted from the frozen encoder's latents of the `context` frames before it
-(teacher-forced), and its tokens' surprise is the L1 error on their latents; a time step is one frame.
+(teacher-forced), and its tokens' surprise is the model's own loss on their latents (|z - h|^p / p
+averaged over channels, p = loss.loss_exp: the error it was trained to make small); a time step is one frame.
 A clip's surprise: "mean" over its scored tokens; "max" over its tokens; "frame_max" (V-JEPA's IntPhys
 score) the max over time steps of the mean error of a step's tokens, which weighs a vanished object's
 missing error against a teleported one's new error within one frame rather than token by token;
@@ -138,8 +139,9 @@ def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def next_step_surprise(model, clips_B3THW, context=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A frame-causal world model's (engine.ac_jepa.ACJEPA without actions) surprise, as token_surprise's
-    triple over the [T frames x H' x W'] grid: each frame t >= 1 predicted from the latents of frames
+    """A frame-causal world model's (engine.ac_jepa.ACJEPA without actions) surprise, its own loss per token
+    (the mean over a clip's frames 1.. is its teacher-forced training loss), as token_surprise's triple over
+    the [T frames x H' x W'] grid: each frame t >= 1 predicted from the latents of frames
     t0..t-1 for every span of context_spans (frame 0, never predicted, has count 0). Every (0, t) span comes
     from one teacher-forced pass over the whole clip (frame-causal attention: frame t's prediction sees
     frames < t only); a shorter window runs the predictor on its frames alone (RoPE: only the frames'
@@ -149,6 +151,8 @@ def next_step_surprise(model, clips_B3THW, context=None) -> tuple[torch.Tensor, 
                          "scored for a predictor without them (model.action_dim 0)")
     h_BND = model.encode(clips_B3THW).float()
     n = model.tokens_per_frame
+    p = model.loss_exp
+    loss = lambda a, b: ((a - b).abs() ** p).mean(-1) / p     # noqa: E731  the model's own loss, per token
     B, N, _ = h_BND.shape
     spans = context_spans(N // n, context)
     full_BND = model.step_predictor(h_BND[:, :-n]).float() if any(t0 == 0 for t0, _ in spans) else None
@@ -159,9 +163,9 @@ def next_step_surprise(model, clips_B3THW, context=None) -> tuple[torch.Tensor, 
         else:
             p_BnD = model.step_predictor(h_BND[:, t0 * n:t * n]).float()[:, -n:]
         h_BnD = h_BND[:, t * n:(t + 1) * n]
-        err_BN[:, t * n:(t + 1) * n] += (p_BnD - h_BnD).abs().mean(-1)
+        err_BN[:, t * n:(t + 1) * n] += loss(p_BnD, h_BnD)
         count_BN[:, t * n:(t + 1) * n] += 1
-        set_err.append((p_BnD.mean(1) - h_BnD.mean(1)).abs().mean(-1))
+        set_err.append(loss(p_BnD.mean(1), h_BnD.mean(1)))
     return err_BN / count_BN.clamp_min(1), count_BN, torch.stack(set_err, 1)
 
 

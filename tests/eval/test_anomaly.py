@@ -280,9 +280,10 @@ def world_model(*overrides):
 
 
 def test_next_step_surprise_is_the_teacher_forced_error_of_each_frame():
-    """A frame's surprise is the L1 of the predictor's next-step prediction from the frames before it: the
-    teacher-forced pass of training for 'all' (no later frame leaks in: the same as the predictor run on
-    the past alone), the window's frames alone for a window; several windows average; frame 0 is unscored.
+    """A frame's surprise is the model's own loss (|z - h|^p / p, loss.loss_exp 2 here) on its next-step
+    prediction from the frames before it: the teacher-forced pass of training for 'all' (its mean is the
+    training loss; no later frame leaks in: the same as the predictor run on the past alone), the window's
+    frames alone for a window; several windows average; frame 0 is unscored.
     (Not residual: at its init a residual predictor's output is nearly its input's last frame whatever the
     window.)"""
     model = world_model("model.pred_residual=false")
@@ -291,16 +292,19 @@ def test_next_step_surprise_is_the_teacher_forced_error_of_each_frame():
     err_BN, count_BN, set_BS = next_step_surprise(model, clips)
     assert err_BN.shape == (3, 8 * n) and set_BS.shape == (3, 7)
     assert (count_BN[:, :n] == 0).all() and (count_BN[:, n:] == 1).all() and (err_BN[:, :n] == 0).all()
+    assert model.loss_exp == 2.0
+    own_loss = lambda z, h: ((z - h) ** 2).mean(-1) / 2      # noqa: E731
     with torch.no_grad():
         h_BND = model.encode(clips)
         z_tf, _ = model.predictions(h_BND)
-        torch.testing.assert_close(err_BN[:, n:], (z_tf - h_BND[:, n:]).abs().mean(-1))
+        torch.testing.assert_close(err_BN[:, n:], own_loss(z_tf, h_BND[:, n:]))
+        torch.testing.assert_close(err_BN[:, n:].mean(), model.loss_fn(z_tf, h_BND))
         win_BN = torch.zeros_like(err_BN)
         for t in range(1, 8):
             alone = model.step_predictor(h_BND[:, :t * n])[:, -n:]
-            torch.testing.assert_close(err_BN[:, t * n:(t + 1) * n], (alone - h_BND[:, t * n:(t + 1) * n]).abs().mean(-1))
+            torch.testing.assert_close(err_BN[:, t * n:(t + 1) * n], own_loss(alone, h_BND[:, t * n:(t + 1) * n]))
             past = model.step_predictor(h_BND[:, max(0, t - 2) * n:t * n])[:, -n:]
-            win_BN[:, t * n:(t + 1) * n] = (past - h_BND[:, t * n:(t + 1) * n]).abs().mean(-1)
+            win_BN[:, t * n:(t + 1) * n] = own_loss(past, h_BND[:, t * n:(t + 1) * n])
     two_BN, _, _ = next_step_surprise(model, clips, context=2)
     torch.testing.assert_close(two_BN, win_BN)
     both_BN, count2_BN, set2_BS = next_step_surprise(model, clips, context=[2, None])
@@ -320,7 +324,7 @@ def test_next_step_surprise_of_a_predictor_of_no_change_is_the_copy_of_the_last_
     n = model.tokens_per_frame
     with torch.no_grad():
         h_BND = model.encode(clips)
-    copy_BN = (h_BND[:, n:] - h_BND[:, :-n]).abs().mean(-1)
+    copy_BN = ((h_BND[:, n:] - h_BND[:, :-n]) ** 2).mean(-1) / 2     # the model's loss: L2 (loss.loss_exp 2)
     for context in (None, 1, [1, 3, None]):
         err_BN, _, _ = next_step_surprise(model, clips, context=context)
         torch.testing.assert_close(err_BN[:, n:], copy_BN, rtol=1e-4, atol=1e-4)
