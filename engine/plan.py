@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 import torch
@@ -150,28 +149,11 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
-def hierarchical_planner(hj, crop_size: int, pc, gen):
-    """The HierarchicalPlanner of planning.top_planner: level-2 CEM, or the graph of the exploration data's
-    level-2 latents (built here, once; its build time printed)."""
-    from engine.planning.hierarchical import HierarchicalPlanner
-    if pc.top_planner == "cem":
-        return HierarchicalPlanner(hj, crop_size, pc, gen)
-    from engine.planning.latent_graph import GraphSubgoals, load_graph
-    t0 = time.perf_counter()
-    try:
-        graph = load_graph(hj, pc)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"graph error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    print(f"graph of {pc.graph_data}: {graph.num_nodes} nodes, {len(graph.indices) // 2} edges, built in "
-          f"{time.perf_counter() - t0:.1f} s", flush=True)
-    return GraphSubgoals(hj, crop_size, pc, graph, gen)
-
-
 def main_hierarchical(args, cfg) -> list[dict]:
     """Hierarchical vs flat (equal predictor steps per action) vs random vs oracle on the maze."""
     from engine.planning.cem import LatentWorldModel
     from engine.planning.hierarchical import flat_samples_for, frame_settings, hierarchical_steps_per_action
+    from engine.planning.latent_graph import hierarchical_planner
     from engine.planning.maze import MazeTask, oracle_controller, random_controller
     from engine.planning.sensitivity import action_sensitivity, maze_clips
     hj, train_cfg = world_model(args)
@@ -184,7 +166,11 @@ def main_hierarchical(args, cfg) -> list[dict]:
     stride = hj.window_of(2)[1]
     budget = hierarchical_steps_per_action(pc, stride)
     flat_pc = frame_settings(pc, samples=flat_samples_for(budget, pc))
-    hier = hierarchical_planner(hj, train_cfg.data.crop_size, pc, torch.Generator().manual_seed(cfg.meta.seed))
+    try:
+        hier = hierarchical_planner(hj, train_cfg.data.crop_size, pc, torch.Generator().manual_seed(cfg.meta.seed))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"graph error: {e}", file=sys.stderr)
+        raise SystemExit(2)
     episode = {}
 
     def hierarchical(frame, state, ep, maze):

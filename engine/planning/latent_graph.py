@@ -26,6 +26,7 @@ steps: nearest-node lookups and one Dijkstra per goal.
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,3 +184,16 @@ def load_graph(hj, pc) -> LatentGraph:
         raise FileNotFoundError(f"planning.graph_data: no index CSV at {pc.graph_data}")
     eps = read_episodes(pc.graph_data)
     return build_graph(window_latents(hj, eps.frames), eps.states, pc.graph_neighbours)
+
+
+def hierarchical_planner(hj, crop_size: int, pc, generator: torch.Generator | None = None) -> HierarchicalPlanner:
+    """The HierarchicalPlanner of planning.top_planner: level-2 CEM, or the graph of the exploration data's
+    level-2 latents (built here, once; its size and build time printed). A missing or unreadable
+    planning.graph_data raises FileNotFoundError / ValueError naming it."""
+    if pc.top_planner == "cem":
+        return HierarchicalPlanner(hj, crop_size, pc, generator)
+    t0 = time.perf_counter()
+    graph = load_graph(hj, pc)
+    print(f"graph of {pc.graph_data}: {graph.num_nodes} nodes, {len(graph.indices) // 2} edges, built in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return GraphSubgoals(hj, crop_size, pc, graph, generator)

@@ -45,6 +45,8 @@ re-planning time, while it is still in the start room:
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -280,8 +282,12 @@ def main(argv=None) -> list[dict]:
     if args.subgoals == "oracle":
         planner = OracleSubgoals(hj, train_cfg.data.crop_size, pc, task.maze, gen)
     else:
-        from engine.plan import hierarchical_planner
-        planner = hierarchical_planner(hj, train_cfg.data.crop_size, pc, gen)
+        from engine.planning.latent_graph import hierarchical_planner
+        try:
+            planner = hierarchical_planner(hj, train_cfg.data.crop_size, pc, gen)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"graph error: {e}", file=sys.stderr)
+            raise SystemExit(2)
     if args.top_model == "simulator":
         planner.top_wm = SimulatorWindows(planner, task.maze)
     checks = {"compass": lambda ep: check_episode(planner, task, ep, args.poses, pc.maxnorm),

@@ -153,15 +153,19 @@ def test_plan_cli_with_the_graph_top_level_gives_flat_the_frame_levels_steps(sta
     assert float(got[1]["predictor_steps_per_action"]) == pytest.approx(rows[0]["predictor_steps_per_action"], rel=0.1)
 
 
-def test_plan_cli_names_a_missing_graph_data_file(stack, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["plan", "subgoals"])
+def test_clis_name_a_missing_graph_data_file(stack, tmp_path, capsys, command):
     from engine.core.checkpoint import save_checkpoint
-    from engine.plan import main
+    from engine.plan import main as plan_main
+    from engine.planning.subgoals import main as subgoals_main
     hj, cfg = stack
     save_checkpoint(tmp_path / "run", 1, {"encoder": hj.encoder.state_dict(), "predictor": hj.predictor.state_dict(),
                                           "target_encoder": hj.target_encoder.state_dict(), "config": cfg.to_dict()})
-    with pytest.raises(SystemExit):
-        main(["--hierarchical", "--config", TINY, "--checkpoint", str(tmp_path / "run"), "--episodes", "1",
-              "--set", "planning.top_planner=graph", "--set", f"planning.graph_data={tmp_path / 'none.csv'}"])
+    args = ["--config", TINY, "--checkpoint", str(tmp_path / "run"), "--episodes", "1",
+            "--set", "planning.top_planner=graph", "--set", f"planning.graph_data={tmp_path / 'none.csv'}"]
+    with pytest.raises(SystemExit) as e:
+        plan_main(["--hierarchical", *args]) if command == "plan" else subgoals_main(args)
+    assert e.value.code == 2
     assert "planning.graph_data: no index CSV at" in capsys.readouterr().err
 
 
