@@ -184,11 +184,26 @@ def _needs_fp32(dtype) -> bool:
     return dtype == torch.bfloat16 and not _ops.cpu_bf16_flash_ok()
 
 
+def _bwd_needs_fp32(dtype) -> bool:
+    """bf16 backward on CPU runs in fp32 always: ATen's bf16 flash backward is 2.5-3.5x slower than its fp32
+    one at the engine's shapes even on an AMX CPU, whose forward is 1.5-2x faster in bf16 (bench/bench_bf16.py),
+    and it accumulates in fp32 anyway; the casts cost a pass over q, k, v, out and dout."""
+    return dtype == torch.bfloat16
+
 def sdpa(q, k, v, **kwargs):
-    """F.scaled_dot_product_attention on dense [..., H, L, Dh] inputs; on CPU, bf16 (or bf16 autocast) goes
-    to the math backend where ATen's flash kernel cannot run it (_ops.cpu_bf16_flash_ok)."""
+    """F.scaled_dot_product_attention on dense [..., H, L, Dh] inputs. On CPU, bf16 (or bf16 autocast)
+    that will be differentiated runs in fp32 and returns bf16 (the backward is the slow part in bf16,
+    _bwd_needs_fp32); bf16 without a backward goes to the math backend where ATen's flash kernel cannot
+    run it (_ops.cpu_bf16_flash_ok)."""
     if q.device.type == "cpu":
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+        if (_bwd_needs_fp32(dtype) and torch.is_grad_enabled()
+                and any(t.requires_grad for t in (q, k, v, kwargs.get("attn_mask")) if t is not None)):
+            with torch.autocast("cpu", enabled=False):
+                mask = kwargs.get("attn_mask")
+                if mask is not None and mask.is_floating_point():
+                    kwargs = {**kwargs, "attn_mask": mask.float()}
+                return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(dtype)
         if _needs_fp32(dtype):
             with sdpa_kernel(SDPBackend.MATH):
                 return F.scaled_dot_product_attention(q, k, v, **kwargs)
@@ -224,7 +239,7 @@ def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk, backend):
 def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
             lse: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: int, max_k: int, scale: float,
             fq: torch.Tensor | None, fk: torch.Tensor | None, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if backend == "cpp" and _needs_fp32(q.dtype):
+    if backend == "cpp" and _bwd_needs_fp32(q.dtype):
         g = _bwd_op(dout.float(), q.float(), k.float(), v.float(), out.float(), lse, cu_q, cu_k, max_q, max_k,
                     scale, fq, fk, backend)
         return tuple(t.to(q.dtype) for t in g)

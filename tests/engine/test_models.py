@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.models import VIT_SIZES, Predictor, VisionTransformer
 from engine.models.pos_embed import sincos_3d
@@ -192,6 +193,14 @@ def test_bad_shapes_are_named():
         tiny_vit()(torch.randn(2, 3, 32, 32))
 
 
+def _sum_bound(conv, x):
+    """Per output, fp32 rounding bound of a K-term dot product: K * eps * sum |x| |w|."""
+    k = conv.weight[0].numel()
+    conv_fn = F.conv3d if conv.weight.dim() == 5 else F.conv2d
+    mag = conv_fn(x.abs(), conv.weight.abs(), stride=conv.stride)
+    return (k * torch.finfo(torch.float32).eps * mag).flatten(2).transpose(1, 2)
+
+
 @pytest.mark.parametrize("video", [False, True])
 def test_embedded_tokens_and_the_residual_stream_are_row_major(video):
     # A conv's [B, D, N] output transposed to [B, N, D] is a strided view; kept, every residual add would
@@ -201,8 +210,45 @@ def test_embedded_tokens_and_the_residual_stream_are_row_major(video):
     x_BND = enc.embed(x)
     assert x_BND.is_contiguous()
     want = enc.patch_embed.proj(x).flatten(2).transpose(1, 2) + enc.pos_embed
-    torch.testing.assert_close(x_BND, want, rtol=0, atol=0)
+    assert ((x_BND - want).abs() <= _sum_bound(enc.patch_embed.proj, x) + 1e-7).all()
     assert enc.forward_dense(x_BND).is_contiguous()
+
+
+@pytest.mark.parametrize("shape,tubelet", [((3, 3, 7, 37, 45), 2), ((2, 3, 4, 32, 32), 2), ((1, 3, 3, 9, 8), 3),
+                                           ((4, 3, 35, 29), None), ((2, 3, 8, 8), None)])
+def test_patch_embed_gemm_equals_the_strided_conv_values_and_gradients(shape, tubelet):
+    # The patch embedding runs the strided conv as one GEMM over the patches: the conv's values (odd sizes
+    # cropped to whole patches as the conv does), its input and weight gradients, on a non-contiguous input.
+    from engine.models.layers import PatchEmbed
+    torch.manual_seed(0)
+    pe = PatchEmbed(8 if tubelet != 3 else 4, 24, 3, tubelet)
+    x = torch.randn(*shape[:1], *shape[2:], shape[1]).movedim(-1, 1).requires_grad_()   # channels-last view
+    assert not x.is_contiguous()
+    out = pe(x)
+    want = pe.proj(x).flatten(2).transpose(1, 2)
+    assert out.shape == want.shape and out.is_contiguous()
+    assert ((out - want).abs() <= _sum_bound(pe.proj, x.detach()) + 1e-7).all()
+    g = torch.randn_like(out)
+    dx, dw, db = torch.autograd.grad(out, (x, pe.proj.weight, pe.proj.bias), g)
+    rx, rw, rb = torch.autograd.grad(want, (x, pe.proj.weight, pe.proj.bias), g)
+    n_tok = out.shape[0] * out.shape[1]
+    eps = torch.finfo(torch.float32).eps
+    # weight gradient: a sum over every token; input gradient: a sum over the D outputs
+    assert ((dw - rw).abs() <= n_tok * eps * torch.einsum("bnd,bnk->dk", g.abs(), _patches(pe, x.detach().abs()))
+            .reshape(rw.shape) + 1e-7).all()
+    assert ((dx - rx).abs() <= out.shape[-1] * eps * g.abs().sum((0, 1)).max() * pe.proj.weight.abs().max() + 1e-7).all()
+    torch.testing.assert_close(db, rb, rtol=n_tok * eps, atol=n_tok * eps * g.abs().max())
+
+
+def _patches(pe, x):
+    """[B, N, C*k] patches of x in the conv weight's (C, t, p, p) order, by unfold (independent of PatchEmbed)."""
+    k = pe.proj.kernel_size
+    if len(k) == 2:
+        return F.unfold(x, k, stride=k).transpose(1, 2)
+    B, C, T = x.shape[:3]
+    t = k[0]
+    frames = [F.unfold(x[:, :, i * t:(i + 1) * t].flatten(1, 2), k[1:], stride=k[1:]) for i in range(T // t)]
+    return torch.cat(frames, 2).transpose(1, 2)
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (2, 3, 5), (0, 5)])

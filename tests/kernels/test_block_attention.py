@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import kernels
 import kernels.block_attention  # noqa: F401  (the module; `kernels.block_attention` is the function)
@@ -230,6 +231,34 @@ def test_autocast_bf16_training_call():
         outs.append((out.float(), x.grad.clone()))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=5e-2, atol=5e-2)
+
+
+def test_dense_sdpa_bf16_training_runs_in_fp32():
+    # On CPU a bf16 attention that will be differentiated runs in fp32 and returns bf16 (ATen's bf16 flash
+    # backward is the slow one): under autocast and on bf16 tensors, values and gradients are the fp32
+    # computation's rounded once; without a backward, bf16 stays bf16 (its forward is the faster).
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 70, 32, generator=g).requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernels.sdpa(q, k, v)
+    ref = F.scaled_dot_product_attention(q, k, v).bfloat16()
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref)
+    dout = torch.randn(out.shape, generator=g).bfloat16()
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    qb, kb, vb = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    out_b = kernels.sdpa(qb, kb, vb)
+    assert out_b.dtype == torch.bfloat16
+    assert torch.equal(out_b, F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float()).bfloat16())
+    grads = torch.autograd.grad(out_b, (qb, kb, vb), dout)
+    assert all(t.dtype == torch.bfloat16 for t in grads)
+    with torch.no_grad():
+        nograd = kernels.sdpa(qb, kb, vb)
+        if ba._ops.cpu_bf16_flash_ok():
+            assert torch.equal(nograd, F.scaled_dot_product_attention(qb, kb, vb))
+    torch.testing.assert_close(nograd.float(), out_b.float(), rtol=2e-2, atol=2e-2 * out_b.float().abs().max().item())
 
 
 def test_bad_inputs():
