@@ -2,18 +2,22 @@
 
     python bench/bench_e2e.py [--config configs/tiny_cpu.yaml] [--set model.depth=12 ...] [--rounds 5]
                               [--steps 3] [--threads 1] [--out bench/results/e2e_cpu.csv]
+                              [--modes reference_style,ragged,ragged:bfloat16]
 
 - `reference_style`: what the reference training loop does: masks truncated to the batch minimum,
   one encoder pass and one predictor pass per mask config on rectangular [B, K, D] tensors (batched
   dense SDPA), targets gathered with a repeated [B, K, D] index, a per-parameter EMA loop.
 - `compat`: the engine's step on the same truncated masks (packed, one context pass for all configs).
 - `ragged`: the engine's step training every token the masks keep (the default).
+- `MODE:bfloat16`: that step with its forward under CPU bf16 autocast, as the trainers run `meta.dtype:
+  bfloat16` (fp32 weights, AdamW and EMA target). The reference train loop's autocast is
+  `torch.cuda.amp.autocast`: on a CPU it trains in fp32 whatever its config says.
 
 Per mode: seconds per step (forward, backward, AdamW, EMA; median of the rounds' medians, wall clock
 and process CPU time), samples/s and trained (context + target) tokens/s from CPU time, GFLOP per step
 (mean of --steps steps, torch.utils.flop_counter; attention counted as 4 L_q L_k Dh per head forward,
 2.5x that backward), their share of the peak GEMM rate (a 2048x1024x2048 fp32 matmul timed in every
-round), how far a process running only that mode grows its peak resident set over its built model in
+round; a bf16 row's share is of the bf16 GEMM rate, timed alike), how far a process running only that mode grows its peak resident set over its built model in
 --steps steps (activations, gradients, AdamW state; VmHWM, Linux), and the profile split of one step
 (GEMM / attention / other, self CPU time). Ratios come from alternating rounds in one process, so
 load from other processes on the machine shifts both sides alike; CPU time is robust to waiting for
@@ -39,9 +43,18 @@ from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.models.layers import GeluLinear, Tokens, run_blocks  # noqa: E402
 from engine.core.io import atomic_write_csv  # noqa: E402
-from engine.core.step import adamw  # noqa: E402
+from engine.core.step import adamw, autocast  # noqa: E402
 
 MODES = ("reference_style", "compat", "ragged")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def parse_mode(spec: str) -> tuple[str, torch.dtype]:
+    """'ragged' or 'ragged:bfloat16' -> (step, autocast dtype)."""
+    name, _, dtype = spec.partition(":")
+    if name not in MODES or (dtype and dtype not in DTYPES):
+        raise ValueError(f"mode {spec!r}: want one of {', '.join(MODES)}, optionally ':bfloat16'")
+    return name, DTYPES[dtype or "float32"]
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
@@ -110,7 +123,9 @@ def per_parameter_ema(model, m: float) -> None:
 
 # -- one mode -------------------------------------------------------------------------------------------
 class Mode:
-    def __init__(self, name: str, cfg_path, overrides, seed: int = 0):
+    def __init__(self, spec: str, cfg_path, overrides, seed: int = 0):
+        name, self.dtype = parse_mode(spec)
+        self.spec = spec
         self.name = name
         mask_mode = "ragged" if name == "ragged" else "compat"
         self.cfg = load_config(cfg_path, [*overrides, f"meta.mask_mode={mask_mode}"])
@@ -128,13 +143,14 @@ class Mode:
 
     def step(self, x) -> int:
         masks = self.sampler.sample(self.B, self.rng)
-        if self.name == "reference_style":
-            loss = reference_style_loss(self.model, x, masks, self.model.loss_exp)
-            ctx, tgt = stacked(masks)
-            tokens = sum(int(ctx[c].numel() + tgt[m].numel()) for c, m in masks.pairs)
-        else:
-            loss, info = self.model(x, masks)
-            tokens = info["ctx_tokens"] + info["tgt_tokens"]
+        with autocast(self.dtype, x.device):
+            if self.name == "reference_style":
+                loss = reference_style_loss(self.model, x, masks, self.model.loss_exp)
+                ctx, tgt = stacked(masks)
+                tokens = sum(int(ctx[c].numel() + tgt[m].numel()) for c, m in masks.pairs)
+            else:
+                loss, info = self.model(x, masks)
+                tokens = info["ctx_tokens"] + info["tgt_tokens"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -172,8 +188,8 @@ def step_peak_mb(cfg_path, overrides, mode: str, steps: int) -> float:
     return round(json.loads(out.strip().splitlines()[-1])["step_peak_mb"], 1)
 
 
-def peak_gemm_gflops(n: int = 3) -> float:
-    a, b = torch.randn(2048, 1024), torch.randn(1024, 2048)
+def peak_gemm_gflops(n: int = 3, dtype=torch.float32) -> float:
+    a, b = torch.randn(2048, 1024, dtype=dtype), torch.randn(1024, 2048, dtype=dtype)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(n))
     return 2 * 2048 * 1024 * 2048 / best / 1e9
@@ -244,9 +260,11 @@ def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool
     for m in ms:   # warm-up, outside the rounds
         for _ in range(2):
             m.step(x)
-    peaks = []
+    dtypes = sorted({m.dtype for m in ms}, key=str)
+    peaks = {dt: [] for dt in dtypes}
     for _ in range(rounds):
-        peaks.append(peak_gemm_gflops())
+        for dt in dtypes:
+            peaks[dt].append(peak_gemm_gflops(dtype=dt))
         for m in ms:
             wall, cpu = [], []
             for _ in range(steps):
@@ -257,20 +275,20 @@ def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool
             m.wall.append(float(np.median(wall)))
             m.cpu.append(float(np.median(cpu)))
     register_attention_flops()
-    peak = float(np.median(peaks))
     rows = []
     for m in ms:
+        peak = float(np.median(peaks[m.dtype]))
         cpu_s = float(np.median(m.cpu))
         tok = float(np.mean(m.tokens))
         gflop = step_gflops(m, x, steps)
-        row = {"mode": m.name, "s_per_step_wall": round(float(np.median(m.wall)), 4),
+        row = {"mode": m.spec, "s_per_step_wall": round(float(np.median(m.wall)), 4),
                "s_per_step_cpu": round(cpu_s, 4),
                "cpu_spread": f"{min(m.cpu):.3f}-{max(m.cpu):.3f}",
                "samples_per_s": round(m.B / cpu_s, 3), "tokens_per_step": round(tok, 1),
                "tokens_per_s": round(tok / cpu_s, 1), "gflop_per_step": round(gflop, 2),
                "gflops": round(gflop / cpu_s, 1), "peak_gemm_gflops": round(peak, 1),
                "share_of_peak_gemm": round(gflop / cpu_s / peak, 3),
-               "step_peak_mb": step_peak_mb(cfg_path, overrides, m.name, steps)}
+               "step_peak_mb": step_peak_mb(cfg_path, overrides, m.spec, steps)}
         if profile:
             row.update({f"profile_{k}": round(v, 3) for k, v in profile_split(m, x).items()})
         rows.append(row)
@@ -306,7 +324,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--no-profile", action="store_true")
-    ap.add_argument("--memory-of", choices=MODES, help=argparse.SUPPRESS)   # the per-mode memory child
+    ap.add_argument("--memory-of", help=argparse.SUPPRESS)   # the per-mode memory child
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "e2e_cpu.csv"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -316,9 +334,11 @@ def main(argv=None):
         print(json.dumps({"step_peak_mb": measure_step_memory(args.config, args.set, args.memory_of, args.steps)}))
         return
     modes = tuple(m for m in args.modes.split(",") if m)
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        ap.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
+    for spec in modes:
+        try:
+            parse_mode(spec)
+        except ValueError as e:
+            ap.error(f"--modes: {e}")
     rows = run(args.config, args.set, args.rounds, args.steps, modes, profile=not args.no_profile)
     for r in rows:
         r["threads"] = torch.get_num_threads()
@@ -326,10 +346,10 @@ def main(argv=None):
         r["overrides"] = " ".join(args.set)
         r["commit"] = _commit()
     atomic_write_csv(args.out, rows)
-    print(f"{'mode':16} {'cpu s/step':>10} {'samples/s':>9} {'tokens/step':>11} {'tokens/s':>9} {'GFLOP':>7} "
+    print(f"{'mode':20} {'cpu s/step':>10} {'samples/s':>9} {'tokens/step':>11} {'tokens/s':>9} {'GFLOP':>7} "
           f"{'% peak':>7} {'peak MB':>8} {'vs first':>8}")
     for r in rows:
-        print(f"{r['mode']:16} {r['s_per_step_cpu']:10.3f} {r['samples_per_s']:9.2f} {r['tokens_per_step']:11.0f} "
+        print(f"{r['mode']:20} {r['s_per_step_cpu']:10.3f} {r['samples_per_s']:9.2f} {r['tokens_per_step']:11.0f} "
               f"{r['tokens_per_s']:9.0f} {r['gflop_per_step']:7.1f} {r['share_of_peak_gemm']:7.1%} "
               f"{r['step_peak_mb']:8.0f} {r['samples_per_s_vs_first']:8.3f}")
 

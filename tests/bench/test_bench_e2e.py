@@ -37,14 +37,23 @@ def test_reference_style_loss_is_the_compat_loss():
 def test_bench_e2e_writes_every_mode(tmp_path):
     out = tmp_path / "e2e.csv"
     cmd = [sys.executable, str(ROOT / "bench" / "bench_e2e.py"), "--rounds", "1", "--steps", "1", "--threads", "1",
-           "--no-profile", "--out", str(out), *[a for o in SMALL for a in ("--set", o)]]
+           "--no-profile", "--out", str(out), "--modes", "reference_style,compat,ragged,ragged:bfloat16",
+           *[a for o in SMALL for a in ("--set", o)]]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["mode"]: row for row in csv.DictReader(out.open())}
-    assert set(rows) == {"reference_style", "compat", "ragged"}
+    assert set(rows) == {"reference_style", "compat", "ragged", "ragged:bfloat16"}
+    # every mode draws the same masks: the bf16 row trains the fp32 row's tokens
+    assert float(rows["ragged:bfloat16"]["tokens_per_step"]) == float(rows["ragged"]["tokens_per_step"])
     # the same truncated masks: equal tokens; ragged trains every kept token, so at least as many
     assert float(rows["compat"]["tokens_per_step"]) == float(rows["reference_style"]["tokens_per_step"])
     assert float(rows["ragged"]["tokens_per_step"]) >= float(rows["compat"]["tokens_per_step"])
     for row in rows.values():
         assert float(row["gflop_per_step"]) > 0 and 0 < float(row["share_of_peak_gemm"])
         assert float(row["step_peak_mb"]) > 0
+
+
+def test_bench_e2e_names_a_bad_mode():
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_e2e.py"), "--modes", "ragged:float16"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--modes: mode 'ragged:float16'" in r.stderr
