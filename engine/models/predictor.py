@@ -21,7 +21,7 @@ import kernels
 from engine.models.layers import PredictorTrunk, Tokens
 from engine.models.pos_embed import sincos_2d, sincos_3d
 from engine.models.rope import Rope3D
-from engine.packing import Packed, pack_index_sets
+from engine.packing import Packed, pack_index_sets, pad_rows
 
 
 class Predictor(PredictorTrunk):
@@ -98,6 +98,7 @@ class Predictor(PredictorTrunk):
         cu = (ctx.cu_seqlens + tgt.cu_seqlens).to(torch.int32)
         # An upper bound known on the host (no device sync): kernels use it only to size their grids.
         max_len = ctx.max_seqlen + tgt.max_seqlen
+        x, ids, cu, max_len = pad_rows(x, ids, cu, max_len)
         tok = Tokens(ids, cu, max_len, self.rope.tables(ids) if self.rope is not None else None)
         x = self.run_trunk(x, tok)
         p_TD = self.project(x.index_select(0, dest_t))

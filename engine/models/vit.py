@@ -20,7 +20,7 @@ import kernels
 from engine.models.layers import Block, PatchEmbed, Tokens, init_reference_weights, run_blocks
 from engine.models.pos_embed import sincos_2d, sincos_3d
 from engine.models.rope import Rope3D
-from engine.packing import Packed, pack_index_sets
+from engine.packing import Packed, pack_index_sets, pad_rows
 
 # The reference presets. vit_gigantic's mlp_ratio is 4: the reference passes `mpl_ratio=64/13`,
 # a misspelt keyword its constructor swallows, so released gigantic models have 4x MLPs.
@@ -111,8 +111,10 @@ class VisionTransformer(nn.Module):
             x_TD = kernels.gather_tokens(x_BND, packed.rows_T)
         else:   # a row feeds several sequences: a gather whose backward accumulates
             x_TD = x_BND.reshape(-1, x_BND.shape[-1]).index_select(0, packed.rows_T)
-        tok = self._tokens(packed.pos_T, packed.cu_seqlens, packed.max_seqlen)
-        return self.norm(run_blocks(self.blocks, x_TD, tok, self.use_activation_checkpointing))
+        T = x_TD.shape[0]
+        x_TD, ids_T, cu, max_len = pad_rows(x_TD, packed.pos_T, packed.cu_seqlens, packed.max_seqlen)
+        x_TD = run_blocks(self.blocks, x_TD, self._tokens(ids_T, cu, max_len), self.use_activation_checkpointing)
+        return self.norm(x_TD[:T])
 
     def forward(self, x, masks=None):
         """The reference call: all tokens, or for each [B, K] index mask the kept tokens, the masks'

@@ -39,8 +39,10 @@ def test_fast_bf16_and_fp32_say_nothing(gemm_ms):
 
 
 def test_gemm_probe_measures_both_dtypes():
-    fp32, bf16 = step.cpu_gemm_ms()
+    threads = torch.get_num_threads()
+    fp32, bf16 = step.cpu_gemm_ms.__wrapped__()
     assert fp32 > 0 and bf16 > 0
+    assert torch.get_num_threads() == threads      # measured on one thread, the caller's count restored
 
 
 @pytest.mark.parametrize("mask_mode", ["ragged", "compat"])

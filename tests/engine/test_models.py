@@ -292,3 +292,61 @@ def test_mlp_keeps_the_reference_parameter_names_and_saves_less():
         mlp(torch.randn(10, 8, requires_grad=True)).sum().backward()
     # fc1: its input and weight; fc2: h and its weight; no separate copy of gelu(h)
     assert sum(n for n in saved if n == 10 * 32) == 10 * 32
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_cpu_bf16_packed_rows_are_padded_to_a_multiple_and_dropped(monkeypatch, autocast):
+    # Under CPU bf16 the packed encoder's and predictor's blocks run on a row count rounded up to
+    # CPU_BF16_ROW_MULTIPLE (one extra sequence of zero rows, so oneDNN meets few GEMM shapes); the real
+    # rows' outputs and every gradient equal the unpadded pass's within bf16 rounding.
+    import engine.packing as packing
+    enc = tiny_vit().train()
+    pred = Predictor(enc.grid, 48, predictor_embed_dim=32, depth=2, num_heads=2, num_mask_tokens=1,
+                     zero_init_mask_tokens=False)
+    if not autocast:
+        enc, pred = enc.bfloat16(), pred.bfloat16()
+    N = enc.num_patches
+    ctx = ragged_sets(N, [5, 23, 11], seed=3)
+    tgt = [torch.tensor(sorted(set(range(N)) - set(c.tolist()))[:9]) for c in ctx]
+    pc, pt = pack_index_sets(ctx, [0, 1, 2], N), pack_index_sets(tgt, [0, 1, 2], N)
+    x = torch.randn(3, 3, 4, 32, 32, dtype=torch.float32 if autocast else torch.bfloat16)
+    rows = []
+    hooks = [m.blocks[0].register_forward_pre_hook(lambda mod, a: rows.append(a[0].shape[0]))
+             for m in (enc,)] + [pred.predictor_blocks[0].register_forward_pre_hook(
+                 lambda mod, a: rows.append(a[0].shape[0]))]
+
+    def run():
+        enc.zero_grad(set_to_none=True)
+        pred.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            p = pred.forward_packed(enc.forward_packed(enc.embed(x), pc), pc, pt, torch.zeros(3, dtype=torch.long))
+        p.float().square().sum().backward()
+        grads = [q.grad.float().clone() for q in [*enc.parameters(), *pred.parameters()] if q.grad is not None]
+        return p.float().detach(), grads
+
+    out, grads = run()
+    assert rows == [64, 128]            # 39 context rows; 39 + 27 predictor rows
+    monkeypatch.setattr(packing, "CPU_BF16_ROW_MULTIPLE", 1)
+    rows.clear()
+    ref, ref_grads = run()
+    assert rows == [39, 66]
+    for h in hooks:
+        h.remove()
+    assert out.shape == ref.shape == (27, 48)
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-2 * ref.abs().max().item())
+    assert len(grads) == len(ref_grads) > 10
+    for a, b in zip(grads, ref_grads):
+        if b.dim() >= 2:    # weight matrices; biases and norms are signed sums that bf16 rounds (all below)
+            torch.testing.assert_close(a, b, rtol=0, atol=3e-2 * b.abs().max().item())
+    a, b = torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in ref_grads])
+    assert F.cosine_similarity(a, b, dim=0) > 0.999
+
+
+def test_fp32_packed_rows_are_not_padded():
+    enc = tiny_vit()
+    rows = []
+    enc.blocks[0].register_forward_pre_hook(lambda mod, a: rows.append(a[0].shape[0]))
+    sets = ragged_sets(enc.num_patches, [5, 23])
+    with torch.no_grad():
+        enc.forward_packed(enc.embed(torch.randn(2, 3, 4, 32, 32)), pack_index_sets(sets, [0, 1], enc.num_patches))
+    assert rows == [28]
