@@ -95,17 +95,31 @@ class Attention(nn.Module):
 class _GeluLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias):
-        ctx.save_for_backward(h, weight)
+        # Under autocast the product runs in the autocast dtype, as F.linear would, and the backward (which
+        # runs outside autocast) uses the same cast weight; the gradients return in each input's dtype.
+        dev = h.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        h = h.to(dtype)
+        ctx.save_for_backward(h, w)
         ctx.has_bias = bias is not None
-        return F.linear(F.gelu(h), weight, bias)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        with torch.autocast(dev, enabled=False):
+            return F.linear(F.gelu(h), w, b)
 
     @staticmethod
     def backward(ctx, g):
         h, weight = ctx.saved_tensors
+        g = g.to(h.dtype)
         g_RO = g.reshape(-1, g.shape[-1])
-        d_weight = g_RO.t() @ F.gelu(h).reshape(-1, h.shape[-1]) if ctx.needs_input_grad[1] else None
-        d_bias = g_RO.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        d_h = torch.ops.aten.gelu_backward(g @ weight, h) if ctx.needs_input_grad[0] else None
+        d_weight = d_bias = d_h = None
+        if ctx.needs_input_grad[1]:
+            d_weight = (g_RO.t() @ F.gelu(h).reshape(-1, h.shape[-1])).to(ctx.dtypes[0])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            d_bias = g_RO.sum(0).to(ctx.dtypes[1])
+        if ctx.needs_input_grad[0]:
+            d_h = torch.ops.aten.gelu_backward(g @ weight, h)
         return d_h, d_weight, d_bias
 
 
@@ -115,12 +129,10 @@ class GeluLinear(nn.Linear):
     Autograd would keep both h (for GELU's backward) and gelu(h) (for the weight gradient), the two
     largest activations of a block; the GELU is recomputed in the backward instead (one elementwise
     pass). A Linear subclass, so its parameters keep the reference's names and ZeRO-3 gathers them
-    when this module runs. Autocast (mixed dtypes in the backward) and compiled graphs (which plan
-    their own memory) take the plain ops."""
+    when this module runs. Compiled graphs (which plan their own memory) take the plain ops."""
 
     def forward(self, h):
-        if (torch.is_grad_enabled() and not torch.is_autocast_enabled(h.device.type)
-                and not torch.compiler.is_compiling()):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _GeluLinearFn.apply(h, self.weight, self.bias)
         return F.linear(F.gelu(h), self.weight, self.bias)
 

@@ -273,6 +273,37 @@ def test_gelu_linear_matches_autograd_through_gelu_and_linear(shape, bias):
         torch.testing.assert_close(lin.bias.grad, b2.grad, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(37, 24), (2, 5, 24), (0, 24)])
+def test_gelu_linear_under_cpu_bf16_autocast_matches_the_plain_ops_and_saves_less(shape):
+    # Under autocast the product runs in bf16 as F.linear would (weight and bias cast), the gradients come
+    # back in each input's dtype (fp32 parameters, bf16 activations), and only h is kept, not gelu(h).
+    from engine.models.layers import GeluLinear
+    torch.manual_seed(0)
+    lin = GeluLinear(24, 16)
+    lin2 = torch.nn.Linear(24, 16)
+    lin2.load_state_dict(lin.state_dict())
+    h0 = torch.randn(*shape) * 3
+    g = torch.randn(*shape[:-1], 16).bfloat16()
+    outs, saved = [], []
+    for layer in (lin, lin2):
+        h = h0.bfloat16().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((len(outs), t.numel())) or t,
+                                                      lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = layer(h) if layer is lin else layer(F.gelu(h))
+        (out.float() * g.float()).sum().backward()
+        outs.append((out, h.grad, layer.weight.grad, layer.bias.grad))
+    (o1, dh1, dw1, db1), (o2, dh2, dw2, db2) = outs
+    assert o1.dtype == o2.dtype == torch.bfloat16 and torch.equal(o1, o2)
+    assert dh1.dtype == torch.bfloat16 and dw1.dtype == db1.dtype == torch.float32
+    for a, b in ((dh1, dh2), (dw1, dw2), (db1, db2)):
+        scale = b.float().abs().max().item() if b.numel() else 0.0
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-2 * scale)
+    act = shape[0] * (shape[1] if len(shape) == 3 else 1) * 24       # elements of h (and of gelu(h))
+    kept = {i: sum(n for j, n in saved if j == i) for i in (0, 1)}
+    assert kept[1] - kept[0] >= act     # the plain ops also keep gelu(h)
+
+
 def test_gelu_linear_gradcheck_on_a_non_contiguous_input():
     from engine.models.layers import _GeluLinearFn
     torch.manual_seed(0)
