@@ -33,35 +33,54 @@ class Tokens:
         return self.cu_seqlens is not None
 
 
+def patch_tokens(x, weight, bias):
+    """A conv with stride = kernel (patchify) as one GEMM over the patches: [B, C, (T,) H, W] -> [B, N, D],
+    the conv's sums, tokens in its (T', H', W') order; sizes that do not divide are cropped as it does.
+    oneDNN's conv runs 3-10x slower than the GEMM here in bf16 and its backward slower in fp32, and the
+    GEMM's output is already token-major (a transposed conv output would carry its layout into the
+    residual stream, every add keeping it and every LayerNorm copying it back)."""
+    B, C = x.shape[:2]
+    k = weight.shape[2:]                                        # (t,) p, p
+    n = [size // kk for size, kk in zip(x.shape[2:], k)]        # whole patches per axis
+    x = x[(slice(None), slice(None), *(slice(0, nn_ * kk) for nn_, kk in zip(n, k)))]
+    x = x.reshape(B, C, *[d for nn_, kk in zip(n, k) for d in (nn_, kk)])   # (T', t, H', p, W', p)
+    grid, inner = list(range(2, 2 + 2 * len(k), 2)), list(range(3, 3 + 2 * len(k), 2))
+    x = x.permute(0, *grid, 1, *inner).reshape(B, -1, weight[0].numel())
+    return F.linear(x, weight.reshape(weight.shape[0], -1), bias)
+
+
+class PatchConv2d(nn.Conv2d):
+    """Conv2d parameters (reference names and shapes; ZeRO-3 gathers them when this module runs) whose
+    forward is patch_tokens: [B, C, H, W] -> [B, N, D]."""
+
+    def forward(self, x):
+        return patch_tokens(x, self.weight, self.bias)
+
+
+class PatchConv3d(nn.Conv3d):
+    """Conv3d parameters whose forward is patch_tokens: [B, C, T, H, W] -> [B, N, D]."""
+
+    def forward(self, x):
+        return patch_tokens(x, self.weight, self.bias)
+
+
 class PatchEmbed(nn.Module):
-    """Conv patchify: images [B, C, H, W] (2D) or videos [B, C, T, H, W] (3D tubelets) -> [B, N, D]."""
+    """Patchify: images [B, C, H, W] (2D) or videos [B, C, T, H, W] (3D tubelets) -> [B, N, D]."""
 
     def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3, tubelet_size: Optional[int] = None):
         super().__init__()
         if tubelet_size is None:
-            self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+            self.proj = PatchConv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         else:
             k = (tubelet_size, patch_size, patch_size)
-            self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=k, stride=k)
+            self.proj = PatchConv3d(in_chans, embed_dim, kernel_size=k, stride=k)
 
     def forward(self, x):
         want = self.proj.weight.dim()
         if x.dim() != want:
             raise ValueError(f"PatchEmbed: expected a {want}-D input ({'[B,C,T,H,W]' if want == 5 else '[B,C,H,W]'}), "
                              f"got shape {tuple(x.shape)}")
-        # The strided conv as one GEMM over the patches (the same sums): oneDNN's conv runs 3-10x slower
-        # than the GEMM here in bf16 and its backward slower in fp32, and the GEMM's output is already
-        # token-major (a transposed conv output would carry its layout into the residual stream).
-        w = self.proj.weight                                        # [D, C, (t,) p, p]
-        B, C = x.shape[:2]
-        k = w.shape[2:]
-        n = [size // kk for size, kk in zip(x.shape[2:], k)]        # whole patches per axis, as the conv
-        x = x[(slice(None), slice(None), *(slice(0, nn_ * kk) for nn_, kk in zip(n, k)))]
-        split = [d for nn_, kk in zip(n, k) for d in (nn_, kk)]     # (T', t, H', p, W', p) or (H', p, W', p)
-        x = x.reshape(B, C, *split)
-        grid, inner = list(range(2, 2 + 2 * len(k), 2)), list(range(3, 3 + 2 * len(k), 2))
-        x = x.permute(0, *grid, 1, *inner).reshape(B, -1, w[0].numel())
-        return F.linear(x, w.reshape(w.shape[0], -1), self.proj.bias)
+        return self.proj(x)
 
 
 class Attention(nn.Module):

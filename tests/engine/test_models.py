@@ -193,6 +193,12 @@ def test_bad_shapes_are_named():
         tiny_vit()(torch.randn(2, 3, 32, 32))
 
 
+def _conv_tokens(conv, x):
+    """The strided conv itself on conv's parameters: [B, N, D]."""
+    conv_fn = F.conv3d if conv.weight.dim() == 5 else F.conv2d
+    return conv_fn(x, conv.weight, conv.bias, stride=conv.stride).flatten(2).transpose(1, 2)
+
+
 def _sum_bound(conv, x):
     """Per output, fp32 rounding bound of a K-term dot product: K * eps * sum |x| |w|."""
     k = conv.weight[0].numel()
@@ -209,7 +215,7 @@ def test_embedded_tokens_and_the_residual_stream_are_row_major(video):
     x = torch.randn(2, 3, 4, 32, 32) if video else torch.randn(2, 3, 32, 32)
     x_BND = enc.embed(x)
     assert x_BND.is_contiguous()
-    want = enc.patch_embed.proj(x).flatten(2).transpose(1, 2) + enc.pos_embed
+    want = _conv_tokens(enc.patch_embed.proj, x) + enc.pos_embed
     assert ((x_BND - want).abs() <= _sum_bound(enc.patch_embed.proj, x) + 1e-7).all()
     assert enc.forward_dense(x_BND).is_contiguous()
 
@@ -218,15 +224,19 @@ def test_embedded_tokens_and_the_residual_stream_are_row_major(video):
                                            ((4, 3, 35, 29), None), ((2, 3, 8, 8), None)])
 def test_patch_embed_gemm_equals_the_strided_conv_values_and_gradients(shape, tubelet):
     # The patch embedding runs the strided conv as one GEMM over the patches: the conv's values (odd sizes
-    # cropped to whole patches as the conv does), its input and weight gradients, on a non-contiguous input.
+    # cropped to whole patches as the conv does), its input and weight gradients, on a non-contiguous input;
+    # the GEMM runs in the conv module's own forward (ZeRO-3 gathers a leaf module's parameters there).
     from engine.models.layers import PatchEmbed
     torch.manual_seed(0)
     pe = PatchEmbed(8 if tubelet != 3 else 4, 24, 3, tubelet)
+    assert isinstance(pe.proj, torch.nn.Conv3d if tubelet else torch.nn.Conv2d)
+    calls = []
+    pe.proj.register_forward_pre_hook(lambda mod, args: calls.append(1))
     x = torch.randn(*shape[:1], *shape[2:], shape[1]).movedim(-1, 1).requires_grad_()   # channels-last view
     assert not x.is_contiguous()
     out = pe(x)
-    want = pe.proj(x).flatten(2).transpose(1, 2)
-    assert out.shape == want.shape and out.is_contiguous()
+    want = _conv_tokens(pe.proj, x)
+    assert calls == [1] and out.shape == want.shape and out.is_contiguous()
     assert ((out - want).abs() <= _sum_bound(pe.proj, x.detach()) + 1e-7).all()
     g = torch.randn_like(out)
     dx, dw, db = torch.autograd.grad(out, (x, pe.proj.weight, pe.proj.bias), g)
