@@ -45,8 +45,8 @@ def patch_tokens(x, weight, bias):
     x = x[(slice(None), slice(None), *(slice(0, nn_ * kk) for nn_, kk in zip(n, k)))]
     x = x.reshape(B, C, *[d for nn_, kk in zip(n, k) for d in (nn_, kk)])   # (T', t, H', p, W', p)
     grid, inner = list(range(2, 2 + 2 * len(k), 2)), list(range(3, 3 + 2 * len(k), 2))
-    x = x.permute(0, *grid, 1, *inner).reshape(B, -1, weight[0].numel())
-    return F.linear(x, weight.reshape(weight.shape[0], -1), bias)
+    x = x.permute(0, *grid, 1, *inner).reshape(-1, weight[0].numel())     # [B * N, C*(t)*p*p]
+    return F.linear(x, weight.reshape(weight.shape[0], -1), bias).view(B, -1, weight.shape[0])   # one addmm
 
 
 class PatchConv2d(nn.Conv2d):
