@@ -17,9 +17,9 @@ Per mode: seconds per step (forward, backward, AdamW, EMA; median of the rounds'
 and process CPU time), samples/s and trained (context + target) tokens/s from CPU time, GFLOP per step
 (mean of --steps steps, torch.utils.flop_counter; attention counted as 4 L_q L_k Dh per head forward,
 2.5x that backward), their share of the peak GEMM rate (a 2048x1024x2048 fp32 matmul timed in every
-round; a bf16 row's share is of the bf16 GEMM rate, timed alike), how far a process running only that mode grows its peak resident set over its built model in
---steps steps (activations, gradients, AdamW state; VmHWM, Linux), and the profile split of one step
-(GEMM / attention / other, self CPU time). Ratios come from alternating rounds in one process, so
+round; a bf16 row's share is of the bf16 GEMM rate, timed alike), how far a process running only that
+mode grows its peak resident set over its built model in --steps steps (activations, gradients, AdamW
+state; VmHWM, Linux), and the profile split of one step (GEMM / attention / other, self CPU time). Ratios come from alternating rounds in one process, so
 load from other processes on the machine shifts both sides alike; CPU time is robust to waiting for
 a core, wall time is not. Random clips: the data path is measured in bench/bench_loader.py.
 """
@@ -47,6 +47,7 @@ from engine.core.step import adamw, autocast  # noqa: E402
 
 MODES = ("reference_style", "compat", "ragged")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
 def parse_mode(spec: str) -> tuple[str, torch.dtype]:
@@ -55,7 +56,6 @@ def parse_mode(spec: str) -> tuple[str, torch.dtype]:
     if name not in MODES or (dtype and dtype not in DTYPES):
         raise ValueError(f"mode {spec!r}: want one of {', '.join(MODES)}, optionally ':bfloat16'")
     return name, DTYPES[dtype or "float32"]
-GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
 
 # -- the reference loop's way, on the engine's modules --------------------------------------------------

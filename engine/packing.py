@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels._ops import compute_dtype
+
 
 @dataclass
 class Packed:
@@ -76,11 +78,9 @@ CPU_BF16_ROW_MULTIPLE = 64
 
 def row_multiple(x) -> int:
     """The multiple packed row counts are padded to for the blocks x runs through (1: no padding)."""
-    if x.device.type != "cpu":
-        return 1
-    bf16 = (torch.get_autocast_dtype("cpu") == torch.bfloat16 if torch.is_autocast_enabled("cpu")
-            else x.dtype == torch.bfloat16)
-    return CPU_BF16_ROW_MULTIPLE if bf16 else 1
+    if x.device.type == "cpu" and compute_dtype(x) == torch.bfloat16:
+        return CPU_BF16_ROW_MULTIPLE
+    return 1
 
 
 def pad_rows(x_TD, ids_T, cu_seqlens, max_seqlen: int):

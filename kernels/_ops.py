@@ -87,6 +87,13 @@ def triton_runs_on(device) -> bool:
 _bf16_flash: dict = {}   # filled on first use; a plain dict for the same reason as _loaded
 
 
+def compute_dtype(t):
+    """The dtype ops on t compute in: the autocast dtype of t's device where autocast is on, else t's."""
+    import torch
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
+
+
 def cpu_bf16_flash_ok() -> bool:
     """Whether ATen's fused CPU flash attention runs in bf16 in this process.
 

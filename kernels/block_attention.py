@@ -186,9 +186,10 @@ def _needs_fp32(dtype) -> bool:
 
 def _bwd_needs_fp32(dtype) -> bool:
     """bf16 backward on CPU runs in fp32 always: ATen's bf16 flash backward is 2.5-3.5x slower than its fp32
-    one at the engine's shapes even on an AMX CPU, whose forward is 1.5-2x faster in bf16 (bench/bench_bf16.py),
-    and it accumulates in fp32 anyway; the casts cost a pass over q, k, v, out and dout."""
+    one at the engine's shapes even on an AMX CPU, whose forward is 1.5-2x faster in bf16 (docs/benchmarks.md,
+    "bf16 on a CPU with AMX"), and it accumulates in fp32 anyway; the casts cost a pass over q, k, v, out, dout."""
     return dtype == torch.bfloat16
+
 
 def sdpa(q, k, v, **kwargs):
     """F.scaled_dot_product_attention on dense [..., H, L, Dh] inputs. On CPU, bf16 (or bf16 autocast)
@@ -196,7 +197,7 @@ def sdpa(q, k, v, **kwargs):
     _bwd_needs_fp32); bf16 without a backward goes to the math backend where ATen's flash kernel cannot
     run it (_ops.cpu_bf16_flash_ok)."""
     if q.device.type == "cpu":
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+        dtype = _ops.compute_dtype(q)
         if (_bwd_needs_fp32(dtype) and torch.is_grad_enabled()
                 and any(t.requires_grad for t in (q, k, v, kwargs.get("attn_mask")) if t is not None)):
             with torch.autocast("cpu", enabled=False):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from kernels._ops import compute_dtype
 from engine.models.rope import Rope3D
 
 
@@ -117,7 +118,7 @@ class _GeluLinearFn(torch.autograd.Function):
         # Under autocast the product runs in the autocast dtype, as F.linear would, and the backward (which
         # runs outside autocast) uses the same cast weight; the gradients return in each input's dtype.
         dev = h.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        dtype = compute_dtype(h)
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         h = h.to(dtype)
