@@ -99,7 +99,8 @@ class JEPA(nn.Module):
         z = z - z.mean(0)
         var_D = z.pow(2).sum(0) / max(T - 1, 1)
         std_term = F.relu(1.0 - (var_D + 1e-4).sqrt()).mean()
-        cov_DD = z.T @ z / max(T - 1, 1)
+        with torch.autocast(z.device.type, enabled=False):   # fp32 as documented, not autocast's dtype
+            cov_DD = z.T @ z / max(T - 1, 1)
         cov_term = (cov_DD.pow(2).sum() - cov_DD.diagonal().pow(2).sum()) / D
         return std_term, cov_term
 

@@ -83,15 +83,28 @@ def row_multiple(x) -> int:
     return 1
 
 
+def per_row(fn, x_TD):
+    """fn (a per-row op, e.g. a Linear) on x's rows rounded up to row_multiple(x) with zero rows; the
+    real rows' outputs. For the per-row layers outside the padded blocks whose row count still changes
+    every step (the predictor's embedding and projection)."""
+    T = x_TD.shape[0]
+    return fn(_zero_rows_to_multiple(x_TD))[:T]
+
+
+def _zero_rows_to_multiple(x_TD):
+    pad = -x_TD.shape[0] % row_multiple(x_TD)
+    return torch.cat([x_TD, x_TD.new_zeros(pad, x_TD.shape[1])]) if pad else x_TD
+
+
 def pad_rows(x_TD, ids_T, cu_seqlens, max_seqlen: int):
     """Round T rows up to row_multiple(x_TD) with one extra sequence of zero rows (position 0): block
     attention keeps it to itself and every other op is per row, so the real rows' outputs are those of
     the unpadded pass; the caller keeps the first T rows. Returns (x, ids, cu_seqlens, max_seqlen)."""
     T = x_TD.shape[0]
-    pad = -T % row_multiple(x_TD)
+    x_TD = _zero_rows_to_multiple(x_TD)
+    pad = x_TD.shape[0] - T
     if pad == 0:
         return x_TD, ids_T, cu_seqlens, max_seqlen
-    x_TD = torch.cat([x_TD, x_TD.new_zeros(pad, x_TD.shape[1])])
     ids_T = torch.cat([ids_T, ids_T.new_zeros(pad)])
     cu_seqlens = torch.cat([cu_seqlens, cu_seqlens.new_full((1,), T + pad)])
     return x_TD, ids_T, cu_seqlens, max(max_seqlen, pad)

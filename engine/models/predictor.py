@@ -21,7 +21,7 @@ import kernels
 from engine.models.layers import PredictorTrunk, Tokens
 from engine.models.pos_embed import sincos_2d, sincos_3d
 from engine.models.rope import Rope3D
-from engine.packing import Packed, pack_index_sets, pad_rows
+from engine.packing import Packed, pack_index_sets, pad_rows, per_row
 
 
 class Predictor(PredictorTrunk):
@@ -77,7 +77,7 @@ class Predictor(PredictorTrunk):
         if z_TD.shape[0] != ctx.rows_T.numel():
             raise ValueError(f"Predictor: z has {z_TD.shape[0]} rows, ctx packs {ctx.rows_T.numel()}")
         dev = z_TD.device
-        x_ctx = self.predictor_embed(z_TD)
+        x_ctx = per_row(self.predictor_embed, z_TD)
         table_MP = torch.cat([t.reshape(1, -1) for t in self._mask_token_params()])
         which_T = mask_index_S.to(dev).long().remainder(self.num_mask_tokens)[tgt.seq_id_T()]
         x_tgt = table_MP.to(x_ctx.dtype).index_select(0, which_T)
@@ -101,7 +101,7 @@ class Predictor(PredictorTrunk):
         x, ids, cu, max_len = pad_rows(x, ids, cu, max_len)
         tok = Tokens(ids, cu, max_len, self.rope.tables(ids) if self.rope is not None else None)
         x = self.run_trunk(x, tok)
-        p_TD = self.project(x.index_select(0, dest_t))
+        p_TD = per_row(self.project, x.index_select(0, dest_t))
         return p_TD + self.carried_forward(z_TD, ctx, tgt) if self.residual else p_TD
 
     def carried_forward(self, z_TD, ctx: Packed, tgt: Packed) -> torch.Tensor:

@@ -167,6 +167,8 @@ def test_spread_terms_match_their_definition():
     c = torch.cov(z.T)
     torch.testing.assert_close(std_t, torch.relu(1 - std).mean())
     torch.testing.assert_close(cov_t, (c.pow(2).sum() - c.diag().pow(2).sum()) / 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):       # fp32 math under autocast too
+        assert torch.equal(JEPA.spread_terms(z)[1], cov_t)
     collapsed = torch.ones(40, 6) * torch.randn(1, 6, generator=g)   # every token the same vector
     s, cv = JEPA.spread_terms(collapsed)
     assert s > 0.98 and cv.abs() < 1e-10

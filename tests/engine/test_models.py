@@ -337,9 +337,9 @@ def test_mlp_keeps_the_reference_parameter_names_and_saves_less():
 
 @pytest.mark.parametrize("autocast", [True, False])
 def test_cpu_bf16_packed_rows_are_padded_to_a_multiple_and_dropped(monkeypatch, autocast):
-    # Under CPU bf16 the packed encoder's and predictor's blocks run on a row count rounded up to
-    # CPU_BF16_ROW_MULTIPLE (one extra sequence of zero rows, so oneDNN meets few GEMM shapes); the real
-    # rows' outputs and every gradient equal the unpadded pass's within bf16 rounding.
+    # Under CPU bf16 the packed encoder's and predictor's blocks, and the predictor's embedding and
+    # projection, run on a row count rounded up to CPU_BF16_ROW_MULTIPLE (zero rows, so oneDNN meets few
+    # GEMM shapes); the real rows' outputs and every gradient equal the unpadded pass's within bf16 rounding.
     import engine.packing as packing
     enc = tiny_vit().train()
     pred = Predictor(enc.grid, 48, predictor_embed_dim=32, depth=2, num_heads=2, num_mask_tokens=1,
@@ -354,7 +354,9 @@ def test_cpu_bf16_packed_rows_are_padded_to_a_multiple_and_dropped(monkeypatch, 
     rows = []
     hooks = [m.blocks[0].register_forward_pre_hook(lambda mod, a: rows.append(a[0].shape[0]))
              for m in (enc,)] + [pred.predictor_blocks[0].register_forward_pre_hook(
-                 lambda mod, a: rows.append(a[0].shape[0]))]
+                 lambda mod, a: rows.append(a[0].shape[0]))] + [
+             m.register_forward_pre_hook(lambda mod, a: rows.append(a[0].shape[0]))
+             for m in (pred.predictor_embed, pred.predictor_proj)]
 
     def run():
         enc.zero_grad(set_to_none=True)
@@ -366,11 +368,11 @@ def test_cpu_bf16_packed_rows_are_padded_to_a_multiple_and_dropped(monkeypatch, 
         return p.float().detach(), grads
 
     out, grads = run()
-    assert rows == [64, 128]            # 39 context rows; 39 + 27 predictor rows
+    assert rows == [64, 64, 128, 64]    # 39 context rows: blocks, embed; 39 + 27 predictor rows; 27 out
     monkeypatch.setattr(packing, "CPU_BF16_ROW_MULTIPLE", 1)
     rows.clear()
     ref, ref_grads = run()
-    assert rows == [39, 66]
+    assert rows == [39, 39, 66, 27]
     for h in hooks:
         h.remove()
     assert out.shape == ref.shape == (27, 48)
