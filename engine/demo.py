@@ -30,9 +30,10 @@ from engine.runtime.metrics import SUMMARY_WINDOW
 DEMO_VIDEOS = {"num_frames": 16, "actors": 3, "radius": (6.0, 10.0), "distractors": 0, "background": "plain"}
 
 # What each stage costs on 2 idle CPU cores, so the demo can say up front how long it will take: a
-# training step at 3.9 steps/s (the README's demo run); a video and a probed clip (per encoder) from
-# their CPU time with one thread (0.022 s and 0.125 s), the probe's split over 2 threads.
-STAGE_SECONDS = {"per_video": 0.03, "per_step": 0.26, "per_probed_clip": 0.075}
+# training step at 2.1 steps/s (the slower of the two 2-core machines of the README's demo runs; the
+# other ran 3.9); a video and a probed clip (per encoder) from their CPU time with one thread (0.022 s
+# and 0.125 s), the probe's split over 2 threads.
+STAGE_SECONDS = {"per_video": 0.03, "per_step": 0.47, "per_probed_clip": 0.075}
 
 
 def announce(stage: str, what: str, seconds: float) -> None:
