@@ -19,9 +19,10 @@ and process CPU time), samples/s and trained (context + target) tokens/s from CP
 2.5x that backward), their share of the peak GEMM rate (a 2048x1024x2048 fp32 matmul timed in every
 round; a bf16 row's share is of the bf16 GEMM rate, timed alike), how far a process running only that
 mode grows its peak resident set over its built model in --steps steps (activations, gradients, AdamW
-state; VmHWM, Linux), and the profile split of one step (GEMM / attention / other, self CPU time). Ratios come from alternating rounds in one process, so
-load from other processes on the machine shifts both sides alike; CPU time is robust to waiting for
-a core, wall time is not. Random clips: the data path is measured in bench/bench_loader.py.
+state; VmHWM, Linux), and the profile split of one step (GEMM / attention / other, self CPU time).
+Ratios come from alternating rounds in one process, so load from other processes on the machine shifts
+both sides alike; CPU time is robust to waiting for a core, wall time is not. Random clips: the data
+path is measured in bench/bench_loader.py.
 """
 from __future__ import annotations
 
