@@ -4,7 +4,8 @@ Usage:
     python -m engine.datagen generate --output data/generated/toy --videos 300 --val 60 [--frames 16 --size 64
                                    --fps 8 --codec h264 --seed 0 --classes 5]
         -> DIR/train.csv, DIR/val.csv (+ DIR/train/, DIR/val/ video files)
-    python -m engine.datagen events --output DIR --pairs 60 [--events teleport vanish pass_through --actors 3 ...]
+    python -m engine.datagen events --output DIR --pairs 60 [--world free|solid --events teleport vanish
+                                 pass_through --actors 3 ...]
         -> DIR/events.csv (label 1 = physically impossible) + DIR/events.events.csv (event, pair, frame):
            pairs of one scene, possible and impossible (engine.datagen.synthetic.generate_events)
     python -m engine.datagen images --output data/generated/images --num 500 [--size 64 --seed 0]
@@ -28,7 +29,7 @@ import argparse
 import time
 
 from .images import generate_images
-from .synthetic import CODECS, EVENTS, MOTION_CLASSES, generate_events, generate_split
+from .synthetic import CODECS, EVENTS, MOTION_CLASSES, WORLDS, generate_events, generate_split
 
 
 def bench(args) -> float:
@@ -76,6 +77,11 @@ def main(argv=None):
                     help="the event object's speed range in px/s at 64 px")
     for sp in (g, ev):   # the scene: the same arguments for both
         _scene_args(sp)
+    ev.add_argument("--world", default="free", choices=WORLDS,
+                    help="free: the motion scenes, objects overlap freely; solid: objects collide, never overlap")
+    ev.add_argument("--blocks", type=int, default=None, help="solid world: static blocks per scene (default 1)")
+    # the free world's scene keys, refused by the solid world when given
+    ev.set_defaults(classes=None, distractors=None)
     im = sub.add_parser("images", help="procedural shape images in ImageFolder layout")
     im.add_argument("--output", required=True)
     im.add_argument("--num", type=int, required=True)
@@ -132,11 +138,22 @@ def main(argv=None):
                                     flicker=args.flicker, progress=True)
         print(f"wrote {train} and {val} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "events":
+        if args.world == "solid":
+            given = [f"--{k}" for k in ("classes", "distractors") if getattr(args, k) is not None]
+            given += ["--flicker"] if args.flicker else []
+            if given:
+                ap.error(f"{' '.join(given)}: the free world's options; the solid world's static objects are --blocks")
+            scene = dict(blocks=1 if args.blocks is None else args.blocks)
+        else:
+            if args.blocks is not None:
+                ap.error("--blocks: a solid-world option (--world solid)")
+            scene = dict(num_classes=5 if args.classes is None else args.classes,
+                         distractors=3 if args.distractors is None else args.distractors, flicker=args.flicker)
         csv = generate_events(args.output, args.pairs, events=tuple(args.events), num_frames=args.frames,
-                              size=args.size, fps=args.fps, codec=args.codec, seed=args.seed, num_classes=args.classes,
-                              actors=args.actors, radius=tuple(args.radius), distractors=args.distractors,
-                              background=args.background, flicker=args.flicker, progress=True,
-                              event_radius=args.event_radius, event_speed=tuple(args.event_speed))
+                              size=args.size, fps=args.fps, codec=args.codec, seed=args.seed, world=args.world,
+                              actors=args.actors, radius=tuple(args.radius), background=args.background,
+                              progress=True, event_radius=args.event_radius, event_speed=tuple(args.event_speed),
+                              **scene)
         print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "bench":
         print(f"{bench(args):.1f} clips/s")

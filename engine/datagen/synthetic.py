@@ -27,6 +27,11 @@ possible video of a pair it behaves, in the impossible one it does not, from a f
     vanish        it disappears (possible: it stays)
     pass_through  it runs into a static block and passes through it (possible: it bounces back)
 
+Two worlds hold these events (`world=`): "free", the motion scenes, whose objects overlap freely, each drawn
+in front of the ones before (so passing through another object is what objects do there); and "solid"
+(engine.datagen.physics), objects moving straight at constant speed and colliding elastically with the
+walls, each other and static blocks, so nothing overlaps unless the event makes it.
+
 Physics is in pixels per second (scaled by size/64), so a higher fps gives the same motion, sampled
 finer. Video i's content depends only on (seed, split, i): adding videos never changes earlier ones.
 Also here: `write_video` (atomic PyAV writer) and `write_counter_video` / `read_counter`, a video whose
@@ -320,15 +325,143 @@ def render_event_clip(event: str, impossible: bool, rng: np.random.Generator, nu
     return np.clip(frames + 0.5, 0, 255).astype(np.uint8), k
 
 
+def render_solid_event_clip(event: str, impossible: bool, rng: np.random.Generator, num_frames: int = 16,
+                            size: int = 64, fps: float = 8, **world):
+    """One video of an event pair in the solid world: (uint8 frames [T, H, W, 3], event frame). `world`:
+    solid_event_scene's keywords. The rng draws do not depend on `impossible`: a pair's two videos show
+    the same world up to the event."""
+    scene = solid_event_scene(event, impossible, rng, num_frames, size, fps, **world)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    frames = np.broadcast_to(scene["background"], (num_frames, size, size, 3)).astype(np.float32)
+    pos_TN2, alive_TN = scene["pos"], scene["alive"]
+    for i, (shape, colour, r) in enumerate(zip(scene["shapes"], scene["colours"], scene["radius"])):
+        a_THW1 = shape_alpha(shape, yy[None] - pos_TN2[:, i, 0, None, None], xx[None] - pos_TN2[:, i, 1, None, None],
+                             r)[..., None] * alive_TN[:, i, None, None, None]
+        frames = frames * (1 - a_THW1) + a_THW1 * colour
+    return np.clip(frames + 0.5, 0, 255).astype(np.uint8), scene["event_frame"]
+
+
+def solid_event_scene(event: str, impossible: bool, rng: np.random.Generator, num_frames: int = 16,
+                      size: int = 64, fps: float = 8, *, actors: int = 3, radius=(6.0, 10.0),
+                      blocks: int = 1, background: str = "plain", event_radius=None,
+                      event_speed=(14.0, 24.0), speed=(14.0, 24.0), tries: int = 200) -> dict:
+    """The world of one solid event video (engine.datagen.physics), before drawing: a dict of "shapes",
+    "colours", "radius" (drawn, px), "collision_radius", "pos" [T, N, 2], "alive" [T, N], "background"
+    [H, W, 3], "event_frame". Body 0 is the event's object, bodies 1..blocks the static blocks, then the
+    `actors`, which move at `speed` (px/s at 64 px) in random directions and collide elastically with the
+    walls, with each other, with the event's object and with the blocks; nothing overlaps. The event:
+    teleport, the object is put at a free place (>= 3 radii away) at the event frame; vanish, it is gone
+    from then on; pass_through, it is aimed at the first block and first touches it just before the event
+    frame, where it bounces off (possible) or goes on through it (impossible)."""
+    from .physics import collision_radius, place_free, simulate
+
+    if event not in EVENTS:
+        raise ValueError(f"event must be one of {EVENTS}, got {event!r}")
+    if actors < 0 or blocks < (event == "pass_through") or not 0 < radius[0] <= radius[1]:
+        raise ValueError(f"solid_event_scene: need actors >= 0, blocks >= 1 for pass_through and "
+                         f"0 < radius[0] <= radius[1]; got actors={actors}, blocks={blocks}, radius={tuple(radius)}")
+    if background not in ("random", "plain"):
+        raise ValueError(f"background must be 'random' or 'plain', got {background!r}")
+    s = size / 64.0
+    bg_HW3 = random_background(rng, size) if background == "random" else np.full((size, size, 3), 96.0, np.float32)
+    bg_mean = bg_HW3.mean((0, 1))
+    for _ in range(tries):
+        # bodies: the event's object (0), the blocks (1 .. blocks), the actors
+        k = int(rng.integers(num_frames // 3, 2 * num_frames // 3 + 1))
+        shapes = [SHAPES[i] for i in rng.integers(len(SHAPES), size=1 + blocks + actors)]
+        colours = [contrasting_colour(rng, bg_mean) for _ in shapes]
+        draw_r = np.concatenate([rng.uniform(*(event_radius or radius), 1), rng.uniform(*radius, blocks + actors)]) * s
+        col_r = np.array([collision_radius(sh, r) for sh, r in zip(shapes, draw_r)])
+        static = np.arange(len(shapes)) - 1 < blocks
+        static[0] = False
+        ang = rng.uniform(0, 2 * np.pi, len(shapes))
+        spd = np.concatenate([rng.uniform(*event_speed, 1), rng.uniform(*speed, blocks + actors)]) * s
+        v_N2 = np.stack([np.sin(ang), np.cos(ang)], 1) * spd[:, None]
+        p_N2 = np.zeros((len(shapes), 2))
+        offset, phase, u_2 = rng.uniform(-0.3, 0.3), rng.uniform(0, 1), rng.uniform(0, 1, 2)
+        jump_yx_K2 = rng.uniform(col_r[0], size - 1 - col_r[0], (200, 2))   # where a teleport may land
+        order = list(range(1, len(shapes)))
+        if event == "pass_through":
+            # the object aimed at the first block, to touch it at (k - phase) / fps; the block is placed where
+            # both it and the object's start are inside the walls
+            reach = col_r[0] + col_r[1]
+            lateral = offset * reach
+            along = np.sqrt(reach**2 - lateral**2) + spd[0] * (k - phase) / fps
+            direction, across = v_N2[0] / spd[0], np.array([-v_N2[0, 1], v_N2[0, 0]]) / spd[0]
+            start_2 = -direction * along + across * lateral            # the object's start from the block
+            lo_2 = np.maximum(col_r[1], col_r[0] - start_2)
+            hi_2 = np.minimum(size - 1 - col_r[1], size - 1 - col_r[0] - start_2)
+            if (lo_2 > hi_2).any():
+                continue
+            p_N2[1] = lo_2 + u_2 * (hi_2 - lo_2)
+            p_N2[0] = p_N2[1] + start_2
+            order = order[1:]
+            placed = [0, 1]
+        else:
+            order = [0] + order
+            placed = []
+        ok = True
+        for i in order:
+            yx = place_free(rng, col_r[i], p_N2[placed], col_r[placed], size=size)
+            if yx is None:
+                ok = False
+                continue
+            p_N2[i] = yx
+            placed.append(i)
+        inside = ((p_N2 >= col_r[:, None]) & (p_N2 <= size - 1 - col_r[:, None])).all()
+        gap_NN = np.sqrt(((p_N2[None] - p_N2[:, None]) ** 2).sum(-1)) - col_r[None] - col_r[:, None]
+        if not ok or not inside or (gap_NN + 2 * np.eye(len(shapes)) * size <= 0).any():
+            continue
+        kw = dict(size=size, num_frames=num_frames, fps=fps)
+        pos_TN2, alive_TN, contact_NN = simulate(p_N2, v_N2, col_r, static, **kw)
+        if event == "pass_through":
+            # accepted when the object's first contact is the block's, between frame k - 1 and frame k, and
+            # going on it gets more than half into the block (both worlds are run either way: equal draws)
+            first = contact_NN[0]
+            through_TN2, through_alive_TN, _ = simulate(p_N2, v_N2, col_r, static, ignore_pairs=[(0, 1)], **kw)
+            depth = (col_r[0] + col_r[1] - np.hypot(*(through_TN2[k:, 0] - through_TN2[k:, 1]).T)).max()
+            if not (np.argmin(first) == 1 and k - 1 < first[1] <= k and depth > col_r[0]):
+                continue
+            if impossible:
+                pos_TN2, alive_TN = through_TN2, through_alive_TN
+        elif impossible and event == "vanish":
+            pos_TN2, alive_TN, _ = simulate(p_N2, v_N2, col_r, static, remove=(0, k), **kw)
+        elif event == "teleport":
+            others = np.arange(1, len(shapes))
+            far = np.hypot(*(jump_yx_K2 - pos_TN2[k, 0]).T) >= 3 * draw_r[0]
+            gap_KN = np.sqrt(((jump_yx_K2[:, None] - pos_TN2[k, others][None]) ** 2).sum(-1)) - col_r[others] - col_r[0]
+            free = np.nonzero(far & (gap_KN > 1).all(1))[0]
+            if not len(free):
+                continue
+            if impossible:
+                pos_TN2, alive_TN, _ = simulate(p_N2, v_N2, col_r, static, teleport=(0, k, jump_yx_K2[free[0]]),
+                                                **kw)
+        break
+    else:
+        raise RuntimeError(f"solid_event_scene: no {event} scene found in {tries} tries for size={size}, "
+                           f"actors={actors}, blocks={blocks}, radius={tuple(radius)}; use fewer or smaller objects")
+    return dict(shapes=shapes, colours=colours, radius=draw_r, collision_radius=col_r, pos=pos_TN2, alive=alive_TN,
+                background=bg_HW3, event_frame=k)
+
+
+WORLDS = ("free", "solid")
+
+
 def generate_events(out_dir, num_pairs: int, *, events=EVENTS, num_frames: int = 16, size: int = 64, fps: int = 8,
-                    codec: str = "h264", seed: int = 0, name: str = "events", num_classes: int = len(MOTION_CLASSES),
+                    codec: str = "h264", seed: int = 0, name: str = "events", world: str = "free",
                     progress: bool = False, **scene) -> Path:
     """Write num_pairs (possible, impossible) video pairs to out_dir/name/ and the index out_dir/name.csv,
     "path label" with label 1 = impossible; out_dir/name.events.csv adds each video's event, pair id and
-    event frame. Pair i uses event events[i % len(events)]; both videos of a pair show the same scene."""
+    event frame. Pair i uses event events[i % len(events)]; both videos of a pair show the same scene.
+    world: "free", the motion scenes of render_clip, whose objects overlap freely, plus the event's object
+    (render_event_clip, `scene` its keywords); "solid", objects that collide and never overlap
+    (render_solid_event_clip), the world in which a pass-through is a violation of what it shows."""
     for e in events:
         if e not in EVENTS:
             raise ValueError(f"events: each must be one of {EVENTS}, got {e!r}")
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
+    render = render_solid_event_clip if world == "solid" else render_event_clip
     out_dir = Path(out_dir).resolve()
     (out_dir / name).mkdir(parents=True, exist_ok=True)
     suffix = CODECS[codec][2]
@@ -341,7 +474,7 @@ def generate_events(out_dir, num_pairs: int, *, events=EVENTS, num_frames: int =
         event = events[i % len(events)]
         for impossible in (False, True):
             rng = np.random.default_rng([seed, zlib.crc32(name.encode()), i])
-            frames, k = render_event_clip(event, impossible, rng, num_frames, size, fps, num_classes, **scene)
+            frames, k = render(event, impossible, rng, num_frames, size, fps, **scene)
             path = write_video(out_dir / name / f"{i:06d}_{int(impossible)}{suffix}", frames, fps=fps, codec=codec)
             lines.append(f"{path} {int(impossible)}\n")
             meta.append(f"{path},{int(impossible)},{event},{i},{k}\n")
