@@ -189,6 +189,14 @@ def cmd_anomaly(args) -> dict:
             out["pairs"][kind] = {k: pair_scores(r[k].numpy()[sel], labels[sel], pairs[sel]) for k in keys}
             print(f"pairs ({kind}): " + ", ".join(f"{k} acc {v['pair_acc']:.3f} relative AUC {v['relative_auc']:.3f}"
                                                   for k, v in out["pairs"][kind].items()))
+        if len(set(labels.tolist())) == 2:
+            # the clip-level AUC of one event: its impossible clips against every possible clip
+            out["roc_auc_by_event"] = {}
+            for kind in kinds:
+                sel = np.array([lab == 0 or events[p][0] == kind for p, lab in zip(ds.paths, labels.tolist())])
+                out["roc_auc_by_event"][kind] = {k: roc_auc(r[k].numpy()[sel], labels[sel]) for k in keys}
+                print(f"ROC AUC ({kind} against all possible clips): "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in out["roc_auc_by_event"][kind].items()))
     _write(folder, "anomaly", out)
     print(f"surprise of {len(ds)} clips: {folder / 'surprise.csv'}, per token: {folder / 'token_surprise.npy'}")
     return out

@@ -246,6 +246,10 @@ def test_anomaly_and_embed_commands(eval_yaml, tmp_path, capsys):
     for i, event in enumerate(EVENTS):
         want = float(pix[paths[2 * i + 1]] > pix[paths[2 * i]]) + 0.5 * (pix[paths[2 * i + 1]] == pix[paths[2 * i]])
         assert f["pairs"][event]["pixel"]["pairs"] == 1 and f["pairs"][event]["pixel"]["pair_acc"] == want
+        # and the event's clip-level AUC: its one impossible clip ranked among the three possible ones
+        rank = np.mean([(pix[paths[2 * i + 1]] > pix[p]) + 0.5 * (pix[paths[2 * i + 1]] == pix[p]) for p in paths[::2]])
+        assert f["roc_auc_by_event"][event]["pixel"] == pytest.approx(rank)
+    assert set(f["roc_auc_by_event"]) == set(EVENTS)
     other = tmp_path / "other.events.csv"
     other.write_text("path,label,event,pair,event_frame\n")
     with pytest.raises(SystemExit):   # an events file of other videos: one line naming the option and file
