@@ -47,6 +47,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .physics import collision_radius, place_free, simulate
+
 MOTION_CLASSES = ("static", "horizontal", "vertical", "orbit", "gravity", "pulse")
 SHAPES = ("disk", "square", "diamond", "ring", "cross")
 
@@ -326,11 +328,11 @@ def render_event_clip(event: str, impossible: bool, rng: np.random.Generator, nu
 
 
 def render_solid_event_clip(event: str, impossible: bool, rng: np.random.Generator, num_frames: int = 16,
-                            size: int = 64, fps: float = 8, **world):
-    """One video of an event pair in the solid world: (uint8 frames [T, H, W, 3], event frame). `world`:
+                            size: int = 64, fps: float = 8, **options):
+    """One video of an event pair in the solid world: (uint8 frames [T, H, W, 3], event frame). `options`:
     solid_event_scene's keywords. The rng draws do not depend on `impossible`: a pair's two videos show
     the same world up to the event."""
-    scene = solid_event_scene(event, impossible, rng, num_frames, size, fps, **world)
+    scene = solid_event_scene(event, impossible, rng, num_frames, size, fps, **options)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     frames = np.broadcast_to(scene["background"], (num_frames, size, size, 3)).astype(np.float32)
     pos_TN2, alive_TN = scene["pos"], scene["alive"]
@@ -353,8 +355,6 @@ def solid_event_scene(event: str, impossible: bool, rng: np.random.Generator, nu
     teleport, the object is put at a free place (>= 3 radii away) at the event frame; vanish, it is gone
     from then on; pass_through, it is aimed at the first block and first touches it just before the event
     frame, where it bounces off (possible) or goes on through it (impossible)."""
-    from .physics import collision_radius, place_free, simulate
-
     if event not in EVENTS:
         raise ValueError(f"event must be one of {EVENTS}, got {event!r}")
     if actors < 0 or blocks < (event == "pass_through") or not 0 < radius[0] <= radius[1]:
