@@ -149,11 +149,14 @@ def main(argv=None):
                 ap.error("--blocks: a solid-world option (--world solid)")
             scene = dict(num_classes=5 if args.classes is None else args.classes,
                          distractors=3 if args.distractors is None else args.distractors, flicker=args.flicker)
-        csv = generate_events(args.output, args.pairs, events=tuple(args.events), num_frames=args.frames,
-                              size=args.size, fps=args.fps, codec=args.codec, seed=args.seed, world=args.world,
-                              actors=args.actors, radius=tuple(args.radius), background=args.background,
-                              progress=True, event_radius=args.event_radius, event_speed=tuple(args.event_speed),
-                              **scene)
+        try:
+            csv = generate_events(args.output, args.pairs, events=tuple(args.events), num_frames=args.frames,
+                                  size=args.size, fps=args.fps, codec=args.codec, seed=args.seed, world=args.world,
+                                  actors=args.actors, radius=tuple(args.radius), background=args.background,
+                                  progress=True, event_radius=args.event_radius,
+                                  event_speed=tuple(args.event_speed), **scene)
+        except ValueError as e:   # a scene the options do not allow (too many or too big objects, ...)
+            ap.error(str(e))
         print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "bench":
         print(f"{bench(args):.1f} clips/s")

@@ -438,7 +438,7 @@ def solid_event_scene(event: str, impossible: bool, rng: np.random.Generator, nu
                                                 **kw)
         break
     else:
-        raise RuntimeError(f"solid_event_scene: no {event} scene found in {tries} tries for size={size}, "
+        raise ValueError(f"solid_event_scene: no {event} scene found in {tries} tries for size={size}, "
                            f"actors={actors}, blocks={blocks}, radius={tuple(radius)}; use fewer or smaller objects")
     return dict(shapes=shapes, colours=colours, radius=draw_r, collision_radius=col_r, pos=pos_TN2, alive=alive_TN,
                 background=bg_HW3, event_frame=k)

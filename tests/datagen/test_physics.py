@@ -138,7 +138,7 @@ def test_solid_world_generator_and_bad_options(tmp_path):
         generate_events(tmp_path / "ev", 1, world="liquid")
     with pytest.raises(ValueError, match="blocks >= 1 for pass_through"):
         solid_event_scene("pass_through", False, np.random.default_rng(0), blocks=0)
-    with pytest.raises(RuntimeError, match="no teleport scene found"):
+    with pytest.raises(ValueError, match="no teleport scene found"):
         solid_event_scene("teleport", False, np.random.default_rng(0), 16, 32, actors=12, radius=(9, 10))
 
 
@@ -156,3 +156,6 @@ def test_events_cli_worlds_and_refused_options(tmp_path, capsys):
             cli_main(base + extra)
         assert e.value.code == 2 and named in capsys.readouterr().err
     cli_main(base + ["--distractors", "0"])   # the free world keeps its options
+    with pytest.raises(SystemExit) as e:       # a world too crowded to place: one line, no traceback
+        cli_main(base[:-3] + ["--world", "solid", "--actors", "12", "--radius", "9", "10"])
+    assert e.value.code == 2 and "no pass_through scene found in 200 tries" in capsys.readouterr().err
