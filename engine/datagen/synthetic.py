@@ -416,11 +416,13 @@ def solid_event_scene(event: str, impossible: bool, rng: np.random.Generator, nu
         pos_TN2, alive_TN, contact_NN = simulate(p_N2, v_N2, col_r, static, **kw)
         if event == "pass_through":
             # accepted when the object's first contact is the block's, between frame k - 1 and frame k, and
-            # going on it gets more than half into the block (both worlds are run either way: equal draws)
+            # going on it gets more than half into the block (the simulation draws nothing: both videos of a
+            # pair run it alike)
             first = contact_NN[0]
+            if not (np.argmin(first) == 1 and k - 1 < first[1] <= k):
+                continue
             through_TN2, through_alive_TN, _ = simulate(p_N2, v_N2, col_r, static, ignore_pairs=[(0, 1)], **kw)
-            depth = (col_r[0] + col_r[1] - np.hypot(*(through_TN2[k:, 0] - through_TN2[k:, 1]).T)).max()
-            if not (np.argmin(first) == 1 and k - 1 < first[1] <= k and depth > col_r[0]):
+            if (col_r[0] + col_r[1] - np.hypot(*(through_TN2[k:, 0] - through_TN2[k:, 1]).T)).max() <= col_r[0]:
                 continue
             if impossible:
                 pos_TN2, alive_TN = through_TN2, through_alive_TN
@@ -439,7 +441,7 @@ def solid_event_scene(event: str, impossible: bool, rng: np.random.Generator, nu
         break
     else:
         raise ValueError(f"solid_event_scene: no {event} scene found in {tries} tries for size={size}, "
-                           f"actors={actors}, blocks={blocks}, radius={tuple(radius)}; use fewer or smaller objects")
+                         f"actors={actors}, blocks={blocks}, radius={tuple(radius)}; use fewer or smaller objects")
     return dict(shapes=shapes, colours=colours, radius=draw_r, collision_radius=col_r, pos=pos_TN2, alive=alive_TN,
                 background=bg_HW3, event_frame=k)
 

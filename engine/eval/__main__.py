@@ -177,7 +177,8 @@ def cmd_anomaly(args) -> dict:
     out = {"clips": len(ds), "mode": args.mode, "masks": args.masks if args.mode == "masked" else None,
            "context": args.context, "random_init": args.random_init, "seconds": round(time.perf_counter() - t0, 1)}
     labels = r["labels"].numpy()
-    if len(set(labels.tolist())) == 2:
+    both_labels = len(set(labels.tolist())) == 2
+    if both_labels:
         out["roc_auc"] = {k: roc_auc(r[k].numpy(), labels) for k in keys}
         print("ROC AUC (label 1 = anomalous): " + ", ".join(f"{k} {v:.3f}" for k, v in out["roc_auc"].items()))
     if events is not None:
@@ -189,7 +190,7 @@ def cmd_anomaly(args) -> dict:
             out["pairs"][kind] = {k: pair_scores(r[k].numpy()[sel], labels[sel], pairs[sel]) for k in keys}
             print(f"pairs ({kind}): " + ", ".join(f"{k} acc {v['pair_acc']:.3f} relative AUC {v['relative_auc']:.3f}"
                                                   for k, v in out["pairs"][kind].items()))
-        if len(set(labels.tolist())) == 2:
+        if both_labels:
             # the clip-level AUC of one event: its impossible clips against every possible clip
             out["roc_auc_by_event"] = {}
             for kind in kinds:
