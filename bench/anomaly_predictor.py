@@ -75,11 +75,12 @@ def causal_last_step(encoder, clips_B3THW, grid_THW) -> torch.Tensor:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--random-init", action="store_true")
     ap.add_argument("--data", required=True, help="CSV of 'path label' lines; label-0 clips are scored")
     args = ap.parse_args()
-    cfg = load_config(args.config, [])
+    cfg = load_config(args.config, args.set)
     model = load_jepa(cfg, args.checkpoint, random_init=args.random_init)
     pred, copy, causal, obj = predictor_vs_copy(model, cfg, surprise_dataset(cfg, args.data))
     print("tokens,share,predictor_l1,copy_last_l1,copy_causal_l1")

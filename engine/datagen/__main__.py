@@ -80,6 +80,8 @@ def main(argv=None):
     ev.add_argument("--world", default="free", choices=WORLDS,
                     help="free: the motion scenes, objects overlap freely; solid: objects collide, never overlap")
     ev.add_argument("--blocks", type=int, default=None, help="solid world: static blocks per scene (default 1)")
+    ev.add_argument("--speed", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="solid world: the other moving objects' speed range in px/s at 64 px (default 14 24)")
     # the free world's scene keys, refused by the solid world when given
     ev.set_defaults(classes=None, distractors=None)
     im = sub.add_parser("images", help="procedural shape images in ImageFolder layout")
@@ -143,10 +145,12 @@ def main(argv=None):
             given += ["--flicker"] if args.flicker else []
             if given:
                 ap.error(f"{' '.join(given)}: the free world's options; the solid world's static objects are --blocks")
-            scene = dict(blocks=1 if args.blocks is None else args.blocks)
+            scene = dict(blocks=1 if args.blocks is None else args.blocks,
+                         speed=(14.0, 24.0) if args.speed is None else tuple(args.speed))
         else:
-            if args.blocks is not None:
-                ap.error("--blocks: a solid-world option (--world solid)")
+            given = [f"--{k}" for k in ("blocks", "speed") if getattr(args, k) is not None]
+            if given:
+                ap.error(f"{' '.join(given)}: solid-world options (--world solid)")
             scene = dict(num_classes=5 if args.classes is None else args.classes,
                          distractors=3 if args.distractors is None else args.distractors, flicker=args.flicker)
         try:

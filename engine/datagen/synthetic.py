@@ -346,7 +346,7 @@ def render_solid_event_clip(event: str, impossible: bool, rng: np.random.Generat
 def solid_event_scene(event: str, impossible: bool, rng: np.random.Generator, num_frames: int = 16,
                       size: int = 64, fps: float = 8, *, actors: int = 3, radius=(6.0, 10.0),
                       blocks: int = 1, background: str = "plain", event_radius=None,
-                      event_speed=(14.0, 24.0), speed=(14.0, 24.0), tries: int = 200) -> dict:
+                      event_speed=(14.0, 24.0), speed=(14.0, 24.0), tries: int = 1000) -> dict:
     """The world of one solid event video (engine.datagen.physics), before drawing: a dict of "shapes",
     "colours", "radius" (drawn, px), "collision_radius", "pos" [T, N, 2], "alive" [T, N], "background"
     [H, W, 3], "event_frame". Body 0 is the event's object, bodies 1..blocks the static blocks, then the
@@ -357,9 +357,11 @@ def solid_event_scene(event: str, impossible: bool, rng: np.random.Generator, nu
     frame, where it bounces off (possible) or goes on through it (impossible)."""
     if event not in EVENTS:
         raise ValueError(f"event must be one of {EVENTS}, got {event!r}")
-    if actors < 0 or blocks < (event == "pass_through") or not 0 < radius[0] <= radius[1]:
-        raise ValueError(f"solid_event_scene: need actors >= 0, blocks >= 1 for pass_through and "
-                         f"0 < radius[0] <= radius[1]; got actors={actors}, blocks={blocks}, radius={tuple(radius)}")
+    if (actors < 0 or blocks < (event == "pass_through") or not 0 < radius[0] <= radius[1]
+            or not 0 <= speed[0] <= speed[1]):
+        raise ValueError(f"solid_event_scene: need actors >= 0, blocks >= 1 for pass_through, "
+                         f"0 < radius[0] <= radius[1] and 0 <= speed[0] <= speed[1]; got actors={actors}, "
+                         f"blocks={blocks}, radius={tuple(radius)}, speed={tuple(speed)}")
     if background not in ("random", "plain"):
         raise ValueError(f"background must be 'random' or 'plain', got {background!r}")
     s = size / 64.0

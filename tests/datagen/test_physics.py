@@ -147,15 +147,17 @@ def test_events_cli_worlds_and_refused_options(tmp_path, capsys):
 
     base = ["events", "--output", str(tmp_path / "e"), "--pairs", "1", "--events", "pass_through", "--size", "32",
             "--frames", "8", "--radius", "3", "5"]
-    cli_main(base + ["--world", "solid", "--blocks", "2"])
+    cli_main(base + ["--world", "solid", "--blocks", "2", "--speed", "40", "48"])
     assert (tmp_path / "e" / "events.csv").read_text().count("\n") == 2
     for extra, named in ((["--world", "solid", "--distractors", "2"], "--distractors"),
                          (["--world", "solid", "--flicker", "--classes", "3"], "--classes --flicker"),
-                         (["--blocks", "2"], "--blocks: a solid-world option")):
+                         (["--blocks", "2"], "--blocks: solid-world options"),
+                         (["--speed", "1", "2"], "--speed: solid-world options"),
+                         (["--world", "solid", "--speed", "5", "2"], "0 <= speed[0] <= speed[1]; got")):
         with pytest.raises(SystemExit) as e:
             cli_main(base + extra)
         assert e.value.code == 2 and named in capsys.readouterr().err
     cli_main(base + ["--distractors", "0"])   # the free world keeps its options
     with pytest.raises(SystemExit) as e:       # a world too crowded to place: one line, no traceback
         cli_main(base[:-3] + ["--world", "solid", "--actors", "12", "--radius", "9", "10"])
-    assert e.value.code == 2 and "no pass_through scene found in 200 tries" in capsys.readouterr().err
+    assert e.value.code == 2 and "no pass_through scene found in 1000 tries" in capsys.readouterr().err
