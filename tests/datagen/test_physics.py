@@ -129,6 +129,19 @@ def test_solid_world_never_overlaps_but_for_a_pass_through(event):
         assert g_bad.min() > -0.05 * r_N.min()
 
 
+@pytest.mark.parametrize("speed", [(8.0, 8.0), (40.0, 40.0)])
+def test_solid_world_speed_sets_the_actors_speed(speed):
+    """`speed` is the other moving objects' speed (px/s at 64 px): at fps 8 an actor moves speed / 8 px a
+    frame wherever it collides with nothing that frame (frames with a collision move it otherwise)."""
+    steps = []
+    for seed in range(4):
+        sc = solid_event_scene("teleport", False, np.random.default_rng(seed), actors=2, blocks=1, speed=speed,
+                               event_speed=(14.0, 24.0))
+        steps.append(np.hypot(*np.diff(sc["pos"][:, 2:], axis=0).transpose(2, 0, 1)).ravel())   # actors
+    steps = np.concatenate(steps)
+    assert (np.abs(steps - speed[0] / 8) < 0.01 * speed[0] / 8).mean() > 0.15
+
+
 def test_solid_world_generator_and_bad_options(tmp_path):
     csv = generate_events(tmp_path / "ev", 3, num_frames=8, size=32, world="solid", **SOLID)
     rows = csv.read_text().split("\n")[:-1]
