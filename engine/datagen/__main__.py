@@ -145,8 +145,9 @@ def main(argv=None):
             given += ["--flicker"] if args.flicker else []
             if given:
                 ap.error(f"{' '.join(given)}: the free world's options; the solid world's static objects are --blocks")
-            scene = dict(blocks=1 if args.blocks is None else args.blocks,
-                         speed=(14.0, 24.0) if args.speed is None else tuple(args.speed))
+            # only what was given: solid_event_scene's own defaults hold the rest
+            scene = {k: (tuple(v) if isinstance(v, list) else v)
+                     for k, v in (("blocks", args.blocks), ("speed", args.speed)) if v is not None}
         else:
             given = [f"--{k}" for k in ("blocks", "speed") if getattr(args, k) is not None]
             if given:
