@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.models.layers import GeluLinear, Tokens, run_blocks  # noqa: E402
+from engine.models.layers import Block, GeluLinear, Tokens, run_blocks  # noqa: E402
 from engine.core.io import atomic_write_csv  # noqa: E402
 from engine.core.step import adamw, autocast  # noqa: E402
 
@@ -106,14 +106,17 @@ def reference_style_loss(model, x, masks, loss_exp: float = 1.0):
     return loss / len(masks.pairs)
 
 
-def reference_mlps(model) -> None:
-    """The reference's MLP keeps both fc1's output and its GELU for the backward (autograd through
-    nn.GELU and nn.Linear): the reference_style model's GeluLinear layers run those plain ops."""
+def reference_blocks(model) -> None:
+    """The reference's blocks keep, for the backward, each LayerNorm's output (for the next linear layer)
+    and both fc1's output and its GELU (autograd through nn.GELU and nn.Linear): the reference_style
+    model's blocks keep their norms' outputs and its GeluLinear layers run those plain ops."""
     def plain(self, h):
         return F.linear(F.gelu(h), self.weight, self.bias)
     for m in model.modules():
         if isinstance(m, GeluLinear):
             m.forward = types.MethodType(plain, m)
+        if isinstance(m, Block):
+            m.recompute_norms = False
 
 
 def per_parameter_ema(model, m: float) -> None:
@@ -133,7 +136,7 @@ class Mode:
         torch.manual_seed(seed)
         self.model = build_jepa(self.cfg)
         if name == "reference_style":
-            reference_mlps(self.model)
+            reference_blocks(self.model)
         self.sampler = build_mask_sampler(self.cfg)
         params = [p for p in self.model.parameters() if p.requires_grad]
         # the engine's trainers use the fused AdamW; the reference loop torch's default (a loop per parameter)
@@ -178,6 +181,35 @@ def measure_step_memory(cfg_path, overrides, mode: str, steps: int = 3) -> float
     for _ in range(steps):
         m.step(x)
     return (_status_kb("VmHWM") - rss) / 1024
+
+
+def step_tensor_peak_mb(mode: Mode, x, steps: int = 3) -> float:
+    """MB of tensors a step holds at once above what was live at its start (activations, gradients and
+    every temporary; the figure a GPU's caching allocator reports as max_memory_allocated), the mean over
+    `steps` steps. Counted from the profiler's allocation records (torch's memory profiler reads the same
+    tree), so the heap's kept free blocks, which the resident-set figure includes, are not."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    def allocations(node, out):
+        if node.typed[0] == _EventType.Allocation:
+            out.append((node.start_time_ns, node.typed[1].alloc_size))
+        for child in node.children:
+            allocations(child, out)
+
+    peaks = []
+    for _ in range(steps):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            mode.step(x)
+        events = []
+        for root in prof.profiler.kineto_results.experimental_event_tree():
+            allocations(root, events)
+        live = peak = 0
+        for _, size in sorted(events):
+            live += size
+            peak = max(peak, live)
+        peaks.append(peak / 2**20)
+    return float(np.mean(peaks))
 
 
 def step_peak_mb(cfg_path, overrides, mode: str, steps: int) -> float:
@@ -289,7 +321,8 @@ def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool
                "tokens_per_s": round(tok / cpu_s, 1), "gflop_per_step": round(gflop, 2),
                "gflops": round(gflop / cpu_s, 1), "peak_gemm_gflops": round(peak, 1),
                "share_of_peak_gemm": round(gflop / cpu_s / peak, 3),
-               "step_peak_mb": step_peak_mb(cfg_path, overrides, m.spec, steps)}
+               "step_peak_mb": step_peak_mb(cfg_path, overrides, m.spec, steps),
+               "step_tensor_peak_mb": round(step_tensor_peak_mb(m, x, max(steps, 3)), 1)}
         if profile:
             row.update({f"profile_{k}": round(v, 3) for k, v in profile_split(m, x).items()})
         rows.append(row)
@@ -348,11 +381,11 @@ def main(argv=None):
         r["commit"] = _commit()
     atomic_write_csv(args.out, rows)
     print(f"{'mode':20} {'cpu s/step':>10} {'samples/s':>9} {'tokens/step':>11} {'tokens/s':>9} {'GFLOP':>7} "
-          f"{'% peak':>7} {'peak MB':>8} {'vs first':>8}")
+          f"{'% peak':>7} {'peak MB':>8} {'tensor MB':>9} {'vs first':>8}")
     for r in rows:
         print(f"{r['mode']:20} {r['s_per_step_cpu']:10.3f} {r['samples_per_s']:9.2f} {r['tokens_per_step']:11.0f} "
               f"{r['tokens_per_s']:9.0f} {r['gflop_per_step']:7.1f} {r['share_of_peak_gemm']:7.1%} "
-              f"{r['step_peak_mb']:8.0f} {r['samples_per_s_vs_first']:8.3f}")
+              f"{r['step_peak_mb']:8.0f} {r['step_tensor_peak_mb']:9.0f} {r['samples_per_s_vs_first']:8.3f}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Every block runs on one of two token layouts (`Tokens`):
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -182,7 +183,51 @@ class SwiGLU(nn.Module):
         return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
 
 
+class _RecomputedNorm:
+    """Saved-tensor hooks under which a saved view of a norm's output `y_TD` is kept as a recipe (the norm
+    module and its input) and recomputed in the backward by calling the module again.
+
+    The linear layer after a LayerNorm saves the norm's output for its weight gradient, while the norm's
+    own backward keeps only its input (the residual stream, which the block keeps anyway): dropping that
+    output saves a token's width per norm, two of a block's twelve widths. Calling the module again (not
+    F.layer_norm on its parameters) recomputes the same values bit for bit and lets ZeRO-3 gather the
+    norm's parameters in the backward as activation checkpointing does."""
+
+    def __init__(self, norm: nn.Module, x, y):
+        self.norm, self.x = norm, x
+        self.ptr, self.dtype = y.untyped_storage().data_ptr(), y.dtype
+
+    def pack(self, t):
+        if t.dtype == self.dtype and t.untyped_storage().data_ptr() == self.ptr:
+            return self, t.shape, t.stride(), t.storage_offset()
+        return t
+
+    @staticmethod
+    def unpack(saved):
+        if not isinstance(saved, tuple):
+            return saved
+        self, shape, stride, offset = saved
+        with torch.no_grad():
+            return self.norm(self.x).as_strided(shape, stride, offset)
+
+
+def normed(norm: nn.Module, x, recompute: bool = True):
+    """(norm(x), the saved-tensor hooks to run its consumer under): the hooks drop the output from what
+    the consumer saves (`_RecomputedNorm`) when it would otherwise be kept, i.e. with gradients on, not
+    while compiling (a compiled graph plans its own memory), and not under hooks already set (activation
+    checkpointing or offloading, which decide what is kept themselves)."""
+    y = norm(x)
+    if (not recompute or not torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None):
+        return y, contextlib.nullcontext()
+    r = _RecomputedNorm(norm, x, y)
+    return y, torch.autograd.graph.saved_tensors_hooks(r.pack, r.unpack)
+
+
 class Block(nn.Module):
+    # False keeps the norms' outputs for the backward, as plain autograd (the reference's way, for benchmarks)
+    recompute_norms = True
+
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, norm_eps: float = 1e-6, use_silu: bool = False,
                  wide_silu: bool = True, rope: Optional[Rope3D] = None):
@@ -194,8 +239,12 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, hidden, wide_silu) if use_silu else MLP(dim, hidden)
 
     def forward(self, x, tok: Tokens):
-        x = x + self.attn(self.norm1(x), tok)
-        return x + self.mlp(self.norm2(x))
+        y, hooks = normed(self.norm1, x, self.recompute_norms)
+        with hooks:
+            x = x + self.attn(y, tok)
+        y, hooks = normed(self.norm2, x, self.recompute_norms)
+        with hooks:
+            return x + self.mlp(y)
 
 
 def run_blocks(blocks: nn.ModuleList, x, tok: Tokens, checkpoint: bool):

@@ -1,5 +1,6 @@
 """Models: packed passes equal per-sample dense passes, positions, presets, bad input."""
 import math
+import weakref
 
 import pytest
 import torch
@@ -393,3 +394,79 @@ def test_fp32_packed_rows_are_not_padded():
     with torch.no_grad():
         enc.forward_packed(enc.embed(torch.randn(2, 3, 4, 32, 32)), pack_index_sets(sets, [0, 1], enc.num_patches))
     assert rows == [28]
+
+
+def _block_grads(blk, x, tok, g, wrap=None):
+    x = x.detach().clone().requires_grad_()
+    blk.zero_grad(set_to_none=True)
+    out = wrap(blk, x, tok) if wrap else blk(x, tok)
+    (out * g).sum().backward()
+    return [out.detach(), x.grad] + [p.grad for p in blk.parameters()]
+
+
+def _tokens(packed: bool):
+    from engine.models.layers import Tokens
+    if packed:   # three ragged sequences of 5, 1 and 11 rows
+        return torch.randn(17, 24), Tokens(torch.arange(17), cu_seqlens=torch.tensor([0, 5, 6, 17], dtype=torch.int32),
+                                           max_seqlen=11)
+    return torch.randn(2, 13, 24), Tokens(torch.arange(13).expand(2, -1))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_block_recomputing_its_norms_gives_the_plain_gradients_bit_for_bit(packed, autocast):
+    # The norms' outputs are dropped from what the next linear layers save and recomputed by calling the
+    # norm again in the backward: the same values, so the same gradients to the bit (fp32 and CPU bf16).
+    from engine.models.layers import Block
+    torch.manual_seed(0)
+    blk = Block(24, 3)
+    x, tok = _tokens(packed)
+    g = torch.randn_like(x)
+    runs = []
+    for recompute in (False, True):
+        blk.recompute_norms = recompute
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            runs.append(_block_grads(blk, x, tok, g))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_block_drops_its_norm_outputs_from_the_saved_tensors():
+    # Without recomputing, the graph keeps both norms' outputs alive after the forward; with it, nothing does.
+    from engine.models.layers import Block
+    torch.manual_seed(0)
+    blk = Block(24, 3)
+    x, tok = _tokens(False)
+    for recompute, alive in ((False, 2), (True, 0)):
+        blk.recompute_norms = recompute
+        refs = []
+        hooks = [n.register_forward_hook(lambda m, i, o: refs.append(weakref.ref(o))) for n in (blk.norm1, blk.norm2)]
+        out = blk(x.clone().requires_grad_(), tok)
+        for h in hooks:
+            h.remove()
+        assert sum(r() is not None for r in refs) == alive
+        out.sum().backward()
+
+
+def test_block_leaves_saved_tensors_to_hooks_already_set():
+    # Under activation checkpointing or save_on_cpu (saved-tensor hooks set outside the block) the block sets
+    # none of its own, so those hooks see every saved tensor, the norms' outputs included; same gradients.
+    from torch.utils.checkpoint import checkpoint
+    from engine.models.layers import Block
+    torch.manual_seed(0)
+    blk = Block(24, 3)
+    x, tok = _tokens(False)
+    g = torch.randn_like(x)
+    want = _block_grads(blk, x, tok, g)
+    for a, b in zip(want, _block_grads(blk, x, tok, g, wrap=lambda m, x, t: checkpoint(m, x, t, use_reentrant=False))):
+        assert torch.equal(a, b)
+    seen, norm_outs = [], []
+    hooks = [n.register_forward_hook(lambda m, i, o: norm_outs.append(o.untyped_storage().data_ptr()))
+             for n in (blk.norm1, blk.norm2)]
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.untyped_storage().data_ptr()) or t,
+                                                  lambda t: t):
+        out = blk(x.clone().requires_grad_(), tok)
+    for h in hooks:
+        h.remove()
+    assert len(norm_outs) == 2 and all(p in seen for p in norm_outs)
+    out.sum().backward()
