@@ -110,7 +110,7 @@ class Attention(nn.Module):
         else:
             o = kernels.sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                              scale=self.scale).transpose(1, 2)
-        return self.proj(o.reshape(*lead, -1))
+        return self.proj(o.reshape(*lead, self.num_heads * self.head_dim))   # -1 is ambiguous for no rows
 
 
 class _GeluLinearFn(torch.autograd.Function):
@@ -193,12 +193,11 @@ class _RecomputedNorm:
     F.layer_norm on its parameters) recomputes the same values bit for bit and lets ZeRO-3 gather the
     norm's parameters in the backward as activation checkpointing does."""
 
-    def __init__(self, norm: nn.Module, x, y):
-        self.norm, self.x = norm, x
-        self.ptr, self.dtype = y.untyped_storage().data_ptr(), y.dtype
+    def __init__(self, norm: nn.Module, x, ptr: int, dtype):
+        self.norm, self.x, self.ptr, self.dtype = norm, x, ptr, dtype
 
     def pack(self, t):
-        if t.dtype == self.dtype and t.untyped_storage().data_ptr() == self.ptr:
+        if t.dtype == self.dtype and _storage_ptr(t) == self.ptr:
             return self, t.shape, t.stride(), t.storage_offset()
         return t
 
@@ -211,16 +210,28 @@ class _RecomputedNorm:
             return self.norm(self.x).as_strided(shape, stride, offset)
 
 
+def _storage_ptr(t) -> Optional[int]:
+    """The address that identifies t's storage, or None where none does: torch.func's wrapped tensors have
+    no storage, and empty tensors all sit at address 0."""
+    try:
+        return t.untyped_storage().data_ptr() or None
+    except NotImplementedError:
+        return None
+
+
 def normed(norm: nn.Module, x, recompute: bool = True):
     """(norm(x), the saved-tensor hooks to run its consumer under): the hooks drop the output from what
     the consumer saves (`_RecomputedNorm`) when it would otherwise be kept, i.e. with gradients on, not
     while compiling (a compiled graph plans its own memory), and not under hooks already set (activation
-    checkpointing or offloading, which decide what is kept themselves)."""
+    checkpointing or offloading, which decide what is kept themselves), nor under torch.func transforms."""
     y = norm(x)
     if (not recompute or not torch.is_grad_enabled() or torch.compiler.is_compiling()
             or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None):
         return y, contextlib.nullcontext()
-    r = _RecomputedNorm(norm, x, y)
+    ptr = _storage_ptr(y)
+    if ptr is None:
+        return y, contextlib.nullcontext()
+    r = _RecomputedNorm(norm, x, ptr, y.dtype)
     return y, torch.autograd.graph.saved_tensors_hooks(r.pack, r.unpack)
 
 

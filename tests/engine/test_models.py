@@ -470,3 +470,16 @@ def test_block_leaves_saved_tensors_to_hooks_already_set():
         h.remove()
     assert len(norm_outs) == 2 and all(p in seen for p in norm_outs)
     out.sum().backward()
+
+
+def test_block_on_an_empty_packed_batch_keeps_plain_autograd():
+    # No rows: no storage address to tell the norm's output by, so the block runs plain autograd (the
+    # gradients are zeros of the parameters' shapes).
+    from engine.models.layers import Block, Tokens
+    torch.manual_seed(0)
+    blk = Block(24, 3)
+    x = torch.zeros(0, 24, requires_grad=True)
+    out = blk(x, Tokens(torch.arange(0), cu_seqlens=torch.zeros(1, dtype=torch.int32), max_seqlen=0))
+    out.sum().backward()
+    assert out.shape == (0, 24) and x.grad.shape == (0, 24)
+    assert torch.equal(blk.attn.qkv.weight.grad, torch.zeros_like(blk.attn.qkv.weight))
