@@ -19,7 +19,9 @@ and process CPU time), samples/s and trained (context + target) tokens/s from CP
 2.5x that backward), their share of the peak GEMM rate (a 2048x1024x2048 fp32 matmul timed in every
 round; a bf16 row's share is of the bf16 GEMM rate, timed alike), how far a process running only that
 mode grows its peak resident set over its built model in --steps steps (activations, gradients, AdamW
-state; VmHWM, Linux), and the profile split of one step (GEMM / attention / other, self CPU time).
+state; VmHWM, Linux), the peak of the tensors one step allocates (`step_tensor_peak_mb`: the profiler's
+allocation records, without the heap's kept free blocks), and the profile split of one step (GEMM /
+attention / other, self CPU time).
 Ratios come from alternating rounds in one process, so load from other processes on the machine shifts
 both sides alike; CPU time is robust to waiting for a core, wall time is not. Random clips: the data
 path is measured in bench/bench_loader.py.
@@ -184,10 +186,12 @@ def measure_step_memory(cfg_path, overrides, mode: str, steps: int = 3) -> float
 
 
 def step_tensor_peak_mb(mode: Mode, x, steps: int = 3) -> float:
-    """MB of tensors a step holds at once above what was live at its start (activations, gradients and
-    every temporary; the figure a GPU's caching allocator reports as max_memory_allocated), the mean over
-    `steps` steps. Counted from the profiler's allocation records (torch's memory profiler reads the same
-    tree), so the heap's kept free blocks, which the resident-set figure includes, are not."""
+    """MB of tensors a step holds at once beyond what it started with (activations, gradients and every
+    temporary; what a GPU's caching allocator reports as max_memory_allocated), the mean over `steps`
+    steps. Counted from the profiler's allocation records (torch's memory profiler reads the same tree), so
+    the heap's kept free blocks, which the resident-set figure includes, are not. Frees of tensors made
+    before the step (the last step's gradients, dropped by zero_grad) are not recorded: the step's new
+    gradients count in full, alike in every mode."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 

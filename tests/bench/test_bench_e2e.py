@@ -10,7 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_e2e import reference_style_loss  # noqa: E402
+from bench_e2e import reference_style_loss, step_tensor_peak_mb  # noqa: E402
 
 from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
@@ -50,7 +50,22 @@ def test_bench_e2e_writes_every_mode(tmp_path):
     assert float(rows["ragged"]["tokens_per_step"]) >= float(rows["compat"]["tokens_per_step"])
     for row in rows.values():
         assert float(row["gflop_per_step"]) > 0 and 0 < float(row["share_of_peak_gemm"])
-        assert float(row["step_peak_mb"]) > 0
+        assert float(row["step_peak_mb"]) > 0 and float(row["step_tensor_peak_mb"]) > 0
+
+
+def test_step_tensor_peak_counts_the_most_a_step_holds_at_once():
+    # A step that holds 4 MiB, then 4 + 2 MiB, frees both and allocates 3 MiB peaks at 6 MiB; a tensor made
+    # before the step and dropped in it (as the last step's gradients) subtracts nothing.
+    class Step:
+        old = torch.ones(2**20)
+
+        def step(self, x):
+            self.old = None
+            a = torch.ones(2**20)            # 4 MiB of fp32
+            b = torch.ones(2**19)            # 2 MiB
+            del a, b
+            self.kept = torch.ones(3 * 2**18)   # 3 MiB, replaced (freed) by the next step's
+    assert abs(step_tensor_peak_mb(Step(), None, steps=1) - 6.0) < 0.01
 
 
 def test_bench_e2e_names_a_bad_mode():
