@@ -198,16 +198,14 @@ class _RecomputedNorm:
 
     def pack(self, t):
         if t.dtype == self.dtype and _storage_ptr(t) == self.ptr:
-            return self, t.shape, t.stride(), t.storage_offset()
+            return t.shape, t.stride(), t.storage_offset()   # the view to take of the recomputed output
         return t
 
-    @staticmethod
-    def unpack(saved):
-        if not isinstance(saved, tuple):
+    def unpack(self, saved):
+        if isinstance(saved, torch.Tensor):
             return saved
-        self, shape, stride, offset = saved
         with torch.no_grad():
-            return self.norm(self.x).as_strided(shape, stride, offset)
+            return self.norm(self.x).as_strided(*saved)
 
 
 def _storage_ptr(t) -> Optional[int]:
@@ -225,10 +223,9 @@ def normed(norm: nn.Module, x, recompute: bool = True):
     while compiling (a compiled graph plans its own memory), and not under hooks already set (activation
     checkpointing or offloading, which decide what is kept themselves), nor under torch.func transforms."""
     y = norm(x)
-    if (not recompute or not torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None):
-        return y, contextlib.nullcontext()
-    ptr = _storage_ptr(y)
+    plain = (not recompute or not torch.is_grad_enabled() or torch.compiler.is_compiling()
+             or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None)
+    ptr = None if plain else _storage_ptr(y)
     if ptr is None:
         return y, contextlib.nullcontext()
     r = _RecomputedNorm(norm, x, ptr, y.dtype)
