@@ -77,7 +77,7 @@ def pick(op: str, device, **call) -> Impl:
         impl = impls.get(name)
         if impl is not None and impl.refusal(device, call) is None:
             return impl
-    if device.type == "cpu" and "cpp" in impls:
+    if device.type == "cpu" and "cpp" in impls and not _ops.cpp_available():   # not a call cpp refuses
         _ops.warn_fallback(op)
     return impls["torch"]
 

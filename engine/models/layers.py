@@ -135,12 +135,14 @@ class _GeluLinearFn(torch.autograd.Function):
         g = g.to(h.dtype)
         g_RO = g.reshape(-1, g.shape[-1])
         d_weight = d_bias = d_h = None
+        if ctx.needs_input_grad[0]:   # gelu(h) and gelu'(h) in one pass (g @ weight becomes d_h)
+            a, d_h = kernels.gelu_with_grad(h, g @ weight)
+        elif ctx.needs_input_grad[1]:
+            a = F.gelu(h)
         if ctx.needs_input_grad[1]:
-            d_weight = (g_RO.t() @ F.gelu(h).reshape(-1, h.shape[-1])).to(ctx.dtypes[0])
+            d_weight = (g_RO.t() @ a.reshape(-1, h.shape[-1])).to(ctx.dtypes[0])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             d_bias = g_RO.sum(0).to(ctx.dtypes[1])
-        if ctx.needs_input_grad[0]:
-            d_h = torch.ops.aten.gelu_backward(g @ weight, h)
         return d_h, d_weight, d_bias
 
 
@@ -148,8 +150,8 @@ class GeluLinear(nn.Linear):
     """linear(gelu(h)): an MLP's activation and output layer, keeping only h for the backward.
 
     Autograd would keep both h (for GELU's backward) and gelu(h) (for the weight gradient), the two
-    largest activations of a block; the GELU is recomputed in the backward instead (one elementwise
-    pass). A Linear subclass, so its parameters keep the reference's names and ZeRO-3 gathers them
+    largest activations of a block; the GELU is recomputed in the backward instead, in the same pass
+    as GELU's own backward (kernels.gelu_with_grad). A Linear subclass, so its parameters keep the reference's names and ZeRO-3 gathers them
     when this module runs. Compiled graphs (which plan their own memory) take the plain ops."""
 
     def forward(self, h):
