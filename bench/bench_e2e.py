@@ -12,6 +12,11 @@
 - `MODE:bfloat16`: that step with its forward under CPU bf16 autocast, as the trainers run `meta.dtype:
   bfloat16` (fp32 weights, AdamW and EMA target). The reference train loop's autocast is
   `torch.cuda.amp.autocast`: on a CPU it trains in fp32 whatever its config says.
+- `reference_code` (with `--reference-repo DIR`, a checkout of facebookresearch/jepa; nothing of it is in
+  this repository): that code's own step, as its V-JEPA train loop runs one: its `init_video_model`,
+  `init_opt` (AdamW, lr and wd schedules), `MaskCollator` with the config's mask settings,
+  `apply_masks`, the MultiMask wrappers, its loss and variance term, `grad_logger` and `adamw_logger`,
+  and its per-parameter EMA loop (no gradient clipping: that starts after the warm-up epochs).
 
 Per mode: seconds per step (forward, backward, AdamW, EMA; median of the rounds' medians, wall clock
 and process CPU time), samples/s and trained (context + target) tokens/s from CPU time, GFLOP per step
@@ -49,6 +54,7 @@ from engine.core.io import atomic_write_csv  # noqa: E402
 from engine.core.step import adamw, autocast  # noqa: E402
 
 MODES = ("reference_style", "compat", "ragged")
+REFERENCE_CODE = "reference_code"     # needs --reference-repo
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 
@@ -56,8 +62,11 @@ GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 def parse_mode(spec: str) -> tuple[str, torch.dtype]:
     """'ragged' or 'ragged:bfloat16' -> (step, autocast dtype)."""
     name, _, dtype = spec.partition(":")
-    if name not in MODES or (dtype and dtype not in DTYPES):
-        raise ValueError(f"mode {spec!r}: want one of {', '.join(MODES)}, optionally ':bfloat16'")
+    if name == REFERENCE_CODE and dtype:
+        raise ValueError(f"mode {spec!r}: the reference loop trains in fp32 on a CPU; use {REFERENCE_CODE}")
+    if name not in (*MODES, REFERENCE_CODE) or (dtype and dtype not in DTYPES):
+        raise ValueError(f"mode {spec!r}: want one of {', '.join(MODES)}, optionally ':bfloat16', "
+                         f"or {REFERENCE_CODE} (with --reference-repo)")
     return name, DTYPES[dtype or "float32"]
 
 
@@ -168,15 +177,112 @@ class Mode:
         return tokens
 
 
+class ReferenceCode:
+    """facebookresearch/jepa's own V-JEPA step, imported from a checkout of it (`repo`), built from the same
+    config as the engine's modes: the calls its train loop makes for one step, in its order."""
+
+    def __init__(self, cfg_path, overrides, repo, seed: int = 0):
+        import copy
+        self.spec = self.name = REFERENCE_CODE
+        self.dtype = torch.float32
+        self.cfg = cfg = load_config(cfg_path, [*overrides, "meta.mask_mode=compat"])
+        d, md, o = cfg.data, cfg.model, cfg.optimization
+        from engine.models.vit import VIT_SIZES
+        size = VIT_SIZES[md.model_name]
+        for key, want in (("depth", size["depth"]), ("embed_dim", size["embed_dim"]), ("num_heads", size["num_heads"]),
+                          ("pred_num_heads", size["num_heads"])):
+            if getattr(md, key) not in (None, want):
+                raise SystemExit(f"--modes {REFERENCE_CODE}: model.{key}={getattr(md, key)}, but the reference builds "
+                                 f"{md.model_name} by name ({key} {want}, its predictor with the encoder's heads)")
+        ref = _import_reference(repo)
+        torch.manual_seed(seed)
+        self.encoder, self.predictor = ref["init_video_model"](
+            device=torch.device("cpu"), patch_size=d.patch_size, num_frames=cfg.frames_per_clip,
+            tubelet_size=d.tubelet_size, model_name=md.model_name, crop_size=d.crop_size, pred_depth=md.pred_depth,
+            pred_embed_dim=md.pred_embed_dim, uniform_power=md.uniform_power, use_mask_tokens=md.use_mask_tokens,
+            num_mask_tokens=len(cfg.mask), zero_init_mask_tokens=md.zero_init_mask_tokens, use_sdpa=cfg.meta.use_sdpa)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        for p in self.target_encoder.parameters():
+            p.requires_grad = False
+        self.opt, _, self.scheduler, self.wd_scheduler = ref["init_opt"](
+            encoder=self.encoder, predictor=self.predictor, wd=o.weight_decay, final_wd=o.final_weight_decay,
+            start_lr=o.start_lr, ref_lr=o.lr, final_lr=o.final_lr, iterations_per_epoch=o.ipe or 100,
+            warmup=o.warmup, num_epochs=o.epochs, ipe_scale=o.ipe_scale, betas=tuple(o.betas), eps=o.eps)
+        masks = [{"aspect_ratio": m.aspect_ratio, "num_blocks": m.num_blocks, "spatial_scale": m.spatial_scale,
+                  "temporal_scale": m.temporal_scale, "max_temporal_keep": m.max_temporal_keep,
+                  "max_keep": m.max_keep} for m in cfg.mask]
+        self.collator = ref["MaskCollator"](masks, crop_size=d.crop_size, num_frames=cfg.frames_per_clip,
+                                            patch_size=d.patch_size, tubelet_size=d.tubelet_size)
+        self.ref = ref
+        self.loss_exp, self.reg_coeff = cfg.loss.loss_exp, cfg.loss.reg_coeff
+        self.B = d.batch_size
+        self.wall, self.cpu, self.tokens = [], [], []
+
+    def step(self, x) -> int:
+        _, masks_enc, masks_pred = self.collator([0] * self.B)
+        self.scheduler.step()
+        self.wd_scheduler.step()
+        with torch.no_grad():
+            h = self.target_encoder(x)
+            h = F.layer_norm(h, (h.size(-1),))
+            h = self.ref["apply_masks"](h, masks_pred, concat=False)
+        z = self.predictor(self.encoder(x, masks_enc), h, masks_enc, masks_pred)
+        loss = 0.0
+        for zi, hi in zip(z, h):
+            loss = loss + torch.mean(torch.abs(zi - hi) ** self.loss_exp) / self.loss_exp
+        loss = loss / len(masks_pred)
+        pstd = sum(torch.sqrt(zi.var(dim=1) + 0.0001) for zi in z) / len(z)
+        loss = loss + self.reg_coeff * torch.mean(F.relu(1.0 - pstd))
+        loss.backward()
+        self.opt.step()
+        self.ref["grad_logger"](self.encoder.named_parameters())
+        self.ref["grad_logger"](self.predictor.named_parameters())
+        self.opt.zero_grad()
+        self.ref["adamw_logger"](self.opt)
+        with torch.no_grad():
+            m = 0.996
+            for q, k in zip(self.encoder.parameters(), self.target_encoder.parameters()):
+                k.data.mul_(m).add_((1.0 - m) * q.detach().data)
+        float(loss.detach())
+        return sum(int(e.numel() + p.numel()) for e, p in zip(masks_enc, masks_pred))
+
+
+def _import_reference(repo) -> dict:
+    """The reference's functions from a checkout of facebookresearch/jepa (its top-level packages `src`
+    and `app` are imported from `repo` alone)."""
+    repo = Path(repo).resolve()
+    if not (repo / "app" / "vjepa" / "utils.py").is_file() or not (repo / "src" / "masks" / "multiblock3d.py").is_file():
+        raise SystemExit(f"--reference-repo {repo}: not a checkout of facebookresearch/jepa "
+                         f"(app/vjepa/utils.py and src/masks/multiblock3d.py are missing)")
+    sys.path.insert(0, str(repo))
+    try:
+        from app.vjepa.utils import init_opt, init_video_model
+        from src.masks.multiblock3d import MaskCollator
+        from src.masks.utils import apply_masks
+        from src.utils.logging import adamw_logger, grad_logger
+    finally:
+        sys.path.remove(str(repo))
+    return {"init_video_model": init_video_model, "init_opt": init_opt, "MaskCollator": MaskCollator,
+            "apply_masks": apply_masks, "grad_logger": grad_logger, "adamw_logger": adamw_logger}
+
+
+def make_mode(spec: str, cfg_path, overrides, reference_repo=None):
+    if spec == REFERENCE_CODE:
+        if reference_repo is None:
+            raise SystemExit(f"--modes {REFERENCE_CODE} needs --reference-repo DIR (a checkout of facebookresearch/jepa)")
+        return ReferenceCode(cfg_path, overrides, reference_repo)
+    return Mode(spec, cfg_path, overrides)
+
+
 def _status_kb(key: str) -> int:
     return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def measure_step_memory(cfg_path, overrides, mode: str, steps: int = 3) -> float:
+def measure_step_memory(cfg_path, overrides, mode: str, steps: int = 3, reference_repo=None) -> float:
     """MB the process's peak resident set grows over the built model during `steps` steps (activations,
     gradients, optimizer state and allocator slack). A process of its own per mode: freed memory that
     the allocator keeps would otherwise hide the next mode's peak."""
-    m = Mode(mode, cfg_path, overrides)
+    m = make_mode(mode, cfg_path, overrides, reference_repo)
     cfg = m.cfg
     x = torch.randn(cfg.data.batch_size, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
     rss = _status_kb("VmRSS")
@@ -216,11 +322,12 @@ def step_tensor_peak_mb(mode: Mode, x, steps: int = 3) -> float:
     return float(np.mean(peaks))
 
 
-def step_peak_mb(cfg_path, overrides, mode: str, steps: int) -> float:
+def step_peak_mb(cfg_path, overrides, mode: str, steps: int, reference_repo=None) -> float:
     import json
     import subprocess
     cmd = [sys.executable, __file__, "--config", str(cfg_path), "--memory-of", mode, "--steps", str(steps),
-           "--threads", str(torch.get_num_threads()), *[a for o in overrides for a in ("--set", o)]]
+           "--threads", str(torch.get_num_threads()), *[a for o in overrides for a in ("--set", o)],
+           *(["--reference-repo", str(reference_repo)] if reference_repo else [])]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return round(json.loads(out.strip().splitlines()[-1])["step_peak_mb"], 1)
 
@@ -290,8 +397,9 @@ def profile_split(mode: Mode, x, steps: int = 1) -> dict:
     return {k: v / total for k, v in split.items()}
 
 
-def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool = True) -> list[dict]:
-    ms = [Mode(name, cfg_path, overrides) for name in modes]
+def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool = True,
+        reference_repo=None) -> list[dict]:
+    ms = [make_mode(name, cfg_path, overrides, reference_repo) for name in modes]
     cfg = ms[0].cfg
     x = torch.randn(cfg.data.batch_size, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
     for m in ms:   # warm-up, outside the rounds
@@ -325,7 +433,7 @@ def run(cfg_path, overrides, rounds: int, steps: int, modes=MODES, profile: bool
                "tokens_per_s": round(tok / cpu_s, 1), "gflop_per_step": round(gflop, 2),
                "gflops": round(gflop / cpu_s, 1), "peak_gemm_gflops": round(peak, 1),
                "share_of_peak_gemm": round(gflop / cpu_s / peak, 3),
-               "step_peak_mb": step_peak_mb(cfg_path, overrides, m.spec, steps),
+               "step_peak_mb": step_peak_mb(cfg_path, overrides, m.spec, steps, reference_repo),
                "step_tensor_peak_mb": round(step_tensor_peak_mb(m, x, max(steps, 3)), 1)}
         if profile:
             row.update({f"profile_{k}": round(v, 3) for k, v in profile_split(m, x).items()})
@@ -362,6 +470,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--reference-repo", metavar="DIR",
+                    help=f"a checkout of facebookresearch/jepa, for --modes {REFERENCE_CODE}")
     ap.add_argument("--memory-of", help=argparse.SUPPRESS)   # the per-mode memory child
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "e2e_cpu.csv"))
     args = ap.parse_args(argv)
@@ -369,7 +479,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.memory_of:
         import json
-        print(json.dumps({"step_peak_mb": measure_step_memory(args.config, args.set, args.memory_of, args.steps)}))
+        print(json.dumps({"step_peak_mb": measure_step_memory(args.config, args.set, args.memory_of, args.steps,
+                                                              args.reference_repo)}))
         return
     modes = tuple(m for m in args.modes.split(",") if m)
     for spec in modes:
@@ -377,7 +488,10 @@ def main(argv=None):
             parse_mode(spec)
         except ValueError as e:
             ap.error(f"--modes: {e}")
-    rows = run(args.config, args.set, args.rounds, args.steps, modes, profile=not args.no_profile)
+    if REFERENCE_CODE in modes and not args.reference_repo:
+        ap.error(f"--modes {REFERENCE_CODE} needs --reference-repo DIR (a checkout of facebookresearch/jepa)")
+    rows = run(args.config, args.set, args.rounds, args.steps, modes, profile=not args.no_profile,
+               reference_repo=args.reference_repo)
     for r in rows:
         r["threads"] = torch.get_num_threads()
         r["load_avg_1min_at_end"] = round(os.getloadavg()[0], 1)   # other processes on the machine

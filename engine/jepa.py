@@ -124,7 +124,11 @@ class JEPA(nn.Module):
         if self.loss_type == "smooth_l1":
             # I-JEPA: one mean over every predicted element of every pair.
             return F.smooth_l1_loss(p_TD, h_TD)
-        err_T = (p_TD - h_TD).abs().pow(self.loss_exp).sum(-1) / self.loss_exp
+        err_TD = (p_TD - h_TD).abs()
+        if self.loss_exp == 1.0:   # pow(x, 1) is x: V-JEPA's L1 skips a pass and its backward
+            err_T = err_TD.sum(-1)
+        else:
+            err_T = err_TD.pow(self.loss_exp).sum(-1) / self.loss_exp
         # Per pair: the mean over its tokens and features (as the reference's per-mask mean),
         # then the mean over pairs. Ragged sets weight every token of a pair equally.
         per_pair = torch.zeros(plan.num_pairs, device=err_T.device, dtype=err_T.dtype)

@@ -8,7 +8,8 @@
 // it (erf by Abramowitz-Stegun 7.1.26, |error| < 1.5e-7), whose exp(-z^2) at z = h / sqrt(2) is the
 // normal density's exp(-h^2 / 2): one exponential per element serves both outputs, where ATen's gelu
 // and gelu_backward take three, in two passes over h. fp32, contiguous; the loop is compiled for
-// AVX-512 and AVX2 and picked by the CPU at run time (the baseline build is SSE2).
+// AVX-512 and AVX2 and picked by the CPU at run time (the baseline build is SSE2; JEPA_CPU_BASELINE=1
+// picks it on any CPU).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
@@ -16,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 namespace {
@@ -94,7 +96,8 @@ SpanFn span_for(int64_t isa) {
   return span_base;
 }
 
-// isa: -1 the widest this CPU runs, else 0 / 1 / 2 (tests run each loop the CPU has).
+// isa: -1 the widest this CPU runs (the baseline under JEPA_CPU_BASELINE=1), else 0 / 1 / 2 (tests run
+// each loop the CPU has).
 at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
   TORCH_CHECK(h.device().is_cpu() && g.device().is_cpu(), "jepa gelu_with_grad_: CPU tensors only, got ",
               h.device(), " and ", g.device());
@@ -105,8 +108,9 @@ at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
   at::assert_no_overlap(g, h);   // g is written while h is read
   auto y = at::empty_like(h);
   static const int64_t best = best_isa();
+  static const int64_t automatic = std::getenv("JEPA_CPU_BASELINE") ? 0 : best;   // as yuv_resize.cpp
   TORCH_CHECK(isa >= -1 && isa <= best, "jepa gelu_with_grad_: isa ", isa, " is not run by this CPU (0..", best, ")");
-  const SpanFn span = span_for(isa < 0 ? best : isa);
+  const SpanFn span = span_for(isa < 0 ? automatic : isa);
   const float* hp = h.data_ptr<float>();
   float* gp = g.data_ptr<float>();
   float* yp = y.data_ptr<float>();

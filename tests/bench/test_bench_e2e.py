@@ -1,11 +1,13 @@
 """bench/bench_e2e.py: its reference_style step computes the engine's compat loss (the same truncated
 masks the reference way: per-config dense passes), and the script writes a row per mode."""
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,3 +74,40 @@ def test_bench_e2e_names_a_bad_mode():
     cmd = [sys.executable, str(ROOT / "bench" / "bench_e2e.py"), "--modes", "ragged:float16"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--modes: mode 'ragged:float16'" in r.stderr
+
+
+def test_the_reference_code_mode_needs_a_checkout_of_it(tmp_path):
+    bench = [sys.executable, str(ROOT / "bench" / "bench_e2e.py")]
+    r = subprocess.run([*bench, "--modes", "reference_code,ragged"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "--modes reference_code needs --reference-repo DIR" in r.stderr
+    r = subprocess.run([*bench, "--modes", "reference_code:bfloat16"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "the reference loop trains in fp32 on a CPU" in r.stderr
+    r = subprocess.run([*bench, "--modes", "reference_code", "--reference-repo", str(tmp_path),
+                        "--set", "model.depth=12"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "not a checkout of facebookresearch/jepa" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([*bench, "--modes", "reference_code", "--reference-repo", str(tmp_path), "--set", "model.depth=2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "model.depth=2, but the reference builds vit_tiny by name" in r.stderr
+
+
+REFERENCE_REPO = os.environ.get("JEPA_REFERENCE_REPO")
+
+
+@pytest.mark.skipif(not REFERENCE_REPO, reason="needs a checkout of facebookresearch/jepa in JEPA_REFERENCE_REPO "
+                                               "(not shipped, and not fetched by the tests)")
+def test_the_reference_code_row_runs_its_step(tmp_path):
+    out = tmp_path / "e2e.csv"
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_e2e.py"), "--rounds", "1", "--steps", "1", "--threads", "1",
+           "--no-profile", "--out", str(out), "--modes", "reference_code,reference_style",
+           "--reference-repo", REFERENCE_REPO,
+           *[a for o in ["model.depth=12", "model.pred_depth=2", "model.pred_embed_dim=48", "model.pred_num_heads=3", "loss.std_coeff=0",
+                         "loss.cov_coeff=0", "data.batch_size=3"] for a in ("--set", o)]]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["mode"]: row for row in csv.DictReader(out.open())}
+    # its collator truncates to the batch minimum, as the reference_style row does: fewer than B * N * configs
+    for row in rows.values():
+        assert 0 < float(row["tokens_per_step"]) < 3 * 256 * 2 and float(row["gflop_per_step"]) > 0
