@@ -8,8 +8,9 @@ passes with three exponentials per element (gelu, gelu_backward); the C++ kernel
 takes one pass and one exponential. `g` is overwritten with dh where the kernel runs: pass a gradient
 that is not needed afterwards (the product g @ W of the layer's backward).
 
-Backends (kernels/_registry.py): cpp (CPU fp32, built), torch (the reference: every other call, CUDA
-included, where ATen's two elementwise kernels run). Not a torch.library custom op: it runs inside an
+Backends (kernels/_registry.py): cpp (CPU fp32 or bf16, built; bf16 computed in fp32 and rounded once, as
+ATen's bf16 GELU kernels), torch (the reference: every other call, CUDA included, where ATen's two
+elementwise kernels run). Not a torch.library custom op: it runs inside an
 autograd Function's backward, which torch.compile never traces (compiled graphs take the plain ops).
 """
 from __future__ import annotations
@@ -35,12 +36,12 @@ def _cpp(h, g):
     return torch.ops.jepa_cpp.gelu_with_grad_(h.contiguous(), g), g
 
 
-def _fp32_only(dtype):
-    return None if dtype == torch.float32 else f"the C++ kernel takes fp32, got {dtype}"
+def _fp32_or_bf16(dtype):
+    return None if dtype in (torch.float32, torch.bfloat16) else f"the C++ kernel takes fp32 or bf16, got {dtype}"
 
 
 _registry.register("gelu_with_grad", "torch", gelu_with_grad_ref)
-_registry.register("gelu_with_grad", "cpp", _cpp, **_registry.CPP, fits=_fp32_only)
+_registry.register("gelu_with_grad", "cpp", _cpp, **_registry.CPP, fits=_fp32_or_bf16)
 
 
 def gelu_with_grad(h: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

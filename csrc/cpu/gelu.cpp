@@ -7,9 +7,9 @@
 // gelu(h) = h Phi(h), gelu'(h) = Phi(h) + h phi(h). Phi is computed as ATen's vectorised GELU computes
 // it (erf by Abramowitz-Stegun 7.1.26, |error| < 1.5e-7), whose exp(-z^2) at z = h / sqrt(2) is the
 // normal density's exp(-h^2 / 2): one exponential per element serves both outputs, where ATen's gelu
-// and gelu_backward take three, in two passes over h. fp32, contiguous; the loop is compiled for
-// AVX-512 and AVX2 and picked by the CPU at run time (the baseline build is SSE2; JEPA_CPU_BASELINE=1
-// picks it on any CPU).
+// and gelu_backward take three, in two passes over h. fp32 or bf16 (fp32 math, as ATen's), contiguous;
+// the loop is compiled for AVX-512 and AVX2 and picked by the CPU at run time (the baseline build is
+// SSE2; JEPA_CPU_BASELINE=1 picks it on any CPU).
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
@@ -25,55 +25,75 @@ namespace {
 // exp(x) for x <= 0, 0 below -87 (exp(-87) ~ 1.6e-38, the last normal floats): Cody-Waite range
 // reduction x = n ln2 + r, a degree-6 polynomial for exp(r) on |r| <= ln2 / 2, then 2^n from its bits.
 // Rounding by adding 1.5 * 2^23 (not floor) keeps the loop vectorisable without -ffast-math.
-#define JEPA_EXP_NONPOS(x_in, out)                                                   \
-  do {                                                                              \
-    const float xc = (x_in) < -87.0f ? -87.0f : (x_in);                             \
-    const float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;       \
-    float r = xc - fn * 0.693359375f;                                               \
-    r = r - fn * -2.12194440e-4f;                                                   \
-    float p = 1.9875691500e-4f;                                                     \
-    p = p * r + 1.3981999507e-3f;                                                   \
-    p = p * r + 8.3334519073e-3f;                                                   \
-    p = p * r + 4.1665795894e-2f;                                                   \
-    p = p * r + 1.6666665459e-1f;                                                   \
-    p = p * r + 5.0000001201e-1f;                                                   \
-    p = p * r * r + r + 1.0f;                                                       \
-    const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;                    \
-    float scale;                                                                    \
-    std::memcpy(&scale, &bits, 4);                                                  \
-    out = (x_in) < -87.0f ? 0.0f : p * scale;                                       \
-  } while (0)
+__attribute__((always_inline)) inline float exp_nonpos(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return x < -87.0f ? 0.0f : p * scale;
+}
 
-#define JEPA_GELU_WITH_GRAD_LOOP                                                     \
-  for (int64_t i = 0; i < n; ++i) {                                                 \
-    const float x = h[i];                                                           \
-    const float z = x * 0.70710678118654752f;                                       \
-    const float t = 1.0f / (0.3275911f * std::fabs(z) + 1.0f);                      \
-    const float poly = (((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t  \
-                        - 0.284496736f) * t + 0.254829592f;                         \
-    float e;                                                                        \
-    JEPA_EXP_NONPOS(-0.5f * x * x, e);                                              \
-    const float erf_abs = 1.0f - poly * t * e;                                      \
-    const float cdf = 0.5f * (1.0f + (z < 0.0f ? -erf_abs : erf_abs));              \
-    y[i] = x * cdf;                                                                 \
-    g[i] = g[i] * (cdf + x * (0.39894228040143268f * e));                           \
+// bf16 <-> fp32 as c10::BFloat16 converts: widen by bits, narrow rounding to nearest even (NaN kept).
+__attribute__((always_inline)) inline float load(float v) { return v; }
+__attribute__((always_inline)) inline float load(uint16_t v) {
+  const uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+__attribute__((always_inline)) inline void store(float* p, float f) { *p = f; }
+__attribute__((always_inline)) inline void store(uint16_t* p, float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  *p = static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
+}
+
+// T: float, or uint16_t holding bf16 bits; the math is fp32 either way (as ATen's bf16 GELU kernels).
+template <typename T>
+__attribute__((always_inline)) inline void gelu_with_grad_loop(const T* __restrict h, T* __restrict g,
+                                                             T* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = load(h[i]);
+    const float z = x * 0.70710678118654752f;
+    const float t = 1.0f / (0.3275911f * std::fabs(z) + 1.0f);
+    const float poly = (((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f;
+    const float e = exp_nonpos(-0.5f * x * x);
+    const float erf_abs = 1.0f - poly * t * e;
+    const float cdf = 0.5f * (1.0f + (z < 0.0f ? -erf_abs : erf_abs));
+    store(y + i, x * cdf);
+    store(g + i, load(g[i]) * (cdf + x * (0.39894228040143268f * e)));
   }
+}
 
-using SpanFn = void (*)(const float*, float*, float*, int64_t);
+template <typename T>
+using SpanFn = void (*)(const T*, T*, T*, int64_t);
 
-void span_base(const float* __restrict h, float* __restrict g, float* __restrict y, int64_t n) {
-  JEPA_GELU_WITH_GRAD_LOOP
+template <typename T>
+void span_base(const T* __restrict h, T* __restrict g, T* __restrict y, int64_t n) {
+  gelu_with_grad_loop(h, g, y, n);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx2,fma"))) void span_avx2(const float* __restrict h, float* __restrict g,
-                                                    float* __restrict y, int64_t n) {
-  JEPA_GELU_WITH_GRAD_LOOP
+template <typename T>
+__attribute__((target("avx2,fma"))) void span_avx2(const T* __restrict h, T* __restrict g, T* __restrict y, int64_t n) {
+  gelu_with_grad_loop(h, g, y, n);
 }
 
-__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))) void span_avx512(
-    const float* __restrict h, float* __restrict g, float* __restrict y, int64_t n) {
-  JEPA_GELU_WITH_GRAD_LOOP
+template <typename T>
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"))) void span_avx512(
+    const T* __restrict h, T* __restrict g, T* __restrict y, int64_t n) {
+  gelu_with_grad_loop(h, g, y, n);
 }
 #endif
 
@@ -81,19 +101,30 @@ __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))) void span_avx512(
 int64_t best_isa() {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw"))
     return 2;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
   return 0;
 }
 
-SpanFn span_for(int64_t isa) {
+template <typename T>
+SpanFn<T> span_for(int64_t isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (isa == 2) return span_avx512;
-  if (isa == 1) return span_avx2;
+  if (isa == 2) return span_avx512<T>;
+  if (isa == 1) return span_avx2<T>;
 #endif
-  return span_base;
+  return span_base<T>;
+}
+
+template <typename T>
+void run(const at::Tensor& h, at::Tensor& g, at::Tensor& y, int64_t isa) {
+  const SpanFn<T> span = span_for<T>(isa);
+  const T* hp = reinterpret_cast<const T*>(h.data_ptr());
+  T* gp = reinterpret_cast<T*>(g.data_ptr());
+  T* yp = reinterpret_cast<T*>(y.data_ptr());
+  at::parallel_for(0, h.numel(), 1 << 14, [&](int64_t b, int64_t e) { span(hp + b, gp + b, yp + b, e - b); });
 }
 
 // isa: -1 the widest this CPU runs (the baseline under JEPA_CPU_BASELINE=1), else 0 / 1 / 2 (tests run
@@ -101,8 +132,9 @@ SpanFn span_for(int64_t isa) {
 at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
   TORCH_CHECK(h.device().is_cpu() && g.device().is_cpu(), "jepa gelu_with_grad_: CPU tensors only, got ",
               h.device(), " and ", g.device());
-  TORCH_CHECK(h.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat,
-              "jepa gelu_with_grad_: fp32 only, got ", h.scalar_type(), " and ", g.scalar_type());
+  TORCH_CHECK(h.scalar_type() == g.scalar_type() &&
+              (h.scalar_type() == at::kFloat || h.scalar_type() == at::kBFloat16),
+              "jepa gelu_with_grad_: fp32 or bf16 (both alike), got ", h.scalar_type(), " and ", g.scalar_type());
   TORCH_CHECK(h.sizes() == g.sizes(), "jepa gelu_with_grad_: h has shape ", h.sizes(), ", g ", g.sizes());
   TORCH_CHECK(h.is_contiguous() && g.is_contiguous(), "jepa gelu_with_grad_: h and g must be contiguous");
   at::assert_no_overlap(g, h);   // g is written while h is read
@@ -110,11 +142,12 @@ at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
   static const int64_t best = best_isa();
   static const int64_t automatic = std::getenv("JEPA_CPU_BASELINE") ? 0 : best;   // as yuv_resize.cpp
   TORCH_CHECK(isa >= -1 && isa <= best, "jepa gelu_with_grad_: isa ", isa, " is not run by this CPU (0..", best, ")");
-  const SpanFn span = span_for(isa < 0 ? automatic : isa);
-  const float* hp = h.data_ptr<float>();
-  float* gp = g.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, h.numel(), 1 << 14, [&](int64_t b, int64_t e) { span(hp + b, gp + b, yp + b, e - b); });
+  if (isa < 0) isa = automatic;
+  if (h.scalar_type() == at::kFloat) {
+    run<float>(h, g, y, isa);
+  } else {
+    run<uint16_t>(h, g, y, isa);
+  }
   return y;
 }
 

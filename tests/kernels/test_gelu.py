@@ -79,7 +79,36 @@ def test_non_contiguous_inputs_are_taken():
     _check(y, dh, h, g)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@cpp
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bf16_rounds_the_fp32_result_once(shape):
+    # bf16 in, fp32 math, one rounding out (as ATen's bf16 GELU kernels): within a bf16 ulp of fp64 on the
+    # bf16 inputs, plus the fp32 bound
+    torch.manual_seed(5)
+    h, g = (torch.randn(shape) * 4).bfloat16(), torch.randn(shape).bfloat16()
+    y64, d64 = _exact(h, g)
+    for isa in _isas():
+        gk = g.clone()
+        y = torch.ops.jepa_cpp.gelu_with_grad_(h, gk, isa)
+        assert y.dtype == gk.dtype == torch.bfloat16
+        assert ((y.double() - y64).abs() <= 2 ** -8 * y64.abs() + 1e-6 * (h.double().abs() + 1)).all()
+        assert ((gk.double() - d64).abs() <= 2 ** -8 * d64.abs() + 1e-6 * g.double().abs() + 1e-30).all()
+    y, dh = kernels.gelu_with_grad(h, g.clone())
+    assert _registry.pick("gelu_with_grad", h.device, dtype=h.dtype).backend == "cpp"
+    y_ref, dh_ref = kernels.gelu_with_grad_ref(h, g)   # ATen: at most one bf16 ulp apart
+    assert ((y.float() - y_ref.float()).abs() <= 2 ** -7 * y_ref.float().abs() + 1e-6).all()
+    assert ((dh.float() - dh_ref.float()).abs() <= 2 ** -7 * dh_ref.float().abs() + 1e-6).all()
+
+
+@cpp
+def test_bf16_nan_stays_nan():
+    h = torch.tensor([float("nan"), 1.0, -2.0]).bfloat16()
+    g = torch.ones(3).bfloat16()
+    y = torch.ops.jepa_cpp.gelu_with_grad_(h, g)
+    assert torch.isnan(y[0]) and torch.isnan(g[0]) and not torch.isnan(y[1:]).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
 def test_other_dtypes_take_the_reference(dtype):
     torch.manual_seed(3)
     h, g = (torch.randn(9, 5) * 3).to(dtype), torch.randn(9, 5).to(dtype)
@@ -107,7 +136,7 @@ def test_bad_calls_are_refused_by_name():
         torch.ops.jepa_cpp.gelu_with_grad_(h, h)
     with pytest.raises(RuntimeError, match="isa 7 is not run by this CPU"):
         torch.ops.jepa_cpp.gelu_with_grad_(h, h.clone(), 7)
-    with kernels.backend("cpp"), pytest.raises(RuntimeError, match="takes fp32"):
+    with kernels.backend("cpp"), pytest.raises(RuntimeError, match="takes fp32 or bf16"):
         kernels.gelu_with_grad(h.double(), h.double())
 
 
