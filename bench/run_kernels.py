@@ -1,4 +1,4 @@
-"""Kernel microbenchmarks: gather (fwd+bwd), gather+layer_norm, EMA, vs the reference ways.
+"""Kernel microbenchmarks: gather (fwd+bwd), gather+layer_norm, EMA, GELU with its gradient, vs the reference ways.
 
     python bench/run_kernels.py [--quick] [--csv bench/results/kernels_cpu.csv]
     python bench/bench_attention.py [--quick] [--csv bench/results/attention_cpu.csv]   # block attention
@@ -13,7 +13,8 @@ like the EMA's target does not, so an in-place op can pass 100%. Reference ways:
 gather = `torch.gather` with an index repeated to [B,K,D] (V-JEPA's apply_masks) and a flat
 `index_select` over [B*N, D] (the best plain-torch way); gather+LN = gather then `F.layer_norm` of the
 gathered rows (what a competent user writes); EMA = per-parameter `mul_().add_()` loop (V-JEPA),
-`_foreach_mul_` + `_foreach_add_` (V-JEPA 2), `_foreach_lerp_`.
+`_foreach_mul_` + `_foreach_add_` (V-JEPA 2), `_foreach_lerp_`; GELU with its gradient = `F.gelu` then ATen's
+`gelu_backward` (what a layer that recomputes the GELU in its backward runs without the fused kernel).
 
 Times come from this process (glibc defaults: freed memory is reused, as in training). Peak memory is
 measured in a child run of this script: the rise of peak RSS during one call (Linux clear_refs + VmHWM)
@@ -242,6 +243,33 @@ def bench_ema(name, shapes, sdt, reps):
              extra={"x_vs_loop": round(t_loop / t, 2), "x_vs_lerp": round(t_lerp / t, 2)})
 
 
+# -- GELU with its gradient ---------------------------------------------------------------------------
+def bench_gelu(T, D, dtype, reps):
+    g0 = torch.Generator().manual_seed(0)
+    h = (torch.randn(T, D, generator=g0) * 3).to(dtype)
+    g = torch.randn(T, D, generator=g0).to(dtype)
+    nbytes = 4 * h.numel() * h.element_size()   # read h and g, write gelu(h) and the gradient
+    shape = f"T{T} D{D} {str(dtype).split('.')[-1]}"
+    # the kernel overwrites its g: each call takes a fresh copy made outside the timing (reusing one would
+    # multiply it by gelu'(h) call after call, down to denormals)
+    fresh = iter([g.clone() for _ in range(2 * reps + 8)])
+
+    def ref():   # GeluLinear's backward before: recompute the GELU, then ATen's gelu_backward
+        return F.gelu(h), torch.ops.aten.gelu_backward(g, h)
+
+    def ours():
+        return kernels.gelu_with_grad(h, next(fresh))
+
+    print(f"gelu_with_grad {shape}")
+    ways = {"F.gelu + aten gelu_backward": ref, "kernels.gelu_with_grad": ours}
+    times, copy_bw = timed_with_copy(ways, nbytes, reps)
+    fresh = iter([g.clone() for _ in range(16)])
+    res = {w: (t, peak_mb(ways[w])) for w, t in times.items()}
+    t_ref = res["F.gelu + aten gelu_backward"][0]
+    for w, (t, pk) in res.items():
+        emit("gelu_with_grad", shape, w, t, nbytes, copy_bw, peak=pk, extra={"x_vs_ref": round(t_ref / t, 2)})
+
+
 def run(args, copy_bw, peaks=None, log=True):
     global PEAKS, LOG
     PEAKS, LOG = peaks or {}, log
@@ -253,6 +281,7 @@ def run(args, copy_bw, peaks=None, log=True):
     if args.quick:
         gathers = [(2, 1568, 384, 0.25), (2, 2048, 1024, 0.7)]
         emas = [("ViT-L depth 2", vit_params(1024, 2), torch.float32)]
+        gelus = [(2048, 768, torch.float32)]
         reps = 3
     else:
         gathers = [(8, 1568, 384, 0.1), (8, 1568, 384, 0.25), (8, 1568, 384, 0.7),
@@ -260,11 +289,15 @@ def run(args, copy_bw, peaks=None, log=True):
                    (2, 1568, 1408, 0.25), (2, 1568, 1408, 0.7)]
         emas = [("ViT-L", vit_params(1024, 24), torch.float32), ("ViT-L", vit_params(1024, 24), torch.bfloat16),
                 ("ViT-H depth16", vit_params(1280, 16), torch.float32)]
+        gelus = [(2048, 768, torch.float32), (4096, 384, torch.float32), (2048, 768, torch.bfloat16),
+                 (8192, 1024, torch.float32)]
         reps = 7
     for B, N, D, keep in gathers:
         bench_gather(B, N, D, keep, reps)
     for name, shapes, sdt in emas:
         bench_ema(name, shapes, sdt, reps)
+    for T, D, dtype in gelus:
+        bench_gelu(T, D, dtype, reps)
 
 
 

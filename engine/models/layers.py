@@ -151,8 +151,9 @@ class GeluLinear(nn.Linear):
 
     Autograd would keep both h (for GELU's backward) and gelu(h) (for the weight gradient), the two
     largest activations of a block; the GELU is recomputed in the backward instead, in the same pass
-    as GELU's own backward (kernels.gelu_with_grad). A Linear subclass, so its parameters keep the reference's names and ZeRO-3 gathers them
-    when this module runs. Compiled graphs (which plan their own memory) take the plain ops."""
+    as GELU's own backward (kernels.gelu_with_grad). A Linear subclass, so its parameters keep the
+    reference's names and ZeRO-3 gathers them when this module runs. Compiled graphs (which plan their
+    own memory) take the plain ops."""
 
     def forward(self, h):
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():

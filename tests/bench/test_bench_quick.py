@@ -17,7 +17,8 @@ def test_run_kernels_quick_writes_every_op(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
     ops = {row["op"] for row in rows}
-    assert {"copy_", "gather_fwd_bwd", "gather_layer_norm"} <= ops and any(o.startswith("ema") for o in ops)
+    assert {"copy_", "gather_fwd_bwd", "gather_layer_norm", "gelu_with_grad"} <= ops
+    assert any(o.startswith("ema") for o in ops)
     assert all(float(row["GB_s"]) > 0 for row in rows if row["GB_s"])
     # every op row's % is against a copy of the same bytes, and all methods of an op share their bytes
     for row in rows:
@@ -28,7 +29,8 @@ def test_run_kernels_quick_writes_every_op(tmp_path):
             assert copy > 0 and abs(float(row["pct_copy_bw"]) - 100 * gbs / copy) <= slack
     for op in ops - {"copy_"}:
         assert len({row["bytes_MB"] for row in rows if row["op"] == op and row["shape"] == rows[1]["shape"]}) <= 1
-    assert {"gather then layer_norm", "kernels.gather_layer_norm"} <= {row["method"] for row in rows}
+    assert {"gather then layer_norm", "kernels.gather_layer_norm", "F.gelu + aten gelu_backward",
+            "kernels.gelu_with_grad"} <= {row["method"] for row in rows}
 
 
 def test_bench_loader_runs_every_loader(tmp_path):
