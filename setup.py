@@ -25,7 +25,9 @@ def _rel(paths):
 
 
 def extensions():
-    cxx = ["-O3", "-fopenmp"]
+    # -fno-math-errno -fno-trapping-math as torch's own build: without them GCC keeps a loop with a float
+    # comparison in a select (csrc/cpu/gelu.cpp) scalar below AVX-512
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     if os.environ.get("JEPA_NATIVE") == "1":
         cxx.append("-march=native")
     exts = [CppExtension("kernels._C", _rel(glob.glob(os.path.join(ROOT, "csrc/cpu/*.cpp"))),
