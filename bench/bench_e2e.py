@@ -187,6 +187,13 @@ class ReferenceCode:
         self.dtype = torch.float32
         self.cfg = cfg = load_config(cfg_path, [*overrides, "meta.mask_mode=compat"])
         d, md, o = cfg.data, cfg.model, cfg.optimization
+        if cfg.app != "vjepa" or cfg.is_image:
+            raise SystemExit(f"--modes {REFERENCE_CODE}: runs facebookresearch/jepa's V-JEPA step; the config is app "
+                             f"{cfg.app!r}{' on images' if cfg.is_image else ''}")
+        extra = {k: getattr(cfg.loss, k) for k in ("std_coeff", "cov_coeff", "sigreg_coeff") if getattr(cfg.loss, k)}
+        if extra:
+            raise SystemExit(f"--modes {REFERENCE_CODE}: the reference objective has no "
+                             f"{', '.join(f'loss.{k}' for k in extra)}; set them to 0 for every mode")
         from engine.models.vit import VIT_SIZES
         size = VIT_SIZES[md.model_name]
         for key, want in (("depth", size["depth"]), ("embed_dim", size["embed_dim"]), ("num_heads", size["num_heads"]),

@@ -84,13 +84,18 @@ def test_the_reference_code_mode_needs_a_checkout_of_it(tmp_path):
     r = subprocess.run([*bench, "--modes", "reference_code:bfloat16"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "the reference loop trains in fp32 on a CPU" in r.stderr
-    r = subprocess.run([*bench, "--modes", "reference_code", "--reference-repo", str(tmp_path),
-                        "--set", "model.depth=12"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([*bench, "--modes", "reference_code", "--reference-repo", str(tmp_path), "--set", "model.depth=12",
+                        "--set", "loss.std_coeff=0", "--set", "loss.cov_coeff=0"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 1 and "not a checkout of facebookresearch/jepa" in r.stderr
     assert "Traceback" not in r.stderr
-    r = subprocess.run([*bench, "--modes", "reference_code", "--reference-repo", str(tmp_path), "--set", "model.depth=2"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([*bench, "--modes", "reference_code", "--reference-repo", str(tmp_path), "--set", "model.depth=2",
+                        "--set", "loss.std_coeff=0", "--set", "loss.cov_coeff=0"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
     assert r.returncode == 1 and "model.depth=2, but the reference builds vit_tiny by name" in r.stderr
+    r = subprocess.run([*bench, "--modes", "reference_code", "--reference-repo", str(tmp_path),
+                        "--set", "model.depth=12"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "the reference objective has no loss.std_coeff, loss.cov_coeff" in r.stderr
 
 
 REFERENCE_REPO = os.environ.get("JEPA_REFERENCE_REPO")
