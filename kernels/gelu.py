@@ -45,9 +45,12 @@ _registry.register("gelu_with_grad", "cpp", _cpp, **_registry.CPP, fits=_fp32_or
 
 
 def gelu_with_grad(h: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gelu(h), g * gelu'(h)) for same-shaped h and g on one device; g may be overwritten."""
+    """(gelu(h), g * gelu'(h)) for same-shaped h and g on one device; g may be overwritten. Where the
+    result is itself differentiated (grad mode on and an input requiring grad) it is the reference's."""
     if h.shape != g.shape:
         raise ValueError(f"gelu_with_grad: h has shape {tuple(h.shape)}, g {tuple(g.shape)}")
     if h.device != g.device or h.dtype != g.dtype:
         raise ValueError(f"gelu_with_grad: h is {h.dtype} on {h.device}, g {g.dtype} on {g.device}")
+    if torch.is_grad_enabled() and (h.requires_grad or g.requires_grad):
+        return gelu_with_grad_ref(h, g)   # differentiated (a double backward): the ATen ops have derivatives
     return _registry.pick("gelu_with_grad", h.device, dtype=h.dtype).fn(h, g)

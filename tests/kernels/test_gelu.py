@@ -180,3 +180,22 @@ def test_jepa_cpu_baseline_picks_the_baseline_loop():
     assert out["1"] == "1"                                   # the automatic pick is the baseline loop
     if int(torch.ops.jepa_cpp.gelu_best_isa()) > 0:
         assert out[""] == "0"                                # and otherwise a wider one, rounding differently
+
+
+@cpp
+def test_a_double_backward_through_gelu_linear_matches_the_plain_ops():
+    # create_graph=True differentiates GeluLinear's backward itself: the kernel has no derivative, so
+    # that call takes the ATen ops, which have one.
+    from engine.models.layers import GeluLinear
+    torch.manual_seed(6)
+    lin = GeluLinear(16, 8)
+    h0 = torch.randn(20, 16) * 2
+    grads = []
+    for plain in (False, True):
+        h = h0.clone().requires_grad_()
+        out = F.linear(F.gelu(h), lin.weight, lin.bias) if plain else lin(h)
+        (dh,) = torch.autograd.grad(out.pow(2).sum(), h, create_graph=True)
+        (ddh,) = torch.autograd.grad(dh.pow(2).sum(), h)
+        grads.append((dh.detach(), ddh))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
