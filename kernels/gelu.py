@@ -10,8 +10,8 @@ that is not needed afterwards (the product g @ W of the layer's backward).
 
 Backends (kernels/_registry.py): cpp (CPU fp32 or bf16, built; bf16 computed in fp32 and rounded once, as
 ATen's bf16 GELU kernels), torch (the reference: every other call, CUDA included, where ATen's two
-elementwise kernels run). Not a torch.library custom op: it runs inside an
-autograd Function's backward, which torch.compile never traces (compiled graphs take the plain ops).
+elementwise kernels run). Not a torch.library custom op: it runs inside an autograd Function's backward,
+which torch.compile never traces (compiled graphs take the plain ops).
 """
 from __future__ import annotations
 
