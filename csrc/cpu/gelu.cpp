@@ -15,9 +15,10 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
+#include "cpu_isa.h"
+
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 namespace {
@@ -127,8 +128,13 @@ void run(const at::Tensor& h, at::Tensor& g, at::Tensor& y, int64_t isa) {
   at::parallel_for(0, h.numel(), 1 << 14, [&](int64_t b, int64_t e) { span(hp + b, gp + b, yp + b, e - b); });
 }
 
-// isa: -1 the widest this CPU runs (the baseline under JEPA_CPU_BASELINE=1), else 0 / 1 / 2 (tests run
-// each loop the CPU has).
+// The loop an automatic call runs here: the widest, or the baseline under JEPA_CPU_BASELINE=1.
+int64_t auto_isa() {
+  static const int64_t isa = jepa_cpu::baseline_forced() ? 0 : best_isa();
+  return isa;
+}
+
+// isa: -1 the automatic pick, else 0 / 1 / 2 (tests run each loop the CPU has).
 at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
   TORCH_CHECK(h.device().is_cpu() && g.device().is_cpu(), "jepa gelu_with_grad_: CPU tensors only, got ",
               h.device(), " and ", g.device());
@@ -140,9 +146,8 @@ at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
   at::assert_no_overlap(g, h);   // g is written while h is read
   auto y = at::empty_like(h);
   static const int64_t best = best_isa();
-  static const int64_t automatic = std::getenv("JEPA_CPU_BASELINE") ? 0 : best;   // as yuv_resize.cpp
   TORCH_CHECK(isa >= -1 && isa <= best, "jepa gelu_with_grad_: isa ", isa, " is not run by this CPU (0..", best, ")");
-  if (isa < 0) isa = automatic;
+  if (isa < 0) isa = auto_isa();
   if (h.scalar_type() == at::kFloat) {
     run<float>(h, g, y, isa);
   } else {
@@ -156,4 +161,5 @@ at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
 TORCH_LIBRARY_FRAGMENT(jepa_cpp, m) {
   m.def("gelu_with_grad_(Tensor h, Tensor(a!) g, int isa=-1) -> Tensor", &gelu_with_grad_);
   m.def("gelu_best_isa() -> int", &best_isa);
+  m.def("gelu_isa() -> int", &auto_isa);
 }

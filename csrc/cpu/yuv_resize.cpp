@@ -19,6 +19,8 @@
 // pass, where the consumer of the batch needs floats.
 #include <torch/extension.h>
 
+#include "cpu_isa.h"
+
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -44,7 +46,7 @@ namespace {
 
 #ifdef JEPA_X86_ISA
 bool use_avx2() {
-  static const bool avx2 = __builtin_cpu_supports("avx2") && !std::getenv("JEPA_CPU_BASELINE");
+  static const bool avx2 = __builtin_cpu_supports("avx2") && !jepa_cpu::baseline_forced();
   return avx2;
 }
 // name(params): name##_body compiled for AVX2 and for the baseline, dispatched by use_avx2(). The body is
