@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -274,6 +275,7 @@ def run_correctness(device, budget, small, dry):
         try:
             results = thunk()
         except Exception as e:   # a crash is a failure of this case, reported; the run goes on
+            traceback.print_exc()
             results = [dict(op=op, err=float("nan"), err_ref=float("nan"), floor=0.0, ok=False,
                             error=f"{type(e).__name__}: {str(e)[:300]}")]
         for r in results:
@@ -281,6 +283,11 @@ def run_correctness(device, budget, small, dry):
             rows.append({**base, "status": "ok" if r["ok"] else "FAIL", "check": r["op"],
                          "err": f"{r['err']:.3g}", "err_ref": f"{r['err_ref']:.3g}", "floor": f"{r['floor']:.3g}",
                          "error": r.get("error", "")})
+        # one line a case as it ends, so a run cut short by its time limit still shows how far it got
+        print(f"  {op:15} {b:6} {base['dtype']:8} {label:40} "
+              + " ".join("ok" if r["ok"] else f"FAIL({r['op']}: {r['err']:.3g} > {r['err_ref']:.3g}, "
+                         f"{r['floor']:.3g}{' ' + r['error'] if r.get('error') else ''})" for r in results),
+              flush=True)
     os.environ.pop("JEPA_TRITON_AUTOTUNE")
     return rows, failures
 
@@ -336,6 +343,7 @@ def op_rows(device, budget, small, dry):
             try:
                 thunk()
             except Exception as e:   # speed rows are reported, never a correctness failure
+                traceback.print_exc()
                 rows.append(dict(section="ops", op=op, shape=shape, status=f"error: {type(e).__name__}: {str(e)[:200]}"))
     return rows
 
@@ -467,8 +475,6 @@ def bench_attention(device, name, lens, H, Dh, reps, emit):
 
 # -- e2e --------------------------------------------------------------------------------------------------
 def e2e_rows(device, budget, small, dry):
-    import numpy as np
-
     from engine.builders import build_jepa, build_mask_sampler
     from engine.config import load_config
     cfg_path = ROOT / "configs" / ("tiny_cpu.yaml" if small else "vjepa_vitl16.yaml")
@@ -483,48 +489,61 @@ def e2e_rows(device, budget, small, dry):
         if budget.left() <= 0:
             rows.append({**base, "status": "skipped: budget"})
             continue
-        cfg = load_config(cfg_path, [f"meta.mask_mode={mode}", f"data.batch_size={batch}"])
-        torch.manual_seed(0)
-        model = build_jepa(cfg).to(device)
-        sampler = build_mask_sampler(cfg)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        x = torch.randn(batch, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size, device=device)
-        rng = np.random.default_rng(0)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        times, tokens = [], []
-        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-        for i in range(steps + 2):
-            masks = sampler.sample(batch, rng)
-            sync(device)
-            t0 = time.perf_counter()
-            with amp:
-                loss, info = model(x, masks)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model.update_target(0.998)
-            sync(device)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-                tokens.append(info["ctx_tokens"] + info["tgt_tokens"])
-        s = sorted(times)[len(times) // 2]
-        p_enc = sum(p.numel() for p in model.encoder.parameters())
-        p_pred = sum(p.numel() for p in model.predictor.parameters())
-        n_tok = batch * model.encoder.num_patches
-        ctx = float(np.mean([t for t in tokens]))
-        flops = 6 * p_enc * ctx + 6 * p_pred * ctx + 2 * p_enc * n_tok   # attention FLOPs excluded
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        rows.append({**base, "status": "ok", "s_per_step": round(s, 4), "tokens_per_step": round(ctx),
-                     "tokens_per_s": round(ctx / s), "model_TFLOP_s": round(flops / s / 1e12, 2),
-                     "MFU": round(flops / s / peak, 3) if peak else "",
-                     "peak_mem_GB": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if device.type == "cuda" else ""})
-        del model, opt
+        try:
+            rows.append({**base, **e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa,
+                                            build_mask_sampler)})
+        except Exception as e:   # a speed row, reported; the run goes on
+            traceback.print_exc()
+            rows.append({**base, "status": f"error: {type(e).__name__}: {str(e)[:200]}"})
     if len(rows) == 2 and rows[0].get("tokens_per_s") and rows[1].get("tokens_per_s"):
         for r in rows:
             r["tokens_per_s_vs_compat"] = round(r["tokens_per_s"] / rows[0]["tokens_per_s"], 3)
     return rows
+
+
+def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, build_mask_sampler) -> dict:
+    """Median step time, tokens and MFU of one mask mode: a fresh model, AdamW, EMA, bf16 autocast on CUDA."""
+    import numpy as np
+    cfg = load_config(cfg_path, [f"meta.mask_mode={mode}", f"data.batch_size={batch}"])
+    torch.manual_seed(0)
+    model = build_jepa(cfg).to(device)
+    sampler = build_mask_sampler(cfg)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    x = torch.randn(batch, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size, device=device)
+    rng = np.random.default_rng(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, ctx, tgt = [], [], []
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for i in range(steps + 2):   # two warm-up steps (Triton compiles and autotunes there)
+        masks = sampler.sample(batch, rng)
+        sync(device)
+        t0 = time.perf_counter()
+        with amp:
+            loss, info = model(x, masks)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.update_target(0.998)
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+            ctx.append(info["ctx_tokens"])
+            tgt.append(info["tgt_tokens"])
+    s = sorted(times)[len(times) // 2]
+    p_enc = sum(p.numel() for p in model.encoder.parameters())
+    p_pred = sum(p.numel() for p in model.predictor.parameters())
+    n_ctx, n_tgt = float(np.mean(ctx)), float(np.mean(tgt))
+    # context encoder fwd+bwd on its tokens, predictor fwd+bwd on context+target tokens, target encoder
+    # forward on every token; attention excluded
+    flops = 6 * p_enc * n_ctx + 6 * p_pred * (n_ctx + n_tgt) + 2 * p_enc * batch * model.encoder.num_patches
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    trained = n_ctx + n_tgt
+    return {"status": "ok", "s_per_step": round(s, 4), "tokens_per_step": round(trained),
+            "tokens_per_s": round(trained / s), "samples_per_s": round(batch / s, 1),
+            "model_TFLOP_s": round(flops / s / 1e12, 2), "MFU": round(flops / s / peak, 3) if peak else "",
+            "peak_mem_GB": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if device.type == "cuda" else ""}
 
 
 # -- decode -----------------------------------------------------------------------------------------------
@@ -580,6 +599,20 @@ def decode_rows(device, budget, small, dry):
 
 
 # -- main -------------------------------------------------------------------------------------------------
+def environment() -> str:
+    """What the run had: library versions and which device backends exist, for the CSVs' reader."""
+    from kernels import _ops
+    ba = sys.modules["kernels.block_attention"]
+    triton = "absent"
+    if _ops.triton_available():
+        import triton as _t
+        triton = _t.__version__
+    return (f"triton {triton}, CUDA {torch.version.cuda}, kernels._C {'built' if _ops.cpp_available() else 'not built'}, "
+            f"kernels._C_cuda {'built' if _ops.cuda_available() else 'not built'}, "
+            f"flash_attn {'present' if ba.flash_attn_varlen_func is not None else 'absent'}, "
+            f"xformers {'present' if ba.fmha is not None else 'absent'}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="list what would run; the default without CUDA")
@@ -606,6 +639,7 @@ def main(argv=None) -> int:
     budget = Budget(args.budget_s)
     name = torch.cuda.get_device_name(0) if cuda and not dry else ("(dry run)" if dry else "cpu")
     print(f"gpu_check on {name}: torch {torch.__version__}, sections {sections}, budget {args.budget_s:.0f} s")
+    print(f"  {environment()}", flush=True)
     failures = 0
     runners = {"correctness": run_correctness, "ops": op_rows, "e2e": e2e_rows, "decode": decode_rows}
     for sec in sections:
