@@ -9,7 +9,7 @@ bench/results/gpu_*.csv; exit status 1 when any correctness case fails.
 
 Sections, in this order (each starts no new case once the time budget is spent; those rows say so):
   correctness  gpu_correctness.csv: every device backend of every op (kernels/_registry.py: triton and
-               cuda; block attention's cuda = flash_attn, and xformers with flash_attn hidden) in
+               cuda; block attention's cuda = flash_attn, torch's own flash kernel, xformers, each alone) in
                fp32/fp16/bf16 against fp64 references, gradients included, block_causal on and off, odd
                lengths and head dims. Rule (FlashAttention's): error <= 2x (outputs) / 3x (grads) the
                error of the same-dtype torch reference, plus a rounding floor that scales with the
@@ -17,7 +17,7 @@ Sections, in this order (each starts no new case once the time budget is spent; 
                Gather/scatter must be exact. Triton tiles are fixed here (autotune off: fewer compiles).
   ops          gpu_ops.csv: EMA and gather in GB/s and % of a device-to-device copy_ of the same bytes
                measured in this run; block attention fwd+bwd TFLOP/s counting real tokens only, ours
-               (Triton, autotuned) beside flash_attn varlen, xformers and SDPA (padded, and per-sequence
+               (Triton, autotuned) beside flash_attn varlen, torch's flash varlen, xformers and SDPA (padded, and per-sequence
                loop) on V-JEPA length mixes. Methods alternate round by round; medians of CUDA-event times.
   e2e          gpu_e2e.csv: the ViT-L/16 V-JEPA step at 16x224x224 (bf16 autocast, AdamW, EMA): tokens/s,
                MFU (model FLOPs 6*params*tokens trained + 2*params*tokens of the target pass, attention
@@ -28,12 +28,15 @@ Sections, in this order (each starts no new case once the time budget is spent; 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -59,7 +62,8 @@ ATTN_LENS = {   # (lengths, block_causal) cases: the CPU tests' odd ones and a V
     "vjepa_mix": [1568, 611, 75, 402],
 }
 ATTN_CASES = [("one_token", 64, False), ("odd_lengths", 80, True), ("many_short", 24, False),
-              ("few_long", 128, True), ("empty_seqs", 64, True), ("vjepa_mix", 64, False), ("odd_lengths", 40, False)]
+              ("few_long", 128, True), ("empty_seqs", 64, True), ("vjepa_mix", 64, False), ("odd_lengths", 40, False),
+              ("vjepa_mix", 80, True), ("odd_lengths", 16, False), ("many_short", 96, True)]
 
 
 # -- plumbing ---------------------------------------------------------------------------------------------
@@ -226,8 +230,9 @@ def correctness_cases(device, small: bool):
     for dt in dtypes:
         for b, why in device_backends("block_attention", device, {"dtype": dt, "head_dim": 64, "causal": False}):
             ba = sys.modules["kernels.block_attention"]
-            # the library kernels one at a time: flash_attn, then xformers with flash_attn hidden
-            libs = {"flash_attn": ba.flash_attn_varlen_func, "xformers": ba.fmha} if b == "cuda" else {None: True}
+            # the library kernels one at a time: flash_attn, torch's flash with flash_attn hidden, xformers with both hidden
+            libs = ({"flash_attn": ba.flash_attn_varlen_func, "torch_flash": True if _with_library(
+                "torch_flash", ba.torch_flash_ok) else None, "xformers": ba.fmha} if b == "cuda" else {None: True})
             for lib, present in libs.items():
                 for name, D, causal in attn:
                     call = {"dtype": dt, "head_dim": D, "causal": causal}
@@ -247,47 +252,91 @@ def correctness_cases(device, small: bool):
 
 
 def _with_library(lib, fn):
-    """Run fn with only `lib` visible to block attention's cuda backend (xformers: flash_attn hidden)."""
+    """Run fn with `lib` first among block attention's library kernels: the ones before it are hidden
+    (torch_flash: flash_attn hidden; xformers: both)."""
     ba = sys.modules["kernels.block_attention"]
-    saved = ba.flash_attn_varlen_func
-    if lib == "xformers":
+    saved = ba.flash_attn_varlen_func, dict(ba._torch_flash)
+    if lib in ("torch_flash", "xformers"):
         ba.flash_attn_varlen_func = None
+    if lib == "xformers":
+        ba._torch_flash["ok"] = False
     try:
         return fn()
     finally:
-        ba.flash_attn_varlen_func = saved
+        ba.flash_attn_varlen_func = saved[0]
+        ba._torch_flash.clear()
+        ba._torch_flash.update(saved[1])
 
 
-def run_correctness(device, budget, small, dry):
+def run_case(device, small, index: int) -> list[dict]:
+    """Correctness case `index` of correctness_cases, in this process; a crash is a failed row."""
+    op, _, _, _, _, thunk = correctness_cases(device, small)[index]
+    try:
+        results = thunk()
+        sync(device)
+    except Exception as e:   # a crash is a failure of this case, reported; the run goes on
+        traceback.print_exc()
+        results = [dict(op=op, err=float("nan"), err_ref=float("nan"), floor=0.0, ok=False,
+                        error=f"{type(e).__name__}: {str(e)[:300]}")]
+    return results
+
+
+def run_case_isolated(device, small, index: int) -> list[dict]:
+    """Case `index` in a fresh process: an illegal memory access ends that process's CUDA context only,
+    and the cases after it still run. The child prints its results as the last line of its output."""
+    cmd = [sys.executable, __file__, "--case", str(index)] + (["--self-test"] if small else [])
+    env = dict(os.environ, JEPA_TRITON_AUTOTUNE="0")
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        last = r.stdout.strip().splitlines()[-1:] or [""]
+        results = json.loads(last[0]) if last[0].startswith("[") else None
+        for x in results or []:   # JSON has no NaN: the child wrote None
+            x.update({k: float("nan") for k in ("err", "err_ref", "floor") if x.get(k) is None})
+        why = f"child exited {r.returncode}: {r.stderr.strip()[-300:]}"
+    except subprocess.TimeoutExpired:
+        results, why = None, "child ran past 600 s"
+    if results is None:
+        op = correctness_cases(device, small)[index][0]
+        results = [dict(op=op, err=float("nan"), err_ref=float("nan"), floor=0.0, ok=False, error=why)]
+    elif r.returncode == 0 and any(x.get("error") for x in results):
+        print(r.stderr[-3000:], flush=True)   # the crashed case's traceback
+    return results
+
+
+def run_correctness(device, budget, small, dry, isolate=False, jobs=8, match=""):
     rows, failures = [], 0
     os.environ["JEPA_TRITON_AUTOTUNE"] = "0"
-    for op, b, dt, label, why, thunk in correctness_cases(device, small):
+    todo = []
+    for index, (op, b, dt, label, why, _) in enumerate(correctness_cases(device, small)):
         base = dict(section="correctness", case_op=op, backend=b, dtype=str(dt).split(".")[-1], case=label)
+        if match not in f"{op} {b} {base['dtype']} {label}":
+            continue
         if dry:
             rows.append({**base, "status": "would run" if why is None else f"would skip: {why}"})
-            continue
-        if why is not None:
+        elif why is not None:
             rows.append({**base, "status": f"skipped: {why}"})
-            continue
-        if budget.left() <= 0:
-            rows.append({**base, "status": "skipped: budget"})
-            continue
-        try:
-            results = thunk()
-        except Exception as e:   # a crash is a failure of this case, reported; the run goes on
-            traceback.print_exc()
-            results = [dict(op=op, err=float("nan"), err_ref=float("nan"), floor=0.0, ok=False,
-                            error=f"{type(e).__name__}: {str(e)[:300]}")]
-        for r in results:
-            failures += not r["ok"]
-            rows.append({**base, "status": "ok" if r["ok"] else "FAIL", "check": r["op"],
-                         "err": f"{r['err']:.3g}", "err_ref": f"{r['err_ref']:.3g}", "floor": f"{r['floor']:.3g}",
-                         "error": r.get("error", "")})
-        # one line a case as it ends, so a run cut short by its time limit still shows how far it got
-        print(f"  {op:15} {b:6} {base['dtype']:8} {label:40} "
-              + " ".join("ok" if r["ok"] else f"FAIL({r['op']}: {r['err']:.3g} > {r['err_ref']:.3g}, "
-                         f"{r['floor']:.3g}{' ' + r['error'] if r.get('error') else ''})" for r in results),
-              flush=True)
+        else:
+            todo.append((index, base))
+    with ThreadPoolExecutor(jobs if isolate else 1) as pool:
+        def one(item):
+            index, base = item
+            if budget.left() <= 0:
+                return base, None
+            return base, (run_case_isolated if isolate else run_case)(device, small, index)
+        for base, results in pool.map(one, todo):
+            if results is None:
+                rows.append({**base, "status": "skipped: budget"})
+                continue
+            for r in results:
+                failures += not r["ok"]
+                rows.append({**base, "status": "ok" if r["ok"] else "FAIL", "check": r["op"],
+                             "err": f"{r['err']:.3g}", "err_ref": f"{r['err_ref']:.3g}", "floor": f"{r['floor']:.3g}",
+                             "error": r.get("error", "")})
+            # one line a case as it ends, so a run cut short by its time limit still shows how far it got
+            print(f"  {base['case_op']:15} {base['backend']:6} {base['dtype']:8} {base['case']:40} "
+                  + " ".join("ok" if r["ok"] else f"FAIL({r['op']}: {r['err']:.3g} > {r['err_ref']:.3g}, "
+                             f"{r['floor']:.3g}{' ' + r['error'] if r.get('error') else ''})" for r in results),
+                  flush=True)
     os.environ.pop("JEPA_TRITON_AUTOTUNE")
     return rows, failures
 
@@ -309,7 +358,9 @@ def op_rows(device, budget, small, dry):
     from run_kernels import vit_params
     rows = []
     reps = 2 if small else 20
-    backs = [b for b in (("triton", "cuda") if device.type == "cuda" else ("cpp",))]
+    # our backends that run here (the CUDA extension may not be built: those rows would only say so)
+    backs = [b for b in (("triton", "cuda") if device.type == "cuda" else ("cpp",))
+             if _registry.REGISTRY["ema_"][b].refusal(device, {"fp64": False}) is None]
 
     def emit(op, shape, times, nbytes=None, flops=None, extra=None):
         copy = copy_gbs(device, nbytes, reps) if nbytes else None
@@ -460,6 +511,9 @@ def bench_attention(device, name, lens, H, Dh, reps, emit):
         ways["ours [triton]"] = step(ours("triton"))
         if ba.flash_attn_varlen_func is not None:
             ways["flash_attn varlen"] = step(lambda: ba.flash_attn_varlen_func(q, k, v, cu, cu, L, L))
+        if ba.torch_flash_ok():
+            ways["torch flash varlen (aten)"] = step(lambda: torch.ops.aten._flash_attention_forward(
+                q, k, v, cu, cu, L, L, 0.0, False, False)[0])
         if ba.fmha is not None:
             bias = ba.fmha.BlockDiagonalMask.from_seqlens(lens, lens)
             ways["xformers BlockDiagonalMask"] = step(
@@ -610,6 +664,7 @@ def environment() -> str:
     return (f"triton {triton}, CUDA {torch.version.cuda}, kernels._C {'built' if _ops.cpp_available() else 'not built'}, "
             f"kernels._C_cuda {'built' if _ops.cuda_available() else 'not built'}, "
             f"flash_attn {'present' if ba.flash_attn_varlen_func is not None else 'absent'}, "
+            f"torch's flash varlen {'runs' if ba.torch_flash_ok() else 'absent'}, "
             f"xformers {'present' if ba.fmha is not None else 'absent'}")
 
 
@@ -620,7 +675,19 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--budget-s", type=float, default=450.0, help="no new case starts after this (default 7.5 min)")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--isolate", action="store_true",
+                    help="each correctness case in its own process (always on a GPU: one illegal memory access "
+                         "would end the CUDA context of every case after it)")
+    ap.add_argument("--jobs", type=int, default=8, help="isolated correctness cases run at once (default 8)")
+    ap.add_argument("--match", default="", help="correctness: only cases whose 'op backend dtype label' holds this")
+    ap.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)   # a child of --isolate
     args = ap.parse_args(argv)
+    if args.case is not None:   # one correctness case, results as one JSON line
+        device = torch.device("cpu" if args.self_test else "cuda")
+        results = run_case(device, args.self_test, args.case)
+        print(json.dumps([{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
+                          for r in results]))
+        return 0
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
@@ -641,7 +708,9 @@ def main(argv=None) -> int:
     print(f"gpu_check on {name}: torch {torch.__version__}, sections {sections}, budget {args.budget_s:.0f} s")
     print(f"  {environment()}", flush=True)
     failures = 0
-    runners = {"correctness": run_correctness, "ops": op_rows, "e2e": e2e_rows, "decode": decode_rows}
+    isolate = args.isolate or (device.type == "cuda" and not dry)
+    runners = {"correctness": lambda *a: run_correctness(*a, isolate=isolate, jobs=args.jobs, match=args.match),
+               "ops": op_rows, "e2e": e2e_rows, "decode": decode_rows}
     for sec in sections:
         t0 = time.perf_counter()
         out = runners[sec](device, budget, small, dry)

@@ -15,10 +15,12 @@ Backends (kernels/_registry.py: "auto" picks by device; kernels.use_backend / JE
        (sequence, head) when there are few) on zero-copy views, all inside ONE OpenMP region with a
        dynamic longest-first schedule. Without the built extension: kernels/cpu_attention.py (length
        buckets over the same ATen kernels, from Python). Measurements behind the choice: that module.
-  CUDA "cuda" (auto when it fits): flash_attn_varlen_func when flash_attn is installed (fp16/bf16,
-       Dh % 8 == 0, Dh <= 256, no block_causal), else xformers memory_efficient_attention with a
-       BlockDiagonalMask (no block_causal); both resolved at import. Else "triton":
-       kernels/triton_attention.py (any dtype, head dim and mask).
+  CUDA "cuda" (auto when it fits): FlashAttention-2 varlen for fp16/bf16, Dh % 8 == 0, Dh <= 256, no
+       block_causal: flash_attn_varlen_func when flash_attn is installed, else the same kernel as torch
+       ships it (aten._flash_attention_forward with cu_seqlens, sm80+); else xformers
+       memory_efficient_attention with a BlockDiagonalMask (no block_causal). Else "triton":
+       kernels/triton_attention.py (any dtype, head dim and mask). On an H200 (bench/results/gpu_ops.csv)
+       torch's flash kernel ran the V-JEPA mixes at 2.4-4.3x our Triton kernel's speed.
   "torch": block_attention_ref below.
 max_seqlen_q/k smaller than the longest sequence is an error on every device (the host reads the
 lengths once per cu_seqlens tensor: one sync per packing off CPU, not one per layer).
@@ -131,29 +133,56 @@ def block_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=Non
 
 
 # -- backends (kernels/_registry.py picks one per call) -----------------------------------------------------
+_torch_flash: dict = {}   # "ok": whether torch's own FlashAttention-2 varlen kernel runs here; filled on first use
+
+
+def torch_flash_ok() -> bool:
+    """torch's bundled FlashAttention-2 (`aten._flash_attention_forward` with cu_seqlens, the kernel under
+    SDPA's flash backend): a torch built with CUDA, a GPU of compute capability >= 8.0, SDPA's flash
+    backend enabled. Asked only for calls on CUDA tensors, so CUDA is already initialised then."""
+    if "ok" not in _torch_flash:
+        ok = torch.cuda.is_available() and torch.backends.cuda.flash_sdp_enabled()
+        _torch_flash["ok"] = bool(ok and torch.cuda.get_device_capability() >= (8, 0))
+    return _torch_flash["ok"]
+
+
+def _flash_fits(dtype, head_dim: int) -> bool:
+    return dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
+
+
 def _library(dtype, head_dim: int, causal: bool) -> str | None:
     """The library kernel that takes this call on CUDA, or None: FlashAttention varlen (fp16/bf16,
-    Dh % 8 == 0, Dh <= 256), else xformers' BlockDiagonalMask; neither takes block_causal masks."""
+    Dh % 8 == 0, Dh <= 256) from flash_attn, else the same kernel as torch ships it, else xformers'
+    BlockDiagonalMask; none takes block_causal masks."""
     if causal:
         return None
-    if (flash_attn_varlen_func is not None and dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0
-            and head_dim <= 256):
-        return "flash_attn"
+    if _flash_fits(dtype, head_dim):
+        if flash_attn_varlen_func is not None:
+            return "flash_attn"
+        if torch_flash_ok():
+            return "torch_flash"
     return "xformers" if fmha is not None else None
 
 
 def _library_fits(dtype, head_dim: int, causal: bool):
     if _library(dtype, head_dim, causal) is None:
-        return (f"neither flash_attn (fp16/bf16, Dh % 8 == 0, Dh <= 256, installed: "
-                f"{flash_attn_varlen_func is not None}) nor xformers (installed: {fmha is not None}) takes "
-                f"{dtype}, Dh {head_dim}, block_causal {'set' if causal else 'None'}")
+        return (f"neither FlashAttention (flash_attn or torch's own, fp16/bf16, Dh % 8 == 0, Dh <= 256, sm80+; "
+                f"flash_attn installed: {flash_attn_varlen_func is not None}) nor xformers (installed: "
+                f"{fmha is not None}) takes {dtype}, Dh {head_dim}, block_causal {'set' if causal else 'None'}")
     return None
 
 
 def _run_library(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):
-    if _library(q.dtype, q.shape[-1], fq is not None) == "flash_attn":
+    lib = _library(q.dtype, q.shape[-1], fq is not None)
+    if lib == "flash_attn":
         return flash_attn_varlen_func(q, k, v, cu_q.int(), cu_k.int(), max_q, max_k, softmax_scale=scale,
                                       causal=False)
+    if lib == "torch_flash":
+        if q.shape[0] == 0 or k.shape[0] == 0:   # nothing to launch on; ours returns the defined zeros
+            return _run_op("triton")(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk)
+        # differentiable: autograd runs aten._flash_attention_backward
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu_q.int(), cu_k.int(), max_q, max_k, 0.0, False,
+                                                       False, scale=scale)[0]
     # BlockDiagonalMask wants Python lengths (a sync); it keeps the packed layout as batch 1. Empty
     # sequences are not representable there: those calls take our Triton kernel instead.
     lq, lk = torch.diff(cu_q).tolist(), torch.diff(cu_k).tolist()

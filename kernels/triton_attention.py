@@ -210,20 +210,29 @@ def grid(S: int, max_len: int, H: int, block: int) -> tuple[int, int]:
     return S * triton.cdiv(max_len, block), H
 
 
-def head_blocks(D: int) -> tuple[int, int]:
+def head_blocks(D: int, min_part: int = 16) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_D2): the head dim as one power-of-two tile, or two when that pads less.
     tl.arange and tl.dot need powers of two >= 16: Dh 80 = 64 + 16 (no padding, where one tile would
-    be 128), 40 = 32 + 16 (48 for 64), 96 = 64 + 32; 24 stays 32 (16 + 16 would be the same)."""
-    one = max(16, triton.next_power_of_2(D))
-    first = max(16, triton.next_power_of_2(D) // 2)
+    be 128), 40 = 32 + 16 (48 for 64), 96 = 64 + 32; 24 stays 32 (16 + 16 would be the same).
+    `min_part` is the narrowest tile allowed (see min_head_tile)."""
+    one = max(min_part, triton.next_power_of_2(D))
+    first = max(min_part, triton.next_power_of_2(D) // 2)
     if first >= D:
         return one, 0
-    second = max(16, triton.next_power_of_2(D - first))
+    second = max(min_part, triton.next_power_of_2(D - first))
     return (first, second) if first + second < one else (one, 0)
 
 
-def _blocks(D: int, block_m, block_n):
-    BLOCK_D, BLOCK_D2 = head_blocks(D)
+def min_head_tile(device) -> int:
+    """32 on a GPU, 16 under the interpreter. On an H200 with Triton 3.6, fp16 products with a 16-wide
+    head tile in 64x64 blocks (Dh 40 = 32 + 16) ran into an illegal memory access, a known fault of
+    Hopper's wgmma code for narrow tiles; 32-wide tiles ran clean. Dh 40 then takes one 64 tile, Dh 80
+    64 + 32, Dh 16 one 32 tile: extra products, no extra bytes."""
+    return 16 if device.type == "cpu" else 32
+
+
+def _blocks(D: int, block_m, block_n, min_part: int = 16):
+    BLOCK_D, BLOCK_D2 = head_blocks(D, min_part)
     big = BLOCK_D + BLOCK_D2 <= 64
     return block_m or (64 if big else 32), block_n or (64 if big else 32), BLOCK_D, BLOCK_D2
 
@@ -248,7 +257,7 @@ def block_attention_triton_fwd(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scal
     S = cu_q.numel() - 1
     if Tq == 0 or S == 0 or max_q == 0:
         return out, lse
-    BM, BN, BD, BD2 = _blocks(D, block_m, block_n)
+    BM, BN, BD, BD2 = _blocks(D, block_m, block_n, min_head_tile(q.device))
     fq, fk, has = _frames(fq, fk, q)
     args = (q, k, v, out, lse, cu_q.contiguous(), cu_k.contiguous(), fq, fk, H, D, max_q, scale * LOG2E)
     if autotune_on() and block_m is None and block_n is None:
@@ -272,7 +281,7 @@ def block_attention_triton_bwd(dout, q, k, v, out, lse, cu_q, cu_k, max_q: int, 
     if Tq == 0 or k.shape[0] == 0 or S == 0 or max_k == 0:
         return dq32.to(q.dtype), dk, dv
     delta = (dout.float() * out.float()).sum(-1).contiguous()   # [Tq, H]: rowsum(dO * O)
-    BM, BN, BD, BD2 = _blocks(D, block_m, block_n)
+    BM, BN, BD, BD2 = _blocks(D, block_m, block_n, min_head_tile(q.device))
     fq, fk, has = _frames(fq, fk, q)
     args = (q, k, v, dout, lse.contiguous(), delta, dq32, dk, dv, cu_q.contiguous(), cu_k.contiguous(), fq, fk,
             H, D, max_k, scale, scale * LOG2E)

@@ -58,3 +58,18 @@ def test_a_failed_check_is_exit_status_1(tmp_path, monkeypatch):
     assert gc.main(["--self-test", "--sections", "correctness", "--out-dir", str(tmp_path)]) == 1
     rows = _rows(tmp_path / "gpu_selftest_correctness.csv")
     assert any(r["status"] == "FAIL" and r["case_op"] == "ema_" for r in rows)
+
+
+def test_isolated_cases_match_in_process_ones_and_a_crashed_child_is_a_failed_row(tmp_path, monkeypatch):
+    gc = _module()
+    args = ["--self-test", "--sections", "correctness", "--match", "ema_"]
+    assert gc.main(args + ["--out-dir", str(tmp_path / "a")]) == 0
+    assert gc.main(args + ["--isolate", "--jobs", "2", "--out-dir", str(tmp_path / "b")]) == 0
+    key = lambda rows: [(r["case_op"], r["case"], r["check"], r["status"]) for r in rows]   # noqa: E731
+    in_process = _rows(tmp_path / "a" / "gpu_selftest_correctness.csv")
+    assert in_process and key(in_process) == key(_rows(tmp_path / "b" / "gpu_selftest_correctness.csv"))
+    # a child that dies without printing its results (a CUDA fault, a segfault) fails its case only
+    monkeypatch.setattr(gc.sys, "executable", "/bin/false")
+    assert gc.main(args + ["--isolate", "--out-dir", str(tmp_path / "c")]) == 1
+    rows = _rows(tmp_path / "c" / "gpu_selftest_correctness.csv")
+    assert rows and all(r["status"] == "FAIL" and r["error"].startswith("child exited 1") for r in rows)

@@ -3,6 +3,7 @@
 Tolerance rule (FlashAttention's): the kernel's error vs an fp64 reference is at most 2x (forward) /
 3x (grads) the error of the same-dtype torch reference (block_attention_ref) vs the same fp64 reference.
 """
+import itertools
 import os
 import subprocess
 import sys
@@ -295,20 +296,24 @@ def test_cuda_selection_without_a_gpu(monkeypatch):
         return ba._library(dtype, D, causal) if impl.backend == "cuda" else impl.backend
 
     monkeypatch.setattr(ba._ops, "_TRITON", True)
-    for flash, xf in ((True, True), (True, False), (False, True), (False, False)):
+    monkeypatch.setattr(ba, "_torch_flash", {})
+    assert not ba.torch_flash_ok()   # no GPU here: torch's own flash kernel is not offered
+    for flash, torch_flash, xf in itertools.product((True, False), repeat=3):
         monkeypatch.setattr(ba, "flash_attn_varlen_func", object() if flash else None)
+        monkeypatch.setattr(ba, "_torch_flash", {"ok": torch_flash})
         monkeypatch.setattr(ba, "fmha", object() if xf else None)
+        first_flash = "flash_attn" if flash else ("torch_flash" if torch_flash else None)
         with kernels.backend("auto"):
-            assert chosen() == ("flash_attn" if flash else ("xformers" if xf else "triton"))
+            assert chosen() == (first_flash or ("xformers" if xf else "triton"))
             assert chosen(causal=True) == "triton"                                   # masks: ours only
             assert chosen(torch.float32) == ("xformers" if xf else "triton")         # flash: fp16/bf16
             assert chosen(D=20) == ("xformers" if xf else "triton")                  # flash: Dh % 8
             assert chosen(D=512) == ("xformers" if xf else "triton")                 # flash: Dh <= 256
         with kernels.backend("cuda"):
-            if flash or xf:
-                assert chosen() in ("flash_attn", "xformers")
+            if first_flash or xf:
+                assert chosen() in ("flash_attn", "torch_flash", "xformers")
             else:
-                with pytest.raises(RuntimeError, match="'cuda' is forced.*neither flash_attn"):
+                with pytest.raises(RuntimeError, match="'cuda' is forced.*neither FlashAttention"):
                     chosen()
         with kernels.backend("triton"):
             assert chosen() == "triton"
@@ -359,6 +364,16 @@ def test_head_dim_tiles_pad_less_than_one_power_of_two():
     for D in range(1, 257):
         a, b = head_blocks(D)
         assert a + b >= D and a >= 16 and (b == 0 or b >= 16) and a + b <= max(16, 1 << (D - 1).bit_length())
+    # on a GPU no tile is narrower than 32 (a 16-wide one faulted in Hopper's wgmma code)
+    assert head_blocks(40, 32) == (64, 0) and head_blocks(80, 32) == (64, 32) and head_blocks(16, 32) == (32, 0)
+    for D in range(1, 257):
+        a, b = head_blocks(D, 32)
+        assert a + b >= D and a >= 32 and (b == 0 or b >= 32) and a + b <= max(32, 1 << (D - 1).bit_length())
+
+
+def test_narrowest_head_tile_is_32_on_a_gpu_16_under_the_interpreter():
+    from kernels.triton_attention import min_head_tile
+    assert min_head_tile(torch.device("cpu")) == 16 and min_head_tile(torch.device("cuda")) == 32
 
 
 def test_grid_has_no_sequence_cap():
@@ -381,7 +396,7 @@ def triton_fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, b
 # block sizes 16 (the smallest tl.dot) so that these tiny shapes still span several blocks
 import kernels.triton_attention as ta
 _blocks = ta._blocks
-ta._blocks = lambda D, bm, bn: _blocks(D, 16, 16)
+ta._blocks = lambda D, bm, bn, min_part=16: _blocks(D, 16, 16, min_part)
 for dtype in (torch.float32, torch.float16):
     for lens, D, causal in (([1, 1, 1], 32, False), ([5, 0, 17, 33], 24, True), ([20, 3], 80, False),
                             ([0, 0], 16, True), ([9, 40], 64, True), ([18], 128, False), ([12, 7], 40, True)):
