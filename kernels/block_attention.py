@@ -136,6 +136,7 @@ def block_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=Non
 _torch_flash: dict = {}   # "ok": whether torch's own FlashAttention-2 varlen kernel runs here; filled on first use
 
 
+@torch._dynamo.assume_constant_result   # a compiled graph asks once, at trace time, and keeps the answer
 def torch_flash_ok() -> bool:
     """torch's bundled FlashAttention-2 (`aten._flash_attention_forward` with cu_seqlens, the kernel under
     SDPA's flash backend): a torch built with CUDA, a GPU of compute capability >= 8.0, SDPA's flash
