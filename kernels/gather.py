@@ -69,37 +69,45 @@ def gather_layer_norm_ref(x_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1
 
 
 # -- checks shared by all backends ---------------------------------------------------------------
-def _check_rows(rows_T, M: int, op: str):
+def _check_rows(rows_T, M: int, op: str, unique: bool = False):
+    """Rows in [0, M), and with `unique` none twice. Every device: the Triton/CUDA kernels would only mask a
+    bad row (a silent zero), and a repeated row would make the atomic-free scatter keep one of them. Off CPU
+    the whole check is one host read (one device sync); under torch.compile, async device asserts."""
     if rows_T.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{op}: indices must be int64 or int32, got {rows_T.dtype}")
     if rows_T.dim() != 1:
         raise ValueError(f"{op}: rows must be 1-D [T], got shape {tuple(rows_T.shape)}")
-    # Every device: the Triton/CUDA kernels would only mask a bad row (a silent zero). Off CPU the check
-    # costs one device sync; under torch.compile it is an async device assert instead.
     if not rows_T.numel():
         return
     if torch.compiler.is_compiling():
         torch._assert_async(((rows_T >= 0) & (rows_T < M)).all(), f"{op}: index out of range (rows in [0, {M}))")
+        if unique:
+            torch._assert_async((_row_counts(rows_T, M) <= 1).all(), f"{op}: indices are not unique")
         return
-    lo, hi = int(rows_T.min()), int(rows_T.max())
+    stats = list(torch.aminmax(rows_T))
+    if unique:
+        counts_M = _row_counts(rows_T, M)
+        stats.append(counts_M.max())
+    lo, hi, *most = torch.stack([t.to(torch.int64) for t in stats]).tolist()
     if lo < 0 or hi >= M:
         raise IndexError(f"{op}: index out of range: indices span [{lo}, {hi}] but there are {M} rows "
                          f"({'tokens per sample' if op.endswith('(per sample)') else 'B*N'})")
-
-
-def _check_unique(rows_T, M: int, op: str):
-    """Duplicate rows would make the atomic-free scatter keep one of them: refused on every device."""
-    if not rows_T.numel():
-        return
-    counts_M = torch.zeros(M, dtype=torch.int32, device=rows_T.device).index_add_(
-        0, rows_T.long(), torch.ones_like(rows_T, dtype=torch.int32))
-    if torch.compiler.is_compiling():
-        torch._assert_async((counts_M <= 1).all(), f"{op}: indices are not unique")
-        return
-    if int(counts_M.max()) > 1:
+    if most and most[0] > 1:
         dup = int(torch.nonzero(counts_M > 1)[0, 0])
         raise ValueError(f"{op}: row {dup} appears more than once; indices must be unique per sample "
                          f"(the backward scatter has no atomics){_ACCUMULATE_HINT.get(op, '')}")
+
+
+def _row_counts(rows_T, M: int) -> torch.Tensor:
+    """How often each of the M rows appears (rows clamped into range: the range is checked beside it)."""
+    return torch.zeros(M, dtype=torch.int32, device=rows_T.device).index_add_(
+        0, rows_T.long().clamp(0, M - 1), torch.ones_like(rows_T, dtype=torch.int32))
+
+
+def _check_unique(rows_T, M: int, op: str):
+    """Uniqueness alone, for rows whose range the C++ op checks itself (on CPU: no device sync)."""
+    if rows_T.numel():
+        _check_rows(rows_T.clamp(0, M - 1), M, op, unique=True)
 
 
 _ACCUMULATE_HINT = {"gather_tokens": "; pass accumulate=True to gather repeated rows"}
@@ -291,17 +299,18 @@ def gather_tokens(x_BND: torch.Tensor, idx: torch.Tensor, cu_seqlens=None, *, ac
     rows and sums their gradients (torch index_select, whose backward adds with atomics)."""
     rows_T = _to_rows(x_BND, idx, "gather_tokens")
     B, N, D = x_BND.shape
+    # uniqueness checked here, not in the backward, so the error points at the call
+    unique = x_BND.requires_grad and torch.is_grad_enabled() and not accumulate
     if idx.dim() == 1 and not _cpp_checks_rows(x_BND):
-        _check_rows(rows_T, B * N, "gather_tokens")
+        _check_rows(rows_T, B * N, "gather_tokens", unique=unique)
     elif idx.dim() == 1 and rows_T.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"gather_tokens: indices must be int64 or int32, got {rows_T.dtype}")
+    elif unique:
+        _check_unique(rows_T, B * N, "gather_tokens")
     x_MD = x_BND.reshape(B * N, D)
-    needs_grad = x_BND.requires_grad and torch.is_grad_enabled()
     if accumulate:
         y_TD = x_MD.index_select(0, rows_T)
     else:
-        if needs_grad:   # checked here, not in the backward, so the error points at the call
-            _check_unique(rows_T, B * N, "gather_tokens")
         y_TD = _gather(x_MD, rows_T)
     return y_TD.view(B, idx.shape[1], D) if idx.dim() == 2 else y_TD
 
@@ -312,8 +321,7 @@ def scatter_tokens(y_TD: torch.Tensor, rows_T: torch.Tensor, B: int, N: int) -> 
         raise ValueError(f"scatter_tokens: need y [T, D] and rows [T], got {tuple(y_TD.shape)} and "
                          f"{tuple(rows_T.shape)}")
     if not _cpp_checks_rows(y_TD):
-        _check_rows(rows_T, B * N, "scatter_tokens")
-        _check_unique(rows_T, B * N, "scatter_tokens")
+        _check_rows(rows_T, B * N, "scatter_tokens", unique=True)
     return _scatter(y_TD, rows_T, B * N).view(B, N, y_TD.shape[-1])
 
 

@@ -178,3 +178,22 @@ def test_fallback_warns_once_when_not_built(monkeypatch):
         with pytest.warns(RuntimeWarning, match="not built"):
             y = kernels.gather_tokens(x, rows)
         torch.testing.assert_close(y, kernels.gather_tokens_ref(x, rows))
+
+
+def test_python_row_checks_read_the_device_once(monkeypatch):
+    # Off CPU every host read of a tensor's value is a device sync: the range and uniqueness checks of a
+    # differentiable gather share one read (the torch backend runs the checks the GPU backends get).
+    x = torch.randn(2, 10, 4, requires_grad=True)
+    reads = []
+    for name in ("item", "tolist", "__int__", "__bool__", "__float__"):
+        f = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=f, _n=name, **k: (reads.append(_n), _f(self, *a, **k))[1])
+    with kernels.backend("torch"):
+        kernels.gather_tokens(x, torch.tensor([0, 3, 12, 19]))
+        assert len(reads) == 1, reads
+        reads.clear()
+        kernels.scatter_tokens(torch.randn(3, 4), torch.tensor([1, 7, 2]), 2, 10)
+        assert len(reads) == 1, reads
+        # a row out of range is reported as such, also when another row repeats
+        with pytest.raises(IndexError, match=r"indices span \[3, 25\] but there are 20 rows"):
+            kernels.gather_tokens(x, torch.tensor([3, 3, 25]))
