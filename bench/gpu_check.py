@@ -15,13 +15,14 @@ Sections, in this order (each starts no new case once the time budget is spent; 
                error of the same-dtype torch reference, plus a rounding floor that scales with the
                magnitudes that sum (so an output that is 0 by cancellation is judged fairly).
                Gather/scatter must be exact. Triton tiles are fixed here (autotune off: fewer compiles).
+  e2e          gpu_e2e.csv: the ViT-L/16 V-JEPA step at 16x224x224 (bf16 autocast, AdamW, EMA; batch
+               --e2e-batch): tokens/s, MFU (model FLOPs 6 x encoder params x context tokens + 6 x predictor
+               params x context+target tokens + 2 x encoder params x all tokens for the target pass,
+               attention excluded, over the device's dense bf16 peak), peak memory, ragged against compat.
   ops          gpu_ops.csv: EMA and gather in GB/s and % of a device-to-device copy_ of the same bytes
                measured in this run; block attention fwd+bwd TFLOP/s counting real tokens only, ours
                (Triton, autotuned) beside flash_attn varlen, torch's flash varlen, xformers and SDPA (padded, and per-sequence
                loop) on V-JEPA length mixes. Methods alternate round by round; medians of CUDA-event times.
-  e2e          gpu_e2e.csv: the ViT-L/16 V-JEPA step at 16x224x224 (bf16 autocast, AdamW, EMA): tokens/s,
-               MFU (model FLOPs 6*params*tokens trained + 2*params*tokens of the target pass, attention
-               excluded, over the device's dense bf16 peak), peak memory, ragged against compat.
   decode       gpu_decode.csv: DALI NVDEC (fn.readers.video on the GPU) against PyAV, clips/s, on H.264
                files written at the start.
 """
@@ -49,7 +50,8 @@ import kernels  # noqa: E402
 from kernels import _registry  # noqa: E402
 from engine.core.io import atomic_write_csv  # noqa: E402
 
-SECTIONS = ("correctness", "ops", "e2e", "decode")
+E2E_BATCH = [8]   # --e2e-batch
+SECTIONS = ("correctness", "e2e", "ops", "decode")   # the step before the op timings: it matters more
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # dense bf16 tensor-core peaks (no sparsity), FLOP/s, for MFU
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -532,7 +534,7 @@ def e2e_rows(device, budget, small, dry):
     from engine.builders import build_jepa, build_mask_sampler
     from engine.config import load_config
     cfg_path = ROOT / "configs" / ("tiny_cpu.yaml" if small else "vjepa_vitl16.yaml")
-    batch = 2 if small else 8
+    batch = 2 if small else E2E_BATCH[0]
     steps = 2 if small else 6
     rows = []
     for mode in ("compat", "ragged"):
@@ -679,6 +681,7 @@ def main(argv=None) -> int:
                     help="each correctness case in its own process (always on a GPU: one illegal memory access "
                          "would end the CUDA context of every case after it)")
     ap.add_argument("--jobs", type=int, default=8, help="isolated correctness cases run at once (default 8)")
+    ap.add_argument("--e2e-batch", type=int, default=8, help="clips per e2e step (default 8)")
     ap.add_argument("--match", default="", help="correctness: only cases whose 'op backend dtype label' holds this")
     ap.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)   # a child of --isolate
     args = ap.parse_args(argv)
@@ -688,6 +691,7 @@ def main(argv=None) -> int:
         print(json.dumps([{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
                           for r in results]))
         return 0
+    E2E_BATCH[0] = args.e2e_batch
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
