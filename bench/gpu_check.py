@@ -50,7 +50,6 @@ import kernels  # noqa: E402
 from kernels import _registry  # noqa: E402
 from engine.core.io import atomic_write_csv  # noqa: E402
 
-E2E_BATCH = [8]   # --e2e-batch
 SECTIONS = ("correctness", "e2e", "ops", "decode")   # the step before the op timings: it matters more
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # dense bf16 tensor-core peaks (no sparsity), FLOP/s, for MFU
@@ -530,11 +529,11 @@ def bench_attention(device, name, lens, H, Dh, reps, emit):
 
 
 # -- e2e --------------------------------------------------------------------------------------------------
-def e2e_rows(device, budget, small, dry):
+def e2e_rows(device, budget, small, dry, batch=8):
     from engine.builders import build_jepa, build_mask_sampler
     from engine.config import load_config
     cfg_path = ROOT / "configs" / ("tiny_cpu.yaml" if small else "vjepa_vitl16.yaml")
-    batch = 2 if small else E2E_BATCH[0]
+    batch = 2 if small else batch
     steps = 2 if small else 6
     rows = []
     for mode in ("compat", "ragged"):
@@ -691,7 +690,6 @@ def main(argv=None) -> int:
         print(json.dumps([{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
                           for r in results]))
         return 0
-    E2E_BATCH[0] = args.e2e_batch
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
@@ -714,7 +712,7 @@ def main(argv=None) -> int:
     failures = 0
     isolate = args.isolate or (device.type == "cuda" and not dry)
     runners = {"correctness": lambda *a: run_correctness(*a, isolate=isolate, jobs=args.jobs, match=args.match),
-               "ops": op_rows, "e2e": e2e_rows, "decode": decode_rows}
+               "ops": op_rows, "e2e": lambda *a: e2e_rows(*a, batch=args.e2e_batch), "decode": decode_rows}
     for sec in sections:
         t0 = time.perf_counter()
         out = runners[sec](device, budget, small, dry)
