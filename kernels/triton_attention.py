@@ -21,7 +21,8 @@ relative error: outside the FlashAttention tolerance rule our tests use, so not 
 Head dims: tl.arange and tl.dot need powers of two (>= 16), so a head dim is one power-of-two tile or
 two (head_blocks: 80 = 64 + 16, ViT-H's; 96 = 64 + 32; 40 = 32 + 16), each product done per part. What
 is left is padded with masked loads: no extra bytes move, but the products do (tiles / Dh) times the
-work (24 -> 32: 25%; 40 -> 48: 17%; 88 -> 96: 8%; 64, 80, 128: none).
+work (24 -> 32: 25%; 40 -> 48: 17%; 88 -> 96: 8%; 64, 80, 128: none). On a GPU no part is narrower than 32
+(min_head_tile: 80 = 64 + 32, 40 -> 64), as 16-wide fp16 tiles faulted there.
 Tiles: autotuned per (head dim, frames on/off) on a GPU; fixed under the interpreter and when
 JEPA_TRITON_AUTOTUNE=0 (tests, reproducible timings).
 
@@ -225,8 +226,8 @@ def head_blocks(D: int, min_part: int = 16) -> tuple[int, int]:
 
 def min_head_tile(device) -> int:
     """32 on a GPU, 16 under the interpreter. On an H200 with Triton 3.6, fp16 products with a 16-wide
-    head tile in 64x64 blocks (Dh 40 = 32 + 16) ran into an illegal memory access, a known fault of
-    Hopper's wgmma code for narrow tiles; 32-wide tiles ran clean. Dh 40 then takes one 64 tile, Dh 80
+    head tile in 64x64 blocks (Dh 40 = 32 + 16) ran into an illegal memory access (faults of this kind are
+    reported for Triton's Hopper matrix code with narrow tiles); with 32-wide tiles every case ran clean. Dh 40 then takes one 64 tile, Dh 80
     64 + 32, Dh 16 one 32 tile: extra products, no extra bytes."""
     return 16 if device.type == "cpu" else 32
 
