@@ -2,6 +2,9 @@
 they against the library kernels, and what does a ViT-L V-JEPA step do. Under 8 minutes; CSVs in
 bench/results/gpu_*.csv; exit status 1 when any correctness case fails.
 
+    python setup.py build_ext --inplace            # first, on a machine with its own CUDA torch: the C++/CUDA
+                                                   # ops against that torch (no install; setuptools >= 77, or
+                                                   # run it on a copy of setup.py + csrc/ without pyproject.toml)
     python bench/gpu_check.py                      # on a CUDA machine: every section
     python bench/gpu_check.py --dry-run            # anywhere: what it would run (the default without CUDA)
     python bench/gpu_check.py --self-test          # on CPU: the harness itself, CPU backends, tiny shapes
