@@ -272,6 +272,11 @@ def _with_library(lib, fn):
         ba._torch_flash.update(saved[1])
 
 
+def _crashed(op: str, error: str) -> list[dict]:
+    """The one failed row of a case that raised or whose process died."""
+    return [dict(op=op, err=float("nan"), err_ref=float("nan"), floor=0.0, ok=False, error=error)]
+
+
 def run_case(device, small, index: int) -> list[dict]:
     """Correctness case `index` of correctness_cases, in this process; a crash is a failed row."""
     op, _, _, _, _, thunk = correctness_cases(device, small)[index]
@@ -280,8 +285,7 @@ def run_case(device, small, index: int) -> list[dict]:
         sync(device)
     except Exception as e:   # a crash is a failure of this case, reported; the run goes on
         traceback.print_exc()
-        results = [dict(op=op, err=float("nan"), err_ref=float("nan"), floor=0.0, ok=False,
-                        error=f"{type(e).__name__}: {str(e)[:300]}")]
+        results = _crashed(op, f"{type(e).__name__}: {str(e)[:300]}")
     return results
 
 
@@ -300,8 +304,7 @@ def run_case_isolated(device, small, index: int) -> list[dict]:
     except subprocess.TimeoutExpired:
         results, why = None, "child ran past 600 s"
     if results is None:
-        op = correctness_cases(device, small)[index][0]
-        results = [dict(op=op, err=float("nan"), err_ref=float("nan"), floor=0.0, ok=False, error=why)]
+        results = _crashed(correctness_cases(device, small)[index][0], why)
     elif r.returncode == 0 and any(x.get("error") for x in results):
         print(r.stderr[-3000:], flush=True)   # the crashed case's traceback
     return results
