@@ -67,7 +67,7 @@ ATTN_LENS = {   # (lengths, block_causal) cases: the CPU tests' odd ones and a V
 }
 ATTN_CASES = [("one_token", 64, False), ("odd_lengths", 80, True), ("many_short", 24, False),
               ("few_long", 128, True), ("empty_seqs", 64, True), ("vjepa_mix", 64, False), ("odd_lengths", 40, False),
-              ("vjepa_mix", 80, True), ("odd_lengths", 16, False), ("many_short", 96, True)]
+              ("vjepa_mix", 80, True), ("odd_lengths", 16, False), ("many_short", 96, True), ("empty_seqs", 32, False)]
 
 
 # -- plumbing ---------------------------------------------------------------------------------------------
