@@ -364,7 +364,7 @@ def test_head_dim_tiles_pad_less_than_one_power_of_two():
     for D in range(1, 257):
         a, b = head_blocks(D)
         assert a + b >= D and a >= 16 and (b == 0 or b >= 16) and a + b <= max(16, 1 << (D - 1).bit_length())
-    # on a GPU no tile is narrower than 32 (a 16-wide one faulted in Hopper's wgmma code)
+    # on a GPU no tile is narrower than 32 (a 16-wide fp16 one faulted on an H200)
     assert head_blocks(40, 32) == (64, 0) and head_blocks(80, 32) == (64, 32) and head_blocks(16, 32) == (32, 0)
     for D in range(1, 257):
         a, b = head_blocks(D, 32)
