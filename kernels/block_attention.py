@@ -136,7 +136,6 @@ def block_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=Non
 _torch_flash: dict = {}   # "ok": whether torch's own FlashAttention-2 varlen kernel runs here; filled on first use
 
 
-@torch._dynamo.assume_constant_result   # a compiled graph asks once, at trace time, and keeps the answer
 def torch_flash_ok() -> bool:
     """torch's bundled FlashAttention-2 (`aten._flash_attention_forward` with cu_seqlens, the kernel under
     SDPA's flash backend): a torch built with CUDA, a GPU of compute capability >= 8.0, SDPA's flash
@@ -145,6 +144,11 @@ def torch_flash_ok() -> bool:
         ok = torch.cuda.is_available() and torch.backends.cuda.flash_sdp_enabled()
         _torch_flash["ok"] = bool(ok and torch.cuda.get_device_capability() >= (8, 0))
     return _torch_flash["ok"]
+
+
+# A compiled graph asks once, at trace time, and keeps the answer: what torch._dynamo.assume_constant_result
+# does (it sets this attribute), without importing torch._dynamo here (a second of every import of kernels).
+torch_flash_ok._dynamo_marked_constant = True
 
 
 def _flash_fits(dtype, head_dim: int) -> bool:

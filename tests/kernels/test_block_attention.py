@@ -325,6 +325,18 @@ def test_cuda_selection_without_a_gpu(monkeypatch):
         chosen()
 
 
+def test_torch_flash_check_is_a_trace_time_constant_and_kernels_import_without_dynamo():
+    # dynamo calls it once while tracing and keeps the answer (the mark assume_constant_result sets), and
+    # setting that mark by hand keeps torch._dynamo (a second of import time) out of `import kernels`
+    import torch._dynamo
+
+    marked = torch._dynamo.assume_constant_result(lambda: None)
+    assert all(getattr(ba.torch_flash_ok, k, None) == v for k, v in vars(marked).items()) and vars(marked)
+    r = subprocess.run([sys.executable, "-c", "import sys, kernels; print('torch._dynamo' in sys.modules)"],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
+
+
 def test_compile_picks_without_flash_attn(monkeypatch):
     """The CUDA pick (flash_attn, xformers, triton) traces under torch.compile(fullgraph=True) when
     flash_attn is absent: availability is resolved at import, nothing is imported inside the graph."""
