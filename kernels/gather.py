@@ -104,12 +104,6 @@ def _row_counts(rows_T, M: int) -> torch.Tensor:
         0, rows_T.long().clamp(0, M - 1), torch.ones_like(rows_T, dtype=torch.int32))
 
 
-def _check_unique(rows_T, M: int, op: str):
-    """Uniqueness alone, for rows whose range the C++ op checks itself (on CPU: no device sync)."""
-    if rows_T.numel():
-        _check_rows(rows_T.clamp(0, M - 1), M, op, unique=True)
-
-
 _ACCUMULATE_HINT = {"gather_tokens": "; pass accumulate=True to gather repeated rows"}
 
 
@@ -299,14 +293,13 @@ def gather_tokens(x_BND: torch.Tensor, idx: torch.Tensor, cu_seqlens=None, *, ac
     rows and sums their gradients (torch index_select, whose backward adds with atomics)."""
     rows_T = _to_rows(x_BND, idx, "gather_tokens")
     B, N, D = x_BND.shape
-    # uniqueness checked here, not in the backward, so the error points at the call
+    # uniqueness checked here, not in the backward, so the error points at the call; without it, flat rows
+    # the C++ op range-checks itself need no check here
     unique = x_BND.requires_grad and torch.is_grad_enabled() and not accumulate
-    if idx.dim() == 1 and not _cpp_checks_rows(x_BND):
+    if unique or (idx.dim() == 1 and not _cpp_checks_rows(x_BND)):
         _check_rows(rows_T, B * N, "gather_tokens", unique=unique)
     elif idx.dim() == 1 and rows_T.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"gather_tokens: indices must be int64 or int32, got {rows_T.dtype}")
-    elif unique:
-        _check_unique(rows_T, B * N, "gather_tokens")
     x_MD = x_BND.reshape(B * N, D)
     if accumulate:
         y_TD = x_MD.index_select(0, rows_T)
