@@ -49,6 +49,10 @@ def cases(quick: bool):
         ("targets B8 750-1400, D384 H6", _lens(g, 8, 750, 1400), 6, 64),
         # predictor: each sequence = its sample's context tokens + mask tokens at the target positions
         ("predictor B16 ctx+tgt, D384 H12", [c + t for c, t in zip(ctx16, _lens(g, 16, 150, 800))], 12, 32),
+        # the tiny CPU step's (configs/tiny_cpu.yaml, bench_e2e): two mask configs' contexts of 8 clips of
+        # 256 tokens, and its predictor's sequences (every token of a clip, width 96)
+        ("tiny context B8x2 15-120, D192 H3", _lens(g, 8, 70, 120) + _lens(g, 8, 15, 60), 3, 64),
+        ("tiny predictor B8x2 256, D96 H3", [256] * 16, 3, 32),
     ]
     return out
 

@@ -23,9 +23,10 @@ Which CPU path runs (measured on this shared 2-core CPU, torch 2.13, fp32, fwd+b
   sequences of 20-100 tokens on an idle machine, but each kernel call opens its own 2-thread parallel
   region, and on these shared cores every region can stall for a scheduler slice: under load it took
   340-1840 ms where the C++ op took 68-72 ms (64 x 20-100) and 1110 ms vs 170 ms (16 x 75-600).
-- csrc/cpu/block_attention.cpp (the default when built): the same kernel per sequence (per
-  (sequence, head) when there are few) inside one OpenMP region, longest first. It is what "cpp"
-  runs; this module is the fallback for a clone without the built extension.
+- csrc/cpu/block_attention.cpp (the default when built): per sequence (per (sequence, head) when there
+  are few) inside one OpenMP region, longest first, the same kernel or, for fp32 sequences of at most
+  256 tokens without a frame mask, its own short-sequence kernel. It is what "cpp" runs; this module is
+  the fallback for a clone without the built extension.
 bench/bench_attention.py has the final table against dense / padded / per-sequence-loop SDPA.
 """
 from __future__ import annotations

@@ -3,21 +3,26 @@
 //   out [Tq,H,Dh], lse [Tq,H] = torch.ops.jepa_cpp.block_attention_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)
 //   dq, dk, dv = torch.ops.jepa_cpp.block_attention_bwd(dout, q, k, v, out, lse, cu_q, cu_k, scale, fq, fk)
 //
-// Each sequence runs ATen's fused CPU flash-attention kernel (online softmax, fp32 accumulation, lse
-// saved) on zero-copy [1, H, L, Dh] views of the packed rows. Sequences (or, when there are few,
-// (sequence, head) pairs) are spread over the threads by an OpenMP dynamic schedule, longest first, so
-// each call is a single-threaded kernel and the whole op opens one parallel region: with many short
-// sequences the per-call fork/join of ATen's own parallelism (and its stalls when the cores are
-// shared) is what dominates otherwise.
+// Sequences (or, when there are few, (sequence, head) pairs) are spread over the threads by an OpenMP
+// dynamic schedule, longest first, so each runs single-threaded and the whole op opens one parallel
+// region: with many short sequences the per-call fork/join of ATen's own parallelism (and its stalls when
+// the cores are shared) is what dominates otherwise. Each one runs
+// - in fp32 without a frame mask, up to kShortLen (256) queries and keys: the short-sequence kernel
+//   below (the whole score matrix of a head in L2, GEMMs straight on the packed rows);
+// - else ATen's fused CPU flash-attention kernel (online softmax, fp32 accumulation, lse saved) on
+//   zero-copy [1, H, L, Dh] views of the packed rows.
 // `fq`/`fk` (frame ids) add a per-sequence additive mask: key frame <= query frame.
-// A packing of equal-length sequences (no frame mask) is one [S, H, L, Dh] batch: one kernel call on
+// A packing of equal-length sequences that takes the flash kernel is one [S, H, L, Dh] batch: one call on
 // views, no per-sequence copies. Outputs every row of which is written start uninitialised.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
 
+#include "cpu_isa.h"
+
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <limits>
 #include <numeric>
@@ -150,6 +155,185 @@ Tensor out_like(const Tensor& x, bool written) {
   return written ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::zeros_like(x, at::MemoryFormat::Contiguous);
 }
 
+// -- short sequences in fp32: the whole score matrix of one (sequence, head) at once ---------------------
+// ATen's flash kernel cuts a sequence into query blocks of 32-64 rows and pays a call, output and
+// buffer allocations and small GEMMs for each, and this op then copies its outputs into the packed rows.
+// Up to kShortLen queries and keys the scores of one (sequence, head) fit in L2, so they are computed
+// whole, straight on the packed rows (the row stride is the GEMM's leading dimension: no views, no
+// copies): S = scale Q K^T, P = exp(S - rowmax), O = (P V) / rowsum(P), lse = rowmax + log(rowsum); the
+// backward recomputes P = exp(S - lse) and takes dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)),
+// dQ = scale dS K, dK = scale dS^T Q. The flash kernel's math and outputs (lse included), fp32
+// throughout. The GEMMs are BLAS's sgemm in torch's own library, bound at load time; where torch has
+// none (a build without MKL), and for longer sequences, frame masks or other dtypes, ATen's kernel runs.
+constexpr int64_t kShortLen = 256;
+
+extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+                       const int* ldc) __attribute__((weak));
+
+// Column-major C[m, n] = alpha op(A) op(B) (BLAS's convention: a row-major matrix is its transpose).
+inline void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                  const float* b, int64_t ldb, float* c, int64_t ldc) {
+  const int mi = (int)m, ni = (int)n, ki = (int)k, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
+  const float beta = 0.0f;
+  sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
+}
+
+// W partial maxima / sums, so the compiler vectorises without reordering a float reduction.
+constexpr int W = 16;
+
+__attribute__((always_inline)) inline float row_max(const float* __restrict x, int64_t n) {
+  float acc[W];
+  for (int l = 0; l < W; ++l) acc[l] = -std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+  for (; j + W <= n; j += W)
+    for (int l = 0; l < W; ++l) acc[l] = x[j + l] > acc[l] ? x[j + l] : acc[l];
+  float m = -std::numeric_limits<float>::infinity();
+  for (int l = 0; l < W; ++l) m = acc[l] > m ? acc[l] : m;
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+// x <- exp(x - shift) in place; returns the sum of the new x.
+__attribute__((always_inline)) inline float exp_shift_sum(float* __restrict x, int64_t n, float shift) {
+  float acc[W] = {};
+  int64_t j = 0;
+  for (; j + W <= n; j += W)
+    for (int l = 0; l < W; ++l) {
+      const float e = jepa_cpu::exp_nonpos(x[j + l] - shift);
+      x[j + l] = e;
+      acc[l] += e;
+    }
+  float sum = 0.0f;
+  for (int l = 0; l < W; ++l) sum += acc[l];
+  for (; j < n; ++j) {
+    x[j] = jepa_cpu::exp_nonpos(x[j] - shift);
+    sum += x[j];
+  }
+  return sum;
+}
+
+// The rows of one head's [rows, n] score matrix S; lse[r * lse_stride] is row r's log-sum-exp.
+// Forward: S -> unnormalised P = exp(S - rowmax) in place, sum[r] = its row sums, lse written.
+// Backward: S -> P = exp(S - lse), dP -> dS = P (dP - D[r]) in place.
+struct Rows {
+  float* S;
+  float* dP;
+  int64_t rows, n;
+  float* sum;
+  float* lse;
+  int64_t lse_stride;
+  const float* D;
+};
+
+template <bool Backward>
+__attribute__((always_inline)) inline void rows_body(const Rows& j) {
+  for (int64_t r = 0; r < j.rows; ++r) {
+    float* __restrict p = j.S + r * j.n;
+    if (!Backward) {
+      const float m = row_max(p, j.n);
+      j.sum[r] = exp_shift_sum(p, j.n, m);
+      j.lse[r * j.lse_stride] = m + std::log(j.sum[r]);
+      continue;
+    }
+    float* __restrict dp = j.dP + r * j.n;
+    const float shift = j.lse[r * j.lse_stride], d = j.D[r];
+    for (int64_t c = 0; c < j.n; ++c) {
+      const float e = jepa_cpu::exp_nonpos(p[c] - shift);
+      p[c] = e;
+      dp[c] = e * (dp[c] - d);
+    }
+  }
+}
+
+using RowsFn = void (*)(const Rows&, bool);
+
+void rows_base(const Rows& j, bool backward) { backward ? rows_body<true>(j) : rows_body<false>(j); }
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) void rows_avx2(const Rows& j, bool backward) {
+  backward ? rows_body<true>(j) : rows_body<false>(j);
+}
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"))) void rows_avx512(const Rows& j, bool backward) {
+  backward ? rows_body<true>(j) : rows_body<false>(j);
+}
+#endif
+
+// The row loop this CPU runs (the widest, or the baseline under JEPA_CPU_BASELINE=1).
+RowsFn rows_fn() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (jepa_cpu::auto_isa() == 2) return rows_avx512;
+  if (jepa_cpu::auto_isa() == 1) return rows_avx2;
+#endif
+  return rows_base;
+}
+
+// Whether a call may take the short-sequence kernel (fp32, no frame mask, sgemm bound); its sequences
+// of at most kShortLen queries and keys then do, each longer one takes ATen's flash kernel.
+bool short_kernel_ok(const Tensor& q, const std::optional<Tensor>& fq) {
+  return sgemm_ != nullptr && q.scalar_type() == at::kFloat && !fq.has_value();
+}
+
+bool is_short(int64_t Lq, int64_t Lk) { return Lq <= kShortLen && Lk <= kShortLen; }
+
+// This thread's buffer `which` of at least n floats (two [kShortLen, kShortLen] score matrices, row data).
+float* scratch(int which, int64_t n) {
+  thread_local std::vector<float> buf[3];
+  auto& b = buf[which];
+  if ((int64_t)b.size() < n) b.resize(n);
+  return b.data();
+}
+
+// Head h's row `row` of a [T, H, Dh] (or [T, H]) fp32 tensor; the row stride is stride(0).
+float* at_row(const Tensor& t, int64_t row, int64_t h) {
+  return t.data_ptr<float>() + row * t.stride(0) + h * t.stride(1);
+}
+
+// Rows [q0, q1) x heads [h0, h1) of out and lse, from q rows [q0, q1) and k, v rows [k0, k1).
+void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse, int64_t q0, int64_t q1,
+               int64_t k0, int64_t k1, int64_t h0, int64_t h1, float scale) {
+  const int64_t Lq = q1 - q0, Lk = k1 - k0, Dh = q.size(2), ldo = out.stride(0);
+  static const RowsFn softmax = rows_fn();
+  float* S = scratch(0, Lq * Lk);
+  float* sum = scratch(2, Lq);
+  for (int64_t h = h0; h < h1; ++h) {
+    float* op = at_row(out, q0, h);
+    // S [Lq, Lk] = scale Q K^T
+    sgemm('T', 'N', Lk, Lq, Dh, scale, at_row(k, k0, h), k.stride(0), at_row(q, q0, h), q.stride(0), S, Lk);
+    softmax({S, nullptr, Lq, Lk, sum, at_row(lse, q0, h), lse.stride(0), nullptr}, false);
+    sgemm('N', 'N', Dh, Lq, Lk, 1.0f, at_row(v, k0, h), v.stride(0), S, Lk, op, ldo);   // O [Lq, Dh] = P V
+    for (int64_t i = 0; i < Lq; ++i) {   // normalised here: Dh per row, not Lk
+      const float inv = 1.0f / sum[i];
+      for (int64_t j = 0; j < Dh; ++j) op[i * ldo + j] *= inv;
+    }
+  }
+}
+
+void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+               const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv, int64_t q0, int64_t q1, int64_t k0, int64_t k1,
+               int64_t h0, int64_t h1, float scale) {
+  const int64_t Lq = q1 - q0, Lk = k1 - k0, Dh = q.size(2);
+  static const RowsFn softmax = rows_fn();
+  float* S = scratch(0, Lq * Lk);
+  float* dP = scratch(1, Lq * Lk);
+  float* D = scratch(2, Lq);
+  for (int64_t h = h0; h < h1; ++h) {
+    const float *qp = at_row(q, q0, h), *kp = at_row(k, k0, h), *gp = at_row(dout, q0, h);
+    for (int64_t i = 0; i < Lq; ++i) {   // D = rowsum(dO O)
+      const float* a = gp + i * dout.stride(0);
+      const float* b = at_row(out, q0 + i, h);
+      float d = 0.0f;
+      for (int64_t j = 0; j < Dh; ++j) d += a[j] * b[j];
+      D[i] = d;
+    }
+    sgemm('T', 'N', Lk, Lq, Dh, scale, kp, k.stride(0), qp, q.stride(0), S, Lk);                 // S [Lq, Lk]
+    sgemm('T', 'N', Lk, Lq, Dh, 1.0f, at_row(v, k0, h), v.stride(0), gp, dout.stride(0), dP, Lk);   // dO V^T
+    softmax({S, dP, Lq, Lk, nullptr, at_row(lse, q0, h), lse.stride(0), D}, true);              // S <- P, dP <- dS
+    sgemm('N', 'T', Dh, Lk, Lq, 1.0f, gp, dout.stride(0), S, Lk, at_row(dv, k0, h), dv.stride(0));  // dV = P^T dO
+    sgemm('N', 'N', Dh, Lq, Lk, scale, kp, k.stride(0), dP, Lk, at_row(dq, q0, h), dq.stride(0));  // dQ = scale dS K
+    sgemm('N', 'T', Dh, Lk, Lq, scale, qp, q.stride(0), dP, Lk, at_row(dk, k0, h), dk.stride(0));  // dK = scale dS^T Q
+  }
+}
+
 std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k_, const Tensor& v_,
                                                const Tensor& cu_q, const Tensor& cu_k, double scale,
                                                const std::optional<Tensor>& fq, const std::optional<Tensor>& fk) {
@@ -158,7 +342,8 @@ std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k
   auto cq = to_vec(cu_q), ck = to_vec(cu_k);
   TORCH_CHECK(cq.back() == q.size(0) && ck.back() == k.size(0), "block_attention: cu_seqlens must end at T");
   auto lse_dt = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  if (!fq.has_value() && uniform(cq, ck)) {
+  const bool short_ok = short_kernel_ok(q, fq);
+  if (!fq.has_value() && uniform(cq, ck) && !(short_ok && is_short(cq[1] - cq[0], ck[1] - ck[0]))) {
     int64_t S = (int64_t)cq.size() - 1;
     auto r = at::_scaled_dot_product_flash_attention_for_cpu(batch_view(q, S), batch_view(k, S), batch_view(v, S),
                                                              0.0, false, std::nullopt, scale);
@@ -172,6 +357,8 @@ std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k
   for_each_item(items(live_order(cq, ck), q.size(1)), [&](const Item& it) {
     int64_t s = it.s, h0 = it.h0, h1 = it.h1;
     int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];
+    if (short_ok && is_short(q1 - q0, k1 - k0))
+      return short_fwd(q, k, v, out, lse, q0, q1, k0, k1, h0, h1, (float)scale);
     auto r = at::_scaled_dot_product_flash_attention_for_cpu(
         bhld(q, q0, q1, h0, h1), bhld(k, k0, k1, h0, h1), bhld(v, k0, k1, h0, h1), 0.0, false,
         frame_mask(fq, fk, q0, q1, k0, k1, q.scalar_type()), scale);
@@ -189,7 +376,8 @@ std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
   Tensor q = inner_contig(q_), k = inner_contig(k_), v = inner_contig(v_);
   Tensor dout = inner_contig(dout_), out = inner_contig(out_);
   auto cq = to_vec(cu_q), ck = to_vec(cu_k);
-  if (!fq.has_value() && uniform(cq, ck)) {
+  const bool short_ok = short_kernel_ok(q, fq);
+  if (!fq.has_value() && uniform(cq, ck) && !(short_ok && is_short(cq[1] - cq[0], ck[1] - ck[0]))) {
     int64_t S = (int64_t)cq.size() - 1;
     auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
         batch_view(dout, S), batch_view(q, S), batch_view(k, S), batch_view(v, S), batch_view(out, S),
@@ -203,6 +391,8 @@ std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
   for_each_item(items(live_order(cq, ck), q.size(1)), [&](const Item& it) {
     int64_t s = it.s, h0 = it.h0, h1 = it.h1;
     int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];
+    if (short_ok && is_short(q1 - q0, k1 - k0))
+      return short_bwd(dout, q, k, v, out, lse, dq, dk, dv, q0, q1, k0, k1, h0, h1, (float)scale);
     auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
         bhld(dout, q0, q1, h0, h1), bhld(q, q0, q1, h0, h1), bhld(k, k0, k1, h0, h1), bhld(v, k0, k1, h0, h1),
         bhld(out, q0, q1, h0, h1), lse.slice(0, q0, q1).slice(1, h0, h1).transpose(0, 1).unsqueeze(0), 0.0, false,
@@ -223,4 +413,6 @@ TORCH_LIBRARY_FRAGMENT(jepa_cpp, m) {
   m.def("block_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor cu_q, "
         "Tensor cu_k, float scale, Tensor? fq, Tensor? fk) -> (Tensor, Tensor, Tensor)",
         &block_attention_bwd);
+  // whether torch's library gave this op its BLAS (the short-sequence kernel's GEMMs)
+  m.def("block_attention_has_blas() -> bool", []() { return sgemm_ != nullptr; });
 }

@@ -23,27 +23,6 @@
 
 namespace {
 
-// exp(x) for x <= 0, 0 below -87 (exp(-87) ~ 1.6e-38, the last normal floats): Cody-Waite range
-// reduction x = n ln2 + r, a degree-6 polynomial for exp(r) on |r| <= ln2 / 2, then 2^n from its bits.
-// Rounding by adding 1.5 * 2^23 (not floor) keeps the loop vectorisable without -ffast-math.
-__attribute__((always_inline)) inline float exp_nonpos(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - fn * 0.693359375f;
-  r = r - fn * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return x < -87.0f ? 0.0f : p * scale;
-}
-
 // bf16 <-> fp32 as c10::BFloat16 converts: widen by bits, narrow rounding to nearest even (NaN kept).
 __attribute__((always_inline)) inline float load(float v) { return v; }
 __attribute__((always_inline)) inline float load(uint16_t v) {
@@ -69,7 +48,7 @@ __attribute__((always_inline)) inline void gelu_with_grad_loop(const T* __restri
     const float z = x * 0.70710678118654752f;
     const float t = 1.0f / (0.3275911f * std::fabs(z) + 1.0f);
     const float poly = (((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f;
-    const float e = exp_nonpos(-0.5f * x * x);
+    const float e = jepa_cpu::exp_nonpos(-0.5f * x * x);
     const float erf_abs = 1.0f - poly * t * e;
     const float cdf = 0.5f * (1.0f + (z < 0.0f ? -erf_abs : erf_abs));
     store(y + i, x * cdf);
@@ -98,18 +77,6 @@ __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"))) void span
 }
 #endif
 
-// The widest loop this CPU runs: 2 AVX-512, 1 AVX2 + FMA, 0 the baseline build.
-int64_t best_isa() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw"))
-    return 2;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
-#endif
-  return 0;
-}
-
 template <typename T>
 SpanFn<T> span_for(int64_t isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -128,12 +95,6 @@ void run(const at::Tensor& h, at::Tensor& g, at::Tensor& y, int64_t isa) {
   at::parallel_for(0, h.numel(), 1 << 14, [&](int64_t b, int64_t e) { span(hp + b, gp + b, yp + b, e - b); });
 }
 
-// The loop an automatic call runs here: the widest, or the baseline under JEPA_CPU_BASELINE=1.
-int64_t auto_isa() {
-  static const int64_t isa = jepa_cpu::baseline_forced() ? 0 : best_isa();
-  return isa;
-}
-
 // isa: -1 the automatic pick, else 0 / 1 / 2 (tests run each loop the CPU has).
 at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
   TORCH_CHECK(h.device().is_cpu() && g.device().is_cpu(), "jepa gelu_with_grad_: CPU tensors only, got ",
@@ -145,9 +106,9 @@ at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
   TORCH_CHECK(h.is_contiguous() && g.is_contiguous(), "jepa gelu_with_grad_: h and g must be contiguous");
   at::assert_no_overlap(g, h);   // g is written while h is read
   auto y = at::empty_like(h);
-  static const int64_t best = best_isa();
+  static const int64_t best = jepa_cpu::best_isa();
   TORCH_CHECK(isa >= -1 && isa <= best, "jepa gelu_with_grad_: isa ", isa, " is not run by this CPU (0..", best, ")");
-  if (isa < 0) isa = auto_isa();
+  if (isa < 0) isa = jepa_cpu::auto_isa();
   if (h.scalar_type() == at::kFloat) {
     run<float>(h, g, y, isa);
   } else {
@@ -160,6 +121,6 @@ at::Tensor gelu_with_grad_(const at::Tensor& h, at::Tensor& g, int64_t isa) {
 
 TORCH_LIBRARY_FRAGMENT(jepa_cpp, m) {
   m.def("gelu_with_grad_(Tensor h, Tensor(a!) g, int isa=-1) -> Tensor", &gelu_with_grad_);
-  m.def("gelu_best_isa() -> int", &best_isa);
-  m.def("gelu_isa() -> int", &auto_isa);
+  m.def("gelu_best_isa() -> int", &jepa_cpu::best_isa);
+  m.def("gelu_isa() -> int", &jepa_cpu::auto_isa);
 }

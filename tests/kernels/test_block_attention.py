@@ -25,6 +25,8 @@ LENS = {
     "few_long": [300, 257],
     "empty_seqs": [0, 5, 0, 9, 0],
     "equal": [24, 24, 24],
+    # fp32 without frames: the C++ short-sequence kernel up to 256 tokens, ATen's flash kernel above, in one call
+    "around_short_limit": [256, 257, 3, 255],
 }
 
 
@@ -48,10 +50,12 @@ def _run(fn, q, k, v, dout, **kw):
     return [out.detach(), q.grad, k.grad, v.grad]
 
 
-def _check_rule(q, k, v, cu, frames, fn, seed=1):
-    """FlashAttention's rule on outputs and grads; the kernel is `fn` (same signature as the ref)."""
-    L = int((cu[1:] - cu[:-1]).max()) if len(cu) > 1 else 0
-    kw = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=L, max_seqlen_k=L, block_causal=frames)
+def _check_rule(q, k, v, cu, frames, fn, seed=1, cu_k=None):
+    """FlashAttention's rule on outputs and grads; the kernel is `fn` (same signature as the ref). Keys are
+    packed as the queries unless `cu_k` is given."""
+    cu_k = cu if cu_k is None else cu_k
+    Lq, Lk = (int((c[1:] - c[:-1]).max()) if len(c) > 1 else 0 for c in (cu, cu_k))
+    kw = dict(cu_seqlens_q=cu, cu_seqlens_k=cu_k, max_seqlen_q=Lq, max_seqlen_k=Lk, block_causal=frames)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed)).to(q.dtype)
     ref64 = _run(block_attention_ref, q.double(), k.double(), v.double(), dout.double(), **kw)
     ref = _run(block_attention_ref, q, k, v, dout, **kw)
@@ -123,6 +127,37 @@ def test_cpu_bucket_fallback_without_extension(monkeypatch, causal, call_us):
         _check_rule(q, k, v, cu, frames, _kernel)
     finally:
         ca._plan.cache_clear()
+
+
+def test_cpu_short_kernel_cross_lengths_and_peaked_scores():
+    # The C++ short-sequence kernel (fp32, <= 256 tokens, no frames) is bound in this build, and holds the
+    # rule where query and key lengths differ (one side at the limit, one side past it: the flash kernel),
+    # and a bound where scores are large enough that the softmax is nearly one-hot.
+    if not ba._ops.cpp_available():
+        pytest.skip("the C++ extension is not built (make build)")
+    assert torch.ops.jepa_cpp.block_attention_has_blas()
+    g = torch.Generator().manual_seed(11)
+    cu_q, cu_k = torch.tensor([0, 4, 34, 35, 291]), torch.tensor([0, 9, 11, 267, 530])
+    q = torch.randn(291, 2, 24, generator=g)
+    k, v = torch.randn(530, 2, 24, generator=g), torch.randn(530, 2, 24, generator=g)
+    _check_rule(q, k, v, cu_q, None, _kernel, cu_k=cu_k)
+    # Logits of std ~64 (max ~300): a backward that recomputes P = exp(S - lse), as the flash kernel's and
+    # this one do, rounds S - lse at |S|'s ulp, an error a reference that keeps P has not; so the bound
+    # adds that rounding (eps * max|S|) to the terms each output sums. Both kernels meet it, not the rule.
+    q8, k8 = 8 * q, 8 * k
+    kw = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=256, max_seqlen_k=263)
+    dout = torch.randn(q.shape, generator=g)
+    got = _run(_kernel, q8, k8, v, dout, **kw)
+    ref = _run(block_attention_ref, q8, k8, v, dout, **kw)
+    ref64 = _run(block_attention_ref, q8.double(), k8.double(), v.double(), dout.double(), **kw)
+    terms = _term_magnitudes(q8, k8, v, dout, kw)
+    s_max = max((q8[a:b].double().transpose(0, 1) @ k8[c:d].double().permute(1, 2, 0)).abs().max().item()
+                for a, b, c, d in zip(cu_q[:-1], cu_q[1:], cu_k[:-1], cu_k[1:]) if b > a and d > c) * 24 ** -0.5
+    eps = torch.finfo(torch.float32).eps
+    for name, a, r, t, m in zip(["out", "dq", "dk", "dv"], got, ref, ref64, terms):
+        assert torch.isfinite(a).all()
+        err, err_ref = (a.double() - t).abs().max().item(), (r.double() - t).abs().max().item()
+        assert err <= 3 * err_ref + 4 * eps * t.abs().max().item() + eps * (1 + s_max) * m, (name, err, err_ref)
 
 
 def test_empty_key_sequences_and_unseen_rows_give_zeros():
