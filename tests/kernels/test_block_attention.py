@@ -203,8 +203,9 @@ def test_non_contiguous_inputs():
 
 
 def test_equal_length_batches():
-    """Sequences all of one query and one key length (the predictor's packing: every token of each clip)
-    run as one batch of views; strided inputs, cross lengths, one sequence and fp64 grads as elsewhere."""
+    """Sequences all of one query and one key length (the predictor's packing: every token of each clip):
+    in fp32 the short-sequence kernel, on the flash kernel (fp64 below) one batch of views; strided inputs,
+    cross lengths, one sequence and fp64 grads as elsewhere."""
     g = torch.Generator().manual_seed(5)
     for S, L in ((4, 24), (1, 37), (6, 1)):
         cu = torch.arange(0, S * L + 1, L)
