@@ -227,8 +227,8 @@ def head_blocks(D: int, min_part: int = 16) -> tuple[int, int]:
 def min_head_tile(device) -> int:
     """32 on a GPU, 16 under the interpreter. On an H200 with Triton 3.6, fp16 products with a 16-wide
     head tile in 64x64 blocks (Dh 40 = 32 + 16) ran into an illegal memory access (faults of this kind are
-    reported for Triton's Hopper matrix code with narrow tiles); with 32-wide tiles every case ran clean. Dh 40 then takes one 64 tile, Dh 80
-    64 + 32, Dh 16 one 32 tile: extra products, no extra bytes."""
+    reported for Triton's Hopper matrix code with narrow tiles); with 32-wide tiles every case ran clean.
+    Dh 40 then takes one 64 tile, Dh 80 64 + 32, Dh 16 one 32 tile: extra products, no extra bytes."""
     return 16 if device.type == "cpu" else 32
 
 
