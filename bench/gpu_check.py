@@ -535,14 +535,17 @@ def bench_attention(device, name, lens, H, Dh, reps, emit):
 
 
 # -- e2e --------------------------------------------------------------------------------------------------
-def e2e_rows(device, budget, small, dry, batch=8):
+E2E_MODES = ("compat", "ragged", "compat+compile", "ragged+compile")
+
+
+def e2e_rows(device, budget, small, dry, batch=8, modes=("compat", "ragged"), profile=False):
     from engine.builders import build_jepa, build_mask_sampler
     from engine.config import load_config
     cfg_path = ROOT / "configs" / ("tiny_cpu.yaml" if small else "vjepa_vitl16.yaml")
     batch = 2 if small else batch
     steps = 2 if small else 6
     rows = []
-    for mode in ("compat", "ragged"):
+    for mode in modes:
         base = dict(section="e2e", config=cfg_path.name, mode=mode, batch=batch)
         if dry:
             rows.append({**base, "status": "would run"})
@@ -552,20 +555,26 @@ def e2e_rows(device, budget, small, dry, batch=8):
             continue
         try:
             rows.append({**base, **e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa,
-                                            build_mask_sampler)})
+                                            build_mask_sampler, profile)})
         except Exception as e:   # a speed row, reported; the run goes on
             traceback.print_exc()
             rows.append({**base, "status": f"error: {type(e).__name__}: {str(e)[:200]}"})
-    if len(rows) == 2 and rows[0].get("tokens_per_s") and rows[1].get("tokens_per_s"):
-        for r in rows:
-            r["tokens_per_s_vs_compat"] = round(r["tokens_per_s"] / rows[0]["tokens_per_s"], 3)
+    compat = next((r for r in rows if r["mode"] == "compat" and r.get("tokens_per_s")), None)
+    for r in rows:
+        if compat and r.get("tokens_per_s"):
+            r["tokens_per_s_vs_compat"] = round(r["tokens_per_s"] / compat["tokens_per_s"], 3)
     return rows
 
 
-def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, build_mask_sampler) -> dict:
-    """Median step time, tokens and MFU of one mask mode: a fresh model, AdamW, EMA, bf16 autocast on CUDA."""
+def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, build_mask_sampler,
+             profile=False) -> dict:
+    """Median step time, tokens and MFU of one mask mode ("+compile": model.compile_model): a fresh model,
+    AdamW, EMA, bf16 autocast on CUDA. With profile, one more step runs under torch.profiler: the share of
+    the median step the device spends in kernels (1.0 = device bound; low = the host's per-op work)."""
     import numpy as np
-    cfg = load_config(cfg_path, [f"meta.mask_mode={mode}", f"data.batch_size={batch}"])
+    mask_mode, _, extra = mode.partition("+")
+    cfg = load_config(cfg_path, [f"meta.mask_mode={mask_mode}", f"data.batch_size={batch}",
+                                 f"model.compile_model={str(extra == 'compile').lower()}"])
     torch.manual_seed(0)
     model = build_jepa(cfg).to(device)
     sampler = build_mask_sampler(cfg)
@@ -576,16 +585,23 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
         torch.cuda.reset_peak_memory_stats(device)
     times, ctx, tgt = [], [], []
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for i in range(steps + 2):   # two warm-up steps (Triton compiles and autotunes there)
-        masks = sampler.sample(batch, rng)
-        sync(device)
-        t0 = time.perf_counter()
+    def one_step():
         with amp:
             loss, info = model(x, masks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         model.update_target(0.998)
+        return info
+
+    warm = time.perf_counter()
+    for i in range(steps + 2):   # two warm-up steps (Triton and torch.compile compile there)
+        masks = sampler.sample(batch, rng)
+        sync(device)
+        t0 = time.perf_counter()
+        if i == 2:
+            warm = t0 - warm
+        info = one_step()
         sync(device)
         if i >= 2:
             times.append(time.perf_counter() - t0)
@@ -601,7 +617,20 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     trained = n_ctx + n_tgt
-    return {"status": "ok", "s_per_step": round(s, 4), "tokens_per_step": round(trained),
+    busy = ""
+    if profile:
+        masks = sampler.sample(batch, rng)
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                        if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            one_step()
+            sync(device)
+        if device.type == "cuda":   # the kernels themselves (an op's row would count its kernels again)
+            kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            busy = round(sum(e.device_time_total for e in kernels) / 1e6 / s, 3)
+            print(f"  e2e {mode} batch {batch}: top device ops of one step")
+            print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=60))
+    return {"status": "ok", "warmup_s": round(warm, 1), "s_per_step": round(s, 4), "device_busy": busy, "tokens_per_step": round(trained),
             "tokens_per_s": round(trained / s), "samples_per_s": round(batch / s, 1),
             "model_TFLOP_s": round(flops / s / 1e12, 2), "MFU": round(flops / s / peak, 3) if peak else "",
             "peak_mem_GB": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if device.type == "cuda" else ""}
@@ -687,6 +716,10 @@ def main(argv=None) -> int:
                          "would end the CUDA context of every case after it)")
     ap.add_argument("--jobs", type=int, default=8, help="isolated correctness cases run at once (default 8)")
     ap.add_argument("--e2e-batch", type=int, default=8, help="clips per e2e step (default 8)")
+    ap.add_argument("--e2e-modes", default="compat,ragged",
+                    help=f"e2e rows, some of {','.join(E2E_MODES)} (+compile: model.compile_model)")
+    ap.add_argument("--e2e-profile", action="store_true",
+                    help="e2e: one more step under torch.profiler; device_busy = kernel time / step time")
     ap.add_argument("--match", default="", help="correctness: only cases whose 'op backend dtype label' holds this")
     ap.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)   # a child of --isolate
     args = ap.parse_args(argv)
@@ -700,6 +733,10 @@ def main(argv=None) -> int:
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         ap.error(f"--sections: unknown {bad}; expected some of {SECTIONS}")
+    e2e_modes = [m.strip() for m in args.e2e_modes.split(",") if m.strip()]
+    bad = [m for m in e2e_modes if m not in E2E_MODES]
+    if bad:
+        ap.error(f"--e2e-modes: unknown {bad}; expected some of {E2E_MODES}")
     cuda = torch.cuda.is_available()
     if args.self_test:
         device, dry, small, prefix = torch.device("cpu"), False, True, "gpu_selftest_"
@@ -718,7 +755,8 @@ def main(argv=None) -> int:
     failures = 0
     isolate = args.isolate or (device.type == "cuda" and not dry)
     runners = {"correctness": lambda *a: run_correctness(*a, isolate=isolate, jobs=args.jobs, match=args.match),
-               "ops": op_rows, "e2e": lambda *a: e2e_rows(*a, batch=args.e2e_batch), "decode": decode_rows}
+               "ops": op_rows, "e2e": lambda *a: e2e_rows(*a, batch=args.e2e_batch, modes=e2e_modes,
+                                                      profile=args.e2e_profile), "decode": decode_rows}
     for sec in sections:
         t0 = time.perf_counter()
         out = runners[sec](device, budget, small, dry)

@@ -180,7 +180,7 @@ class ModelConfig:
     use_pred_silu: bool = False
     wide_silu: bool = True
     use_activation_checkpointing: bool = False
-    compile_model: bool = False          # ours: torch.compile every block (dynamic shapes, engine.models.layers)
+    compile_model: bool = False          # ours: torch.compile every block (dynamic shapes, engine.models.layers); ZeRO 0-2 only
     # V-JEPA 2-AC
     pred_is_frame_causal: bool = False
     use_extrinsics: bool = False

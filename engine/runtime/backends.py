@@ -138,6 +138,10 @@ class DeepSpeedBackend:
         self.ds_config = DE.load_ds_config(ds_config, micro_batch=cfg.data.batch_size, world_size=self.world,
                                            grad_accum=grad_accum, offload_optimizer=offload)
         self.stage = DE.zero_stage(self.ds_config)
+        if cfg.model.compile_model and self.stage == 3:
+            raise ValueError(f"model.compile_model=true with DeepSpeed ZeRO stage 3 ({ds_config}): ZeRO-3's "
+                             "per-module parameter hooks run inside every compiled block and recompile it until "
+                             "torch.compile falls back to eager; use ZeRO stage 0-2, or model.compile_model=false")
         self.accum = int(self.ds_config["gradient_accumulation_steps"])
         self.model = model
         self.param_names = optimizer_names(model)

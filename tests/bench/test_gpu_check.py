@@ -73,3 +73,14 @@ def test_isolated_cases_match_in_process_ones_and_a_crashed_child_is_a_failed_ro
     assert gc.main(args + ["--isolate", "--out-dir", str(tmp_path / "c")]) == 1
     rows = _rows(tmp_path / "c" / "gpu_selftest_correctness.csv")
     assert rows and all(r["status"] == "FAIL" and r["error"].startswith("child exited 1") for r in rows)
+
+
+def test_e2e_runs_the_modes_asked_for_and_refuses_an_unknown_one(tmp_path):
+    import pytest
+    gc = _module()
+    assert gc.main(["--self-test", "--sections", "e2e", "--e2e-modes", "ragged", "--out-dir", str(tmp_path)]) == 0
+    rows = _rows(tmp_path / "gpu_selftest_e2e.csv")
+    assert [(r["mode"], r["status"]) for r in rows] == [("ragged", "ok")]
+    assert float(rows[0]["s_per_step"]) > 0 and int(rows[0]["tokens_per_step"]) > 0
+    with pytest.raises(SystemExit):
+        gc.main(["--self-test", "--sections", "e2e", "--e2e-modes", "ragged+fast", "--out-dir", str(tmp_path)])

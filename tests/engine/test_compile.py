@@ -47,3 +47,32 @@ def test_compiled_blocks_match_eager_without_recompiling():
         graphs.append(counters["stats"]["unique_graphs"])
     # the first step compiles (grad and no-grad, per width); the next packed lengths reuse those graphs
     assert graphs[0] > 0 and graphs[1] == graphs[0], graphs
+
+
+def _deepspeed_compiled(rank, root):
+    from engine.runtime.trainer import Trainer
+    from tests.distributed.tiny import RandomClips, build_tiny, tiny_cfg
+    losses = {}
+    for compiled in (False, True):
+        cfg = tiny_cfg([f"model.compile_model={str(compiled).lower()}"])
+        tr = Trainer(cfg, f"{root}/z2{compiled}", deepspeed=2, model=build_tiny(cfg), dataset=RandomClips(cfg),
+                     mask_sampler=build_mask_sampler(cfg), progress=False)
+        losses[compiled] = tr.fit(max_steps=3)["losses"]
+    cfg = tiny_cfg(["model.compile_model=true"])
+    try:
+        Trainer(cfg, f"{root}/z3", deepspeed=3, model=build_tiny(cfg), dataset=RandomClips(cfg),
+                mask_sampler=build_mask_sampler(cfg), progress=False)
+        refused = ""
+    except ValueError as e:
+        refused = str(e)
+    return losses, refused
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_compiled_blocks_under_deepspeed_zero2_and_zero3_refused(tmp_path):
+    """ZeRO 0-2 leave the blocks' modules alone: compiled and eager train alike on 2 ranks. ZeRO-3 hooks
+    every module (its parameter gathers would be traced and recompiled per call): refused by name."""
+    from tests.distributed.spawn import run_ranks
+    for losses, refused in run_ranks(_deepspeed_compiled, world_size=2, args=(str(tmp_path),), timeout_s=300):
+        np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+        assert "model.compile_model" in refused and "ZeRO stage 3" in refused, refused
