@@ -155,9 +155,13 @@ class GeluLinear(nn.Linear):
     reference's names and ZeRO-3 gathers them when this module runs. Compiled graphs (which plan their
     own memory) take the plain ops."""
 
-    def forward(self, h):
+    def forward(self, h, overwrite_input: bool = False):
+        """overwrite_input: h is the caller's own scratch (an MLP's fc1 output); without gradients the GELU
+        then runs in place, one pass over the block's widest activation instead of a new one."""
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _GeluLinearFn.apply(h, self.weight, self.bias)
+        if overwrite_input and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return F.linear(torch._C._nn.gelu_(h), self.weight, self.bias)
         return F.linear(F.gelu(h), self.weight, self.bias)
 
 
@@ -168,7 +172,7 @@ class MLP(nn.Module):
         self.fc2 = GeluLinear(hidden, dim)   # GELU inside
 
     def forward(self, x):
-        return self.fc2(self.fc1(x))
+        return self.fc2(self.fc1(x), overwrite_input=True)
 
 
 class SwiGLU(nn.Module):
@@ -183,6 +187,8 @@ class SwiGLU(nn.Module):
         self.fc3 = nn.Linear(hidden, dim)
 
     def forward(self, x):
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():   # in place: both are our own
+            return self.fc3(F.silu(self.fc1(x), inplace=True).mul_(self.fc2(x)))
         return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
 
 

@@ -336,6 +336,40 @@ def test_mlp_keeps_the_reference_parameter_names_and_saves_less():
     assert sum(n for n in saved if n == 10 * 32) == 10 * 32
 
 
+@pytest.mark.parametrize("kind", ["gelu", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mlp_without_gradients_runs_its_activation_in_place_and_equals_the_plain_ops(kind, dtype):
+    # The target encoder's pass: fc1's output is the MLP's own, so the activation overwrites it; the
+    # result equals the out-of-place ops bit for bit and the caller's input is left alone.
+    from engine.models.layers import MLP, SwiGLU
+    torch.manual_seed(0)
+    mlp = (MLP(8, 32) if kind == "gelu" else SwiGLU(8, 32)).to(dtype)
+    x = (torch.randn(3, 10, 8) * 3).to(dtype)
+    x0 = x.clone()
+    if kind == "gelu":
+        want = F.linear(F.gelu(mlp.fc1(x)), mlp.fc2.weight, mlp.fc2.bias)
+    else:
+        want = mlp.fc3(F.silu(mlp.fc1(x)) * mlp.fc2(x))
+    calls = []
+    op = torch.ops.aten.gelu_.default if kind == "gelu" else torch.ops.aten.silu_.default
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            calls.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Seen():
+        got = mlp(x)
+    assert op in calls, calls
+    assert torch.equal(got, want) and torch.equal(x, x0)
+    with Seen():   # with gradients nothing is overwritten
+        calls.clear()
+        mlp(x.requires_grad_())
+    assert op not in calls
+
+
 @pytest.mark.parametrize("autocast", [True, False])
 def test_cpu_bf16_packed_rows_are_padded_to_a_multiple_and_dropped(monkeypatch, autocast):
     # Under CPU bf16 the packed encoder's and predictor's blocks, and the predictor's embedding and
