@@ -538,10 +538,10 @@ def bench_attention(device, name, lens, H, Dh, reps, emit):
 E2E_MODES = ("compat", "ragged", "compat+compile", "ragged+compile")
 
 
-def e2e_rows(device, budget, small, dry, batch=8, modes=("compat", "ragged"), profile=False):
+def e2e_rows(device, budget, small, dry, batch=8, modes=("compat", "ragged"), profile=False, config=None):
     from engine.builders import build_jepa, build_mask_sampler
     from engine.config import load_config
-    cfg_path = ROOT / "configs" / ("tiny_cpu.yaml" if small else "vjepa_vitl16.yaml")
+    cfg_path = Path(config) if config else ROOT / "configs" / ("tiny_cpu.yaml" if small else "vjepa_vitl16.yaml")
     batch = 2 if small else batch
     steps = 2 if small else 6
     rows = []
@@ -573,13 +573,24 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
     the median step the device spends in kernels (1.0 = device bound; low = the host's per-op work)."""
     import numpy as np
     mask_mode, _, extra = mode.partition("+")
-    cfg = load_config(cfg_path, [f"meta.mask_mode={mask_mode}", f"data.batch_size={batch}",
-                                 f"model.compile_model={str(extra == 'compile').lower()}"])
+    over = [f"data.batch_size={batch}", f"model.compile_model={str(extra == 'compile').lower()}"]
+    cfg = load_config(cfg_path, over)
+    world = not cfg.uses_masks   # a world model (AC, H-JEPA, LeWM): whole frames, a trajectory batch
+    if world:   # no pretrained encoder to read here: its random init runs the same kernels
+        cfg = load_config(cfg_path, over + (["meta.pretrain_checkpoint=null"] if cfg.is_action_conditioned else []))
+    else:
+        cfg = load_config(cfg_path, over + [f"meta.mask_mode={mask_mode}"])
     torch.manual_seed(0)
     model = build_jepa(cfg).to(device)
-    sampler = build_mask_sampler(cfg)
+    sampler = None if world else build_mask_sampler(cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.randn(batch, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size, device=device)
+    T = cfg.frames_per_clip
+    x = torch.randn(batch, 3, T, cfg.data.crop_size, cfg.data.crop_size, device=device)
+    traj = None
+    if cfg.uses_trajectories:
+        md = cfg.model
+        traj = {"actions": 0.1 * torch.randn(batch, T - 1, md.action_dim, device=device),
+                "states": torch.randn(batch, T, md.state_dim or md.action_dim, device=device)}
     rng = np.random.default_rng(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -596,7 +607,7 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
 
     warm = time.perf_counter()
     for i in range(steps + 2):   # two warm-up steps (Triton and torch.compile compile there)
-        masks = sampler.sample(batch, rng)
+        masks = traj if world else sampler.sample(batch, rng)
         sync(device)
         t0 = time.perf_counter()
         if i == 2:
@@ -605,21 +616,23 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
         sync(device)
         if i >= 2:
             times.append(time.perf_counter() - t0)
-            ctx.append(info["ctx_tokens"])
-            tgt.append(info["tgt_tokens"])
+            ctx.append(info.get("ctx_tokens", 0))
+            tgt.append(info.get("tgt_tokens", 0))
     s = sorted(times)[len(times) // 2]
-    p_enc = sum(p.numel() for p in model.encoder.parameters())
-    p_pred = sum(p.numel() for p in model.predictor.parameters())
     n_ctx, n_tgt = float(np.mean(ctx)), float(np.mean(tgt))
-    # context encoder fwd+bwd on its tokens, predictor fwd+bwd on context+target tokens, target encoder
-    # forward on every token; attention excluded
-    flops = 6 * p_enc * n_ctx + 6 * p_pred * (n_ctx + n_tgt) + 2 * p_enc * batch * model.encoder.num_patches
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     trained = n_ctx + n_tgt
+    flops = peak = None   # the masked step's model FLOPs; a world model's row gives its time and memory
+    if not world:
+        p_enc = sum(p.numel() for p in model.encoder.parameters())
+        p_pred = sum(p.numel() for p in model.predictor.parameters())
+        # context encoder fwd+bwd on its tokens, predictor fwd+bwd on context+target tokens, target encoder
+        # forward on every token; attention excluded
+        flops = 6 * p_enc * n_ctx + 6 * p_pred * trained + 2 * p_enc * batch * model.encoder.num_patches
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     busy = ""
     if profile:
-        masks = sampler.sample(batch, rng)
+        masks = traj if world else sampler.sample(batch, rng)
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                         if device.type == "cuda" else [])
         with torch.profiler.profile(activities=acts) as prof:
@@ -630,6 +643,10 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
             busy = round(sum(e.device_time_total for e in kernels) / 1e6 / s, 3)
             print(f"  e2e {mode} batch {batch}: top device ops of one step")
             print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=60))
+    if world:   # no masks: the mode names only whether the blocks are compiled
+        return {"mode": "compile" if extra == "compile" else "eager", "status": "ok", "warmup_s": round(warm, 1), "s_per_step": round(s, 4), "device_busy": busy,
+                "samples_per_s": round(batch / s, 1), "peak_mem_GB": round(torch.cuda.max_memory_allocated(device)
+                                                                         / 1e9, 2) if device.type == "cuda" else ""}
     return {"status": "ok", "warmup_s": round(warm, 1), "s_per_step": round(s, 4), "device_busy": busy, "tokens_per_step": round(trained),
             "tokens_per_s": round(trained / s), "samples_per_s": round(batch / s, 1),
             "model_TFLOP_s": round(flops / s / 1e12, 2), "MFU": round(flops / s / peak, 3) if peak else "",
@@ -718,6 +735,9 @@ def main(argv=None) -> int:
     ap.add_argument("--e2e-batch", type=int, default=8, help="clips per e2e step (default 8)")
     ap.add_argument("--e2e-modes", default="compat,ragged",
                     help=f"e2e rows, some of {','.join(E2E_MODES)} (+compile: model.compile_model)")
+    ap.add_argument("--e2e-config", default=None,
+                    help="e2e: this config instead of configs/vjepa_vitl16.yaml; a world model (AC, H-JEPA, LeWM) "
+                         "trains on random trajectories with its encoder's random init")
     ap.add_argument("--e2e-profile", action="store_true",
                     help="e2e: one more step under torch.profiler; device_busy = kernel time / step time")
     ap.add_argument("--match", default="", help="correctness: only cases whose 'op backend dtype label' holds this")
@@ -756,7 +776,7 @@ def main(argv=None) -> int:
     isolate = args.isolate or (device.type == "cuda" and not dry)
     runners = {"correctness": lambda *a: run_correctness(*a, isolate=isolate, jobs=args.jobs, match=args.match),
                "ops": op_rows, "e2e": lambda *a: e2e_rows(*a, batch=args.e2e_batch, modes=e2e_modes,
-                                                      profile=args.e2e_profile), "decode": decode_rows}
+                                                      profile=args.e2e_profile, config=args.e2e_config), "decode": decode_rows}
     for sec in sections:
         t0 = time.perf_counter()
         out = runners[sec](device, budget, small, dry)

@@ -84,3 +84,12 @@ def test_e2e_runs_the_modes_asked_for_and_refuses_an_unknown_one(tmp_path):
     assert float(rows[0]["s_per_step"]) > 0 and int(rows[0]["tokens_per_step"]) > 0
     with pytest.raises(SystemExit):
         gc.main(["--self-test", "--sections", "e2e", "--e2e-modes", "ragged+fast", "--out-dir", str(tmp_path)])
+
+
+def test_e2e_trains_a_world_model_config_on_random_trajectories(tmp_path):
+    gc = _module()
+    assert gc.main(["--self-test", "--sections", "e2e", "--e2e-modes", "ragged", "--e2e-config",
+                    str(ROOT / "configs" / "hjepa_tiny_cpu.yaml"), "--out-dir", str(tmp_path)]) == 0
+    (row,) = _rows(tmp_path / "gpu_selftest_e2e.csv")
+    assert (row["config"], row["mode"], row["status"]) == ("hjepa_tiny_cpu.yaml", "eager", "ok")
+    assert float(row["s_per_step"]) > 0 and float(row["samples_per_s"]) > 0
