@@ -155,12 +155,14 @@ class GeluLinear(nn.Linear):
     reference's names and ZeRO-3 gathers them when this module runs. Compiled graphs (which plan their
     own memory) take the plain ops."""
 
-    def forward(self, h, overwrite_input: bool = False):
-        """overwrite_input: h is the caller's own scratch (an MLP's fc1 output); without gradients the GELU
-        then runs in place, one pass over the block's widest activation instead of a new one."""
+    # True where every input is the caller's own scratch (an MLP's fc1 output): without gradients the GELU
+    # then runs in place, one pass over the block's widest activation instead of a new tensor.
+    overwrites_input = False
+
+    def forward(self, h):
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _GeluLinearFn.apply(h, self.weight, self.bias)
-        if overwrite_input and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if self.overwrites_input and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return F.linear(torch._C._nn.gelu_(h), self.weight, self.bias)
         return F.linear(F.gelu(h), self.weight, self.bias)
 
@@ -170,9 +172,10 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = GeluLinear(hidden, dim)   # GELU inside
+        self.fc2.overwrites_input = True     # its input is fc1's output, used nowhere else
 
     def forward(self, x):
-        return self.fc2(self.fc1(x), overwrite_input=True)
+        return self.fc2(self.fc1(x))
 
 
 class SwiGLU(nn.Module):
