@@ -22,6 +22,15 @@ from engine.models.rope import Rope3D
 
 
 @dataclass
+class QueryRows:
+    """The rows a block's output is wanted for (a subset of its input rows, grouped by sequence as the
+    input is): the block attends from these rows only and returns them alone, in this order."""
+    rows: torch.Tensor          # int64 [Tq]: input rows, sequence by sequence
+    cu_seqlens: torch.Tensor    # int32 [S+1], S as the input's sequences
+    max_seqlen: int
+
+
+@dataclass
 class Tokens:
     """How the rows of x are grouped, and where each token sits in the grid (for RoPE)."""
     ids: torch.Tensor                        # grid ids: [B, N] or [N] (dense), [T] (packed)
@@ -98,12 +107,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
 
-    def forward(self, x, tok: Tokens):
+    def forward(self, x, tok: Tokens, out: Optional[QueryRows] = None):
         lead = x.shape[:-1]                                         # (B, N) or (T,)
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)  # [..., H, Dh]
         if self.rope is not None:
             cos, sin = tok.rope
             q, k = self.rope.apply(q, cos, sin), self.rope.apply(k, cos, sin)
+        if out is not None:   # queries from the wanted rows only (packed, no frame mask)
+            q = q.index_select(0, out.rows)
+            o = kernels.block_attention(q, k, v, out.cu_seqlens, tok.cu_seqlens, max_seqlen_q=out.max_seqlen,
+                                        max_seqlen_k=tok.max_seqlen, scale=self.scale)
+            return self.proj(o.reshape(q.shape[0], self.num_heads * self.head_dim))
         if tok.packed:
             o = kernels.block_attention(q, k, v, tok.cu_seqlens, tok.cu_seqlens, max_seqlen_q=tok.max_seqlen,
                                         max_seqlen_k=tok.max_seqlen, scale=self.scale, block_causal=tok.frames)
@@ -258,23 +272,29 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = SwiGLU(dim, hidden, wide_silu) if use_silu else MLP(dim, hidden)
 
-    def forward(self, x, tok: Tokens):
+    def forward(self, x, tok: Tokens, out: Optional[QueryRows] = None):
+        """out: return only these rows (packed input without a frame mask): every row still serves as a
+        key and value, but the queries, the projection and the MLP run on the wanted rows alone."""
         y, hooks = normed(self.norm1, x, self.recompute_norms)
         with hooks:
-            x = x + self.attn(y, tok)
+            a = self.attn(y, tok, out) if out is not None else self.attn(y, tok)
+        x = (x.index_select(0, out.rows) if out is not None else x) + a
         y, hooks = normed(self.norm2, x, self.recompute_norms)
         with hooks:
             return x + self.mlp(y)
 
 
-def run_blocks(blocks: nn.ModuleList, x, tok: Tokens, checkpoint: bool):
+def run_blocks(blocks: nn.ModuleList, x, tok: Tokens, checkpoint: bool, out: Optional[QueryRows] = None):
     """Apply the blocks; with activation checkpointing each block's activations are recomputed in
-    the backward instead of kept (non-reentrant, so the non-tensor `tok` passes through)."""
-    for blk in blocks:
+    the backward instead of kept (non-reentrant, so the non-tensor `tok` passes through). out: the last
+    block returns only these rows (Block.forward)."""
+    last = len(blocks) - 1
+    for i, blk in enumerate(blocks):
+        args = (x, tok) if out is None or i < last else (x, tok, out)
         if checkpoint and torch.is_grad_enabled():
-            x = torch.utils.checkpoint.checkpoint(blk, x, tok, use_reentrant=False)
+            x = torch.utils.checkpoint.checkpoint(blk, *args, use_reentrant=False)
         else:
-            x = blk(x, tok)
+            x = blk(*args)
     return x
 
 
@@ -324,8 +344,8 @@ class PredictorTrunk(nn.Module):
         self.predictor_proj = nn.Linear(width, out_dim, bias=True)
         init_reference_weights(self, self.predictor_blocks, init_std)
 
-    def run_trunk(self, x_TP, tok: Tokens) -> torch.Tensor:
-        return run_blocks(self.predictor_blocks, x_TP, tok, self.use_activation_checkpointing)
+    def run_trunk(self, x_TP, tok: Tokens, out: Optional[QueryRows] = None) -> torch.Tensor:
+        return run_blocks(self.predictor_blocks, x_TP, tok, self.use_activation_checkpointing, out)
 
     def project(self, x_P) -> torch.Tensor:
         """Norm and projection, per token: run them on the output rows only."""

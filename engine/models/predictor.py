@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import kernels
-from engine.models.layers import PredictorTrunk, Tokens
+from engine.models.layers import PredictorTrunk, QueryRows, Tokens
 from engine.models.pos_embed import sincos_2d, sincos_3d
 from engine.models.rope import Rope3D
 from engine.packing import Packed, pack_index_sets, pad_rows, per_row
@@ -100,8 +100,15 @@ class Predictor(PredictorTrunk):
         max_len = ctx.max_seqlen + tgt.max_seqlen
         x, ids, cu, max_len = pad_rows(x, ids, cu, max_len)
         tok = Tokens(ids, cu, max_len, self.rope.tables(ids) if self.rope is not None else None)
-        x = self.run_trunk(x, tok)
-        p_TD = per_row(self.project, x.index_select(0, dest_t))
+        if cu.numel() == tgt.cu_seqlens.numel():
+            # Only the target rows are read: the last block attends from them alone and skips the
+            # context rows' projection and MLP. (Padded rows, CPU bf16: the last block's row count stays
+            # on its multiple, so all rows run.)
+            out = QueryRows(dest_t, tgt.cu_seqlens.to(torch.int32), tgt.max_seqlen)
+            p_TD = per_row(self.project, self.run_trunk(x, tok, out))
+        else:
+            x = self.run_trunk(x, tok)
+            p_TD = per_row(self.project, x.index_select(0, dest_t))
         return p_TD + self.carried_forward(z_TD, ctx, tgt) if self.residual else p_TD
 
     def carried_forward(self, z_TD, ctx: Packed, tgt: Packed) -> torch.Tensor:

@@ -94,6 +94,42 @@ def test_packed_predictor_equals_each_sample_alone(rope):
     assert p_TD.shape == (10, 48)
 
 
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_predictor_last_block_on_target_rows_equals_the_full_block(monkeypatch, rope, checkpoint):
+    # The last block attends from the target rows only and skips the context rows' projection and MLP;
+    # outputs and every gradient equal those of the whole block with its target rows taken afterwards
+    # (a sequence with no target rows and one with a single row included).
+    import engine.models.layers as layers
+    enc = tiny_vit()
+    torch.manual_seed(1)
+    pred = Predictor(enc.grid, 48, predictor_embed_dim=40, depth=2, num_heads=2, use_rope=rope, num_mask_tokens=2,
+                     zero_init_mask_tokens=False, use_activation_checkpointing=checkpoint)
+    N = enc.num_patches
+    ctx_sets, tgt_sets = ragged_sets(N, [3, 20, 7], 2), ragged_sets(N, [9, 1, 0], 3)
+    ctx, tgt = pack_index_sets(ctx_sets, [0, 1, 0], N), pack_index_sets(tgt_sets, [0, 1, 0], N)
+    z0 = torch.randn(ctx.rows_T.numel(), 48)
+    w = torch.randn(10, 48)
+    runs = []
+    for full in (False, True):
+        if full:
+            whole = layers.run_blocks
+            monkeypatch.setattr(layers, "run_blocks", lambda blocks, x, tok, ckpt, out=None:
+                                whole(blocks, x, tok, ckpt).index_select(0, out.rows) if out is not None
+                                else whole(blocks, x, tok, ckpt))
+        pred.zero_grad(set_to_none=True)
+        z = z0.clone().requires_grad_()
+        p = pred.forward_packed(z, ctx, tgt, torch.tensor([1, 0, 1]))
+        (p * w).sum().backward()
+        runs.append((p.detach(), z.grad, {n: q.grad for n, q in pred.named_parameters() if q.grad is not None}))
+    (p1, dz1, g1), (p2, dz2, g2) = runs
+    assert p1.shape == (10, 48) and g1.keys() == g2.keys()
+    torch.testing.assert_close(p1, p2, **TOL)
+    for a, b in [(dz1, dz2)] + [(g1[n], g2[n]) for n in g1]:
+        # one scale per tensor: a bias gradient is a sum over rows and can be ~0 by cancellation
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * max(1.0, float(b.abs().max())))
+
+
 def test_residual_predictor_adds_the_latest_earlier_context_feature_at_each_position():
     """model.pred_residual: prediction = plain prediction + the layer-normed context feature at the target's
     spatial position in the nearest earlier step of its own sequence's context (zero where there is none)."""
