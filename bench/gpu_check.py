@@ -64,10 +64,13 @@ ATTN_LENS = {   # (lengths, block_causal) cases: the CPU tests' odd ones and a V
     "few_long": [300, 257],
     "empty_seqs": [0, 5, 0, 9, 0],
     "vjepa_mix": [1568, 611, 75, 402],
+    # (query lengths, key lengths): the predictor's last block attends from its target rows only
+    "cross": ([9, 0, 1, 30, 200, 700], [20, 5, 1, 30, 257, 1000]),
 }
 ATTN_CASES = [("one_token", 64, False), ("odd_lengths", 80, True), ("many_short", 24, False),
               ("few_long", 128, True), ("empty_seqs", 64, True), ("vjepa_mix", 64, False), ("odd_lengths", 40, False),
-              ("vjepa_mix", 80, True), ("odd_lengths", 16, False), ("many_short", 96, True), ("empty_seqs", 32, False)]
+              ("vjepa_mix", 80, True), ("odd_lengths", 16, False), ("many_short", 96, True), ("empty_seqs", 32, False),
+              ("cross", 64, False), ("cross", 32, False)]
 
 
 # -- plumbing ---------------------------------------------------------------------------------------------
@@ -166,8 +169,10 @@ def check_ema(device, backend, dtype, sizes, seed):
 
 
 def _attn_run(fn, q, k, v, dout, cu, L, frames):
+    """cu, L: one (cu_seqlens, max_seqlen) for queries and keys alike, or a (queries, keys) pair of each."""
+    (cu_q, cu_k), (L_q, L_k) = (cu if isinstance(cu, tuple) else (cu, cu)), (L if isinstance(L, tuple) else (L, L))
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-    out = fn(q, k, v, cu, cu, max_seqlen_q=L, max_seqlen_k=L, block_causal=frames)
+    out = fn(q, k, v, cu_q, cu_k, max_seqlen_q=L_q, max_seqlen_k=L_k, block_causal=frames)
     if not out.requires_grad:
         return [out.detach()] + [torch.zeros_like(t) for t in (q, k, v)]
     out.backward(dout)
@@ -177,12 +182,18 @@ def _attn_run(fn, q, k, v, dout, cu, L, frames):
 def check_attention(device, backend, dtype, lens, D, causal, seed, H=2):
     """FlashAttention's rule on out, dq, dk, dv; floors as tests/kernels/test_block_attention.py's."""
     g = torch.Generator().manual_seed(seed)
-    cu = torch.tensor([0] + lens).cumsum(0).to(device=device, dtype=torch.int32)
-    T, L = sum(lens), max(lens)
-    q, k, v, dout = (torch.randn(T, H, D, generator=g).to(device=device, dtype=dtype) for _ in range(4))
+    lens_q, lens_k = lens if isinstance(lens, tuple) else (lens, lens)
+
+    def cu_of(ls):
+        return torch.tensor([0] + ls).cumsum(0).to(device=device, dtype=torch.int32)
+
+    cu, L = (cu_of(lens_q), cu_of(lens_k)), (max(lens_q), max(lens_k))
+    T, Tk = sum(lens_q), sum(lens_k)
+    q, dout = (torch.randn(T, H, D, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+    k, v = (torch.randn(Tk, H, D, generator=g).to(device=device, dtype=dtype) for _ in range(2))
     frames = None
     if causal:
-        frames = torch.cat([torch.randint(0, 4, (n,), generator=g).sort().values for n in lens]).to(device)
+        frames = torch.cat([torch.randint(0, 4, (n,), generator=g).sort().values for n in lens_q]).to(device)
     ref_fn = kernels.block_attention_ref
 
     def ours(*a, **kw):
@@ -197,7 +208,7 @@ def check_attention(device, backend, dtype, lens, D, causal, seed, H=2):
     out_abs, _, _, dv_abs = _attn_run(ref_fn, qd, kd, vd.abs(), dd.abs(), cu, L, frames) if T else [torch.zeros(1)] * 4
     dot_max = torch.einsum("thd,shd->hts", dd.abs(), vd.abs()).max().item() if T else 0.0
     sc = D ** -0.5
-    terms = [out_abs.abs().max().item(), 2 * sc * (kd.abs().max().item() if T else 0) * dot_max,
+    terms = [out_abs.abs().max().item(), 2 * sc * (kd.abs().max().item() if Tk else 0) * dot_max,
              2 * sc * (qd.abs().max().item() if T else 0) * dot_max, dv_abs.abs().max().item()]
     rows = []
     eps_out, eps_acc = torch.finfo(dtype).eps, torch.finfo(torch.float32).eps
