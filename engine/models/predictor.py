@@ -24,6 +24,9 @@ from engine.models.rope import Rope3D
 from engine.packing import Packed, pack_index_sets, pad_rows, per_row
 
 
+QUERY_ROW_BUCKET = 64   # the predictor's last block runs on its target rows rounded up to a multiple of this
+
+
 class Predictor(PredictorTrunk):
     def __init__(self, grid: tuple[int, int, int], embed_dim: int, predictor_embed_dim: int = 384,
                  depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -104,8 +107,17 @@ class Predictor(PredictorTrunk):
             # Only the target rows are read: the last block attends from them alone and skips the
             # context rows' projection and MLP. (Padded rows, CPU bf16: the last block's row count stays
             # on its multiple, so all rows run.)
-            out = QueryRows(dest_t, tgt.cu_seqlens.to(torch.int32), tgt.max_seqlen)
-            p_TD = per_row(self.project, self.run_trunk(x, tok, out))
+            # Their count is rounded up to QUERY_ROW_BUCKET with copies of one target row, queries of the
+            # last sequence whose outputs are dropped (no gradient reaches them): the block's tensors then
+            # take few distinct sizes, which the CPU allocator reuses instead of growing its heap.
+            rows, cu_q, max_q = dest_t, tgt.cu_seqlens.to(torch.int32), tgt.max_seqlen
+            pad = -Tt % QUERY_ROW_BUCKET
+            if pad and Tt:
+                rows = torch.cat([rows, rows[:1].expand(pad)])
+                cu_q = torch.cat([cu_q[:-1], cu_q[-1:] + pad])
+                max_q += pad
+            out = QueryRows(rows, cu_q, max_q)
+            p_TD = per_row(self.project, self.run_trunk(x, tok, out)[:Tt])
         else:
             x = self.run_trunk(x, tok)
             p_TD = per_row(self.project, x.index_select(0, dest_t))
