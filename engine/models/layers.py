@@ -177,7 +177,7 @@ class GeluLinear(nn.Linear):
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _GeluLinearFn.apply(h, self.weight, self.bias)
         if self.overwrites_input and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return F.linear(torch._C._nn.gelu_(h), self.weight, self.bias)
+            return F.linear(torch.ops.aten.gelu_(h), self.weight, self.bias)
         return F.linear(F.gelu(h), self.weight, self.bias)
 
 

@@ -104,12 +104,11 @@ class Predictor(PredictorTrunk):
         x, ids, cu, max_len = pad_rows(x, ids, cu, max_len)
         tok = Tokens(ids, cu, max_len, self.rope.tables(ids) if self.rope is not None else None)
         if cu.numel() == tgt.cu_seqlens.numel():
-            # Only the target rows are read: the last block attends from them alone and skips the
-            # context rows' projection and MLP. (Padded rows, CPU bf16: the last block's row count stays
-            # on its multiple, so all rows run.)
-            # Their count is rounded up to QUERY_ROW_BUCKET with copies of one target row, queries of the
-            # last sequence whose outputs are dropped (no gradient reaches them): the block's tensors then
-            # take few distinct sizes, which the CPU allocator reuses instead of growing its heap.
+            # Only the target rows are read, so the last block attends from them alone and skips the
+            # context rows' projection and MLP (CPU bf16 pads its rows to a multiple and keeps all of
+            # them). Their count is rounded up to QUERY_ROW_BUCKET with copies of one target row, extra
+            # queries of the last sequence whose outputs are dropped: the block's tensors then take few
+            # sizes, which the CPU allocator reuses instead of growing its heap on each new one.
             rows, cu_q, max_q = dest_t, tgt.cu_seqlens.to(torch.int32), tgt.max_seqlen
             pad = -Tt % QUERY_ROW_BUCKET
             if pad and Tt:
