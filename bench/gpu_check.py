@@ -22,6 +22,9 @@ Sections, in this order (each starts no new case once the time budget is spent; 
                --e2e-batch): tokens/s, MFU (model FLOPs 6 x encoder params x context tokens + 6 x predictor
                params x context+target tokens + 2 x encoder params x all tokens for the target pass,
                attention excluded, over the device's dense bf16 peak), peak memory, ragged against compat.
+               --e2e-modes picks rows (compat / ragged, "+compile": model.compile_model), --e2e-profile
+               adds the share of the step the device is busy and its top kernels, --e2e-config runs
+               another config's step (a world model on random trajectories: time and memory).
   ops          gpu_ops.csv: EMA and gather in GB/s and % of a device-to-device copy_ of the same bytes
                measured in this run; block attention fwd+bwd TFLOP/s counting real tokens only, ours
                (Triton, autotuned) beside flash_attn varlen, torch's flash varlen, xformers and SDPA (padded, and per-sequence
@@ -607,7 +610,8 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
         torch.cuda.reset_peak_memory_stats(device)
     times, ctx, tgt = [], [], []
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    def one_step():
+
+    def one_step(masks):
         with amp:
             loss, info = model(x, masks)
         opt.zero_grad(set_to_none=True)
@@ -623,7 +627,7 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
         t0 = time.perf_counter()
         if i == 2:
             warm = t0 - warm
-        info = one_step()
+        info = one_step(masks)
         sync(device)
         if i >= 2:
             times.append(time.perf_counter() - t0)
@@ -647,7 +651,7 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                         if device.type == "cuda" else [])
         with torch.profiler.profile(activities=acts) as prof:
-            one_step()
+            one_step(masks)
             sync(device)
         if device.type == "cuda":   # the kernels themselves (an op's row would count its kernels again)
             kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
