@@ -10,8 +10,9 @@ What is counted (matmul FLOPs, 2 per multiply-add; norms, activations and the lo
   per attention layer (QK^T and AV over each sequence of length L_i; every token attends to its own
   sequence only, as block_attention does);
 - the patch embedding's conv: 2 * weights per token, over every token of the clip (both encoders embed all);
-- the predictor: its input projection on the context tokens, its blocks on context + mask tokens, its
-  output projection on the mask (target) tokens;
+- the predictor: its input projection on the context tokens, its blocks on context + mask tokens but the
+  last one's queries, projection and MLP on the mask (target) tokens only (rounded up as it runs them:
+  engine.models.predictor.QUERY_ROW_BUCKET), its output projection on the mask tokens;
 - the target encoder: forward only, all B*N tokens; the context encoder and the predictor: forward +
   backward = 3x forward (the usual 6 FLOPs per weight per token).
 """
@@ -49,11 +50,30 @@ def jepa_forward_flops(model: nn.Module, masks, batch_size: int, attention: bool
     pair_ctx = [int(masks.ctx[c][b].numel()) for c, _ in masks.pairs for b in range(B)]
     pair_tgt = [int(masks.tgt[m][b].numel()) for _, m in masks.pairs for b in range(B)]
     predictor = (2.0 * sum(pair_ctx) * pred.predictor_embed.weight.numel()
-                 + transformer_flops(pred.predictor_blocks, [c + t for c, t in zip(pair_ctx, pair_tgt)], attention)
+                 + _predictor_blocks_flops(pred.predictor_blocks, pair_ctx, pair_tgt, attention)
                  + 2.0 * sum(pair_tgt) * pred.predictor_proj.weight.numel())
     return {"target": embed + transformer_flops(enc, [N] * B, attention),
             "context": embed + transformer_flops(enc, ctx_lens, attention),
             "predictor": predictor}
+
+
+def _predictor_blocks_flops(blocks: nn.ModuleList, ctx_lens: list[int], tgt_lens: list[int], attention: bool) -> float:
+    """The predictor's blocks over sequences of context + target tokens, the last block's queries and
+    per-row layers on the target rows alone (engine.models.predictor: its qkv still runs on every row)."""
+    from engine.models.predictor import QUERY_ROW_BUCKET
+    seqs = [c + t for c, t in zip(ctx_lens, tgt_lens)]
+    if not len(blocks):
+        return 0.0
+    q_lens = list(tgt_lens)
+    if sum(q_lens):
+        q_lens[-1] += -sum(q_lens) % QUERY_ROW_BUCKET
+    last = blocks[-1]
+    w_qkv = last.attn.qkv.weight.numel()
+    width = last.attn.qkv.out_features // 3
+    last_flops = 2.0 * sum(seqs) * w_qkv + 2.0 * sum(q_lens) * (_weights(last) - w_qkv)
+    if attention:
+        last_flops += 4.0 * width * sum(q * L for q, L in zip(q_lens, seqs))
+    return transformer_flops(blocks[:-1], seqs, attention) + last_flops
 
 
 def jepa_step_flops(model: nn.Module, masks, batch_size: int) -> float:

@@ -85,6 +85,14 @@ def test_step_flops_match_torch_flop_counter():
     lens = [3, 5]
     extra = flops.transformer_flops(enc, lens) - flops.transformer_flops(enc, lens, attention=False)
     assert extra == 2 * 2 * (3 * 3 + 5 * 5) * enc.embed_dim * len(enc.blocks)
+    # the predictor's last block attends from the target rows only (the last sequence's padded up to 64)
+    pred = model.predictor
+    width = pred.predictor_blocks[0].attn.qkv.out_features // 3
+    ctx_l, tgt_l = [2, 4], [5, 3]
+    extra = (flops._predictor_blocks_flops(pred.predictor_blocks, ctx_l, tgt_l, True)
+             - flops._predictor_blocks_flops(pred.predictor_blocks, ctx_l, tgt_l, False))
+    depth = len(pred.predictor_blocks)
+    assert extra == 4 * width * ((depth - 1) * (7 * 7 + 7 * 7) + (5 * 7 + (3 + 56) * 7))
     step = flops.jepa_step_flops(model, masks, B)
     full = flops.jepa_forward_flops(model, masks, B)
     assert step == full["target"] + 3 * (full["context"] + full["predictor"])
