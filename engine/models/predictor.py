@@ -27,6 +27,11 @@ from engine.packing import Packed, pack_index_sets, pad_rows, per_row
 QUERY_ROW_BUCKET = 64   # the predictor's last block runs on its target rows rounded up to a multiple of this
 
 
+def query_row_padding(n_rows: int) -> int:
+    """Extra query rows the last block runs beside n_rows target rows (none when there are none)."""
+    return -n_rows % QUERY_ROW_BUCKET if n_rows else 0
+
+
 class Predictor(PredictorTrunk):
     def __init__(self, grid: tuple[int, int, int], embed_dim: int, predictor_embed_dim: int = 384,
                  depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -110,8 +115,8 @@ class Predictor(PredictorTrunk):
             # queries of the last sequence whose outputs are dropped: the block's tensors then take few
             # sizes, which the CPU allocator reuses instead of growing its heap on each new one.
             rows, cu_q, max_q = dest_t, tgt.cu_seqlens.to(torch.int32), tgt.max_seqlen
-            pad = -Tt % QUERY_ROW_BUCKET
-            if pad and Tt:
+            pad = query_row_padding(Tt)
+            if pad:
                 rows = torch.cat([rows, rows[:1].expand(pad)])
                 cu_q = torch.cat([cu_q[:-1], cu_q[-1:] + pad])
                 max_q += pad

@@ -12,7 +12,7 @@ What is counted (matmul FLOPs, 2 per multiply-add; norms, activations and the lo
 - the patch embedding's conv: 2 * weights per token, over every token of the clip (both encoders embed all);
 - the predictor: its input projection on the context tokens, its blocks on context + mask tokens but the
   last one's queries, projection and MLP on the mask (target) tokens only (rounded up as it runs them:
-  engine.models.predictor.QUERY_ROW_BUCKET), its output projection on the mask tokens;
+  engine.models.predictor.query_row_padding), its output projection on the mask tokens;
 - the target encoder: forward only, all B*N tokens; the context encoder and the predictor: forward +
   backward = 3x forward (the usual 6 FLOPs per weight per token).
 """
@@ -60,13 +60,13 @@ def jepa_forward_flops(model: nn.Module, masks, batch_size: int, attention: bool
 def _predictor_blocks_flops(blocks: nn.ModuleList, ctx_lens: list[int], tgt_lens: list[int], attention: bool) -> float:
     """The predictor's blocks over sequences of context + target tokens, the last block's queries and
     per-row layers on the target rows alone (engine.models.predictor: its qkv still runs on every row)."""
-    from engine.models.predictor import QUERY_ROW_BUCKET
-    seqs = [c + t for c, t in zip(ctx_lens, tgt_lens)]
+    from engine.models.predictor import query_row_padding
     if not len(blocks):
         return 0.0
+    seqs = [c + t for c, t in zip(ctx_lens, tgt_lens)]
     q_lens = list(tgt_lens)
-    if sum(q_lens):
-        q_lens[-1] += -sum(q_lens) % QUERY_ROW_BUCKET
+    if q_lens:
+        q_lens[-1] += query_row_padding(sum(q_lens))
     last = blocks[-1]
     w_qkv = last.attn.qkv.weight.numel()
     width = last.attn.qkv.out_features // 3
