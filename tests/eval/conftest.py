@@ -18,7 +18,8 @@ def eval_yaml(tmp_path_factory):
                "classifier": {"num_heads": 3, "num_probe_blocks": 2, "layout": "vjepa2"},
                "data": {"dataset_train": str(train_csv), "dataset_val": str(val_csv), "frames_per_clip": 4,
                         "frame_step": 1, "num_segments": 2, "num_views_per_segment": 2, "resolution": 32},
-               "features": {"num_workers": 0, "batch_size": 6, "train_augmentations": 2},
+               "features": {"num_workers": 0, "batch_size": 6, "train_augmentations": 2,
+                            "cache": "always"},   # auto would stream on a nearly full disk
                "optimization": {"batch_size": 4, "num_epochs": 2, "multihead_kwargs": [
                    {"lr": 1e-3, "start_lr": 1e-4, "warmup": 1}, {"lr": 1e-4, "start_lr": 1e-4}]}},
            "model_kwargs": {"checkpoint": str(root / "ck.pt"),

@@ -29,10 +29,26 @@ def test_features_cached_streamed_and_shaped(eval_yaml, tmp_path):
     ec.features.cache, ec.features.num_workers = "never", 1   # decoded in a DataLoader worker
     _, val_s = feature_sources(ec, enc, tmp_path / "s", log=lambda *_: None)
     torch.testing.assert_close(next(val_s.batches(batch_size=6))[0], x, rtol=0, atol=0)
-    ec.features.cache = "auto"
+    ec.features.cache = "always"
     logs = []
     feature_sources(ec, enc, shared, log=logs.append)
     assert all("reusing" in m for m in logs), logs
+
+
+@pytest.mark.parametrize("free_gib, cached", [(64, True), (0.5, False)])
+def test_auto_cache_follows_free_disk(eval_yaml, tmp_path, monkeypatch, free_gib, cached):
+    # cache: auto writes features to disk only when they fit with a margin left; otherwise it streams
+    import shutil
+    from engine.eval import features
+    ec = load_eval_config(eval_yaml)
+    ec.features.cache = "auto"
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(features.shutil, "disk_usage",
+                        lambda _: usage._replace(free=int(free_gib * (1 << 30))))
+    logs = []
+    feature_sources(ec, build_encoder(ec), tmp_path, log=logs.append)
+    assert bool(list((tmp_path / "features").glob("val_*.npy"))) == cached, logs
+    assert any("streaming" in m for m in logs) != cached, logs
 
 
 def test_commands_write_results(eval_yaml):
