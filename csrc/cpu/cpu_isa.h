@@ -1,5 +1,6 @@
-// What the CPU kernels with several instruction-set builds (yuv_resize.cpp, gelu.cpp, block_attention.cpp)
-// share when they pick one at run time, and the vectorisable exponential two of them use.
+// What the CPU kernels with several instruction-set builds (yuv_resize.cpp, gelu.cpp, rope.cpp,
+// block_attention.cpp) share when they pick one at run time, the vectorisable exponential two of them
+// use, and the bf16 loads and stores of those templated on the element type.
 #pragma once
 
 #include <cstdint>
@@ -49,6 +50,23 @@ __attribute__((always_inline)) inline float exp_nonpos(float x) {
   float scale;
   std::memcpy(&scale, &bits, 4);
   return x < -87.0f ? 0.0f : p * scale;
+}
+
+// bf16 <-> fp32 as c10::BFloat16 converts: widen by bits, narrow rounding to nearest even (NaN kept).
+// Kernels templated on the element type take float, or uint16_t holding bf16 bits, and compute in fp32.
+__attribute__((always_inline)) inline float load(float v) { return v; }
+__attribute__((always_inline)) inline float load(uint16_t v) {
+  const uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+__attribute__((always_inline)) inline void store(float* p, float f) { *p = f; }
+__attribute__((always_inline)) inline void store(uint16_t* p, float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  *p = static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
 }
 
 }  // namespace jepa_cpu

@@ -23,21 +23,8 @@
 
 namespace {
 
-// bf16 <-> fp32 as c10::BFloat16 converts: widen by bits, narrow rounding to nearest even (NaN kept).
-__attribute__((always_inline)) inline float load(float v) { return v; }
-__attribute__((always_inline)) inline float load(uint16_t v) {
-  const uint32_t u = uint32_t(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-__attribute__((always_inline)) inline void store(float* p, float f) { *p = f; }
-__attribute__((always_inline)) inline void store(uint16_t* p, float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  *p = static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
-}
+using jepa_cpu::load;
+using jepa_cpu::store;
 
 // T: float, or uint16_t holding bf16 bits; the math is fp32 either way (as ATen's bf16 GELU kernels).
 template <typename T>

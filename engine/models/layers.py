@@ -112,7 +112,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)  # [..., H, Dh]
         if self.rope is not None:
             cos, sin = tok.rope
-            q, k = self.rope.apply(q, cos, sin), self.rope.apply(k, cos, sin)
+            q, k = kernels.rope_qk(q, k, cos, sin)
         if out is not None:   # queries from the wanted rows only (packed, no frame mask)
             q = q.index_select(0, out.rows)
             o = kernels.block_attention(q, k, v, out.cu_seqlens, tok.cu_seqlens, max_seqlen_q=out.max_seqlen,

@@ -3,7 +3,8 @@ every head, `2 * ((head_dim // 3) // 2)` dims each; what is left of the head is 
 
     rope = Rope3D(head_dim, grid=(T', H', W'))
     cos, sin = rope.tables(ids)          # ids: token positions in the grid, any shape [...]
-    q = rope.apply(q, cos, sin)          # q: [..., H, head_dim], ids' shape + [H, head_dim]
+    q, k = kernels.rope_qk(q, k, cos, sin)   # q, k: [..., H, head_dim], ids' shape + [H, head_dim]
+    q = rope.apply(q, cos, sin)          # one tensor, the plain-torch way (kernels.rope_ref)
 
 Within a slice, pairs (2i, 2i+1) are rotated. `reference_layout=True` (the default) reproduces the
 released V-JEPA 2 weights' frequency layout, where the cos/sin tables are the D/2 frequencies repeated
@@ -14,6 +15,8 @@ the textbook interleaved layout (each pair one frequency).
 from __future__ import annotations
 
 import torch
+
+import kernels
 
 
 class Rope3D:
@@ -46,11 +49,4 @@ class Rope3D:
         return f.cos(), f.sin()
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        r = self.rotated
-        xr = x[..., :r].float()
-        x1, x2 = xr[..., 0::2], xr[..., 1::2]
-        rot = torch.stack((-x2, x1), dim=-1).flatten(-2)           # pair (a, b) -> (-b, a)
-        out = (xr * cos + rot * sin).to(x.dtype)
-        if r == x.shape[-1]:
-            return out
-        return torch.cat([out, x[..., r:]], dim=-1)
+        return kernels.rope_ref(x, cos, sin)
