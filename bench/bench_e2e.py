@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.models.layers import Block, GeluLinear, Tokens, run_blocks  # noqa: E402
+from engine.models.layers import Attention, Block, GeluLinear, Tokens, run_blocks  # noqa: E402
 from engine.core.io import atomic_write_csv  # noqa: E402
 from engine.core.step import adamw, autocast  # noqa: E402
 
@@ -120,7 +120,8 @@ def reference_style_loss(model, x, masks, loss_exp: float = 1.0):
 def reference_blocks(model) -> None:
     """The reference's blocks keep, for the backward, each LayerNorm's output (for the next linear layer)
     and both fc1's output and its GELU (autograd through nn.GELU and nn.Linear): the reference_style
-    model's blocks keep their norms' outputs and its GeluLinear layers run those plain ops."""
+    model's blocks keep their norms' outputs and its GeluLinear layers run those plain ops. With RoPE, q and k
+    are turned one at a time by the plain ops (kernels.rope_ref), as V-JEPA 2's attention does."""
     def plain(self, h):
         return F.linear(F.gelu(h), self.weight, self.bias)
     for m in model.modules():
@@ -128,6 +129,8 @@ def reference_blocks(model) -> None:
             m.forward = types.MethodType(plain, m)
         if isinstance(m, Block):
             m.recompute_norms = False
+        if isinstance(m, Attention):
+            m.fused_rope = False
 
 
 def per_parameter_ema(model, m: float) -> None:

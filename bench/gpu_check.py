@@ -25,8 +25,8 @@ Sections, in this order (each starts no new case once the time budget is spent; 
                --e2e-modes picks rows (compat / ragged, "+compile": model.compile_model), --e2e-profile
                adds the share of the step the device is busy and its top kernels, --e2e-config runs
                another config's step (a world model on random trajectories: time and memory).
-  ops          gpu_ops.csv: EMA and gather in GB/s and % of a device-to-device copy_ of the same bytes
-               measured in this run; block attention fwd+bwd TFLOP/s counting real tokens only, ours
+  ops          gpu_ops.csv: EMA, gather and RoPE (q and k, fwd+bwd) in GB/s and % of a device-to-device
+               copy_ of the same bytes measured in this run; block attention fwd+bwd TFLOP/s counting real tokens only, ours
                (Triton, autotuned) beside flash_attn varlen, torch's flash varlen, xformers and SDPA (padded, and per-sequence
                loop) on V-JEPA length mixes. Methods alternate round by round; medians of CUDA-event times.
   decode       gpu_decode.csv: DALI NVDEC (fn.readers.video on the GPU) against PyAV, clips/s, on H.264
@@ -225,6 +225,43 @@ def check_attention(device, backend, dtype, lens, D, causal, seed, H=2):
     return rows
 
 
+def _rope_run(fn, q, k, cos, sin, gq, gk):
+    qkv = torch.stack([q, k]).detach().requires_grad_(True)
+    qo, ko = fn(qkv[0], qkv[1], cos, sin)
+    qkv.grad = None
+    torch.autograd.backward([qo, ko], [gq, gk])
+    return [qo.detach(), ko.detach(), qkv.grad[0], qkv.grad[1]]
+
+
+def check_rope(device, backend, dtype, M, H, Dh, R, seed):
+    """q, k turned (and their gradients turned back) against the fp64 reference; the floor scales with the
+    largest term that enters an output (|x| |cos| + |x'| |sin| <= 2 max|x|)."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, gq, gk = (torch.randn(M, H, Dh, generator=g).to(device=device, dtype=dtype) for _ in range(4))
+    ang = (torch.randn(M, 1, R, generator=g) * 4).to(device)
+    cos, sin = ang.cos(), ang.sin()
+
+    def ref(q, k, c, s):
+        return kernels.rope_ref(q, c, s), kernels.rope_ref(k, c, s)
+
+    def ours(q, k, c, s):
+        with kernels.backend(backend):
+            return kernels.rope_qk(q, k, c, s)
+
+    ref64 = _rope_run(ref, q.double(), k.double(), cos.double(), sin.double(), gq.double(), gk.double())
+    got = _rope_run(ours, q, k, cos, sin, gq, gk)
+    refd = _rope_run(ref, q, k, cos, sin, gq, gk)
+    rows = []
+    for i, name in enumerate(("q", "k", "dq", "dk")):
+        t = ref64[i]
+        src = (q, k, gq, gk)[i]
+        err = (got[i].double() - t).abs().max().item() if t.numel() else 0.0
+        err_ref = (refd[i].double() - t).abs().max().item() if t.numel() else 0.0
+        floor = 4 * torch.finfo(dtype).eps * 2 * (src.double().abs().max().item() if src.numel() else 0.0)
+        rows.append(dict(op=f"rope_qk {name}", err=err, err_ref=err_ref, floor=floor, ok=rule_ok(err, err_ref, floor, 2)))
+    return rows
+
+
 def correctness_cases(device, small: bool):
     """(op, backend, dtype, label, thunk) for every case, or a reason it cannot run."""
     cases = []
@@ -245,6 +282,11 @@ def correctness_cases(device, small: bool):
             for sizes in emas:
                 cases.append(("ema_", b, dt, f"{len(sizes)} tensors, {sum(sizes)} elements", why,
                               lambda b=b, dt=dt, sizes=sizes: check_ema(device, b, dt, sizes, seed=len(sizes))))
+    for dt in dtypes:
+        for b, why in device_backends("rope_qk", device, {"dtype": dt}):
+            for M, H, Dh, R in ([(37, 3, 20, 18), (0, 2, 8, 8)] if small else [(37, 3, 20, 18), (0, 2, 8, 8), (6272, 16, 64, 60)]):
+                cases.append(("rope_qk", b, dt, f"M{M} H{H} Dh{Dh} R{R}", why,
+                              lambda b=b, dt=dt, M=M, H=H, Dh=Dh, R=R: check_rope(device, b, dt, M, H, Dh, R, seed=Dh)))
     for dt in dtypes:
         for b, why in device_backends("block_attention", device, {"dtype": dt, "head_dim": 64, "causal": False}):
             ba = sys.modules["kernels.block_attention"]
@@ -403,6 +445,8 @@ def op_rows(device, budget, small, dry):
     for B, N, Dm, keep in ([(2, 64, 64, 0.5)] if small else [(24, 1568, 1024, 0.1), (24, 1568, 1024, 0.7)]):
         plan.append(("gather", f"B{B} N{N} D{Dm} keep{keep}", lambda a=(B, N, Dm, keep): bench_gather(
             device, *a, backs, reps, emit)))
+    for M, H, Dh in ([(64, 2, 16)] if small else [(24 * 2048, 16, 64)]):   # V-JEPA 2 ViT-L: 24 clips x 2048 tokens
+        plan.append(("rope_qk", f"M{M} H{H} Dh{Dh} bf16", lambda a=(M, H, Dh): bench_rope(device, *a, reps, emit)))
     for name, lens, H, Dh in attention_mixes(small):
         plan.append(("block_attention", name, lambda lens=lens, H=H, Dh=Dh, name=name: bench_attention(
             device, name, lens, H, Dh, reps, emit)))
@@ -418,6 +462,35 @@ def op_rows(device, budget, small, dry):
                 traceback.print_exc()
                 rows.append(dict(section="ops", op=op, shape=shape, status=f"error: {type(e).__name__}: {str(e)[:200]}"))
     return rows
+
+
+def bench_rope(device, M, H, Dh, reps, emit):
+    """q and k turned and their gradients turned back (forward + backward), from views of one qkv tensor as
+    attention makes them: the plain-torch way against the op's backends here."""
+    g = torch.Generator().manual_seed(0)
+    R = 6 * (Dh // 6)
+    qkv = torch.randn(M, 3, H, Dh, generator=g).to(device=device, dtype=torch.bfloat16).requires_grad_(True)
+    ang = torch.randn(M, 1, R, generator=g).to(device)
+    cos, sin = ang.cos(), ang.sin()
+    gq = torch.randn(M, H, Dh, generator=g).to(device=device, dtype=torch.bfloat16)
+
+    def way(fn):
+        def run():
+            q, k, _ = qkv.unbind(1)
+            qo, ko = fn(q, k)
+            torch.autograd.grad([qo, ko], [qkv], [gq, gq])
+        return run
+
+    ways = {"rope_ref on q and k (slices, stack, cat; autograd)":
+            way(lambda q, k: (kernels.rope_ref(q, cos, sin), kernels.rope_ref(k, cos, sin)))}
+    for b, why in device_backends("rope_qk", device, {"dtype": torch.bfloat16}):
+        if why is None:
+            def ours(q, k, b=b):
+                with kernels.backend(b):
+                    return kernels.rope_qk(q, k, cos, sin)
+            ways[f"kernels.rope_qk [{b}]"] = way(ours)
+    # the minimum: q, k read and written forward, the two gradients read and written backward
+    emit("rope_qk", f"M{M} H{H} Dh{Dh} bf16 fwd+bwd", time_ways(ways, reps, device), nbytes=8 * M * H * Dh * 2)
 
 
 def bench_ema(device, shapes, sdt, backs, reps, emit):

@@ -1,4 +1,5 @@
-"""Kernel microbenchmarks: gather (fwd+bwd), gather+layer_norm, EMA, GELU with its gradient, vs the reference ways.
+"""Kernel microbenchmarks: gather (fwd+bwd), gather+layer_norm, EMA, GELU with its gradient, RoPE on q and k
+(fwd+bwd), vs the reference ways.
 
     python bench/run_kernels.py [--quick] [--csv bench/results/kernels_cpu.csv]
     python bench/bench_attention.py [--quick] [--csv bench/results/attention_cpu.csv]   # block attention
@@ -14,7 +15,8 @@ gather = `torch.gather` with an index repeated to [B,K,D] (V-JEPA's apply_masks)
 `index_select` over [B*N, D] (the best plain-torch way); gather+LN = gather then `F.layer_norm` of the
 gathered rows (what a competent user writes); EMA = per-parameter `mul_().add_()` loop (V-JEPA),
 `_foreach_mul_` + `_foreach_add_` (V-JEPA 2), `_foreach_lerp_`; GELU with its gradient = `F.gelu` then ATen's
-`gelu_backward` (what a layer that recomputes the GELU in its backward runs without the fused kernel).
+`gelu_backward` (what a layer that recomputes the GELU in its backward runs without the fused kernel); RoPE =
+kernels.rope_ref on q and on k with autograd's backward (the plain way: slices, casts, a stack, a concatenation).
 
 Times come from this process (glibc defaults: freed memory is reused, as in training). Peak memory is
 measured in a child run of this script: the rise of peak RSS during one call (Linux clear_refs + VmHWM)
@@ -270,6 +272,36 @@ def bench_gelu(T, D, dtype, reps):
         emit("gelu_with_grad", shape, w, t, nbytes, copy_bw, peak=pk, extra={"x_vs_ref": round(t_ref / t, 2)})
 
 
+# -- RoPE on q and k --------------------------------------------------------------------------------
+def bench_rope(M, H, Dh, dtype, reps):
+    """q, k turned and their gradients turned back (forward + backward), from views of one qkv tensor as
+    attention makes them; R = the 3 axes' rotated dims of V-JEPA 2's RoPE, the rest of the head copied."""
+    g0 = torch.Generator().manual_seed(0)
+    R = 6 * (Dh // 6)
+    qkv = torch.randn(M, 3, H, Dh, generator=g0).to(dtype).requires_grad_(True)
+    ang = torch.randn(M, 1, R, generator=g0) * 4
+    cos, sin = ang.cos(), ang.sin()
+    gq, gk = (torch.randn(M, H, Dh, generator=g0).to(dtype) for _ in range(2))
+    nbytes = 8 * M * H * Dh * qkv.element_size()   # q, k read and written forward, both gradients backward
+    shape = f"M{M} H{H} Dh{Dh} {str(dtype).split('.')[-1]}"
+
+    def way(fn):
+        def run():
+            q, k, _ = qkv.unbind(1)
+            return torch.autograd.grad(fn(q, k), [qkv], [gq, gk])
+        return run
+
+    print(f"rope_qk {shape}")
+    ref_name = "rope_ref on q and k + autograd"
+    ways = {ref_name: way(lambda q, k: (kernels.rope_ref(q, cos, sin), kernels.rope_ref(k, cos, sin))),
+            "kernels.rope_qk": way(lambda q, k: kernels.rope_qk(q, k, cos, sin))}
+    times, copy_bw = timed_with_copy(ways, nbytes, reps)
+    res = {w: (t, peak_mb(ways[w])) for w, t in times.items()}
+    t_ref = res[ref_name][0]
+    for w, (t, pk) in res.items():
+        emit("rope_qk_fwd_bwd", shape, w, t, nbytes, copy_bw, peak=pk, extra={"x_vs_ref": round(t_ref / t, 2)})
+
+
 def run(args, copy_bw, peaks=None, log=True):
     global PEAKS, LOG
     PEAKS, LOG = peaks or {}, log
@@ -282,6 +314,7 @@ def run(args, copy_bw, peaks=None, log=True):
         gathers = [(2, 1568, 384, 0.25), (2, 2048, 1024, 0.7)]
         emas = [("ViT-L depth 2", vit_params(1024, 2), torch.float32)]
         gelus = [(2048, 768, torch.float32)]
+        ropes = [(1190, 3, 64, torch.float32)]
         reps = 3
     else:
         gathers = [(8, 1568, 384, 0.1), (8, 1568, 384, 0.25), (8, 1568, 384, 0.7),
@@ -291,6 +324,8 @@ def run(args, copy_bw, peaks=None, log=True):
                 ("ViT-H depth16", vit_params(1280, 16), torch.float32)]
         gelus = [(2048, 768, torch.float32), (4096, 384, torch.float32), (2048, 768, torch.bfloat16),
                  (8192, 1024, torch.float32)]
+        # the tiny V-JEPA 2 step's context (1190 tokens, 3 heads of 64) and a ViT-L clip (2048 x 16 x 64)
+        ropes = [(1190, 3, 64, torch.float32), (2048, 16, 64, torch.float32), (2048, 16, 64, torch.bfloat16)]
         reps = 7
     for B, N, D, keep in gathers:
         bench_gather(B, N, D, keep, reps)
@@ -298,6 +333,8 @@ def run(args, copy_bw, peaks=None, log=True):
         bench_ema(name, shapes, sdt, reps)
     for T, D, dtype in gelus:
         bench_gelu(T, D, dtype, reps)
+    for M, H, Dh, dtype in ropes:
+        bench_rope(M, H, Dh, dtype, reps)
 
 
 

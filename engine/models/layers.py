@@ -95,6 +95,9 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
+    # False turns q and k one at a time the plain-torch way (kernels.rope_ref), as the reference does (for benchmarks)
+    fused_rope = True
+
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: Optional[float] = None,
                  rope: Optional[Rope3D] = None):
         super().__init__()
@@ -112,7 +115,10 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)  # [..., H, Dh]
         if self.rope is not None:
             cos, sin = tok.rope
-            q, k = kernels.rope_qk(q, k, cos, sin)
+            if self.fused_rope:
+                q, k = kernels.rope_qk(q, k, cos, sin)
+            else:
+                q, k = kernels.rope_ref(q, cos, sin), kernels.rope_ref(k, cos, sin)
         if out is not None:   # queries from the wanted rows only (packed, no frame mask)
             q = q.index_select(0, out.rows)
             o = kernels.block_attention(q, k, v, out.cu_seqlens, tok.cu_seqlens, max_seqlen_q=out.max_seqlen,

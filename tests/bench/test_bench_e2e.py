@@ -12,18 +12,21 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_e2e import reference_style_loss, step_tensor_peak_mb  # noqa: E402
+from bench_e2e import reference_blocks, reference_style_loss, step_tensor_peak_mb  # noqa: E402
 
 from engine.builders import build_jepa, build_mask_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.models.layers import Attention  # noqa: E402
 
 SMALL = ["model.depth=2", "model.pred_depth=2", "model.embed_dim=48", "model.num_heads=2",
          "model.pred_embed_dim=32", "model.pred_num_heads=2", "loss.std_coeff=0", "loss.cov_coeff=0",
          "data.batch_size=3"]
 
 
-def test_reference_style_loss_is_the_compat_loss():
-    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", [*SMALL, "meta.mask_mode=compat"])
+@pytest.mark.parametrize("rope", [False, True])
+def test_reference_style_loss_is_the_compat_loss(rope):
+    cfg = load_config(ROOT / "configs" / "tiny_cpu.yaml", [*SMALL, "meta.mask_mode=compat",
+                                                          f"model.use_rope={str(rope).lower()}"])
     torch.manual_seed(0)
     model = build_jepa(cfg)
     with torch.no_grad():   # non-zero mask tokens, so a wrong token choice changes the loss
@@ -31,8 +34,10 @@ def test_reference_style_loss_is_the_compat_loss():
             t.normal_()
     masks = build_mask_sampler(cfg).sample(3, np.random.default_rng(0))
     x = torch.randn(3, 3, 8, 64, 64)
-    ref = reference_style_loss(model, x, masks)
     ours, _ = model(x, masks)
+    reference_blocks(model)   # the plain ops: GELU and norms kept by autograd, q and k turned one at a time
+    assert all(not m.fused_rope for m in model.modules() if isinstance(m, Attention))
+    ref = reference_style_loss(model, x, masks)
     torch.testing.assert_close(ref, ours, rtol=1e-5, atol=0)
 
 

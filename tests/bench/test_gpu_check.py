@@ -29,6 +29,8 @@ def test_dry_run_plans_every_device_backend(tmp_path):
         for backend in ("triton", "cuda"):
             for dt in ("float32", "float16", "bfloat16"):
                 assert (op, backend, dt) in planned, (op, backend, dt)
+    for dt in ("float32", "float16", "bfloat16"):
+        assert ("rope_qk", "triton", dt) in planned   # no CUDA extension kernel: Triton is its device path
     assert all(r["status"] == "would run" or r["status"].startswith("would skip: ") for r in rows)
     attn = {r["case"] for r in rows if r["case_op"] == "block_attention"}
     assert any("causal=True" in c for c in attn) and any("causal=False" in c for c in attn)
@@ -43,9 +45,9 @@ def test_self_test_runs_the_checks_on_cpu(tmp_path):
     rows = _rows(tmp_path / "gpu_selftest_correctness.csv")
     assert rows and all(r["status"] == "ok" for r in rows)
     assert {r["check"] for r in rows} >= {"gather/scatter (exact)", "gather_layer_norm", "ema_",
-                                          "block_attention out", "block_attention dq"}
+                                          "block_attention out", "block_attention dq", "rope_qk q", "rope_qk dk"}
     ops = _rows(tmp_path / "gpu_selftest_ops.csv")
-    assert {r["op"] for r in ops} == {"ema", "gather_fwd_bwd", "gather_layer_norm", "block_attention"}
+    assert {r["op"] for r in ops} == {"ema", "gather_fwd_bwd", "gather_layer_norm", "block_attention", "rope_qk"}
     assert all(float(r["copy_GB_s_same_bytes"]) > 0 and r["pct_copy_bw"] for r in ops if r["op"] != "block_attention")
 
 
