@@ -18,7 +18,8 @@ the copies and concatenations compiling fuses away.
 
 Backends (kernels/_registry.py): cpp (CPU fp32 / bf16, built), triton (CUDA; CPU under TRITON_INTERPRET=1;
 fp32 / fp16 / bf16), torch (the reference: every other call). All go through the custom op
-`jepa::rope_qk`, so torch.compile sees one node with its own backward.
+`jepa::rope_qk`, so torch.compile sees one node with its own backward (the engine's compiled blocks take
+rope_ref's plain ops instead, which inductor fuses with their neighbours). The tables get no gradient.
 """
 from __future__ import annotations
 

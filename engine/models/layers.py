@@ -95,7 +95,8 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    # False turns q and k one at a time the plain-torch way (kernels.rope_ref), as the reference does (for benchmarks)
+    # False turns q and k one at a time the plain-torch way (kernels.rope_ref), as the reference does (for
+    # benchmarks). Compiled graphs take those plain ops too: inductor fuses them with their neighbours.
     fused_rope = True
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_scale: Optional[float] = None,
@@ -115,7 +116,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)  # [..., H, Dh]
         if self.rope is not None:
             cos, sin = tok.rope
-            if self.fused_rope:
+            if self.fused_rope and not torch.compiler.is_compiling():
                 q, k = kernels.rope_qk(q, k, cos, sin)
             else:
                 q, k = kernels.rope_ref(q, cos, sin), kernels.rope_ref(k, cos, sin)

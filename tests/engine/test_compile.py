@@ -15,14 +15,16 @@ SMALL = ["model.depth=1", "model.pred_depth=1", "model.embed_dim=48", "model.num
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_compiled_blocks_match_eager_without_recompiling():
+@pytest.mark.parametrize("rope", [False, True])   # with RoPE: the eager blocks' kernels.rope_qk, compiled plain ops
+def test_compiled_blocks_match_eager_without_recompiling(rope):
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     counters.clear()
-    cfg = load_config("configs/tiny_cpu.yaml", [*SMALL, "model.compile_model=true"])
+    small = [*SMALL, f"model.use_rope={str(rope).lower()}"]
+    cfg = load_config("configs/tiny_cpu.yaml", [*small, "model.compile_model=true"])
     torch.manual_seed(0)
     compiled = build_jepa(cfg)
-    eager = build_jepa(load_config("configs/tiny_cpu.yaml", SMALL))
+    eager = build_jepa(load_config("configs/tiny_cpu.yaml", small))
     eager.load_state_dict(compiled.state_dict())   # same keys: compiling in place does not rename them
     assert all(blk._compiled_call_impl is not None for blk in compiled.modules() if isinstance(blk, Block))
     sampler = build_mask_sampler(cfg)
