@@ -7,11 +7,11 @@
 // dynamic schedule, longest first, so each runs single-threaded and the whole op opens one parallel
 // region: with many short sequences the per-call fork/join of ATen's own parallelism (and its stalls when
 // the cores are shared) is what dominates otherwise. Each one runs
-// - in fp32 without a frame mask, up to kShortLen (256) queries and keys: the short-sequence kernel
-//   below (the whole score matrix of a head in L2, GEMMs straight on the packed rows);
+// - in fp32, up to kShortLen (256) queries and keys: the short-sequence kernel below (the whole score
+//   matrix of a head in L2, GEMMs straight on the packed rows; frame ids mask its scores);
 // - else ATen's fused CPU flash-attention kernel (online softmax, fp32 accumulation, lse saved) on
-//   zero-copy [1, H, L, Dh] views of the packed rows.
-// `fq`/`fk` (frame ids) add a per-sequence additive mask: key frame <= query frame.
+//   zero-copy [1, H, L, Dh] views of the packed rows, `fq`/`fk` (frame ids) as a per-sequence additive
+//   mask: key frame <= query frame.
 // A packing of equal-length sequences that takes the flash kernel is one [S, H, L, Dh] batch: one call on
 // views, no per-sequence copies. Outputs every row of which is written start uninitialised.
 #include <torch/library.h>
@@ -163,8 +163,10 @@ Tensor out_like(const Tensor& x, bool written) {
 // copies): S = scale Q K^T, P = exp(S - rowmax), O = (P V) / rowsum(P), lse = rowmax + log(rowsum); the
 // backward recomputes P = exp(S - lse) and takes dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)),
 // dQ = scale dS K, dK = scale dS^T Q. The flash kernel's math and outputs (lse included), fp32
-// throughout. The GEMMs are BLAS's sgemm in torch's own library, bound at load time; where torch has
-// none (a build without MKL), and for longer sequences, frame masks or other dtypes, ATen's kernel runs.
+// throughout. Frame ids (block_causal) set the scores of later-frame keys to -inf before the softmax; a
+// query that sees no key gets a zero output (lse -inf) and no gradient. The GEMMs are BLAS's sgemm in
+// torch's own library, bound at load time; where torch has none (a build without MKL), and for longer
+// sequences or other dtypes, ATen's kernel runs.
 constexpr int64_t kShortLen = 256;
 
 extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
@@ -232,12 +234,23 @@ __attribute__((always_inline)) inline void rows_body(const Rows& j) {
     float* __restrict p = j.S + r * j.n;
     if (!Backward) {
       const float m = row_max(p, j.n);
+      if (m == -std::numeric_limits<float>::infinity()) {   // every key masked: no weight, zero output
+        std::fill(p, p + j.n, 0.0f);
+        j.sum[r] = 0.0f;
+        j.lse[r * j.lse_stride] = m;
+        continue;
+      }
       j.sum[r] = exp_shift_sum(p, j.n, m);
       j.lse[r * j.lse_stride] = m + std::log(j.sum[r]);
       continue;
     }
     float* __restrict dp = j.dP + r * j.n;
     const float shift = j.lse[r * j.lse_stride], d = j.D[r];
+    if (shift == -std::numeric_limits<float>::infinity()) {   // a row that saw no key: no gradient
+      std::fill(p, p + j.n, 0.0f);
+      std::fill(dp, dp + j.n, 0.0f);
+      continue;
+    }
     for (int64_t c = 0; c < j.n; ++c) {
       const float e = jepa_cpu::exp_nonpos(p[c] - shift);
       p[c] = e;
@@ -267,10 +280,28 @@ RowsFn rows_fn() {
   return rows_base;
 }
 
-// Whether a call may take the short-sequence kernel (fp32, no frame mask, sgemm bound); its sequences
-// of at most kShortLen queries and keys then do, each longer one takes ATen's flash kernel.
-bool short_kernel_ok(const Tensor& q, const std::optional<Tensor>& fq) {
-  return sgemm_ != nullptr && q.scalar_type() == at::kFloat && !fq.has_value();
+// Whether a call may take the short-sequence kernel (fp32, sgemm bound); its sequences of at most
+// kShortLen queries and keys then do, each longer one takes ATen's flash kernel.
+bool short_kernel_ok(const Tensor& q) { return sgemm_ != nullptr && q.scalar_type() == at::kFloat; }
+
+// Frame ids as int64 on the host, or none.
+std::optional<Tensor> frames64(const std::optional<Tensor>& f) {
+  if (!f.has_value()) return std::nullopt;
+  return f->to(at::kLong).contiguous();
+}
+
+const int64_t* frames_at(const std::optional<Tensor>& f, int64_t row) {
+  return f.has_value() ? f->data_ptr<int64_t>() + row : nullptr;
+}
+
+// S [Lq, Lk] row-major: a key of a later frame than its query scores -inf.
+void mask_later_frames(float* S, int64_t Lq, int64_t Lk, const int64_t* fq, const int64_t* fk) {
+  for (int64_t i = 0; i < Lq; ++i) {
+    float* row = S + i * Lk;
+    const int64_t f = fq[i];
+    for (int64_t j = 0; j < Lk; ++j)
+      if (fk[j] > f) row[j] = -std::numeric_limits<float>::infinity();
+  }
 }
 
 bool is_short(int64_t Lq, int64_t Lk) { return Lq <= kShortLen && Lk <= kShortLen; }
@@ -290,7 +321,7 @@ float* at_row(const Tensor& t, int64_t row, int64_t h) {
 
 // Rows [q0, q1) x heads [h0, h1) of out and lse, from q rows [q0, q1) and k, v rows [k0, k1).
 void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse, int64_t q0, int64_t q1,
-               int64_t k0, int64_t k1, int64_t h0, int64_t h1, float scale) {
+               int64_t k0, int64_t k1, int64_t h0, int64_t h1, float scale, const int64_t* fq, const int64_t* fk) {
   const int64_t Lq = q1 - q0, Lk = k1 - k0, Dh = q.size(2), ldo = out.stride(0);
   static const RowsFn softmax = rows_fn();
   float* S = scratch(0, Lq * Lk);
@@ -299,10 +330,11 @@ void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, T
     float* op = at_row(out, q0, h);
     // S [Lq, Lk] = scale Q K^T
     sgemm('T', 'N', Lk, Lq, Dh, scale, at_row(k, k0, h), k.stride(0), at_row(q, q0, h), q.stride(0), S, Lk);
+    if (fq != nullptr) mask_later_frames(S, Lq, Lk, fq, fk);
     softmax({S, nullptr, Lq, Lk, sum, at_row(lse, q0, h), lse.stride(0), nullptr}, false);
     sgemm('N', 'N', Dh, Lq, Lk, 1.0f, at_row(v, k0, h), v.stride(0), S, Lk, op, ldo);   // O [Lq, Dh] = P V
     for (int64_t i = 0; i < Lq; ++i) {   // normalised here: Dh per row, not Lk
-      const float inv = 1.0f / sum[i];
+      const float inv = sum[i] > 0.0f ? 1.0f / sum[i] : 0.0f;
       for (int64_t j = 0; j < Dh; ++j) op[i * ldo + j] *= inv;
     }
   }
@@ -310,7 +342,7 @@ void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, T
 
 void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv, int64_t q0, int64_t q1, int64_t k0, int64_t k1,
-               int64_t h0, int64_t h1, float scale) {
+               int64_t h0, int64_t h1, float scale, const int64_t* fq, const int64_t* fk) {
   const int64_t Lq = q1 - q0, Lk = k1 - k0, Dh = q.size(2);
   static const RowsFn softmax = rows_fn();
   float* S = scratch(0, Lq * Lk);
@@ -326,6 +358,7 @@ void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tenso
       D[i] = d;
     }
     sgemm('T', 'N', Lk, Lq, Dh, scale, kp, k.stride(0), qp, q.stride(0), S, Lk);                 // S [Lq, Lk]
+    if (fq != nullptr) mask_later_frames(S, Lq, Lk, fq, fk);
     sgemm('T', 'N', Lk, Lq, Dh, 1.0f, at_row(v, k0, h), v.stride(0), gp, dout.stride(0), dP, Lk);   // dO V^T
     softmax({S, dP, Lq, Lk, nullptr, at_row(lse, q0, h), lse.stride(0), D}, true);              // S <- P, dP <- dS
     sgemm('N', 'T', Dh, Lk, Lq, 1.0f, gp, dout.stride(0), S, Lk, at_row(dv, k0, h), dv.stride(0));  // dV = P^T dO
@@ -342,7 +375,8 @@ std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k
   auto cq = to_vec(cu_q), ck = to_vec(cu_k);
   TORCH_CHECK(cq.back() == q.size(0) && ck.back() == k.size(0), "block_attention: cu_seqlens must end at T");
   auto lse_dt = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const bool short_ok = short_kernel_ok(q, fq);
+  const bool short_ok = short_kernel_ok(q);
+  const auto fq64 = short_ok ? frames64(fq) : std::nullopt, fk64 = short_ok ? frames64(fk) : std::nullopt;
   if (!fq.has_value() && uniform(cq, ck) && !(short_ok && is_short(cq[1] - cq[0], ck[1] - ck[0]))) {
     int64_t S = (int64_t)cq.size() - 1;
     auto r = at::_scaled_dot_product_flash_attention_for_cpu(batch_view(q, S), batch_view(k, S), batch_view(v, S),
@@ -358,7 +392,8 @@ std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k
     int64_t s = it.s, h0 = it.h0, h1 = it.h1;
     int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];
     if (short_ok && is_short(q1 - q0, k1 - k0))
-      return short_fwd(q, k, v, out, lse, q0, q1, k0, k1, h0, h1, (float)scale);
+      return short_fwd(q, k, v, out, lse, q0, q1, k0, k1, h0, h1, (float)scale, frames_at(fq64, q0),
+                       frames_at(fk64, k0));
     auto r = at::_scaled_dot_product_flash_attention_for_cpu(
         bhld(q, q0, q1, h0, h1), bhld(k, k0, k1, h0, h1), bhld(v, k0, k1, h0, h1), 0.0, false,
         frame_mask(fq, fk, q0, q1, k0, k1, q.scalar_type()), scale);
@@ -376,7 +411,8 @@ std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
   Tensor q = inner_contig(q_), k = inner_contig(k_), v = inner_contig(v_);
   Tensor dout = inner_contig(dout_), out = inner_contig(out_);
   auto cq = to_vec(cu_q), ck = to_vec(cu_k);
-  const bool short_ok = short_kernel_ok(q, fq);
+  const bool short_ok = short_kernel_ok(q);
+  const auto fq64 = short_ok ? frames64(fq) : std::nullopt, fk64 = short_ok ? frames64(fk) : std::nullopt;
   if (!fq.has_value() && uniform(cq, ck) && !(short_ok && is_short(cq[1] - cq[0], ck[1] - ck[0]))) {
     int64_t S = (int64_t)cq.size() - 1;
     auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
@@ -392,7 +428,8 @@ std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
     int64_t s = it.s, h0 = it.h0, h1 = it.h1;
     int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];
     if (short_ok && is_short(q1 - q0, k1 - k0))
-      return short_bwd(dout, q, k, v, out, lse, dq, dk, dv, q0, q1, k0, k1, h0, h1, (float)scale);
+      return short_bwd(dout, q, k, v, out, lse, dq, dk, dv, q0, q1, k0, k1, h0, h1, (float)scale,
+                       frames_at(fq64, q0), frames_at(fk64, k0));
     auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
         bhld(dout, q0, q1, h0, h1), bhld(q, q0, q1, h0, h1), bhld(k, k0, k1, h0, h1), bhld(v, k0, k1, h0, h1),
         bhld(out, q0, q1, h0, h1), lse.slice(0, q0, q1).slice(1, h0, h1).transpose(0, 1).unsqueeze(0), 0.0, false,

@@ -25,7 +25,7 @@ LENS = {
     "few_long": [300, 257],
     "empty_seqs": [0, 5, 0, 9, 0],
     "equal": [24, 24, 24],
-    # fp32 without frames: the C++ short-sequence kernel up to 256 tokens, ATen's flash kernel above, in one call
+    # fp32: the C++ short-sequence kernel up to 256 tokens (frame masks included), ATen's flash kernel above, in one call
     "around_short_limit": [256, 257, 3, 255],
 }
 
@@ -130,9 +130,10 @@ def test_cpu_bucket_fallback_without_extension(monkeypatch, causal, call_us):
 
 
 def test_cpu_short_kernel_cross_lengths_and_peaked_scores():
-    # The C++ short-sequence kernel (fp32, <= 256 tokens, no frames) is bound in this build, and holds the
-    # rule where query and key lengths differ (one side at the limit, one side past it: the flash kernel),
-    # and a bound where scores are large enough that the softmax is nearly one-hot.
+    # The C++ short-sequence kernel (fp32, <= 256 tokens) is bound in this build, and holds the rule where
+    # query and key lengths differ (one side at the limit, one side past it: the flash kernel), with frame
+    # ids that leave some queries no key, and a bound where scores are large enough that the softmax is
+    # nearly one-hot.
     if not ba._ops.cpp_available():
         pytest.skip("the C++ extension is not built (make build)")
     assert torch.ops.jepa_cpp.block_attention_has_blas()
@@ -141,6 +142,11 @@ def test_cpu_short_kernel_cross_lengths_and_peaked_scores():
     q = torch.randn(291, 2, 24, generator=g)
     k, v = torch.randn(530, 2, 24, generator=g), torch.randn(530, 2, 24, generator=g)
     _check_rule(q, k, v, cu_q, None, _kernel, cu_k=cu_k)
+    fq, fk = torch.randint(0, 5, (291,), generator=g), torch.randint(0, 5, (530,), generator=g)
+    fq[:2] = -1   # sequence 0's first queries precede every key's frame: zero output, no gradient
+    _check_rule(q, k, v, cu_q, (fq, fk), _kernel, cu_k=cu_k)
+    out = kernels.block_attention(q, k, v, cu_q, cu_k, max_seqlen_q=256, max_seqlen_k=263, block_causal=(fq, fk))
+    assert out[:2].eq(0).all() and out[2:].abs().sum() > 0
     # Logits of std ~64 (max ~300): a backward that recomputes P = exp(S - lse), as the flash kernel's and
     # this one do, rounds S - lse at |S|'s ulp, an error a reference that keeps P has not; so the bound
     # adds that rounding (eps * max|S|) to the terms each output sums. Both kernels meet it, not the rule.
