@@ -16,7 +16,9 @@
   this repository): that code's own step, as its V-JEPA train loop runs one: its `init_video_model`,
   `init_opt` (AdamW, lr and wd schedules), `MaskCollator` with the config's mask settings,
   `apply_masks`, the MultiMask wrappers, its loss and variance term, `grad_logger` and `adamw_logger`,
-  and its per-parameter EMA loop (no gradient clipping: that starts after the warm-up epochs).
+  and its per-parameter EMA loop (no gradient clipping: that starts after the warm-up epochs). A checkout
+  of facebookresearch/vjepa2 instead runs V-JEPA 2's step (RoPE, SwiGLU as the config says): its
+  multi-length MaskCollator and MultiSeq wrappers, its loss, its _foreach EMA (its modules import timm).
 
 Per mode: seconds per step (forward, backward, AdamW, EMA; median of the rounds' medians, wall clock
 and process CPU time), samples/s and trained (context + target) tokens/s from CPU time, GFLOP per step
@@ -181,8 +183,9 @@ class Mode:
 
 
 class ReferenceCode:
-    """facebookresearch/jepa's own V-JEPA step, imported from a checkout of it (`repo`), built from the same
-    config as the engine's modes: the calls its train loop makes for one step, in its order."""
+    """The reference's own V-JEPA step, imported from a checkout (`repo`) of facebookresearch/jepa or of
+    facebookresearch/vjepa2 (told apart by their mask collators), built from the same config as the engine's
+    modes: the calls its train loop makes for one step, in its order."""
 
     def __init__(self, cfg_path, overrides, repo, seed: int = 0):
         import copy
@@ -191,7 +194,7 @@ class ReferenceCode:
         self.cfg = cfg = load_config(cfg_path, [*overrides, "meta.mask_mode=compat"])
         d, md, o = cfg.data, cfg.model, cfg.optimization
         if cfg.app != "vjepa" or cfg.is_image:
-            raise SystemExit(f"--modes {REFERENCE_CODE}: runs facebookresearch/jepa's V-JEPA step; the config is app "
+            raise SystemExit(f"--modes {REFERENCE_CODE}: runs the reference's V-JEPA step; the config is app "
                              f"{cfg.app!r}{' on images' if cfg.is_image else ''}")
         extra = {k: getattr(cfg.loss, k) for k in ("std_coeff", "cov_coeff", "sigreg_coeff") if getattr(cfg.loss, k)}
         if extra:
@@ -199,36 +202,58 @@ class ReferenceCode:
                              f"{', '.join(f'loss.{k}' for k in extra)}; set them to 0 for every mode")
         from engine.models.vit import VIT_SIZES
         size = VIT_SIZES[md.model_name]
-        for key, want in (("depth", size["depth"]), ("embed_dim", size["embed_dim"]), ("num_heads", size["num_heads"]),
-                          ("pred_num_heads", size["num_heads"])):
+
+        def by_name(key, want, why=""):
             if getattr(md, key) not in (None, want):
                 raise SystemExit(f"--modes {REFERENCE_CODE}: model.{key}={getattr(md, key)}, but the reference builds "
-                                 f"{md.model_name} by name ({key} {want}, its predictor with the encoder's heads)")
+                                 f"{md.model_name} by name ({key} {want}{why})")
+        for key in ("depth", "embed_dim", "num_heads"):
+            by_name(key, size[key])
         ref = _import_reference(repo)
+        self.v2 = ref["kind"] == "vjepa2"
+        if not self.v2:
+            by_name("pred_num_heads", size["num_heads"], ", its predictor with the encoder's heads")
+            v2_only = [k for k in ("use_rope", "use_silu", "use_pred_silu") if getattr(md, k)]
+            if v2_only:
+                raise SystemExit(f"--modes {REFERENCE_CODE}: {', '.join(f'model.{k}' for k in v2_only)} is V-JEPA "
+                                 f"2's; facebookresearch/jepa has none: pass a checkout of facebookresearch/vjepa2")
         torch.manual_seed(seed)
-        self.encoder, self.predictor = ref["init_video_model"](
-            device=torch.device("cpu"), patch_size=d.patch_size, num_frames=cfg.frames_per_clip,
-            tubelet_size=d.tubelet_size, model_name=md.model_name, crop_size=d.crop_size, pred_depth=md.pred_depth,
-            pred_embed_dim=md.pred_embed_dim, uniform_power=md.uniform_power, use_mask_tokens=md.use_mask_tokens,
-            num_mask_tokens=len(cfg.mask), zero_init_mask_tokens=md.zero_init_mask_tokens, use_sdpa=cfg.meta.use_sdpa)
-        self.target_encoder = copy.deepcopy(self.encoder)
-        for p in self.target_encoder.parameters():
-            p.requires_grad = False
-        self.opt, _, self.scheduler, self.wd_scheduler = ref["init_opt"](
-            encoder=self.encoder, predictor=self.predictor, wd=o.weight_decay, final_wd=o.final_weight_decay,
-            start_lr=o.start_lr, ref_lr=o.lr, final_lr=o.final_lr, iterations_per_epoch=o.ipe or 100,
-            warmup=o.warmup, num_epochs=o.epochs, ipe_scale=o.ipe_scale, betas=tuple(o.betas), eps=o.eps)
+        common = dict(device=torch.device("cpu"), patch_size=d.patch_size, tubelet_size=d.tubelet_size,
+                      model_name=md.model_name, crop_size=d.crop_size, pred_depth=md.pred_depth,
+                      pred_embed_dim=md.pred_embed_dim, uniform_power=md.uniform_power,
+                      use_mask_tokens=md.use_mask_tokens, num_mask_tokens=len(cfg.mask),
+                      zero_init_mask_tokens=md.zero_init_mask_tokens, use_sdpa=cfg.meta.use_sdpa)
+        schedule = dict(wd=o.weight_decay, final_wd=o.final_weight_decay, start_lr=o.start_lr, ref_lr=o.lr,
+                        final_lr=o.final_lr, iterations_per_epoch=o.ipe or 100, warmup=o.warmup,
+                        num_epochs=o.epochs, ipe_scale=o.ipe_scale, betas=tuple(o.betas), eps=o.eps)
         masks = [{"aspect_ratio": m.aspect_ratio, "num_blocks": m.num_blocks, "spatial_scale": m.spatial_scale,
                   "temporal_scale": m.temporal_scale, "max_temporal_keep": m.max_temporal_keep,
                   "max_keep": m.max_keep} for m in cfg.mask]
-        self.collator = ref["MaskCollator"](masks, crop_size=d.crop_size, num_frames=cfg.frames_per_clip,
-                                            patch_size=d.patch_size, tubelet_size=d.tubelet_size)
+        grid = dict(crop_size=d.crop_size, patch_size=d.patch_size, tubelet_size=d.tubelet_size)
+        if self.v2:   # one clip length (frames per clip) here, so its mask tokens are one per mask config
+            self.encoder, self.predictor = ref["init_video_model"](
+                max_num_frames=cfg.frames_per_clip, pred_num_heads=md.pred_num_heads, use_rope=md.use_rope,
+                use_silu=md.use_silu, use_pred_silu=md.use_pred_silu, wide_silu=md.wide_silu, **common)
+            self.opt, _, self.scheduler, self.wd_scheduler = ref["init_opt"](
+                is_anneal=False, encoder=self.encoder, predictor=self.predictor, **schedule)
+            self.collator = ref["MaskCollator"](cfgs_mask=masks, dataset_fpcs=[cfg.frames_per_clip], **grid)
+        else:
+            self.encoder, self.predictor = ref["init_video_model"](num_frames=cfg.frames_per_clip, **common)
+            self.opt, _, self.scheduler, self.wd_scheduler = ref["init_opt"](
+                encoder=self.encoder, predictor=self.predictor, **schedule)
+            self.collator = ref["MaskCollator"](masks, num_frames=cfg.frames_per_clip, **grid)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        for p in self.target_encoder.parameters():
+            p.requires_grad = False
         self.ref = ref
         self.loss_exp, self.reg_coeff = cfg.loss.loss_exp, cfg.loss.reg_coeff
         self.B = d.batch_size
         self.wall, self.cpu, self.tokens = [], [], []
 
     def step(self, x) -> int:
+        return self._step_v2(x) if self.v2 else self._step_v1(x)
+
+    def _step_v1(self, x) -> int:
         _, masks_enc, masks_pred = self.collator([0] * self.B)
         self.scheduler.step()
         self.wd_scheduler.step()
@@ -256,30 +281,69 @@ class ReferenceCode:
         float(loss.detach())
         return sum(int(e.numel() + p.numel()) for e, p in zip(masks_enc, masks_pred))
 
+    def _step_v2(self, x) -> int:
+        """facebookresearch/vjepa2's train step: clips grouped by length (one group here), the MultiSeq
+        wrappers, its per-mask L1 loss, no variance term or loggers, a _foreach EMA."""
+        T = self.cfg.frames_per_clip
+        sample = self.collator([([x[b]], 0, [np.arange(T)]) for b in range(self.B)])
+        clips = [udata[0][0] for udata, _, _ in sample]
+        masks_enc = [me for _, me, _ in sample]
+        masks_pred = [mp for _, _, mp in sample]
+        self.scheduler.step()
+        self.wd_scheduler.step()
+        with torch.no_grad():
+            h = [F.layer_norm(hi, (hi.size(-1),)) for hi in self.target_encoder(clips)]
+        z = self.predictor(self.encoder(clips, masks_enc), masks_enc, masks_pred)
+        h = [self.ref["apply_masks"](hi, mi, concat=False) for hi, mi in zip(h, masks_pred)]
+        loss, n = 0.0, 0
+        for zi, hi in zip(z, h):
+            for zij, hij in zip(zi, hi):
+                loss = loss + torch.mean(torch.abs(zij - hij) ** self.loss_exp) / self.loss_exp
+                n += 1
+        loss = loss / n
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad()
+        with torch.no_grad():
+            m = 0.996
+            params_k, params_q = list(self.target_encoder.parameters()), list(self.encoder.parameters())
+            torch._foreach_mul_(params_k, m)
+            torch._foreach_add_(params_k, params_q, alpha=1 - m)
+        float(loss.detach())
+        return sum(int(e.numel() + p.numel()) for me, mp in zip(masks_enc, masks_pred) for e, p in zip(me, mp))
+
 
 def _import_reference(repo) -> dict:
-    """The reference's functions from a checkout of facebookresearch/jepa (its top-level packages `src`
-    and `app` are imported from `repo` alone)."""
+    """The reference's functions from a checkout of facebookresearch/jepa or facebookresearch/vjepa2 (their
+    top-level packages `src` and `app` are imported from `repo` alone)."""
     repo = Path(repo).resolve()
-    if not (repo / "app" / "vjepa" / "utils.py").is_file() or not (repo / "src" / "masks" / "multiblock3d.py").is_file():
-        raise SystemExit(f"--reference-repo {repo}: not a checkout of facebookresearch/jepa "
-                         f"(app/vjepa/utils.py and src/masks/multiblock3d.py are missing)")
+    v1 = (repo / "src" / "masks" / "multiblock3d.py").is_file()
+    v2 = (repo / "src" / "masks" / "multiseq_multiblock3d.py").is_file()
+    if not (repo / "app" / "vjepa" / "utils.py").is_file() or not (v1 or v2):
+        raise SystemExit(f"--reference-repo {repo}: not a checkout of facebookresearch/jepa or facebookresearch/vjepa2 "
+                         f"(app/vjepa/utils.py and src/masks/multiblock3d.py or multiseq_multiblock3d.py are missing)")
     sys.path.insert(0, str(repo))
     try:
         from app.vjepa.utils import init_opt, init_video_model
-        from src.masks.multiblock3d import MaskCollator
         from src.masks.utils import apply_masks
-        from src.utils.logging import adamw_logger, grad_logger
+        if v2:
+            from src.masks.multiseq_multiblock3d import MaskCollator
+            extra = {"kind": "vjepa2"}
+        else:
+            from src.masks.multiblock3d import MaskCollator
+            from src.utils.logging import adamw_logger, grad_logger
+            extra = {"kind": "jepa", "grad_logger": grad_logger, "adamw_logger": adamw_logger}
     finally:
         sys.path.remove(str(repo))
     return {"init_video_model": init_video_model, "init_opt": init_opt, "MaskCollator": MaskCollator,
-            "apply_masks": apply_masks, "grad_logger": grad_logger, "adamw_logger": adamw_logger}
+            "apply_masks": apply_masks, **extra}
 
 
 def make_mode(spec: str, cfg_path, overrides, reference_repo=None):
     if spec == REFERENCE_CODE:
         if reference_repo is None:
-            raise SystemExit(f"--modes {REFERENCE_CODE} needs --reference-repo DIR (a checkout of facebookresearch/jepa)")
+            raise SystemExit(f"--modes {REFERENCE_CODE} needs --reference-repo DIR (a checkout of facebookresearch/jepa "
+                             f"or facebookresearch/vjepa2)")
         return ReferenceCode(cfg_path, overrides, reference_repo)
     return Mode(spec, cfg_path, overrides)
 
@@ -481,7 +545,7 @@ def main(argv=None):
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--reference-repo", metavar="DIR",
-                    help=f"a checkout of facebookresearch/jepa, for --modes {REFERENCE_CODE}")
+                    help=f"a checkout of facebookresearch/jepa or facebookresearch/vjepa2, for --modes {REFERENCE_CODE}")
     ap.add_argument("--memory-of", help=argparse.SUPPRESS)   # the per-mode memory child
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "e2e_cpu.csv"))
     args = ap.parse_args(argv)
@@ -499,7 +563,8 @@ def main(argv=None):
         except ValueError as e:
             ap.error(f"--modes: {e}")
     if REFERENCE_CODE in modes and not args.reference_repo:
-        ap.error(f"--modes {REFERENCE_CODE} needs --reference-repo DIR (a checkout of facebookresearch/jepa)")
+        ap.error(f"--modes {REFERENCE_CODE} needs --reference-repo DIR (a checkout of facebookresearch/jepa or "
+                 f"facebookresearch/vjepa2)")
     rows = run(args.config, args.set, args.rounds, args.steps, modes, profile=not args.no_profile,
                reference_repo=args.reference_repo)
     for r in rows:
