@@ -104,20 +104,25 @@ def test_the_reference_code_mode_needs_a_checkout_of_it(tmp_path):
 
 
 REFERENCE_REPO = os.environ.get("JEPA_REFERENCE_REPO")
+VJEPA2_REPO = os.environ.get("JEPA_VJEPA2_REPO")
+
+
+def _reference_rows(tmp_path, repo, modes, overrides):
+    """(the bench command, its rows by mode) for one quick round of `modes` against the checkout `repo`."""
+    out = tmp_path / "e2e.csv"
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_e2e.py"), "--rounds", "1", "--steps", "1", "--threads", "1",
+           "--no-profile", "--out", str(out), "--modes", modes, "--reference-repo", repo,
+           *[a for o in ["model.depth=12", "model.pred_depth=2", "model.pred_embed_dim=48", *overrides,
+                         "loss.std_coeff=0", "loss.cov_coeff=0", "data.batch_size=3"] for a in ("--set", o)]]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return cmd, {row["mode"]: row for row in csv.DictReader(out.open())}
 
 
 @pytest.mark.skipif(not REFERENCE_REPO, reason="needs a checkout of facebookresearch/jepa in JEPA_REFERENCE_REPO "
                                                "(not shipped, and not fetched by the tests)")
 def test_the_reference_code_row_runs_its_step(tmp_path):
-    out = tmp_path / "e2e.csv"
-    cmd = [sys.executable, str(ROOT / "bench" / "bench_e2e.py"), "--rounds", "1", "--steps", "1", "--threads", "1",
-           "--no-profile", "--out", str(out), "--modes", "reference_code,reference_style",
-           "--reference-repo", REFERENCE_REPO,
-           *[a for o in ["model.depth=12", "model.pred_depth=2", "model.pred_embed_dim=48", "model.pred_num_heads=3", "loss.std_coeff=0",
-                         "loss.cov_coeff=0", "data.batch_size=3"] for a in ("--set", o)]]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = {row["mode"]: row for row in csv.DictReader(out.open())}
+    cmd, rows = _reference_rows(tmp_path, REFERENCE_REPO, "reference_code,reference_style", ["model.pred_num_heads=3"])
     # its collator truncates to the batch minimum, as the reference_style row does: fewer than B * N * configs
     for row in rows.values():
         assert 0 < float(row["tokens_per_step"]) < 3 * 256 * 2 and float(row["gflop_per_step"]) > 0
@@ -126,21 +131,11 @@ def test_the_reference_code_row_runs_its_step(tmp_path):
     assert r.returncode == 1 and "model.use_rope is V-JEPA 2's" in r.stderr and "Traceback" not in r.stderr
 
 
-VJEPA2_REPO = os.environ.get("JEPA_VJEPA2_REPO")
-
-
 @pytest.mark.skipif(not VJEPA2_REPO, reason="needs a checkout of facebookresearch/vjepa2 in JEPA_VJEPA2_REPO, its "
                                             "modules' timm importable (not shipped, and not fetched by the tests)")
 def test_the_vjepa2_reference_code_row_runs_its_rope_step(tmp_path):
-    out = tmp_path / "e2e.csv"
-    cmd = [sys.executable, str(ROOT / "bench" / "bench_e2e.py"), "--rounds", "1", "--steps", "1", "--threads", "1",
-           "--no-profile", "--out", str(out), "--modes", "reference_code,ragged", "--reference-repo", VJEPA2_REPO,
-           *[a for o in ["model.depth=12", "model.pred_depth=2", "model.pred_embed_dim=48", "model.pred_num_heads=2",
-                         "model.use_rope=true", "loss.std_coeff=0", "loss.cov_coeff=0", "data.batch_size=3"]
-             for a in ("--set", o)]]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = {row["mode"]: row for row in csv.DictReader(out.open())}
+    _, rows = _reference_rows(tmp_path, VJEPA2_REPO, "reference_code,ragged",
+                              ["model.pred_num_heads=2", "model.use_rope=true"])
     ref, ours = rows["reference_code"], rows["ragged"]
     # its collator truncates to the batch minimum: fewer tokens than the ragged step trains
     assert 0 < float(ref["tokens_per_step"]) < float(ours["tokens_per_step"]) and float(ref["gflop_per_step"]) > 0
