@@ -26,9 +26,10 @@ Sections, in this order (each starts no new case once the time budget is spent; 
                adds the share of the step the device is busy and its top kernels, --e2e-config runs
                another config's step (a world model on random trajectories: time and memory).
   ops          gpu_ops.csv: EMA, gather and RoPE (q and k, fwd+bwd) in GB/s and % of a device-to-device
-               copy_ of the same bytes measured in this run; block attention fwd+bwd TFLOP/s counting real tokens only, ours
-               (Triton, autotuned) beside flash_attn varlen, torch's flash varlen, xformers and SDPA (padded, and per-sequence
-               loop) on V-JEPA length mixes. Methods alternate round by round; medians of CUDA-event times.
+               copy_ of the same bytes measured in this run; block attention fwd+bwd TFLOP/s counting real
+               tokens only, ours (Triton, autotuned) beside flash_attn varlen, torch's flash varlen, xformers
+               and SDPA (padded, and per-sequence loop) on V-JEPA length mixes. Methods alternate round by
+               round; medians of CUDA-event times.
   decode       gpu_decode.csv: DALI NVDEC (fn.readers.video on the GPU) against PyAV, clips/s, on H.264
                files written at the start.
 """

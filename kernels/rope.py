@@ -114,7 +114,8 @@ def _backward(ctx, gq, gk):
 _rope_qk_op.register_autograd(_backward, setup_context=_setup)
 
 
-def rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rope_ref(q, cos, sin), rope_ref(k, cos, sin)) in one pass, contiguous, with their backward."""
     if q.shape != k.shape or q.dtype != k.dtype or q.device != k.device:
         raise ValueError(f"rope_qk: q and k must match, got {tuple(q.shape)} {q.dtype} on {q.device} and "
