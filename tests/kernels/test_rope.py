@@ -143,3 +143,17 @@ def test_compiled_rope_is_one_node_with_its_backward():
     g_want, = torch.autograd.grad(want, x2)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(qkv.abs().max()) ** 2)
     torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-5 * float(qkv.abs().max()))
+
+
+def test_q_and_k_of_different_layouts():
+    # q a view of a fused qkv tensor, k contiguous, both from a head-major [H, T, Dh] buffer seen token-major
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(19, 3, 2, 16, generator=g)[:, 0]
+    k = torch.randn(2, 19, 16, generator=g).transpose(0, 1)          # strides (16, 304, 1)
+    ang = torch.randn(19, 1, 12, generator=g)
+    cos, sin = ang.cos(), ang.sin()
+    for backend in _backends():
+        with kernels.backend(backend):
+            qo, ko = kernels.rope_qk(q, k, cos, sin)
+        _close(qo, rope_ref(q, cos, sin), _magnitude(q, cos, sin), torch.float32)
+        _close(ko, rope_ref(k, cos, sin), _magnitude(k, cos, sin), torch.float32)
