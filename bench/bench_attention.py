@@ -1,17 +1,20 @@
 """Block attention fwd+bwd on packed variable-length sequences: kernels.block_attention vs plain-torch ways.
 
     python bench/bench_attention.py [--quick] [--threads N] [--csv bench/results/attention_cpu.csv]
+    python bench/bench_attention.py --causal --dtypes float32 --csv bench/results/attention_causal_cpu.csv
 
-Per case (V-JEPA-like length mixes and many short sequences) it times forward+backward of
+Per case (V-JEPA-like length mixes, many short sequences, and the world models' frame-causal calls:
+`block_causal`, every way masking keys of later frames) it times forward+backward of
   ours:  kernels.block_attention (auto backend: the CPU bucket path on CPU),
   dense: one SDPA over the whole packed T with a dense block-diagonal bool mask [T, T],
   pad:   every sequence padded to the longest, one batched SDPA with a key-padding mask
          (pad and unpad copies included, as a model would do them),
   loop:  a Python loop of SDPA per sequence, outputs joined with torch.cat,
 and prints ms, TFLOP/s counting only real tokens (FlashAttention's count: fwd 4*L^2*H*Dh per
-sequence, fwd+bwd 3.5x that) and each baseline's time / ours. The methods run interleaved, round after
-round (A B C D A B C D ...), and each reports its median over the rounds with the spread (min, max),
-so a slow outlier round (other work shares this machine's cores) moves no ratio. Ratios are from one run.
+sequence, fwd+bwd 3.5x that; frame-causal: only the pairs that attend) and each baseline's time / ours.
+The methods run interleaved, round after round (A B C D A B C D ...), and each reports its median over
+the rounds with the spread (min, max), so a slow outlier round (other work shares this machine's cores)
+moves no ratio. Ratios are from one run.
 """
 from __future__ import annotations
 
@@ -57,10 +60,24 @@ def cases(quick: bool):
     return out
 
 
-def make_ways(lens, H, Dh, dtype):
+def causal_cases(quick: bool):
+    """The world models' frame-causal calls (block_causal; configs/hjepa_tiny_cpu.yaml, ac_arm_tiny_cpu.yaml):
+    8 trajectories of F frames, each frame its tokens (and the action / state tokens before them)."""
+    out = [("H-JEPA level 1 B8 198 tok 9 frames, H3", [198] * 8, 3, 32, 9)]
+    if quick:
+        return out
+    return out + [("AC arm B8 54 tok 3 frames, H3", [54] * 8, 3, 32, 3),
+                  ("H-JEPA level 2 B8 36 tok 4 frames, H3", [36] * 8, 3, 32, 4),
+                  ("AC ViT-L-like B8 1040 tok 4 frames, H16", [1040] * 8, 16, 64, 4)]
+
+
+def make_ways(lens, H, Dh, dtype, frames=None):
+    """frames: F frames per sequence (token j of a length-L sequence in frame j * F // L), attended
+    frame-causally by every way; None: plain block-diagonal attention."""
     g = torch.Generator().manual_seed(1)
     cu = torch.tensor([0] + lens).cumsum(0)
     T, S, Lmax = int(cu[-1]), len(lens), max(lens)
+    frame_T = None if frames is None else torch.cat([torch.arange(L) * frames // L for L in lens])
     q, k, v = (torch.randn(T, H, Dh, generator=g).to(dtype).requires_grad_(True) for _ in range(3))
     dout = torch.randn(T, H, Dh, generator=g).to(dtype)
     seq_T = torch.repeat_interleave(torch.arange(S), torch.tensor(lens))
@@ -75,33 +92,47 @@ def make_ways(lens, H, Dh, dtype):
         return step
 
     def ours():
-        return kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=Lmax, max_seqlen_k=Lmax)
+        return kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=Lmax, max_seqlen_k=Lmax, block_causal=frame_T)
+
+    def causal(fq, fk):   # a [Lq, Lk] keep-mask: key frame <= query frame
+        return fq[:, None] >= fk[None, :]
 
     def dense():
         mask = seq_T[:, None] == seq_T[None, :]   # built per call, as a model would
+        if frame_T is not None:
+            mask = mask & causal(frame_T, frame_T)
         o = F.scaled_dot_product_attention(*(t.transpose(0, 1)[None] for t in (q, k, v)), attn_mask=mask)
         return o[0].transpose(0, 1)
 
     def pad():
         def to_pad(t):   # [T,H,D] -> [S,H,Lmax,D], zeros in padding
             return t.new_zeros(S * Lmax, H, Dh).index_copy(0, pos_T, t).view(S, Lmax, H, Dh).transpose(1, 2)
-        o = F.scaled_dot_product_attention(to_pad(q), to_pad(k), to_pad(v), attn_mask=keymask)
+        mask = keymask
+        if frame_T is not None:   # padded rows get frame -1 as keys (never seen) and as queries
+            f = torch.full((S * Lmax,), -1).index_copy(0, pos_T, frame_T).view(S, Lmax)
+            mask = keymask & (f[:, :, None] >= f[:, None, :])[:, None]
+            mask = mask | ~mask.any(-1, keepdim=True)   # a padded query row: all keys, dropped after
+        o = F.scaled_dot_product_attention(to_pad(q), to_pad(k), to_pad(v), attn_mask=mask)
         return o.transpose(1, 2).reshape(S * Lmax, H, Dh).index_select(0, pos_T)
 
     def loop():
         c = cu.tolist()
-        outs = [F.scaled_dot_product_attention(*(t[c[s]:c[s + 1]].transpose(0, 1) for t in (q, k, v))).transpose(0, 1)
-                for s in range(S)]
+        outs = []
+        for s in range(S):
+            qs, ks, vs = (t[c[s]:c[s + 1]].transpose(0, 1) for t in (q, k, v))
+            fs = None if frame_T is None else frame_T[c[s]:c[s + 1]]
+            outs.append(F.scaled_dot_product_attention(
+                qs, ks, vs, attn_mask=None if fs is None else causal(fs, fs)).transpose(0, 1))
         return torch.cat(outs)
 
-    ways = {"ours": run(ours), "pad": run(pad), "loop": run(loop)}
+    forwards = {"ours": ours, "pad": pad, "loop": loop}
     if T <= DENSE_MAX_T:
-        ways["dense"] = run(dense)
-    return ways, T
+        forwards["dense"] = dense
+    return {w: run(f) for w, f in forwards.items()}, T, forwards
 
 
-def bench_case(name, lens, H, Dh, dtype, reps):
-    ways, T = make_ways(lens, H, Dh, dtype)
+def bench_case(name, lens, H, Dh, dtype, reps, frames=None):
+    ways, T, _ = make_ways(lens, H, Dh, dtype, frames)
     times = {w: [] for w in ways}
     for w in ways:   # warm-up (plans, lazy init)
         ways[w]()
@@ -111,12 +142,17 @@ def bench_case(name, lens, H, Dh, dtype, reps):
             fn()
             times[w].append(time.perf_counter() - t0)
     best = {w: statistics.median(ts) for w, ts in times.items()}
-    flops = 3.5 * sum(4 * L * L * H * Dh for L in lens)
+    # FLOPs of the (query, key) pairs that attend: a frame-causal sequence of L tokens in F equal frames has
+    # sum over frames f of (tokens in f) x (tokens in frames <= f)
+    pairs = [L * L if frames is None else
+             int(((torch.arange(L) * frames // L)[:, None] >= (torch.arange(L) * frames // L)[None, :]).sum())
+             for L in lens]
+    flops = 3.5 * sum(4 * p * H * Dh for p in pairs)
     pad_ratio = len(lens) * max(lens) ** 2 / sum(L * L for L in lens)
     rows = []
     for w in ("ours", "dense", "pad", "loop"):
         t = best.get(w)
-        rows.append({"case": name, "dtype": str(dtype).split(".")[-1], "seqs": len(lens), "tokens": T,
+        rows.append({"case": name, "dtype": str(dtype).split(".")[-1], "frames": frames or "", "seqs": len(lens), "tokens": T,
                      "min_len": min(lens), "max_len": max(lens), "H": H, "Dh": Dh, "method": w,
                      "ms": round(t * 1e3, 2) if t else "skipped (T too large)",
                      "ms_min": round(min(times[w]) * 1e3, 2) if t else "", "ms_max": round(max(times[w]) * 1e3, 2) if t else "",
@@ -133,6 +169,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--causal", action="store_true", help="the frame-causal cases only")
     ap.add_argument("--csv", default=None, help="write the table here")
     args = ap.parse_args()
     if args.threads:
@@ -144,8 +181,8 @@ def main():
     print(hdr)
     rows = []
     for dtype in [getattr(torch, d) for d in args.dtypes.split(",")]:
-        for name, lens, H, Dh in cases(args.quick):
-            for r in bench_case(name, lens, H, Dh, dtype, reps):
+        for name, lens, H, Dh, *frames in ([] if args.causal else cases(args.quick)) + causal_cases(args.quick):
+            for r in bench_case(name, lens, H, Dh, dtype, reps, *frames):
                 rows.append(r)
                 print(f"{r['case']:<34}{r['dtype']:<9}{r['tokens']:>7}{r['method']:>7}{str(r['ms']):>10}"
                       f"{str(r['TFLOPs_real']):>9}{str(r['ours_speedup']):>8}{r['attn_pad_ratio']:>6}", flush=True)

@@ -17,7 +17,7 @@ def test_run_kernels_quick_writes_every_op(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
     ops = {row["op"] for row in rows}
-    assert {"copy_", "gather_fwd_bwd", "gather_layer_norm", "gelu_with_grad"} <= ops
+    assert {"copy_", "gather_fwd_bwd", "gather_layer_norm", "gelu_with_grad", "rope_qk_fwd_bwd"} <= ops
     assert any(o.startswith("ema") for o in ops)
     assert all(float(row["GB_s"]) > 0 for row in rows if row["GB_s"])
     # every op row's % is against a copy of the same bytes, and all methods of an op share their bytes
@@ -30,7 +30,23 @@ def test_run_kernels_quick_writes_every_op(tmp_path):
     for op in ops - {"copy_"}:
         assert len({row["bytes_MB"] for row in rows if row["op"] == op and row["shape"] == rows[1]["shape"]}) <= 1
     assert {"gather then layer_norm", "kernels.gather_layer_norm", "F.gelu + aten gelu_backward",
-            "kernels.gelu_with_grad"} <= {row["method"] for row in rows}
+            "kernels.gelu_with_grad", "kernels.rope_qk"} <= {row["method"] for row in rows}
+
+
+def test_bench_attention_ways_compute_the_same_attention():
+    # what the attention bench compares is the same work: every way's output equals ours, plain and frame-causal
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_attention
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    for frames in (None, 3):
+        _, _, forwards = bench_attention.make_ways([54, 7, 30], 2, 16, torch.float32, frames)
+        with torch.no_grad():
+            outs = {w: f() for w, f in forwards.items()}
+        assert set(outs) == {"ours", "pad", "loop", "dense"}
+        for w, o in outs.items():
+            torch.testing.assert_close(o, outs["ours"], rtol=1e-5, atol=1e-5, msg=f"{w}, frames={frames}")
 
 
 def test_bench_loader_runs_every_loader(tmp_path):
