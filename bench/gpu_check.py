@@ -245,12 +245,9 @@ def check_rope(device, backend, dtype, M, H, Dh, R, seed):
     def ref(q, k, c, s):
         return kernels.rope_ref(q, c, s), kernels.rope_ref(k, c, s)
 
-    def ours(q, k, c, s):
-        with kernels.backend(backend):
-            return kernels.rope_qk(q, k, c, s)
-
     ref64 = _rope_run(ref, q.double(), k.double(), cos.double(), sin.double(), gq.double(), gk.double())
-    got = _rope_run(ours, q, k, cos, sin, gq, gk)
+    with kernels.backend(backend):   # the backward (the same op, transposed) on the same backend
+        got = _rope_run(kernels.rope_qk, q, k, cos, sin, gq, gk)
     refd = _rope_run(ref, q, k, cos, sin, gq, gk)
     rows = []
     for i, name in enumerate(("q", "k", "dq", "dk")):
@@ -486,10 +483,12 @@ def bench_rope(device, M, H, Dh, reps, emit):
             way(lambda q, k: (kernels.rope_ref(q, cos, sin), kernels.rope_ref(k, cos, sin)))}
     for b, why in device_backends("rope_qk", device, {"dtype": torch.bfloat16}):
         if why is None:
-            def ours(q, k, b=b):
+            run = way(lambda q, k: kernels.rope_qk(q, k, cos, sin))
+
+            def ours(b=b, run=run):   # forward and backward on backend b
                 with kernels.backend(b):
-                    return kernels.rope_qk(q, k, cos, sin)
-            ways[f"kernels.rope_qk [{b}]"] = way(ours)
+                    run()
+            ways[f"kernels.rope_qk [{b}]"] = ours
     # the minimum: q, k read and written forward, the two gradients read and written backward
     emit("rope_qk", f"M{M} H{H} Dh{Dh} bf16 fwd+bwd", time_ways(ways, reps, device), nbytes=8 * M * H * Dh * 2)
 
