@@ -23,6 +23,8 @@ rope_ref's plain ops instead, which inductor fuses with their neighbours). The t
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kernels import _registry
@@ -128,7 +130,7 @@ def rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
         raise ValueError(f"rope_qk: cos and sin must be [..., 1, R] alike with R even and <= head dim {Dh}, got "
                          f"{tuple(cos.shape)} and {tuple(sin.shape)}")
     cos_R, sin_R = cos.reshape(-1, R), sin.reshape(-1, R)
-    M, Mc = q[..., 0, 0].numel(), cos_R.shape[0]
+    M, Mc = math.prod(q.shape[:-2]), cos_R.shape[0]
     lead = tuple(q.shape[:-2])
     if tuple(cos.shape[:-2]) != lead[len(lead) - (cos.dim() - 2):] or (Mc == 0) != (M == 0):
         raise ValueError(f"rope_qk: tables of shape {tuple(cos.shape)} do not match q's token dims {lead}")
