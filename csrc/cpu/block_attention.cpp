@@ -181,8 +181,22 @@ inline void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha
   sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
 }
 
-// W partial maxima / sums, so the compiler vectorises without reordering a float reduction.
+// W partial maxima / sums, so the compiler vectorises without reordering a float reduction; a row's tail
+// goes into the first lanes, and the partials fold pairwise (a fixed order: every ISA's loop sums alike, and
+// a row costs a four-step fold instead of a W-long dependent chain, which dominated rows of 32-256).
 constexpr int W = 16;
+
+__attribute__((always_inline)) inline float fold_sum(float* acc) {
+  for (int w = W / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+__attribute__((always_inline)) inline float fold_max(float* acc) {
+  for (int w = W / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] = acc[l + w] > acc[l] ? acc[l + w] : acc[l];
+  return acc[0];
+}
 
 __attribute__((always_inline)) inline float row_max(const float* __restrict x, int64_t n) {
   float acc[W];
@@ -190,10 +204,8 @@ __attribute__((always_inline)) inline float row_max(const float* __restrict x, i
   int64_t j = 0;
   for (; j + W <= n; j += W)
     for (int l = 0; l < W; ++l) acc[l] = x[j + l] > acc[l] ? x[j + l] : acc[l];
-  float m = -std::numeric_limits<float>::infinity();
-  for (int l = 0; l < W; ++l) m = acc[l] > m ? acc[l] : m;
-  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
-  return m;
+  for (int64_t l = 0; j + l < n; ++l) acc[l] = x[j + l] > acc[l] ? x[j + l] : acc[l];
+  return fold_max(acc);
 }
 
 // x <- exp(x - shift) in place; returns the sum of the new x.
@@ -206,18 +218,28 @@ __attribute__((always_inline)) inline float exp_shift_sum(float* __restrict x, i
       x[j + l] = e;
       acc[l] += e;
     }
-  float sum = 0.0f;
-  for (int l = 0; l < W; ++l) sum += acc[l];
-  for (; j < n; ++j) {
-    x[j] = jepa_cpu::exp_nonpos(x[j] - shift);
-    sum += x[j];
+  for (int64_t l = 0; j + l < n; ++l) {
+    const float e = jepa_cpu::exp_nonpos(x[j + l] - shift);
+    x[j + l] = e;
+    acc[l] += e;
   }
-  return sum;
+  return fold_sum(acc);
+}
+
+// sum_j a[j] b[j] over n
+__attribute__((always_inline)) inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float acc[W] = {};
+  int64_t j = 0;
+  for (; j + W <= n; j += W)
+    for (int l = 0; l < W; ++l) acc[l] += a[j + l] * b[j + l];
+  for (int64_t l = 0; j + l < n; ++l) acc[l] += a[j + l] * b[j + l];
+  return fold_sum(acc);
 }
 
 // The rows of one head's [rows, n] score matrix S; lse[r * lse_stride] is row r's log-sum-exp.
 // Forward: S -> unnormalised P = exp(S - rowmax) in place, sum[r] = its row sums, lse written.
-// Backward: S -> P = exp(S - lse), dP -> dS = P (dP - D[r]) in place.
+// Backward: D[r] = dO[r] . O[r] (rows of length Dh, strides ld_do / ld_o), then S -> P = exp(S - lse),
+// dP -> dS = P (dP - D[r]) in place.
 struct Rows {
   float* S;
   float* dP;
@@ -225,7 +247,10 @@ struct Rows {
   float* sum;
   float* lse;
   int64_t lse_stride;
-  const float* D;
+  const float* dO = nullptr;
+  int64_t ld_do = 0;
+  const float* O = nullptr;
+  int64_t ld_o = 0, Dh = 0;
 };
 
 template <bool Backward>
@@ -245,12 +270,13 @@ __attribute__((always_inline)) inline void rows_body(const Rows& j) {
       continue;
     }
     float* __restrict dp = j.dP + r * j.n;
-    const float shift = j.lse[r * j.lse_stride], d = j.D[r];
+    const float shift = j.lse[r * j.lse_stride];
     if (shift == -std::numeric_limits<float>::infinity()) {   // a row that saw no key: no gradient
       std::fill(p, p + j.n, 0.0f);
       std::fill(dp, dp + j.n, 0.0f);
       continue;
     }
+    const float d = dot(j.dO + r * j.ld_do, j.O + r * j.ld_o, j.Dh);
     for (int64_t c = 0; c < j.n; ++c) {
       const float e = jepa_cpu::exp_nonpos(p[c] - shift);
       p[c] = e;
@@ -331,7 +357,7 @@ void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, T
     // S [Lq, Lk] = scale Q K^T
     sgemm('T', 'N', Lk, Lq, Dh, scale, at_row(k, k0, h), k.stride(0), at_row(q, q0, h), q.stride(0), S, Lk);
     if (fq != nullptr) mask_later_frames(S, Lq, Lk, fq, fk);
-    softmax({S, nullptr, Lq, Lk, sum, at_row(lse, q0, h), lse.stride(0), nullptr}, false);
+    softmax({S, nullptr, Lq, Lk, sum, at_row(lse, q0, h), lse.stride(0)}, false);
     sgemm('N', 'N', Dh, Lq, Lk, 1.0f, at_row(v, k0, h), v.stride(0), S, Lk, op, ldo);   // O [Lq, Dh] = P V
     for (int64_t i = 0; i < Lq; ++i) {   // normalised here: Dh per row, not Lk
       const float inv = sum[i] > 0.0f ? 1.0f / sum[i] : 0.0f;
@@ -347,20 +373,13 @@ void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tenso
   static const RowsFn softmax = rows_fn();
   float* S = scratch(0, Lq * Lk);
   float* dP = scratch(1, Lq * Lk);
-  float* D = scratch(2, Lq);
   for (int64_t h = h0; h < h1; ++h) {
     const float *qp = at_row(q, q0, h), *kp = at_row(k, k0, h), *gp = at_row(dout, q0, h);
-    for (int64_t i = 0; i < Lq; ++i) {   // D = rowsum(dO O)
-      const float* a = gp + i * dout.stride(0);
-      const float* b = at_row(out, q0 + i, h);
-      float d = 0.0f;
-      for (int64_t j = 0; j < Dh; ++j) d += a[j] * b[j];
-      D[i] = d;
-    }
     sgemm('T', 'N', Lk, Lq, Dh, scale, kp, k.stride(0), qp, q.stride(0), S, Lk);                 // S [Lq, Lk]
     if (fq != nullptr) mask_later_frames(S, Lq, Lk, fq, fk);
     sgemm('T', 'N', Lk, Lq, Dh, 1.0f, at_row(v, k0, h), v.stride(0), gp, dout.stride(0), dP, Lk);   // dO V^T
-    softmax({S, dP, Lq, Lk, nullptr, at_row(lse, q0, h), lse.stride(0), D}, true);              // S <- P, dP <- dS
+    softmax({S, dP, Lq, Lk, nullptr, at_row(lse, q0, h), lse.stride(0), gp, dout.stride(0),
+             at_row(out, q0, h), out.stride(0), Dh}, true);   // S <- P, dP <- dS
     sgemm('N', 'T', Dh, Lk, Lq, 1.0f, gp, dout.stride(0), S, Lk, at_row(dv, k0, h), dv.stride(0));  // dV = P^T dO
     sgemm('N', 'N', Dh, Lq, Lk, scale, kp, k.stride(0), dP, Lk, at_row(dq, q0, h), dq.stride(0));  // dQ = scale dS K
     sgemm('N', 'T', Dh, Lk, Lq, scale, qp, q.stride(0), dP, Lk, at_row(dk, k0, h), dk.stride(0));  // dK = scale dS^T Q
