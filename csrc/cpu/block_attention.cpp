@@ -163,7 +163,8 @@ Tensor out_like(const Tensor& x, bool written) {
 // copies): S = scale Q K^T, P = exp(S - rowmax), O = (P V) / rowsum(P), lse = rowmax + log(rowsum); the
 // backward recomputes P = exp(S - lse) and takes dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)),
 // dQ = scale dS K, dK = scale dS^T Q. The flash kernel's math and outputs (lse included), fp32
-// throughout. Frame ids (block_causal) set the scores of later-frame keys to -inf before the softmax; a
+// throughout. Frame ids (block_causal) in time order (query_groups) restrict each query frame's scores to
+// the keys it sees; in any other order they set the scores of later-frame keys to -inf before the softmax. A
 // query that sees no key gets a zero output (lse -inf) and no gradient. The GEMMs are BLAS's sgemm in
 // torch's own library, bound at load time; where torch has none (a build without MKL), and for longer
 // sequences or other dtypes, ATen's kernel runs.
@@ -173,11 +174,10 @@ extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* 
                        const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
                        const int* ldc) __attribute__((weak));
 
-// Column-major C[m, n] = alpha op(A) op(B) (BLAS's convention: a row-major matrix is its transpose).
+// Column-major C[m, n] = alpha op(A) op(B) + beta C (BLAS's convention: a row-major matrix is its transpose).
 inline void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                  const float* b, int64_t ldb, float* c, int64_t ldc) {
+                  const float* b, int64_t ldb, float* c, int64_t ldc, float beta = 0.0f) {
   const int mi = (int)m, ni = (int)n, ki = (int)k, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
-  const float beta = 0.0f;
   sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
 }
 
@@ -330,6 +330,34 @@ void mask_later_frames(float* S, int64_t Lq, int64_t Lk, const int64_t* fq, cons
   }
 }
 
+// Query rows [r0, r1) of a sequence that see its keys [0, n) and no other.
+struct Group {
+  int64_t r0, r1, n;
+};
+
+// The query groups of one sequence. Without frame ids: every row sees every key. With frame ids that do
+// not decrease along the queries nor along the keys (tokens in time order, as the world models pack
+// them): one group per query frame, each seeing a prefix of the keys, so only those scores are computed
+// (for F frames of equal size about (F + 1) / 2F of the square) and nothing is masked. Otherwise one
+// group, and the caller masks later frames. Returns whether the caller must mask.
+bool query_groups(const int64_t* fq, int64_t Lq, const int64_t* fk, int64_t Lk, std::vector<Group>& g) {
+  g.clear();
+  const bool sorted = fq == nullptr || (std::is_sorted(fq, fq + Lq) && std::is_sorted(fk, fk + Lk));
+  if (!sorted || fq == nullptr) {
+    g.push_back({0, Lq, Lk});
+    return !sorted;
+  }
+  int64_t n = 0;
+  for (int64_t r0 = 0; r0 < Lq;) {
+    int64_t r1 = r0 + 1;
+    while (r1 < Lq && fq[r1] == fq[r0]) ++r1;
+    while (n < Lk && fk[n] <= fq[r0]) ++n;
+    g.push_back({r0, r1, n});
+    r0 = r1;
+  }
+  return false;
+}
+
 bool is_short(int64_t Lq, int64_t Lk) { return Lq <= kShortLen && Lk <= kShortLen; }
 
 // This thread's buffer `which` of at least n floats (two [kShortLen, kShortLen] score matrices, row data).
@@ -345,44 +373,80 @@ float* at_row(const Tensor& t, int64_t row, int64_t h) {
   return t.data_ptr<float>() + row * t.stride(0) + h * t.stride(1);
 }
 
-// Rows [q0, q1) x heads [h0, h1) of out and lse, from q rows [q0, q1) and k, v rows [k0, k1).
+// Rows [q0, q1) x heads [h0, h1) of out and lse, from q rows [q0, q1) and k, v rows [k0, k1); per query
+// group (query_groups) its [rows, n] scores, packed with row stride n.
 void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse, int64_t q0, int64_t q1,
                int64_t k0, int64_t k1, int64_t h0, int64_t h1, float scale, const int64_t* fq, const int64_t* fk) {
-  const int64_t Lq = q1 - q0, Lk = k1 - k0, Dh = q.size(2), ldo = out.stride(0);
+  const int64_t Lq = q1 - q0, Lk = k1 - k0, Dh = q.size(2), ldo = out.stride(0), ldq = q.stride(0);
   static const RowsFn softmax = rows_fn();
+  thread_local std::vector<Group> groups;
+  const bool mask = query_groups(fq, Lq, fk, Lk, groups);
   float* S = scratch(0, Lq * Lk);
   float* sum = scratch(2, Lq);
   for (int64_t h = h0; h < h1; ++h) {
-    float* op = at_row(out, q0, h);
-    // S [Lq, Lk] = scale Q K^T
-    sgemm('T', 'N', Lk, Lq, Dh, scale, at_row(k, k0, h), k.stride(0), at_row(q, q0, h), q.stride(0), S, Lk);
-    if (fq != nullptr) mask_later_frames(S, Lq, Lk, fq, fk);
-    softmax({S, nullptr, Lq, Lk, sum, at_row(lse, q0, h), lse.stride(0)}, false);
-    sgemm('N', 'N', Dh, Lq, Lk, 1.0f, at_row(v, k0, h), v.stride(0), S, Lk, op, ldo);   // O [Lq, Dh] = P V
-    for (int64_t i = 0; i < Lq; ++i) {   // normalised here: Dh per row, not Lk
-      const float inv = sum[i] > 0.0f ? 1.0f / sum[i] : 0.0f;
-      for (int64_t j = 0; j < Dh; ++j) op[i * ldo + j] *= inv;
+    for (const Group& g : groups) {
+      const int64_t rows = g.r1 - g.r0, n = g.n;
+      float* op = at_row(out, q0 + g.r0, h);
+      float* lp = at_row(lse, q0 + g.r0, h);
+      if (n == 0) {   // no key to see: zero output, lse -inf
+        for (int64_t i = 0; i < rows; ++i) {
+          std::fill(op + i * ldo, op + i * ldo + Dh, 0.0f);
+          lp[i * lse.stride(0)] = -std::numeric_limits<float>::infinity();
+        }
+        continue;
+      }
+      // S [rows, n] = scale Q K^T
+      sgemm('T', 'N', n, rows, Dh, scale, at_row(k, k0, h), k.stride(0), at_row(q, q0 + g.r0, h), ldq, S, n);
+      if (mask) mask_later_frames(S, rows, n, fq + g.r0, fk);
+      softmax({S, nullptr, rows, n, sum, lp, lse.stride(0)}, false);
+      sgemm('N', 'N', Dh, rows, n, 1.0f, at_row(v, k0, h), v.stride(0), S, n, op, ldo);   // O [rows, Dh] = P V
+      for (int64_t i = 0; i < rows; ++i) {   // normalised here: Dh per row, not n
+        const float inv = sum[i] > 0.0f ? 1.0f / sum[i] : 0.0f;
+        for (int64_t j = 0; j < Dh; ++j) op[i * ldo + j] *= inv;
+      }
     }
   }
 }
 
+// The query groups' gradients: dQ per group; dK and dV of the keys [0, n) a group sees summed over the
+// groups (zeroed first: keys no query sees get none).
 void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv, int64_t q0, int64_t q1, int64_t k0, int64_t k1,
                int64_t h0, int64_t h1, float scale, const int64_t* fq, const int64_t* fk) {
-  const int64_t Lq = q1 - q0, Lk = k1 - k0, Dh = q.size(2);
+  const int64_t Lq = q1 - q0, Lk = k1 - k0, Dh = q.size(2), ldq = q.stride(0), ldk = k.stride(0);
+  const int64_t ldd = dout.stride(0), lddq = dq.stride(0), lddk = dk.stride(0), lddv = dv.stride(0);
   static const RowsFn softmax = rows_fn();
+  thread_local std::vector<Group> groups;
+  const bool mask = query_groups(fq, Lq, fk, Lk, groups);
+  const bool one = groups.size() == 1 && groups[0].n == Lk;   // every key seen by the one group: no sum
   float* S = scratch(0, Lq * Lk);
   float* dP = scratch(1, Lq * Lk);
   for (int64_t h = h0; h < h1; ++h) {
-    const float *qp = at_row(q, q0, h), *kp = at_row(k, k0, h), *gp = at_row(dout, q0, h);
-    sgemm('T', 'N', Lk, Lq, Dh, scale, kp, k.stride(0), qp, q.stride(0), S, Lk);                 // S [Lq, Lk]
-    if (fq != nullptr) mask_later_frames(S, Lq, Lk, fq, fk);
-    sgemm('T', 'N', Lk, Lq, Dh, 1.0f, at_row(v, k0, h), v.stride(0), gp, dout.stride(0), dP, Lk);   // dO V^T
-    softmax({S, dP, Lq, Lk, nullptr, at_row(lse, q0, h), lse.stride(0), gp, dout.stride(0),
-             at_row(out, q0, h), out.stride(0), Dh}, true);   // S <- P, dP <- dS
-    sgemm('N', 'T', Dh, Lk, Lq, 1.0f, gp, dout.stride(0), S, Lk, at_row(dv, k0, h), dv.stride(0));  // dV = P^T dO
-    sgemm('N', 'N', Dh, Lq, Lk, scale, kp, k.stride(0), dP, Lk, at_row(dq, q0, h), dq.stride(0));  // dQ = scale dS K
-    sgemm('N', 'T', Dh, Lk, Lq, scale, qp, q.stride(0), dP, Lk, at_row(dk, k0, h), dk.stride(0));  // dK = scale dS^T Q
+    const float *kp = at_row(k, k0, h), *vp = at_row(v, k0, h);
+    float *dkp = at_row(dk, k0, h), *dvp = at_row(dv, k0, h);
+    if (!one)
+      for (int64_t j = 0; j < Lk; ++j) {
+        std::fill(dkp + j * lddk, dkp + j * lddk + Dh, 0.0f);
+        std::fill(dvp + j * lddv, dvp + j * lddv + Dh, 0.0f);
+      }
+    const float beta = one ? 0.0f : 1.0f;
+    for (const Group& g : groups) {
+      const int64_t rows = g.r1 - g.r0, n = g.n;
+      const float *qp = at_row(q, q0 + g.r0, h), *gp = at_row(dout, q0 + g.r0, h);
+      float* dqp = at_row(dq, q0 + g.r0, h);
+      if (n == 0) {   // rows that saw no key: no gradient
+        for (int64_t i = 0; i < rows; ++i) std::fill(dqp + i * lddq, dqp + i * lddq + Dh, 0.0f);
+        continue;
+      }
+      sgemm('T', 'N', n, rows, Dh, scale, kp, ldk, qp, ldq, S, n);              // S [rows, n]
+      if (mask) mask_later_frames(S, rows, n, fq + g.r0, fk);
+      sgemm('T', 'N', n, rows, Dh, 1.0f, vp, v.stride(0), gp, ldd, dP, n);      // dO V^T
+      softmax({S, dP, rows, n, nullptr, at_row(lse, q0 + g.r0, h), lse.stride(0), gp, ldd,
+               at_row(out, q0 + g.r0, h), out.stride(0), Dh}, true);            // S <- P, dP <- dS
+      sgemm('N', 'T', Dh, n, rows, 1.0f, gp, ldd, S, n, dvp, lddv, beta);       // dV += P^T dO
+      sgemm('N', 'N', Dh, rows, n, scale, kp, ldk, dP, n, dqp, lddq);           // dQ = scale dS K
+      sgemm('N', 'T', Dh, n, rows, scale, qp, ldq, dP, n, dkp, lddk, beta);     // dK += scale dS^T Q
+    }
   }
 }
 

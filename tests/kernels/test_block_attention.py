@@ -185,6 +185,29 @@ def test_empty_key_sequences_and_unseen_rows_give_zeros():
         assert torch.isfinite(qq.grad).all() and qq.grad[4:7].eq(0).all()
 
 
+def test_cpu_time_ordered_frames_cross_lengths():
+    # Frames that never decrease along the queries nor the keys (the world models' token order): the short
+    # kernel computes, per query frame, only the keys of frames up to it. Sequence 0's first query frame
+    # precedes every key (zero rows, no gradient), its last keys follow every query (no gradient to them);
+    # sequence 1 has one frame; sequence 2 has one token per frame; sequence 3 is past the short limit.
+    g = torch.Generator().manual_seed(3)
+    lq, lk = [20, 9, 33, 260], [17, 9, 33, 300]
+    cu_q, cu_k = (torch.tensor([0] + n).cumsum(0) for n in (lq, lk))
+    fq = torch.cat([torch.tensor([0] * 3 + [2] * 7 + [3] * 10), torch.zeros(9, dtype=torch.long),
+                    torch.arange(33), torch.arange(260) // 40])
+    fk = torch.cat([torch.tensor([1] * 5 + [2] * 4 + [3] * 3 + [5] * 5), torch.zeros(9, dtype=torch.long),
+                    torch.arange(33), torch.arange(300) // 40])
+    q = torch.randn(sum(lq), 2, 24, generator=g)
+    k, v = torch.randn(sum(lk), 2, 24, generator=g), torch.randn(sum(lk), 2, 24, generator=g)
+    _check_rule(q, k, v, cu_q, (fq, fk), _kernel, cu_k=cu_k)
+    qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = kernels.block_attention(qq, kk, vv, cu_q, cu_k, max_seqlen_q=260, max_seqlen_k=300, block_causal=(fq, fk))
+    assert out[:3].eq(0).all() and out[3:20].abs().sum() > 0
+    out.sum().backward()
+    assert qq.grad[:3].eq(0).all() and kk.grad[12:17].eq(0).all() and vv.grad[12:17].eq(0).all()
+    assert kk.grad[:12].abs().sum() > 0 and vv.grad[:12].abs().sum() > 0
+
+
 def test_t_zero_and_all_empty():
     for cu in (torch.zeros(1, dtype=torch.long), torch.zeros(4, dtype=torch.long)):
         z = torch.zeros(0, 2, 24, requires_grad=True)
