@@ -16,7 +16,7 @@ Backends (kernels/_registry.py: "auto" picks by device; kernels.use_backend / JE
        256 queries and keys take its short-sequence kernel (a head's whole score matrix in cache, BLAS
        GEMMs on the packed rows; block_causal frames in time order: each query frame's scores against the
        keys it sees only, otherwise -inf scores: 1.13-1.3x the flash kernel on the tiny step's contexts and
-       predictor, bench/results/attention_cpu.csv; 1.3-3x it with the world models' frame masks), every
+       predictor, bench/results/attention_cpu.csv; 1.3-2.1x it with the world models' frame masks), every
        other one ATen's fused CPU flash kernel on zero-copy views. Without the built
        extension: kernels/cpu_attention.py (length buckets over the same ATen kernels, from Python).
        Measurements behind the choice: that module.
