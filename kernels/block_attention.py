@@ -17,7 +17,8 @@ Backends (kernels/_registry.py: "auto" picks by device; kernels.use_backend / JE
        GEMMs on the packed rows; block_causal frames in time order: each query frame's scores against the
        keys it sees only, otherwise -inf scores: 1.13-1.3x the flash kernel on the tiny step's contexts and
        predictor, bench/results/attention_cpu.csv; 1.3-2.1x it with the world models' frame masks), every
-       other one ATen's fused CPU flash kernel on zero-copy views. Without the built
+       other one ATen's fused CPU flash kernel on zero-copy views (frames in time order: one call per query
+       frame on the keys it sees, no mask; 1.3-1.4x at 300-1040 tokens). Without the built
        extension: kernels/cpu_attention.py (length buckets over the same ATen kernels, from Python).
        Measurements behind the choice: that module.
   CUDA "cuda" (auto when it fits): FlashAttention-2 varlen for fp16/bf16, Dh % 8 == 0, Dh <= 256, no

@@ -167,7 +167,7 @@ Tensor out_like(const Tensor& x, bool written) {
 // the keys it sees; in any other order they set the scores of later-frame keys to -inf before the softmax. A
 // query that sees no key gets a zero output (lse -inf) and no gradient. The GEMMs are BLAS's sgemm in
 // torch's own library, bound at load time; where torch has none (a build without MKL), and for longer
-// sequences or other dtypes, ATen's kernel runs.
+// sequences or other dtypes, ATen's kernel runs (per query group too: frames in time order need no mask).
 constexpr int64_t kShortLen = 256;
 
 extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
@@ -459,7 +459,7 @@ std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k
   TORCH_CHECK(cq.back() == q.size(0) && ck.back() == k.size(0), "block_attention: cu_seqlens must end at T");
   auto lse_dt = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const bool short_ok = short_kernel_ok(q);
-  const auto fq64 = short_ok ? frames64(fq) : std::nullopt, fk64 = short_ok ? frames64(fk) : std::nullopt;
+  const auto fq64 = frames64(fq), fk64 = frames64(fk);
   if (!fq.has_value() && uniform(cq, ck) && !(short_ok && is_short(cq[1] - cq[0], ck[1] - ck[0]))) {
     int64_t S = (int64_t)cq.size() - 1;
     auto r = at::_scaled_dot_product_flash_attention_for_cpu(batch_view(q, S), batch_view(k, S), batch_view(v, S),
@@ -477,11 +477,23 @@ std::tuple<Tensor, Tensor> block_attention_fwd(const Tensor& q_, const Tensor& k
     if (short_ok && is_short(q1 - q0, k1 - k0))
       return short_fwd(q, k, v, out, lse, q0, q1, k0, k1, h0, h1, (float)scale, frames_at(fq64, q0),
                        frames_at(fk64, k0));
-    auto r = at::_scaled_dot_product_flash_attention_for_cpu(
-        bhld(q, q0, q1, h0, h1), bhld(k, k0, k1, h0, h1), bhld(v, k0, k1, h0, h1), 0.0, false,
-        frame_mask(fq, fk, q0, q1, k0, k1, q.scalar_type()), scale);
-    out.slice(0, q0, q1).slice(1, h0, h1).copy_(std::get<0>(r)[0].transpose(0, 1));
-    lse.slice(0, q0, q1).slice(1, h0, h1).copy_(std::get<1>(r)[0].transpose(0, 1));
+    // ATen's flash kernel per query group (query_groups): time-ordered frames need no mask, each group
+    // attends to the keys it sees
+    thread_local std::vector<Group> groups;
+    const bool mask = query_groups(frames_at(fq64, q0), q1 - q0, frames_at(fk64, k0), k1 - k0, groups);
+    for (const Group& g : groups) {
+      const int64_t a = q0 + g.r0, b = q0 + g.r1, kn = k0 + g.n;
+      if (g.n == 0) {   // no key to see: zero output, lse -inf
+        out.slice(0, a, b).slice(1, h0, h1).zero_();
+        lse.slice(0, a, b).slice(1, h0, h1).fill_(-std::numeric_limits<double>::infinity());
+        continue;
+      }
+      auto r = at::_scaled_dot_product_flash_attention_for_cpu(
+          bhld(q, a, b, h0, h1), bhld(k, k0, kn, h0, h1), bhld(v, k0, kn, h0, h1), 0.0, false,
+          mask ? frame_mask(fq, fk, a, b, k0, kn, q.scalar_type()) : std::nullopt, scale);
+      out.slice(0, a, b).slice(1, h0, h1).copy_(std::get<0>(r)[0].transpose(0, 1));
+      lse.slice(0, a, b).slice(1, h0, h1).copy_(std::get<1>(r)[0].transpose(0, 1));
+    }
   });
   return {out, lse};
 }
@@ -495,7 +507,7 @@ std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
   Tensor dout = inner_contig(dout_), out = inner_contig(out_);
   auto cq = to_vec(cu_q), ck = to_vec(cu_k);
   const bool short_ok = short_kernel_ok(q);
-  const auto fq64 = short_ok ? frames64(fq) : std::nullopt, fk64 = short_ok ? frames64(fk) : std::nullopt;
+  const auto fq64 = frames64(fq), fk64 = frames64(fk);
   if (!fq.has_value() && uniform(cq, ck) && !(short_ok && is_short(cq[1] - cq[0], ck[1] - ck[0]))) {
     int64_t S = (int64_t)cq.size() - 1;
     auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
@@ -513,13 +525,34 @@ std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
     if (short_ok && is_short(q1 - q0, k1 - k0))
       return short_bwd(dout, q, k, v, out, lse, dq, dk, dv, q0, q1, k0, k1, h0, h1, (float)scale,
                        frames_at(fq64, q0), frames_at(fk64, k0));
-    auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
-        bhld(dout, q0, q1, h0, h1), bhld(q, q0, q1, h0, h1), bhld(k, k0, k1, h0, h1), bhld(v, k0, k1, h0, h1),
-        bhld(out, q0, q1, h0, h1), lse.slice(0, q0, q1).slice(1, h0, h1).transpose(0, 1).unsqueeze(0), 0.0, false,
-        frame_mask(fq, fk, q0, q1, k0, k1, q.scalar_type()), scale);
-    dq.slice(0, q0, q1).slice(1, h0, h1).copy_(std::get<0>(g)[0].transpose(0, 1));
-    dk.slice(0, k0, k1).slice(1, h0, h1).copy_(std::get<1>(g)[0].transpose(0, 1));
-    dv.slice(0, k0, k1).slice(1, h0, h1).copy_(std::get<2>(g)[0].transpose(0, 1));
+    // per query group, as the forward; dK and dV of the keys a group sees summed over the groups
+    thread_local std::vector<Group> groups;
+    const bool mask = query_groups(frames_at(fq64, q0), q1 - q0, frames_at(fk64, k0), k1 - k0, groups);
+    const bool one = groups.size() == 1 && groups[0].n == k1 - k0;
+    if (!one) {
+      dk.slice(0, k0, k1).slice(1, h0, h1).zero_();
+      dv.slice(0, k0, k1).slice(1, h0, h1).zero_();
+    }
+    for (const Group& gr : groups) {
+      const int64_t a = q0 + gr.r0, b = q0 + gr.r1, kn = k0 + gr.n;
+      if (gr.n == 0) {   // rows that saw no key: no gradient
+        dq.slice(0, a, b).slice(1, h0, h1).zero_();
+        continue;
+      }
+      auto g = at::_scaled_dot_product_flash_attention_for_cpu_backward(
+          bhld(dout, a, b, h0, h1), bhld(q, a, b, h0, h1), bhld(k, k0, kn, h0, h1), bhld(v, k0, kn, h0, h1),
+          bhld(out, a, b, h0, h1), lse.slice(0, a, b).slice(1, h0, h1).transpose(0, 1).unsqueeze(0), 0.0, false,
+          mask ? frame_mask(fq, fk, a, b, k0, kn, q.scalar_type()) : std::nullopt, scale);
+      dq.slice(0, a, b).slice(1, h0, h1).copy_(std::get<0>(g)[0].transpose(0, 1));
+      auto dk_s = dk.slice(0, k0, kn).slice(1, h0, h1), dv_s = dv.slice(0, k0, kn).slice(1, h0, h1);
+      if (one) {
+        dk_s.copy_(std::get<1>(g)[0].transpose(0, 1));
+        dv_s.copy_(std::get<2>(g)[0].transpose(0, 1));
+      } else {
+        dk_s.add_(std::get<1>(g)[0].transpose(0, 1));
+        dv_s.add_(std::get<2>(g)[0].transpose(0, 1));
+      }
+    }
   });
   return {dq, dk, dv};
 }
