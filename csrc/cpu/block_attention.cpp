@@ -8,10 +8,13 @@
 // region: with many short sequences the per-call fork/join of ATen's own parallelism (and its stalls when
 // the cores are shared) is what dominates otherwise. Each one runs
 // - in fp32, up to kShortLen (256) queries and keys: the short-sequence kernel below (the whole score
-//   matrix of a head in L2, GEMMs straight on the packed rows; frame ids mask its scores);
+//   matrix of a head in L2, GEMMs straight on the packed rows);
 // - else ATen's fused CPU flash-attention kernel (online softmax, fp32 accumulation, lse saved) on
-//   zero-copy [1, H, L, Dh] views of the packed rows, `fq`/`fk` (frame ids) as a per-sequence additive
-//   mask: key frame <= query frame.
+//   zero-copy [1, H, L, Dh] views of the packed rows.
+// `fq`/`fk` (frame ids: a key is seen when its frame <= the query's) in time order split a sequence's
+// queries into one group per frame, each computed against the prefix of keys it sees (query_groups);
+// in any other order the short kernel sets unseen scores to -inf and the flash kernel takes an additive
+// mask.
 // A packing of equal-length sequences that takes the flash kernel is one [S, H, L, Dh] batch: one call on
 // views, no per-sequence copies. Outputs every row of which is written start uninitialised.
 #include <torch/library.h>
