@@ -6,6 +6,7 @@
 
 One step, for every (context c, target m) pair of the batch's masks:
     target encoder (all N tokens, no grad) -> layer_norm -> targets gathered at the target tokens
+        (on a multi-core CPU, on a second thread beside the two passes below: engine.core.beside)
     context encoder on the visible tokens, packed: every (context mask, sample) is one sequence,
         so ONE pass serves all mask configs and no token is truncated or padded
     predictor: context tokens + mask tokens at the target positions, packed per (pair, sample)
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from engine.core.beside import Beside, beside_ok
 from engine.packing import Packed, pack_index_sets
 
 
@@ -51,17 +53,19 @@ class JEPA(nn.Module):
         N = self.encoder.num_patches
         plan = plan_packing(masks, B, N, device=x.device)
 
-        with torch.no_grad():   # layer norm fused into the gather: only target rows are normalised
-            h_BND = self.target_encoder.forward_dense(self.target_encoder.embed(x))
-            h_TD = kernels.gather_layer_norm(h_BND, plan.tgt.rows_T)
-
-        z_TD = self.encoder.forward_packed(self.encoder.embed(x), plan.ctx)
-        spread = self.std_coeff > 0 or self.cov_coeff > 0
-        with torch.set_grad_enabled(torch.is_grad_enabled() and spread):
-            std_term, cov_term = self.spread_terms(z_TD)
-        if plan.ctx_rows_for_pairs is not None:   # a context serves several targets (I-JEPA)
-            z_TD = z_TD.index_select(0, plan.ctx_rows_for_pairs)
-        p_TD = self.predictor.forward_packed(z_TD, plan.ctx_pairs, plan.tgt, plan.mask_index_S)
+        te = self.target_encoder
+        # layer norm fused into the gather: only target rows are normalised. On a multi-core CPU this
+        # no-grad pass runs beside the context encoder and predictor, each on half the cores.
+        with Beside(lambda: kernels.gather_layer_norm(te.forward_dense(te.embed(x)), plan.tgt.rows_T),
+                    enabled=beside_ok(x, te)) as target:
+            z_TD = self.encoder.forward_packed(self.encoder.embed(x), plan.ctx)
+            spread = self.std_coeff > 0 or self.cov_coeff > 0
+            with torch.set_grad_enabled(torch.is_grad_enabled() and spread):
+                std_term, cov_term = self.spread_terms(z_TD)
+            if plan.ctx_rows_for_pairs is not None:   # a context serves several targets (I-JEPA)
+                z_TD = z_TD.index_select(0, plan.ctx_rows_for_pairs)
+            p_TD = self.predictor.forward_packed(z_TD, plan.ctx_pairs, plan.tgt, plan.mask_index_S)
+        h_TD = target.result
 
         loss = self.loss_fn(p_TD, h_TD, plan)
         info = {"ctx_tokens": int(plan.ctx.rows_T.numel()), "tgt_tokens": int(plan.tgt.rows_T.numel())}

@@ -1,0 +1,168 @@
+"""engine.core.beside: the side half runs on another thread with its share of the threads, joins with its
+value or its error, gives the threads back, and stays inline wherever a second thread would lose state."""
+import multiprocessing
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import engine.jepa as jepa_mod
+from engine.core.beside import Beside, beside_ok
+from tests.engine.test_jepa import tiny_models  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _where():
+    return threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled()
+
+
+def test_side_half_runs_on_another_thread_with_its_share(two_threads):
+    with Beside(_where, enabled=True) as side:
+        here = _where()
+    ident, threads, grad = side.result
+    assert ident != threading.get_ident() and threads == 1 and not grad
+    assert here[1] == 1 and here[2]         # this thread keeps the other share, grad mode untouched
+    assert torch.get_num_threads() == 2     # and gets its threads back
+
+
+def test_odd_thread_counts_split_with_the_rest_here():
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with Beside(_where, enabled=True) as side:
+            here = torch.get_num_threads()
+        assert (side.result[1], here, torch.get_num_threads()) == (1, 2, 3)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_disabled_runs_inline_first_without_grad(two_threads):
+    order = []
+    with Beside(lambda: order.append("side") or _where(), enabled=False) as side:
+        order.append("here")
+    assert order == ["side", "here"]
+    assert side.result == (threading.get_ident(), 2, False)
+
+
+def test_side_error_is_raised_here_and_threads_come_back(two_threads):
+    with pytest.raises(ZeroDivisionError):
+        with Beside(lambda: 1 / 0, enabled=True):
+            pass
+    assert torch.get_num_threads() == 2
+    with Beside(lambda: 7, enabled=True) as side:   # the side thread survives its job's error
+        pass
+    assert side.result == 7
+
+
+def test_an_error_here_waits_for_the_side_half(two_threads):
+    finished = threading.Event()
+
+    def slow():
+        time.sleep(0.2)
+        finished.set()
+
+    with pytest.raises(KeyError):
+        with Beside(slow, enabled=True):
+            raise KeyError("here")
+    assert finished.is_set() and torch.get_num_threads() == 2
+
+
+def test_beside_ok_says_no_where_state_would_be_lost(two_threads):
+    lin = torch.nn.Linear(4, 4)
+    x = torch.zeros(2, 4)
+    assert beside_ok(x, lin)
+    assert not beside_ok(torch.zeros(2, 4, device="meta"), lin)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not beside_ok(x, lin)
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False):
+        assert not beside_ok(x, lin)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
+        assert not beside_ok(x, lin)
+    torch.set_num_threads(1)
+    assert not beside_ok(x, lin)
+    torch.set_num_threads(2)
+    compiled = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    compiled[0].compile()                   # marks the block; nothing is compiled until it is called
+    assert not beside_ok(x, compiled)
+    zero3 = torch.nn.Linear(4, 4)
+    zero3.weight.ds_id = 0                  # what DeepSpeed ZeRO-3 sets on a partitioned parameter
+    assert not beside_ok(x, zero3)
+    assert beside_ok(x, lin)
+
+
+def _in_child(q):
+    with Beside(_where, enabled=True) as side:
+        pass
+    q.put(side.result[0] != threading.get_ident())
+
+
+def test_a_forked_child_gets_its_own_side_thread(two_threads):
+    with Beside(lambda: None, enabled=True):   # the parent's side thread exists before the fork
+        pass
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_in_child, args=(q,))
+    p.start()
+    try:
+        assert q.get(timeout=60) is True
+    finally:
+        p.join(timeout=60)
+    assert p.exitcode == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_jepa(tiny_models):
+    cfg, enc, pred = tiny_models
+    model = jepa_mod.JEPA(enc, pred)
+    with torch.no_grad():   # an encoder unlike its target, so a pass of one in place of the other shows
+        for p in model.encoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return cfg, model
+
+
+def _loss_and_grads(model, x, masks):
+    model.zero_grad(set_to_none=True)
+    loss, _ = model(x, masks)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_jepa_step_beside_equals_inline(tiny_jepa, two_threads, monkeypatch):
+    """The step with the target pass on the side thread equals the sequential one (loss and every
+    gradient), and the target pass really ran there."""
+    cfg, model = tiny_jepa
+    g = torch.Generator().manual_seed(3)
+    B, N = 3, model.encoder.num_patches
+    x = torch.randn(B, 3, cfg.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size, generator=g)
+    ctx, tgt = [], []
+    for k in range(2):   # ragged: each sample its own context and target sizes
+        perms = [torch.randperm(N, generator=g) for _ in range(B)]
+        ctx.append([p[:30 + 7 * b + k].sort().values for b, p in enumerate(perms)])
+        tgt.append([p[60:90 - 5 * b].sort().values for b, p in enumerate(perms)])
+    masks = SimpleNamespace(ctx=ctx, tgt=tgt, pairs=[(0, 0), (1, 1)], mask_index=[0, 1])
+
+    threads = []
+    hook = model.target_encoder.norm.register_forward_pre_hook(lambda m, a: threads.append(threading.get_ident()))
+    try:
+        monkeypatch.setattr(jepa_mod, "beside_ok", lambda x, m: False)
+        loss_a, grads_a = _loss_and_grads(model, x, masks)
+        monkeypatch.setattr(jepa_mod, "beside_ok", beside_ok)
+        loss_b, grads_b = _loss_and_grads(model, x, masks)
+    finally:
+        hook.remove()
+    assert threads[0] == threading.get_ident() and threads[1] != threading.get_ident()
+    # the two runs differ only in how many threads each GEMM split over: float rounding
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=0)
+    assert len(grads_a) == len(grads_b) > 0
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-5 * float(ga.abs().max()))
