@@ -11,11 +11,12 @@ encoder (no grad) and its context encoder + predictor are such halves, of about 
 
 The side half runs on one long-lived thread (per process) with torch's grad mode off. Its thread starts
 with none of this thread's thread-local state, so the split is only taken where none is needed:
-`beside_ok` says no off the CPU, with one intra-op thread, under autocast, under a torch function or
-dispatch mode (FlopCounterMode, a tracer), under torch.profiler (which records the calling thread's ops
-only), while compiling, with compiled blocks, and for parameters that DeepSpeed ZeRO-3 partitions (their
-forward hooks gather them in a fixed order on every rank). Otherwise
-the side half runs inline, first, exactly as sequential code would.
+`beside_ok` says no off the CPU, with one intra-op thread, under autocast or inference mode, under a torch
+function or dispatch mode (FlopCounterMode, a tracer), under torch.profiler (which records the calling
+thread's ops only), while compiling, with compiled blocks, and for parameters that DeepSpeed ZeRO-3
+partitions (their forward hooks gather them in a fixed order on every rank). Otherwise the side half runs
+inline, first, exactly as sequential code would. The side half must draw no random numbers (the global
+generator's order between two threads is not fixed); a target encoder draws none.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def beside_ok(x: torch.Tensor, module: torch.nn.Module) -> bool:
     """Whether `module`'s forward on `x` may run on the side thread (see the module's docstring)."""
     if x.device.type != "cpu" or torch.get_num_threads() < 2:
         return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+    if torch.is_autocast_enabled("cpu") or torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
         return False
     if torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack():
         return False

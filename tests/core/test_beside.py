@@ -83,6 +83,8 @@ def test_beside_ok_says_no_where_state_would_be_lost(two_threads):
     assert not beside_ok(torch.zeros(2, 4, device="meta"), lin)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not beside_ok(x, lin)
+    with torch.inference_mode():
+        assert not beside_ok(x, lin)
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False):
         assert not beside_ok(x, lin)
