@@ -14,8 +14,9 @@ with none of this thread's thread-local state, so the split is only taken where 
 `beside_ok` says no off the CPU, with one intra-op thread, under autocast or inference mode, under a torch
 function or dispatch mode (FlopCounterMode, a tracer), under torch.profiler (which records the calling
 thread's ops only), while compiling, with compiled blocks, and for parameters that DeepSpeed ZeRO-3
-partitions (their forward hooks gather them in a fixed order on every rank). Otherwise the side half runs
-inline, first, exactly as sequential code would. The side half must draw no random numbers (the global
+partitions (their forward hooks gather them in a fixed order on every rank), nor on the side thread
+itself (a nested split would wait for its own thread). Otherwise the side half runs inline, first,
+exactly as sequential code would. The side half must draw no random numbers (the global
 generator's order between two threads is not fixed); a target encoder draws none.
 """
 from __future__ import annotations
@@ -32,6 +33,8 @@ def beside_ok(x: torch.Tensor, module: torch.nn.Module) -> bool:
     """Whether `module`'s forward on `x` may run on the side thread (see the module's docstring)."""
     if x.device.type != "cpu" or torch.get_num_threads() < 2:
         return False
+    if threading.current_thread().name == _SIDE_NAME:   # a side job's own split would wait on itself
+        return False
     if torch.is_autocast_enabled("cpu") or torch.is_inference_mode_enabled() or torch.compiler.is_compiling():
         return False
     if torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack():
@@ -43,13 +46,16 @@ def beside_ok(x: torch.Tensor, module: torch.nn.Module) -> bool:
     return not any(hasattr(p, "ds_id") for p in module.parameters())
 
 
+_SIDE_NAME = "engine-beside"
+
+
 class _SideThread:
     """One daemon thread taking (fn, threads) jobs from a queue; a forked child makes its own."""
 
     def __init__(self):
         self.pid = os.getpid()
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="engine-beside", daemon=True).start()
+        threading.Thread(target=self._serve, name=_SIDE_NAME, daemon=True).start()
 
     def _serve(self):
         while True:

@@ -102,6 +102,30 @@ def test_beside_ok_says_no_where_state_would_be_lost(two_threads):
     assert beside_ok(x, lin)
 
 
+def test_a_split_inside_a_side_job_runs_inline():
+    """With four threads the side job has two, enough to split again: it must not queue a job behind
+    itself on its own thread."""
+    x, lin = torch.zeros(2, 4), torch.nn.Linear(4, 4)
+
+    def outer():
+        with Beside(_where, enabled=beside_ok(x, lin)) as inner:
+            pass
+        return inner.result[0] == threading.get_ident()
+
+    result = []
+
+    def run():   # in a thread of its own (thread counts are per thread), so a wait on itself fails
+        torch.set_num_threads(4)   # this test instead of hanging it
+        with Beside(outer, enabled=beside_ok(x, lin)) as side:
+            pass
+        result.append(side.result)
+
+    caller = threading.Thread(target=run, daemon=True)
+    caller.start()
+    caller.join(timeout=60)
+    assert result == [True], "a split inside a side job waited on its own thread"
+
+
 def _in_child(q):
     with Beside(_where, enabled=True) as side:
         pass
