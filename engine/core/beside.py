@@ -43,7 +43,7 @@ def beside_ok(x: torch.Tensor, module: torch.nn.Module) -> bool:
         return False
     if any(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules()):
         return False
-    return not any(hasattr(p, "ds_id") for p in module.parameters())
+    return not any(hasattr(p, "ds_tensor") for p in module.parameters())   # ZeRO-3 partitioned
 
 
 _SIDE_NAME = "engine-beside"

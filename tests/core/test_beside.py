@@ -97,7 +97,7 @@ def test_beside_ok_says_no_where_state_would_be_lost(two_threads):
     compiled[0].compile()                   # marks the block; nothing is compiled until it is called
     assert not beside_ok(x, compiled)
     zero3 = torch.nn.Linear(4, 4)
-    zero3.weight.ds_id = 0                  # what DeepSpeed ZeRO-3 sets on a partitioned parameter
+    zero3.weight.ds_tensor = torch.zeros(2)  # the local shard DeepSpeed ZeRO-3 gives a partitioned parameter
     assert not beside_ok(x, zero3)
     assert beside_ok(x, lin)
 
