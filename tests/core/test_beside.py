@@ -114,8 +114,10 @@ def test_a_split_inside_a_side_job_runs_inline():
 
     result = []
 
-    def run():   # in a thread of its own (thread counts are per thread), so a wait on itself fails
-        torch.set_num_threads(4)   # this test instead of hanging it
+    # In a thread of its own (thread counts are per thread) with a bounded join, so a split that waits on
+    # its own thread fails this test instead of hanging it.
+    def run():
+        torch.set_num_threads(4)
         with Beside(outer, enabled=beside_ok(x, lin)) as side:
             pass
         result.append(side.result)
