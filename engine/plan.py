@@ -97,6 +97,21 @@ def report(rows: list[dict], args, pc, extra=()) -> None:
         append_csv_rows(args.csv, [{**settings, **r} for r in rows])
 
 
+def run_episodes(task, controllers: dict, names: list[str], args, line) -> dict[str, list]:
+    """Every controller of `names` on each episode of args' range, in turn; after an episode prints
+    line(index, episode, {name: its result}). The task is closed however the loop ends."""
+    results = {n: [] for n in names}
+    try:
+        for i in range(args.first_episode, args.first_episode + args.episodes):
+            ep = task.episode(i)
+            for n in names:
+                results[n].append(task.run(ep, controllers[n]))
+            print(line(i, ep, {n: results[n][-1] for n in names}), flush=True)
+    finally:
+        task.close()
+    return results
+
+
 def world_model(args):
     """(the trained world model --checkpoint holds, or the ensemble of several, and the first run's Config);
     a bad checkpoint is one line, exit 2."""
@@ -131,17 +146,12 @@ def main(argv=None) -> list[dict]:
     controllers.update({"random": random_controller(rng, pc.maxnorm), "zero": zero_controller,
                         "oracle": oracle_controller})
     names = ["cem"] + [b for b in BASELINES if b in args.baselines]
-    results = {n: [] for n in names}
-    try:
-        for i in range(args.first_episode, args.first_episode + args.episodes):
-            ep = task.episode(i)
-            for n in names:
-                results[n].append(task.run(ep, controllers[n]))
-            r = results["cem"][-1]
-            print(f"episode {i}: cem {'reached' if r.success else 'missed'} in {r.steps} steps, final "
-                  f"{r.final_distance:.3f} m (start {np.linalg.norm(ep.start_pos - ep.goal_pos):.3f} m)", flush=True)
-    finally:
-        task.close()
+
+    def line(i, ep, last):
+        r = last["cem"]
+        return (f"episode {i}: cem {'reached' if r.success else 'missed'} in {r.steps} steps, final "
+                f"{r.final_distance:.3f} m (start {np.linalg.norm(ep.start_pos - ep.goal_pos):.3f} m)")
+    results = run_episodes(task, controllers, names, args, line)
     rows = [summarize(n, results[n]) for n in names]
     print(f"\nreach, {args.episodes} episodes, tolerance {pc.tolerance} m, budget {pc.max_steps} actions; CEM "
           f"{pc.samples} samples x horizon {pc.horizon} x {pc.iterations} iterations")
@@ -186,16 +196,8 @@ def main_hierarchical(args, cfg) -> list[dict]:
     names = ["hierarchical", "flat"] + [b for b in MAZE_BASELINES if b in args.baselines]
     steps = {"hierarchical": budget, "flat": float((flat_pc.iterations * flat_pc.samples + 1) * flat_pc.horizon)}
     task = MazeTask(size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
-    results = {n: [] for n in names}
-    try:
-        for i in range(args.first_episode, args.first_episode + args.episodes):
-            ep = task.episode(i)
-            for n in names:
-                results[n].append(task.run(ep, controllers[n]))
-            print(f"episode {i}: " + ", ".join(f"{n} {'reached' if results[n][-1].success else 'missed'} "
-                                                f"({results[n][-1].final_distance:.2f} m)" for n in names), flush=True)
-    finally:
-        task.close()
+    results = run_episodes(task, controllers, names, args, lambda i, ep, last: f"episode {i}: " + ", ".join(
+        f"{n} {'reached' if r.success else 'missed'} ({r.final_distance:.2f} m)" for n, r in last.items()))
     rows = [dict(summarize(n, results[n]), predictor_steps_per_action=steps.get(n, 0.0)) for n in names]
     top = (f"graph (lookahead {pc.graph_lookahead}, {pc.graph_neighbours} links per node)" if pc.top_planner == "graph"
            else f"top CEM {pc.top_samples} x horizon {pc.top_horizon} x {pc.top_iterations}")
