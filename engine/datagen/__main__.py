@@ -4,7 +4,7 @@ Usage:
     python -m engine.datagen generate --output data/generated/toy --videos 300 --val 60 [--frames 16 --size 64
                                    --fps 8 --codec h264 --seed 0 --classes 5]
         -> DIR/train.csv, DIR/val.csv (+ DIR/train/, DIR/val/ video files)
-    python -m engine.datagen events --output DIR --pairs 60 [--world free|solid --events teleport vanish
+    python -m engine.datagen events --output DIR --pairs 60 [--world free|solid|lattice --events teleport vanish
                                  pass_through --actors 3 ...]
         -> DIR/events.csv (label 1 = physically impossible) + DIR/events.events.csv (event, pair, frame):
            pairs of one scene, possible and impossible (engine.datagen.synthetic.generate_events)
@@ -46,6 +46,11 @@ def bench(args) -> float:
     return args.batches * args.batch / (time.perf_counter() - t0)
 
 
+def _listed(v):
+    """A value as given on the command line (nargs give lists) or as a default (tuples), comparable."""
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
 def _scene_args(g) -> None:
     g.add_argument("--output", required=True)
     g.add_argument("--frames", type=int, default=16)
@@ -78,8 +83,12 @@ def main(argv=None):
     for sp in (g, ev):   # the scene: the same arguments for both
         _scene_args(sp)
     ev.add_argument("--world", default="free", choices=WORLDS,
-                    help="free: the motion scenes, objects overlap freely; solid: objects collide, never overlap")
-    ev.add_argument("--blocks", type=int, default=None, help="solid world: static blocks per scene (default 1)")
+                    help="free: the motion scenes, objects overlap freely; solid: objects collide, never overlap; "
+                         "lattice: one ball stepping a cell a frame among static blocks")
+    ev.add_argument("--blocks", type=int, default=None,
+                    help="solid / lattice world: static blocks per scene (default 1 / 2)")
+    ev.add_argument("--cell", type=int, default=None,
+                    help="lattice world: the cell in px, one object and one move a frame (default 16; --size a multiple)")
     ev.add_argument("--speed", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="solid world: the other moving objects' speed range in px/s at 64 px (default 14 24)")
     # the free world's scene keys, refused by the solid world when given
@@ -140,7 +149,20 @@ def main(argv=None):
                                     flicker=args.flicker, progress=True)
         print(f"wrote {train} and {val} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "events":
-        if args.world == "solid":
+        if args.world != "lattice" and args.cell is not None:
+            ap.error("--cell: a lattice-world option (--world lattice)")
+        if args.world == "lattice":
+            # one ball a cell wide: the free and solid worlds' object options do not apply
+            given = [k for k in ("classes", "distractors", "speed", "event_radius") if getattr(args, k) is not None]
+            given += [k for k in ("actors", "radius", "event_speed", "background")
+                      if _listed(getattr(args, k)) != _listed(ev.get_default(k))]
+            given = [f"--{k.replace('_', '-')}" for k in given]
+            given += ["--flicker"] if args.flicker else []
+            if given:
+                ap.error(f"{' '.join(given)}: not lattice-world options (its one ball steps a cell a frame among "
+                         f"--blocks; --cell sets the cell)")
+            scene = {k: v for k, v in (("blocks", args.blocks), ("cell", args.cell)) if v is not None}
+        elif args.world == "solid":
             given = [f"--{k}" for k in ("classes", "distractors") if getattr(args, k) is not None]
             given += ["--flicker"] if args.flicker else []
             if given:
@@ -151,15 +173,16 @@ def main(argv=None):
         else:
             given = [f"--{k}" for k in ("blocks", "speed") if getattr(args, k) is not None]
             if given:
-                ap.error(f"{' '.join(given)}: solid-world options (--world solid)")
+                ap.error(f"{' '.join(given)}: solid- or lattice-world options (--world solid|lattice)")
             scene = dict(num_classes=5 if args.classes is None else args.classes,
                          distractors=3 if args.distractors is None else args.distractors, flicker=args.flicker)
+        if args.world != "lattice":
+            scene.update(actors=args.actors, radius=tuple(args.radius), background=args.background,
+                         event_radius=args.event_radius, event_speed=tuple(args.event_speed))
         try:
             csv = generate_events(args.output, args.pairs, events=tuple(args.events), num_frames=args.frames,
                                   size=args.size, fps=args.fps, codec=args.codec, seed=args.seed, world=args.world,
-                                  actors=args.actors, radius=tuple(args.radius), background=args.background,
-                                  progress=True, event_radius=args.event_radius,
-                                  event_speed=tuple(args.event_speed), **scene)
+                                  progress=True, **scene)
         except ValueError as e:   # a scene the options do not allow (too many or too big objects, ...)
             ap.error(str(e))
         print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .synthetic import SHAPES, contrasting_colour, random_background, shape_alpha
+from .drawing import SHAPES, contrasting_colour, random_background, shape_alpha
 
 
 def render_image(label: int, rng: np.random.Generator, size: int = 64) -> np.ndarray:

@@ -27,10 +27,11 @@ possible video of a pair it behaves, in the impossible one it does not, from a f
     vanish        it disappears (possible: it stays)
     pass_through  it runs into a static block and passes through it (possible: it bounces back)
 
-Two worlds hold these events (`world=`): "free", the motion scenes, whose objects overlap freely, each drawn
-in front of the ones before (so passing through another object is what objects do there); and "solid"
+Three worlds hold these events (`world=`): "free", the motion scenes, whose objects overlap freely, each drawn
+in front of the ones before (so passing through another object is what objects do there); "solid"
 (engine.datagen.physics), objects moving straight at constant speed and colliding elastically with the
-walls, each other and static blocks, so nothing overlaps unless the event makes it.
+walls, each other and static blocks, so nothing overlaps unless the event makes it; and "lattice"
+(engine.datagen.lattice), one ball stepping a cell a frame among static blocks, each object in one cell.
 
 Physics is in pixels per second (scaled by size/64), so a higher fps gives the same motion, sampled
 finer. Video i's content depends only on (seed, split, i): adding videos never changes earlier ones.
@@ -47,10 +48,11 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .drawing import EVENTS, SHAPES, contrasting_colour, random_background, shape_alpha
+from .lattice import render_lattice_event_clip
 from .physics import collision_radius, place_free, simulate
 
 MOTION_CLASSES = ("static", "horizontal", "vertical", "orbit", "gravity", "pulse")
-SHAPES = ("disk", "square", "diamond", "ring", "cross")
 
 # codec name -> (encoder, container format, file suffix, pixel format, encoder options)
 CODECS = {
@@ -145,45 +147,6 @@ def read_counter(frames_THW3) -> np.ndarray:
     return (bits.astype(np.int64) << np.arange(16)).sum(1)
 
 
-# ----------------------------------------------------------------------------- drawing
-def shape_alpha(shape: str, dy, dx, r):
-    """Soft (anti-aliased) coverage in [0, 1] of a shape of radius r at offsets (dy, dx); broadcasts."""
-    if shape == "disk":
-        d = np.sqrt(dx * dx + dy * dy)
-    elif shape == "square":
-        d = np.maximum(np.abs(dx), np.abs(dy)) * 1.1
-    elif shape == "diamond":
-        d = (np.abs(dx) + np.abs(dy)) * 0.8
-    elif shape == "ring":
-        d = np.abs(np.sqrt(dx * dx + dy * dy) - 0.65 * r) * 2.6 + 0.1 * r
-    elif shape == "cross":
-        d = np.minimum(np.maximum(np.abs(dx), 2.5 * np.abs(dy)), np.maximum(2.5 * np.abs(dx), np.abs(dy)))
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-    # sub-pixel edges make slow motion visible frame to frame
-    return np.clip(r - d + 0.5, 0.0, 1.0)
-
-
-def random_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Static float32 [H, W, 3] background: a colour, a linear gradient and a faint stripe texture."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    base = rng.uniform(0, 255, 3)
-    ang = rng.uniform(0, 2 * np.pi)
-    grad = (np.cos(ang) * xx + np.sin(ang) * yy - 0.5)[..., None] * rng.uniform(-60, 60, 3)
-    freq, ang2 = rng.uniform(2, 8), rng.uniform(0, np.pi)
-    stripes = np.sin(2 * np.pi * freq * (np.cos(ang2) * xx + np.sin(ang2) * yy))[..., None] * rng.uniform(0, 14, 3)
-    return np.clip(base + grad + stripes, 0, 255).astype(np.float32)
-
-
-def contrasting_colour(rng: np.random.Generator, bg_mean) -> np.ndarray:
-    """A random colour far (L1 >= 180) from the background mean, so the actor is always visible."""
-    for _ in range(50):
-        c = rng.uniform(0, 255, 3)
-        if np.abs(c - bg_mean).sum() >= 180:
-            return c
-    return 255.0 - np.asarray(bg_mean)
-
-
 def _reflect(p, lo, hi):
     """Position of a point moving freely from p, bounced elastically between lo and hi (vectorised)."""
     span = hi - lo
@@ -267,8 +230,6 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size
         first_yx_T2 = yx_T2 if first_yx_T2 is None else first_yx_T2
     return np.clip(frames + 0.5, 0, 255).astype(np.uint8), first_yx_T2
 
-
-EVENTS = ("teleport", "vanish", "pass_through")
 
 
 def render_event_clip(event: str, impossible: bool, rng: np.random.Generator, num_frames: int = 16,
@@ -448,7 +409,7 @@ def solid_event_scene(event: str, impossible: bool, rng: np.random.Generator, nu
                 background=bg_HW3, event_frame=k)
 
 
-WORLDS = ("free", "solid")
+WORLDS = ("free", "solid", "lattice")
 
 
 def generate_events(out_dir, num_pairs: int, *, events=EVENTS, num_frames: int = 16, size: int = 64, fps: int = 8,
@@ -459,13 +420,14 @@ def generate_events(out_dir, num_pairs: int, *, events=EVENTS, num_frames: int =
     event frame. Pair i uses event events[i % len(events)]; both videos of a pair show the same scene.
     world: "free", the motion scenes of render_clip, whose objects overlap freely, plus the event's object
     (render_event_clip, `scene` its keywords); "solid", objects that collide and never overlap
-    (render_solid_event_clip), the world in which a pass-through is a violation of what it shows."""
+    (render_solid_event_clip), the world in which a pass-through is a violation of what it shows; "lattice",
+    that world's rules on a lattice of patch-sized cells (engine.datagen.lattice.render_lattice_event_clip)."""
     for e in events:
         if e not in EVENTS:
             raise ValueError(f"events: each must be one of {EVENTS}, got {e!r}")
     if world not in WORLDS:
         raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
-    render = render_solid_event_clip if world == "solid" else render_event_clip
+    render = {"free": render_event_clip, "solid": render_solid_event_clip, "lattice": render_lattice_event_clip}[world]
     out_dir = Path(out_dir).resolve()
     (out_dir / name).mkdir(parents=True, exist_ok=True)
     suffix = CODECS[codec][2]

@@ -164,8 +164,8 @@ def test_events_cli_worlds_and_refused_options(tmp_path, capsys):
     assert (tmp_path / "e" / "events.csv").read_text().count("\n") == 2
     for extra, named in ((["--world", "solid", "--distractors", "2"], "--distractors"),
                          (["--world", "solid", "--flicker", "--classes", "3"], "--classes --flicker"),
-                         (["--blocks", "2"], "--blocks: solid-world options"),
-                         (["--speed", "1", "2"], "--speed: solid-world options"),
+                         (["--blocks", "2"], "--blocks: solid- or lattice-world options"),
+                         (["--speed", "1", "2"], "--speed: solid- or lattice-world options"),
                          (["--world", "solid", "--speed", "5", "2"], "0 <= speed[0] <= speed[1]; got")):
         with pytest.raises(SystemExit) as e:
             cli_main(base + extra)
