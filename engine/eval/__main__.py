@@ -5,7 +5,8 @@
     python -m engine.eval linear --config ...      # linear classifier on pooled features
     python -m engine.eval embed  --config ... [--split val]     # pooled embeddings -> HiPlot HTML + PCA PNG
     python -m engine.eval anomaly --config configs/tiny_cpu.yaml --checkpoint runs/demo --data videos.csv \
-        [--mode future|masked] [--masks 8] [--context STEPS|all ...] [--events NAME.events.csv] [--output DIR] [--random-init]
+        [--mode future|masked] [--masks 8] [--context STEPS|all ...] [--start 1] [--events NAME.events.csv]
+        [--output DIR] [--random-init]
         # per-clip and per-token surprise (engine.eval.anomaly) -> surprise.csv, token_surprise.npy, and
         # with labels (1 = anomalous) ROC AUC of the model's surprise and of the pixel-difference baseline;
         # with --events the matched pairs' accuracy and relative AUC per event type
@@ -157,6 +158,9 @@ def cmd_anomaly(args) -> dict:
                                      surprise_dataset)
     from engine.core.io import atomic_write_text
     cfg = load_config(args.config, args.overrides)
+    if args.start < 1 or (args.start != 1 and args.mode != "future"):
+        raise ConfigError(f"--start {args.start}: the first scored time step of future mode, >= 1 (frame 0 is never "
+                          f"predicted)" + ("" if args.mode == "future" else f"; --mode {args.mode} scores its masks"))
     folder = Path(args.output or "runs/anomaly")
     folder.mkdir(parents=True, exist_ok=True)
     model = load_jepa(cfg, args.checkpoint, random_init=args.random_init, seed=args.seed)
@@ -167,7 +171,7 @@ def cmd_anomaly(args) -> dict:
                           f"--data; pass the NAME.events.csv written beside the generator's NAME.csv")
     t0 = time.perf_counter()
     r = score_dataset(model, cfg, ds, mode=args.mode, num_masks=args.masks, batch_size=args.batch_size,
-                      num_workers=args.num_workers, seed=args.seed, context=args.context)
+                      num_workers=args.num_workers, seed=args.seed, context=args.context, start=args.start)
     keys = (*SCORES, *BASELINES)
     lines = ["path,label," + ",".join(f"surprise_{k}" for k in SCORES) + ",pixel_difference,pixel_jump\n"]
     for i, path in enumerate(ds.paths):
@@ -175,7 +179,8 @@ def cmd_anomaly(args) -> dict:
     atomic_write_text(folder / "surprise.csv", "".join(lines))
     np.save(folder / "token_surprise.npy", r["token_err"].numpy())
     out = {"clips": len(ds), "mode": args.mode, "masks": args.masks if args.mode == "masked" else None,
-           "context": args.context, "random_init": args.random_init, "seconds": round(time.perf_counter() - t0, 1)}
+           "context": args.context, "start": args.start, "random_init": args.random_init,
+           "seconds": round(time.perf_counter() - t0, 1)}
     labels = r["labels"].numpy()
     both_labels = len(set(labels.tolist())) == 2
     if both_labels:
@@ -229,6 +234,8 @@ def main(argv=None):
     a.add_argument("--context", type=_context_window, nargs="+", default=[None],
                    help="future mode: time steps of context before each predicted step, or 'all' (default); "
                         "several windows: each token's surprise is averaged over them")
+    a.add_argument("--start", type=int, default=1,
+                   help="future mode: the first time step scored, the ones before it context only (default 1)")
     a.add_argument("--events", default=None,
                    help="the generator's NAME.events.csv: matched-pair accuracy and relative AUC per event")
     a.add_argument("--batch-size", type=int, default=16)

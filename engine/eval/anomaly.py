@@ -83,6 +83,9 @@ def context_spans(T: int, context=None, start: int = 1) -> list[tuple[int, int]]
     windows = list(context) if isinstance(context, (list, tuple)) else [context]
     if not windows or any(c is not None and c < 1 for c in windows):
         raise ValueError(f"context: at least 1 time step of context is needed, got {context}")
+    if start >= T:
+        from engine.config import ConfigError
+        raise ConfigError(f"--start {start}: the clips have {T} time steps (0..{T - 1}), none to score from it")
     spans: list[tuple[int, int]] = []
     for c in windows:
         for t in range(max(start, 1), T):
@@ -138,12 +141,13 @@ def token_surprise(model, clips_B3THW, mask_sets) -> tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def next_step_surprise(model, clips_B3THW, context=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def next_step_surprise(model, clips_B3THW, context=None,
+                       start: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A frame-causal world model's (engine.ac_jepa.ACJEPA without actions) surprise, its own loss per token
     (the mean over a clip's frames 1.. is its teacher-forced training loss), as token_surprise's triple over
-    the [T frames x H' x W'] grid: each frame t >= 1 predicted from the latents of frames
-    t0..t-1 for every span of context_spans (frame 0, never predicted, has count 0). Every (0, t) span comes
-    from one teacher-forced pass over the whole clip (frame-causal attention: frame t's prediction sees
+    the [T frames x H' x W'] grid: each frame t >= start (>= 1) predicted from the latents of frames
+    t0..t-1 for every span of context_spans (frames before start, never predicted, have count 0). Every
+    (0, t) span comes from one teacher-forced pass over the whole clip (frame-causal attention: frame t's prediction sees
     frames < t only); a shorter window runs the predictor on its frames alone (RoPE: only the frames'
     distances matter)."""
     if model.conditioned:
@@ -154,7 +158,7 @@ def next_step_surprise(model, clips_B3THW, context=None) -> tuple[torch.Tensor, 
     p = model.loss_exp
     loss = lambda a, b: ((a - b).abs() ** p).mean(-1) / p     # noqa: E731  the model's own loss, per token
     B, N, _ = h_BND.shape
-    spans = context_spans(N // n, context)
+    spans = context_spans(N // n, context, start)
     full_BND = model.step_predictor(h_BND[:, :-n]).float() if any(t0 == 0 for t0, _ in spans) else None
     err_BN, count_BN, set_err = torch.zeros(B, N), torch.zeros(B, N), []
     for t0, t in spans:
@@ -254,9 +258,9 @@ def read_events(path) -> dict:
         return {r["path"]: (r["event"], int(r["pair"])) for r in csv.DictReader(f)}
 
 
-def mask_sets_for(mode: str, cfg, model, B: int, num_masks: int, seed: int, context=None):
+def mask_sets_for(mode: str, cfg, model, B: int, num_masks: int, seed: int, context=None, start: int = 1):
     if mode == "future":
-        return future_masks(model.encoder.grid, B, context=context)
+        return future_masks(model.encoder.grid, B, start=start, context=context)
     if mode == "masked":
         from engine.builders import build_mask_sampler
         sampler = build_mask_sampler(cfg)
@@ -279,9 +283,11 @@ BASELINES = ("pixel", "pixel_jump")
 
 
 def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int = 8, batch_size: int = 16,
-                  num_workers: int = 0, seed: int = 0, context=None) -> dict:
+                  num_workers: int = 0, seed: int = 0, context=None, start: int = 1) -> dict:
     """{each of SCORES and BASELINES: [M] per-clip scores, "labels": [M], "token_err": [M, N]}; context: a
-    future window or a sequence of them (future_masks)."""
+    future window or a sequence of them (future_masks); start: the first time step scored in future mode
+    (the steps before it are context only: a step predicted from too little past to carry motion forward,
+    e.g. a world model's frame 1 from one frame, is not a surprise)."""
     from engine.eval.probe import _Indexed
     loader = torch.utils.data.DataLoader(_Indexed(dataset, seed), batch_size=batch_size, num_workers=num_workers)
     out = {k: [] for k in (*SCORES, *BASELINES, "labels", "token_err")}
@@ -291,10 +297,10 @@ def score_dataset(model, cfg, dataset, *, mode: str = "future", num_masks: int =
                          f"from the frames before it ('future'), got {mode!r}")
     for clips, y in loader:
         if cfg.is_action_conditioned:
-            err, n, set_err = next_step_surprise(model, clips, context)
+            err, n, set_err = next_step_surprise(model, clips, context, start)
         else:
             # the same masks for every batch (masked mode): clips are compared under equal masking
-            sets = mask_sets_for(mode, cfg, model, len(y), num_masks, seed, context)
+            sets = mask_sets_for(mode, cfg, model, len(y), num_masks, seed, context, start)
             err, n, set_err = token_surprise(model, clips, sets)
         cs = clip_scores(err, n, surprise_grid(model, err.shape[1]), set_err)
         for k in SCORES:

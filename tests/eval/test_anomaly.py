@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import load_config
+from engine.config import ConfigError, load_config
 from engine.datagen.synthetic import EVENTS, generate_events, render_event_clip
 from engine.eval.__main__ import main
 from engine.eval.anomaly import (clip_scores, future_masks, load_jepa, next_step_surprise, pair_scores, pixel_jump,
@@ -315,6 +315,13 @@ def test_next_step_surprise_is_the_teacher_forced_error_of_each_frame():
     torch.testing.assert_close(both_BN[:, 2 * n:], (two_BN[:, 2 * n:] + err_BN[:, 2 * n:]) / 2)
     assert (count2_BN[:, n:3 * n] == 1).all() and (count2_BN[:, 3 * n:] == 2).all() and set2_BS.shape == (3, 7 + 5)
     assert (err_BN[:, 2 * n:] - two_BN[:, 2 * n:]).abs().amax() > 1e-4    # the windows do differ
+    # start: frames before it are context only (count 0), the later ones scored as before
+    late_BN, count3_BN, set3_BS = next_step_surprise(model, clips, context=[2, None], start=3)
+    assert (count3_BN[:, :3 * n] == 0).all() and (late_BN[:, :3 * n] == 0).all() and set3_BS.shape == (3, 5 + 5)
+    torch.testing.assert_close(late_BN[:, 3 * n:], both_BN[:, 3 * n:])
+    torch.testing.assert_close(clip_scores(late_BN, count3_BN, (8, 2, 2))["max"], both_BN[:, 3 * n:].amax(1))
+    with pytest.raises(ConfigError, match="--start 8: the clips have 8 time steps"):
+        next_step_surprise(model, clips, start=8)
 
 
 def test_next_step_surprise_of_a_predictor_of_no_change_is_the_copy_of_the_last_frame():
@@ -361,6 +368,16 @@ def test_anomaly_command_scores_a_trained_action_free_world_model(tmp_path, caps
         main(["anomaly", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--data", str(csv),
               "--output", str(out), "--mode", "masked"])
     assert "--mode: a world model" in capsys.readouterr().err
+    g = main(["anomaly", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--data", str(csv),
+              "--output", str(out), "--start", "3"])
+    err = np.load(out / "token_surprise.npy")
+    assert g["start"] == 3 and (err[:, :3 * 4] == 0).all() and (err[:, 3 * 4:] > 0).all()
+    for extra, named in ((["--start", "0"], "--start 0: the first scored time step"),
+                         (["--start", "8"], "--start 8: the clips have 8 time steps")):
+        with pytest.raises(SystemExit):
+            main(["anomaly", "--config", str(run / "config.yaml"), "--checkpoint", str(run), "--data", str(csv),
+                  "--output", str(out)] + extra)
+        assert named in capsys.readouterr().err
     from engine.planning.world_model import load_world_model
     with pytest.raises(ValueError, match="nothing to plan with"):
         load_world_model(run)
