@@ -269,13 +269,16 @@ def mask_sets_for(mode: str, cfg, model, B: int, num_masks: int, seed: int, cont
 
 
 def surprise_dataset(cfg, csv):
-    """The clips the model was trained on (its frames, step and crop size), centre-cropped, from the start."""
+    """The clips the model was trained on (its frames, step and crop size), from the start: the whole frame's
+    centre square resized to the crop size, the largest view training draws (random_resize_scale 1), with no
+    zoom. (A probe's evaluation view, short side crop_size * 256 / 224, would show objects 1.14x larger and
+    faster than training did, cut the border off, and move a lattice world's cells off the patch grid.)"""
     from engine.data.datasets import VideoDataset
     from engine.data.transforms import VideoEvalTransform
     d = cfg.data
+    view = VideoEvalTransform(d.crop_size, short_side_size=d.crop_size)
     return VideoDataset([csv], frames_per_clip=cfg.frames_per_clip, frame_step=d.sampling_rate, fps=d.fps,
-                        duration=d.clip_duration, transform=VideoEvalTransform(d.crop_size),
-                        random_clip_sampling=False)
+                        duration=d.clip_duration, transform=view, random_clip_sampling=False)
 
 
 SCORES = ("mean", "max", "frame_max", "frame_ratio", "step_jump", "pooled_max")

@@ -283,6 +283,25 @@ def world_model(*overrides):
                      seed=1)
 
 
+def test_surprise_clips_are_the_whole_frames_as_trained(tmp_path):
+    """The scored clip is the video's own frames at the crop size (here the video's size), normalised, from
+    frame 0: no evaluation zoom, so objects keep their trained sizes, speeds and patch alignment."""
+    import av
+    from engine.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from engine.eval.anomaly import surprise_dataset
+    csv = generate_events(tmp_path / "ev", 1, num_frames=8, size=32, world="lattice", cell=8, blocks=1)
+    ds = surprise_dataset(load_config("configs/ac_events_tiny_cpu.yaml", AC_SMALL), csv)
+    clip = ds[0][0]
+    with av.open(csv.read_text().split()[0]) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    want = (torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)) \
+        / torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
+    grey = 1 / 255 / min(IMAGENET_STD)             # one grey level, normalised
+    assert clip.shape == (3, 8, 32, 32)
+    # up to the decoders' YUV -> RGB rounding (a few grey levels); a zoomed view moves edges by whole pixels
+    assert (clip - want).abs().max() < 4 * grey and (clip - want).abs().mean() < 0.5 * grey
+
+
 def test_next_step_surprise_is_the_teacher_forced_error_of_each_frame():
     """A frame's surprise is the model's own loss (|z - h|^p / p, loss.loss_exp 2 here) on its next-step
     prediction from the frames before it: the teacher-forced pass of training for 'all' (its mean is the
