@@ -88,7 +88,8 @@ def main(argv=None):
     ev.add_argument("--blocks", type=int, default=None,
                     help="solid / lattice world: static blocks per scene (default 1 / 2)")
     ev.add_argument("--cell", type=int, default=None,
-                    help="lattice world: the cell in px, one object and one move a frame (default 16; --size a multiple)")
+                    help="lattice world: the cell in px, one object and one move a frame (default 16; --size a "
+                         "multiple of it)")
     ev.add_argument("--speed", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="solid world: the other moving objects' speed range in px/s at 64 px (default 14 24)")
     # the free world's scene keys, refused by the solid world when given

@@ -231,7 +231,6 @@ def render_clip(label: int, rng: np.random.Generator, num_frames: int = 16, size
     return np.clip(frames + 0.5, 0, 255).astype(np.uint8), first_yx_T2
 
 
-
 def render_event_clip(event: str, impossible: bool, rng: np.random.Generator, num_frames: int = 16,
                       size: int = 64, fps: float = 8, num_classes: int = len(MOTION_CLASSES),
                       event_radius=None, event_speed=(14.0, 24.0), **scene):

@@ -147,9 +147,9 @@ def next_step_surprise(model, clips_B3THW, context=None,
     (the mean over a clip's frames 1.. is its teacher-forced training loss), as token_surprise's triple over
     the [T frames x H' x W'] grid: each frame t >= start (>= 1) predicted from the latents of frames
     t0..t-1 for every span of context_spans (frames before start, never predicted, have count 0). Every
-    (0, t) span comes from one teacher-forced pass over the whole clip (frame-causal attention: frame t's prediction sees
-    frames < t only); a shorter window runs the predictor on its frames alone (RoPE: only the frames'
-    distances matter)."""
+    (0, t) span comes from one teacher-forced pass over the whole clip (frame-causal attention: frame t's
+    prediction sees frames < t only); a shorter window runs the predictor on its frames alone (RoPE: only the
+    frames' distances matter)."""
     if model.conditioned:
         raise ValueError("next_step_surprise: the predictor takes actions (model.action_dim > 0); surprise is "
                          "scored for a predictor without them (model.action_dim 0)")
