@@ -295,15 +295,26 @@ def _close_at_exit(ref) -> None:
         loader.close()
 
 
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers outlive the first SIGTERM and ignore SIGUSR1. srun and scancel signal every
-    process of a job step, workers included; a worker killed by it would fail the step the training
-    process is finishing before its checkpoint. The training process handles the signal; the second SIGTERM
-    (multiprocessing's terminate() at exit, or the scheduler's) ends the worker as usual."""
-    def default_next_time(signum, _frame):
-        signal.signal(signum, signal.SIG_DFL)
+STOP_GRACE_S = 120.0  # how long data workers outlive SIGTERMs after the first: the last step and its checkpoint
 
-    signal.signal(signal.SIGTERM, default_next_time)
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers ignore SIGUSR1 and outlive every SIGTERM for STOP_GRACE_S seconds after the first.
+    srun and scancel signal every process of a job step, workers included, and a wrapper such as `timeout`
+    passes on a signal it got to its whole process group, so a worker can get the same stop twice. A worker
+    killed by it fails the step the training process is finishing before its checkpoint (the DataLoader raises
+    there when a worker dies). The training process handles the signal; a SIGTERM after the grace ends the
+    worker as usual. Workers are stopped at exit through their queues, not by signals."""
+    first_at = []
+
+    def outlive_for_a_while(signum, _frame):
+        if not first_at:
+            first_at.append(time.monotonic())
+        elif time.monotonic() - first_at[0] > STOP_GRACE_S:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, outlive_for_a_while)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 

@@ -103,16 +103,20 @@ def test_stop_signal_finishes_the_step_checkpoints_and_exits_0(videos, straight,
     _assert_same_weights(_final_state(out), straight)
 
 
-def test_sigterm_to_the_whole_process_group_with_data_workers(videos, tmp_path):  # noqa: F811
-    """srun / scancel signal every process of the job step, the DataLoader workers too: the run still
-    finishes its step, checkpoints and exits 0 (a worker killed by the signal used to fail the step)."""
+@pytest.mark.parametrize("times", [1, 2])
+def test_sigterm_to_the_whole_process_group_with_data_workers(videos, tmp_path, times):  # noqa: F811
+    """srun / scancel signal every process of the job step, the DataLoader workers too, and `timeout` sends
+    a signal it got to its whole group again: the run still finishes its step, checkpoints and exits 0 (a
+    worker killed by the signal, the first or the second, used to fail the step)."""
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "engine.train", *_args(videos, out, steps=40),
                              "--set", "data.num_workers=2"], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_rows(out, 2, proc)
-        os.killpg(proc.pid, signal.SIGTERM)       # the training process and its workers
+        for _ in range(times):
+            os.killpg(proc.pid, signal.SIGTERM)   # the training process and its workers
+            time.sleep(0.2)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -121,7 +125,7 @@ def test_sigterm_to_the_whole_process_group_with_data_workers(videos, tmp_path):
     stopped = _rows(out)
     assert "SIGTERM: stopped after step" in err and 2 <= stopped < 40
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:07d}.pt"
-    # No signal this time: the workers, which outlive a first SIGTERM, still let the process exit.
+    # No signal this time: the workers, which outlive SIGTERMs for a while, still let the process exit.
     done = subprocess.run([sys.executable, "-m", "engine.train", *_args(videos, out, "--resume", steps=stopped + 2),
                            "--set", "data.num_workers=2"], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0 and _rows(out) == stopped + 2, done.stderr[-2000:]
