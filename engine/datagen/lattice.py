@@ -112,7 +112,7 @@ def lattice_event_scene(event: str, impossible: bool, rng: np.random.Generator, 
             if impossible:
                 cells, alive = through, through_alive
         elif event == "vanish" and impossible:
-            alive = [t < k for t in range(num_frames)]
+            cells, alive = run(start, v0, num_frames, n, taken, remove=k)
         elif event == "teleport":
             expected = cells[k]
             landing = [divmod(int(q), n) for q in jump_order]
@@ -121,14 +121,7 @@ def lattice_event_scene(event: str, impossible: bool, rng: np.random.Generator, 
             if not landing:
                 continue
             if impossible:
-                c, v = start, v0
-
-                def free(y, x):
-                    return 0 <= y < n and 0 <= x < n and (y, x) not in taken
-
-                for _t in range(k):
-                    c, v = step(c, v, free)
-                cells = cells[:k] + run(landing[0], v, num_frames - k, n, taken)[0]
+                cells, alive = run(start, v0, num_frames, n, taken, teleport=(k, landing[0]))
         return dict(shapes=shapes, colours=colours, ball=cells, alive=alive, blocks=block_cells, cell=cell,
                     background=background, event_frame=k)
     raise ValueError(f"lattice_event_scene: no {event} scene found in {tries} tries for size={size}, cell={cell}, "
