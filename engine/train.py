@@ -123,4 +123,6 @@ def _run(args) -> dict:
 
 
 if __name__ == "__main__":
+    from engine.runtime.faults import ignore_repeats_after_a_stop
+    ignore_repeats_after_a_stop()
     main()

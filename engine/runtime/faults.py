@@ -23,6 +23,7 @@ from engine.runtime.errors import RunError
 log = logging.getLogger("engine.train")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_honoured: list[int] = []   # the stop signals that finished StopSignals blocks of this process received
 
 
 class StopSignals:
@@ -45,6 +46,8 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc):
+        if self.received is not None:
+            _honoured.append(self.received)
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old.clear()
@@ -57,6 +60,21 @@ class StopSignals:
     @property
     def name(self) -> str | None:
         return signal.Signals(self.received).name if self.received is not None else None
+
+
+def ignore_repeats_after_a_stop() -> None:
+    """For a process that runs one training job (the command line): a stop signal that comes after the run
+    stopped on one, its checkpoint written and the process on its way out, is ignored, so a repeat (`timeout`
+    passing on the signal it got to its whole group, scancel twice) cannot turn a clean stop into a kill.
+    Before a run has stopped, one ends the process as it would by default; during the run StopSignals
+    handles them."""
+    def end_unless_stopped(signum, _frame):
+        if not _honoured:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, end_unless_stopped)
 
 
 class NonFinitePolicy:

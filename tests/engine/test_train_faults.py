@@ -131,6 +131,32 @@ def test_sigterm_to_the_whole_process_group_with_data_workers(videos, tmp_path, 
     assert done.returncode == 0 and _rows(out) == stopped + 2, done.stderr[-2000:]
 
 
+_REPEAT = """
+import os, signal, sys, time
+from engine.runtime.faults import StopSignals, ignore_repeats_after_a_stop
+ignore_repeats_after_a_stop()
+if sys.argv[1] == "stopped":
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+    assert stop.name == "SIGTERM"
+os.kill(os.getpid(), signal.SIG%s)   # the repeat, after the run stopped (or before any did)
+time.sleep(0.1)
+print("alive")
+"""
+
+
+@pytest.mark.parametrize("signame", ["TERM", "USR1"])
+def test_the_command_line_ignores_a_repeat_after_a_stop_and_not_before(signame):
+    """A second stop signal that arrives after the run stopped on the first (checkpoint written, the process
+    exiting) leaves the exit code 0; one before any run stopped ends the process as by default."""
+    run = lambda when: subprocess.run([sys.executable, "-c", _REPEAT % signame, when], cwd=ROOT,  # noqa: E731
+                                      capture_output=True, text=True, timeout=60)
+    after, before = run("stopped"), run("setup")
+    assert after.returncode == 0 and "alive" in after.stdout, after.stderr[-2000:]
+    assert before.returncode == -getattr(signal, "SIG" + signame) and "alive" not in before.stdout
+
+
 class _ClipsWithNaN(torch.utils.data.Dataset):
     """Random clips (a function of the index); sample `bad` is all NaN, as a corrupt decode could be."""
 
