@@ -94,7 +94,8 @@ def _run(args) -> dict:
     if args.max_steps is not None and args.max_steps < 0:
         raise ConfigError("--max-steps must be >= 0")
     if cfg.ignored_keys:
-        logging.getLogger("engine.train").info("ignored launcher-only keys: %s", ", ".join(cfg.ignored_keys))
+        logging.getLogger("engine.train").info("ignored keys (launcher-only, or read by no reference trainer): %s",
+                                               ", ".join(cfg.ignored_keys))
     out = output_dir(cfg, args.output)
     from engine.runtime.launch import LaunchError, launched_by_launcher
     from engine.runtime.rundir import check_output
