@@ -8,8 +8,8 @@ and its tasks), hierarchy (ours: the upper levels of an `app: hjepa` stack) (+ t
 the launcher keys). The V-JEPA (`configs/pretrain/*.yaml`), V-JEPA 2 (`configs/train/*/*.yaml`) and
 I-JEPA (`configs/*.yaml`) files load unchanged: I-JEPA's layout (model keys under meta, one mask
 dict) is mapped onto the same typed sections. Keys that only the reference launcher uses, or that no
-reference trainer reads, are accepted and listed in `cfg.ignored_keys`. Anything else that is unknown, ill-typed or impossible
-raises ConfigError naming the key and what was expected.
+reference trainer reads, are accepted and listed in `cfg.ignored_keys`. Anything else that is unknown,
+ill-typed or impossible raises ConfigError naming the key and what was expected.
 """
 from __future__ import annotations
 
