@@ -104,6 +104,8 @@ class ACJEPA(nn.Module):
         return torch.mean(torch.abs(z.float() - target.float()) ** self.loss_exp) / self.loss_exp
 
     def forward(self, clips, traj: dict | None):
+        """clips: frames [B, 3, T, H, W], or their latents [B, T, N, D] from a latent cache
+        (engine.data.latents: what `encode` returns for those frames), which skip the frozen encoder."""
         dev = clips.device
         if not self.conditioned:
             if traj is not None:
@@ -117,7 +119,7 @@ class ACJEPA(nn.Module):
             actions, states = traj["actions"].to(dev).float(), traj["states"].to(dev).float()
             ext = traj.get("extrinsics")
             ext = ext.to(dev).float() if ext is not None else None
-        h = self.encode(clips)
+        h = clips.flatten(1, 2) if clips.dim() == 4 else self.encode(clips)
         z_tf, z_ar = self.predictions(h, actions, states, ext)
         loss_tf, loss_ar = self.loss_fn(z_tf, h), self.loss_fn(z_ar, h)
         return loss_tf + loss_ar, {"loss_tf": loss_tf.detach(), "loss_rollout": loss_ar.detach()}

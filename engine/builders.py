@@ -112,8 +112,10 @@ def build_mask_sampler(cfg: Config):
     return MaskCollator.from_config(cfg.mask, cfg.token_grid, mode=cfg.meta.mask_mode, mask_tokens=mask_tokens)
 
 
-def build_dataset(cfg: Config, train: bool = True, index_files=None):
-    """The training data set (random crops) or an evaluation one (center crops, labelled)."""
+def build_dataset(cfg: Config, train: bool = True, index_files=None, frames: bool = False):
+    """The training data set (random crops) or an evaluation one (center crops, labelled). With
+    data.latent_cache the training set gives the cached latents of its clips (engine.data.latents);
+    frames=True: the frame data set all the same (what the cache is built from)."""
     from engine.data.datasets import ImageFolderDataset, VideoDataset
     from engine.data.transforms import ImageTransform, VideoTransform, VideoEvalTransform, ImageEvalTransform
     d, aug = cfg.data, cfg.data_aug
@@ -142,6 +144,13 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None):
         tf = VideoEvalTransform(d.crop_size)
     kw = dict(frames_per_clip=cfg.frames_per_clip, frame_step=d.sampling_rate, fps=d.fps, duration=d.clip_duration,
               num_clips=d.num_clips if train else 1, transform=tf)
+    if train and d.latent_cache and not frames:
+        from engine.data.latents import LatentCache, LatentTrajectoryDataset, LatentVideoDataset
+        if cfg.uses_trajectories:   # as TrajectoryDataset: no short-video filter
+            return LatentTrajectoryDataset(LatentCache(d.latent_cache), files, weights=d.datasets_weights, **kw)
+        ds = LatentVideoDataset(LatentCache(d.latent_cache), files, weights=d.datasets_weights, **kw)
+        ds.filter_short_videos = d.filter_short_videos
+        return ds
     if cfg.uses_trajectories:
         from engine.data.trajectories import TrajectoryDataset
         if d.dataset_type.lower() != "videodataset":
@@ -172,7 +181,9 @@ def build_loader(cfg: Config, dataset, device, mask_sampler=None, rank: int = 0,
     reader = "pyav"
     # DALI only where asked for, or by `auto` on a GPU; on CPU `auto` is PyAV whatever the codec (no
     # need to open a file to find out, and in-memory data sets have none).
-    if not cfg.is_image and (d.reader == "dali" or (d.reader == "auto" and device.type == "cuda")):
+    from engine.data.latents import LatentVideoDataset
+    decodes = not cfg.is_image and not isinstance(dataset, LatentVideoDataset)   # a latent cache decodes nothing
+    if decodes and (d.reader == "dali" or (d.reader == "auto" and device.type == "cuda")):
         from engine.data.dali import dataset_codec, select_reader
         try:
             reader = select_reader(dataset_codec(dataset), device.type, d.reader)

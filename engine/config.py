@@ -83,6 +83,8 @@ UNREAD_BY_APP = {
                           "loss.normalize_reps", "model.state_dim", "model.use_rope", "model.use_silu",
                           "model.use_pred_silu", "meta.pretrain_checkpoint"),
 }
+for _app in ("vjepa", "ijepa", "hjepa", "lewm"):   # only the frozen-encoder world model reads a latent cache
+    UNREAD_BY_APP[_app] += ("data.latent_cache",)
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -122,6 +124,7 @@ class DataConfig:
     reader: str = "auto"                              # auto | pyav | dali
     dali_threads: int = 2                             # DALI CPU threads per rank
     val_datasets: list[str] = field(default_factory=list)   # labelled index files for the probe
+    latent_cache: Optional[str] = None                # vjepa_droid: train on a frozen encoder's cached latents
 
 
 @dataclass
@@ -635,6 +638,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data_aug.reprob: expected a probability in [0, 1], got {cfg.data_aug.reprob}")
     _range("data_aug.random_resize_scale", cfg.data_aug.random_resize_scale, 0.0, float("inf"))
     _range("data_aug.random_resize_aspect_ratio", cfg.data_aug.random_resize_aspect_ratio, 0.0, float("inf"))
+    if d.latent_cache:
+        problem = latent_cache_problem(cfg)
+        if problem:
+            raise ConfigError(problem)
     if len(o.ema) != 2 or not all(0.0 <= v <= 1.0 for v in o.ema):
         raise ConfigError(f"optimization.ema: expected [start, end] momenta in [0, 1], got {o.ema}")
     if len(o.betas) != 2 or not all(0.0 <= v < 1.0 for v in o.betas):
@@ -664,6 +671,28 @@ def validate(cfg: Config) -> None:
     _validate_model(cfg)
     if cfg.is_hierarchical:
         _validate_hierarchy(cfg)
+
+
+def latent_cache_problem(cfg: Config) -> Optional[str]:
+    """Why cfg's training clips cannot come from a latent cache (engine.data.latents), or None: a frame's
+    latents must depend on the video, the frame and the flip alone."""
+    d, aug = cfg.data, cfg.data_aug
+    what = "data.latent_cache: a latent cache needs"
+    if cfg.app != "vjepa_droid":
+        return f"{what} a frozen-encoder world model (app vjepa_droid), got app {cfg.app}"
+    for key, v in (("random_resize_scale", aug.random_resize_scale),
+                   ("random_resize_aspect_ratio", aug.random_resize_aspect_ratio)):
+        if list(v) != [1.0, 1.0]:
+            return f"{what} a fixed crop: data_aug.{key} is {list(v)}, set it to [1.0, 1.0]"
+    for key, on in (("auto_augment", aug.auto_augment), ("motion_shift", aug.motion_shift),
+                    ("reprob", aug.reprob > 0)):
+        if on:
+            return f"{what} frames that depend on nothing drawn but the flip: turn data_aug.{key} off"
+    if d.num_clips != 1:
+        return f"{what} one clip per video: data.num_clips is {d.num_clips}"
+    if d.dataset_type.lower() != "videodataset":
+        return f"{what} index CSVs (data.dataset_type VideoDataset), got {d.dataset_type!r}"
+    return None
 
 
 def _validate_masks(cfg: Config) -> None:

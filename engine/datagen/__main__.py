@@ -22,6 +22,10 @@ Usage:
         -> DIR/atari.csv + DIR/atari/NNNNNN.mp4 (+ .actions.npy, .states.npy): ale-py gameplay
     python -m engine.datagen maze --output DIR --num N [--frames 32 --size 32 --fps 10 --seed 0 --codec h264rgb]
         -> DIR/maze.csv + DIR/maze/NNNNNN.mp4 (+ .actions.npy, .states.npy): a ball exploring a two-room maze
+    python -m engine.datagen latents --config CONFIG --output DIR [--set key=value ... --dtype float32|bfloat16
+                                  --overwrite]
+        -> DIR/index.json + DIR/latents.bin: the config's frozen encoder's latents of every frame of its
+           training videos; train on them with --set data.latent_cache=DIR (engine.data.latents)
 """
 from __future__ import annotations
 
@@ -118,6 +122,13 @@ def main(argv=None):
     pr.add_argument("--dense-refs", action="store_true",
                     help="keep the encoder's own reference structure (default for h264 / vp9: many frames "
                          "unreferenced, so strided clips decode fewer frames)")
+    lt = sub.add_parser("latents", help="a world-model config's frozen-encoder latents of every training frame")
+    lt.add_argument("--config", required=True, help="the run config (app vjepa_droid, a fixed crop)")
+    lt.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    lt.add_argument("--output", required=True)
+    lt.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="how the latents are stored (bfloat16: half the bytes, rounded)")
+    lt.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
     for name, helptext in (("robot", "pybullet KUKA arm episodes (random / reach / push) with actions + states"),
                            ("atari", "Atari gameplay (ale-py ROMs) with actions + RAM states"),
                            ("maze", "pybullet ball in a two-room maze, seen from above, with actions + positions")):
@@ -189,6 +200,19 @@ def main(argv=None):
         print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "bench":
         print(f"{bench(args):.1f} clips/s")
+    elif args.cmd == "latents":
+        import json
+        import sys
+        from engine.config import ConfigError, load_config
+        from .latents import build_latent_cache
+
+        try:
+            summary = build_latent_cache(load_config(args.config, args.overrides), args.output, args.dtype,
+                                         overwrite=args.overwrite, progress=True)
+        except ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        print(json.dumps(summary))
     elif args.cmd == "prepare":
         from .prepare import prepare, summary
 

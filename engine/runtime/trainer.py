@@ -78,13 +78,24 @@ class Trainer:
             from engine.builders import build_jepa
             model = build_jepa(cfg)
         self.model = model.to(self.device)
+        # before setup: ZeRO-3 would leave the encoder's parameters partitioned
+        latents_fp = None
+        if cfg.data.latent_cache and dataset is None:
+            from engine.data.latents import run_fingerprint
+            latents_fp = run_fingerprint(self.model, cfg)
         b.setup(self.model, cfg)
-        with data_errors(cfg):
-            from engine.builders import build_dataset, build_loader, build_mask_sampler
-            self.dataset = build_dataset(cfg, train=True) if dataset is None else dataset
-            self.loader = build_loader(cfg, self.dataset, self.device, rank=self.rank, world_size=self.world,
-                                       mask_sampler=mask_sampler if mask_sampler is not None or not cfg.uses_masks
-                                       else build_mask_sampler(cfg))
+        from engine.data.latents import LatentCacheError
+        try:
+            with data_errors(cfg):
+                from engine.builders import build_dataset, build_loader, build_mask_sampler
+                self.dataset = build_dataset(cfg, train=True) if dataset is None else dataset
+                self.loader = build_loader(cfg, self.dataset, self.device, rank=self.rank, world_size=self.world,
+                                           mask_sampler=mask_sampler if mask_sampler is not None or not cfg.uses_masks
+                                           else build_mask_sampler(cfg))
+            if latents_fp is not None:
+                self.dataset.cache.check_fingerprint(latents_fp, f"this run's ({cfg.source or 'the config'})")
+        except LatentCacheError as e:   # a missing, damaged or stale cache: rebuilt, not skipped
+            raise RunError(str(e)) from None
         opt = cfg.optimization
         self.ipe = opt.ipe or max(1, self.loader.batches_per_epoch // b.accum)   # a step eats `accum` batches
         self.total_steps = opt.epochs * self.ipe

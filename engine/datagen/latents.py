@@ -1,0 +1,132 @@
+"""Build a latent cache (engine.data.latents): every frame of a world-model config's training videos through
+its frozen encoder, once, in each orientation the training crops can take.
+
+    python -m engine.datagen latents --config configs/ac_lattice_tiny_cpu.yaml --output data/latents/lattice \
+        [--set key=value ...] [--dtype float32|bfloat16] [--overwrite]
+
+The encoder is the one the trainer builds from the same config (meta.pretrain_checkpoint, else its random
+init from meta.seed), each frame encoded alone under the config's meta.dtype, as the V-JEPA 2-AC step encodes
+it. Frames are decoded and cropped by the training data path itself (VideoReader.decode_resized with the
+transform's box). A video that does not decode is left out and listed (training then skips it, as it skips
+an unreadable video). The folder appears whole or not at all: it is written beside its target and renamed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.config import Config, ConfigError, latent_cache_problem
+from engine.data.latents import STORE_DTYPES, VERSION, run_fingerprint
+from engine.data.video import VideoReader
+
+logger = logging.getLogger(__name__)
+
+
+def frozen_encoder_model(cfg: Config):
+    """The ACJEPA step the trainer would build from cfg (same seed, same encoder weights)."""
+    from engine.ac_jepa import ACJEPA
+    from engine.builders import build_jepa
+    random.seed(cfg.meta.seed)
+    np.random.seed(cfg.meta.seed)
+    torch.manual_seed(cfg.meta.seed)
+    model = build_jepa(cfg)
+    if not isinstance(model, ACJEPA):
+        raise ConfigError(f"app {cfg.app}: a latent cache is for the frozen-encoder world model (app vjepa_droid)")
+    return model.eval()
+
+
+def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwrite: bool = False,
+                       frames_per_call: int = 64, progress: bool = False) -> dict:
+    """Write the cache folder `output`; returns its index (without the video list) and the seconds taken."""
+    from engine.builders import build_dataset
+    from engine.core.step import autocast
+    import time
+
+    problem = latent_cache_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
+    if store_dtype not in STORE_DTYPES:
+        raise ConfigError(f"--dtype: expected one of {sorted(STORE_DTYPES)}, got {store_dtype!r}")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ConfigError(f"{output}: already exists; pass --overwrite to replace it, or another --output")
+    t0 = time.perf_counter()
+    model = frozen_encoder_model(cfg)
+    encoder_fp = run_fingerprint(model, cfg)
+    ds = build_dataset(cfg, train=True, frames=True)
+    tf = ds.transform
+    flips = (False, True) if tf.horizontal_flip else (False,)
+    paths = list(dict.fromkeys(ds.paths))   # a video listed twice is cached once
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.{secrets.token_hex(4)}.tmp"
+    os.mkdir(tmp)   # the umask's mode, as any folder the user makes
+    videos, skipped, offset, tokens, dim = [], [], 0, None, None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(paths), desc="latents", unit="video", dynamic_ncols=True)
+    try:
+        with open(tmp / "latents.bin", "wb") as f:
+            for path in paths:
+                try:
+                    with VideoReader(path, seek_threshold=ds.seek_threshold, fast_open=ds.fast_open) as vr:
+                        info = vr.info
+                        box, _ = tf.plan(info.height, info.width, np.random.default_rng(0))   # fixed: no draw moves it
+                        chunks = []
+                        for start in range(0, info.num_frames, frames_per_call):
+                            idx = np.arange(start, min(info.num_frames, start + frames_per_call))
+                            per_flip = []
+                            for flip in flips:
+                                u8_3TSS = vr.decode_resized(idx, (tf.crop_size, tf.crop_size), box, flip)
+                                x_3TSS = tf.finish(u8_3TSS, None)
+                                with torch.no_grad(), autocast(cfg.dtype, torch.device("cpu")):
+                                    h = model.encode(x_3TSS[None])
+                                per_flip.append(h.float().reshape(len(idx), -1, h.shape[-1]))
+                            chunks.append(torch.stack(per_flip, dim=1))   # [T, flips, N, D]
+                except Exception as e:  # noqa: BLE001 -- left out and listed: training skips it, as a bad video
+                    logger.warning("skipping %s: %s", path, e)
+                    skipped.append(path)
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                lat = torch.cat(chunks)
+                tokens, dim = lat.shape[2], lat.shape[3]
+                f.write(lat.to(torch.bfloat16).view(torch.int16).numpy().tobytes() if store_dtype == "bfloat16"
+                        else lat.numpy().tobytes())
+                videos.append({"path": path, "offset": offset, "num_frames": int(info.num_frames),
+                               "fps": float(info.fps), "height": int(info.height), "width": int(info.width)})
+                offset += int(info.num_frames)
+                if bar is not None:
+                    bar.update(1)
+            f.flush()
+            os.fsync(f.fileno())
+        if not videos:
+            raise ConfigError(f"data.datasets: none of the {len(paths)} videos decoded (first: {skipped[0]})")
+        index = {"version": VERSION, "fingerprint": encoder_fp, "dtype": store_dtype,
+                 "tokens": tokens, "dim": dim, "flips": len(flips), "frames": offset,
+                 "config": str(cfg.source or ""), "videos": videos, "skipped": skipped}
+        (tmp / "index.json").write_text(json.dumps(index, indent=1))
+        if output.exists():   # --overwrite: the old folder goes only once the new one is complete
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
+            os.replace(output, old / output.name)
+            os.replace(tmp, output)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, output)
+    finally:
+        if bar is not None:
+            bar.close()
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    summary = {k: v for k, v in index.items() if k != "videos"}
+    summary.update(videos=len(videos), skipped=len(skipped), seconds=round(time.perf_counter() - t0, 1))
+    return summary

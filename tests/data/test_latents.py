@@ -1,0 +1,172 @@
+"""The latent cache (engine.data.latents, built by engine.datagen.latents): the frozen encoder's latents of
+every frame, read in place of decoding and encoding; a cached run trains as the decoding run does."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import ConfigError, load_config
+from engine.data.latents import LatentCache, fingerprint_difference
+from engine.datagen.latents import build_latent_cache, frozen_encoder_model
+from engine.datagen.synthetic import generate_events
+from engine.train import main as train_main
+
+CONFIG = "configs/ac_lattice_tiny_cpu.yaml"   # an unconditioned world model on a frozen random encoder
+
+
+@pytest.fixture(scope="module")
+def lattice(tmp_path_factory):
+    """6 lattice videos (16 frames of 96 px) and an index that also lists a file that does not decode."""
+    d = tmp_path_factory.mktemp("lattice")
+    good = generate_events(d / "ev", 3, size=96, world="lattice", cell=16, blocks=1, seed=3)
+    bad = d / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    with_bad = d / "with_bad.csv"
+    with_bad.write_text(good.read_text() + f"{bad} 0\n")
+    return {"csv": good, "with_bad": with_bad, "bad": str(bad)}
+
+
+def overrides(csv_path, **more):
+    kw = {"data.datasets": f"[{csv_path}]", "meta.dtype": "float32", "data.batch_size": "2",
+          "data.num_workers": "0", "data.dataset_fpcs": "[4]", "model.depth": "2", "model.pred_depth": "1"}
+    kw.update(more)
+    return [f"{k}={v}" for k, v in kw.items()]
+
+
+@pytest.fixture(scope="module")
+def cache(lattice, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "lat"
+    summary = build_latent_cache(load_config(CONFIG, overrides(lattice["with_bad"])), out)
+    return {"dir": out, "summary": summary}
+
+
+def test_the_cache_holds_every_frame_in_both_orientations_and_lists_what_did_not_decode(lattice, cache):
+    s = cache["summary"]
+    assert s["videos"] == 6 and s["skipped"] == 1 and s["flips"] == 2 and s["frames"] == 6 * 16
+    c = LatentCache(cache["dir"])
+    assert c.skipped == [lattice["bad"]] and (c.tokens, c.dim) == (36, 192)
+    with pytest.raises(ValueError, match="did not decode when the cache was built"):
+        c.entry(lattice["bad"])
+
+
+def test_a_cached_sample_is_the_encoders_latents_of_the_clip_the_frame_set_decodes(lattice, cache):
+    """Same index, same per-sample seed: the same frames, the same flip, the latents `encode` gives them."""
+    from engine.builders import build_dataset
+    cfg = load_config(CONFIG, overrides(lattice["csv"], **{"data.latent_cache": str(cache["dir"])}))
+    frames, latents = build_dataset(cfg, train=True, frames=True), build_dataset(cfg, train=True)
+    model = frozen_encoder_model(cfg)
+    flips = set()
+    for index, seed in [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (0, 7), (2, 8)]:
+        x_3THW, label = frames[(index, seed)]
+        z_TND, label_z = latents[(index, seed)]
+        assert label == label_z and z_TND.shape == (4, 36, 192) and z_TND.dtype == torch.float32
+        with torch.no_grad():
+            want = model.encode(x_3THW[None]).reshape(4, 36, 192)
+        torch.testing.assert_close(z_TND, want, rtol=1e-5, atol=1e-5)
+        rng = np.random.default_rng(seed)   # the draws both sets make: the clip's frames, then crop and flip
+        entry = latents.cache.entry(frames.paths[index])
+        idx = frames.sample_indices(entry, rng)[0]
+        flip = frames.transform.plan(96, 96, rng)[1]
+        assert torch.equal(z_TND, latents.cache.frames(entry, idx, flip))
+        flips.add(flip)
+    assert flips == {True, False}   # both orientations were read
+
+
+def _losses(run):
+    return [(float(r["loss"]), float(r["loss_tf"]), float(r["loss_rollout"]))
+            for r in csv.DictReader(open(run / "metrics.csv"))]
+
+
+def test_a_cached_run_trains_as_the_run_that_decodes(lattice, cache, tmp_path):
+    """Four steps from the same seed: the same clips, flips and latents, so the same losses (float rounding
+    apart: the cache encoded each video in one call, the step its batch's frames)."""
+    runs = {}
+    for name, extra in (("frames", {}), ("latents", {"data.latent_cache": str(cache["dir"])})):
+        args = ["--config", CONFIG, "--output", str(tmp_path / name), "--max-steps", "4", "--no-progress"]
+        for o in overrides(lattice["with_bad"], **extra):
+            args += ["--set", o]
+        summary = train_main(args)
+        assert summary["steps"] == 4
+        runs[name] = _losses(tmp_path / name)
+    np.testing.assert_allclose(runs["latents"], runs["frames"], rtol=1e-5, atol=1e-7)
+    assert len({r[0] for r in runs["frames"]}) == 4   # four different batches, not one repeated
+
+
+def test_a_stale_or_broken_cache_is_refused_by_name(lattice, cache, tmp_path, capsys):
+    def train(cache_dir, *more):
+        args = ["--config", CONFIG, "--output", str(tmp_path / "run"), "--max-steps", "1", "--no-progress",
+                "--overwrite"]
+        for o in overrides(lattice["csv"], **{"data.latent_cache": str(cache_dir)}) + list(more):
+            args += ["--set", o]
+        with pytest.raises(SystemExit) as e:
+            train_main(args)
+        assert e.value.code == 2
+        return capsys.readouterr().err
+
+    assert "another checkpoint or seed" in train("%s" % cache["dir"], "meta.seed=1")   # another random encoder
+    assert "dtype: 'float32' against 'bfloat16'" in train(cache["dir"], "meta.dtype=bfloat16")
+    assert "no latent cache there" in train(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "index.json").write_text((cache["dir"] / "index.json").read_text())
+    (broken / "latents.bin").write_bytes((cache["dir"] / "latents.bin").read_bytes()[:1000])
+    assert "incomplete or damaged" in train(broken)
+
+
+def test_configs_that_cannot_use_a_cache_are_refused_by_key(lattice, tmp_path):
+    with pytest.raises(ConfigError, match=r"data_aug.random_resize_scale is \[0.3, 1.0\]"):
+        load_config(CONFIG, overrides(lattice["csv"], **{"data.latent_cache": "x",
+                                                         "data_aug.random_resize_scale": "[0.3, 1.0]"}))
+    with pytest.raises(ConfigError, match="data_aug.motion_shift"):
+        build_latent_cache(load_config(CONFIG, overrides(lattice["csv"], **{"data_aug.motion_shift": "true"})),
+                           tmp_path / "c")
+    with pytest.raises(ConfigError, match="data.latent_cache"):
+        load_config("configs/tiny_cpu.yaml", ["data.latent_cache=somewhere"])   # V-JEPA: no frozen encoder
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_existing_cache_is_replaced_only_when_asked_and_bfloat16_storage_rounds(lattice, cache, tmp_path):
+    cfg = load_config(CONFIG, overrides(lattice["csv"]))
+    out = tmp_path / "c"
+    build_latent_cache(cfg, out, "bfloat16")
+    with pytest.raises(ConfigError, match="already exists; pass --overwrite"):
+        build_latent_cache(cfg, out)
+    half, full = LatentCache(out), LatentCache(cache["dir"])
+    # the same frames (the broken video is not in this index), half the bytes
+    assert half.dtype == "bfloat16" and (out / "latents.bin").stat().st_size * 2 == \
+        (cache["dir"] / "latents.bin").stat().st_size
+    path = next(iter(half.entries))
+    idx = np.arange(16)
+    for flip in (False, True):
+        want = full.frames(full.entry(path), idx, flip)
+        torch.testing.assert_close(half.frames(half.entry(path), idx, flip), want.bfloat16().float())
+    build_latent_cache(cfg, out, "float32", overwrite=True)
+    assert LatentCache(out).dtype == "float32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]   # no temporaries left beside it
+    assert fingerprint_difference(json.loads((out / "index.json").read_text())["fingerprint"], full.fingerprint) \
+        is None
+
+
+def test_arm_trajectories_read_their_actions_and_states_beside_the_cached_latents(tmp_path):
+    """The action-conditioned step (configs/ac_arm_tiny_cpu.yaml, whole unflipped frames): two steps cached
+    and decoded give the same losses, so the actions and states follow the cached clips' frames."""
+    pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
+    from engine.datagen.__main__ import main as datagen
+    datagen(["robot", "--output", str(tmp_path / "arm"), "--num", "3", "--frames", "12", "--size", "32",
+             "--policies", "explore"])
+    sets = {"data.datasets": f"[{tmp_path / 'arm' / 'robot.csv'}]", "data.crop_size": "32", "data.batch_size": "2",
+            "data.num_workers": "0", "model.pred_depth": "1", "data.sampling_rate": "2"}
+    datagen(["latents", "--config", "configs/ac_arm_tiny_cpu.yaml", "--output", str(tmp_path / "cache")]
+            + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+    assert LatentCache(tmp_path / "cache").flips == 1   # horizontal_flip off: one orientation kept
+    losses = {}
+    for name, extra in (("frames", {}), ("latents", {"data.latent_cache": str(tmp_path / "cache")})):
+        args = ["--config", "configs/ac_arm_tiny_cpu.yaml", "--output", str(tmp_path / name), "--max-steps", "3",
+                "--no-progress"]
+        for k, v in {**sets, **extra}.items():
+            args += ["--set", f"{k}={v}"]
+        train_main(args)
+        losses[name] = _losses(tmp_path / name)
+    np.testing.assert_allclose(losses["latents"], losses["frames"], rtol=1e-5, atol=1e-7)
