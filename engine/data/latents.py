@@ -22,6 +22,7 @@ Layout of a cache folder (written whole or not at all: engine.datagen.latents):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,7 @@ class LatentCacheError(Exception):
 
 class LatentCache:
     """A cache folder, read-only: `entry(path)` and `frames(entry, idx_T, flip)` -> float32 [T, N, D].
-    The latents file is mapped lazily (in each DataLoader worker after it starts), never read whole."""
+    The latents file is opened lazily (in each DataLoader worker after it starts) and never read whole."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -122,7 +123,7 @@ class LatentCache:
                         for v in meta["videos"]}
         self.skipped = list(meta.get("skipped", []))
         self.total_frames = sum(e.info.num_frames for e in self.entries.values())
-        self._array = None
+        self._fd = None
         data = self.folder / "latents.bin"
         size = data.stat().st_size if data.is_file() else 0
         want = self.total_frames * self.flips * self.tokens * self.dim * np.dtype(STORE_DTYPES[self.dtype]).itemsize
@@ -130,15 +131,17 @@ class LatentCache:
             raise LatentCacheError(f"{self.folder / 'latents.bin'}: {size} bytes, its index describes {want}; the "
                                    f"cache is incomplete or damaged: rebuild it with {BUILD_HINT}")
 
-    def _latents(self) -> np.ndarray:
-        if self._array is None:
-            np_dtype = STORE_DTYPES[self.dtype]
-            self._array = np.memmap(self.folder / "latents.bin", dtype=np_dtype, mode="r",
-                                    shape=(self.total_frames, self.flips, self.tokens, self.dim))
-        return self._array
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.folder / "latents.bin", os.O_RDONLY)
+        return self._fd
 
-    def __getstate__(self):   # DataLoader workers map the file themselves
-        return {**self.__dict__, "_array": None}
+    def __getstate__(self):   # DataLoader workers open the file themselves
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def entry(self, path: str) -> _Entry:
         e = self.entries.get(path)
@@ -148,9 +151,16 @@ class LatentCache:
         return e
 
     def frames(self, entry: _Entry, idx_T: np.ndarray, flip: bool) -> torch.Tensor:
-        """float32 [T, N, D]: the latents of frames idx_T of the video (mirrored ones where flip)."""
-        rows = self._latents()[entry.offset + np.asarray(idx_T, dtype=np.int64), int(flip) if self.flips > 1 else 0]
-        t = torch.from_numpy(np.ascontiguousarray(rows))
+        """float32 [T, N, D]: the latents of frames idx_T of the video (mirrored ones where flip).
+        One read of the frames the clip spans (pread: the pages stay in the page cache, not in this
+        process's resident set, as a mapping of a cache larger than memory would)."""
+        idx = np.asarray(idx_T, dtype=np.int64)
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        dtype = np.dtype(STORE_DTYPES[self.dtype])
+        frame_bytes = self.flips * self.tokens * self.dim * dtype.itemsize
+        buf = os.pread(self._file(), (hi - lo) * frame_bytes, (entry.offset + lo) * frame_bytes)
+        rows = np.frombuffer(buf, dtype=dtype).reshape(hi - lo, self.flips, self.tokens, self.dim)
+        t = torch.from_numpy(rows[idx - lo, int(flip) if self.flips > 1 else 0])   # indexing copies
         return (t.view(torch.bfloat16) if self.dtype == "bfloat16" else t).float()
 
     def check_fingerprint(self, digest: dict, what: str) -> None:

@@ -46,7 +46,7 @@ def frozen_encoder_model(cfg: Config):
 
 def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwrite: bool = False,
                        frames_per_call: int = 64, progress: bool = False) -> dict:
-    """Write the cache folder `output`; returns its index (without the video list) and the seconds taken."""
+    """Write the cache folder `output`; returns what it holds (videos, frames, skipped, size) and the seconds taken."""
     from engine.builders import build_dataset
     from engine.core.step import autocast
     import time
@@ -127,6 +127,8 @@ def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwr
             bar.close()
         if tmp.exists():
             shutil.rmtree(tmp)
-    summary = {k: v for k, v in index.items() if k != "videos"}
-    summary.update(videos=len(videos), skipped=len(skipped), seconds=round(time.perf_counter() - t0, 1))
+    summary = {k: index[k] for k in ("dtype", "tokens", "dim", "flips", "frames")}
+    summary.update(videos=len(videos), skipped=len(skipped), gigabytes=round((output / "latents.bin").stat().st_size
+                                                                              / 2 ** 30, 3),
+                   seconds=round(time.perf_counter() - t0, 1))
     return summary

@@ -170,3 +170,20 @@ def test_arm_trajectories_read_their_actions_and_states_beside_the_cached_latent
         train_main(args)
         losses[name] = _losses(tmp_path / name)
     np.testing.assert_allclose(losses["latents"], losses["frames"], rtol=1e-5, atol=1e-7)
+
+
+def test_a_decoding_run_resumes_on_the_cache_and_continues_exactly(lattice, cache, tmp_path):
+    """Switching the cache on at a resume is an accepted, recorded change: steps 2-3 are those of the run
+    that decoded throughout."""
+    def run(out, steps, *extra):
+        args = ["--config", CONFIG, "--output", str(out), "--max-steps", str(steps), "--no-progress", *extra]
+        for o in overrides(lattice["csv"]):
+            args += ["--set", o]
+        train_main(args)
+        return _losses(out)
+
+    whole = run(tmp_path / "whole", 4)
+    run(tmp_path / "split", 2)
+    split = run(tmp_path / "split", 4, "--resume", "--set", f"data.latent_cache={cache['dir']}")
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-7)
+    assert "data.latent_cache" in (tmp_path / "split" / "config_history.yaml").read_text()

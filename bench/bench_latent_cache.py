@@ -1,0 +1,88 @@
+"""A frozen-encoder world model trained on cached latents (data.latent_cache) against the same run decoding and
+encoding every clip: whole `python -m engine.train` processes, A B A B.
+
+    python bench/bench_latent_cache.py --config configs/ac_lattice_tiny_cpu.yaml --cache DIR \
+        [--set key=value ...] [--steps 300] [--pairs 3] [--out bench/results/latent_cache_cpu.csv]
+
+The cache is built first when DIR holds none (`python -m engine.datagen latents`; its seconds and size are a
+row). Per run: wall and CPU seconds of the whole process (start-up, 300 steps, the last checkpoint), its peak
+resident set, and from its metrics.csv the median step time and data wait after the first 50 steps. Rows:
+each side's medians over the pairs, and `cached / decoding` of the per-pair ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from engine.core.io import atomic_write_csv  # noqa: E402
+
+
+def timed(cmd: list[str]) -> dict:
+    """Run cmd; its wall seconds, user + system seconds and peak resident set (MB) from the kernel's accounting."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    err = p.stderr.read()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {err.strip().splitlines()[-1:]}")
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_mb": ru.ru_maxrss / 1024}
+
+
+def steady(run: Path, skip: int = 50) -> dict:
+    rows = list(csv.DictReader(open(run / "metrics.csv")))[skip:]
+    return {"step_ms": statistics.median(float(r["step_ms"]) for r in rows),
+            "data_wait_ms": statistics.median(float(r["data_wait_ms"]) for r in rows)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/ac_lattice_tiny_cpu.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latent_cache_cpu.csv"))
+    args = ap.parse_args(argv)
+    sets = [a for s in args.set for a in ("--set", s)]
+    rows = []
+    if not (Path(args.cache) / "index.json").is_file():
+        t = timed([sys.executable, "-m", "engine.datagen", "latents", "--config", args.config, "--output", args.cache,
+                   *sets])
+        size = (Path(args.cache) / "latents.bin").stat().st_size / 2 ** 20
+        rows.append({"row": "build the cache", "wall_s": round(t["wall_s"], 1), "cpu_s": round(t["cpu_s"], 1),
+                     "peak_mb": round(t["peak_mb"]), "cache_mb": round(size)})
+    out = Path(tempfile.mkdtemp(prefix="latent_bench_"))
+    sides = {"decoding": [], "cached": ["--set", f"data.latent_cache={args.cache}"]}
+    got = {k: [] for k in sides}
+    for _ in range(args.pairs):
+        for name, extra in sides.items():
+            run = out / name
+            t = timed([sys.executable, "-m", "engine.train", "--config", args.config, "--output", str(run),
+                       "--max-steps", str(args.steps), "--no-progress", "--overwrite", *sets, *extra])
+            got[name].append({**t, **steady(run)})
+    for name, runs in got.items():
+        rows.append({"row": f"{name}, {args.steps} steps", **{k: round(statistics.median(r[k] for r in runs), 2)
+                                                                for k in runs[0]}})
+    ratio = {k: round(statistics.median(c[k] / d[k] for c, d in zip(got["cached"], got["decoding"])), 3)
+             for k in got["cached"][0]}
+    rows.append({"row": "cached / decoding (median of the pairs)", **ratio})
+    for r in rows:
+        r.update(config=args.config, overrides=" ".join(args.set), pairs=args.pairs)
+    atomic_write_csv(args.out, rows)
+    for r in rows:
+        print(r)
+
+
+if __name__ == "__main__":
+    main()
