@@ -110,17 +110,21 @@ class LatentCache:
                                    f"build one with {BUILD_HINT}")
         try:
             meta = json.loads(index.read_text())
-        except ValueError as e:
-            raise LatentCacheError(f"{index}: not a latent cache index ({e}); rebuild it with {BUILD_HINT}") from None
-        if meta.get("version") != VERSION:
-            raise LatentCacheError(f"{index}: latent cache version {meta.get('version')!r}, this engine reads "
-                                   f"{VERSION}; rebuild it with {BUILD_HINT}")
-        self.fingerprint = meta["fingerprint"]
-        self.dtype = meta["dtype"]
-        self.tokens, self.dim, self.flips = int(meta["tokens"]), int(meta["dim"]), int(meta["flips"])
-        self.entries = {v["path"]: _Entry(int(v["offset"]), _Info(int(v["num_frames"]), float(v["fps"]),
-                                                                  int(v["height"]), int(v["width"])))
-                        for v in meta["videos"]}
+            version = meta.get("version")
+            if version == VERSION:
+                self.fingerprint, self.dtype = meta["fingerprint"], meta["dtype"]
+                self.tokens, self.dim, self.flips = int(meta["tokens"]), int(meta["dim"]), int(meta["flips"])
+                self.entries = {v["path"]: _Entry(int(v["offset"]), _Info(int(v["num_frames"]), float(v["fps"]),
+                                                                          int(v["height"]), int(v["width"])))
+                                for v in meta["videos"]}
+                if self.dtype not in STORE_DTYPES:
+                    raise KeyError(f"dtype {self.dtype!r}")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise LatentCacheError(f"{index}: not a latent cache index ({type(e).__name__}: {e}); rebuild it with "
+                                   f"{BUILD_HINT}") from None
+        if version != VERSION:
+            raise LatentCacheError(f"{index}: latent cache version {version!r}, this engine reads {VERSION}; "
+                                   f"rebuild it with {BUILD_HINT}")
         self.skipped = list(meta.get("skipped", []))
         self.total_frames = sum(e.info.num_frames for e in self.entries.values())
         self._fd = None
@@ -152,8 +156,8 @@ class LatentCache:
 
     def frames(self, entry: _Entry, idx_T: np.ndarray, flip: bool) -> torch.Tensor:
         """float32 [T, N, D]: the latents of frames idx_T of the video (mirrored ones where flip).
-        One read of the frames the clip spans (pread: the pages stay in the page cache, not in this
-        process's resident set, as a mapping of a cache larger than memory would)."""
+        One pread of the frames the clip spans: the pages stay in the page cache, out of this process's
+        resident set (a mapping of the whole file would count every page read there)."""
         idx = np.asarray(idx_T, dtype=np.int64)
         lo, hi = int(idx.min()), int(idx.max()) + 1
         dtype = np.dtype(STORE_DTYPES[self.dtype])
@@ -182,6 +186,11 @@ class LatentVideoDataset(VideoDataset):
             raise ValueError(f"a latent cache gives one clip per video (data.num_clips 1), got {self.num_clips}")
         self.cache = cache
         self.source += f" (latents from {cache.folder})"
+        unknown = [p for p in dict.fromkeys(self.paths) if p not in cache.entries and p not in cache.skipped]
+        if unknown:   # videos added to the index, or moved, since the cache was built
+            raise LatentCacheError(f"data.latent_cache {cache.folder}: {len(unknown)} of the videos "
+                                   f"data.datasets lists are not in it (first: {unknown[0]}); rebuild it with "
+                                   f"{BUILD_HINT}")
         # the transform only draws the crop and flip here: no pixels come out to normalise (make_loader
         # would otherwise turn it into a uint8 twin and normalise the batches)
         self.draws, self.transform = self.transform, None

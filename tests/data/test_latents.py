@@ -113,6 +113,11 @@ def test_a_stale_or_broken_cache_is_refused_by_name(lattice, cache, tmp_path, ca
     (broken / "index.json").write_text((cache["dir"] / "index.json").read_text())
     (broken / "latents.bin").write_bytes((cache["dir"] / "latents.bin").read_bytes()[:1000])
     assert "incomplete or damaged" in train(broken)
+    (broken / "index.json").write_text('{"version": 1, "videos": []}')
+    assert "not a latent cache index (KeyError" in train(broken)
+    more = tmp_path / "more.csv"   # a video added to the index since the cache was built
+    more.write_text(lattice["csv"].read_text() + f"{tmp_path / 'new.mp4'} 0\n")
+    assert "1 of the videos data.datasets lists are not in it" in train(cache["dir"], f"data.datasets=[{more}]")
 
 
 def test_configs_that_cannot_use_a_cache_are_refused_by_key(lattice, tmp_path):
