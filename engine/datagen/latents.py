@@ -19,12 +19,14 @@ import random
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.config import Config, ConfigError, latent_cache_problem
+from engine.core.io import atomic_write_text
 from engine.data.latents import STORE_DTYPES, VERSION, run_fingerprint
 from engine.data.video import VideoReader
 
@@ -49,7 +51,6 @@ def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwr
     """Write the cache folder `output`; returns what it holds (videos, frames, skipped, size) and the seconds taken."""
     from engine.builders import build_dataset
     from engine.core.step import autocast
-    import time
 
     problem = latent_cache_problem(cfg)
     if problem:
@@ -77,27 +78,25 @@ def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwr
     try:
         with open(tmp / "latents.bin", "wb") as f:
             for path in paths:
-                try:
+                try:   # decoding only: a video that fails is left out and listed (training skips it too)
                     with VideoReader(path, seek_threshold=ds.seek_threshold, fast_open=ds.fast_open) as vr:
                         info = vr.info
                         box, _ = tf.plan(info.height, info.width, np.random.default_rng(0))   # fixed: no draw moves it
-                        chunks = []
-                        for start in range(0, info.num_frames, frames_per_call):
-                            idx = np.arange(start, min(info.num_frames, start + frames_per_call))
-                            per_flip = []
-                            for flip in flips:
-                                u8_3TSS = vr.decode_resized(idx, (tf.crop_size, tf.crop_size), box, flip)
-                                x_3TSS = tf.finish(u8_3TSS, None)
-                                with torch.no_grad(), autocast(cfg.dtype, torch.device("cpu")):
-                                    h = model.encode(x_3TSS[None])
-                                per_flip.append(h.float().reshape(len(idx), -1, h.shape[-1]))
-                            chunks.append(torch.stack(per_flip, dim=1))   # [T, flips, N, D]
-                except Exception as e:  # noqa: BLE001 -- left out and listed: training skips it, as a bad video
+                        spans = [np.arange(a, min(info.num_frames, a + frames_per_call))
+                                 for a in range(0, info.num_frames, frames_per_call)]
+                        u8 = [[vr.decode_resized(idx, (tf.crop_size, tf.crop_size), box, flip) for flip in flips]
+                              for idx in spans]
+                except Exception as e:  # noqa: BLE001 -- any unreadable file, as SkipBadFiles
                     logger.warning("skipping %s: %s", path, e)
                     skipped.append(path)
                     if bar is not None:
                         bar.update(1)
                     continue
+                chunks = []
+                for idx, per_flip in zip(spans, u8):
+                    with torch.no_grad(), autocast(cfg.dtype, torch.device("cpu")):
+                        h = [model.encode(tf.finish(u8_3TSS, None)[None]) for u8_3TSS in per_flip]
+                    chunks.append(torch.stack([x.float().reshape(len(idx), -1, x.shape[-1]) for x in h], dim=1))
                 lat = torch.cat(chunks)
                 tokens, dim = lat.shape[2], lat.shape[3]
                 f.write(lat.to(torch.bfloat16).view(torch.int16).numpy().tobytes() if store_dtype == "bfloat16"
@@ -114,7 +113,7 @@ def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwr
         index = {"version": VERSION, "fingerprint": encoder_fp, "dtype": store_dtype,
                  "tokens": tokens, "dim": dim, "flips": len(flips), "frames": offset,
                  "config": str(cfg.source or ""), "videos": videos, "skipped": skipped}
-        (tmp / "index.json").write_text(json.dumps(index, indent=1))
+        atomic_write_text(tmp / "index.json", json.dumps(index, indent=1))
         if output.exists():   # --overwrite: the old folder goes only once the new one is complete
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".old", dir=output.parent))
             os.replace(output, old / output.name)
