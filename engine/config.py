@@ -83,7 +83,7 @@ UNREAD_BY_APP = {
                           "loss.normalize_reps", "model.state_dim", "model.use_rope", "model.use_silu",
                           "model.use_pred_silu", "meta.pretrain_checkpoint"),
 }
-for _app in ("vjepa", "ijepa", "hjepa", "lewm"):   # only the frozen-encoder world model reads a latent cache
+for _app in ("vjepa", "ijepa", "lewm"):   # only the frozen-encoder world models read a latent cache
     UNREAD_BY_APP[_app] += ("data.latent_cache",)
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -124,7 +124,7 @@ class DataConfig:
     reader: str = "auto"                              # auto | pyav | dali
     dali_threads: int = 2                             # DALI CPU threads per rank
     val_datasets: list[str] = field(default_factory=list)   # labelled index files for the probe
-    latent_cache: Optional[str] = None                # vjepa_droid: train on a frozen encoder's cached latents
+    latent_cache: Optional[str] = None                # vjepa_droid, hjepa: train on a frozen encoder's latents
 
 
 @dataclass
@@ -678,8 +678,8 @@ def latent_cache_problem(cfg: Config) -> Optional[str]:
     latents must depend on the video, the frame and the flip alone."""
     d, aug = cfg.data, cfg.data_aug
     what = "data.latent_cache: a latent cache needs"
-    if cfg.app != "vjepa_droid":
-        return f"{what} a frozen-encoder world model (app vjepa_droid), got app {cfg.app}"
+    if not cfg.is_action_conditioned:
+        return f"{what} a frozen-encoder world model (app vjepa_droid or hjepa), got app {cfg.app}"
     for key, v in (("random_resize_scale", aug.random_resize_scale),
                    ("random_resize_aspect_ratio", aug.random_resize_aspect_ratio)):
         if list(v) != [1.0, 1.0]:

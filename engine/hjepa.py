@@ -133,7 +133,8 @@ class HJEPA(nn.Module):
         if not self.use_states:
             states = torch.zeros_like(states)
         top = max(self.trained)   # levels above the highest trained one are not needed for the loss
-        h = self.encode_frames(clips)                                   # [B, T, N, D]
+        # clips: frames [B, 3, T, H, W], or level 1's latents [B, T, N, D] from a latent cache (engine.data.latents)
+        h = clips if clips.dim() == 4 else self.encode_frames(clips)    # [B, T, N, D]
         B = h.shape[0]
         total, tf, ar, levels = 0.0, 0.0, 0.0, {}
         for k in range(1, top + 1):

@@ -1,6 +1,7 @@
 """A latent cache: a frozen encoder's latents of every frame of a data set, read in place of the frames.
 
-A world model trained on a frozen encoder (app vjepa_droid: the V-JEPA 2-AC step) encodes each frame alone,
+A world model trained on a frozen encoder (app vjepa_droid: the V-JEPA 2-AC step; app hjepa: its level 1)
+encodes each frame alone,
 and with a fixed crop (data_aug.random_resize_scale and random_resize_aspect_ratio both [1.0, 1.0]) a
 frame's latents depend only on the video, the frame and the flip. The cache holds them once (both
 orientations where data_aug.horizontal_flip is on) and training reads them instead of decoding and
@@ -74,10 +75,17 @@ def fingerprint_difference(a: dict, b: dict, rtol: float = 1e-5) -> str | None:
     return None
 
 
-def run_fingerprint(model: torch.nn.Module, cfg) -> str:
-    """The fingerprint of a frozen-encoder step (engine.ac_jepa.ACJEPA) built from cfg."""
-    return fingerprint(model.encoder, crop_size=cfg.data.crop_size, dtype=cfg.meta.dtype,
-                       normalize_reps=model.normalize_reps)
+def frame_level(model: torch.nn.Module) -> torch.nn.Module:
+    """The frozen-encoder step (engine.ac_jepa.ACJEPA) of a world model: itself, or H-JEPA's level 1."""
+    levels = getattr(model, "levels", None)
+    return levels[0] if levels is not None else model
+
+
+def run_fingerprint(model: torch.nn.Module, cfg) -> dict:
+    """The fingerprint of a world model's frozen frame encoder as cfg runs it."""
+    step = frame_level(model)
+    return fingerprint(step.encoder, crop_size=cfg.data.crop_size, dtype=cfg.meta.dtype,
+                       normalize_reps=step.normalize_reps)
 
 
 @dataclass

@@ -27,22 +27,24 @@ import torch
 
 from engine.config import Config, ConfigError, latent_cache_problem
 from engine.core.io import atomic_write_text
-from engine.data.latents import STORE_DTYPES, VERSION, run_fingerprint
+from engine.data.latents import STORE_DTYPES, VERSION, frame_level, run_fingerprint
 from engine.data.video import VideoReader
 
 logger = logging.getLogger(__name__)
 
 
 def frozen_encoder_model(cfg: Config):
-    """The ACJEPA step the trainer would build from cfg (same seed, same encoder weights)."""
+    """The frozen-encoder step (ACJEPA; H-JEPA's level 1) of the model the trainer would build from cfg
+    (same seed, same encoder weights)."""
     from engine.ac_jepa import ACJEPA
     from engine.builders import build_jepa
     random.seed(cfg.meta.seed)
     np.random.seed(cfg.meta.seed)
     torch.manual_seed(cfg.meta.seed)
-    model = build_jepa(cfg)
+    model = frame_level(build_jepa(cfg))
     if not isinstance(model, ACJEPA):
-        raise ConfigError(f"app {cfg.app}: a latent cache is for the frozen-encoder world model (app vjepa_droid)")
+        raise ConfigError(f"app {cfg.app}: a latent cache is for the frozen-encoder world models (app vjepa_droid, "
+                          f"hjepa)")
     return model.eval()
 
 

@@ -192,3 +192,24 @@ def test_a_decoding_run_resumes_on_the_cache_and_continues_exactly(lattice, cach
     split = run(tmp_path / "split", 4, "--resume", "--set", f"data.latent_cache={cache['dir']}")
     np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-7)
     assert "data.latent_cache" in (tmp_path / "split" / "config_history.yaml").read_text()
+
+
+def test_hjepa_level_one_reads_the_cache(tmp_path):
+    """H-JEPA's level 1 is the same frozen encoder: cached and decoded maze runs give the same losses, every
+    level's (`configs/hjepa_tiny_cpu.yaml`; the metrics' loss columns are the trained levels' sums)."""
+    pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
+    from engine.datagen.__main__ import main as datagen
+    from engine.datagen.sources import generate_maze
+    maze = generate_maze(tmp_path / "maze", 4, num_frames=14, size=32, seed=0)
+    sets = {"data.datasets": f"[{maze}]", "data.batch_size": "2", "data.num_workers": "0"}
+    cfg = "configs/hjepa_tiny_cpu.yaml"
+    datagen(["latents", "--config", cfg, "--output", str(tmp_path / "cache")]
+            + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+    losses = {}
+    for name, extra in (("frames", {}), ("latents", {"data.latent_cache": str(tmp_path / "cache")})):
+        args = ["--config", cfg, "--output", str(tmp_path / name), "--max-steps", "3", "--no-progress"]
+        for k, v in {**sets, **extra}.items():
+            args += ["--set", f"{k}={v}"]
+        train_main(args)
+        losses[name] = _losses(tmp_path / name)
+    np.testing.assert_allclose(losses["latents"], losses["frames"], rtol=1e-5, atol=1e-7)
