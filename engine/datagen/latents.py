@@ -2,7 +2,7 @@
 its frozen encoder, once, in each orientation the training crops can take.
 
     python -m engine.datagen latents --config configs/ac_lattice_tiny_cpu.yaml --output data/latents/lattice \
-        [--set key=value ...] [--dtype float32|bfloat16] [--overwrite]
+        [--set key=value ...] [--dtype float32|bfloat16] [--device cuda] [--overwrite]
 
 The encoder is the one the trainer builds from the same config (meta.pretrain_checkpoint, else its random
 init from meta.seed), each frame encoded alone under the config's meta.dtype, as the V-JEPA 2-AC step encodes
@@ -49,8 +49,9 @@ def frozen_encoder_model(cfg: Config):
 
 
 def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwrite: bool = False,
-                       frames_per_call: int = 64, progress: bool = False) -> dict:
-    """Write the cache folder `output`; returns what it holds (videos, frames, skipped, size) and the seconds taken."""
+                       frames_per_call: int = 64, progress: bool = False, device: str = "cpu") -> dict:
+    """Write the cache folder `output`; returns what it holds (videos, frames, skipped, size) and the seconds
+    taken. device: where the encoder runs (frames are decoded on the CPU, as the training loader does)."""
     from engine.builders import build_dataset
     from engine.core.step import autocast
 
@@ -59,12 +60,16 @@ def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwr
         raise ConfigError(problem)
     if store_dtype not in STORE_DTYPES:
         raise ConfigError(f"--dtype: expected one of {sorted(STORE_DTYPES)}, got {store_dtype!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this torch sees no CUDA device; leave --device out to encode on the CPU")
     output = Path(output)
     if output.exists() and not overwrite:
         raise ConfigError(f"{output}: already exists; pass --overwrite to replace it, or another --output")
     t0 = time.perf_counter()
     model = frozen_encoder_model(cfg)
     encoder_fp = run_fingerprint(model, cfg)
+    model.to(dev)
     ds = build_dataset(cfg, train=True, frames=True)
     tf = ds.transform
     flips = (False, True) if tf.horizontal_flip else (False,)
@@ -96,9 +101,9 @@ def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwr
                     continue
                 chunks = []
                 for idx, per_flip in zip(spans, u8):
-                    with torch.no_grad(), autocast(cfg.dtype, torch.device("cpu")):
-                        h = [model.encode(tf.finish(u8_3TSS, None)[None]) for u8_3TSS in per_flip]
-                    chunks.append(torch.stack([x.float().reshape(len(idx), -1, x.shape[-1]) for x in h], dim=1))
+                    with torch.no_grad(), autocast(cfg.dtype, dev):
+                        h = [model.encode(tf.finish(u8_3TSS.to(dev), None)[None]) for u8_3TSS in per_flip]
+                    chunks.append(torch.stack([x.float().reshape(len(idx), -1, x.shape[-1]) for x in h], dim=1).cpu())
                 lat = torch.cat(chunks)
                 tokens, dim = lat.shape[2], lat.shape[3]
                 f.write(lat.to(torch.bfloat16).view(torch.int16).numpy().tobytes() if store_dtype == "bfloat16"

@@ -129,6 +129,9 @@ def test_configs_that_cannot_use_a_cache_are_refused_by_key(lattice, tmp_path):
                            tmp_path / "c")
     with pytest.raises(ConfigError, match="data.latent_cache"):
         load_config("configs/tiny_cpu.yaml", ["data.latent_cache=somewhere"])   # V-JEPA: no frozen encoder
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda: this torch sees no CUDA device"):
+            build_latent_cache(load_config(CONFIG, overrides(lattice["csv"])), tmp_path / "c", device="cuda")
     assert not (tmp_path / "c").exists()
 
 
