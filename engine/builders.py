@@ -4,6 +4,7 @@
     model = build_jepa(cfg)
     mask_sampler = build_mask_sampler(cfg)
     dataset = build_dataset(cfg, train=True)
+    build_latent_cache(cfg, "data/latents/x")    # a frozen encoder's latents of every training frame
 """
 from __future__ import annotations
 
@@ -206,3 +207,54 @@ def build_loader(cfg: Config, dataset, device, mask_sampler=None, rank: int = 0,
                        pin_memory=d.pin_mem and device.type == "cuda",
                        # on a GPU, uint8 clips cross the bus and are normalised there (4x fewer bytes)
                        device=device if device.type == "cuda" else None)
+
+
+def build_frozen_frame_step(cfg: Config):
+    """The frozen-encoder step (engine.ac_jepa.ACJEPA; H-JEPA's level 1) of the model the trainer builds
+    from cfg: the same seeds first, so the same encoder weights (its checkpoint, or its random init)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from engine.ac_jepa import ACJEPA
+    from engine.data.latents import frame_level
+    random.seed(cfg.meta.seed)
+    np.random.seed(cfg.meta.seed)
+    torch.manual_seed(cfg.meta.seed)
+    step = frame_level(build_jepa(cfg))
+    if not isinstance(step, ACJEPA):
+        raise ConfigError(f"app {cfg.app}: a latent cache is for the frozen-encoder world models (app vjepa_droid, "
+                          "hjepa)")
+    return step.eval()
+
+
+def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwrite: bool = False,
+                       progress: bool = False, device: str = "cpu") -> dict:
+    """`python -m engine.datagen latents`: cfg's frozen encoder's latents of every frame of its training
+    videos, written to `output` (engine.datagen.latents). device: where the encoder runs (frames are
+    decoded on the CPU, as the training loader does)."""
+    import torch
+
+    from engine.config import latent_cache_problem
+    from engine.core.step import autocast
+    from engine.data.latents import run_fingerprint
+    from engine.datagen.latents import write_latent_cache
+    problem = latent_cache_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this torch sees no CUDA device; leave --device out to encode on the CPU")
+    step = build_frozen_frame_step(cfg)
+    fingerprint = run_fingerprint(step, cfg)   # before it moves: the trainer takes it on the built model
+    step.to(dev)
+    dataset = build_dataset(cfg, train=True, frames=True)
+
+    def encode(u8_3TSS):   # each frame alone, under the run's autocast: [T, N, D] float32 on the CPU
+        with torch.no_grad(), autocast(cfg.dtype, dev):
+            h = step.encode(dataset.transform.finish(u8_3TSS.to(dev), None)[None])
+        return h.float().reshape(u8_3TSS.shape[1], -1, h.shape[-1]).cpu()
+
+    return write_latent_cache(dataset, encode, fingerprint, output, store_dtype=store_dtype, overwrite=overwrite,
+                              progress=progress, source=str(cfg.source or ""))

@@ -204,14 +204,15 @@ def main(argv=None):
     elif args.cmd == "latents":
         import json
         import sys
+        from engine.builders import build_latent_cache
         from engine.config import ConfigError, load_config
-        from .latents import build_latent_cache
+        from engine.data.latents import LatentCacheError
 
         try:
             summary = build_latent_cache(load_config(args.config, args.overrides), args.output, args.dtype,
                                          overwrite=args.overwrite, progress=True, device=args.device)
-        except ConfigError as e:
-            print(f"config error: {e}", file=sys.stderr)
+        except (ConfigError, LatentCacheError) as e:
+            print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
             raise SystemExit(2)
         print(json.dumps(summary))
     elif args.cmd == "prepare":

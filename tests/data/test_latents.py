@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engine.config import ConfigError, load_config
-from engine.data.latents import LatentCache, fingerprint_difference
-from engine.datagen.latents import build_latent_cache, frozen_encoder_model
+from engine.builders import build_frozen_frame_step, build_latent_cache
+from engine.data.latents import LatentCache, LatentCacheError, fingerprint_difference
 from engine.datagen.synthetic import generate_events
 from engine.train import main as train_main
 
@@ -56,7 +56,7 @@ def test_a_cached_sample_is_the_encoders_latents_of_the_clip_the_frame_set_decod
     from engine.builders import build_dataset
     cfg = load_config(CONFIG, overrides(lattice["csv"], **{"data.latent_cache": str(cache["dir"])}))
     frames, latents = build_dataset(cfg, train=True, frames=True), build_dataset(cfg, train=True)
-    model = frozen_encoder_model(cfg)
+    model = build_frozen_frame_step(cfg)
     flips = set()
     for index, seed in [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (0, 7), (2, 8)]:
         x_3THW, label = frames[(index, seed)]
@@ -139,7 +139,7 @@ def test_an_existing_cache_is_replaced_only_when_asked_and_bfloat16_storage_roun
     cfg = load_config(CONFIG, overrides(lattice["csv"]))
     out = tmp_path / "c"
     build_latent_cache(cfg, out, "bfloat16")
-    with pytest.raises(ConfigError, match="already exists; pass --overwrite"):
+    with pytest.raises(LatentCacheError, match="already exists; pass --overwrite"):
         build_latent_cache(cfg, out)
     half, full = LatentCache(out), LatentCache(cache["dir"])
     # the same frames (the broken video is not in this index), half the bytes

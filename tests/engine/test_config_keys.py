@@ -45,6 +45,8 @@ RUNTIME = {
     "optimization.is_anneal": "engine/runtime", "optimization.anneal_ckpt": "engine/runtime",
     "optimization.resume_anneal": "engine/runtime",
     "meta.eval_freq": "engine/eval/periodic.py", "meta.eval_samples": "engine/eval/periodic.py",
+    # the world models' training set from cached latents (tests/data/test_latents.py)
+    "data.latent_cache": "engine/builders.py engine/runtime",
     **{f"planning.{f.name}": "engine/plan.py engine/planning" for f in dataclasses.fields(C.PlanningConfig)},
     # the H-JEPA stack's keys: its model and builders read them (tests/hjepa)
     **{f"hierarchy.{f.name}": "engine/hjepa.py" for f in dataclasses.fields(C.HierarchyConfig)},
