@@ -216,3 +216,25 @@ def test_hjepa_level_one_reads_the_cache(tmp_path):
         train_main(args)
         losses[name] = _losses(tmp_path / name)
     np.testing.assert_allclose(losses["latents"], losses["frames"], rtol=1e-5, atol=1e-7)
+
+
+def test_zero3_ranks_read_the_cache_as_they_decode(lattice, cache, tmp_path):
+    """Two CPU ranks under DeepSpeed ZeRO-3 (torchrun): the encoder's fingerprint is taken before ZeRO
+    partitions it, each rank reads its own samples' latents, and the losses are the decoding run's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    losses = {}
+    for name, extra in (("frames", {}), ("latents", {"data.latent_cache": str(cache["dir"])})):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "engine.train", "--config", CONFIG, "--output", str(tmp_path / name), "--max-steps", "2",
+               "--no-progress", "--deepspeed", "configs/deepspeed/zero3.json"]
+        for o in overrides(lattice["csv"], **extra):
+            cmd += ["--set", o]
+        p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        losses[name] = _losses(tmp_path / name)
+    np.testing.assert_allclose(losses["latents"], losses["frames"], rtol=1e-5, atol=1e-7)
