@@ -230,10 +230,10 @@ def build_frozen_frame_step(cfg: Config):
 
 
 def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwrite: bool = False,
-                       progress: bool = False, device: str = "cpu") -> dict:
+                       progress: bool = False, device: str = "cpu", workers: int = 0) -> dict:
     """`python -m engine.datagen latents`: cfg's frozen encoder's latents of every frame of its training
-    videos, written to `output` (engine.datagen.latents). device: where the encoder runs (frames are
-    decoded on the CPU, as the training loader does)."""
+    videos, written to `output` (engine.datagen.latents). device: where the encoder runs; frames are
+    decoded on the CPU, as the training loader does, by `workers` processes beside it (0: in turn)."""
     import torch
 
     from engine.config import latent_cache_problem
@@ -257,4 +257,4 @@ def build_latent_cache(cfg: Config, output, store_dtype: str = "float32", overwr
         return h.float().reshape(u8_3TSS.shape[1], -1, h.shape[-1]).cpu()
 
     return write_latent_cache(dataset, encode, fingerprint, output, store_dtype=store_dtype, overwrite=overwrite,
-                              progress=progress, source=str(cfg.source or ""))
+                              workers=workers, progress=progress, source=str(cfg.source or ""))

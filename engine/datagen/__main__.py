@@ -23,7 +23,7 @@ Usage:
     python -m engine.datagen maze --output DIR --num N [--frames 32 --size 32 --fps 10 --seed 0 --codec h264rgb]
         -> DIR/maze.csv + DIR/maze/NNNNNN.mp4 (+ .actions.npy, .states.npy): a ball exploring a two-room maze
     python -m engine.datagen latents --config CONFIG --output DIR [--set key=value ... --dtype float32|bfloat16
-                                  --device cuda --overwrite]
+                                  --device cuda --workers N --overwrite]
         -> DIR/index.json + DIR/latents.bin: the config's frozen encoder's latents of every frame of its
            training videos; train on them with --set data.latent_cache=DIR (engine.data.latents)
 """
@@ -130,6 +130,9 @@ def main(argv=None):
                     help="how the latents are stored (bfloat16: half the bytes, rounded)")
     lt.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
     lt.add_argument("--device", default="cpu", help="where the encoder runs (default cpu; e.g. cuda)")
+    lt.add_argument("--workers", type=int, default=0,
+                    help="processes decoding the next videos while the encoder runs (default 0: in turn; worth it "
+                         "where the encoder has a GPU and decoding is the bottleneck)")
     for name, helptext in (("robot", "pybullet KUKA arm episodes (random / reach / push) with actions + states"),
                            ("atari", "Atari gameplay (ale-py ROMs) with actions + RAM states"),
                            ("maze", "pybullet ball in a two-room maze, seen from above, with actions + positions")):
@@ -210,7 +213,8 @@ def main(argv=None):
 
         try:
             summary = build_latent_cache(load_config(args.config, args.overrides), args.output, args.dtype,
-                                         overwrite=args.overwrite, progress=True, device=args.device)
+                                         overwrite=args.overwrite, progress=True, device=args.device,
+                                         workers=args.workers)
         except (ConfigError, LatentCacheError) as e:
             print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
             raise SystemExit(2)

@@ -32,12 +32,41 @@ from engine.data.video import VideoReader
 logger = logging.getLogger(__name__)
 
 
+class _DecodedVideos(torch.utils.data.Dataset):
+    """Item i: (path, VideoInfo, [per span of frames_per_call frames: [per flip: uint8 [3, T, S, S]]]), or
+    (path, None, the error) for a video that does not decode: run in DataLoader workers beside the encoder."""
+
+    def __init__(self, dataset, paths, flips, frames_per_call: int):
+        self.dataset, self.paths, self.flips, self.frames_per_call = dataset, paths, flips, frames_per_call
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        path, ds, tf = self.paths[i], self.dataset, self.dataset.transform
+        try:   # decoding only: a video that fails is left out and listed (training skips it too)
+            with VideoReader(path, seek_threshold=ds.seek_threshold, fast_open=ds.fast_open) as vr:
+                info = vr.info
+                box, _ = tf.plan(info.height, info.width, np.random.default_rng(0))   # fixed: no draw moves it
+                spans = [np.arange(a, min(info.num_frames, a + self.frames_per_call))
+                         for a in range(0, info.num_frames, self.frames_per_call)]
+                return path, info, [[vr.decode_resized(idx, (tf.crop_size, tf.crop_size), box, flip)
+                                     for flip in self.flips] for idx in spans]
+        except Exception as e:  # noqa: BLE001 -- any unreadable file, as SkipBadFiles
+            return path, None, f"{type(e).__name__}: {e}"
+
+
+def _as_is(item):
+    return item
+
+
 def write_latent_cache(dataset, encode: Callable[[torch.Tensor], torch.Tensor], fingerprint: dict, output, *,
                        store_dtype: str = "float32", overwrite: bool = False, frames_per_call: int = 64,
-                       progress: bool = False, source: str = "") -> dict:
+                       workers: int = 0, progress: bool = False, source: str = "") -> dict:
     """Write the cache folder `output` for `dataset` (a VideoDataset with a fixed-crop VideoTransform):
-    encode(uint8 frames [3, T, S, S]) -> float32 latents [T, N, D] on the CPU, each frame alone. Returns
-    what the folder holds (videos, frames, skipped, size) and the seconds taken."""
+    encode(uint8 frames [3, T, S, S]) -> float32 latents [T, N, D] on the CPU, each frame alone; `workers`
+    DataLoader processes decode the next videos meanwhile (0: decode in turn). Returns what the folder
+    holds (videos, frames, skipped, size) and the seconds taken."""
     if store_dtype not in STORE_DTYPES:
         raise LatentCacheError(f"--dtype: expected one of {sorted(STORE_DTYPES)}, got {store_dtype!r}")
     output = Path(output)
@@ -47,6 +76,8 @@ def write_latent_cache(dataset, encode: Callable[[torch.Tensor], torch.Tensor], 
     tf = dataset.transform
     flips = (False, True) if tf.horizontal_flip else (False,)
     paths = list(dict.fromkeys(dataset.paths))   # a video listed twice is cached once
+    decoded = torch.utils.data.DataLoader(_DecodedVideos(dataset, paths, flips, frames_per_call), batch_size=None,
+                                          num_workers=workers, collate_fn=_as_is)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.{secrets.token_hex(4)}.tmp"
     os.mkdir(tmp)   # the umask's mode, as any folder the user makes
@@ -57,17 +88,9 @@ def write_latent_cache(dataset, encode: Callable[[torch.Tensor], torch.Tensor], 
         bar = tqdm(total=len(paths), desc="latents", unit="video", dynamic_ncols=True)
     try:
         with open(tmp / "latents.bin", "wb") as f:
-            for path in paths:
-                try:   # decoding only: a video that fails is left out and listed (training skips it too)
-                    with VideoReader(path, seek_threshold=dataset.seek_threshold, fast_open=dataset.fast_open) as vr:
-                        info = vr.info
-                        box, _ = tf.plan(info.height, info.width, np.random.default_rng(0))   # fixed: no draw moves it
-                        spans = [np.arange(a, min(info.num_frames, a + frames_per_call))
-                                 for a in range(0, info.num_frames, frames_per_call)]
-                        u8 = [[vr.decode_resized(idx, (tf.crop_size, tf.crop_size), box, flip) for flip in flips]
-                              for idx in spans]
-                except Exception as e:  # noqa: BLE001 -- any unreadable file, as SkipBadFiles
-                    logger.warning("skipping %s: %s", path, e)
+            for path, info, u8 in decoded:
+                if info is None:
+                    logger.warning("skipping %s: %s", path, u8)
                     skipped.append(path)
                     if bar is not None:
                         bar.update(1)

@@ -150,8 +150,9 @@ def test_an_existing_cache_is_replaced_only_when_asked_and_bfloat16_storage_roun
     for flip in (False, True):
         want = full.frames(full.entry(path), idx, flip)
         torch.testing.assert_close(half.frames(half.entry(path), idx, flip), want.bfloat16().float())
-    build_latent_cache(cfg, out, "float32", overwrite=True)
+    build_latent_cache(cfg, out, "float32", overwrite=True, workers=2)   # decoded in two worker processes
     assert LatentCache(out).dtype == "float32"
+    assert (out / "latents.bin").read_bytes() == (cache["dir"] / "latents.bin").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]   # no temporaries left beside it
     assert fingerprint_difference(json.loads((out / "index.json").read_text())["fingerprint"], full.fingerprint) \
         is None
