@@ -1,11 +1,10 @@
 """A latent cache: a frozen encoder's latents of every frame of a data set, read in place of the frames.
 
 A world model trained on a frozen encoder (app vjepa_droid: the V-JEPA 2-AC step; app hjepa: its level 1)
-encodes each frame alone,
-and with a fixed crop (data_aug.random_resize_scale and random_resize_aspect_ratio both [1.0, 1.0]) a
-frame's latents depend only on the video, the frame and the flip. The cache holds them once (both
-orientations where data_aug.horizontal_flip is on) and training reads them instead of decoding and
-encoding every clip:
+encodes each frame alone, and with a fixed crop (data_aug.random_resize_scale and random_resize_aspect_ratio
+both [1.0, 1.0]) a frame's latents depend only on the video, the frame and the flip. The cache holds them
+once (both orientations where data_aug.horizontal_flip is on) and training reads them instead of decoding
+and encoding every clip:
 
     python -m engine.datagen latents --config configs/ac_lattice_tiny_cpu.yaml --output data/latents/lattice
     python -m engine.train --config configs/ac_lattice_tiny_cpu.yaml --set data.latent_cache=data/latents/lattice
