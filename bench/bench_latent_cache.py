@@ -27,15 +27,18 @@ from engine.core.io import atomic_write_csv  # noqa: E402
 
 
 def timed(cmd: list[str]) -> dict:
-    """Run cmd; its wall seconds, user + system seconds and peak resident set (MB) from the kernel's accounting."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    err = p.stderr.read()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {err.strip().splitlines()[-1:]}")
+    """Run cmd; its wall seconds, user + system seconds and peak resident set (MB) from the kernel's accounting
+    (a floor of this process's own resident set, which the child has before its exec: the training runs
+    measured here are well above it)."""
+    with tempfile.TemporaryFile("w+") as log:   # a file, not a pipe: a chatty child never blocks on it
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode:
+            log.seek(0)
+            raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {log.read().strip().splitlines()[-1:]}")
     return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_mb": ru.ru_maxrss / 1024}
 
 

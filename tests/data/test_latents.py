@@ -79,6 +79,22 @@ def _losses(run):
             for r in csv.DictReader(open(run / "metrics.csv"))]
 
 
+def _cache_and_train_both_ways(config, sets: dict, tmp_path, steps: int) -> dict:
+    """Build a cache for config + sets with the command line, then train `steps` steps decoding and on the
+    cache: {"frames": losses, "latents": losses}."""
+    from engine.datagen.__main__ import main as datagen
+    datagen(["latents", "--config", config, "--output", str(tmp_path / "cache")]
+            + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+    losses = {}
+    for name, extra in (("frames", {}), ("latents", {"data.latent_cache": str(tmp_path / "cache")})):
+        args = ["--config", config, "--output", str(tmp_path / name), "--max-steps", str(steps), "--no-progress"]
+        for k, v in {**sets, **extra}.items():
+            args += ["--set", f"{k}={v}"]
+        train_main(args)
+        losses[name] = _losses(tmp_path / name)
+    return losses
+
+
 def test_a_cached_run_trains_as_the_run_that_decodes(lattice, cache, tmp_path):
     """Four steps from the same seed: the same clips, flips and latents, so the same losses (float rounding
     apart: the cache encoded each video in one call, the step its batch's frames)."""
@@ -167,17 +183,8 @@ def test_arm_trajectories_read_their_actions_and_states_beside_the_cached_latent
              "--policies", "explore"])
     sets = {"data.datasets": f"[{tmp_path / 'arm' / 'robot.csv'}]", "data.crop_size": "32", "data.batch_size": "2",
             "data.num_workers": "0", "model.pred_depth": "1", "data.sampling_rate": "2"}
-    datagen(["latents", "--config", "configs/ac_arm_tiny_cpu.yaml", "--output", str(tmp_path / "cache")]
-            + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+    losses = _cache_and_train_both_ways("configs/ac_arm_tiny_cpu.yaml", sets, tmp_path, steps=3)
     assert LatentCache(tmp_path / "cache").flips == 1   # horizontal_flip off: one orientation kept
-    losses = {}
-    for name, extra in (("frames", {}), ("latents", {"data.latent_cache": str(tmp_path / "cache")})):
-        args = ["--config", "configs/ac_arm_tiny_cpu.yaml", "--output", str(tmp_path / name), "--max-steps", "3",
-                "--no-progress"]
-        for k, v in {**sets, **extra}.items():
-            args += ["--set", f"{k}={v}"]
-        train_main(args)
-        losses[name] = _losses(tmp_path / name)
     np.testing.assert_allclose(losses["latents"], losses["frames"], rtol=1e-5, atol=1e-7)
 
 
@@ -202,20 +209,10 @@ def test_hjepa_level_one_reads_the_cache(tmp_path):
     """H-JEPA's level 1 is the same frozen encoder: cached and decoded maze runs give the same losses, every
     level's (`configs/hjepa_tiny_cpu.yaml`; the metrics' loss columns are the trained levels' sums)."""
     pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
-    from engine.datagen.__main__ import main as datagen
     from engine.datagen.sources import generate_maze
     maze = generate_maze(tmp_path / "maze", 4, num_frames=14, size=32, seed=0)
     sets = {"data.datasets": f"[{maze}]", "data.batch_size": "2", "data.num_workers": "0"}
-    cfg = "configs/hjepa_tiny_cpu.yaml"
-    datagen(["latents", "--config", cfg, "--output", str(tmp_path / "cache")]
-            + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
-    losses = {}
-    for name, extra in (("frames", {}), ("latents", {"data.latent_cache": str(tmp_path / "cache")})):
-        args = ["--config", cfg, "--output", str(tmp_path / name), "--max-steps", "3", "--no-progress"]
-        for k, v in {**sets, **extra}.items():
-            args += ["--set", f"{k}={v}"]
-        train_main(args)
-        losses[name] = _losses(tmp_path / name)
+    losses = _cache_and_train_both_ways("configs/hjepa_tiny_cpu.yaml", sets, tmp_path, steps=3)
     np.testing.assert_allclose(losses["latents"], losses["frames"], rtol=1e-5, atol=1e-7)
 
 
