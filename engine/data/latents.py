@@ -15,9 +15,12 @@ run that decodes them. The cache records a fingerprint of the encoder's weights 
 latents depend on; a run whose encoder or settings differ is refused (`check_fingerprint`).
 
 Layout of a cache folder (written whole or not at all: engine.datagen.latents):
-    index.json   {"version", "fingerprint", "dtype", "tokens", "dim", "flips", "videos": [{path, offset,
-                 num_frames, fps, height, width}], "skipped": [paths that did not decode]}
-    latents.bin  [total frames, flips, tokens, dim] in `dtype` (float32, or bfloat16 as raw 16-bit words)
+    index.json   {"version", "fingerprint", "dtype", "tokens", "dim", "flips", "files": [{name, frames}],
+                 "videos": [{path, file, offset, num_frames, fps, height, width}], "skipped": [paths that did
+                 not decode]}; a video's frames sit in files[file] from frame `offset` on
+    latents.bin (one process wrote it) or latents-RRRRR-of-WWWWW.bin (rank R of W wrote it): [frames, flips,
+                 tokens, dim] in `dtype` (float32, or bfloat16 as raw 16-bit words)
+Version 1 (one latents.bin, no "files", no "file") is read as well.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ import torch
 from .datasets import VideoDataset
 from .trajectories import TrajectoryClip, arrays_path, clip_arrays
 
-VERSION = 1
+VERSION = 2
+READS = (1, 2)   # index versions this engine reads
 STORE_DTYPES = {"float32": np.float32, "bfloat16": np.uint16}   # bfloat16: raw 16-bit words
 BUILD_HINT = "python -m engine.datagen latents --config <this config> --output DIR"
 
@@ -97,7 +101,8 @@ class _Info:
 
 @dataclass
 class _Entry:
-    offset: int
+    file: int      # index into LatentCache.files
+    offset: int    # its first frame's place in that file, in frames
     info: _Info
 
 
@@ -118,41 +123,47 @@ class LatentCache:
         try:
             meta = json.loads(index.read_text())
             version = meta.get("version")
-            if version == VERSION:
+            if version in READS:
                 self.fingerprint, self.dtype = meta["fingerprint"], meta["dtype"]
                 self.tokens, self.dim, self.flips = int(meta["tokens"]), int(meta["dim"]), int(meta["flips"])
-                self.entries = {v["path"]: _Entry(int(v["offset"]), _Info(int(v["num_frames"]), float(v["fps"]),
-                                                                          int(v["height"]), int(v["width"])))
+                self.entries = {v["path"]: _Entry(int(v.get("file", 0)), int(v["offset"]),
+                                                  _Info(int(v["num_frames"]), float(v["fps"]), int(v["height"]),
+                                                        int(v["width"])))
                                 for v in meta["videos"]}
+                files = meta["files"] if version >= 2 else [{"name": "latents.bin", "frames": meta["frames"]}]
+                self.files = [(str(f["name"]), int(f["frames"])) for f in files]
                 if self.dtype not in STORE_DTYPES:
                     raise KeyError(f"dtype {self.dtype!r}")
+                if any(not 0 <= e.file < len(self.files) for e in self.entries.values()):
+                    raise KeyError("a video's file")
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise LatentCacheError(f"{index}: not a latent cache index ({type(e).__name__}: {e}); rebuild it with "
                                    f"{BUILD_HINT}") from None
-        if version != VERSION:
-            raise LatentCacheError(f"{index}: latent cache version {version!r}, this engine reads {VERSION}; "
+        if version not in READS:
+            raise LatentCacheError(f"{index}: latent cache version {version!r}, this engine reads {list(READS)}; "
                                    f"rebuild it with {BUILD_HINT}")
         self.skipped = list(meta.get("skipped", []))
         self.total_frames = sum(e.info.num_frames for e in self.entries.values())
-        self._fd = None
-        data = self.folder / "latents.bin"
-        size = data.stat().st_size if data.is_file() else 0
-        want = self.total_frames * self.flips * self.tokens * self.dim * np.dtype(STORE_DTYPES[self.dtype]).itemsize
-        if size != want:
-            raise LatentCacheError(f"{self.folder / 'latents.bin'}: {size} bytes, its index describes {want}; the "
-                                   f"cache is incomplete or damaged: rebuild it with {BUILD_HINT}")
+        self.frame_bytes = self.flips * self.tokens * self.dim * np.dtype(STORE_DTYPES[self.dtype]).itemsize
+        self._fds = {}
+        for name, frames in self.files:
+            data = self.folder / name
+            size = data.stat().st_size if data.is_file() else 0
+            if size != frames * self.frame_bytes:
+                raise LatentCacheError(f"{data}: {size} bytes, its index describes {frames * self.frame_bytes}; the "
+                                       f"cache is incomplete or damaged: rebuild it with {BUILD_HINT}")
 
-    def _file(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.folder / "latents.bin", os.O_RDONLY)
-        return self._fd
+    def _file(self, k: int) -> int:
+        if k not in self._fds:
+            self._fds[k] = os.open(self.folder / self.files[k][0], os.O_RDONLY)
+        return self._fds[k]
 
-    def __getstate__(self):   # DataLoader workers open the file themselves
-        return {**self.__dict__, "_fd": None}
+    def __getstate__(self):   # DataLoader workers open the files themselves
+        return {**self.__dict__, "_fds": {}}
 
     def __del__(self):
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
     def entry(self, path: str) -> _Entry:
         e = self.entries.get(path)
@@ -163,15 +174,19 @@ class LatentCache:
 
     def frames(self, entry: _Entry, idx_T: np.ndarray, flip: bool) -> torch.Tensor:
         """float32 [T, N, D]: the latents of frames idx_T of the video (mirrored ones where flip).
-        One pread of the frames the clip spans: the pages stay in the page cache, out of this process's
-        resident set (a mapping of the whole file would count every page read there)."""
+        One pread of the frames the clip spans, or one per frame where the clip skips more frames than it
+        reads (a long frame step); the pages stay in the page cache, out of this process's resident set (a
+        mapping of the whole file would count every page read there)."""
         idx = np.asarray(idx_T, dtype=np.int64)
         lo, hi = int(idx.min()), int(idx.max()) + 1
-        dtype = np.dtype(STORE_DTYPES[self.dtype])
-        frame_bytes = self.flips * self.tokens * self.dim * dtype.itemsize
-        buf = os.pread(self._file(), (hi - lo) * frame_bytes, (entry.offset + lo) * frame_bytes)
-        rows = np.frombuffer(buf, dtype=dtype).reshape(hi - lo, self.flips, self.tokens, self.dim)
-        t = torch.from_numpy(rows[idx - lo, int(flip) if self.flips > 1 else 0])   # indexing copies
+        dtype, fd, fb = np.dtype(STORE_DTYPES[self.dtype]), self._file(entry.file), self.frame_bytes
+        if hi - lo <= 2 * len(idx):
+            buf = os.pread(fd, (hi - lo) * fb, (entry.offset + lo) * fb)
+            rows = np.frombuffer(buf, dtype=dtype).reshape(hi - lo, self.flips, self.tokens, self.dim)[idx - lo]
+        else:
+            rows = np.stack([np.frombuffer(os.pread(fd, fb, (entry.offset + int(i)) * fb), dtype=dtype)
+                             for i in idx]).reshape(len(idx), self.flips, self.tokens, self.dim)
+        t = torch.from_numpy(np.ascontiguousarray(rows[:, int(flip) if self.flips > 1 else 0]))
         return (t.view(torch.bfloat16) if self.dtype == "bfloat16" else t).float()
 
     def check_fingerprint(self, digest: dict, what: str) -> None:

@@ -25,7 +25,9 @@ Usage:
     python -m engine.datagen latents --config CONFIG --output DIR [--set key=value ... --dtype float32|bfloat16
                                   --device cuda --workers N --overwrite]
         -> DIR/index.json + DIR/latents.bin: the config's frozen encoder's latents of every frame of its
-           training videos; train on them with --set data.latent_cache=DIR (engine.data.latents)
+           training videos; train on them with --set data.latent_cache=DIR (engine.data.latents). Under a
+           launcher (torchrun --nproc_per_node N -m engine.datagen latents ... --device cuda) each rank
+           encodes a share of the videos on its own device into its own latents-R-of-N.bin
 """
 from __future__ import annotations
 
@@ -133,6 +135,7 @@ def main(argv=None):
     lt.add_argument("--workers", type=int, default=0,
                     help="processes decoding the next videos while the encoder runs (default 0: in turn; worth it "
                          "where the encoder has a GPU and decoding is the bottleneck)")
+    lt.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)   # the deepspeed launcher's
     for name, helptext in (("robot", "pybullet KUKA arm episodes (random / reach / push) with actions + states"),
                            ("atari", "Atari gameplay (ale-py ROMs) with actions + RAM states"),
                            ("maze", "pybullet ball in a two-room maze, seen from above, with actions + positions")):
@@ -210,15 +213,21 @@ def main(argv=None):
         from engine.builders import build_latent_cache
         from engine.config import ConfigError, load_config
         from engine.data.latents import LatentCacheError
+        from engine.runtime.launch import LaunchError, init_distributed, launched_by_launcher
 
         try:
+            rank, device = 0, args.device
+            if launched_by_launcher():   # each rank encodes a share of the videos on its own device
+                ctx = init_distributed()
+                rank, device = ctx.rank, (str(ctx.device) if args.device == "cuda" else args.device)
             summary = build_latent_cache(load_config(args.config, args.overrides), args.output, args.dtype,
-                                         overwrite=args.overwrite, progress=True, device=args.device,
+                                         overwrite=args.overwrite, progress=True, device=device,
                                          workers=args.workers)
-        except (ConfigError, LatentCacheError) as e:
+        except (ConfigError, LatentCacheError, LaunchError) as e:
             print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
             raise SystemExit(2)
-        print(json.dumps(summary))
+        if rank == 0:
+            print(json.dumps(summary))
     elif args.cmd == "prepare":
         from .prepare import prepare, summary
 

@@ -34,7 +34,7 @@ from engine.ac_jepa import load_encoder_weights
 from engine.config import ConfigError
 from engine.core.io import atomic_write_text
 from engine.eval.config import EvalConfig, image_split_folder
-from engine.runtime.launch import barrier, from_rank0, world
+from engine.core.world import barrier, from_rank0, world
 
 logger = logging.getLogger(__name__)
 CACHE_MARGIN_BYTES = 1 << 30   # free disk left after a cache is written

@@ -20,7 +20,8 @@ import torch
 from engine.runtime import deepspeed_engine as DE, ds_checkpoint
 from engine.core.checkpoint import checkpoint_dir, latest_path, save_checkpoint
 from engine.core.io import atomic_torch_save
-from engine.runtime.launch import from_rank0, init_distributed
+from engine.core.world import from_rank0
+from engine.runtime.launch import init_distributed
 from engine.runtime.reshard import load_resharded, load_whole_state, optimizer_names
 from engine.runtime.resume import PARTS, deepspeed_to_local
 from engine.core.schedules import apply_to_optimizer

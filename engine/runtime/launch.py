@@ -128,27 +128,6 @@ def init_distributed(expected_world_size: int | None = None, timeout_s: float | 
     return DistContext(rank, world, device)
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of the process group this process is in, (0, 1) outside one."""
-    import torch.distributed as dist
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
-def from_rank0(obj):
-    """Rank 0's `obj` on every rank (`obj` itself outside a process group)."""
-    if world()[1] == 1:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing outside a process group)."""
-    if world()[1] > 1:
-        torch.distributed.barrier()
-
-
 def _run_local_entry(rank, world_size, port, fn, args, out_dir, threads):
     import traceback
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),

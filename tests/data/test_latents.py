@@ -236,3 +236,84 @@ def test_zero3_ranks_read_the_cache_as_they_decode(lattice, cache, tmp_path):
         assert p.returncode == 0, p.stderr[-2000:]
         losses[name] = _losses(tmp_path / name)
     np.testing.assert_allclose(losses["latents"], losses["frames"], rtol=1e-5, atol=1e-7)
+
+
+def _latents_command_on_rank(rank, argv):
+    from engine.datagen.__main__ import main
+    main(argv + [f"--local_rank={rank}"])   # as the deepspeed launcher appends it
+
+
+def _all_latents(c: LatentCache) -> dict:
+    return {p: [c.frames(e, np.arange(e.info.num_frames), flip) for flip in (False, True)]
+            for p, e in c.entries.items()}
+
+
+def test_two_ranks_each_write_a_share_and_make_the_one_process_cache(lattice, cache, tmp_path, capsys):
+    """`python -m engine.datagen latents` under a launcher: rank r encodes videos r, r + 2, ... into its own
+    file, rank 0 writes the index; the cache holds the latents one process writes, and trains alike."""
+    from engine.runtime.launch import run_local
+    out = tmp_path / "two"
+    argv = ["latents", "--config", CONFIG, "--output", str(out)]
+    for o in overrides(lattice["with_bad"]):
+        argv += ["--set", o]
+    run_local(_latents_command_on_rank, world_size=2, args=(argv,), timeout_s=600)
+    two, one = LatentCache(out), LatentCache(cache["dir"])
+    assert [name for name, _ in two.files] == ["latents-00000-of-00002.bin", "latents-00001-of-00002.bin"]
+    assert sum(frames for _, frames in two.files) == 6 * 16 and {e.file for e in two.entries.values()} == {0, 1}
+    assert set(two.entries) == set(one.entries) and two.skipped == one.skipped == [lattice["bad"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]   # nothing left beside it
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", *[name for name, _ in two.files]]
+    a, b = _all_latents(two), _all_latents(one)
+    for p in a:
+        for x, y in zip(a[p], b[p]):
+            assert x.abs().max() > 0
+            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=0, atol=1e-5 * float(y.abs().max()))
+
+
+def _write_with_a_failing_rank(rank, csv_path, out):
+    from engine.builders import build_dataset
+    from engine.datagen.latents import write_latent_cache
+    from engine.runtime.launch import init_distributed
+    init_distributed()
+    dataset = build_dataset(load_config(CONFIG, overrides(csv_path)), train=True, frames=True)
+
+    def encode(u8_3TSS):
+        if rank == 1:
+            raise RuntimeError("out of memory on this rank's device")
+        return torch.zeros(u8_3TSS.shape[1], 4, 8)
+
+    try:
+        write_latent_cache(dataset, encode, {}, out)
+    except Exception as e:  # noqa: BLE001 -- the test reads what each rank raised
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def test_a_rank_that_fails_fails_every_rank_naming_it_and_leaves_nothing(lattice, tmp_path):
+    from engine.runtime.launch import run_local
+    r0, r1 = run_local(_write_with_a_failing_rank, world_size=2, args=(lattice["csv"], tmp_path / "lat"),
+                       timeout_s=600)
+    assert r1 == "RuntimeError: out of memory on this rank's device"
+    assert r0 == ("LatentCacheError: rank 1 of 2 failed writing its share of the latent cache: RuntimeError: out "
+                  "of memory on this rank's device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_version_one_cache_reads_and_strided_clips_read_frame_by_frame(cache, tmp_path):
+    """A cache written before the index listed its files (version 1: one latents.bin) reads as it did; a
+    clip that skips more frames than it reads takes them one by one, the same latents as a span read."""
+    old = tmp_path / "v1"
+    old.mkdir()
+    index = json.loads((cache["dir"] / "index.json").read_text())
+    del index["files"]
+    index["version"] = 1
+    for v in index["videos"]:
+        del v["file"]
+    (old / "index.json").write_text(json.dumps(index))
+    (old / "latents.bin").symlink_to(cache["dir"] / "latents.bin")
+    a, b = _all_latents(LatentCache(old)), _all_latents(LatentCache(cache["dir"]))
+    assert all(torch.equal(x, y) for p in a for x, y in zip(a[p], b[p]))
+    c = LatentCache(cache["dir"])
+    e = next(iter(c.entries.values()))
+    strided, dense = c.frames(e, np.array([1, 7, 13]), True), c.frames(e, np.arange(1, 14), True)
+    assert torch.equal(strided, dense[[0, 6, 12]])
