@@ -48,7 +48,8 @@ REFERENCE_UNUSED_KEYS = {
 NOT_SUPPORTED: dict[str, tuple[tuple, tuple, str]] = {
     # key: (accepted values, apps where every value acts, what to do instead)
     "data.mask_type": (("multiblock3d",), (), "for a random tube mask give a mask entry a `ratio`"),
-    "data.camera_views": ((None, ["left_mp4_path"]), (), "trajectories are read from one camera view"),
+    "data.camera_views": ((None, ["left_mp4_path"]), (), "each camera's video is a trajectory of its own in the "
+                          "index (python -m engine.datagen robot --views 2 writes them so)"),
     "data.stereo_view": ((False,), (), "trajectories are read from one camera view"),
     "model.use_mask_tokens": ((True,), (), "the reference's predictor without mask tokens is not implemented"),
     "meta.resume_checkpoint": ((None,), (), "resume an action-conditioned run with --resume"),
@@ -293,6 +294,8 @@ class PlanningConfig:
     # ours: the energy CEM minimises between predicted and goal latents, and which predicted steps it scores
     energy: str = "l1"                # l1 (the reference's), l2, cosine, pooled_l1 (PLANNING_ENERGIES)
     energy_steps: str = "last"        # horizon > 1: the last step's energy (the reference's) or the sum over steps
+    views: int = 1                    # ours: cameras the reach task films with (90 degrees of yaw apart); CEM
+                                      # minimises the mean of the views' energies (engine.planning.ensemble)
     # H-JEPA (engine.planning.hierarchical): the top level's CEM, at its own time step
     top_samples: int = 64
     top_topk: int = 8
@@ -737,7 +740,7 @@ def _validate_model(cfg: Config) -> None:
     if cfg.is_lewm:
         _validate_lewm(cfg)
     pl = cfg.planning
-    for key in ("samples", "topk", "iterations", "horizon", "max_steps"):
+    for key in ("samples", "topk", "iterations", "horizon", "max_steps", "views"):
         if getattr(pl, key) < 1:
             raise ConfigError(f"planning.{key}: must be >= 1, got {getattr(pl, key)}")
     for key in ("top_samples", "top_topk", "top_iterations", "top_horizon"):
@@ -758,6 +761,9 @@ def _validate_model(cfg: Config) -> None:
     if cfg.is_hierarchical and pl.energy_steps != "last":
         raise ConfigError(f"planning.energy_steps: {pl.energy_steps!r} is for the flat planner; the hierarchical one "
                           f"scores the level-2 window its actions end in, the last step only")
+    if cfg.is_hierarchical and pl.views != 1:
+        raise ConfigError(f"planning.views: {pl.views}, but the maze task has one camera (from above); views is for "
+                          f"the arm reach task")
     _validate_top_planner(pl)
     if pl.maxnorm <= 0 or pl.tolerance <= 0:
         raise ConfigError(f"planning.maxnorm / planning.tolerance: must be > 0, got {pl.maxnorm} / {pl.tolerance}")

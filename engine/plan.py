@@ -11,7 +11,8 @@ image, then MPC: encode the current frame, plan with CEM towards the goal image'
 the `planning` section), execute the first action, repeat until the end effector is within
 planning.tolerance of the goal or planning.max_steps actions are spent. The same episodes are run with
 the baselines (random actions, zero actions, and the oracle that knows the goal position). Prints one
-row per controller: success rate, mean final distance (m), seconds per action.
+row per controller: success rate, mean final distance (m), seconds per action. planning.views 2: the
+task films with two cameras and CEM minimises the mean of both views' energies (engine.planning.ensemble).
 
 --hierarchical (engine.planning.maze, engine.planning.hierarchical): per held-out maze episode, the
 hierarchical planner (the top level's subgoals, the frame level's actions), the flat planner (CEM on the
@@ -91,7 +92,7 @@ def report(rows: list[dict], args, pc, extra=()) -> None:
         settings = {"checkpoint": " + ".join(map(str, args.checkpoint)), "first_episode": args.first_episode,
                     "samples": pc.samples, "horizon": pc.horizon, "iterations": pc.iterations,
                     "energy": pc.energy, "energy_steps": pc.energy_steps, "tolerance": pc.tolerance,
-                    "max_steps": pc.max_steps}
+                    "max_steps": pc.max_steps, "views": pc.views}
         if args.hierarchical:
             settings["top_planner"] = pc.top_planner
         append_csv_rows(args.csv, [{**settings, **r} for r in rows])
@@ -117,7 +118,7 @@ def world_model(args):
     a bad checkpoint is one line, exit 2."""
     from engine.planning.world_model import load_world_models
     try:
-        return load_world_models(args.checkpoint, hierarchical=args.hierarchical)
+        return load_world_models(args.checkpoint, hierarchical=args.hierarchical, views=args.views)
     except (FileNotFoundError, ValueError) as e:
         print(f"checkpoint error: {e}", file=sys.stderr)
         raise SystemExit(2)
@@ -136,11 +137,14 @@ def main(argv=None) -> list[dict]:
         print("--episodes must be >= 1", file=sys.stderr)
         raise SystemExit(2)
     if args.hierarchical:
+        args.views = 1   # the config refuses planning.views for the maze
         return main_hierarchical(args, cfg)
     from engine.planning.reach import ReachTask, random_controller, oracle_controller, zero_controller
-    wm, train_cfg = world_model(args)
     pc = cfg.planning
-    task = ReachTask(size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
+    args.views = pc.views
+    wm, train_cfg = world_model(args)
+    task = ReachTask(size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed,
+                     views=pc.views)
     controllers = {"cem": planner(wm, pc, cfg.meta.seed)}
     rng = np.random.default_rng(cfg.meta.seed)
     controllers.update({"random": random_controller(rng, pc.maxnorm), "zero": zero_controller,

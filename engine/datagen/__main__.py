@@ -16,7 +16,7 @@ Usage:
     python -m engine.datagen prepare --input DIR|CSV --output DIR [--codec vp9|h264|mjpeg --size 128
                                   --shard-size 100 --workers 1 --gop N]
         -> DIR/shard-NNNNNN.tar + DIR/index.json + DIR/index.csv (transcoded, resized, sharded)
-    python -m engine.datagen robot --output DIR --num N [--frames 32 --size 64 --fps 10 --seed 0]
+    python -m engine.datagen robot --output DIR --num N [--frames 32 --size 64 --fps 10 --seed 0 --views 1]
         -> DIR/robot.csv + DIR/robot/NNNNNN.mp4 (+ .actions.npy, .states.npy): a pybullet KUKA arm
     python -m engine.datagen atari --output DIR --num N [--frames 32 --games breakout pong ... --size S]
         -> DIR/atari.csv + DIR/atari/NNNNNN.mp4 (+ .actions.npy, .states.npy): ale-py gameplay
@@ -154,6 +154,9 @@ def main(argv=None):
             r.add_argument("--fps", type=int, default=10)
             r.add_argument("--policies", nargs="+", default=None,
                            help="policies to cycle through (default: random reach push; explore covers the workspace)")
+            r.add_argument("--views", type=int, default=1,
+                           help="cameras per episode, 90 degrees of yaw apart; each view is written as its own "
+                                "trajectory (a multi-view planner scores its goal in all: planning.views)")
         else:
             r.add_argument("--size", type=int, default=None, help="short side (default: the 208x160 screen)")
             r.add_argument("--games", nargs="+", default=None)
@@ -240,7 +243,7 @@ def main(argv=None):
         from .sources import generate_robot
 
         csv = generate_robot(args.output, args.num, num_frames=args.frames, size=args.size, fps=args.fps,
-                             codec=args.codec, seed=args.seed, progress=True,
+                             codec=args.codec, seed=args.seed, views=args.views, progress=True,
                              **({"policies": args.policies} if args.policies else {}))
         print(f"wrote {csv} in {time.perf_counter() - t0:.1f} s")
     elif args.cmd == "maze":

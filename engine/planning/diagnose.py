@@ -39,12 +39,14 @@ def spearman(a, b) -> float:
 
 def world_model(cfg, checkpoint):
     from engine.planning.cem import LatentWorldModel
+    from engine.planning.ensemble import EnsembleWorldModel
     from engine.planning.world_model import load_world_models
     if checkpoint:
-        return load_world_models(checkpoint)[0]
+        return load_world_models(checkpoint, views=cfg.planning.views)[0]
     from engine.builders import build_jepa
     torch.manual_seed(cfg.meta.seed)   # the training run's initial weights
-    return LatentWorldModel(build_jepa(cfg), cfg.data.crop_size)
+    wm = LatentWorldModel(build_jepa(cfg), cfg.data.crop_size)
+    return wm if cfg.planning.views == 1 else EnsembleWorldModel([wm], cfg.planning.views)
 
 
 @torch.no_grad()
@@ -159,7 +161,8 @@ def main(argv=None):
                                "poses per episode with the 26-direction test", several=True)
     wm = world_model(cfg, args.checkpoint)
     pc = cfg.planning
-    task = ReachTask(size=cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed)
+    task = ReachTask(size=cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed,
+                     views=pc.views)
     rows = []
     try:
         for i in range(args.episodes):

@@ -1,6 +1,6 @@
 """The pybullet reach task: move the arm's end effector to where a goal image shows it.
 
-    task = ReachTask(size=64, fps=10, tolerance=0.05, max_steps=30, seed=1000)
+    task = ReachTask(size=64, fps=10, tolerance=0.05, max_steps=30, seed=1000[, views=2])
     ep = task.episode(i)                    # scene i, its goal position and goal image (held out: any seed)
     result = task.run(ep, controller)       # controller(frame_HW3, state_S, ep) -> action [3]
 
@@ -9,7 +9,9 @@ yaw) drawn from (seed, i, 0); a goal end-effector position drawn from (seed, i, 
 at least MIN_TRAVEL from the start. The goal image is rendered after driving the arm there with the
 oracle controller in the same scene; then the scene is reset to its start. A goal the oracle cannot
 bring within tolerance / 2 is unreachable: a drawn one is redrawn, a given one is an error naming it. Success: the end effector comes within
-`tolerance` of the goal within `max_steps` actions; the final distance is reported too.
+`tolerance` of the goal within `max_steps` actions; the final distance is reported too. With several
+views (the arm source's cameras, 90 degrees of yaw apart) the goal image and every frame the controller
+sees are one image per camera, [V, size, size, 3].
 """
 from __future__ import annotations
 
@@ -55,10 +57,11 @@ def oracle_action(target: np.ndarray, goal: np.ndarray) -> np.ndarray:
 
 
 class ReachTask:
-    def __init__(self, size: int = 64, fps: int = 10, tolerance: float = 0.05, max_steps: int = 30, seed: int = 1000):
+    def __init__(self, size: int = 64, fps: int = 10, tolerance: float = 0.05, max_steps: int = 30, seed: int = 1000,
+                 views: int = 1):
         self.size, self.substeps = int(size), max(1, round(240 / fps))
         self.tolerance, self.max_steps, self.seed = float(tolerance), int(max_steps), int(seed)
-        self.arm = Arm()
+        self.arm = Arm(views)
 
     def close(self):
         self.arm.close()

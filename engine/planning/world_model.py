@@ -2,6 +2,7 @@
 
     wm, cfg = load_world_model("runs/ac_arm")                        # app vjepa_droid or lewm: a LatentWorldModel
     wm, cfg = load_world_models(["runs/ac_s0", "runs/ac_s1"])        # several: their EnsembleWorldModel
+    wm, cfg = load_world_models(["runs/ac_arm2"], views=2)           # one model, two cameras' mean energy
     hj, cfg = load_world_model("runs/hjepa_tiny", hierarchical=True)  # app hjepa: the HJEPA stack, eval mode
     encoder, predictor, cfg = load_level("runs/hjepa_tiny", 2)       # one level: its EMA target, its predictor
 
@@ -58,16 +59,17 @@ def load_world_model(checkpoint, device: str = "cpu", hierarchical: bool = False
     return model.to(device).eval(), cfg
 
 
-def load_world_models(checkpoints, device: str = "cpu", hierarchical: bool = False):
-    """(the world model of one checkpoint, or the EnsembleWorldModel of several flat ones; the first run's
-    Config)."""
+def load_world_models(checkpoints, device: str = "cpu", hierarchical: bool = False, views: int = 1):
+    """(the world model of one checkpoint, or the EnsembleWorldModel of several flat ones or of `views`
+    cameras; the first run's Config)."""
     checkpoints = list(checkpoints)
-    if len(checkpoints) == 1:
+    if len(checkpoints) == 1 and views == 1:
         return load_world_model(checkpoints[0], device, hierarchical)
     if hierarchical:
-        raise ValueError(f"a hierarchical world model is planned with alone: got {len(checkpoints)} checkpoints")
+        raise ValueError(f"a hierarchical world model is planned with alone, from one camera: got {len(checkpoints)} "
+                         f"checkpoints, {views} views")
     loaded = [load_world_model(c, device) for c in checkpoints]
-    return EnsembleWorldModel([wm for wm, _ in loaded]), loaded[0][1]
+    return EnsembleWorldModel([wm for wm, _ in loaded], views), loaded[0][1]
 
 
 def load_level(checkpoint, k: int, device: str = "cpu"):

@@ -58,6 +58,23 @@ def test_robot_frames_are_the_renderers(tmp_path):
     np.testing.assert_array_equal(decode_clip(path, range(8)), rendered)
 
 
+def test_robot_views_film_one_episode_from_cameras_90_degrees_apart(tmp_path):
+    """--views 2: episode i's camera k is video 2i + k, with the episode's actions and states; camera 0 films
+    what a one-camera run films, camera 1 the same motion from a quarter turn round."""
+    cli_main(["robot", "--output", str(tmp_path / "two"), "--num", "2", "--frames", "8", "--size", "32", "--views", "2"])
+    cli_main(["robot", "--output", str(tmp_path / "one"), "--num", "2", "--frames", "8", "--size", "32"])
+    two, labels = read_index_csv(tmp_path / "two" / "robot.csv")
+    one, _ = read_index_csv(tmp_path / "one" / "robot.csv")
+    assert len(two) == 4 and labels == [0, 0, 1, 1] and json.loads((tmp_path / "two" / "robot.json").read_text())["views"] == 2
+    for i in range(2):
+        cam0, cam1 = decode_clip(two[2 * i], range(8)), decode_clip(two[2 * i + 1], range(8))
+        np.testing.assert_array_equal(cam0, decode_clip(one[i], range(8)))
+        assert np.abs(cam0.astype(int) - cam1).mean() > 10 and cam1.std(0).mean() > 0.5   # another view, moving
+        for a, b in zip(_arrays(two[2 * i]), _arrays(two[2 * i + 1])):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(_arrays(two[2 * i])[1], _arrays(one[i])[1])
+
+
 def test_atari_plays_and_shards(tmp_path):
     cli_main(["atari", "--output", str(tmp_path), "--num", "2", "--frames", "12", "--games", "breakout", "pong"])
     paths, labels = read_index_csv(tmp_path / "atari.csv")

@@ -82,6 +82,10 @@ def test_unknown_energy_options_are_refused_by_name():
         load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.energy_steps=mean"])
     with pytest.raises(ConfigError, match="planning.energy_steps: 'sum' is for the flat planner"):
         load_config("configs/hjepa_tiny_cpu.yaml", ["planning.energy_steps=sum"])
+    with pytest.raises(ConfigError, match="planning.views: must be >= 1, got 0"):
+        load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.views=0"])
+    with pytest.raises(ConfigError, match="planning.views: 2, but the maze task has one camera"):
+        load_config("configs/hjepa_tiny_cpu.yaml", ["planning.views=2"])
 
 
 def test_summed_energy_needs_each_steps_latents():
@@ -146,9 +150,28 @@ def test_ensemble_energy_is_the_mean_of_its_members_energies(tiny_world_model):
                                                                               state, acts))
 
 
+def test_two_views_energy_is_the_mean_of_each_cameras_energy(tiny_world_model):
+    """One model, two cameras: the latents are each view's side by side, and the energy of the rollout is the
+    mean of the energies one camera alone gives."""
+    from engine.planning.cem import energy
+    from engine.planning.ensemble import EnsembleWorldModel
+    wm = tiny_world_model
+    both = EnsembleWorldModel([wm], views=2)
+    rng = np.random.default_rng(1)
+    frames, goals = (rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+    state, acts = rng.normal(size=10).astype(np.float32), torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(1))
+    per_view = [energy(wm.rollout(wm.encode_frame(f), state, acts), wm.encode_frame(g)) for f, g in zip(frames, goals)]
+    assert not torch.allclose(per_view[0], per_view[1])
+    torch.testing.assert_close(energy(both.rollout(both.encode_frame(frames), state, acts), both.encode_frame(goals)),
+                               (per_view[0] + per_view[1]) / 2)
+    with pytest.raises(ValueError, match=r"goal image: expected one image per camera, \[2, S, S, 3\] \(planning.views\), "
+                                         r"got shape \(32, 32, 3\)"):
+        both.encode_frame(goals[0], "goal image")
+
+
 def test_ensemble_of_mismatched_models_is_refused(tiny_world_model):
     from engine.planning.ensemble import EnsembleWorldModel
-    with pytest.raises(ValueError, match="at least 2 world models"):
+    with pytest.raises(ValueError, match="at least 2 world models or 2 views"):
         EnsembleWorldModel([tiny_world_model])
     other = LatentWorldModel(tiny_world_model.model, 64)
     with pytest.raises(ValueError, match=r"differ in crop_size: \[32, 64\]"):
@@ -234,4 +257,12 @@ def test_plan_cli_runs_closed_loop(tmp_path):
     assert [r["controller"] for r in twice] == ["cem"]
     assert twice[0]["final_distance_m"] == pytest.approx(by["cem"]["final_distance_m"], rel=1e-6)
     assert f"{tmp_path / 'run'} + {tmp_path / 'run'}" in (tmp_path / "plan.csv").read_text().splitlines()[-1]
+    # two cameras: the task renders both, the goal and every frame are [2, S, S, 3], the CSV says so
+    two = plan_main(["--config", "configs/ac_arm_tiny_cpu.yaml", "--checkpoint", str(tmp_path / "run"),
+                     "--episodes", "1", "--csv", str(tmp_path / "plan.csv"), "--baselines", "--set", "planning.views=2",
+                     "--set", "planning.samples=8", "--set", "planning.topk=2", "--set", "planning.iterations=1",
+                     "--set", "planning.max_steps=3"])
+    assert [r["controller"] for r in two] == ["cem"] and two[0]["steps"] == 3
+    lines = (tmp_path / "plan.csv").read_text().splitlines()
+    assert dict(zip(lines[0].split(","), lines[-1].split(",")))["views"] == "2"
 

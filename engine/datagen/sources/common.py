@@ -62,7 +62,8 @@ class SourceWriter:
 def write_episodes(out_dir, name: str, num_videos: int, episode, *, size: int | None, codec: str, fps: int,
                    meta: dict, progress: bool = False, unit: str = "episodes", close=None) -> Path:
     """Write episode(i) -> (frames_THW3, label, actions_TA, states_TS) for i < num_videos through one
-    SourceWriter; return its index CSV. `close` (the simulator's) runs however the writing ends."""
+    SourceWriter; return its index CSV. `close` (the simulator's) runs however the writing ends. An episode
+    may give a list of V views' frames instead: each is written as its own trajectory, video i * V + k."""
     try:
         if size is not None and size % 4:
             raise ValueError(f"size must be a multiple of 4 (4:2:0 video), got {size}")
@@ -72,7 +73,10 @@ def write_episodes(out_dir, name: str, num_videos: int, episode, *, size: int | 
             it = tqdm(it, desc=f"{name} {unit} -> {out_dir}", unit="video")
         with SourceWriter(out_dir, name, codec=codec, fps=fps, meta=meta) as w:
             for i in it:
-                w.add(i, *episode(i))
+                frames, *rest = episode(i)
+                views = frames if isinstance(frames, list) else [frames]
+                for k, frames_k in enumerate(views):
+                    w.add(i * len(views) + k, frames_k, *rest)
     finally:
         if close is not None:
             close()

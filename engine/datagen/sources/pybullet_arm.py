@@ -4,7 +4,7 @@ Usage:
     from engine.datagen.sources import generate_robot
     csv = generate_robot("data/robot", 30, num_frames=32, size=64, fps=10, seed=0)
     # data/robot/robot/000007.mp4 + 000007.actions.npy (float32 [T, 3]) + 000007.states.npy (float32 [T, 10])
-    python -m engine.datagen robot --output data/robot --num 30 [--frames 32 --size 64 --fps 10]
+    python -m engine.datagen robot --output data/robot --num 30 [--frames 32 --size 64 --fps 10 --views 2]
 
 Each episode: a fresh world (plane, arm, an 8 cm red cube at a random spot), the arm starting from a
 jittered home pose, a camera with a random yaw. Per frame the controller issues an end-effector
@@ -17,6 +17,11 @@ state seen in frame t and the action taken after it. Policies (the label is the 
     explore move to a random waypoint in the workspace, then the next one (covers the workspace evenly:
             the data for learning what an action does anywhere, e.g. for reaching goals by planning)
 states: end-effector position (3) and orientation quaternion xyzw (4), cube position (3).
+With `views` V > 1 each episode is filmed by V cameras at once, camera k at the first one's yaw + k * 90
+degrees (the same height and distance): a move along one camera's ray crosses the next one's image. Each
+view is written as its own trajectory (episode i, camera k: video i * V + k, the same actions and states),
+so a world model trains on every view as the reference's camera_views draw does, and a planner can score
+its goal in all of them (planning.views).
 Frames are written lossless by default (codec h264rgb): a planner sees the renderer's frames, and a lossy
 codec's chroma subsampling alone changes these frames as much as one step of the arm does.
 Episode i depends only on (seed, i).
@@ -34,15 +39,19 @@ HOME_Q = np.array([0.0, 0.5, 0.0, -1.3, 0.0, 1.3, 0.0])
 WORKSPACE_LO = np.array([0.30, -0.35, 0.04])
 WORKSPACE_HI = np.array([0.75, 0.35, 0.60])
 MAX_STEP = 0.03
+VIEW_YAW_STEP = 90.0   # degrees between the cameras of a multi-view episode
 
 
 class Arm:
     """One pybullet client (DIRECT: no window) holding the scene of the current episode."""
 
-    def __init__(self):
+    def __init__(self, views: int = 1):
         import pybullet as pb
         import pybullet_data
 
+        if views < 1:
+            raise ValueError(f"views: at least one camera, got {views}")
+        self.views = int(views)
         self.pb = pb
         self.cid = pb.connect(pb.DIRECT)
         self.data_path = pybullet_data.getDataPath()
@@ -61,7 +70,10 @@ class Arm:
         for j in range(7):
             pb.resetJointState(self.arm, j, q[j], physicsClientId=c)
         self.down = pb.getQuaternionFromEuler([0, np.pi, 0])  # tool pointing at the floor
-        self.view = pb.computeViewMatrixFromYawPitchRoll([0.45, 0, 0.3], 1.25, float(rng.uniform(35, 75)), -30, 0, 2)
+        yaw = float(rng.uniform(35, 75))
+        self.cameras = [pb.computeViewMatrixFromYawPitchRoll([0.45, 0, 0.3], 1.25, yaw + k * VIEW_YAW_STEP, -30, 0, 2)
+                        for k in range(self.views)]
+        self.view = self.cameras[0]
         self.proj = pb.computeProjectionMatrixFOV(50, 1.0, 0.05, 5)
         self.target = np.clip(self.ee()[0], WORKSPACE_LO, WORKSPACE_HI)
 
@@ -78,9 +90,13 @@ class Arm:
         return np.concatenate([pos, orn, self.cube_pos()]).astype(np.float32)
 
     def render(self, size: int) -> np.ndarray:
-        w, h, rgba, _, _ = self.pb.getCameraImage(size, size, self.view, self.proj, renderer=self.pb.ER_TINY_RENDERER,
-                                                  physicsClientId=self.cid)
-        return np.asarray(rgba, np.uint8).reshape(h, w, 4)[..., :3]
+        """uint8 RGB [size, size, 3] from the one camera; with several, every camera's: [V, size, size, 3]."""
+        frames = []
+        for view in self.cameras:
+            w, h, rgba, _, _ = self.pb.getCameraImage(size, size, view, self.proj, renderer=self.pb.ER_TINY_RENDERER,
+                                                      physicsClientId=self.cid)
+            frames.append(np.asarray(rgba, np.uint8).reshape(h, w, 4)[..., :3])
+        return frames[0] if self.views == 1 else np.stack(frames)
 
     def act(self, delta, substeps: int):
         pb, c = self.pb, self.cid
@@ -102,7 +118,8 @@ def _toward(src, dst, noise, rng):
 
 def run_episode(arm: Arm, policy: str, rng: np.random.Generator, num_frames: int = 32, size: int = 64,
                 fps: int = 10):
-    """(uint8 frames [T, size, size, 3], float32 actions [T, 3], float32 states [T, 10]) of one episode."""
+    """(uint8 frames [T, size, size, 3] (several cameras: [T, V, size, size, 3]), float32 actions [T, 3],
+    float32 states [T, 10]) of one episode."""
     if policy not in POLICIES:
         raise ValueError(f"unknown robot policy {policy!r}; expected one of {POLICIES}")
     arm.reset(rng)
@@ -145,18 +162,20 @@ def run_episode(arm: Arm, policy: str, rng: np.random.Generator, num_frames: int
 
 def generate_robot(out_dir, num_videos: int, *, num_frames: int = 32, size: int = 64, fps: int = 10,
                    codec: str = "h264rgb", seed: int = 0, policies=DEFAULT_POLICIES, name: str = "robot",
-                   progress: bool = False):
-    """Write num_videos episodes (policy i % len(policies)); return the index CSV path."""
+                   views: int = 1, progress: bool = False):
+    """Write num_videos episodes (policy i % len(policies)), each filmed by `views` cameras (num_videos * views
+    videos); return the index CSV path."""
     policies = tuple(policies)
     meta = {"source": "pybullet kuka_iiwa", "classes": list(policies), "num_frames": num_frames, "size": size,
-            "seed": seed, "arrays": {"actions": "float32 [T, 3] end-effector displacement (m)",
-                                     "states": "float32 [T, 10] end-effector xyz, quaternion xyzw, cube xyz"}}
-    arm = Arm()
+            "seed": seed, "views": views, "view_yaw_step": VIEW_YAW_STEP,
+            "arrays": {"actions": "float32 [T, 3] end-effector displacement (m)",
+                       "states": "float32 [T, 10] end-effector xyz, quaternion xyzw, cube xyz"}}
+    arm = Arm(views)
 
     def episode(i):
         policy = policies[i % len(policies)]
         frames, actions, states = run_episode(arm, policy, np.random.default_rng([seed, i]), num_frames, size, fps)
-        return frames, POLICIES.index(policy), actions, states
+        return [frames] if views == 1 else list(frames.swapaxes(0, 1)), POLICIES.index(policy), actions, states
 
     return write_episodes(out_dir, name, num_videos, episode, size=size, codec=codec, fps=fps, meta=meta,
                           progress=progress, close=arm.close)
