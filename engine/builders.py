@@ -145,10 +145,15 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None, frames: boo
         tf = VideoEvalTransform(d.crop_size)
     kw = dict(frames_per_clip=cfg.frames_per_clip, frame_step=d.sampling_rate, fps=d.fps, duration=d.clip_duration,
               num_clips=d.num_clips if train else 1, transform=tf)
+    arrays = {}
+    if cfg.uses_trajectories:
+        from engine.data.trajectories import CAMERA, WORLD
+        arrays = {"arrays": CAMERA if d.camera_frame else WORLD}
     if train and d.latent_cache and not frames:
         from engine.data.latents import LatentCache, LatentTrajectoryDataset, LatentVideoDataset
         if cfg.uses_trajectories:   # as TrajectoryDataset: no short-video filter
-            return LatentTrajectoryDataset(LatentCache(d.latent_cache), files, weights=d.datasets_weights, **kw)
+            return LatentTrajectoryDataset(LatentCache(d.latent_cache), files, weights=d.datasets_weights, **arrays,
+                                           **kw)
         ds = LatentVideoDataset(LatentCache(d.latent_cache), files, weights=d.datasets_weights, **kw)
         ds.filter_short_videos = d.filter_short_videos
         return ds
@@ -157,7 +162,7 @@ def build_dataset(cfg: Config, train: bool = True, index_files=None, frames: boo
         if d.dataset_type.lower() != "videodataset":
             raise ConfigError(f"data.dataset_type: action-conditioned runs read trajectory index CSVs "
                               f"(VideoDataset), got {d.dataset_type!r}")
-        return TrajectoryDataset(files, weights=d.datasets_weights if train else None, **kw)
+        return TrajectoryDataset(files, weights=d.datasets_weights if train else None, **arrays, **kw)
     if d.dataset_type.lower() == "webdataset":
         from engine.data.shards import ShardVideoDataset
         if d.datasets_weights is not None and train:

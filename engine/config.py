@@ -78,7 +78,7 @@ UNREAD_BY_APP = {
                            "data.fps", "data.clip_duration", "data.dataset_fpcs", "data.datasets_weights",
                            "data.filter_short_videos"),
     "vjepa_droid": HJEPA_ONLY + ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
-    "hjepa": ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff"),
+    "hjepa": ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.sigreg_coeff", "data.camera_frame"),
     # LeWorldModel: one embedding per frame (no masks), the MSE of the next one plus SIGReg
     "lewm": HJEPA_ONLY + ("loss.reg_coeff", "loss.std_coeff", "loss.cov_coeff", "loss.loss_exp", "loss.auto_steps",
                           "loss.normalize_reps", "model.state_dim", "model.use_rope", "model.use_silu",
@@ -86,6 +86,8 @@ UNREAD_BY_APP = {
 }
 for _app in ("vjepa", "ijepa", "lewm"):   # only the frozen-encoder world models read a latent cache
     UNREAD_BY_APP[_app] += ("data.latent_cache",)
+for _app in ("vjepa", "ijepa"):   # no actions or states to put in a camera's frame
+    UNREAD_BY_APP[_app] += ("data.camera_frame",)
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -113,6 +115,8 @@ class DataConfig:
     # V-JEPA 2-AC (robot trajectories)
     camera_views: Optional[list[str]] = None
     stereo_view: bool = False
+    camera_frame: bool = False                       # actions and states in each video's camera frame (the
+                                                     # reference DROID loader's camera_frame; arm source arrays)
     # I-JEPA (image folders)
     root_path: Optional[str] = None
     image_folder: Optional[str] = None
@@ -793,10 +797,11 @@ def _validate_unconditioned(cfg: Config) -> None:
     md = cfg.model
     if cfg.app != "vjepa_droid":
         raise ConfigError(f"model.action_dim: 0 (no actions) is for app vjepa_droid; app {cfg.app} needs actions")
-    for key, value, off in (("state_dim", md.state_dim, None), ("use_extrinsics", md.use_extrinsics, False),
-                            ("action_scale", md.action_scale, 1.0)):
+    for key, value, off in (("model.state_dim", md.state_dim, None), ("model.use_extrinsics", md.use_extrinsics, False),
+                            ("model.action_scale", md.action_scale, 1.0), ("data.camera_frame", cfg.data.camera_frame,
+                                                                           False)):
         if value != off:
-            raise ConfigError(f"model.{key}: {value!r}, but model.action_dim 0 means a predictor without actions or "
+            raise ConfigError(f"{key}: {value!r}, but model.action_dim 0 means a predictor without actions or "
                               f"states; leave it at {off!r}")
 
 

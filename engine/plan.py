@@ -65,15 +65,19 @@ def summarize(name: str, results) -> dict:
             "seconds_per_action": float(np.mean([r.seconds_per_action for r in results]))}
 
 
-def planner(world_model, pc, seed: int):
-    """The MPC controller: CEM towards the episode's goal image latent, first action executed."""
+def planner(world_model, pc, seed: int, camera_frame: bool = False):
+    """The MPC controller: CEM towards the episode's goal image latent, first action executed. camera_frame:
+    the model was trained on actions and states in its camera's frame: the rollouts get them so, per view."""
     from engine.planning.cem import cem_plan
+    from engine.planning.reach import camera_frames
     gen = torch.Generator().manual_seed(seed)
     goals = {}
 
     def act(frame, state, ep, arm):
         if ep.index not in goals:
             goals[ep.index] = world_model.encode_frame(ep.goal_image, "goal image")
+            if camera_frame:
+                world_model.frames = camera_frames(arm)
         z0 = world_model.encode_frame(frame)
         actions_HA, _ = cem_plan(world_model, z0, state, goals[ep.index], pc, gen)
         return actions_HA[0].numpy()
@@ -145,7 +149,7 @@ def main(argv=None) -> list[dict]:
     wm, train_cfg = world_model(args)
     task = ReachTask(size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed,
                      views=pc.views)
-    controllers = {"cem": planner(wm, pc, cfg.meta.seed)}
+    controllers = {"cem": planner(wm, pc, cfg.meta.seed, train_cfg.data.camera_frame)}
     rng = np.random.default_rng(cfg.meta.seed)
     controllers.update({"random": random_controller(rng, pc.maxnorm), "zero": zero_controller,
                         "oracle": oracle_controller})

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .datasets import VideoDataset
-from .trajectories import TrajectoryClip, arrays_path, clip_arrays
+from .trajectories import WORLD, TrajectoryClip, check_arrays, load_arrays
 
 VERSION = 2
 READS = (1, 2)   # index versions this engine reads
@@ -233,19 +233,13 @@ class LatentVideoDataset(VideoDataset):
 class LatentTrajectoryDataset(LatentVideoDataset):
     """The latents of a trajectory's clip with its actions and states (engine.data.trajectories)."""
 
-    def __init__(self, cache: LatentCache, index_csvs, weights=None, **clip_args):
+    def __init__(self, cache: LatentCache, index_csvs, weights=None, arrays=WORLD, **clip_args):
         super().__init__(cache, index_csvs, weights=weights, **clip_args)
-        for path in self.paths[:1]:   # as TrajectoryDataset: a whole index without arrays is said up front
-            for name in ("actions", "states"):
-                if not arrays_path(path, name).is_file():
-                    raise ValueError(f"{path}: no {arrays_path(path, name).name} beside it; trajectory data "
-                                     f"needs per-frame actions and states")
+        self.arrays = tuple(arrays)
+        for path in self.paths[:1]:
+            check_arrays(path, self.arrays)
 
     def _load(self, path, rng):
         latents, idx = self._clip(path, rng)
-        actions = np.load(arrays_path(path, "actions"), allow_pickle=False)
-        states = np.load(arrays_path(path, "states"), allow_pickle=False)
-        if len(actions) != len(states):
-            raise ValueError(f"{path}: {len(actions)} actions but {len(states)} states")
-        a, s = clip_arrays(actions, states, np.minimum(idx, len(states) - 1))
+        a, s = load_arrays(path, self.arrays, idx)
         return TrajectoryClip(latents, torch.from_numpy(a), torch.from_numpy(s))

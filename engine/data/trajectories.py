@@ -42,26 +42,42 @@ def clip_arrays(actions_NA: np.ndarray, states_NS: np.ndarray, idx_T: np.ndarray
     return actions.astype(np.float32), states_NS[idx_T].astype(np.float32)
 
 
-class TrajectoryDataset(VideoDataset):
-    """VideoDataset whose samples are TrajectoryClip (one clip per video: num_clips must be 1)."""
+WORLD = ("actions", "states")
+CAMERA = ("actions_camera", "states_camera")   # the same in the video's camera frame (data.camera_frame)
 
-    def __init__(self, index_csvs, **kw):
+
+def check_arrays(path, names) -> None:
+    """A whole index without its arrays is a user error, said once, up front (for its first video)."""
+    for name in names:
+        if not arrays_path(path, name).is_file():
+            hint = (" in its camera's frame (data.camera_frame: the arm source writes them; set it false for data "
+                    "without)" if name in CAMERA else " (python -m engine.datagen robot ...)")
+            raise ValueError(f"{path}: no {arrays_path(path, name).name} beside it; trajectory data needs per-frame "
+                             f"actions and states{hint}")
+
+
+def load_arrays(path, names, idx_T):
+    """(actions [T-1, A], states [T, S]) of the clip at frames idx_T, from the arrays `names` beside path."""
+    actions, states = (np.load(arrays_path(path, n), allow_pickle=False) for n in names)
+    if len(actions) != len(states):
+        raise ValueError(f"{path}: {len(actions)} actions but {len(states)} states")
+    return clip_arrays(actions, states, np.minimum(idx_T, len(states) - 1))
+
+
+class TrajectoryDataset(VideoDataset):
+    """VideoDataset whose samples are TrajectoryClip (one clip per video: num_clips must be 1). arrays: the
+    world-frame actions and states (WORLD) or the camera-frame ones (CAMERA)."""
+
+    def __init__(self, index_csvs, arrays=WORLD, **kw):
         if kw.get("num_clips", 1) != 1:
             raise ValueError(f"TrajectoryDataset: one clip per trajectory (num_clips 1), got {kw['num_clips']}")
         super().__init__(index_csvs, **kw)
-        for path in self.paths[:1]:   # a whole index without arrays is a user error, said once, up front
-            for name in ("actions", "states"):
-                if not arrays_path(path, name).is_file():
-                    raise ValueError(f"{path}: no {arrays_path(path, name).name} beside it; trajectory data "
-                                     f"needs per-frame actions and states (python -m engine.datagen robot ...)")
+        self.arrays = tuple(arrays)
+        for path in self.paths[:1]:
+            check_arrays(path, self.arrays)
 
     def _decode(self, vr, clips, rng):
-        data = super()._decode(vr, clips, rng)
-        actions = np.load(arrays_path(vr.path, "actions"), allow_pickle=False)
-        states = np.load(arrays_path(vr.path, "states"), allow_pickle=False)
-        if len(actions) != len(states):
-            raise ValueError(f"{vr.path}: {len(actions)} actions but {len(states)} states")
-        return data, clip_arrays(actions, states, np.minimum(clips[0], len(states) - 1))
+        return super()._decode(vr, clips, rng), load_arrays(vr.path, self.arrays, clips[0])
 
     def _finish(self, data, rng):
         clip_data, (actions, states) = data

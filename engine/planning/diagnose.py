@@ -38,15 +38,17 @@ def spearman(a, b) -> float:
 
 
 def world_model(cfg, checkpoint):
+    """(the world model to diagnose, whether it was trained on camera-frame actions and states)."""
     from engine.planning.cem import LatentWorldModel
     from engine.planning.ensemble import EnsembleWorldModel
     from engine.planning.world_model import load_world_models
     if checkpoint:
-        return load_world_models(checkpoint, views=cfg.planning.views)[0]
+        wm, train_cfg = load_world_models(checkpoint, views=cfg.planning.views)
+        return wm, train_cfg.data.camera_frame
     from engine.builders import build_jepa
     torch.manual_seed(cfg.meta.seed)   # the training run's initial weights
     wm = LatentWorldModel(build_jepa(cfg), cfg.data.crop_size)
-    return wm if cfg.planning.views == 1 else EnsembleWorldModel([wm], cfg.planning.views)
+    return (wm if cfg.planning.views == 1 else EnsembleWorldModel([wm], cfg.planning.views)), False
 
 
 @torch.no_grad()
@@ -155,11 +157,11 @@ def diagnosis_args(prog: str, description: str, argv, checkpoint_help: str, pose
 
 
 def main(argv=None):
-    from engine.planning.reach import ReachTask
+    from engine.planning.reach import ReachTask, camera_frames
     args, cfg = diagnosis_args("python -m engine.planning.diagnose", __doc__.split("\n")[0], argv,
                                "an action-conditioned run: also check its predictor; several: their ensemble's",
                                "poses per episode with the 26-direction test", several=True)
-    wm = world_model(cfg, args.checkpoint)
+    wm, camera_frame = world_model(cfg, args.checkpoint)
     pc = cfg.planning
     task = ReachTask(size=cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed,
                      views=pc.views)
@@ -167,6 +169,8 @@ def main(argv=None):
     try:
         for i in range(args.episodes):
             ep = task.episode(i)
+            if camera_frame:   # the scene's cameras, as the planner gives them (engine.plan)
+                wm.frames = camera_frames(task.arm)
             r = diagnose_episode(task, ep, wm, pc.maxnorm, args.checkpoint is not None, args.poses, pc.energy)
             r.update(energy_by_camera_axis(task, ep, wm, pc.maxnorm, pc.energy))
             rows.append(r)

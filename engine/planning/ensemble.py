@@ -28,10 +28,12 @@ from engine.planning.cem import LatentWorldModel
 
 
 class EnsembleWorldModel:
+    """members x views. `frames` (set per episode by a planner of camera-frame models): per view, a function
+    (state_S, actions_KHA) -> the same in that camera's frame, applied before the view's rollouts."""
+
     def __init__(self, members: list[LatentWorldModel], views: int = 1):
-        if views < 1 or len(members) * views < 2:
-            raise ValueError(f"an ensemble needs at least 2 world models or 2 views, got {len(members)} model(s) x "
-                             f"{views} view(s)")
+        if views < 1 or not members:
+            raise ValueError(f"an ensemble needs world models and views, got {len(members)} model(s) x {views} view(s)")
         for what in ("crop_size", "action_dim"):
             values = [getattr(m, what) for m in members]
             if len(set(values)) > 1:
@@ -39,6 +41,7 @@ class EnsembleWorldModel:
                                  f"same frames and take the same actions")
         self.members, self.views = list(members), int(views)
         self.crop_size = members[0].crop_size
+        self.frames = None
 
     @property
     def action_dim(self) -> int:
@@ -61,20 +64,24 @@ class EnsembleWorldModel:
                              f"mean energy needs the same tokens and width in every member")
         return torch.cat(zs, dim=-1)
 
-    def _pairs(self, z_1ND):
-        """(member, its slice) for every (member, view) slice of an ensemble latent."""
+    def _pairs(self, z_1ND, state_S, actions_KHA):
+        """(member, its slice, state, actions) for every (member, view) slice of an ensemble latent, the state
+        and actions in that view's camera frame where `frames` is set."""
         chunks = z_1ND.chunk(len(self.members) * self.views, dim=-1)
-        return [(self.members[j // self.views], z) for j, z in enumerate(chunks)]
+        per_view = [(state_S, actions_KHA) if self.frames is None else self.frames[k](state_S, actions_KHA)
+                    for k in range(self.views)]
+        return [(self.members[j // self.views], z, *per_view[j % self.views]) for j, z in enumerate(chunks)]
 
     @torch.no_grad()
     def rollout(self, z0_1ND, state_S, actions_KHA) -> torch.Tensor:
         """Each pair's latents after each action sequence, side by side: [K, N, M*V*D]."""
-        return torch.cat([m.rollout(z, state_S, actions_KHA) for m, z in self._pairs(z0_1ND)], dim=-1)
+        return torch.cat([m.rollout(z, s, a) for m, z, s, a in self._pairs(z0_1ND, state_S, actions_KHA)], dim=-1)
 
     @torch.no_grad()
     def rollout_steps(self, z0_1ND, state_S, actions_KHA) -> torch.Tensor:
         """Each pair's latents after each action of each sequence, side by side: [K, H, N, M*V*D]."""
-        return torch.cat([m.rollout_steps(z, state_S, actions_KHA) for m, z in self._pairs(z0_1ND)], dim=-1)
+        return torch.cat([m.rollout_steps(z, s, a) for m, z, s, a in self._pairs(z0_1ND, state_S, actions_KHA)],
+                         dim=-1)
 
 
 __all__ = ["EnsembleWorldModel"]

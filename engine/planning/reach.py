@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.datagen.sources.pybullet_arm import MAX_STEP, WORKSPACE_HI, WORKSPACE_LO, Arm
+import torch
+
+from engine.datagen.sources.pybullet_arm import MAX_STEP, WORKSPACE_HI, WORKSPACE_LO, Arm, camera_matrix, to_camera
 
 GOAL_LO = np.array([0.35, -0.30, 0.15])   # inside the workspace and above the cube: the goal needs no contact
 GOAL_HI = np.array([0.70, 0.30, 0.50])
@@ -126,6 +128,18 @@ class ReachTask:
             d = float(np.linalg.norm(self.arm.ee()[0] - ep.goal_pos))
             dists.append(d)
         return Result(d <= self.tolerance, steps, d, min(dists or [d]), spent / max(steps, 1), dists)
+
+
+def camera_frames(arm: Arm) -> list:
+    """Per camera of the current scene: (state_S, actions_KHA) -> the same in that camera's frame, as the arm
+    source wrote them for data.camera_frame (EnsembleWorldModel.frames)."""
+    def frame(M):
+        def to_frame(state_S, actions_KHA):
+            a = torch.as_tensor(actions_KHA, dtype=torch.float32)
+            R = torch.as_tensor(M[:3, :3], dtype=torch.float32)
+            return to_camera(M, np.zeros((1, 3)), np.asarray(state_S)[None])[1][0], a @ R.T
+        return to_frame
+    return [frame(camera_matrix(view)) for view in arm.cameras]
 
 
 # -- baseline controllers: (frame, state, episode, arm) -> action --------------------------------------

@@ -60,15 +60,20 @@ def load_world_model(checkpoint, device: str = "cpu", hierarchical: bool = False
 
 
 def load_world_models(checkpoints, device: str = "cpu", hierarchical: bool = False, views: int = 1):
-    """(the world model of one checkpoint, or the EnsembleWorldModel of several flat ones or of `views`
-    cameras; the first run's Config)."""
+    """(the world model of one checkpoint, or the EnsembleWorldModel of several flat ones, of `views`
+    cameras, or of a model trained in camera frames (its planner sets the frames); the first run's Config)."""
     checkpoints = list(checkpoints)
     if len(checkpoints) == 1 and views == 1:
-        return load_world_model(checkpoints[0], device, hierarchical)
+        wm, cfg = load_world_model(checkpoints[0], device, hierarchical)
+        return (EnsembleWorldModel([wm]) if not hierarchical and cfg.data.camera_frame else wm), cfg
     if hierarchical:
         raise ValueError(f"a hierarchical world model is planned with alone, from one camera: got {len(checkpoints)} "
                          f"checkpoints, {views} views")
     loaded = [load_world_model(c, device) for c in checkpoints]
+    frames = [cfg.data.camera_frame for _, cfg in loaded]
+    if len(set(frames)) > 1:
+        raise ValueError(f"the ensemble's runs differ in data.camera_frame ({frames}): their actions must be in one "
+                         f"frame")
     return EnsembleWorldModel([wm for wm, _ in loaded], views), loaded[0][1]
 
 

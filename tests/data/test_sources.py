@@ -73,6 +73,33 @@ def test_robot_views_film_one_episode_from_cameras_90_degrees_apart(tmp_path):
         for a, b in zip(_arrays(two[2 * i]), _arrays(two[2 * i + 1])):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(_arrays(two[2 * i])[1], _arrays(one[i])[1])
+        cams = [[np.load(str(p).replace(".mp4", f".{n}_camera.npy")) for n in ("actions", "states")]
+                for p in (two[2 * i], two[2 * i + 1], one[i])]
+        np.testing.assert_array_equal(cams[0][1], cams[2][1])          # camera 0 is the one camera
+        assert np.abs(cams[0][0] - cams[1][0]).max() > 1e-3            # another camera, another frame
+
+
+def test_to_camera_is_the_cameras_rigid_transform():
+    """Displacements rotated, positions moved, the orientation turned: what the camera's view matrix does to
+    the scene (checked against pybullet's own quaternion matrices)."""
+    from engine.datagen.sources.pybullet_arm import Arm, camera_matrix, run_episode, to_camera
+    arm = Arm(2)
+    try:
+        _, actions, states = run_episode(arm, "explore", np.random.default_rng([0, 3]), 6, 32, 10)
+        for view in arm.cameras:
+            M = camera_matrix(view)
+            R = M[:3, :3]
+            np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-6)
+            a, s = to_camera(M, actions, states)
+            np.testing.assert_allclose(a, actions @ R.T, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(s[:, 0:3], states[:, 0:3] @ R.T + M[:3, 3], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(s[:, 7:10], states[:, 7:10] @ R.T + M[:3, 3], rtol=1e-5, atol=1e-6)
+            for q, q_cam in zip(states[:, 3:7], s[:, 3:7]):
+                rot = np.asarray(pybullet.getMatrixFromQuaternion(q.tolist())).reshape(3, 3)
+                rot_cam = np.asarray(pybullet.getMatrixFromQuaternion(q_cam.tolist())).reshape(3, 3)
+                np.testing.assert_allclose(rot_cam, R @ rot, atol=2e-6)
+    finally:
+        arm.close()
 
 
 def test_atari_plays_and_shards(tmp_path):

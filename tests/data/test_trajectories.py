@@ -57,6 +57,30 @@ def test_index_without_arrays_is_refused(tmp_path):
         TrajectoryDataset(train, frames_per_clip=4, frame_step=1)
 
 
+def test_camera_frame_reads_the_arrays_in_the_videos_camera_frame(arm, tmp_path):
+    """data.camera_frame: the same frames and draws, the actions and states the arm source wrote in the
+    video's camera frame; an index without them is refused naming the file and the key."""
+    from engine.data.trajectories import CAMERA
+    from engine.data.transforms import VideoTransform
+    tf = VideoTransform(32, random_resize_scale=(1.0, 1.0), random_resize_aspect_ratio=(1.0, 1.0), horizontal_flip=False)
+    world = TrajectoryDataset(arm / "robot.csv", frames_per_clip=4, frame_step=2, transform=tf)
+    camera = TrajectoryDataset(arm / "robot.csv", frames_per_clip=4, frame_step=2, transform=tf, arrays=CAMERA)
+    (cw, _, tw), (cc, _, tc) = (next(iter(make_loader(ds, batch_size=2, seed=0))) for ds in (world, camera))
+    torch.testing.assert_close(cw, cc)
+    assert not torch.allclose(tw["actions"], tc["actions"], atol=1e-4)
+    torch.testing.assert_close(tw["actions"].norm(dim=-1), tc["actions"].norm(dim=-1))   # rotated, not changed
+    ee_to_cube = [(t["states"][..., 7:10] - t["states"][..., 0:3]).norm(dim=-1) for t in (tw, tc)]
+    torch.testing.assert_close(ee_to_cube[0], ee_to_cube[1])                               # a rigid move
+    from engine.datagen.synthetic import generate_split
+    plain, _ = generate_split(tmp_path, train=2, val=0, num_frames=4, size=32)
+    for p in read_index_csv(plain)[0]:   # world-frame arrays only
+        for name in ("actions", "states"):
+            np.save(str(p).replace(".mp4", f".{name}.npy"), np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"no \S+\.actions_camera\.npy beside it; .* in its camera's frame "
+                                         r"\(data\.camera_frame"):
+        TrajectoryDataset(plain, frames_per_clip=4, frame_step=1, arrays=CAMERA)
+
+
 def test_ac_training_runs_through_the_engine_loop(arm, tmp_path):
     """Two optimizer steps of the tiny arm config through `python -m engine.train`: only the predictor moves."""
     from engine.train import main

@@ -47,6 +47,8 @@ RUNTIME = {
     "meta.eval_freq": "engine/eval/periodic.py", "meta.eval_samples": "engine/eval/periodic.py",
     # the world models' training set from cached latents (tests/data/test_latents.py)
     "data.latent_cache": "engine/builders.py engine/runtime",
+    # the trajectory data's arrays in each camera's frame (tests/data/test_trajectories.py, test_planning.py)
+    "data.camera_frame": "engine/builders.py engine/plan.py",
     **{f"planning.{f.name}": "engine/plan.py engine/planning" for f in dataclasses.fields(C.PlanningConfig)},
     # the H-JEPA stack's keys: its model and builders read them (tests/hjepa)
     **{f"hierarchy.{f.name}": "engine/hjepa.py" for f in dataclasses.fields(C.HierarchyConfig)},

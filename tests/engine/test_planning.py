@@ -86,6 +86,11 @@ def test_unknown_energy_options_are_refused_by_name():
         load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.views=0"])
     with pytest.raises(ConfigError, match="planning.views: 2, but the maze task has one camera"):
         load_config("configs/hjepa_tiny_cpu.yaml", ["planning.views=2"])
+    for config in ("configs/hjepa_tiny_cpu.yaml", "configs/tiny_cpu.yaml"):
+        with pytest.raises(ConfigError, match="data.camera_frame"):
+            load_config(config, ["data.camera_frame=true"])
+    with pytest.raises(ConfigError, match="data.camera_frame: True, but model.action_dim 0 means"):
+        load_config("configs/ac_events_tiny_cpu.yaml", ["data.camera_frame=true"])   # an unconditioned predictor
 
 
 def test_summed_energy_needs_each_steps_latents():
@@ -169,10 +174,51 @@ def test_two_views_energy_is_the_mean_of_each_cameras_energy(tiny_world_model):
         both.encode_frame(goals[0], "goal image")
 
 
+def test_camera_frames_turn_each_views_state_and_actions_before_its_rollout(tiny_world_model):
+    """A model trained in camera frames: per view, the rollout gets the state and candidate actions in that
+    camera's frame (engine.planning.reach.camera_frames), so the energy is the mean of those rollouts'."""
+    from engine.planning.cem import energy
+    from engine.planning.ensemble import EnsembleWorldModel
+    wm = tiny_world_model
+    both = EnsembleWorldModel([wm], views=2)
+    turn = [lambda s, a: (s * 0.5, a.flip(-1)), lambda s, a: (s + 1.0, -a)]
+    both.frames = turn
+    rng = np.random.default_rng(2)
+    frames, goals = (rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for _ in range(2))
+    state, acts = rng.normal(size=10).astype(np.float32), torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(2))
+    want = [energy(wm.rollout(wm.encode_frame(f), *t(state, acts)), wm.encode_frame(g)) for f, g, t in
+            zip(frames, goals, turn)]
+    got = energy(both.rollout(both.encode_frame(frames), state, acts), both.encode_frame(goals))
+    torch.testing.assert_close(got, (want[0] + want[1]) / 2)
+    both.frames = None
+    assert not torch.allclose(energy(both.rollout(both.encode_frame(frames), state, acts), both.encode_frame(goals)),
+                              got)
+
+
+def test_camera_frames_of_the_scene_are_the_sources():
+    """The planner's per-camera turn of (state, actions) is the arm source's to_camera for that camera."""
+    pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
+    from engine.datagen.sources.pybullet_arm import camera_matrix, to_camera
+    from engine.planning.reach import ReachTask, camera_frames
+    task = ReachTask(size=32, views=2)
+    try:
+        task.episode(0)
+        fns, cams = camera_frames(task.arm), [camera_matrix(v) for v in task.arm.cameras]
+        state = task.arm.state()
+    finally:
+        task.close()
+    acts = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(0))
+    for fn, M in zip(fns, cams):
+        s, a = fn(state, acts)
+        want_a, want_s = to_camera(M, acts.reshape(-1, 3).numpy(), state[None])
+        np.testing.assert_allclose(s, want_s[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.reshape(-1, 3).numpy(), want_a, rtol=1e-5, atol=1e-6)
+
+
 def test_ensemble_of_mismatched_models_is_refused(tiny_world_model):
     from engine.planning.ensemble import EnsembleWorldModel
-    with pytest.raises(ValueError, match="at least 2 world models or 2 views"):
-        EnsembleWorldModel([tiny_world_model])
+    with pytest.raises(ValueError, match="needs world models and views, got 0 model"):
+        EnsembleWorldModel([])
     other = LatentWorldModel(tiny_world_model.model, 64)
     with pytest.raises(ValueError, match=r"differ in crop_size: \[32, 64\]"):
         EnsembleWorldModel([tiny_world_model, other])
@@ -265,4 +311,15 @@ def test_plan_cli_runs_closed_loop(tmp_path):
     assert [r["controller"] for r in two] == ["cem"] and two[0]["steps"] == 3
     lines = (tmp_path / "plan.csv").read_text().splitlines()
     assert dict(zip(lines[0].split(","), lines[-1].split(",")))["views"] == "2"
+    # a model trained on camera-frame actions and states plans with them turned into each camera's frame
+    train_main(["--config", "configs/ac_arm_tiny_cpu.yaml", "--output", str(tmp_path / "cam"), "--max-steps", "1",
+                "--no-progress", "--set", f"data.datasets=[{tmp_path / 'arm' / 'robot.csv'}]", "--set",
+                "data.camera_frame=true", "--set", "data.batch_size=2", "--set", "data.num_workers=0", *small])
+    cam = plan_main(["--config", "configs/ac_arm_tiny_cpu.yaml", "--checkpoint", str(tmp_path / "cam"),
+                     "--episodes", "1", "--baselines", "--set", "planning.views=2", "--set", "planning.samples=8",
+                     "--set", "planning.topk=2", "--set", "planning.iterations=1", "--set", "planning.max_steps=2"])
+    assert cam[0]["steps"] == 2
+    with pytest.raises(SystemExit):   # one world frame, one camera frame: refused, one line
+        plan_main(["--config", "configs/ac_arm_tiny_cpu.yaml", "--checkpoint", str(tmp_path / "run"),
+                   str(tmp_path / "cam"), "--episodes", "1", "--baselines"])
 

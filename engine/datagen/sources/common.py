@@ -35,13 +35,16 @@ class SourceWriter:
         self.csv_path = self.out_dir / f"{name}.csv"
         self.lines: list[str] = []
 
-    def add(self, i: int, frames_THW3: np.ndarray, label: int, actions: np.ndarray, states: np.ndarray) -> Path:
+    def add(self, i: int, frames_THW3: np.ndarray, label: int, actions: np.ndarray, states: np.ndarray,
+            more: dict | None = None) -> Path:
+        """more: other per-frame arrays by name (written as NNNNNN.<name>.npy)."""
         T = len(frames_THW3)
-        if len(actions) != T or len(states) != T:
-            raise ValueError(f"video {i}: {T} frames but {len(actions)} actions and {len(states)} states")
+        arrays = {"actions": actions, "states": states, **(more or {})}
+        if any(len(a) != T for a in arrays.values()):
+            raise ValueError(f"video {i}: {T} frames but " + ", ".join(f"{len(a)} {k}" for k, a in arrays.items()))
         path = self.video_dir / f"{i:06d}{CODECS[self.codec][2]}"
-        _save_npy(path.with_name(f"{path.stem}.actions.npy"), np.asarray(actions))
-        _save_npy(path.with_name(f"{path.stem}.states.npy"), np.asarray(states))
+        for name, a in arrays.items():
+            _save_npy(path.with_name(f"{path.stem}.{name}.npy"), np.asarray(a))
         write_video(path, frames_THW3, fps=self.fps, codec=self.codec)  # last: its presence means complete
         self.lines.append(f"{path} {int(label)}\n")
         return path
@@ -63,7 +66,8 @@ def write_episodes(out_dir, name: str, num_videos: int, episode, *, size: int | 
                    meta: dict, progress: bool = False, unit: str = "episodes", close=None) -> Path:
     """Write episode(i) -> (frames_THW3, label, actions_TA, states_TS) for i < num_videos through one
     SourceWriter; return its index CSV. `close` (the simulator's) runs however the writing ends. An episode
-    may give a list of V views' frames instead: each is written as its own trajectory, video i * V + k."""
+    may give a list of V such tuples instead (its views; each may add a dict of more arrays): each is written
+    as its own trajectory, video i * V + k."""
     try:
         if size is not None and size % 4:
             raise ValueError(f"size must be a multiple of 4 (4:2:0 video), got {size}")
@@ -73,10 +77,10 @@ def write_episodes(out_dir, name: str, num_videos: int, episode, *, size: int | 
             it = tqdm(it, desc=f"{name} {unit} -> {out_dir}", unit="video")
         with SourceWriter(out_dir, name, codec=codec, fps=fps, meta=meta) as w:
             for i in it:
-                frames, *rest = episode(i)
-                views = frames if isinstance(frames, list) else [frames]
-                for k, frames_k in enumerate(views):
-                    w.add(i * len(views) + k, frames_k, *rest)
+                videos = episode(i)
+                videos = videos if isinstance(videos, list) else [videos]
+                for k, video in enumerate(videos):
+                    w.add(i * len(videos) + k, *video)
     finally:
         if close is not None:
             close()

@@ -21,7 +21,10 @@ With `views` V > 1 each episode is filmed by V cameras at once, camera k at the 
 degrees (the same height and distance): a move along one camera's ray crosses the next one's image. Each
 view is written as its own trajectory (episode i, camera k: video i * V + k, the same actions and states),
 so a world model trains on every view as the reference's camera_views draw does, and a planner can score
-its goal in all of them (planning.views).
+its goal in all of them (planning.views). Beside the world-frame arrays each video has them in its own
+camera's frame (`to_camera`: positions and displacements rotated into the camera's axes, the orientation
+turned), NNNNNN.actions_camera.npy and NNNNNN.states_camera.npy, read under data.camera_frame: true (the
+reference's DROID loader's camera_frame), so an action moves the picture alike in every view.
 Frames are written lossless by default (codec h264rgb): a planner sees the renderer's frames, and a lossy
 codec's chroma subsampling alone changes these frames as much as one step of the arm does.
 Episode i depends only on (seed, i).
@@ -112,6 +115,51 @@ class Arm:
         self.pb.disconnect(physicsClientId=self.cid)
 
 
+def camera_matrix(view) -> np.ndarray:
+    """float64 [4, 4]: the world -> camera rigid transform of a pybullet view matrix (16 floats, column-major;
+    rows 0-2 of the rotation are the camera's right, up and backward axes in world coordinates)."""
+    return np.asarray(view, dtype=np.float64).reshape(4, 4).T
+
+
+def _quat_from_matrix(R: np.ndarray) -> np.ndarray:
+    """The unit quaternion (xyzw) of rotation matrix R (Shepperd's method: the largest of the four first)."""
+    m = R
+    tr = np.trace(m)
+    cases = [tr, m[0, 0], m[1, 1], m[2, 2]]
+    k = int(np.argmax(cases))
+    if k == 0:
+        w = np.sqrt(1.0 + tr) / 2
+        q = [(m[2, 1] - m[1, 2]) / (4 * w), (m[0, 2] - m[2, 0]) / (4 * w), (m[1, 0] - m[0, 1]) / (4 * w), w]
+    else:
+        i, j, l = k - 1, k % 3, (k + 1) % 3
+        v = np.sqrt(1.0 + m[i, i] - m[j, j] - m[l, l]) / 2
+        q = np.zeros(4)
+        q[i], q[j], q[l] = v, (m[j, i] + m[i, j]) / (4 * v), (m[l, i] + m[i, l]) / (4 * v)
+        q[3] = (m[l, j] - m[j, l]) / (4 * v)
+    return np.asarray(q)
+
+
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a * b of xyzw quaternions (b broadcast over leading axes): rotation b, then a."""
+    ax, ay, az, aw = a
+    bx, by, bz, bw = np.moveaxis(b, -1, 0)
+    return np.stack([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz], axis=-1)
+
+
+def to_camera(M: np.ndarray, actions_TA: np.ndarray, states_TS: np.ndarray):
+    """(actions, states) of the arm in the frame of the camera whose world -> camera transform is M: the
+    displacements (actions) rotated, the end-effector and cube positions moved (R p + t), the end effector's
+    orientation turned (q_R * q). Float32, shapes kept."""
+    R, t = M[:3, :3], M[:3, 3]
+    a = np.asarray(actions_TA, dtype=np.float64) @ R.T
+    s = np.array(states_TS, dtype=np.float64)
+    for lo in (0, 7):   # end effector, cube
+        s[..., lo:lo + 3] = s[..., lo:lo + 3] @ R.T + t
+    s[..., 3:7] = _quat_mul(_quat_from_matrix(R), s[..., 3:7])
+    return a.astype(np.float32), s.astype(np.float32)
+
+
 def _toward(src, dst, noise, rng):
     return np.clip(dst - src + rng.normal(0, noise, 3), -MAX_STEP, MAX_STEP)
 
@@ -169,13 +217,21 @@ def generate_robot(out_dir, num_videos: int, *, num_frames: int = 32, size: int 
     meta = {"source": "pybullet kuka_iiwa", "classes": list(policies), "num_frames": num_frames, "size": size,
             "seed": seed, "views": views, "view_yaw_step": VIEW_YAW_STEP,
             "arrays": {"actions": "float32 [T, 3] end-effector displacement (m)",
-                       "states": "float32 [T, 10] end-effector xyz, quaternion xyzw, cube xyz"}}
+                       "states": "float32 [T, 10] end-effector xyz, quaternion xyzw, cube xyz",
+                       "actions_camera": "actions in the video's camera frame (x right, y up, z backward)",
+                       "states_camera": "states in the video's camera frame"}}
     arm = Arm(views)
 
     def episode(i):
         policy = policies[i % len(policies)]
         frames, actions, states = run_episode(arm, policy, np.random.default_rng([seed, i]), num_frames, size, fps)
-        return [frames] if views == 1 else list(frames.swapaxes(0, 1)), POLICIES.index(policy), actions, states
+        per_view = [frames] if views == 1 else list(frames.swapaxes(0, 1))
+        videos = []
+        for frames_k, view in zip(per_view, arm.cameras):
+            a_cam, s_cam = to_camera(camera_matrix(view), actions, states)
+            videos.append((frames_k, POLICIES.index(policy), actions, states,
+                           {"actions_camera": a_cam, "states_camera": s_cam}))
+        return videos
 
     return write_episodes(out_dir, name, num_videos, episode, size=size, codec=codec, fps=fps, meta=meta,
                           progress=progress, close=arm.close)
