@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
 import torch
 
 from engine.datagen.sources.pybullet_arm import MAX_STEP, WORKSPACE_HI, WORKSPACE_LO, Arm, camera_matrix, to_camera
