@@ -16,8 +16,8 @@ An ensemble latent is the latents of every (member, view) pair concatenated alon
 ([1, N, M*V*D], member-major); every member has the same tokens N and width D, so the planning energy (L1
 averaged over tokens and features, engine.planning.cem.energy; likewise l2, pooled_l1, and cosine on
 layer-normed tokens of equal norm) of an ensemble latent IS the mean of the pairs' energies, and cem_plan
-and the diagnosis take an ensemble unchanged. Each pair's member rolls out its own slice (the actions and
-states are the arm's, the same in every view).
+and the diagnosis take an ensemble unchanged. Each pair's member rolls out its own slice, from the arm's
+state and actions, turned into the view's camera frame for models trained so (data.camera_frame: `frames`).
 """
 from __future__ import annotations
 

@@ -79,6 +79,20 @@ def test_robot_views_film_one_episode_from_cameras_90_degrees_apart(tmp_path):
         assert np.abs(cams[0][0] - cams[1][0]).max() > 1e-3            # another camera, another frame
 
 
+def test_quaternion_of_a_rotation_matrix_in_every_branch():
+    """Random rotations (each of Shepperd's four cases comes up) give back their quaternion, up to sign."""
+    from engine.datagen.sources.pybullet_arm import _quat_from_matrix
+    rng = np.random.default_rng(0)
+    cases = set()
+    for q in rng.normal(size=(200, 4)):
+        q /= np.linalg.norm(q)
+        m = np.asarray(pybullet.getMatrixFromQuaternion(q.tolist())).reshape(3, 3)
+        cases.add(int(np.argmax([np.trace(m), m[0, 0], m[1, 1], m[2, 2]])))
+        got = _quat_from_matrix(m)
+        np.testing.assert_allclose(got * np.sign(got @ q), q, atol=1e-6)
+    assert cases == {0, 1, 2, 3}
+
+
 def test_to_camera_is_the_cameras_rigid_transform():
     """Displacements rotated, positions moved, the orientation turned: what the camera's view matrix does to
     the scene (checked against pybullet's own quaternion matrices)."""

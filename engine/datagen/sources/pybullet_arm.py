@@ -76,7 +76,7 @@ class Arm:
         yaw = float(rng.uniform(35, 75))
         self.cameras = [pb.computeViewMatrixFromYawPitchRoll([0.45, 0, 0.3], 1.25, yaw + k * VIEW_YAW_STEP, -30, 0, 2)
                         for k in range(self.views)]
-        self.view = self.cameras[0]
+        self.view = self.cameras[0]   # camera 0: the one a one-camera scene has
         self.proj = pb.computeProjectionMatrixFOV(50, 1.0, 0.05, 5)
         self.target = np.clip(self.ee()[0], WORKSPACE_LO, WORKSPACE_HI)
 
@@ -121,9 +121,9 @@ def camera_matrix(view) -> np.ndarray:
     return np.asarray(view, dtype=np.float64).reshape(4, 4).T
 
 
-def _quat_from_matrix(R: np.ndarray) -> np.ndarray:
-    """The unit quaternion (xyzw) of rotation matrix R (Shepperd's method: the largest of the four first)."""
-    m = R
+def _quat_from_matrix(m: np.ndarray) -> np.ndarray:
+    """The unit quaternion (xyzw) of rotation matrix m (Shepperd's method: from the largest of w, x, y, z, so
+    no division by a small number)."""
     tr = np.trace(m)
     cases = [tr, m[0, 0], m[1, 1], m[2, 2]]
     k = int(np.argmax(cases))
