@@ -143,7 +143,6 @@ class LatentCache:
             raise LatentCacheError(f"{index}: latent cache version {version!r}, this engine reads {list(READS)}; "
                                    f"rebuild it with {BUILD_HINT}")
         self.skipped = list(meta.get("skipped", []))
-        self.total_frames = sum(e.info.num_frames for e in self.entries.values())
         self.frame_bytes = self.flips * self.tokens * self.dim * np.dtype(STORE_DTYPES[self.dtype]).itemsize
         self._fds = {}
         for name, frames in self.files:
@@ -174,19 +173,21 @@ class LatentCache:
 
     def frames(self, entry: _Entry, idx_T: np.ndarray, flip: bool) -> torch.Tensor:
         """float32 [T, N, D]: the latents of frames idx_T of the video (mirrored ones where flip).
-        One pread of the frames the clip spans, or one per frame where the clip skips more frames than it
-        reads (a long frame step); the pages stay in the page cache, out of this process's resident set (a
-        mapping of the whole file would count every page read there)."""
+        One pread of the frames the clip spans, or, where the clip skips more frames than it reads (a long
+        frame step), one per frame of that frame's orientation alone; the pages stay in the page cache, out of
+        this process's resident set (a mapping of the whole file would count every page read there)."""
         idx = np.asarray(idx_T, dtype=np.int64)
         lo, hi = int(idx.min()), int(idx.max()) + 1
         dtype, fd, fb = np.dtype(STORE_DTYPES[self.dtype]), self._file(entry.file), self.frame_bytes
+        f = int(flip) if self.flips > 1 else 0
         if hi - lo <= 2 * len(idx):
             buf = os.pread(fd, (hi - lo) * fb, (entry.offset + lo) * fb)
-            rows = np.frombuffer(buf, dtype=dtype).reshape(hi - lo, self.flips, self.tokens, self.dim)[idx - lo]
+            rows = np.frombuffer(buf, dtype=dtype).reshape(hi - lo, self.flips, self.tokens, self.dim)[idx - lo, f]
         else:
-            rows = np.stack([np.frombuffer(os.pread(fd, fb, (entry.offset + int(i)) * fb), dtype=dtype)
-                             for i in idx]).reshape(len(idx), self.flips, self.tokens, self.dim)
-        t = torch.from_numpy(np.ascontiguousarray(rows[:, int(flip) if self.flips > 1 else 0]))
+            ob = fb // self.flips   # one orientation of a frame
+            rows = np.stack([np.frombuffer(os.pread(fd, ob, ((entry.offset + int(i)) * self.flips + f) * ob),
+                                           dtype=dtype) for i in idx]).reshape(len(idx), self.tokens, self.dim)
+        t = torch.from_numpy(rows)   # both ways a new array: fancy indexing and stack copy
         return (t.view(torch.bfloat16) if self.dtype == "bfloat16" else t).float()
 
     def check_fingerprint(self, digest: dict, what: str) -> None:
