@@ -74,7 +74,9 @@ ATTN_LENS = {   # (lengths, block_causal) cases: the CPU tests' odd ones and a V
 ATTN_CASES = [("one_token", 64, False), ("odd_lengths", 80, True), ("many_short", 24, False),
               ("few_long", 128, True), ("empty_seqs", 64, True), ("vjepa_mix", 64, False), ("odd_lengths", 40, False),
               ("vjepa_mix", 80, True), ("odd_lengths", 16, False), ("many_short", 96, True), ("empty_seqs", 32, False),
-              ("cross", 64, False), ("cross", 32, False)]
+              ("cross", 64, False), ("cross", 32, False),
+              # block-causal with the head dims FlexAttention takes (the "cuda" backend's flex path)
+              ("odd_lengths", 64, True), ("many_short", 32, True), ("vjepa_mix", 128, True)]
 
 
 # -- plumbing ---------------------------------------------------------------------------------------------
@@ -121,6 +123,11 @@ def device_backends(op: str, device, extra: dict) -> list[tuple[str, str | None]
         if b in _registry.backends(op):
             out.append((b, _registry.REGISTRY[op][b].refusal(device, extra)))
     return out
+
+
+def matches(match: str, text: str) -> bool:
+    """--match: a comma-separated list of substrings, any of which selects; empty selects everything."""
+    return not match or any(m.strip() and m.strip() in text for m in match.split(","))
 
 
 def rule_ok(err: float, err_ref: float, floor: float, factor: float) -> bool:
@@ -290,7 +297,8 @@ def correctness_cases(device, small: bool):
             ba = sys.modules["kernels.block_attention"]
             # the library kernels one at a time: flash_attn, torch's flash with flash_attn hidden, xformers with both hidden
             libs = ({"flash_attn": ba.flash_attn_varlen_func, "torch_flash": True if _with_library(
-                "torch_flash", ba.torch_flash_ok) else None, "xformers": ba.fmha} if b == "cuda" else {None: True})
+                "torch_flash", ba.torch_flash_ok) else None, "xformers": ba.fmha,
+                "flex": True if ba.flex_ok() else None} if b == "cuda" else {None: True})
             for lib, present in libs.items():
                 for name, D, causal in attn:
                     call = {"dtype": dt, "head_dim": D, "causal": causal}
@@ -311,19 +319,23 @@ def correctness_cases(device, small: bool):
 
 def _with_library(lib, fn):
     """Run fn with `lib` first among block attention's library kernels: the ones before it are hidden
-    (torch_flash: flash_attn hidden; xformers: both)."""
+    (torch_flash: flash_attn hidden; xformers: both). flex takes only block-causal calls, which no other
+    library kernel takes; "noflex" hides it (those calls then run our Triton kernel)."""
     ba = sys.modules["kernels.block_attention"]
-    saved = ba.flash_attn_varlen_func, dict(ba._torch_flash)
+    saved = ba.flash_attn_varlen_func, dict(ba._torch_flash), dict(ba._flex)
     if lib in ("torch_flash", "xformers"):
         ba.flash_attn_varlen_func = None
     if lib == "xformers":
         ba._torch_flash["ok"] = False
+    if lib == "noflex":
+        ba._flex["ok"] = False
     try:
         return fn()
     finally:
         ba.flash_attn_varlen_func = saved[0]
-        ba._torch_flash.clear()
-        ba._torch_flash.update(saved[1])
+        for d, old in ((ba._torch_flash, saved[1]), (ba._flex, saved[2])):
+            d.clear()
+            d.update(old)
 
 
 def _crashed(op: str, error: str) -> list[dict]:
@@ -370,7 +382,7 @@ def run_correctness(device, budget, small, dry, isolate=False, jobs=8, match="")
     todo = []
     for index, (op, b, dt, label, why, _) in enumerate(correctness_cases(device, small)):
         base = dict(section="correctness", case_op=op, backend=b, dtype=str(dt).split(".")[-1], case=label)
-        if match not in f"{op} {b} {base['dtype']} {label}":
+        if not matches(match, f"{op} {b} {base['dtype']} {label}"):
             continue
         if dry:
             rows.append({**base, "status": "would run" if why is None else f"would skip: {why}"})
@@ -415,7 +427,7 @@ def copy_gbs(device, nbytes: int, reps: int) -> float:
     return 2 * n * 4 / (ms * 1e-3) / 1e9
 
 
-def op_rows(device, budget, small, dry):
+def op_rows(device, budget, small, dry, match=""):
     from run_kernels import vit_params
     rows = []
     reps = 2 if small else 20
@@ -445,10 +457,12 @@ def op_rows(device, budget, small, dry):
             device, *a, backs, reps, emit)))
     for M, H, Dh in ([(64, 2, 16)] if small else [(24 * 2048, 16, 64)]):   # V-JEPA 2 ViT-L: 24 clips x 2048 tokens
         plan.append(("rope_qk", f"M{M} H{H} Dh{Dh} bf16", lambda a=(M, H, Dh): bench_rope(device, *a, reps, emit)))
-    for name, lens, H, Dh in attention_mixes(small):
-        plan.append(("block_attention", name, lambda lens=lens, H=H, Dh=Dh, name=name: bench_attention(
-            device, name, lens, H, Dh, reps, emit)))
+    for name, lens, H, Dh, frame_len in attention_mixes(small):
+        plan.append(("block_attention", name, lambda lens=lens, H=H, Dh=Dh, name=name, f=frame_len: bench_attention(
+            device, name, lens, H, Dh, reps, emit, f)))
     for op, shape, thunk in plan:
+        if not matches(match, f"{op} {shape}"):
+            continue
         if dry:
             rows.append(dict(section="ops", op=op, shape=shape, method="", status="would run"))
         elif budget.left() <= 0:
@@ -557,18 +571,26 @@ def attention_mixes(small: bool):
     g = torch.Generator().manual_seed(0)
     lens = lambda n, lo, hi: torch.randint(lo, hi + 1, (n,), generator=g).tolist()   # noqa: E731
     if small:
-        return [("tiny mix", lens(4, 5, 40), 2, 16)]
+        return [("tiny mix", lens(4, 5, 40), 2, 16, None), ("tiny block-causal", [24, 24], 2, 16, 6)]
     ctx = lens(24, 75, 600)
-    return [("ViT-L context B24 75-600", ctx, 16, 64),
-            ("ViT-L targets B24 full 1568", [1568] * 24, 16, 64),
-            ("predictor B24 ctx+tgt", [c + t for c, t in zip(ctx, lens(24, 150, 800))], 12, 32)]
+    # (name, lengths, heads, head dim, tokens per frame: block-causal frames, or None)
+    return [("ViT-L context B24 75-600", ctx, 16, 64, None),
+            ("ViT-L targets B24 full 1568", [1568] * 24, 16, 64, None),
+            ("predictor B24 ctx+tgt", [c + t for c, t in zip(ctx, lens(24, 150, 800))], 12, 32, None),
+            # V-JEPA 2-AC's predictor (H-JEPA level 1): 8 steps of [action, state, 16 x 16 patches] per clip
+            ("AC predictor block-causal B8 x 8 steps x 258", [8 * 258] * 8, 16, 64, 258),
+            # H-JEPA level 2 at the same size: 7 steps of 2 frames of 256 pooled tokens and 2 conditioning
+            ("H-JEPA level-2 block-causal B8 x 7 steps x 514", [7 * 514] * 8, 16, 64, 514)]
 
 
-def bench_attention(device, name, lens, H, Dh, reps, emit):
+def bench_attention(device, name, lens, H, Dh, reps, emit, frame_len=None):
+    """Forward + backward of one mix, each way alternating. frame_len: block-causal frames of that many
+    tokens (a query sees the keys of its own and earlier frames); the dense ways then take the frame mask."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator().manual_seed(1)
     cu = torch.tensor([0] + lens).cumsum(0).to(device=device, dtype=torch.int32)
     T, S, L = sum(lens), len(lens), max(lens)
+    frames = None if frame_len is None else torch.cat([torch.arange(n) // frame_len for n in lens]).to(device)
     q, k, v, dout = (torch.randn(T, H, Dh, generator=g).to(device=device, dtype=dtype) for _ in range(4))
     for t in (q, k, v):
         t.requires_grad_(True)
@@ -583,10 +605,15 @@ def bench_attention(device, name, lens, H, Dh, reps, emit):
             f().backward(dout)
         return run
 
-    def ours(b):
+    if frames is not None:   # [S, 1, L, L]: the key mask and the frame mask of each padded sequence
+        f_SL = torch.full((S * L,), -1, device=device).index_copy(0, pos_T, frames).view(S, L)
+        keymask = keymask & (f_SL[:, None, :, None] >= f_SL[:, None, None, :])
+
+    def ours(b, lib=None):
         def f():
             with kernels.backend(b):
-                return kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=L, max_seqlen_k=L)
+                return _with_library(lib, lambda: kernels.block_attention(q, k, v, cu, cu, max_seqlen_q=L,
+                                                                          max_seqlen_k=L, block_causal=frames))
         return f
 
     def padded():
@@ -597,11 +624,17 @@ def bench_attention(device, name, lens, H, Dh, reps, emit):
 
     def loop():
         c = cu.tolist()
-        return torch.cat([F.scaled_dot_product_attention(*(t[c[i]:c[i + 1]].transpose(0, 1) for t in (q, k, v)))
-                          .transpose(0, 1) for i in range(S)])
+        return torch.cat([F.scaled_dot_product_attention(
+            *(t[c[i]:c[i + 1]].transpose(0, 1) for t in (q, k, v)),
+            attn_mask=None if frames is None else keymask[i, :, :c[i + 1] - c[i], :c[i + 1] - c[i]]).transpose(0, 1)
+            for i in range(S)])
 
     ways = {}
-    if device.type == "cuda":
+    if device.type == "cuda" and frames is not None:
+        ways["ours [triton]"] = step(ours("triton"))
+        if ba.flex_ok():
+            ways["flex block mask (ours [cuda])"] = step(ours("cuda"))
+    elif device.type == "cuda":
         ways["ours [triton]"] = step(ours("triton"))
         if ba.flash_attn_varlen_func is not None:
             ways["flash_attn varlen"] = step(lambda: ba.flash_attn_varlen_func(q, k, v, cu, cu, L, L))
@@ -614,15 +647,19 @@ def bench_attention(device, name, lens, H, Dh, reps, emit):
                 lambda: ba.fmha.memory_efficient_attention(q[None], k[None], v[None], attn_bias=bias)[0])
     else:
         ways["ours [cpp]"] = step(ours("cpp"))
-    ways["SDPA padded + key mask"] = step(padded)
+    ways["SDPA padded + key mask" + (" + frame mask" if frames is not None else "")] = step(padded)
     ways["SDPA per-sequence loop"] = step(loop)
-    flops = 3.5 * sum(4 * n * n * H * Dh for n in lens)
+    pairs = (float(keymask.sum()) if frames is not None else sum(n * n for n in lens))   # pairs that attend
+    flops = 3.5 * 4 * pairs * H * Dh
     emit("block_attention", f"{name} H{H} Dh{Dh} {str(dtype).split('.')[-1]} ({T} tokens)",
          time_ways(ways, reps, device), flops=flops)
 
 
 # -- e2e --------------------------------------------------------------------------------------------------
-E2E_MODES = ("compat", "ragged", "compat+compile", "ragged+compile")
+E2E_MODES = ("compat", "ragged")
+# a mode's "+" suffixes: compile (model.compile_model), noflex (block-causal attention on our Triton kernel, not
+# FlexAttention), allrows (the predictor's last block on every row, not its target rows alone)
+E2E_EXTRAS = ("compile", "noflex", "allrows")
 
 
 def e2e_rows(device, budget, small, dry, batch=8, modes=("compat", "ragged"), profile=False, config=None):
@@ -658,9 +695,21 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
     """Median step time, tokens and MFU of one mask mode ("+compile": model.compile_model): a fresh model,
     AdamW, EMA, bf16 autocast on CUDA. With profile, one more step runs under torch.profiler: the share of
     the median step the device spends in kernels (1.0 = device bound; low = the host's per-op work)."""
+    from engine.models.predictor import Predictor
+    mask_mode, *extras = mode.split("+")
+    saved = Predictor.last_block_target_rows
+    Predictor.last_block_target_rows = "allrows" not in extras
+    try:
+        return _with_library("noflex" if "noflex" in extras else None, lambda: _e2e_step(
+            device, cfg_path, mode, batch, steps, load_config, build_jepa, build_mask_sampler, profile))
+    finally:
+        Predictor.last_block_target_rows = saved
+
+
+def _e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, build_mask_sampler, profile):
     import numpy as np
-    mask_mode, _, extra = mode.partition("+")
-    over = [f"data.batch_size={batch}", f"model.compile_model={str(extra == 'compile').lower()}"]
+    mask_mode, *extras = mode.split("+")
+    over = [f"data.batch_size={batch}", f"model.compile_model={str('compile' in extras).lower()}"]
     cfg = load_config(cfg_path, over)
     world = not cfg.uses_masks   # a world model (AC, H-JEPA, LeWM): whole frames, a trajectory batch
     if world:   # no pretrained encoder to read here: its random init runs the same kernels
@@ -731,8 +780,8 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
             busy = round(sum(e.device_time_total for e in kernels) / 1e6 / s, 3)
             print(f"  e2e {mode} batch {batch}: top device ops of one step")
             print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=60))
-    if world:   # no masks: the mode names only whether the blocks are compiled
-        return {"mode": "compile" if extra == "compile" else "eager", "status": "ok", "warmup_s": round(warm, 1), "s_per_step": round(s, 4), "device_busy": busy,
+    if world:   # no masks: the mode names the blocks' compiling and the attention kernel
+        return {"mode": "+".join(["compile" if "compile" in extras else "eager"] + [e for e in extras if e != "compile"]), "status": "ok", "warmup_s": round(warm, 1), "s_per_step": round(s, 4), "device_busy": busy,
                 "samples_per_s": round(batch / s, 1), "peak_mem_GB": round(torch.cuda.max_memory_allocated(device)
                                                                          / 1e9, 2) if device.type == "cuda" else ""}
     return {"status": "ok", "warmup_s": round(warm, 1), "s_per_step": round(s, 4), "device_busy": busy, "tokens_per_step": round(trained),
@@ -822,7 +871,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=8, help="isolated correctness cases run at once (default 8)")
     ap.add_argument("--e2e-batch", type=int, default=8, help="clips per e2e step (default 8)")
     ap.add_argument("--e2e-modes", default="compat,ragged",
-                    help=f"e2e rows, some of {','.join(E2E_MODES)} (+compile: model.compile_model)")
+                    help=f"e2e rows: {'/'.join(E2E_MODES)}, each with any of +compile (model.compile_model), "
+                         "+noflex (block-causal attention on our Triton kernel), +allrows (the predictor's last block "
+                         "on every row)")
     ap.add_argument("--e2e-config", default=None,
                     help="e2e: this config instead of configs/vjepa_vitl16.yaml; a world model (AC, H-JEPA, LeWM) "
                          "trains on random trajectories with its encoder's random init")
@@ -842,9 +893,10 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"--sections: unknown {bad}; expected some of {SECTIONS}")
     e2e_modes = [m.strip() for m in args.e2e_modes.split(",") if m.strip()]
-    bad = [m for m in e2e_modes if m not in E2E_MODES]
+    bad = [m for m in e2e_modes if m.split("+")[0] not in E2E_MODES or not set(m.split("+")[1:]) <= set(E2E_EXTRAS)]
     if bad:
-        ap.error(f"--e2e-modes: unknown {bad}; expected some of {E2E_MODES}")
+        ap.error(f"--e2e-modes: unknown {bad}; expected {'/'.join(E2E_MODES)}, each with any of "
+                 f"{', '.join('+' + e for e in E2E_EXTRAS)}")
     cuda = torch.cuda.is_available()
     if args.self_test:
         device, dry, small, prefix = torch.device("cpu"), False, True, "gpu_selftest_"
@@ -863,7 +915,7 @@ def main(argv=None) -> int:
     failures = 0
     isolate = args.isolate or (device.type == "cuda" and not dry)
     runners = {"correctness": lambda *a: run_correctness(*a, isolate=isolate, jobs=args.jobs, match=args.match),
-               "ops": op_rows, "e2e": lambda *a: e2e_rows(*a, batch=args.e2e_batch, modes=e2e_modes,
+               "ops": lambda *a: op_rows(*a, match=args.match), "e2e": lambda *a: e2e_rows(*a, batch=args.e2e_batch, modes=e2e_modes,
                                                       profile=args.e2e_profile, config=args.e2e_config), "decode": decode_rows}
     for sec in sections:
         t0 = time.perf_counter()

@@ -24,9 +24,11 @@ Backends (kernels/_registry.py: "auto" picks by device; kernels.use_backend / JE
   CUDA "cuda" (auto when it fits): FlashAttention-2 varlen for fp16/bf16, Dh % 8 == 0, Dh <= 256, no
        block_causal: flash_attn_varlen_func when flash_attn is installed, else the same kernel as torch
        ships it (aten._flash_attention_forward with cu_seqlens, sm80+); else xformers
-       memory_efficient_attention with a BlockDiagonalMask (no block_causal). Else "triton":
-       kernels/triton_attention.py (any dtype, head dim and mask). On an H200 (bench/results/gpu_ops.csv)
-       torch's flash kernel ran the V-JEPA mixes at 2.4-4.3x our Triton kernel's speed.
+       memory_efficient_attention with a BlockDiagonalMask (no block_causal). block_causal fp16/bf16 calls
+       with Dh 16/32/64/128: torch's FlexAttention with a block mask of the sequences and frames
+       (kernels/flex_attention.py). Else "triton": kernels/triton_attention.py (any dtype, head dim and
+       mask). On an H200 (bench/results/gpu_ops.csv) torch's flash kernel ran the V-JEPA mixes at 2.4-4.3x
+       our Triton kernel's speed.
   "torch": block_attention_ref below.
 max_seqlen_q/k smaller than the longest sequence is an error on every device (the host reads the
 lengths once per cu_seqlens tensor: one sync per packing off CPU, not one per layer).
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels import _ops, _registry
+from kernels import flex_attention as flex
 
 # The library kernels are resolved once, at import: torch.compile must not trace an import (without
 # flash_attn that import fails and breaks a fullgraph compile). Only torch builds with CUDA look.
@@ -161,12 +164,29 @@ def _flash_fits(dtype, head_dim: int) -> bool:
     return dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
 
 
+_flex: dict = {}   # "ok": whether torch's FlexAttention runs here (kernels/flex_attention.py); filled on first use
+
+
+def flex_ok() -> bool:
+    """torch's FlexAttention (2.5+) on a GPU of compute capability >= 8.0. Asked only for calls on CUDA
+    tensors, as torch_flash_ok."""
+    if "ok" not in _flex:
+        _flex["ok"] = bool(torch.cuda.is_available() and flex.available()
+                           and torch.cuda.get_device_capability() >= (8, 0))
+    return _flex["ok"]
+
+
+flex_ok._dynamo_marked_constant = True
+
+
 def _library(dtype, head_dim: int, causal: bool) -> str | None:
     """The library kernel that takes this call on CUDA, or None: FlashAttention varlen (fp16/bf16,
     Dh % 8 == 0, Dh <= 256) from flash_attn, else the same kernel as torch ships it, else xformers'
-    BlockDiagonalMask; none takes block_causal masks."""
+    BlockDiagonalMask; block_causal calls (fp16/bf16, Dh 16/32/64/128): torch's FlexAttention with a block
+    mask of the sequences and frames (kernels/flex_attention.py)."""
     if causal:
-        return None
+        fits = dtype in (torch.float16, torch.bfloat16) and head_dim in flex.HEAD_DIMS
+        return "flex" if fits and flex_ok() else None
     if _flash_fits(dtype, head_dim):
         if flash_attn_varlen_func is not None:
             return "flash_attn"
@@ -177,14 +197,20 @@ def _library(dtype, head_dim: int, causal: bool) -> str | None:
 
 def _library_fits(dtype, head_dim: int, causal: bool):
     if _library(dtype, head_dim, causal) is None:
+        if causal:
+            return f"FlexAttention (fp16/bf16, Dh 16/32/64/128, torch >= 2.5, sm80+) does not take {dtype}, Dh {head_dim}"
         return (f"neither FlashAttention (flash_attn or torch's own, fp16/bf16, Dh % 8 == 0, Dh <= 256, sm80+; "
                 f"flash_attn installed: {flash_attn_varlen_func is not None}) nor xformers (installed: "
-                f"{fmha is not None}) takes {dtype}, Dh {head_dim}, block_causal {'set' if causal else 'None'}")
+                f"{fmha is not None}) takes {dtype}, Dh {head_dim}")
     return None
 
 
 def _run_library(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):
     lib = _library(q.dtype, q.shape[-1], fq is not None)
+    if lib == "flex":
+        if q.shape[0] == 0 or k.shape[0] == 0:   # nothing to launch on; ours returns the defined zeros
+            return _run_op("triton")(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk)
+        return flex.flex_block_attention(q, k, v, cu_q, cu_k, scale, fq, fk)
     if lib == "flash_attn":
         return flash_attn_varlen_func(q, k, v, cu_q.int(), cu_k.int(), max_q, max_k, softmax_scale=scale,
                                       causal=False)

@@ -33,6 +33,9 @@ def query_row_padding(n_rows: int) -> int:
 
 
 class Predictor(PredictorTrunk):
+    # False runs the last block on every row, context rows included, as the reference does (for benchmarks)
+    last_block_target_rows = True
+
     def __init__(self, grid: tuple[int, int, int], embed_dim: int, predictor_embed_dim: int = 384,
                  depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  norm_eps: float = 1e-6, init_std: float = 0.02, is_video: bool = True,
@@ -108,7 +111,7 @@ class Predictor(PredictorTrunk):
         max_len = ctx.max_seqlen + tgt.max_seqlen
         x, ids, cu, max_len = pad_rows(x, ids, cu, max_len)
         tok = Tokens(ids, cu, max_len, self.rope.tables(ids) if self.rope is not None else None)
-        if cu.numel() == tgt.cu_seqlens.numel():
+        if self.last_block_target_rows and cu.numel() == tgt.cu_seqlens.numel():
             # Only the target rows are read, so the last block attends from them alone and skips the
             # context rows' projection and MLP (CPU bf16 pads its rows to a multiple and keeps all of
             # them). Their count is rounded up to QUERY_ROW_BUCKET with copies of one target row, extra
