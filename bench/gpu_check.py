@@ -298,7 +298,7 @@ def correctness_cases(device, small: bool):
             # the library kernels one at a time: flash_attn, torch's flash with flash_attn hidden, xformers with both hidden
             libs = ({"flash_attn": ba.flash_attn_varlen_func, "torch_flash": True if _with_library(
                 "torch_flash", ba.torch_flash_ok) else None, "xformers": ba.fmha,
-                "flex": True if ba.flex_ok() else None} if b == "cuda" else {None: True})
+                "flex": True if ba.flex_runs() else None} if b == "cuda" else {None: True})
             for lib, present in libs.items():
                 for name, D, causal in attn:
                     call = {"dtype": dt, "head_dim": D, "causal": causal}
@@ -319,16 +319,17 @@ def correctness_cases(device, small: bool):
 
 def _with_library(lib, fn):
     """Run fn with `lib` first among block attention's library kernels: the ones before it are hidden
-    (torch_flash: flash_attn hidden; xformers: both). flex takes only block-causal calls, which no other
-    library kernel takes; "noflex" hides it (those calls then run our Triton kernel)."""
+    (torch_flash: flash_attn hidden; xformers: both). flex (FlexAttention, opt-in outside this script:
+    JEPA_FLEX_ATTENTION=1) takes only block-causal calls, which no other library kernel takes; "noflex"
+    hides it (those calls then run our Triton kernel)."""
     ba = sys.modules["kernels.block_attention"]
     saved = ba.flash_attn_varlen_func, dict(ba._torch_flash), dict(ba._flex)
     if lib in ("torch_flash", "xformers"):
         ba.flash_attn_varlen_func = None
     if lib == "xformers":
         ba._torch_flash["ok"] = False
-    if lib == "noflex":
-        ba._flex["ok"] = False
+    if lib in ("flex", "noflex"):
+        ba._flex["ok"] = lib == "flex" and ba.flex_runs()
     try:
         return fn()
     finally:
@@ -632,8 +633,8 @@ def bench_attention(device, name, lens, H, Dh, reps, emit, frame_len=None):
     ways = {}
     if device.type == "cuda" and frames is not None:
         ways["ours [triton]"] = step(ours("triton"))
-        if ba.flex_ok():
-            ways["flex block mask (ours [cuda])"] = step(ours("cuda"))
+        if ba.flex_runs():
+            ways["flex block mask (ours [cuda])"] = step(ours("cuda", "flex"))
     elif device.type == "cuda":
         ways["ours [triton]"] = step(ours("triton"))
         if ba.flash_attn_varlen_func is not None:
@@ -657,9 +658,9 @@ def bench_attention(device, name, lens, H, Dh, reps, emit, frame_len=None):
 
 # -- e2e --------------------------------------------------------------------------------------------------
 E2E_MODES = ("compat", "ragged")
-# a mode's "+" suffixes: compile (model.compile_model), noflex (block-causal attention on our Triton kernel, not
-# FlexAttention), allrows (the predictor's last block on every row, not its target rows alone)
-E2E_EXTRAS = ("compile", "noflex", "allrows")
+# a mode's "+" suffixes: compile (model.compile_model), flex (block-causal attention on FlexAttention, not our
+# Triton kernel), allrows (the predictor's last block on every row, not its target rows alone)
+E2E_EXTRAS = ("compile", "flex", "allrows")
 
 
 def e2e_rows(device, budget, small, dry, batch=8, modes=("compat", "ragged"), profile=False, config=None):
@@ -700,7 +701,7 @@ def e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, buil
     saved = Predictor.last_block_target_rows
     Predictor.last_block_target_rows = "allrows" not in extras
     try:
-        return _with_library("noflex" if "noflex" in extras else None, lambda: _e2e_step(
+        return _with_library("flex" if "flex" in extras else "noflex", lambda: _e2e_step(
             device, cfg_path, mode, batch, steps, load_config, build_jepa, build_mask_sampler, profile))
     finally:
         Predictor.last_block_target_rows = saved
@@ -872,7 +873,7 @@ def main(argv=None) -> int:
     ap.add_argument("--e2e-batch", type=int, default=8, help="clips per e2e step (default 8)")
     ap.add_argument("--e2e-modes", default="compat,ragged",
                     help=f"e2e rows: {'/'.join(E2E_MODES)}, each with any of +compile (model.compile_model), "
-                         "+noflex (block-causal attention on our Triton kernel), +allrows (the predictor's last block "
+                         "+flex (block-causal attention on FlexAttention), +allrows (the predictor's last block "
                          "on every row)")
     ap.add_argument("--e2e-config", default=None,
                     help="e2e: this config instead of configs/vjepa_vitl16.yaml; a world model (AC, H-JEPA, LeWM) "

@@ -26,7 +26,7 @@ Backends (kernels/_registry.py: "auto" picks by device; kernels.use_backend / JE
        ships it (aten._flash_attention_forward with cu_seqlens, sm80+); else xformers
        memory_efficient_attention with a BlockDiagonalMask (no block_causal). block_causal fp16/bf16 calls
        with Dh 16/32/64/128: torch's FlexAttention with a block mask of the sequences and frames
-       (kernels/flex_attention.py). Else "triton": kernels/triton_attention.py (any dtype, head dim and
+       (kernels/flex_attention.py), with JEPA_FLEX_ATTENTION=1 (opt-in: not yet run on a GPU). Else "triton": kernels/triton_attention.py (any dtype, head dim and
        mask). On an H200 (bench/results/gpu_ops.csv) torch's flash kernel ran the V-JEPA mixes at 2.4-4.3x
        our Triton kernel's speed.
   "torch": block_attention_ref below.
@@ -38,6 +38,7 @@ autocast dtype (as SDPA is); outside it, mixed dtypes are promoted.
 """
 from __future__ import annotations
 
+import os
 import weakref
 
 import torch
@@ -164,15 +165,20 @@ def _flash_fits(dtype, head_dim: int) -> bool:
     return dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
 
 
-_flex: dict = {}   # "ok": whether torch's FlexAttention runs here (kernels/flex_attention.py); filled on first use
+_flex: dict = {}   # "ok": whether block-causal calls take FlexAttention (kernels/flex_attention.py); filled on first use
+
+
+def flex_runs() -> bool:
+    """torch's FlexAttention (2.5+) on a GPU of compute capability >= 8.0."""
+    return bool(torch.cuda.is_available() and flex.available() and torch.cuda.get_device_capability() >= (8, 0))
 
 
 def flex_ok() -> bool:
-    """torch's FlexAttention (2.5+) on a GPU of compute capability >= 8.0. Asked only for calls on CUDA
-    tensors, as torch_flash_ok."""
+    """Whether block-causal calls on CUDA take FlexAttention: where it runs and JEPA_FLEX_ATTENTION=1. Opt-in
+    until bench/gpu_check.py's `[flex]` cases and timings have run on a GPU; our Triton kernel otherwise.
+    Asked only for calls on CUDA tensors, as torch_flash_ok."""
     if "ok" not in _flex:
-        _flex["ok"] = bool(torch.cuda.is_available() and flex.available()
-                           and torch.cuda.get_device_capability() >= (8, 0))
+        _flex["ok"] = os.environ.get("JEPA_FLEX_ATTENTION", "0") == "1" and flex_runs()
     return _flex["ok"]
 
 

@@ -110,3 +110,14 @@ def test_cuda_backend_takes_block_causal_calls_through_flex(monkeypatch):
         assert "FlexAttention" in ba._library_fits(dtype, dh, True)
     monkeypatch.setitem(ba._flex, "ok", False)
     assert ba._library(torch.bfloat16, 64, True) is None
+
+
+def test_flex_is_opt_in_until_run_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(ba, "flex_runs", lambda: True)
+    for env, want in ((None, False), ("0", False), ("1", True)):
+        if env is None:
+            monkeypatch.delenv("JEPA_FLEX_ATTENTION", raising=False)
+        else:
+            monkeypatch.setenv("JEPA_FLEX_ATTENTION", env)
+        monkeypatch.setattr(ba, "_flex", {})
+        assert ba.flex_ok() is want
