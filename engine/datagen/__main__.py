@@ -216,7 +216,7 @@ def main(argv=None):
         from engine.builders import build_latent_cache
         from engine.config import ConfigError, load_config
         from engine.data.latents import LatentCacheError
-        from engine.runtime.launch import LaunchError, init_distributed, launched_by_launcher
+        from engine.runtime.launch import LaunchError, close_distributed, init_distributed, launched_by_launcher
 
         try:
             rank, device = 0, args.device
@@ -229,6 +229,8 @@ def main(argv=None):
         except (ConfigError, LatentCacheError, LaunchError) as e:
             print(f"{'config error' if isinstance(e, ConfigError) else 'error'}: {e}", file=sys.stderr)
             raise SystemExit(2)
+        finally:
+            close_distributed()
         if rank == 0:
             print(json.dumps(summary))
     elif args.cmd == "prepare":

@@ -80,10 +80,17 @@ def write_latent_cache(dataset, encode: Callable[[torch.Tensor], torch.Tensor], 
     t0 = time.perf_counter()
     paths = list(dict.fromkeys(dataset.paths))   # a video listed twice is cached once
     tmp = Path(from_rank0(str(output.parent / f".{output.name}.{secrets.token_hex(4)}.tmp")))
+    made = None
     if rank == 0:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        os.mkdir(tmp)   # the umask's mode, as any folder the user makes
-    barrier()
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(tmp)   # the umask's mode, as any folder the user makes
+        except OSError as e:   # said to every rank (the broadcast is the barrier), or they wait for rank 0
+            made = f"{type(e).__name__}: {e}"
+    made = from_rank0(made)
+    if made is not None:
+        raise LatentCacheError(f"{output}: cannot make the cache's folder beside it ({made}); pass an --output "
+                               f"in a folder every rank can write")
     failure = None
     try:
         try:
@@ -172,9 +179,17 @@ def _exchange(tmp: Path, part: dict, rank: int, size: int) -> list[dict]:
     """Every rank's part, on every rank: through the shared folder, as the latents themselves."""
     if size == 1:
         return [part]
-    atomic_write_text(tmp / f"part-{rank:05d}.json", json.dumps(part))
+    try:
+        atomic_write_text(tmp / f"part-{rank:05d}.json", json.dumps(part))
+    except OSError:   # the readers below find it missing and name this rank; raising here would leave them waiting
+        pass
     barrier()
-    parts = [json.loads((tmp / f"part-{r:05d}.json").read_text()) for r in range(size)]
+    parts = []
+    for r in range(size):
+        try:
+            parts.append(json.loads((tmp / f"part-{r:05d}.json").read_text()))
+        except (OSError, ValueError) as e:   # each rank sees the same files: all fail alike
+            parts.append({"error": f"its list of what it wrote is not readable in {tmp} ({type(e).__name__}: {e})"})
     barrier()   # every rank has read them before rank 0 may remove the folder
     return parts
 

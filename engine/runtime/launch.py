@@ -140,7 +140,17 @@ def _run_local_entry(rank, world_size, port, fn, args, out_dir, threads):
     except BaseException:
         traceback.print_exc()
         raise
+    finally:
+        close_distributed()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def close_distributed() -> None:
+    """Leave the process group, if this process is in one (at the end of a command that joined it): its
+    threads end before the interpreter's teardown, which can otherwise abort a rank that has done its work."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run_local(fn, world_size: int = 2, args=(), timeout_s: float = 300, threads: int = 1) -> list:

@@ -299,6 +299,31 @@ def test_a_rank_that_fails_fails_every_rank_naming_it_and_leaves_nothing(lattice
     assert list(tmp_path.iterdir()) == []
 
 
+def _write_where_rank0_cannot(rank, csv_path, out):
+    from engine.builders import build_dataset
+    from engine.datagen.latents import write_latent_cache
+    from engine.runtime.launch import init_distributed
+    init_distributed()
+    dataset = build_dataset(load_config(CONFIG, overrides(csv_path)), train=True, frames=True)
+    try:
+        write_latent_cache(dataset, lambda u8: torch.zeros(u8.shape[1], 4, 8), {}, out)
+    except Exception as e:  # noqa: BLE001 -- the test reads what each rank raised
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def test_a_folder_rank0_cannot_make_fails_every_rank_at_once(lattice, tmp_path):
+    """Rank 0 makes the shared temporary folder before any rank writes: its failure reaches the others
+    (which would otherwise wait for it until the process group's timeout)."""
+    from engine.runtime.launch import run_local
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "a_file" / "lat"
+    results = run_local(_write_where_rank0_cannot, world_size=2, args=(lattice["csv"], out), timeout_s=180)
+    for r in results:
+        assert r.startswith(f"LatentCacheError: {out}: cannot make the cache's folder beside it (") and "--output" in r
+    assert results[0] == results[1]
+
+
 def test_a_version_one_cache_reads_and_strided_clips_read_frame_by_frame(cache, tmp_path):
     """A cache written before the index listed its files (version 1: one latents.bin) reads as it did; a
     clip that skips more frames than it reads takes them one by one, the same latents as a span read."""
