@@ -275,6 +275,7 @@ class LoggingConfig:
 
 # The planner's energies (engine.planning.cem.ENERGIES implements each) and the rollout steps they score
 PLANNING_ENERGIES = ("l1", "l2", "cosine", "pooled_l1")
+PLANNING_TASKS = ("reach", "push")
 PLANNING_ENERGY_STEPS = ("last", "sum")
 # The H-JEPA planner's top level (engine.planning.hierarchical: cem; engine.planning.latent_graph: graph)
 TOP_PLANNERS = ("cem", "graph")
@@ -292,8 +293,10 @@ class PlanningConfig:
     momentum_mean: float = 0.15       # new = (1 - m) * top-k statistic + m * old
     momentum_std: float = 0.15
     maxnorm: float = 0.05             # actions are clipped to [-maxnorm, maxnorm] per axis
+    task: str = "reach"               # ours: the arm task engine.plan scores: reach (the end effector to a goal
+                                      # pose) or push (the cube to a goal spot: engine/planning/push.py)
     max_steps: int = 30               # the task's step budget per episode
-    tolerance: float = 0.05           # success: end effector within this distance (m) of the goal
+    tolerance: float = 0.05           # success: end effector (push: the cube) within this distance (m) of the goal
     goal_seed: int = 1000             # episodes' scenes and goals come from (goal_seed, episode)
     # ours: the energy CEM minimises between predicted and goal latents, and which predicted steps it scores
     energy: str = "l1"                # l1 (the reference's), l2, cosine, pooled_l1 (PLANNING_ENERGIES)
@@ -765,6 +768,10 @@ def _validate_model(cfg: Config) -> None:
     if cfg.is_hierarchical and pl.energy_steps != "last":
         raise ConfigError(f"planning.energy_steps: {pl.energy_steps!r} is for the flat planner; the hierarchical one "
                           f"scores the level-2 window its actions end in, the last step only")
+    if pl.task not in PLANNING_TASKS:
+        raise ConfigError(f"planning.task: unknown {pl.task!r}; expected one of {list(PLANNING_TASKS)}")
+    if cfg.is_hierarchical and pl.task != "reach":
+        raise ConfigError(f"planning.task: {pl.task!r} is an arm task; the hierarchical planner is scored on the maze")
     if cfg.is_hierarchical and pl.views != 1:
         raise ConfigError(f"planning.views: {pl.views}, but the maze task has one camera (from above); views is for "
                           f"the arm reach task")

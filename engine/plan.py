@@ -1,5 +1,5 @@
-"""Closed-loop planning with a trained action-conditioned world model on the pybullet reach task, or with
-an H-JEPA on the two-room maze (--hierarchical).
+"""Closed-loop planning with a trained action-conditioned world model on the pybullet reach task (or the
+push task: planning.task push), or with an H-JEPA on the two-room maze (--hierarchical).
 
     python -m engine.plan --config configs/ac_arm_tiny_cpu.yaml --checkpoint runs/ac_arm [runs/ac_arm_s1 ...]
         --episodes 20 [--set planning.samples=200 ...] [--baselines random zero oracle] [--csv results.csv]
@@ -10,7 +10,9 @@ Per episode (engine.planning.reach: held-out scenes and goals from planning.goal
 image, then MPC: encode the current frame, plan with CEM towards the goal image's latent (engine.planning.cem,
 the `planning` section), execute the first action, repeat until the end effector is within
 planning.tolerance of the goal or planning.max_steps actions are spent. The same episodes are run with
-the baselines (random actions, zero actions, and the oracle that knows the goal position). Prints one
+the baselines (random actions, zero actions, and the oracle that knows the goal position). planning.task push
+(engine.planning.push): the goal image shows the cube pushed 10 cm, success is the cube within
+planning.tolerance of that spot, the oracle pushes it there. Prints one
 row per controller: success rate, mean final distance (m), seconds per action. planning.views 2: the
 task films with two cameras and CEM minimises the mean of both views' energies (engine.planning.ensemble).
 
@@ -96,7 +98,7 @@ def report(rows: list[dict], args, pc, extra=()) -> None:
         settings = {"checkpoint": " + ".join(map(str, args.checkpoint)), "first_episode": args.first_episode,
                     "samples": pc.samples, "horizon": pc.horizon, "iterations": pc.iterations,
                     "energy": pc.energy, "energy_steps": pc.energy_steps, "tolerance": pc.tolerance,
-                    "max_steps": pc.max_steps, "views": pc.views}
+                    "max_steps": pc.max_steps, "views": pc.views, "task": "maze" if args.hierarchical else pc.task}
         if args.hierarchical:
             settings["top_planner"] = pc.top_planner
         append_csv_rows(args.csv, [{**settings, **r} for r in rows])
@@ -143,16 +145,17 @@ def main(argv=None) -> list[dict]:
     if args.hierarchical:
         args.views = 1   # the config refuses planning.views for the maze
         return main_hierarchical(args, cfg)
-    from engine.planning.reach import ReachTask, random_controller, oracle_controller, zero_controller
+    from engine.planning.push import PushTask
+    from engine.planning.reach import ReachTask, random_controller, zero_controller
     pc = cfg.planning
     args.views = pc.views
     wm, train_cfg = world_model(args)
-    task = ReachTask(size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed,
-                     views=pc.views)
+    task = {"reach": ReachTask, "push": PushTask}[pc.task](
+        size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed, views=pc.views)
     controllers = {"cem": planner(wm, pc, cfg.meta.seed, train_cfg.data.camera_frame)}
     rng = np.random.default_rng(cfg.meta.seed)
     controllers.update({"random": random_controller(rng, pc.maxnorm), "zero": zero_controller,
-                        "oracle": oracle_controller})
+                        "oracle": lambda frame, state, ep, arm: task.oracle(ep)})
     names = ["cem"] + [b for b in BASELINES if b in args.baselines]
 
     def line(i, ep, last):
@@ -161,7 +164,7 @@ def main(argv=None) -> list[dict]:
                 f"{r.final_distance:.3f} m (start {np.linalg.norm(ep.start_pos - ep.goal_pos):.3f} m)")
     results = run_episodes(task, controllers, names, args, line)
     rows = [summarize(n, results[n]) for n in names]
-    print(f"\nreach, {args.episodes} episodes, tolerance {pc.tolerance} m, budget {pc.max_steps} actions; CEM "
+    print(f"\n{pc.task}, {args.episodes} episodes, tolerance {pc.tolerance} m, budget {pc.max_steps} actions; CEM "
           f"{pc.samples} samples x horizon {pc.horizon} x {pc.iterations} iterations")
     report(rows, args, pc)
     return rows

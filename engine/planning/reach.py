@@ -70,13 +70,24 @@ class ReachTask:
     def _reset(self, i: int):
         self.arm.reset(np.random.default_rng([self.seed, i, 0]))
 
+    def tracked(self) -> np.ndarray:
+        """The position a goal is about: the end effector's."""
+        return self.arm.ee()[0]
+
+    def oracle_step(self, goal: np.ndarray) -> np.ndarray:
+        """The privileged controller's action towards `goal` (it knows the goal position)."""
+        return oracle_action(self.arm.target, goal)
+
+    def distance_to(self, goal: np.ndarray) -> float:
+        return float(np.linalg.norm(self.tracked() - goal))
+
     def drive_to(self, goal: np.ndarray, steps: int = ORACLE_STEPS) -> float:
-        """Oracle-drive to `goal`; the distance left."""
+        """Oracle-drive the tracked position to `goal`; the distance left."""
         for _ in range(steps):
-            if np.linalg.norm(self.arm.ee()[0] - goal) < self.tolerance / 4:
+            if self.distance_to(goal) < self.tolerance / 4:
                 break
-            self.arm.act(oracle_action(self.arm.target, goal), self.substeps)
-        return float(np.linalg.norm(self.arm.ee()[0] - goal))
+            self.arm.act(self.oracle_step(goal), self.substeps)
+        return self.distance_to(goal)
 
     def episode(self, i: int, goal_pos=None) -> Episode:
         """Scene i with a drawn goal (redrawn while the oracle cannot reach it), or with `goal_pos` (xyz, m)."""
@@ -99,23 +110,30 @@ class ReachTask:
                 continue
         raise UnreachableGoal(f"episode {i}: none of {GOAL_DRAWS} drawn goals was reachable")
 
-    def _episode_to(self, i: int, goal: np.ndarray) -> Episode:
+    def _episode_to(self, i: int, goal: np.ndarray, steps: int = ORACLE_STEPS) -> Episode:
         self._reset(i)
-        start = self.arm.ee()[0].copy()
-        left = self.drive_to(goal)
+        start = self.tracked().copy()
+        left = self.drive_to(goal, steps)
         if left > self.tolerance / 2:
             raise UnreachableGoal(f"goal {np.round(goal, 3).tolist()} of episode {i} is not reachable: the oracle "
-                                  f"controller ended {left:.3f} m away after {ORACLE_STEPS} steps")
-        reached = self.arm.ee()[0].copy()     # the pose the goal image shows
+                                  f"controller ended {left:.3f} m away after {steps} steps")
+        reached = self.tracked().copy()     # where the goal image shows it
         image = self.arm.render(self.size)
         self._reset(i)
         return Episode(i, reached, image, start)
+
+    def distance(self, ep: Episode) -> float:
+        """What success is judged by: the tracked position's distance (m) to the goal."""
+        return self.distance_to(ep.goal_pos)
+
+    def oracle(self, ep: Episode) -> np.ndarray:
+        return self.oracle_step(ep.goal_pos)
 
     def run(self, ep: Episode, controller) -> Result:
         """Closed loop from episode ep's start: observe, act, until success or max_steps."""
         self._reset(ep.index)
         dists, spent = [], 0.0
-        d = float(np.linalg.norm(self.arm.ee()[0] - ep.goal_pos))
+        d = self.distance(ep)
         steps = 0
         while d > self.tolerance and steps < self.max_steps:
             frame, state = self.arm.render(self.size), self.arm.state()
@@ -124,7 +142,7 @@ class ReachTask:
             spent += time.perf_counter() - t0
             self.arm.act(np.clip(a, -MAX_STEP, MAX_STEP), self.substeps)
             steps += 1
-            d = float(np.linalg.norm(self.arm.ee()[0] - ep.goal_pos))
+            d = self.distance(ep)
             dists.append(d)
         return Result(d <= self.tolerance, steps, d, min(dists or [d]), spent / max(steps, 1), dists)
 
@@ -149,7 +167,3 @@ def zero_controller(frame, state, ep, arm):
 
 def random_controller(rng: np.random.Generator, maxnorm: float):
     return lambda frame, state, ep, arm: rng.uniform(-maxnorm, maxnorm, 3)
-
-
-def oracle_controller(frame, state, ep, arm):
-    return oracle_action(arm.target, ep.goal_pos)

@@ -86,6 +86,10 @@ def test_unknown_energy_options_are_refused_by_name():
         load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.views=0"])
     with pytest.raises(ConfigError, match="planning.views: 2, but the maze task has one camera"):
         load_config("configs/hjepa_tiny_cpu.yaml", ["planning.views=2"])
+    with pytest.raises(ConfigError, match="planning.task: unknown 'stack'; expected one of"):
+        load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.task=stack"])
+    with pytest.raises(ConfigError, match="planning.task: 'push' is an arm task"):
+        load_config("configs/hjepa_tiny_cpu.yaml", ["planning.task=push"])
     for config in ("configs/hjepa_tiny_cpu.yaml", "configs/tiny_cpu.yaml"):
         with pytest.raises(ConfigError, match="data.camera_frame"):
             load_config(config, ["data.camera_frame=true"])
@@ -322,4 +326,38 @@ def test_plan_cli_runs_closed_loop(tmp_path):
     with pytest.raises(SystemExit):   # one world frame, one camera frame: refused, one line
         plan_main(["--config", "configs/ac_arm_tiny_cpu.yaml", "--checkpoint", str(tmp_path / "run"),
                    str(tmp_path / "cam"), "--episodes", "1", "--baselines"])
+    # the push task: the same planner, scored by the cube's distance to its goal; the CSV names the task
+    push = plan_main(["--config", "configs/ac_arm_tiny_cpu.yaml", "--checkpoint", str(tmp_path / "run"),
+                      "--episodes", "1", "--csv", str(tmp_path / "plan.csv"), "--baselines", "zero", "--set",
+                      "planning.task=push", "--set", "planning.samples=8", "--set", "planning.topk=2", "--set",
+                      "planning.iterations=1", "--set", "planning.max_steps=2"])
+    by = {r["controller"]: r for r in push}
+    assert set(by) == {"cem", "zero"} and by["cem"]["steps"] == 2
+    assert by["zero"]["final_distance_m"] == pytest.approx(0.10, abs=0.015)   # the cube stays where it was
+    lines = (tmp_path / "plan.csv").read_text().splitlines()
+    assert dict(zip(lines[0].split(","), lines[-1].split(",")))["task"] == "push"
+
+
+def test_push_oracle_brings_the_cube_to_its_goal_and_the_arm_alone_does_not_count():
+    pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
+    from engine.planning.push import PUSH_DISTANCE, PushTask
+    from engine.planning.reach import UnreachableGoal, oracle_action
+    task = PushTask(size=32, tolerance=0.04, max_steps=40)
+    try:
+        ep = task.episode(3)
+        assert np.linalg.norm(ep.goal_pos[:2] - ep.start_pos[:2]) == pytest.approx(PUSH_DISTANCE, abs=0.02)
+        assert ep.goal_image.shape == (32, 32, 3)
+        oracle = task.run(ep, lambda frame, state, e, arm: task.oracle(e))
+        assert oracle.success and oracle.final_distance <= 0.04
+        zero = task.run(ep, lambda frame, state, e, arm: np.zeros(3))
+        assert not zero.success and zero.final_distance == pytest.approx(np.linalg.norm(ep.goal_pos[:2] - ep.start_pos[:2]),
+                                                                         abs=1e-3)
+        # the end effector taken high above the cube's goal leaves the cube where it was
+        above = ep.goal_pos + [0, 0, 0.25]
+        hover = task.run(ep, lambda frame, state, e, arm: oracle_action(arm.target, above))
+        assert np.linalg.norm(task.arm.ee()[0] - above) < 0.05 and not hover.success
+        with pytest.raises(UnreachableGoal, match="outside the cube's area"):
+            task.episode(0, goal_pos=[0.9, 0.0])
+    finally:
+        task.close()
 
