@@ -121,3 +121,18 @@ def test_flex_is_opt_in_until_run_on_a_gpu(monkeypatch):
             monkeypatch.setenv("JEPA_FLEX_ATTENTION", env)
         monkeypatch.setattr(ba, "_flex", {})
         assert ba.flex_ok() is want
+
+
+def test_a_new_packing_of_the_same_length_does_not_recompile():
+    """Every step brings a new block mask (new sequence and frame tensors, a new mask function): the compiled
+    kernel must take it as input, not trace again."""
+    from torch._dynamo.testing import CompileCounter
+    counter = CompileCounter()
+    fn = torch.compile(fx._lib["flex_attention"], backend=counter, dynamic=False)
+    g = torch.Generator().manual_seed(3)
+    for lens, per in (([100, 156], 10), ([120, 136], 7), ([50, 206], 3)):
+        cu, _, f, _ = _packing(lens, frames_per=per)
+        q, k, v = (torch.randn(1, 2, 256, 16, generator=g) for _ in range(3))
+        with torch.no_grad():
+            fn(q, k, v, block_mask=fx.block_mask(cu, cu, f, f, 256, 256))
+    assert counter.frame_count == 1
