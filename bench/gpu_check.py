@@ -12,7 +12,8 @@ bench/results/gpu_*.csv; exit status 1 when any correctness case fails.
 
 Sections, in this order (each starts no new case once the time budget is spent; those rows say so):
   correctness  gpu_correctness.csv: every device backend of every op (kernels/_registry.py: triton and
-               cuda; block attention's cuda = flash_attn, torch's own flash kernel, xformers, each alone) in
+               cuda; block attention's cuda = flash_attn, torch's own flash kernel, xformers, each alone, and
+               FlexAttention for block-causal calls) in
                fp32/fp16/bf16 against fp64 references, gradients included, block_causal on and off, odd
                lengths and head dims. Rule (FlashAttention's): error <= 2x (outputs) / 3x (grads) the
                error of the same-dtype torch reference, plus a rounding floor that scales with the
@@ -22,13 +23,15 @@ Sections, in this order (each starts no new case once the time budget is spent; 
                --e2e-batch): tokens/s, MFU (model FLOPs 6 x encoder params x context tokens + 6 x predictor
                params x context+target tokens + 2 x encoder params x all tokens for the target pass,
                attention excluded, over the device's dense bf16 peak), peak memory, ragged against compat.
-               --e2e-modes picks rows (compat / ragged, "+compile": model.compile_model), --e2e-profile
+               --e2e-modes picks rows (compat / ragged, "+compile": model.compile_model, "+flex": block-causal
+               attention on FlexAttention, "+allrows": the predictor's last block on every row), --e2e-profile
                adds the share of the step the device is busy and its top kernels, --e2e-config runs
                another config's step (a world model on random trajectories: time and memory).
   ops          gpu_ops.csv: EMA, gather and RoPE (q and k, fwd+bwd) in GB/s and % of a device-to-device
                copy_ of the same bytes measured in this run; block attention fwd+bwd TFLOP/s counting real
                tokens only, ours (Triton, autotuned) beside flash_attn varlen, torch's flash varlen, xformers
-               and SDPA (padded, and per-sequence loop) on V-JEPA length mixes. Methods alternate round by
+               and SDPA (padded, and per-sequence loop) on V-JEPA length mixes, and beside FlexAttention and
+               SDPA with the dense frame mask on the world models' block-causal mixes. Methods alternate round by
                round; medians of CUDA-event times.
   decode       gpu_decode.csv: DALI NVDEC (fn.readers.video on the GPU) against PyAV, clips/s, on H.264
                files written at the start.
