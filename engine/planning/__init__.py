@@ -6,7 +6,7 @@
 
 cem: the CEM planner and the world-model wrapper; world_model: trained runs loaded (several: an ensemble,
 engine.planning.ensemble, the mean of their energies); reach: the pybullet reach task, its baselines and
-oracle. `python -m engine.plan` runs them closed loop.
+oracle; push: the cube-pushing task on the same scenes. `python -m engine.plan` runs them closed loop.
 """
 from engine.planning.cem import LatentWorldModel, cem_plan, energy
 from engine.planning.ensemble import EnsembleWorldModel
