@@ -295,6 +295,9 @@ class PlanningConfig:
     maxnorm: float = 0.05             # actions are clipped to [-maxnorm, maxnorm] per axis
     task: str = "reach"               # ours: the arm task engine.plan scores: reach (the end effector to a goal
                                       # pose) or push (the cube to a goal spot: engine/planning/push.py)
+    subgoals: int = 1                 # ours: the arm tasks give subgoals - 1 images of the oracle's way there too
+                                      # (evenly spaced in time); CEM aims at each for max_steps // subgoals
+                                      # actions, then at the goal (V-JEPA 2-AC's subgoal images)
     max_steps: int = 30               # the task's step budget per episode
     tolerance: float = 0.05           # success: end effector (push: the cube) within this distance (m) of the goal
     goal_seed: int = 1000             # episodes' scenes and goals come from (goal_seed, episode)
@@ -770,6 +773,11 @@ def _validate_model(cfg: Config) -> None:
                           f"scores the level-2 window its actions end in, the last step only")
     if pl.task not in PLANNING_TASKS:
         raise ConfigError(f"planning.task: unknown {pl.task!r}; expected one of {list(PLANNING_TASKS)}")
+    if not 1 <= pl.subgoals <= pl.max_steps:
+        raise ConfigError(f"planning.subgoals: must lie in 1..planning.max_steps ({pl.max_steps}), got {pl.subgoals}")
+    if cfg.is_hierarchical and pl.subgoals != 1:
+        raise ConfigError(f"planning.subgoals: {pl.subgoals}, but the maze's planner makes its own subgoals (the top "
+                          f"level's); subgoal images are for the arm tasks")
     if cfg.is_hierarchical and pl.task != "reach":
         raise ConfigError(f"planning.task: {pl.task!r} is an arm task; the hierarchical planner is scored on the maze")
     if cfg.is_hierarchical and pl.views != 1:

@@ -69,19 +69,26 @@ def summarize(name: str, results) -> dict:
 
 def planner(world_model, pc, seed: int, camera_frame: bool = False):
     """The MPC controller: CEM towards the episode's goal image latent, first action executed. camera_frame:
-    the model was trained on actions and states in its camera's frame: the rollouts get them so, per view."""
+    the model was trained on actions and states in its camera's frame: the rollouts get them so, per view.
+    With an episode's subgoal images (planning.subgoals > 1) it aims at each in turn for
+    planning.max_steps // planning.subgoals actions, then at the goal, as V-JEPA 2-AC's multi-stage tasks."""
     from engine.planning.cem import cem_plan
     from engine.planning.reach import camera_frames
     gen = torch.Generator().manual_seed(seed)
-    goals = {}
+    goals, spent = {}, {}
+    per_subgoal = max(1, pc.max_steps // max(1, pc.subgoals))
 
     def act(frame, state, ep, arm):
         if ep.index not in goals:
-            goals[ep.index] = world_model.encode_frame(ep.goal_image, "goal image")
+            goals[ep.index] = ([world_model.encode_frame(im, "subgoal image") for im in ep.subgoal_images]
+                               + [world_model.encode_frame(ep.goal_image, "goal image")])
+            spent[ep.index] = 0
             if camera_frame:
                 world_model.frames = camera_frames(arm)
+        aim = goals[ep.index][min(spent[ep.index] // per_subgoal, len(goals[ep.index]) - 1)]
+        spent[ep.index] += 1
         z0 = world_model.encode_frame(frame)
-        actions_HA, _ = cem_plan(world_model, z0, state, goals[ep.index], pc, gen)
+        actions_HA, _ = cem_plan(world_model, z0, state, aim, pc, gen)
         return actions_HA[0].numpy()
     return act
 
@@ -98,7 +105,8 @@ def report(rows: list[dict], args, pc, extra=()) -> None:
         settings = {"checkpoint": " + ".join(map(str, args.checkpoint)), "first_episode": args.first_episode,
                     "samples": pc.samples, "horizon": pc.horizon, "iterations": pc.iterations,
                     "energy": pc.energy, "energy_steps": pc.energy_steps, "tolerance": pc.tolerance,
-                    "max_steps": pc.max_steps, "views": pc.views, "task": "maze" if args.hierarchical else pc.task}
+                    "max_steps": pc.max_steps, "views": pc.views, "task": "maze" if args.hierarchical else pc.task,
+                    "subgoals": pc.subgoals}
         if args.hierarchical:
             settings["top_planner"] = pc.top_planner
         append_csv_rows(args.csv, [{**settings, **r} for r in rows])
@@ -151,7 +159,8 @@ def main(argv=None) -> list[dict]:
     args.views = pc.views
     wm, train_cfg = world_model(args)
     task = {"reach": ReachTask, "push": PushTask}[pc.task](
-        size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed, views=pc.views)
+        size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed, views=pc.views,
+        subgoals=pc.subgoals)
     controllers = {"cem": planner(wm, pc, cfg.meta.seed, train_cfg.data.camera_frame)}
     rng = np.random.default_rng(cfg.meta.seed)
     controllers.update({"random": random_controller(rng, pc.maxnorm), "zero": zero_controller,

@@ -53,8 +53,8 @@ def push_action(target: np.ndarray, cube: np.ndarray, goal: np.ndarray) -> np.nd
 
 class PushTask(ReachTask):
     def __init__(self, size: int = 64, fps: int = 10, tolerance: float = 0.04, max_steps: int = 60, seed: int = 1000,
-                 views: int = 1):
-        super().__init__(size, fps, tolerance, max_steps, seed, views)
+                 views: int = 1, subgoals: int = 1):
+        super().__init__(size, fps, tolerance, max_steps, seed, views, subgoals)
 
     def tracked(self) -> np.ndarray:
         """The position a goal is about: the cube's."""

@@ -40,6 +40,7 @@ class Episode:
     goal_pos: np.ndarray
     goal_image: np.ndarray
     start_pos: np.ndarray
+    subgoal_images: list = field(default_factory=list)   # frames of the oracle's way there, in order (subgoals > 1)
 
 
 @dataclass
@@ -59,9 +60,10 @@ def oracle_action(target: np.ndarray, goal: np.ndarray) -> np.ndarray:
 
 class ReachTask:
     def __init__(self, size: int = 64, fps: int = 10, tolerance: float = 0.05, max_steps: int = 30, seed: int = 1000,
-                 views: int = 1):
+                 views: int = 1, subgoals: int = 1):
         self.size, self.substeps = int(size), max(1, round(240 / fps))
         self.tolerance, self.max_steps, self.seed = float(tolerance), int(max_steps), int(seed)
+        self.subgoals = int(subgoals)
         self.arm = Arm(views)
 
     def close(self):
@@ -81,12 +83,15 @@ class ReachTask:
     def distance_to(self, goal: np.ndarray) -> float:
         return float(np.linalg.norm(self.tracked() - goal))
 
-    def drive_to(self, goal: np.ndarray, steps: int = ORACLE_STEPS) -> float:
-        """Oracle-drive the tracked position to `goal`; the distance left."""
+    def drive_to(self, goal: np.ndarray, steps: int = ORACLE_STEPS, frames: list | None = None) -> float:
+        """Oracle-drive the tracked position to `goal`; the distance left. frames: each step's image is
+        appended to it."""
         for _ in range(steps):
             if self.distance_to(goal) < self.tolerance / 4:
                 break
             self.arm.act(self.oracle_step(goal), self.substeps)
+            if frames is not None:
+                frames.append(self.arm.render(self.size))
         return self.distance_to(goal)
 
     def episode(self, i: int, goal_pos=None) -> Episode:
@@ -113,14 +118,18 @@ class ReachTask:
     def _episode_to(self, i: int, goal: np.ndarray, steps: int = ORACLE_STEPS) -> Episode:
         self._reset(i)
         start = self.tracked().copy()
-        left = self.drive_to(goal, steps)
+        way = [] if self.subgoals > 1 else None
+        left = self.drive_to(goal, steps, way)
         if left > self.tolerance / 2:
             raise UnreachableGoal(f"goal {np.round(goal, 3).tolist()} of episode {i} is not reachable: the oracle "
                                   f"controller ended {left:.3f} m away after {steps} steps")
         reached = self.tracked().copy()     # where the goal image shows it
         image = self.arm.render(self.size)
         self._reset(i)
-        return Episode(i, reached, image, start)
+        # subgoals - 1 images evenly spaced in time along the oracle's way (the last subgoal is the goal)
+        n = len(way or [])
+        subgoal_images = [way[round(j * n / self.subgoals) - 1] for j in range(1, self.subgoals)] if n else []
+        return Episode(i, reached, image, start, subgoal_images)
 
     def distance(self, ep: Episode) -> float:
         """What success is judged by: the tracked position's distance (m) to the goal."""

@@ -361,3 +361,35 @@ def test_push_oracle_brings_the_cube_to_its_goal_and_the_arm_alone_does_not_coun
     finally:
         task.close()
 
+
+
+def test_subgoal_images_come_from_the_oracles_way_and_are_aimed_at_in_turn(monkeypatch):
+    pytest.importorskip("pybullet", reason="pybullet (requirements.txt) is not installed")
+    import engine.planning.cem as cem
+    from engine.plan import planner
+    from engine.planning.push import PushTask
+    task = PushTask(size=32, subgoals=3)
+    try:
+        ep = task.episode(3)
+    finally:
+        task.close()
+    assert len(ep.subgoal_images) == 2 and all(im.shape == (32, 32, 3) for im in ep.subgoal_images)
+    ims = ep.subgoal_images + [ep.goal_image]
+    assert all(not np.array_equal(a, b) for a, b in zip(ims, ims[1:]))   # the arm moved between them
+
+    class Tagged:   # encode_frame gives each image its own tag: which one CEM aims at is then readable
+        def encode_frame(self, image, what="frame"):
+            return torch.tensor(float(next((k for k, im in enumerate(ims) if im is image), -1)))
+
+    aims = []
+    monkeypatch.setattr(cem, "cem_plan", lambda wm, z0, state, goal, pc, gen: (aims.append(int(goal)) or
+                                                                              (torch.zeros(1, 3), None)))
+    pc = load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.subgoals=3", "planning.max_steps=7"]).planning
+    act = planner(Tagged(), pc, seed=0)
+    for _ in range(8):
+        act(np.zeros((32, 32, 3), np.uint8), np.zeros(10), ep, None)
+    assert aims == [0, 0, 1, 1, 2, 2, 2, 2]   # 7 // 3 = 2 actions per subgoal, then the goal
+    with pytest.raises(Exception, match="planning.subgoals: must lie in 1..planning.max_steps"):
+        load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.subgoals=0"])
+    with pytest.raises(Exception, match="planning.subgoals: 2, but the maze's planner makes its own subgoals"):
+        load_config("configs/hjepa_tiny_cpu.yaml", ["planning.subgoals=2"])
