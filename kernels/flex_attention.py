@@ -21,7 +21,7 @@ import weakref
 import torch
 
 TILE = 128                       # FlexAttention's default sparse block size
-HEAD_DIMS = (16, 32, 64, 128)    # what its Triton templates take on every GPU generation it supports
+HEAD_DIMS = (16, 32, 64, 128)    # powers of two its Triton templates take; other head dims stay on our kernel
 _PAD_Q, _PAD_K = -1, -2          # sequence ids of the rows that round T up to whole tiles: never equal
 
 
