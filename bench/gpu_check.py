@@ -785,7 +785,9 @@ def _e2e_step(device, cfg_path, mode, batch, steps, load_config, build_jepa, bui
             print(f"  e2e {mode} batch {batch}: top device ops of one step")
             print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=60))
     if world:   # no masks: the mode names the blocks' compiling and the attention kernel
-        return {"mode": "+".join(["compile" if "compile" in extras else "eager"] + [e for e in extras if e != "compile"]), "status": "ok", "warmup_s": round(warm, 1), "s_per_step": round(s, 4), "device_busy": busy,
+        mode = "+".join(["compile" if "compile" in extras else "eager"] + [e for e in extras if e != "compile"])
+        return {"mode": mode, "status": "ok", "warmup_s": round(warm, 1), "s_per_step": round(s, 4),
+                "device_busy": busy,
                 "samples_per_s": round(batch / s, 1), "peak_mem_GB": round(torch.cuda.max_memory_allocated(device)
                                                                          / 1e9, 2) if device.type == "cuda" else ""}
     return {"status": "ok", "warmup_s": round(warm, 1), "s_per_step": round(s, 4), "device_busy": busy, "tokens_per_step": round(trained),
@@ -919,7 +921,8 @@ def main(argv=None) -> int:
     failures = 0
     isolate = args.isolate or (device.type == "cuda" and not dry)
     runners = {"correctness": lambda *a: run_correctness(*a, isolate=isolate, jobs=args.jobs, match=args.match),
-               "ops": lambda *a: op_rows(*a, match=args.match), "e2e": lambda *a: e2e_rows(*a, batch=args.e2e_batch, modes=e2e_modes,
+               "ops": lambda *a: op_rows(*a, match=args.match),
+               "e2e": lambda *a: e2e_rows(*a, batch=args.e2e_batch, modes=e2e_modes,
                                                       profile=args.e2e_profile, config=args.e2e_config), "decode": decode_rows}
     for sec in sections:
         t0 = time.perf_counter()

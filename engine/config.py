@@ -779,7 +779,8 @@ def _validate_model(cfg: Config) -> None:
         raise ConfigError(f"planning.subgoals: {pl.subgoals}, but the maze's planner makes its own subgoals (the top "
                           f"level's); subgoal images are for the arm tasks")
     if cfg.is_hierarchical and pl.task != "reach":
-        raise ConfigError(f"planning.task: {pl.task!r} is an arm task; the hierarchical planner is scored on the maze")
+        raise ConfigError(f"planning.task: {pl.task!r} is an arm task; the hierarchical planner is scored on the "
+                          f"maze")
     if cfg.is_hierarchical and pl.views != 1:
         raise ConfigError(f"planning.views: {pl.views}, but the maze task has one camera (from above); views is for "
                           f"the arm reach task")

@@ -159,8 +159,8 @@ def main(argv=None) -> list[dict]:
     args.views = pc.views
     wm, train_cfg = world_model(args)
     task = {"reach": ReachTask, "push": PushTask}[pc.task](
-        size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed, views=pc.views,
-        subgoals=pc.subgoals)
+        size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed,
+        views=pc.views, subgoals=pc.subgoals)
     controllers = {"cem": planner(wm, pc, cfg.meta.seed, train_cfg.data.camera_frame)}
     rng = np.random.default_rng(cfg.meta.seed)
     controllers.update({"random": random_controller(rng, pc.maxnorm), "zero": zero_controller,

@@ -26,9 +26,10 @@ Backends (kernels/_registry.py: "auto" picks by device; kernels.use_backend / JE
        ships it (aten._flash_attention_forward with cu_seqlens, sm80+); else xformers
        memory_efficient_attention with a BlockDiagonalMask (no block_causal). block_causal fp16/bf16 calls
        with Dh 16/32/64/128: torch's FlexAttention with a block mask of the sequences and frames
-       (kernels/flex_attention.py), with JEPA_FLEX_ATTENTION=1 (opt-in: not yet run on a GPU). Else "triton": kernels/triton_attention.py (any dtype, head dim and
-       mask). On an H200 (bench/results/gpu_ops.csv) torch's flash kernel ran the V-JEPA mixes at 2.4-4.3x
-       our Triton kernel's speed.
+       (kernels/flex_attention.py), with JEPA_FLEX_ATTENTION=1 (opt-in: not yet run on a GPU). Else
+       "triton": kernels/triton_attention.py (any dtype, head dim and mask). On an H200
+       (bench/results/gpu_ops.csv) torch's flash kernel ran the V-JEPA mixes at 2.4-4.3x our Triton
+       kernel's speed.
   "torch": block_attention_ref below.
 max_seqlen_q/k smaller than the longest sequence is an error on every device (the host reads the
 lengths once per cu_seqlens tensor: one sync per packing off CPU, not one per layer).
@@ -165,7 +166,8 @@ def _flash_fits(dtype, head_dim: int) -> bool:
     return dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
 
 
-_flex: dict = {}   # "ok": whether block-causal calls take FlexAttention (kernels/flex_attention.py); filled on first use
+# "ok": whether block-causal calls take FlexAttention (kernels/flex_attention.py); filled on first use
+_flex: dict = {}
 
 
 def flex_runs() -> bool:
@@ -204,7 +206,8 @@ def _library(dtype, head_dim: int, causal: bool) -> str | None:
 def _library_fits(dtype, head_dim: int, causal: bool):
     if _library(dtype, head_dim, causal) is None:
         if causal:
-            return f"FlexAttention (fp16/bf16, Dh 16/32/64/128, torch >= 2.5, sm80+) does not take {dtype}, Dh {head_dim}"
+            return (f"FlexAttention (fp16/bf16, Dh 16/32/64/128, torch >= 2.5, sm80+; JEPA_FLEX_ATTENTION=1) does "
+                    f"not take {dtype}, Dh {head_dim}")
         return (f"neither FlashAttention (flash_attn or torch's own, fp16/bf16, Dh % 8 == 0, Dh <= 256, sm80+; "
                 f"flash_attn installed: {flash_attn_varlen_func is not None}) nor xformers (installed: "
                 f"{fmha is not None}) takes {dtype}, Dh {head_dim}")

@@ -350,8 +350,8 @@ def test_push_oracle_brings_the_cube_to_its_goal_and_the_arm_alone_does_not_coun
         oracle = task.run(ep, lambda frame, state, e, arm: task.oracle(e))
         assert oracle.success and oracle.final_distance <= 0.04
         zero = task.run(ep, lambda frame, state, e, arm: np.zeros(3))
-        assert not zero.success and zero.final_distance == pytest.approx(np.linalg.norm(ep.goal_pos[:2] - ep.start_pos[:2]),
-                                                                         abs=1e-3)
+        start = np.linalg.norm(ep.goal_pos[:2] - ep.start_pos[:2])
+        assert not zero.success and zero.final_distance == pytest.approx(start, abs=1e-3)
         # the end effector taken high above the cube's goal leaves the cube where it was
         above = ep.goal_pos + [0, 0, 0.25]
         hover = task.run(ep, lambda frame, state, e, arm: oracle_action(arm.target, above))
