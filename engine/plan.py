@@ -67,20 +67,21 @@ def summarize(name: str, results) -> dict:
             "seconds_per_action": float(np.mean([r.seconds_per_action for r in results]))}
 
 
-def planner(world_model, pc, seed: int, camera_frame: bool = False):
+def planner(world_model, pc, seed: int, camera_frame: bool = False, steps_per_subgoal: int | None = None):
     """The MPC controller: CEM towards the episode's goal image latent, first action executed. camera_frame:
     the model was trained on actions and states in its camera's frame: the rollouts get them so, per view.
-    With an episode's subgoal images (planning.subgoals > 1) it aims at each in turn for
-    planning.max_steps // planning.subgoals actions, then at the goal, as V-JEPA 2-AC's multi-stage tasks."""
+    steps_per_subgoal: the arm tasks' episodes carry subgoal images (planning.subgoals > 1); it aims at each
+    in turn for that many actions, then at the goal, as V-JEPA 2-AC's multi-stage tasks."""
     from engine.planning.cem import cem_plan
     from engine.planning.reach import camera_frames
     gen = torch.Generator().manual_seed(seed)
     goals, spent = {}, {}
-    per_subgoal = max(1, pc.max_steps // max(1, pc.subgoals))
+    per_subgoal = max(1, steps_per_subgoal or 1)
 
     def act(frame, state, ep, arm):
         if ep.index not in goals:
-            goals[ep.index] = ([world_model.encode_frame(im, "subgoal image") for im in ep.subgoal_images]
+            subgoals = ep.subgoal_images if steps_per_subgoal else []
+            goals[ep.index] = ([world_model.encode_frame(im, "subgoal image") for im in subgoals]
                                + [world_model.encode_frame(ep.goal_image, "goal image")])
             spent[ep.index] = 0
             if camera_frame:
@@ -161,7 +162,7 @@ def main(argv=None) -> list[dict]:
     task = {"reach": ReachTask, "push": PushTask}[pc.task](
         size=train_cfg.data.crop_size, tolerance=pc.tolerance, max_steps=pc.max_steps, seed=pc.goal_seed,
         views=pc.views, subgoals=pc.subgoals)
-    controllers = {"cem": planner(wm, pc, cfg.meta.seed, train_cfg.data.camera_frame)}
+    controllers = {"cem": planner(wm, pc, cfg.meta.seed, train_cfg.data.camera_frame, pc.max_steps // pc.subgoals)}
     rng = np.random.default_rng(cfg.meta.seed)
     controllers.update({"random": random_controller(rng, pc.maxnorm), "zero": zero_controller,
                         "oracle": lambda frame, state, ep, arm: task.oracle(ep)})

@@ -385,7 +385,7 @@ def test_subgoal_images_come_from_the_oracles_way_and_are_aimed_at_in_turn(monke
     monkeypatch.setattr(cem, "cem_plan", lambda wm, z0, state, goal, pc, gen: (aims.append(int(goal)) or
                                                                               (torch.zeros(1, 3), None)))
     pc = load_config("configs/ac_arm_tiny_cpu.yaml", ["planning.subgoals=3", "planning.max_steps=7"]).planning
-    act = planner(Tagged(), pc, seed=0)
+    act = planner(Tagged(), pc, seed=0, steps_per_subgoal=pc.max_steps // pc.subgoals)
     for _ in range(8):
         act(np.zeros((32, 32, 3), np.uint8), np.zeros(10), ep, None)
     assert aims == [0, 0, 1, 1, 2, 2, 2, 2]   # 7 // 3 = 2 actions per subgoal, then the goal
