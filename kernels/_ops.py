@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import warnings
+import weakref
 
 BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `make build`)"
 
@@ -109,3 +110,22 @@ def cpu_bf16_flash_ok() -> bool:
         except RuntimeError:
             _bf16_flash["ok"] = False
     return _bf16_flash["ok"]
+
+
+def memo(store: dict, tensors: tuple, extra: tuple, make, limit: int = 64):
+    """make(), remembered in `store` for these tensor objects at their current versions (and `extra`): what
+    a model's layers derive from one packing's index tensors is computed once, not once per layer. An
+    in-place change of a tensor is a new entry; inference tensors (no version counter) are not remembered."""
+    try:
+        versions = tuple(t._version for t in tensors)
+    except RuntimeError:
+        return make()
+    key = tuple(id(t) for t in tensors) + tuple(extra)
+    hit = store.get(key)
+    if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)) and hit[1] == versions:
+        return hit[2]
+    value = make()
+    if len(store) >= limit:
+        store.clear()
+    store[key] = (tuple(weakref.ref(t) for t in tensors), versions, value)
+    return value

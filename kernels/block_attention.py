@@ -40,7 +40,6 @@ autocast dtype (as SDPA is); outside it, mixed dtypes are promoted.
 from __future__ import annotations
 
 import os
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -373,25 +372,13 @@ def _common_dtype(q, k, v):
     return tuple(t if t.dtype == dt else t.to(dt) for t in (q, k, v))
 
 
-_longest_seen: dict = {}   # id(cu) -> (weakref, version, longest): one host read per cu_seqlens tensor
+_longest_seen: dict = {}   # one host read per cu_seqlens tensor (_ops.memo)
 
 
 def _longest(cu) -> int:
     """The longest sequence in cu_seqlens (a device sync off CPU, once per tensor: the layers of a model
     reuse one cu_seqlens, so a step syncs once per packing, not once per layer)."""
-    try:
-        key, version = id(cu), cu._version
-    except RuntimeError:   # inference tensors have no version counter: not cached
-        key = version = None
-    hit = _longest_seen.get(key)
-    if hit is not None and hit[0]() is cu and hit[1] == version:
-        return hit[2]
-    longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
-    if key is not None:
-        if len(_longest_seen) >= 64:
-            _longest_seen.clear()
-        _longest_seen[key] = (weakref.ref(cu), version, longest)
-    return longest
+    return _ops.memo(_longest_seen, (cu,), (), lambda: int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0)
 
 
 def _max_len(cu, given, name: str) -> int:

@@ -16,9 +16,10 @@ callers go through one torch.compile'd flex_attention (uncompiled FlexAttention 
 from __future__ import annotations
 
 import importlib.util
-import weakref
 
 import torch
+
+from kernels import _ops
 
 TILE = 128                       # FlexAttention's default sparse block size
 HEAD_DIMS = (16, 32, 64, 128)    # powers of two its Triton templates take; other head dims stay on our kernel
@@ -106,26 +107,14 @@ def block_mask(cu_q, cu_k, fq, fk, T_q: int, T_k: int):
                                     seq_lengths=(T_q, T_k))
 
 
-_masks: dict = {}   # the inputs' ids -> (weakrefs, versions, BlockMask): the layers of a step share one packing
+_masks: dict = {}   # the layers of a step share one packing (_ops.memo)
 
 
 def cached_block_mask(cu_q, cu_k, fq, fk, T_q: int, T_k: int):
     """block_mask, built once per packing (one set of cu_seqlens and frame tensors), not once per layer.
     Compiled callers run it outside the graph (_lib["mask"]: a graph break)."""
-    ins = (cu_q, cu_k, fq, fk)
-    key = tuple(id(t) for t in ins) + (T_q, T_k)
-    try:
-        versions = tuple(t._version for t in ins)
-    except RuntimeError:   # inference tensors have no version counter: not cached
-        return block_mask(cu_q, cu_k, fq, fk, T_q, T_k)
-    hit = _masks.get(key)
-    if hit is not None and all(r() is t for r, t in zip(hit[0], ins)) and hit[1] == versions:
-        return hit[2]
-    mask = block_mask(cu_q, cu_k, fq, fk, T_q, T_k)
-    if len(_masks) >= 16:
-        _masks.clear()
-    _masks[key] = (tuple(weakref.ref(t) for t in ins), versions, mask)
-    return mask
+    return _ops.memo(_masks, (cu_q, cu_k, fq, fk), (T_q, T_k), lambda: block_mask(cu_q, cu_k, fq, fk, T_q, T_k),
+                     limit=16)
 
 
 def flex_block_attention(q, k, v, cu_q, cu_k, scale: float, fq, fk):
