@@ -16,6 +16,7 @@ One step, for every (context c, target m) pair of the batch's masks:
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +55,13 @@ class JEPA(nn.Module):
         plan = plan_packing(masks, B, N, device=x.device)
 
         te = self.target_encoder
-        # layer norm fused into the gather: only target rows are normalised. On a multi-core CPU this
-        # no-grad pass runs beside the context encoder and predictor, each on half the cores.
-        with Beside(lambda: kernels.gather_layer_norm(te.forward_dense(te.embed(x)), plan.tgt.rows_T),
-                    enabled=beside_ok(x, te)) as target:
+        # On a multi-core CPU this no-grad pass runs beside the context encoder and predictor, each on half
+        # the cores, in parts of a few clips: once the other half is done, its thread takes the parts left.
+        # The layer norm is fused into the gather: only target rows are normalised.
+        side = beside_ok(x, te)
+        parts = [partial(target_pass, te, x_part) for x_part in x.split(target_part_size(B) if side else B)]
+        with Beside(parts, enabled=side,
+                    combine=lambda h: kernels.gather_layer_norm(cat_parts(h), plan.tgt.rows_T)) as target:
             z_TD = self.encoder.forward_packed(self.encoder.embed(x), plan.ctx)
             spread = self.std_coeff > 0 or self.cov_coeff > 0
             with torch.set_grad_enabled(torch.is_grad_enabled() and spread):
@@ -147,6 +151,21 @@ class JEPA(nn.Module):
         if self._ema is None:
             self._ema = TargetEMA(self)
         self._ema(momentum)
+
+
+def target_pass(target_encoder: nn.Module, x) -> torch.Tensor:
+    """The target encoder on every token of the clips x: [B, N, D]."""
+    return target_encoder.forward_dense(target_encoder.embed(x))
+
+
+def target_part_size(B: int) -> int:
+    """Clips per part of the target pass when it runs beside the online passes: about eight parts, so
+    the thread that finishes first takes a fair share of what is left."""
+    return -(-B // 8)
+
+
+def cat_parts(h: list[torch.Tensor]) -> torch.Tensor:
+    return h[0] if len(h) == 1 else torch.cat(h)
 
 
 class PackingPlan:

@@ -4,6 +4,10 @@
         p = online_forward(x)        # this thread, on the other share of the threads, meanwhile
     h = target.result                # the side half's return value (its exception re-raised here)
 
+    # or in parts, which ever thread is free takes the next: the halves then end together
+    with Beside([partial(target_forward, x_part) for x_part in x.split(1)], enabled=...,
+                combine=torch.cat) as target:
+
 Why: on a few CPU cores, a ViT-tiny step's many small and mid-sized ops (LayerNorms, GELUs, 192-wide
 GEMMs), each split over every core, wait on each other at the end of every parallel region; two
 independent forwards on a core each do the same work without those barriers. The V-JEPA step's target
@@ -24,6 +28,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from functools import partial
 from typing import Callable
 
 import torch
@@ -87,24 +92,55 @@ class _Done(threading.Event):
 
 
 class Beside:
-    """Context manager: on enter, `fn` starts on the side thread with half of this thread's intra-op
-    threads (this thread keeps the rest); on exit, this thread waits for it and gets its threads back.
-    With enabled=False, `fn` runs inline on enter, under no_grad. `.result` holds fn's return value."""
+    """Context manager: on enter, the side thread starts on `parts` (callables, or one callable; the first is
+    always its own) with half of this thread's intra-op threads (this thread keeps the rest); on exit, this
+    thread takes the parts no thread has started yet, one at a time, under no_grad, then waits for the side
+    thread's last part and gets its threads back (after an error here, the side thread ends with the part it
+    holds). `.result` is `combine` of the parts' values in their order (one callable: its
+    value). With enabled=False, every part runs inline on enter, under no_grad.
 
-    def __init__(self, fn: Callable[[], object], enabled: bool):
-        self.fn, self.enabled = fn, enabled
+    Parts let the two halves share the longer one's work: whichever thread is free takes the next part,
+    so the step ends when both are done rather than when the slower half is. This thread takes parts on
+    the side thread's share of the threads, so a part's values do not depend on which thread ran it."""
+
+    def __init__(self, parts, enabled: bool, combine: Callable[[list], object] | None = None):
+        self.parts = [parts] if callable(parts) else list(parts)
+        self.combine = combine if combine is not None else (lambda values: values[0])
+        self.enabled = enabled
         self.result = None
         self._done: _Done | None = None
+        self._values: list = [None] * len(self.parts)
+        self._next = 0
+        self._stop = False
+        self._lock = threading.Lock()
+
+    def _take(self, first: int | None = None):
+        """Run part `first` (if given), then parts until none is left or a thread failed; run by both threads."""
+        i = first
+        while True:
+            if i is None:
+                with self._lock:
+                    if self._stop or self._next >= len(self.parts):
+                        return
+                    i, self._next = self._next, self._next + 1
+            try:
+                self._values[i] = self.parts[i]()
+            except BaseException:
+                self._stop = True
+                raise
+            i = None
 
     def __enter__(self) -> "Beside":
         if not self.enabled:
             with torch.no_grad():
-                self.result = self.fn()
+                self._take()
+            self.result = self.combine(self._values)
             return self
         self._threads = torch.get_num_threads()
         side = self._threads // 2
         self._done = _Done()
-        _side_thread().jobs.put((self.fn, side, self._done))
+        self._next = 1   # the first part is the side thread's, whenever it starts
+        _side_thread().jobs.put((partial(self._take, 0), side, self._done))
         torch.set_num_threads(self._threads - side)
         return self
 
@@ -112,10 +148,19 @@ class Beside:
         if self._done is None:
             return False
         try:
-            self._done.wait()
+            if exc is None:   # on the side thread's share of threads, so no value depends on who took it
+                torch.set_num_threads(self._threads // 2)
+                with torch.no_grad():
+                    self._take()
+            else:
+                self._stop = True   # the side thread finishes the part it holds and takes no other
+        except BaseException:
+            self._stop = True
+            raise
         finally:
+            self._done.wait()
             torch.set_num_threads(self._threads)
         if self._done.error is not None and exc is None:
             raise self._done.error
-        self.result = self._done.value
+        self.result = self.combine(self._values)
         return False

@@ -76,6 +76,44 @@ def test_an_error_here_waits_for_the_side_half(two_threads):
     assert finished.is_set() and torch.get_num_threads() == 2
 
 
+def test_parts_are_shared_by_both_threads_and_combined_in_order(two_threads):
+    """Once the body is done this thread takes the parts left, on the side thread's share of threads."""
+    def part(i):
+        time.sleep(0.05)
+        return i, threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled()
+
+    with Beside([lambda i=i: part(i) for i in range(8)], enabled=True, combine=list) as side:
+        pass
+    order, who, threads, grad = zip(*side.result)
+    assert order == tuple(range(8))
+    assert threading.get_ident() in who and len(set(who)) == 2   # both took parts
+    assert set(threads) == {1} and not any(grad)
+    assert torch.get_num_threads() == 2
+
+
+def test_parts_inline_when_disabled(two_threads):
+    with Beside([lambda i=i: (i, threading.get_ident()) for i in range(3)], enabled=False,
+                combine=lambda v: v[::-1]) as side:
+        pass
+    assert side.result == [(2, threading.get_ident()), (1, threading.get_ident()), (0, threading.get_ident())]
+
+
+def test_a_failing_part_stops_the_rest_and_is_raised_here(two_threads):
+    ran = []
+
+    def part(i):
+        ran.append(i)
+        time.sleep(0.02)
+        if i == 2:
+            raise ValueError("part 2")
+        return i
+
+    with pytest.raises(ValueError, match="part 2"):
+        with Beside([lambda i=i: part(i) for i in range(40)], enabled=True, combine=list):
+            pass
+    assert 2 in ran and len(ran) < 40 and torch.get_num_threads() == 2
+
+
 def test_beside_ok_says_no_where_state_would_be_lost(two_threads):
     lin = torch.nn.Linear(4, 4)
     x = torch.zeros(2, 4)
@@ -166,8 +204,8 @@ def _loss_and_grads(model, x, masks):
 
 
 def test_jepa_step_beside_equals_inline(tiny_jepa, two_threads, monkeypatch):
-    """The step with the target pass on the side thread equals the sequential one (loss and every
-    gradient), and the target pass really ran there."""
+    """The step with the target pass on the side thread (in parts) equals the sequential one (loss and
+    every gradient), and the target pass really ran there."""
     cfg, model = tiny_jepa
     g = torch.Generator().manual_seed(3)
     B, N = 3, model.encoder.num_patches
@@ -188,7 +226,9 @@ def test_jepa_step_beside_equals_inline(tiny_jepa, two_threads, monkeypatch):
         loss_b, grads_b = _loss_and_grads(model, x, masks)
     finally:
         hook.remove()
-    assert threads[0] == threading.get_ident() and threads[1] != threading.get_ident()
+    here = threading.get_ident()
+    # inline: one pass; beside: one part per clip, the first (at least) on the side thread
+    assert len(threads) == 1 + B and threads[0] == here and threads[1:].count(here) < B
     # the two runs differ only in how many threads each GEMM split over: float rounding
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=0)
     assert len(grads_a) == len(grads_b) > 0
