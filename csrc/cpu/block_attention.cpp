@@ -24,6 +24,10 @@
 
 #include "cpu_isa.h"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <exception>
@@ -182,6 +186,117 @@ inline void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha
                   const float* b, int64_t ldb, float* c, int64_t ldc, float beta = 0.0f) {
   const int mi = (int)m, ni = (int)n, ki = (int)k, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
   sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
+}
+
+// Row-major C[M, N] = alpha A B (+ C where accumulate), A(i, k) = a[i * sa + k * sk], B(k, j) = b[k * sbk + j * sbn]:
+// every product of the short kernel, whose K or N is a head's width (32 or 64). BLAS packs both operands on
+// every call, which at these sizes costs as much as the products (its rate here: 45-80 GFLOP/s a core against
+// 100+ for large GEMMs); on AVX-512 the products run in a register-blocked loop instead: 8 rows x 32
+// columns of C in 16 registers, one broadcast of A and two loads of B per k, B read in place (a transposed
+// B, the keys of S = Q K^T, is copied to rows first: n x Dh floats). Elsewhere BLAS runs them.
+namespace mk {
+constexpr int kRows = 8;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define JEPA_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
+
+template <int R>
+JEPA_AVX512 void block(int64_t K, int64_t N, float alpha, const float* a, int64_t sa, int64_t sk, const float* b,
+                       int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  const __m512 al = _mm512_set1_ps(alpha);
+  for (int64_t j0 = 0; j0 < N; j0 += 32) {
+    const int64_t w = N - j0;
+    const __mmask16 m0 = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1u);
+    const __mmask16 m1 = w >= 32 ? (__mmask16)0xFFFF : w <= 16 ? (__mmask16)0 : (__mmask16)((1u << (w - 16)) - 1u);
+    __m512 acc[R][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const float* bk = b + j0;
+    const float* ak = a;
+    for (int64_t k = 0; k < K; ++k, bk += ldb, ak += sk) {
+      const __m512 b0 = _mm512_maskz_loadu_ps(m0, bk);
+      const __m512 b1 = _mm512_maskz_loadu_ps(m1, bk + 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512 av = _mm512_set1_ps(ak[r * sa]);
+        acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      float* cr = c + r * ldc + j0;
+      __m512 v0 = _mm512_mul_ps(acc[r][0], al), v1 = _mm512_mul_ps(acc[r][1], al);
+      if (accumulate) {
+        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
+      }
+      _mm512_mask_storeu_ps(cr, m0, v0);
+      _mm512_mask_storeu_ps(cr + 16, m1, v1);
+    }
+  }
+}
+
+JEPA_AVX512 void gemm_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t sa, int64_t sk,
+                             const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + kRows <= M; i += kRows)
+    block<kRows>(K, N, alpha, a + i * sa, sa, sk, b, ldb, c + i * ldc, ldc, accumulate);
+  const float* ai = a + i * sa;
+  float* ci = c + i * ldc;
+  switch (M - i) {
+    case 7: block<7>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
+    case 6: block<6>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
+    case 5: block<5>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
+    case 4: block<4>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
+    case 3: block<3>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
+    case 2: block<2>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
+    case 1: block<1>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
+    default: break;
+  }
+}
+#undef JEPA_AVX512
+#endif
+
+// Whether the products take the register-blocked loop (AVX-512, not JEPA_CPU_BASELINE=1, not JEPA_ATTN_BLAS=1).
+inline bool on() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool use = jepa_cpu::auto_isa() == 2 && std::getenv("JEPA_ATTN_BLAS") == nullptr;
+  return use;
+#else
+  return false;
+#endif
+}
+}  // namespace mk
+
+// BLAS's column-major view of the same product, for CPUs without AVX-512.
+inline void gemm_blas(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t sa, int64_t sk,
+                      const float* b, int64_t sbk, int64_t sbn, float* c, int64_t ldc, bool accumulate) {
+  // C^T [N, M] = B^T A^T, each operand column-major as BLAS reads it.
+  // (A with sk == sa == 1 is one row, M == 1: its leading dimension is unused but must be >= K.)
+  const char tb = sbn == 1 ? 'N' : 'T';
+  const char ta = sk == 1 ? 'N' : 'T';
+  const int64_t lda = sk == 1 ? (M == 1 ? std::max<int64_t>(K, 1) : sa) : sk;
+  sgemm(tb, ta, N, M, K, alpha, b, sbn == 1 ? sbk : sbn, a, lda, c, ldc, accumulate ? 1.0f : 0.0f);
+}
+
+// The product of the comment above; `pack` is scratch of K * N floats for a B with sbn != 1.
+inline void gemm_rm(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t sa, int64_t sk,
+                    const float* b, int64_t sbk, int64_t sbn, float* c, int64_t ldc, bool accumulate, float* pack) {
+  if (M == 0 || N == 0) return;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (mk::on()) {
+    if (sbn != 1) {   // B's rows gathered: pack [K, N]
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < N; ++j) pack[k * N + j] = b[k * sbk + j * sbn];
+      b = pack;
+      sbk = N;
+    }
+    mk::gemm_avx512(M, N, K, alpha, a, sa, sk, b, sbk, c, ldc, accumulate);
+    return;
+  }
+#endif
+  gemm_blas(M, N, K, alpha, a, sa, sk, b, sbk, sbn, c, ldc, accumulate);
 }
 
 // W partial maxima / sums, so the compiler vectorises without reordering a float reduction; a row's tail
@@ -363,9 +478,10 @@ bool query_groups(const int64_t* fq, int64_t Lq, const int64_t* fk, int64_t Lk, 
 
 bool is_short(int64_t Lq, int64_t Lk) { return Lq <= kShortLen && Lk <= kShortLen; }
 
-// This thread's buffer `which` of at least n floats (two [kShortLen, kShortLen] score matrices, row data).
+// This thread's buffer `which` of at least n floats (two [kShortLen, kShortLen] score matrices, row data, a
+// transposed operand).
 float* scratch(int which, int64_t n) {
-  thread_local std::vector<float> buf[3];
+  thread_local std::vector<float> buf[4];
   auto& b = buf[which];
   if ((int64_t)b.size() < n) b.resize(n);
   return b.data();
@@ -386,6 +502,7 @@ void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, T
   const bool mask = query_groups(fq, Lq, fk, Lk, groups);
   float* S = scratch(0, Lq * Lk);
   float* sum = scratch(2, Lq);
+  float* pack = scratch(3, Lk * Dh);
   for (int64_t h = h0; h < h1; ++h) {
     for (const Group& g : groups) {
       const int64_t rows = g.r1 - g.r0, n = g.n;
@@ -399,10 +516,10 @@ void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, T
         continue;
       }
       // S [rows, n] = scale Q K^T
-      sgemm('T', 'N', n, rows, Dh, scale, at_row(k, k0, h), k.stride(0), at_row(q, q0 + g.r0, h), ldq, S, n);
+      gemm_rm(rows, n, Dh, scale, at_row(q, q0 + g.r0, h), ldq, 1, at_row(k, k0, h), 1, k.stride(0), S, n, false, pack);
       if (mask) mask_later_frames(S, rows, n, fq + g.r0, fk);
       softmax({S, nullptr, rows, n, sum, lp, lse.stride(0)}, false);
-      sgemm('N', 'N', Dh, rows, n, 1.0f, at_row(v, k0, h), v.stride(0), S, n, op, ldo);   // O [rows, Dh] = P V
+      gemm_rm(rows, Dh, n, 1.0f, S, n, 1, at_row(v, k0, h), v.stride(0), 1, op, ldo, false, pack);   // O = P V
       for (int64_t i = 0; i < rows; ++i) {   // normalised here: Dh per row, not n
         const float inv = sum[i] > 0.0f ? 1.0f / sum[i] : 0.0f;
         for (int64_t j = 0; j < Dh; ++j) op[i * ldo + j] *= inv;
@@ -424,6 +541,7 @@ void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tenso
   const bool one = groups.size() == 1 && groups[0].n == Lk;   // every key seen by the one group: no sum
   float* S = scratch(0, Lq * Lk);
   float* dP = scratch(1, Lq * Lk);
+  float* pack = scratch(3, Lk * Dh);
   for (int64_t h = h0; h < h1; ++h) {
     const float *kp = at_row(k, k0, h), *vp = at_row(v, k0, h);
     float *dkp = at_row(dk, k0, h), *dvp = at_row(dv, k0, h);
@@ -432,7 +550,7 @@ void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tenso
         std::fill(dkp + j * lddk, dkp + j * lddk + Dh, 0.0f);
         std::fill(dvp + j * lddv, dvp + j * lddv + Dh, 0.0f);
       }
-    const float beta = one ? 0.0f : 1.0f;
+    const bool sum_keys = !one;
     for (const Group& g : groups) {
       const int64_t rows = g.r1 - g.r0, n = g.n;
       const float *qp = at_row(q, q0 + g.r0, h), *gp = at_row(dout, q0 + g.r0, h);
@@ -441,14 +559,14 @@ void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tenso
         for (int64_t i = 0; i < rows; ++i) std::fill(dqp + i * lddq, dqp + i * lddq + Dh, 0.0f);
         continue;
       }
-      sgemm('T', 'N', n, rows, Dh, scale, kp, ldk, qp, ldq, S, n);              // S [rows, n]
+      gemm_rm(rows, n, Dh, scale, qp, ldq, 1, kp, 1, ldk, S, n, false, pack);          // S = scale Q K^T
       if (mask) mask_later_frames(S, rows, n, fq + g.r0, fk);
-      sgemm('T', 'N', n, rows, Dh, 1.0f, vp, v.stride(0), gp, ldd, dP, n);      // dO V^T
+      gemm_rm(rows, n, Dh, 1.0f, gp, ldd, 1, vp, 1, v.stride(0), dP, n, false, pack);  // dP = dO V^T
       softmax({S, dP, rows, n, nullptr, at_row(lse, q0 + g.r0, h), lse.stride(0), gp, ldd,
                at_row(out, q0 + g.r0, h), out.stride(0), Dh}, true);            // S <- P, dP <- dS
-      sgemm('N', 'T', Dh, n, rows, 1.0f, gp, ldd, S, n, dvp, lddv, beta);       // dV += P^T dO
-      sgemm('N', 'N', Dh, rows, n, scale, kp, ldk, dP, n, dqp, lddq);           // dQ = scale dS K
-      sgemm('N', 'T', Dh, n, rows, scale, qp, ldq, dP, n, dkp, lddk, beta);     // dK += scale dS^T Q
+      gemm_rm(n, Dh, rows, 1.0f, S, 1, n, gp, ldd, 1, dvp, lddv, sum_keys, pack);      // dV (+)= P^T dO
+      gemm_rm(rows, Dh, n, scale, dP, n, 1, kp, ldk, 1, dqp, lddq, false, pack);        // dQ = scale dS K
+      gemm_rm(n, Dh, rows, scale, dP, 1, n, qp, ldq, 1, dkp, lddk, sum_keys, pack);     // dK (+)= scale dS^T Q
     }
   }
 }
@@ -571,4 +689,5 @@ TORCH_LIBRARY_FRAGMENT(jepa_cpp, m) {
         &block_attention_bwd);
   // whether torch's library gave this op its BLAS (the short-sequence kernel's GEMMs)
   m.def("block_attention_has_blas() -> bool", []() { return sgemm_ != nullptr; });
+  m.def("block_attention_products() -> str", []() { return std::string(mk::on() ? "avx512" : "blas"); });
 }

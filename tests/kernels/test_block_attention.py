@@ -166,6 +166,35 @@ def test_cpu_short_kernel_cross_lengths_and_peaked_scores():
         assert err <= 3 * err_ref + 4 * eps * t.abs().max().item() + eps * (1 + s_max) * m, (name, err, err_ref)
 
 
+SHORT_PRODUCTS_SCRIPT = """
+import torch, kernels
+from tests.kernels.test_block_attention import LENS, _case, _check_rule, _kernel
+print("products", torch.ops.jepa_cpp.block_attention_products())
+for D in (24, 32, 64):
+    for lens in ("odd_lengths", "few_long"):
+        for causal in (False, True):
+            _check_rule(*_case(LENS[lens], 3, D, torch.float32, causal, seed=D), _kernel)
+print("OK")
+"""
+
+
+def test_short_kernel_products_on_both_paths():
+    # The short kernel's products run in its own register-blocked loop on AVX-512 and through BLAS
+    # elsewhere (or under JEPA_ATTN_BLAS=1): both hold the rule, whichever this CPU takes by default.
+    if not ba._ops.cpp_available():
+        pytest.skip("the C++ extension is not built (make build)")
+    env = {k: v for k, v in os.environ.items() if k not in ("JEPA_ATTN_BLAS", "JEPA_CPU_BASELINE")}
+    seen = {}
+    for flag in ("", "1"):
+        e = dict(env, PYTHONPATH=ROOT, **({"JEPA_ATTN_BLAS": flag} if flag else {}))
+        r = subprocess.run([sys.executable, "-c", SHORT_PRODUCTS_SCRIPT], env=e, cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+        seen[flag] = r.stdout.split()[1]
+    assert seen["1"] == "blas"
+    assert seen[""] == ("avx512" if int(torch.ops.jepa_cpp.gelu_best_isa()) == 2 else "blas")
+
+
 def test_empty_key_sequences_and_unseen_rows_give_zeros():
     # cross attention: sequence 1 has queries but no keys; frame pairs leave some queries no key
     g = torch.Generator().manual_seed(0)
