@@ -21,7 +21,8 @@
   multi-length MaskCollator and MultiSeq wrappers, its loss, its _foreach EMA (its modules import timm).
 
 Per mode: seconds per step (forward, backward, AdamW, EMA; median of the rounds' medians, wall clock
-and process CPU time), samples/s and trained (context + target) tokens/s from CPU time, GFLOP per step
+and process CPU time), samples/s and trained (context + target) tokens/s from CPU time (the samples/s
+ratio to the first mode also from wall time, `wall_samples_per_s_vs_first`), GFLOP per step
 (mean of --steps steps, torch.utils.flop_counter; attention counted as 4 L_q L_k Dh per head forward,
 2.5x that backward), their share of the peak GEMM rate (a 2048x1024x2048 fp32 matmul timed in every
 round; a bf16 row's share is of the bf16 GEMM rate, timed alike), how far a process running only that
