@@ -4,7 +4,7 @@
         p = online_forward(x)        # this thread, on the other share of the threads, meanwhile
     h = target.result                # the side half's return value (its exception re-raised here)
 
-    # or in parts, which ever thread is free takes the next: the halves then end together
+    # or in parts, whichever thread is free taking the next: the halves then end together
     with Beside([partial(target_forward, x_part) for x_part in x.split(1)], enabled=...,
                 combine=torch.cat) as target:
 
@@ -131,7 +131,7 @@ class Beside:
             i = None
 
     def __enter__(self) -> "Beside":
-        if not self.enabled:
+        if not self.enabled or not self.parts:
             with torch.no_grad():
                 self._take()
             self.result = self.combine(self._values)
