@@ -160,7 +160,9 @@ class Beside:
         finally:
             self._done.wait()
             torch.set_num_threads(self._threads)
-        if self._done.error is not None and exc is None:
+        if exc is not None:   # the body's error goes on; the parts left undone have no value to combine
+            return False
+        if self._done.error is not None:
             raise self._done.error
         self.result = self.combine(self._values)
         return False

@@ -98,6 +98,14 @@ def test_parts_inline_when_disabled(two_threads):
     assert side.result == [(2, threading.get_ident()), (1, threading.get_ident()), (0, threading.get_ident())]
 
 
+def test_an_error_here_is_raised_as_it_is_with_parts_left(two_threads):
+    # the parts this thread would have taken stay undone: nothing is combined, the body's error goes on
+    with pytest.raises(KeyError, match="here"):
+        with Beside([lambda: time.sleep(0.05)] * 4, enabled=True, combine=lambda v: [x + 1 for x in v]):
+            raise KeyError("here")
+    assert torch.get_num_threads() == 2
+
+
 def test_a_failing_part_stops_the_rest_and_is_raised_here(two_threads):
     ran = []
 
