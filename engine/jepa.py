@@ -56,10 +56,10 @@ class JEPA(nn.Module):
 
         te = self.target_encoder
         # On a multi-core CPU this no-grad pass runs beside the context encoder and predictor, each on half
-        # the cores, in parts of a few clips: once the other half is done, its thread takes the parts left.
+        # the cores, in parts: once the other half is done, its thread takes the parts left.
         # The layer norm is fused into the gather: only target rows are normalised.
         side = beside_ok(x, te)
-        parts = [partial(target_pass, te, x_part) for x_part in x.split(target_part_size(B) if side else B)]
+        parts = [partial(target_pass, te, x_part) for x_part in x.split(target_parts(B, N) if side else B)]
         with Beside(parts, enabled=side,
                     combine=lambda h: kernels.gather_layer_norm(cat_parts(h), plan.tgt.rows_T)) as target:
             z_TD = self.encoder.forward_packed(self.encoder.embed(x), plan.ctx)
@@ -158,10 +158,20 @@ def target_pass(target_encoder: nn.Module, x) -> torch.Tensor:
     return target_encoder.forward_dense(target_encoder.embed(x))
 
 
-def target_part_size(B: int) -> int:
-    """Clips per part of the target pass when it runs beside the online passes: about eight parts, so
-    the thread that finishes first takes a fair share of what is left."""
-    return -(-B // 8)
+MIN_PART_TOKENS = 256
+
+
+def target_parts(B: int, tokens: int) -> list[int]:
+    """Clips per part of the target pass when it runs beside the online passes, largest first: half the
+    batch, then half of what is left, down to parts of MIN_PART_TOKENS tokens or one clip. The side thread
+    starts on the large ones; the thread that finishes its half first takes a small share at the end. Few
+    parts, as each costs a pass of every block's ops on fewer rows."""
+    floor = max(1, -(-MIN_PART_TOKENS // max(tokens, 1)))
+    sizes, left = [], B
+    while left > 0:
+        sizes.append(min(left, max(floor, left // 2)))
+        left -= sizes[-1]
+    return sizes
 
 
 def cat_parts(h: list[torch.Tensor]) -> torch.Tensor:

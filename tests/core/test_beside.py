@@ -204,6 +204,16 @@ def tiny_jepa(tiny_models):
     return cfg, model
 
 
+def test_target_parts_halve_down_to_a_floor_of_tokens():
+    for B, tokens in [(8, 256), (16, 64), (3, 256), (1, 64), (64, 256), (5, 1000), (7, 3)]:
+        parts = jepa_mod.target_parts(B, tokens)
+        floor = -(-jepa_mod.MIN_PART_TOKENS // tokens)
+        assert sum(parts) == B and parts == sorted(parts, reverse=True)
+        assert all(p >= min(floor, B - sum(parts[:i])) for i, p in enumerate(parts))
+        assert parts[0] <= max(B // 2, floor) or len(parts) == 1
+    assert jepa_mod.target_parts(8, 256) == [4, 2, 1, 1] and jepa_mod.target_parts(16, 64) == [8, 4, 4]
+
+
 def _loss_and_grads(model, x, masks):
     model.zero_grad(set_to_none=True)
     loss, _ = model(x, masks)
@@ -235,8 +245,10 @@ def test_jepa_step_beside_equals_inline(tiny_jepa, two_threads, monkeypatch):
     finally:
         hook.remove()
     here = threading.get_ident()
-    # inline: one pass; beside: one part per clip, the first (at least) on the side thread
-    assert len(threads) == 1 + B and threads[0] == here and threads[1:].count(here) < B
+    # inline: one pass; beside: its parts, the first (at least) on the side thread
+    parts = jepa_mod.target_parts(B, N)
+    assert len(parts) > 1 and len(threads) == 1 + len(parts)
+    assert threads[0] == here and any(t != here for t in threads[1:])
     # the two runs differ only in how many threads each GEMM split over: float rounding
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=0)
     assert len(grads_a) == len(grads_b) > 0
