@@ -193,7 +193,8 @@ inline void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha
 // every call, which at these sizes costs as much as the products (its rate here: 45-80 GFLOP/s a core against
 // 100+ for large GEMMs); on AVX-512 the products run in a register-blocked loop instead: 8 rows x 32
 // columns of C in 16 registers, one broadcast of A and two loads of B per k, B read in place (a transposed
-// B, the keys of S = Q K^T, is copied to rows first: n x Dh floats). Elsewhere BLAS runs them.
+// B, the keys of S = Q K^T or the values of dP = dO V^T, is copied to rows once per head: `transposed`).
+// Elsewhere BLAS runs them.
 namespace mk {
 constexpr int kRows = 8;
 
@@ -280,23 +281,34 @@ inline void gemm_blas(int64_t M, int64_t N, int64_t K, float alpha, const float*
   sgemm(tb, ta, N, M, K, alpha, b, sbn == 1 ? sbk : sbn, a, lda, c, ldc, accumulate ? 1.0f : 0.0f);
 }
 
-// The product of the comment above; `pack` is scratch of K * N floats for a B with sbn != 1.
+// B of a product as its pointer and strides (B(k, j) = b[k * sbk + j * sbn]).
+struct Operand {
+  const float* b;
+  int64_t sbk, sbn;
+};
+
+// The transposed rows X^T [Dh, n] of the n x Dh rows x (row stride ldx) as the products read them: on
+// AVX-512 copied once into `pack` (Dh x n floats, row stride n), so every query group of a head reads a
+// prefix of the same rows in place; BLAS reads the transpose itself.
+inline Operand transposed(const float* x, int64_t ldx, int64_t n, int64_t Dh, float* pack) {
+  if (!mk::on()) return {x, 1, ldx};
+  for (int64_t d = 0; d < Dh; ++d)
+    for (int64_t j = 0; j < n; ++j) pack[d * n + j] = x[j * ldx + d];
+  return {pack, n, 1};
+}
+
+// The product of the comment above, B read in place (sbn == 1) or, by BLAS only, transposed.
 inline void gemm_rm(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t sa, int64_t sk,
-                    const float* b, int64_t sbk, int64_t sbn, float* c, int64_t ldc, bool accumulate, float* pack) {
+                    const Operand& B, float* c, int64_t ldc, bool accumulate) {
   if (M == 0 || N == 0) return;
 #if defined(__x86_64__) && defined(__GNUC__)
   if (mk::on()) {
-    if (sbn != 1) {   // B's rows gathered: pack [K, N]
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t j = 0; j < N; ++j) pack[k * N + j] = b[k * sbk + j * sbn];
-      b = pack;
-      sbk = N;
-    }
-    mk::gemm_avx512(M, N, K, alpha, a, sa, sk, b, sbk, c, ldc, accumulate);
+    TORCH_CHECK(B.sbn == 1, "block_attention: a transposed operand reached the AVX-512 products unpacked");
+    mk::gemm_avx512(M, N, K, alpha, a, sa, sk, B.b, B.sbk, c, ldc, accumulate);
     return;
   }
 #endif
-  gemm_blas(M, N, K, alpha, a, sa, sk, b, sbk, sbn, c, ldc, accumulate);
+  gemm_blas(M, N, K, alpha, a, sa, sk, B.b, B.sbk, B.sbn, c, ldc, accumulate);
 }
 
 // W partial maxima / sums, so the compiler vectorises without reordering a float reduction; a row's tail
@@ -478,10 +490,10 @@ bool query_groups(const int64_t* fq, int64_t Lq, const int64_t* fk, int64_t Lk, 
 
 bool is_short(int64_t Lq, int64_t Lk) { return Lq <= kShortLen && Lk <= kShortLen; }
 
-// This thread's buffer `which` of at least n floats (two [kShortLen, kShortLen] score matrices, row data, a
-// transposed operand).
+// This thread's buffer `which` of at least n floats (two [kShortLen, kShortLen] score matrices, row data, two
+// transposed operands).
 float* scratch(int which, int64_t n) {
-  thread_local std::vector<float> buf[4];
+  thread_local std::vector<float> buf[5];
   auto& b = buf[which];
   if ((int64_t)b.size() < n) b.resize(n);
   return b.data();
@@ -504,6 +516,8 @@ void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, T
   float* sum = scratch(2, Lq);
   float* pack = scratch(3, Lk * Dh);
   for (int64_t h = h0; h < h1; ++h) {
+    const Operand kT = transposed(at_row(k, k0, h), k.stride(0), Lk, Dh, pack);   // every group: a prefix
+    const Operand vh = {at_row(v, k0, h), v.stride(0), 1};
     for (const Group& g : groups) {
       const int64_t rows = g.r1 - g.r0, n = g.n;
       float* op = at_row(out, q0 + g.r0, h);
@@ -516,10 +530,10 @@ void short_fwd(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, T
         continue;
       }
       // S [rows, n] = scale Q K^T
-      gemm_rm(rows, n, Dh, scale, at_row(q, q0 + g.r0, h), ldq, 1, at_row(k, k0, h), 1, k.stride(0), S, n, false, pack);
+      gemm_rm(rows, n, Dh, scale, at_row(q, q0 + g.r0, h), ldq, 1, kT, S, n, false);
       if (mask) mask_later_frames(S, rows, n, fq + g.r0, fk);
       softmax({S, nullptr, rows, n, sum, lp, lse.stride(0)}, false);
-      gemm_rm(rows, Dh, n, 1.0f, S, n, 1, at_row(v, k0, h), v.stride(0), 1, op, ldo, false, pack);   // O = P V
+      gemm_rm(rows, Dh, n, 1.0f, S, n, 1, vh, op, ldo, false);   // O = P V
       for (int64_t i = 0; i < rows; ++i) {   // normalised here: Dh per row, not n
         const float inv = sum[i] > 0.0f ? 1.0f / sum[i] : 0.0f;
         for (int64_t j = 0; j < Dh; ++j) op[i * ldo + j] *= inv;
@@ -541,9 +555,12 @@ void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tenso
   const bool one = groups.size() == 1 && groups[0].n == Lk;   // every key seen by the one group: no sum
   float* S = scratch(0, Lq * Lk);
   float* dP = scratch(1, Lq * Lk);
-  float* pack = scratch(3, Lk * Dh);
+  float* pack_k = scratch(3, Lk * Dh);
+  float* pack_v = scratch(4, Lk * Dh);
   for (int64_t h = h0; h < h1; ++h) {
     const float *kp = at_row(k, k0, h), *vp = at_row(v, k0, h);
+    const Operand kT = transposed(kp, ldk, Lk, Dh, pack_k), vT = transposed(vp, v.stride(0), Lk, Dh, pack_v);
+    const Operand kh = {kp, ldk, 1};
     float *dkp = at_row(dk, k0, h), *dvp = at_row(dv, k0, h);
     if (!one)
       for (int64_t j = 0; j < Lk; ++j) {
@@ -559,14 +576,14 @@ void short_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tenso
         for (int64_t i = 0; i < rows; ++i) std::fill(dqp + i * lddq, dqp + i * lddq + Dh, 0.0f);
         continue;
       }
-      gemm_rm(rows, n, Dh, scale, qp, ldq, 1, kp, 1, ldk, S, n, false, pack);          // S = scale Q K^T
+      gemm_rm(rows, n, Dh, scale, qp, ldq, 1, kT, S, n, false);                     // S = scale Q K^T
       if (mask) mask_later_frames(S, rows, n, fq + g.r0, fk);
-      gemm_rm(rows, n, Dh, 1.0f, gp, ldd, 1, vp, 1, v.stride(0), dP, n, false, pack);  // dP = dO V^T
+      gemm_rm(rows, n, Dh, 1.0f, gp, ldd, 1, vT, dP, n, false);                      // dP = dO V^T
       softmax({S, dP, rows, n, nullptr, at_row(lse, q0 + g.r0, h), lse.stride(0), gp, ldd,
                at_row(out, q0 + g.r0, h), out.stride(0), Dh}, true);            // S <- P, dP <- dS
-      gemm_rm(n, Dh, rows, 1.0f, S, 1, n, gp, ldd, 1, dvp, lddv, sum_keys, pack);      // dV (+)= P^T dO
-      gemm_rm(rows, Dh, n, scale, dP, n, 1, kp, ldk, 1, dqp, lddq, false, pack);        // dQ = scale dS K
-      gemm_rm(n, Dh, rows, scale, dP, 1, n, qp, ldq, 1, dkp, lddk, sum_keys, pack);     // dK (+)= scale dS^T Q
+      gemm_rm(n, Dh, rows, 1.0f, S, 1, n, {gp, ldd, 1}, dvp, lddv, sum_keys);       // dV (+)= P^T dO
+      gemm_rm(rows, Dh, n, scale, dP, n, 1, kh, dqp, lddq, false);                 // dQ = scale dS K
+      gemm_rm(n, Dh, rows, scale, dP, 1, n, {qp, ldq, 1}, dkp, lddk, sum_keys);     // dK (+)= scale dS^T Q
     }
   }
 }
