@@ -59,7 +59,8 @@ from engine.core.step import adamw, autocast  # noqa: E402
 MODES = ("reference_style", "compat", "ragged")
 REFERENCE_CODE = "reference_code"     # needs --reference-repo
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+            "jepa_cpp::linear_fwd", "jepa_cpp::linear_dx", "jepa_cpp::linear_dw"}   # kernels.linear
 
 
 def parse_mode(spec: str) -> tuple[str, torch.dtype]:

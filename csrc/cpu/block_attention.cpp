@@ -23,6 +23,7 @@
 #include <omp.h>
 
 #include "cpu_isa.h"
+#include "gemm_avx512.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -188,87 +189,16 @@ inline void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha
   sgemm_(&ta, &tb, &mi, &ni, &ki, &alpha, a, &la, b, &lb, &beta, c, &lc);
 }
 
-// Row-major C[M, N] = alpha A B (+ C where accumulate), A(i, k) = a[i * sa + k * sk], B(k, j) = b[k * sbk + j * sbn]:
-// every product of the short kernel, whose K or N is a head's width (32 or 64). BLAS packs both operands on
-// every call, which at these sizes costs as much as the products (its rate here: 45-80 GFLOP/s a core against
-// 100+ for large GEMMs); on AVX-512 the products run in a register-blocked loop instead: 8 rows x 32
-// columns of C in 16 registers, one broadcast of A and two loads of B per k, B read in place (a transposed
-// B, the keys of S = Q K^T or the values of dP = dO V^T, is copied to rows once per head: `transposed`).
-// Elsewhere BLAS runs them.
-namespace mk {
-constexpr int kRows = 8;
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define JEPA_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
-
-template <int R>
-JEPA_AVX512 void block(int64_t K, int64_t N, float alpha, const float* a, int64_t sa, int64_t sk, const float* b,
-                       int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  const __m512 al = _mm512_set1_ps(alpha);
-  for (int64_t j0 = 0; j0 < N; j0 += 32) {
-    const int64_t w = N - j0;
-    const __mmask16 m0 = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1u);
-    const __mmask16 m1 = w >= 32 ? (__mmask16)0xFFFF : w <= 16 ? (__mmask16)0 : (__mmask16)((1u << (w - 16)) - 1u);
-    __m512 acc[R][2];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    const float* bk = b + j0;
-    const float* ak = a;
-    for (int64_t k = 0; k < K; ++k, bk += ldb, ak += sk) {
-      const __m512 b0 = _mm512_maskz_loadu_ps(m0, bk);
-      const __m512 b1 = _mm512_maskz_loadu_ps(m1, bk + 16);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const __m512 av = _mm512_set1_ps(ak[r * sa]);
-        acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      float* cr = c + r * ldc + j0;
-      __m512 v0 = _mm512_mul_ps(acc[r][0], al), v1 = _mm512_mul_ps(acc[r][1], al);
-      if (accumulate) {
-        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
-        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
-      }
-      _mm512_mask_storeu_ps(cr, m0, v0);
-      _mm512_mask_storeu_ps(cr + 16, m1, v1);
-    }
-  }
-}
-
-JEPA_AVX512 void gemm_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t sa, int64_t sk,
-                             const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  int64_t i = 0;
-  for (; i + kRows <= M; i += kRows)
-    block<kRows>(K, N, alpha, a + i * sa, sa, sk, b, ldb, c + i * ldc, ldc, accumulate);
-  const float* ai = a + i * sa;
-  float* ci = c + i * ldc;
-  switch (M - i) {
-    case 7: block<7>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
-    case 6: block<6>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
-    case 5: block<5>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
-    case 4: block<4>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
-    case 3: block<3>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
-    case 2: block<2>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
-    case 1: block<1>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate); break;
-    default: break;
-  }
-}
-#undef JEPA_AVX512
-#endif
-
+// Every product of the short kernel, whose K or N is a head's width (32 or 64): on AVX-512 the register-blocked
+// loop of gemm_avx512.h (BLAS's sgemm packs both operands on every call, which at these sizes costs as much as
+// the products: 45-80 GFLOP/s a core against 100+ for large GEMMs), B read in place (a transposed B, the keys
+// of S = Q K^T or the values of dP = dO V^T, is copied to rows once per head: `transposed`). Elsewhere BLAS
+// runs them.
 // Whether the products take the register-blocked loop (AVX-512, not JEPA_CPU_BASELINE=1, not JEPA_ATTN_BLAS=1).
-inline bool on() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool use = jepa_cpu::auto_isa() == 2 && std::getenv("JEPA_ATTN_BLAS") == nullptr;
+inline bool own_products() {
+  static const bool use = mk::avx512() && std::getenv("JEPA_ATTN_BLAS") == nullptr;
   return use;
-#else
-  return false;
-#endif
 }
-}  // namespace mk
 
 // BLAS's column-major view of the same product, for CPUs without AVX-512.
 inline void gemm_blas(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t sa, int64_t sk,
@@ -291,7 +221,7 @@ struct Operand {
 // AVX-512 copied once into `pack` (Dh x n floats, row stride n), so every query group of a head reads a
 // prefix of the same rows in place; BLAS reads the transpose itself.
 inline Operand transposed(const float* x, int64_t ldx, int64_t n, int64_t Dh, float* pack) {
-  if (!mk::on()) return {x, 1, ldx};
+  if (!own_products()) return {x, 1, ldx};
   for (int64_t d = 0; d < Dh; ++d)
     for (int64_t j = 0; j < n; ++j) pack[d * n + j] = x[j * ldx + d];
   return {pack, n, 1};
@@ -302,7 +232,7 @@ inline void gemm_rm(int64_t M, int64_t N, int64_t K, float alpha, const float* a
                     const Operand& B, float* c, int64_t ldc, bool accumulate) {
   if (M == 0 || N == 0) return;
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (mk::on()) {
+  if (own_products()) {
     TORCH_CHECK(B.sbn == 1, "block_attention: a transposed operand reached the AVX-512 products unpacked");
     mk::gemm_avx512(M, N, K, alpha, a, sa, sk, B.b, B.sbk, c, ldc, accumulate);
     return;
@@ -706,5 +636,5 @@ TORCH_LIBRARY_FRAGMENT(jepa_cpp, m) {
         &block_attention_bwd);
   // whether torch's library gave this op its BLAS (the short-sequence kernel's GEMMs)
   m.def("block_attention_has_blas() -> bool", []() { return sgemm_ != nullptr; });
-  m.def("block_attention_products() -> str", []() { return std::string(mk::on() ? "avx512" : "blas"); });
+  m.def("block_attention_products() -> str", []() { return std::string(own_products() ? "avx512" : "blas"); });
 }

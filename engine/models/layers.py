@@ -94,6 +94,14 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
+class Linear(nn.Linear):
+    """nn.Linear (its parameters, names and ZeRO-3 gathering) whose product runs on kernels.linear: the C++
+    loop on AVX-512 CPUs in fp32, F.linear elsewhere."""
+
+    def forward(self, x):
+        return kernels.linear(x, self.weight, self.bias)
+
+
 class Attention(nn.Module):
     # False turns q and k one at a time the plain-torch way (kernels.rope_ref), as the reference does (for
     # benchmarks). Compiled graphs take those plain ops too: inductor fuses them with their neighbours.
@@ -107,8 +115,8 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale  # None: 1/sqrt(head_dim), as SDPA's default
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.rope = rope
 
     def forward(self, x, tok: Tokens, out: Optional[QueryRows] = None):
@@ -148,7 +156,7 @@ class _GeluLinearFn(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         with torch.autocast(dev, enabled=False):
-            return F.linear(F.gelu(h), w, b)
+            return kernels.linear(F.gelu(h), w, b)
 
     @staticmethod
     def backward(ctx, g):
@@ -157,11 +165,11 @@ class _GeluLinearFn(torch.autograd.Function):
         g_RO = g.reshape(-1, g.shape[-1])
         d_weight = d_bias = d_h = None
         if ctx.needs_input_grad[0]:   # gelu(h) and gelu'(h) in one pass (g @ weight becomes d_h)
-            a, d_h = kernels.gelu_with_grad(h, g @ weight)
+            a, d_h = kernels.gelu_with_grad(h, kernels.linear_grads(g, h, weight, need_w=False)[0])
         elif ctx.needs_input_grad[1]:
             a = F.gelu(h)
         if ctx.needs_input_grad[1]:
-            d_weight = (g_RO.t() @ a.reshape(-1, h.shape[-1])).to(ctx.dtypes[0])
+            d_weight = kernels.linear_grads(g, a, weight, need_x=False)[1].to(ctx.dtypes[0])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             d_bias = g_RO.sum(0).to(ctx.dtypes[1])
         return d_h, d_weight, d_bias
@@ -184,14 +192,14 @@ class GeluLinear(nn.Linear):
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return _GeluLinearFn.apply(h, self.weight, self.bias)
         if self.overwrites_input and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return F.linear(torch.ops.aten.gelu_(h), self.weight, self.bias)
+            return kernels.linear(torch.ops.aten.gelu_(h), self.weight, self.bias)
         return F.linear(F.gelu(h), self.weight, self.bias)
 
 
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.fc2 = GeluLinear(hidden, dim)   # GELU inside
         self.fc2.overwrites_input = True     # its input is fc1's output, used nowhere else
 
@@ -206,9 +214,9 @@ class SwiGLU(nn.Module):
         super().__init__()
         if wide:
             hidden = (int(2 * hidden / 3) + 7) // 8 * 8
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(dim, hidden)
-        self.fc3 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(dim, hidden)
+        self.fc3 = Linear(hidden, dim)
 
     def forward(self, x):
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling():   # in place: both are our own
@@ -348,7 +356,7 @@ class PredictorTrunk(nn.Module):
             Block(width, num_heads, mlp_ratio, qkv_bias, None, norm_eps, use_silu, wide_silu, rope)
             for _ in range(depth)])
         self.predictor_norm = nn.LayerNorm(width, eps=norm_eps)
-        self.predictor_proj = nn.Linear(width, out_dim, bias=True)
+        self.predictor_proj = Linear(width, out_dim, bias=True)
         init_reference_weights(self, self.predictor_blocks, init_std)
 
     def run_trunk(self, x_TP, tok: Tokens, out: Optional[QueryRows] = None) -> torch.Tensor:

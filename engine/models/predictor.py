@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import kernels
-from engine.models.layers import PredictorTrunk, QueryRows, Tokens
+from engine.models.layers import Linear, PredictorTrunk, QueryRows, Tokens
 from engine.models.pos_embed import sincos_2d, sincos_3d
 from engine.models.rope import Rope3D
 from engine.packing import Packed, pack_index_sets, pad_rows, per_row
@@ -54,7 +54,7 @@ class Predictor(PredictorTrunk):
         self.embed_dim = embed_dim
         self.single_mask_token = single_mask_token
         P = predictor_embed_dim
-        self.predictor_embed = nn.Linear(embed_dim, P, bias=True)
+        self.predictor_embed = Linear(embed_dim, P, bias=True)
         if single_mask_token:   # I-JEPA
             self.mask_token = nn.Parameter(torch.zeros(1, 1, P))
             self.num_mask_tokens = 1

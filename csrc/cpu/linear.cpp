@@ -1,0 +1,137 @@
+// A linear layer's three products in fp32 on AVX-512, on the register-blocked loop of gemm_avx512.h:
+//
+//   y  = torch.ops.jepa_cpp.linear_fwd(x, w, b)   y [T, O] = x [T, I] w^T + b   (b may be None)
+//   dx = torch.ops.jepa_cpp.linear_dx(g, w)       dx [T, I] = g [T, O] w        (the input's gradient)
+//   dw = torch.ops.jepa_cpp.linear_dw(g, x)       dw [O, I] = g^T x             (the weight's gradient)
+//
+// BLAS's sgemm packs both operands into panels on every call; at a ViT block's widths (I, O <= 768, the
+// weight in L2) that packing is not repaid, and the loop that reads them in place ran 1.05-1.15x MKL's
+// sgemm on the tiny V-JEPA step's shapes (bench/bench_linear.py). Only the forward's w^T is copied (one
+// pass over w, not over x), so that its rows are the loop's B; the gradients read g, w and x where they
+// are (dw reads g by columns: 8 consecutive floats of a row per k). The bias is added as the rows are
+// stored, not copied into the output first. Rows (of y and dx) or output features (of dw) are spread over
+// ATen's intra-op threads; dw sums over T in chunks of kChunk rows, so that x's chunk stays in L2 while
+// every row block of dw reads it.
+//
+// x, g: 2-D with unit inner stride (any row stride); w: contiguous [O, I]; b: contiguous [O]; all fp32 on
+// the CPU. linear_ok() says whether this CPU runs the loop (AVX-512, not JEPA_CPU_BASELINE=1);
+// kernels/linear.py calls these ops only then.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include "cpu_isa.h"
+#include "gemm_avx512.h"
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kChunk = 256;       // rows of T summed at once by dw
+constexpr int64_t kRowGrain = 64;     // rows per task of y and dx
+constexpr int64_t kFeatureGrain = 32; // output features per task of dw
+
+void check_2d(const Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "jepa ", op, ": ", name,
+              " must be a CPU float32 tensor, got ", t.scalar_type(), " on ", t.device());
+  TORCH_CHECK(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) <= 1 || t.numel() == 0), "jepa ", op, ": ", name,
+              " must be 2-D with unit inner stride, got shape ", t.sizes(), " strides ", t.strides());
+}
+
+void check_ready(const char* op) {
+  TORCH_CHECK(mk::avx512(), "jepa ", op, ": this CPU does not run the AVX-512 loop (see linear_ok())");
+}
+
+// C [M, N] (row stride ldc) = A B (+ bias) over rows [m0, m1), A(i, k) = a[i * sa + k * sk].
+void rows(int64_t m0, int64_t m1, int64_t N, int64_t K, const float* a, int64_t sa, int64_t sk, const float* b,
+          int64_t ldb, float* c, int64_t ldc, const float* bias) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  mk::gemm_avx512(m1 - m0, N, K, 1.0f, a + m0 * sa, sa, sk, b, ldb, c + m0 * ldc, ldc, false, bias);
+#endif
+}
+
+Tensor linear_fwd(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+  check_ready("linear_fwd");
+  check_2d(x, "linear_fwd", "x");
+  check_2d(w, "linear_fwd", "w");
+  TORCH_CHECK(w.is_contiguous(), "jepa linear_fwd: w must be contiguous");
+  const int64_t T = x.size(0), I = x.size(1), O = w.size(0);
+  TORCH_CHECK(w.size(1) == I, "jepa linear_fwd: x has ", I, " features, w is ", w.sizes());
+  const float* bias = nullptr;
+  if (b.has_value()) {
+    TORCH_CHECK(b->device().is_cpu() && b->scalar_type() == at::kFloat && b->is_contiguous() && b->dim() == 1 &&
+                    b->size(0) == O,
+                "jepa linear_fwd: b must be a contiguous CPU float32 [", O, "], got ", b->sizes());
+    bias = b->data_ptr<float>();
+  }
+  Tensor y = at::empty({T, O}, x.options());
+  if (T == 0 || O == 0) return y;
+  if (I == 0) return bias ? y.copy_(b->unsqueeze(0).expand({T, O})) : y.zero_();
+  // w^T [I, O], the loop's B: one pass over w
+  thread_local std::vector<float> wt;
+  wt.resize(I * O);
+  const float* wp = w.data_ptr<float>();
+  for (int64_t o0 = 0; o0 < O; o0 += 16)   // 16 x I tiles: w's rows read once, wt's rows written in runs
+    for (int64_t i = 0; i < I; ++i)
+      for (int64_t o = o0; o < std::min(O, o0 + 16); ++o) wt[i * O + o] = wp[o * I + i];
+  const float* xp = x.data_ptr<float>();
+  const float* wtp = wt.data();
+  float* yp = y.data_ptr<float>();
+  const int64_t ldx = x.stride(0);
+  at::parallel_for(0, T, kRowGrain, [&](int64_t m0, int64_t m1) { rows(m0, m1, O, I, xp, ldx, 1, wtp, O, yp, O, bias); });
+  return y;
+}
+
+Tensor linear_dx(const Tensor& g, const Tensor& w) {
+  check_ready("linear_dx");
+  check_2d(g, "linear_dx", "g");
+  check_2d(w, "linear_dx", "w");
+  TORCH_CHECK(w.is_contiguous(), "jepa linear_dx: w must be contiguous");
+  const int64_t T = g.size(0), O = g.size(1), I = w.size(1);
+  TORCH_CHECK(w.size(0) == O, "jepa linear_dx: g has ", O, " features, w is ", w.sizes());
+  Tensor dx = at::empty({T, I}, g.options());
+  if (T == 0 || I == 0) return dx;
+  if (O == 0) return dx.zero_();
+  const float* gp = g.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
+  const int64_t ldg = g.stride(0);
+  at::parallel_for(0, T, kRowGrain, [&](int64_t m0, int64_t m1) { rows(m0, m1, I, O, gp, ldg, 1, wp, I, dxp, I, nullptr); });
+  return dx;
+}
+
+Tensor linear_dw(const Tensor& g, const Tensor& x) {
+  check_ready("linear_dw");
+  check_2d(g, "linear_dw", "g");
+  check_2d(x, "linear_dw", "x");
+  const int64_t T = g.size(0), O = g.size(1), I = x.size(1);
+  TORCH_CHECK(x.size(0) == T, "jepa linear_dw: g has ", T, " rows, x ", x.size(0));
+  Tensor dw = at::empty({O, I}, g.options());
+  if (O == 0 || I == 0) return dw;
+  if (T == 0) return dw.zero_();
+  const float* gp = g.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  float* dwp = dw.data_ptr<float>();
+  const int64_t ldg = g.stride(0), ldx = x.stride(0);
+  at::parallel_for(0, O, kFeatureGrain, [&](int64_t o0, int64_t o1) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    for (int64_t t0 = 0; t0 < T; t0 += kChunk)   // A(o, t) = g[t, o]: g^T read by columns
+      mk::gemm_avx512(o1 - o0, I, std::min(kChunk, T - t0), 1.0f, gp + t0 * ldg + o0, 1, ldg, xp + t0 * ldx, ldx,
+                      dwp + o0 * I, I, t0 > 0);
+#endif
+  });
+  return dw;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(jepa_cpp, m) {
+  m.def("linear_fwd(Tensor x, Tensor w, Tensor? b) -> Tensor", &linear_fwd);
+  m.def("linear_dx(Tensor g, Tensor w) -> Tensor", &linear_dx);
+  m.def("linear_dw(Tensor g, Tensor x) -> Tensor", &linear_dw);
+  m.def("linear_ok() -> bool", []() { return mk::avx512(); });
+}

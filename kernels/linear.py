@@ -1,0 +1,103 @@
+"""A linear layer whose products run on the C++ register-blocked loop on AVX-512 CPUs.
+
+    y = kernels.linear(x, weight, bias)          # = F.linear(x, weight, bias), differentiable
+    dx, dw = kernels.linear_grads(g, x, weight)  # g @ weight and g^T x over x's rows (a layer's backward)
+
+At a ViT block's widths BLAS's sgemm spends part of every call packing both operands; the loop of
+csrc/cpu/gemm_avx512.h reads them in place and adds the bias as it stores the rows (csrc/cpu/linear.cpp).
+It runs fp32 CPU tensors on CPUs with AVX-512, outside autocast and compiled graphs, and weights that are
+whole tensors (not ZeRO-3 partitions, which DeepSpeed gathers around F.linear), with the kernel backend
+"auto" or "cpp", and outside torch function and dispatch modes (FlopCounterMode and other tools that read
+aten's GEMMs see them as before); every other call, and every call under JEPA_LINEAR_BLAS=1, is F.linear (the reference). The products sum in another order than BLAS's:
+results agree with F.linear to float rounding, not bit for bit.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from kernels import _ops
+from kernels._backend import current_backend
+
+
+def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-torch definition: F.linear(x, weight, bias)."""
+    return F.linear(x, weight, bias)
+
+
+_on: dict = {}   # filled once: a plain dict, read as a constant
+
+
+def cpp_runs() -> bool:
+    """Whether this process runs the C++ loop: built, AVX-512, and not JEPA_LINEAR_BLAS=1."""
+    if "on" not in _on:
+        _on["on"] = (_ops.cpp_available() and os.environ.get("JEPA_LINEAR_BLAS", "0") in ("", "0")
+                     and bool(torch.ops.jepa_cpp.linear_ok()))
+    return _on["on"]
+
+
+def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether a call takes the C++ loop (see the module's docstring)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32) and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and not hasattr(weight, "ds_tensor") and cpp_runs()
+            and current_backend() in ("auto", "cpp")
+            and not torch._C._len_torch_dispatch_stack() and not torch._C._len_torch_function_stack())
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t as [rows, features] with unit inner stride (a view where its layout allows)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 or t2.shape[-1] <= 1 else t2.contiguous()
+
+
+def _forward(x, weight, bias):
+    y = torch.ops.jepa_cpp.linear_fwd(_rows(x), weight.contiguous(),
+                                      None if bias is None else bias.contiguous())
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def linear_grads(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool = True,
+                 need_w: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(g @ weight shaped as x, g^T x over the rows) of y = x weight^T: the C++ loop where fits(), else
+    torch's matmuls, which also run where the result is itself differentiated (a backward with
+    create_graph=True: the C++ ops have no derivative). g: [..., out] as y; x: [..., in]."""
+    g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+    differentiated = torch.is_grad_enabled() and (g.requires_grad or x.requires_grad or weight.requires_grad)
+    if differentiated or not fits(g, weight, None):
+        dx = (g2 @ weight).view(x.shape) if need_x else None
+        return dx, (g2.t() @ x2 if need_w else None)
+    g2 = _rows(g)
+    dx = torch.ops.jepa_cpp.linear_dx(g2, weight.contiguous()).view(x.shape) if need_x else None
+    dw = torch.ops.jepa_cpp.linear_dw(g2, _rows(x)) if need_w else None
+    return dx, dw
+
+
+class _LinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)   # x as given: saved-tensor hooks (a norm's recipe) see the caller's
+        ctx.has_bias = bias is not None
+        return _forward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        dx, dw = linear_grads(g, x, weight, need_x, need_w)
+        db = g.reshape(-1, g.shape[-1]).sum(0) if ctx.has_bias and need_b else None
+        return dx, dw, db
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) (x [..., in], weight [out, in], bias [out] or None), on the C++ loop where
+    fits(). A backward with create_graph=True takes torch's matmuls (linear_grads), so it differentiates again."""
+    if not fits(x, weight, bias):
+        return F.linear(x, weight, bias)
+    grads = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                         or (bias is not None and bias.requires_grad))
+    if not grads:
+        return _forward(x, weight, bias)
+    return _LinearFn.apply(x, weight, bias)
