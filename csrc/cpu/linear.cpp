@@ -54,6 +54,41 @@ void rows(int64_t m0, int64_t m1, int64_t N, int64_t K, const float* a, int64_t 
 #endif
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// dst [C, R] = src [R, C]^T for an 8 x 8 tile (row strides ls, ld): eight loads, three rounds of shuffles.
+__attribute__((target("avx2,fma"))) inline void tile8(const float* src, int64_t ls, float* dst, int64_t ld) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ls);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ld, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+#endif
+
+// dst [C, R] = src [R, C]^T, both contiguous: 8 x 8 tiles in registers, the edges element by element.
+void transpose(const float* src, int64_t R, int64_t C, float* dst) {
+  int64_t r8 = 0, c8 = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+  r8 = R / 8 * 8;
+  c8 = C / 8 * 8;
+  for (int64_t r = 0; r < r8; r += 8)
+    for (int64_t c = 0; c < c8; c += 8) tile8(src + r * C + c, C, dst + c * R + r, R);
+#endif
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = (r < r8 ? c8 : 0); c < C; ++c) dst[c * R + r] = src[r * C + c];
+}
+
 Tensor linear_fwd(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
   check_ready("linear_fwd");
   check_2d(x, "linear_fwd", "x");
@@ -74,10 +109,7 @@ Tensor linear_fwd(const Tensor& x, const Tensor& w, const std::optional<Tensor>&
   // w^T [I, O], the loop's B: one pass over w
   thread_local std::vector<float> wt;
   wt.resize(I * O);
-  const float* wp = w.data_ptr<float>();
-  for (int64_t o0 = 0; o0 < O; o0 += 16)   // 16 x I tiles: w's rows read once, wt's rows written in runs
-    for (int64_t i = 0; i < I; ++i)
-      for (int64_t o = o0; o < std::min(O, o0 + 16); ++o) wt[i * O + o] = wp[o * I + i];
+  transpose(w.data_ptr<float>(), O, I, wt.data());
   const float* xp = x.data_ptr<float>();
   const float* wtp = wt.data();
   float* yp = y.data_ptr<float>();
