@@ -32,19 +32,21 @@ _on: dict = {}   # filled once: a plain dict, read as a constant
 
 def cpp_runs() -> bool:
     """Whether this process runs the C++ loop: built, AVX-512, and not JEPA_LINEAR_BLAS=1."""
-    if "on" not in _on:
-        _on["on"] = (_ops.cpp_available() and os.environ.get("JEPA_LINEAR_BLAS", "0") in ("", "0")
-                     and bool(torch.ops.jepa_cpp.linear_ok()))
-    return _on["on"]
+    on = _on.get("on")
+    if on is None:
+        on = _on["on"] = (_ops.cpp_available() and os.environ.get("JEPA_LINEAR_BLAS", "0") in ("", "0")
+                          and bool(torch.ops.jepa_cpp.linear_ok()))
+    return on
 
 
 def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether a call takes the C++ loop (see the module's docstring)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and (bias is None or bias.dtype == torch.float32) and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and not hasattr(weight, "ds_tensor") and cpp_runs()
-            and current_backend() in ("auto", "cpp")
-            and not torch._C._len_torch_dispatch_stack() and not torch._C._len_torch_function_stack())
+    """Whether a call takes the C++ loop (see the module's docstring); the cheap checks first, as it runs on
+    every layer's every call."""
+    f32 = torch.float32
+    return (x.dtype is f32 and weight.dtype is f32 and (bias is None or bias.dtype is f32) and x.is_cpu
+            and cpp_runs() and not torch._C._len_torch_dispatch_stack() and not torch._C._len_torch_function_stack()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and current_backend() in ("auto", "cpp") and not hasattr(weight, "ds_tensor"))
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -60,13 +62,14 @@ def _forward(x, weight, bias):
 
 
 def linear_grads(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool = True,
-                 need_w: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                 need_w: bool = True, fitted: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(g @ weight shaped as x, g^T x over the rows) of y = x weight^T: the C++ loop where fits(), else
     torch's matmuls, which also run where the result is itself differentiated (a backward with
-    create_graph=True: the C++ ops have no derivative). g: [..., out] as y; x: [..., in]."""
+    create_graph=True: the C++ ops have no derivative). g: [..., out] as y; x: [..., in]. fitted: the
+    forward took the loop (its backward then skips fits())."""
     g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
     differentiated = torch.is_grad_enabled() and (g.requires_grad or x.requires_grad or weight.requires_grad)
-    if differentiated or not fits(g, weight, None):
+    if differentiated or not (fitted or fits(g, weight, None)):
         dx = (g2 @ weight).view(x.shape) if need_x else None
         return dx, (g2.t() @ x2 if need_w else None)
     g2 = _rows(g)
@@ -86,7 +89,7 @@ class _LinearFn(torch.autograd.Function):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx, dw = linear_grads(g, x, weight, need_x, need_w)
+        dx, dw = linear_grads(g, x, weight, need_x, need_w, fitted=True)
         db = g.reshape(-1, g.shape[-1]).sum(0) if ctx.has_bias and need_b else None
         return dx, dw, db
 
