@@ -53,7 +53,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ops = torch.ops.jepa_cpp
     rows = []
-    print(f"{'shape':<22} {'product':<8} {'torch ms':>9} {'ours ms':>9} {'torch GF/s':>11} {'ours GF/s':>10} {'ratio':>6}")
+    print(f"{'shape':<22} {'product':<8} {'torch ms':>9} {'ours ms':>9} {'torch GF/s':>11} {'ours GF/s':>10} "
+          f"{'ratio':>6}")
     for T, I, O, what in SHAPES:
         g = torch.Generator().manual_seed(0)
         x, w, b = torch.randn(T, I, generator=g), torch.randn(O, I, generator=g), torch.randn(O, generator=g)
@@ -76,8 +77,8 @@ def main() -> None:
                    "torch_gflops": round(flop / t_ref / 1e9, 1), "ours_gflops": round(flop / t_ours / 1e9, 1),
                    "ratio": round(t_ref / t_ours, 3)}
             rows.append(row)
-            print(f"{what:<22} {product:<8} {row['torch_ms']:>9.3f} {row['ours_ms']:>9.3f} {row['torch_gflops']:>11.1f} "
-                  f"{row['ours_gflops']:>10.1f} {row['ratio']:>6.3f}")
+            print(f"{what:<22} {product:<8} {row['torch_ms']:>9.3f} {row['ours_ms']:>9.3f} "
+                  f"{row['torch_gflops']:>11.1f} {row['ours_gflops']:>10.1f} {row['ratio']:>6.3f}")
     if args.csv:
         atomic_write_csv(args.csv, rows)
 

@@ -8,8 +8,9 @@ csrc/cpu/gemm_avx512.h reads them in place and adds the bias as it stores the ro
 It runs fp32 CPU tensors on CPUs with AVX-512, outside autocast and compiled graphs, and weights that are
 whole tensors (not ZeRO-3 partitions, which DeepSpeed gathers around F.linear), with the kernel backend
 "auto" or "cpp", and outside torch function and dispatch modes (FlopCounterMode and other tools that read
-aten's GEMMs see them as before); every other call, and every call under JEPA_LINEAR_BLAS=1, is F.linear (the reference). The products sum in another order than BLAS's:
-results agree with F.linear to float rounding, not bit for bit.
+aten's GEMMs see them as before); every other call, and every call under JEPA_LINEAR_BLAS=1, is F.linear
+(the reference). The products sum in another order than BLAS's: results agree with F.linear to float
+rounding, not bit for bit.
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@
 // B(k, j) = b[k * ldb + j]: 8 rows x 32 columns of C in 16 registers, one broadcast of A and two loads of B
 // per k; A and B read in place, nothing packed. At the sizes these callers have (K or N a head's width, or a
 // layer's width up to 768; B up to ~600 KB, in L2) BLAS's packing of both operands on every call costs
-// more than it saves: this loop ran 1.05-1.15x MKL's sgemm on every linear-layer shape of the tiny V-JEPA
-// step (one thread, forward, input and weight gradients; bench/bench_linear.py).
+// more than it saves: this loop ran 1.02-1.24x MKL's sgemm's rate on the tiny V-JEPA step's linear-layer
+// products (one thread, forward, input and weight gradients; one of 27 at 0.99x; bench/bench_linear.py).
 #pragma once
 
 #include <cstdint>

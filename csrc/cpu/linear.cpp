@@ -5,8 +5,9 @@
 //   dw = torch.ops.jepa_cpp.linear_dw(g, x)       dw [O, I] = g^T x             (the weight's gradient)
 //
 // BLAS's sgemm packs both operands into panels on every call; at a ViT block's widths (I, O <= 768, the
-// weight in L2) that packing is not repaid, and the loop that reads them in place ran 1.05-1.15x MKL's
-// sgemm on the tiny V-JEPA step's shapes (bench/bench_linear.py). Only the forward's w^T is copied (one
+// weight in L2) that packing is not repaid, and the loop that reads them in place ran 1.02-1.24x MKL's
+// sgemm's rate on the tiny V-JEPA step's shapes (bench/bench_linear.py; the context fc2's weight gradient
+// 0.99x). Only the forward's w^T is copied (one
 // pass over w, not over x), so that its rows are the loop's B; the gradients read g, w and x where they
 // are (dw reads g by columns: 8 consecutive floats of a row per k). The bias is added as the rows are
 // stored, not copied into the output first. Rows (of y and dx) or output features (of dw) are spread over
@@ -114,7 +115,8 @@ Tensor linear_fwd(const Tensor& x, const Tensor& w, const std::optional<Tensor>&
   const float* wtp = wt.data();
   float* yp = y.data_ptr<float>();
   const int64_t ldx = x.stride(0);
-  at::parallel_for(0, T, kRowGrain, [&](int64_t m0, int64_t m1) { rows(m0, m1, O, I, xp, ldx, 1, wtp, O, yp, O, bias); });
+  at::parallel_for(0, T, kRowGrain,
+                   [&](int64_t m0, int64_t m1) { rows(m0, m1, O, I, xp, ldx, 1, wtp, O, yp, O, bias); });
   return y;
 }
 
@@ -132,7 +134,8 @@ Tensor linear_dx(const Tensor& g, const Tensor& w) {
   const float* wp = w.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
   const int64_t ldg = g.stride(0);
-  at::parallel_for(0, T, kRowGrain, [&](int64_t m0, int64_t m1) { rows(m0, m1, I, O, gp, ldg, 1, wp, I, dxp, I, nullptr); });
+  at::parallel_for(0, T, kRowGrain,
+                   [&](int64_t m0, int64_t m1) { rows(m0, m1, I, O, gp, ldg, 1, wp, I, dxp, I, nullptr); });
   return dx;
 }
 
