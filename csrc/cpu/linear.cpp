@@ -47,12 +47,20 @@ void check_ready(const char* op) {
   TORCH_CHECK(mk::avx512(), "jepa ", op, ": this CPU does not run the AVX-512 loop (see linear_ok())");
 }
 
-// C [M, N] (row stride ldc) = A B (+ bias) over rows [m0, m1), A(i, k) = a[i * sa + k * sk].
-void rows(int64_t m0, int64_t m1, int64_t N, int64_t K, const float* a, int64_t sa, int64_t sk, const float* b,
-          int64_t ldb, float* c, int64_t ldc, const float* bias) {
+// C [T, N] = A B (+ bias) for A [T, K] (a: unit inner stride, any row stride) and B [K, N] row-major: the
+// forward (B = w^T) and the input gradient (B = w), rows spread over ATen's threads.
+Tensor row_product(const Tensor& a, const float* b, int64_t N, const float* bias) {
+  const int64_t T = a.size(0), K = a.size(1), lda = a.stride(0);
+  Tensor c = at::empty({T, N}, a.options());
+  if (T == 0 || N == 0) return c;
+  const float* ap = a.data_ptr<float>();
+  float* cp = c.data_ptr<float>();
+  at::parallel_for(0, T, kRowGrain, [&](int64_t m0, int64_t m1) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  mk::gemm_avx512(m1 - m0, N, K, 1.0f, a + m0 * sa, sa, sk, b, ldb, c + m0 * ldc, ldc, false, bias);
+    mk::gemm_avx512(m1 - m0, N, K, 1.0f, ap + m0 * lda, lda, 1, b, N, cp + m0 * N, N, false, bias);
 #endif
+  });
+  return c;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -104,20 +112,13 @@ Tensor linear_fwd(const Tensor& x, const Tensor& w, const std::optional<Tensor>&
                 "jepa linear_fwd: b must be a contiguous CPU float32 [", O, "], got ", b->sizes());
     bias = b->data_ptr<float>();
   }
-  Tensor y = at::empty({T, O}, x.options());
-  if (T == 0 || O == 0) return y;
-  if (I == 0) return bias ? y.copy_(b->unsqueeze(0).expand({T, O})) : y.zero_();
+  if (T == 0 || O == 0) return at::empty({T, O}, x.options());
+  if (I == 0) return bias ? b->unsqueeze(0).expand({T, O}).clone() : at::zeros({T, O}, x.options());
   // w^T [I, O], the loop's B: one pass over w
   thread_local std::vector<float> wt;
   wt.resize(I * O);
   transpose(w.data_ptr<float>(), O, I, wt.data());
-  const float* xp = x.data_ptr<float>();
-  const float* wtp = wt.data();
-  float* yp = y.data_ptr<float>();
-  const int64_t ldx = x.stride(0);
-  at::parallel_for(0, T, kRowGrain,
-                   [&](int64_t m0, int64_t m1) { rows(m0, m1, O, I, xp, ldx, 1, wtp, O, yp, O, bias); });
-  return y;
+  return row_product(x, wt.data(), O, bias);
 }
 
 Tensor linear_dx(const Tensor& g, const Tensor& w) {
@@ -127,16 +128,8 @@ Tensor linear_dx(const Tensor& g, const Tensor& w) {
   TORCH_CHECK(w.is_contiguous(), "jepa linear_dx: w must be contiguous");
   const int64_t T = g.size(0), O = g.size(1), I = w.size(1);
   TORCH_CHECK(w.size(0) == O, "jepa linear_dx: g has ", O, " features, w is ", w.sizes());
-  Tensor dx = at::empty({T, I}, g.options());
-  if (T == 0 || I == 0) return dx;
-  if (O == 0) return dx.zero_();
-  const float* gp = g.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* dxp = dx.data_ptr<float>();
-  const int64_t ldg = g.stride(0);
-  at::parallel_for(0, T, kRowGrain,
-                   [&](int64_t m0, int64_t m1) { rows(m0, m1, I, O, gp, ldg, 1, wp, I, dxp, I, nullptr); });
-  return dx;
+  if (O == 0) return at::zeros({T, I}, g.options());
+  return row_product(g, w.data_ptr<float>(), I, nullptr);
 }
 
 Tensor linear_dw(const Tensor& g, const Tensor& x) {
