@@ -34,7 +34,9 @@ Backends (kernels/_registry.py: "auto" picks by device; kernels.use_backend / JE
 max_seqlen_q/k smaller than the longest sequence is an error on every device (the host reads the
 lengths once per cu_seqlens tensor: one sync per packing off CPU, not one per layer).
 The cpp and triton paths go through the custom ops `jepa::block_attention_fwd` / `_bwd` (fake impls
-and registered autograd, so torch.compile traces them). Under autocast, q/k/v are cast to the
+and registered autograd, so torch.compile traces them); eager fp32 CPU calls outside torch function and
+dispatch modes call the same C++ ops from a plain autograd Function (`_direct`), without the custom ops'
+Python dispatch. Under autocast, q/k/v are cast to the
 autocast dtype (as SDPA is); outside it, mixed dtypes are promoted.
 """
 from __future__ import annotations
@@ -95,7 +97,16 @@ def check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k):
                             f"{getattr(cu, 'dtype', type(cu).__name__)}")
     if k.shape != v.shape or q.shape[1:] != k.shape[1:]:
         raise ValueError(f"block_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} disagree")
-    for name, cu, T in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
+    # the values once per packing (a model's layers share its cu_seqlens): each read is a small op
+    _ops.memo(_cu_checked, (cu_seqlens_q, cu_seqlens_k), (q.shape[0], k.shape[0]),
+              lambda: _check_cu(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0]))
+
+
+_cu_checked: dict = {}
+
+
+def _check_cu(cu_seqlens_q, cu_seqlens_k, T_q: int, T_k: int) -> bool:
+    for name, cu, T in (("cu_seqlens_q", cu_seqlens_q, T_q), ("cu_seqlens_k", cu_seqlens_k, T_k)):
         if cu.dim() != 1 or cu.numel() < 1:
             raise ValueError(f"block_attention: {name} must be 1-D [S+1], got shape {tuple(cu.shape)}")
         if int(cu[0]) != 0 or int(cu[-1]) != T:
@@ -105,6 +116,7 @@ def check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k):
             raise ValueError(f"block_attention: {name} must be non-decreasing (sequence lengths >= 0)")
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError("block_attention: cu_seqlens_q and cu_seqlens_k hold different sequence counts")
+    return True
 
 
 def block_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None,
@@ -239,8 +251,40 @@ def _run_library(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):
 
 def _run_op(backend: str):
     def run(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):
+        if backend == "cpp" and _direct(q):
+            if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+                return _CppAttentionFn.apply(q, k, v, cu_q, cu_k, scale, fq, fk)
+            return torch.ops.jepa_cpp.block_attention_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)[0]
         return _fwd_op(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk, backend)[0]
     return run
+
+
+def _direct(q) -> bool:
+    """Whether an eager fp32 CPU call goes straight to the C++ ops: the custom ops' Python dispatch (its
+    autograd wrapper, defaults and redispatch) costs ~0.3 ms a call with its backward, ten times the kernels'
+    own time at a predictor's widths. Compiled graphs and torch function / dispatch modes (FlopCounterMode)
+    keep seeing the custom ops."""
+    return (q.dtype is torch.float32 and not torch.compiler.is_compiling() and _ops.cpp_available()
+            and not torch._C._len_torch_dispatch_stack() and not torch._C._len_torch_function_stack())
+
+
+class _CppAttentionFn(torch.autograd.Function):
+    """The custom ops' forward and backward (the same C++ kernels, the same saved tensors), as one plain
+    autograd Function."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, scale, fq, fk):
+        out, lse = torch.ops.jepa_cpp.block_attention_fwd(q, k, v, cu_q, cu_k, scale, fq, fk)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, fq, fk)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        q, k, v, out, lse, cu_q, cu_k, fq, fk = ctx.saved_tensors
+        dq, dk, dv = torch.ops.jepa_cpp.block_attention_bwd(dout, q, k, v, out, lse, cu_q, cu_k, ctx.scale, fq, fk)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def _run_ref(q, k, v, cu_q, cu_k, max_q, max_k, scale, fq, fk):

@@ -35,6 +35,7 @@ using at::Tensor;
 constexpr int64_t kChunk = 256;       // rows of T summed at once by dw
 constexpr int64_t kRowGrain = 64;     // rows per task of y and dx
 constexpr int64_t kFeatureGrain = 32; // output features per task of dw
+constexpr int64_t kTransposeGrain = 4; // 8-row blocks of w per task of its transpose
 
 void check_2d(const Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "jepa ", op, ": ", name,
@@ -85,17 +86,22 @@ __attribute__((target("avx2,fma"))) inline void tile8(const float* src, int64_t 
 }
 #endif
 
-// dst [C, R] = src [R, C]^T, both contiguous: 8 x 8 tiles in registers, the edges element by element.
+// dst [C, R] = src [R, C]^T, both contiguous: 8 x 8 tiles in registers, the edges element by element; source
+// rows in blocks of 8 over ATen's threads (a one-thread copy would leave the other threads idle before the
+// product).
 void transpose(const float* src, int64_t R, int64_t C, float* dst) {
-  int64_t r8 = 0, c8 = 0;
+  at::parallel_for(0, (R + 7) / 8, kTransposeGrain, [&](int64_t b0, int64_t b1) {
+    const int64_t r0 = b0 * 8, r1 = std::min(R, b1 * 8);
+    int64_t r8 = r0, c8 = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-  r8 = R / 8 * 8;
-  c8 = C / 8 * 8;
-  for (int64_t r = 0; r < r8; r += 8)
-    for (int64_t c = 0; c < c8; c += 8) tile8(src + r * C + c, C, dst + c * R + r, R);
+    r8 = r0 + (r1 - r0) / 8 * 8;
+    c8 = C / 8 * 8;
+    for (int64_t r = r0; r < r8; r += 8)
+      for (int64_t c = 0; c < c8; c += 8) tile8(src + r * C + c, C, dst + c * R + r, R);
 #endif
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t c = (r < r8 ? c8 : 0); c < C; ++c) dst[c * R + r] = src[r * C + c];
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = (r < r8 ? c8 : 0); c < C; ++c) dst[c * R + r] = src[r * C + c];
+  });
 }
 
 Tensor linear_fwd(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {

@@ -380,6 +380,47 @@ def test_bad_inputs():
         call(q.long(), q.long(), q.long(), cu, cu)
 
 
+def test_cu_values_are_checked_again_after_an_in_place_change():
+    """The cu_seqlens values are read once per tensor and version: the same tensor, once edited, is read anew."""
+    q = torch.randn(5, 2, 8)
+    cu = torch.tensor([0, 2, 5])
+    kernels.block_attention(q, q, q, cu, cu)
+    cu[1] = 6
+    with pytest.raises(ValueError, match="non-decreasing"):
+        kernels.block_attention(q, q, q, cu, cu)
+
+
+class _PassThrough(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(not kernels._ops.cpp_available(), reason="the direct path calls the built C++ extension")
+@pytest.mark.parametrize("causal", [False, True])
+def test_eager_fp32_calls_skip_the_custom_op_with_the_same_results(causal):
+    """Eager fp32 CPU calls run the C++ ops from a plain autograd Function; under a torch function mode (as
+    FlopCounterMode is) the custom op runs. Same kernels: outputs and gradients bit for bit; a second
+    derivative is refused on both."""
+    q, k, v, cu, frames = _case([7, 33, 1, 20], 3, 32, torch.float32, causal, seed=4)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(9))
+    kw = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, block_causal=frames)
+    direct = _run(kernels.block_attention, q, k, v, dout, **kw)
+    with _PassThrough():
+        via_op = _run(kernels.block_attention, q, k, v, dout, **kw)
+    for a, b in zip(direct, via_op):
+        assert torch.equal(a, b)
+    qd = q.clone().requires_grad_(True)
+    out = kernels.block_attention(qd, k, v, cu, cu, block_causal=frames)
+    assert type(out.grad_fn).__name__ == "_CppAttentionFnBackward"
+    with torch.no_grad():
+        assert torch.equal(kernels.block_attention(q, k, v, cu, cu, block_causal=frames), direct[0])
+    with _PassThrough():
+        assert "jepa_block_attention_fwd" in type(kernels.block_attention(qd, k, v, cu, cu).grad_fn).__name__
+    g, = torch.autograd.grad(out.square().sum(), qd, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()
+
+
 def test_cuda_selection_without_a_gpu(monkeypatch):
     # The pick reads only the device type and plain call properties, so it runs without a GPU.
     from kernels._registry import pick
