@@ -1,7 +1,7 @@
 """A linear layer whose products run on the C++ register-blocked loop on AVX-512 CPUs.
 
     y = kernels.linear(x, weight, bias)          # = F.linear(x, weight, bias), differentiable
-    dx, dw = kernels.linear_grads(g, x, weight)  # g @ weight and g^T x over x's rows (a layer's backward)
+    dx, dw, db = kernels.linear_grads(g, x, weight, need_b=True)  # g @ weight, g^T x and g summed over x's rows
 
 At a ViT block's widths BLAS's sgemm spends part of every call packing both operands; the loop of
 csrc/cpu/gemm_avx512.h reads them in place and adds the bias as it stores the rows (csrc/cpu/linear.cpp).
@@ -63,20 +63,24 @@ def _forward(x, weight, bias):
 
 
 def linear_grads(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool = True,
-                 need_w: bool = True, fitted: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(g @ weight shaped as x, g^T x over the rows) of y = x weight^T: the C++ loop where fits(), else
-    torch's matmuls, which also run where the result is itself differentiated (a backward with
-    create_graph=True: the C++ ops have no derivative). g: [..., out] as y; x: [..., in]. fitted: the
-    forward took the loop (its backward then skips fits())."""
+                 need_w: bool = True, fitted: bool = False, need_b: bool = False
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(g @ weight shaped as x, g^T x over the rows, g summed over the rows) of y = x weight^T (+ bias): the
+    C++ loop where fits(), else torch's ops, which also run where the result is itself differentiated (a
+    backward with create_graph=True: the C++ ops have no derivative). g: [..., out] as y; x: [..., in].
+    fitted: the forward took the loop (its backward then skips fits()). The bias gradient (need_b) is
+    summed in the weight gradient's pass over g."""
     g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
     differentiated = torch.is_grad_enabled() and (g.requires_grad or x.requires_grad or weight.requires_grad)
     if differentiated or not (fitted or fits(g, weight, None)):
         dx = (g2 @ weight).view(x.shape) if need_x else None
-        return dx, (g2.t() @ x2 if need_w else None)
+        return dx, (g2.t() @ x2 if need_w else None), (g2.sum(0) if need_b else None)
     g2 = _rows(g)
     dx = torch.ops.jepa_cpp.linear_dx(g2, weight.contiguous()).view(x.shape) if need_x else None
-    dw = torch.ops.jepa_cpp.linear_dw(g2, _rows(x)) if need_w else None
-    return dx, dw
+    if not need_w:
+        return dx, None, (g2.sum(0) if need_b else None)
+    dw, db = torch.ops.jepa_cpp.linear_dw(g2, _rows(x), need_b)
+    return dx, dw, (db if need_b else None)
 
 
 class _LinearFn(torch.autograd.Function):
@@ -90,9 +94,7 @@ class _LinearFn(torch.autograd.Function):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx, dw = linear_grads(g, x, weight, need_x, need_w, fitted=True)
-        db = g.reshape(-1, g.shape[-1]).sum(0) if ctx.has_bias and need_b else None
-        return dx, dw, db
+        return linear_grads(g, x, weight, need_x, need_w, fitted=True, need_b=ctx.has_bias and need_b)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,7 +2,8 @@
 //
 //   y  = torch.ops.jepa_cpp.linear_fwd(x, w, b)   y [T, O] = x [T, I] w^T + b   (b may be None)
 //   dx = torch.ops.jepa_cpp.linear_dx(g, w)       dx [T, I] = g [T, O] w        (the input's gradient)
-//   dw = torch.ops.jepa_cpp.linear_dw(g, x)       dw [O, I] = g^T x             (the weight's gradient)
+//   dw, db = torch.ops.jepa_cpp.linear_dw(g, x, bias)   dw [O, I] = g^T x  (the weight's gradient), and
+//                                                  db [O] = g's column sums (the bias's) when bias, else empty
 //
 // BLAS's sgemm packs both operands into panels on every call; at a ViT block's widths (I, O <= 768, the
 // weight in L2) that packing is not repaid, and the loop that reads them in place ran 1.02-1.24x MKL's
@@ -36,6 +37,7 @@ constexpr int64_t kChunk = 256;       // rows of T summed at once by dw
 constexpr int64_t kRowGrain = 64;     // rows per task of y and dx
 constexpr int64_t kFeatureGrain = 32; // output features per task of dw
 constexpr int64_t kTransposeGrain = 4; // 8-row blocks of w per task of its transpose
+constexpr int64_t kFeatureBlock = 64;  // columns of g summed at once for the bias gradient
 
 void check_2d(const Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "jepa ", op, ": ", name,
@@ -138,27 +140,53 @@ Tensor linear_dx(const Tensor& g, const Tensor& w) {
   return row_product(g, w.data_ptr<float>(), I, nullptr);
 }
 
-Tensor linear_dw(const Tensor& g, const Tensor& x) {
+// dst[o] += sum over rows [0, rows) of g[t, o] for o in [0, n): the chunk of g the weight gradient just read
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f,avx2,fma")))
+#endif
+void add_column_sums(const float* g, int64_t ldg, int64_t rows, int64_t n, float* dst) {
+  float acc[kFeatureBlock];
+  for (int64_t c0 = 0; c0 < n; c0 += kFeatureBlock) {
+    const int64_t w = std::min(kFeatureBlock, n - c0);
+    std::fill(acc, acc + w, 0.0f);
+    for (int64_t t = 0; t < rows; ++t)
+      for (int64_t c = 0; c < w; ++c) acc[c] += g[t * ldg + c0 + c];
+    for (int64_t c = 0; c < w; ++c) dst[c0 + c] += acc[c];
+  }
+}
+
+// (dw, db): db = the column sums of g (the bias gradient, summed per chunk as dw is) when `bias`, else an
+// empty tensor.
+std::tuple<Tensor, Tensor> linear_dw(const Tensor& g, const Tensor& x, bool bias) {
   check_ready("linear_dw");
   check_2d(g, "linear_dw", "g");
   check_2d(x, "linear_dw", "x");
   const int64_t T = g.size(0), O = g.size(1), I = x.size(1);
   TORCH_CHECK(x.size(0) == T, "jepa linear_dw: g has ", T, " rows, x ", x.size(0));
   Tensor dw = at::empty({O, I}, g.options());
-  if (O == 0 || I == 0) return dw;
-  if (T == 0) return dw.zero_();
+  Tensor db = bias ? at::zeros({O}, g.options()) : at::empty({0}, g.options());
+  if (O == 0) return {dw, db};
+  if (T == 0 || I == 0) {
+    dw.zero_();
+    if (T == 0 || !bias) return {dw, db};
+  }
   const float* gp = g.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   float* dwp = dw.data_ptr<float>();
+  float* dbp = bias ? db.data_ptr<float>() : nullptr;
   const int64_t ldg = g.stride(0), ldx = x.stride(0);
   at::parallel_for(0, O, kFeatureGrain, [&](int64_t o0, int64_t o1) {
+    for (int64_t t0 = 0; t0 < T; t0 += kChunk) {   // A(o, t) = g[t, o]: g^T read by columns
+      const int64_t rows = std::min(kChunk, T - t0);
 #if defined(__x86_64__) && defined(__GNUC__)
-    for (int64_t t0 = 0; t0 < T; t0 += kChunk)   // A(o, t) = g[t, o]: g^T read by columns
-      mk::gemm_avx512(o1 - o0, I, std::min(kChunk, T - t0), 1.0f, gp + t0 * ldg + o0, 1, ldg, xp + t0 * ldx, ldx,
-                      dwp + o0 * I, I, t0 > 0);
+      if (I > 0)
+        mk::gemm_avx512(o1 - o0, I, rows, 1.0f, gp + t0 * ldg + o0, 1, ldg, xp + t0 * ldx, ldx, dwp + o0 * I, I,
+                        t0 > 0);
 #endif
+      if (dbp != nullptr) add_column_sums(gp + t0 * ldg + o0, ldg, rows, o1 - o0, dbp + o0);
+    }
   });
-  return dw;
+  return {dw, db};
 }
 
 }  // namespace
@@ -166,6 +194,6 @@ Tensor linear_dw(const Tensor& g, const Tensor& x) {
 TORCH_LIBRARY_FRAGMENT(jepa_cpp, m) {
   m.def("linear_fwd(Tensor x, Tensor w, Tensor? b) -> Tensor", &linear_fwd);
   m.def("linear_dx(Tensor g, Tensor w) -> Tensor", &linear_dx);
-  m.def("linear_dw(Tensor g, Tensor x) -> Tensor", &linear_dw);
+  m.def("linear_dw(Tensor g, Tensor x, bool bias=False) -> (Tensor, Tensor)", &linear_dw);
   m.def("linear_ok() -> bool", []() { return mk::avx512(); });
 }

@@ -164,14 +164,18 @@ class _GeluLinearFn(torch.autograd.Function):
         g = g.to(h.dtype)
         g_RO = g.reshape(-1, g.shape[-1])
         d_weight = d_bias = d_h = None
+        need_b = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[0]:   # gelu(h) and gelu'(h) in one pass (g @ weight becomes d_h)
             a, d_h = kernels.gelu_with_grad(h, kernels.linear_grads(g, h, weight, need_w=False)[0])
         elif ctx.needs_input_grad[1]:
             a = F.gelu(h)
-        if ctx.needs_input_grad[1]:
-            d_weight = kernels.linear_grads(g, a, weight, need_x=False)[1].to(ctx.dtypes[0])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            d_bias = g_RO.sum(0).to(ctx.dtypes[1])
+        if ctx.needs_input_grad[1]:   # the bias gradient in the same pass over g
+            _, d_weight, d_bias = kernels.linear_grads(g, a, weight, need_x=False, need_b=need_b)
+            d_weight = d_weight.to(ctx.dtypes[0])
+        elif need_b:
+            d_bias = g_RO.sum(0)
+        if d_bias is not None:
+            d_bias = d_bias.to(ctx.dtypes[1])
         return d_h, d_weight, d_bias
 
 

@@ -124,6 +124,20 @@ def test_linear_module_keeps_nn_linear_state():
 
 
 @loop
+@pytest.mark.parametrize("T,I,O", [(0, 5, 7), (6, 0, 7), (6, 5, 0), (1, 1, 1), (600, 96, 100), (257, 33, 129)])
+def test_weight_gradient_op_sums_the_bias_gradient_in_the_same_pass(T, I, O):
+    g = torch.Generator().manual_seed(T + I + O)
+    gy = torch.randn(T, O + 3, generator=g)[:, 2:O + 2] * 4                 # rows with a stride, as a view
+    x = torch.randn(T, I, generator=g)
+    dw, db = torch.ops.jepa_cpp.linear_dw(gy, x, True)
+    g64, x64 = gy.double(), x.double()
+    _within(dw, g64.t() @ x64, (g64.abs().t() @ x64.abs(), max(T, 1)), "dw")
+    _within(db, g64.sum(0), (g64.abs().sum(0), max(T, 1)), "db")
+    dw_only, none = torch.ops.jepa_cpp.linear_dw(gy, x)
+    assert torch.equal(dw_only, dw) and none.numel() == 0
+
+
+@loop
 def test_cpp_ops_refuse_bad_input_by_name():
     x, w = torch.randn(4, 8), torch.randn(3, 8)
     with pytest.raises(RuntimeError, match="x has 8 features"):
