@@ -262,8 +262,10 @@ __attribute__((always_inline)) inline float row_max(const float* __restrict x, i
   float acc[W];
   for (int l = 0; l < W; ++l) acc[l] = -std::numeric_limits<float>::infinity();
   int64_t j = 0;
-  for (; j + W <= n; j += W)
+  for (; j + W <= n; j += W) {
+#pragma omp simd   // one vector max per W floats: without it GCC unrolls the lanes into scalar maxes
     for (int l = 0; l < W; ++l) acc[l] = x[j + l] > acc[l] ? x[j + l] : acc[l];
+  }
   for (int64_t l = 0; j + l < n; ++l) acc[l] = x[j + l] > acc[l] ? x[j + l] : acc[l];
   return fold_max(acc);
 }
