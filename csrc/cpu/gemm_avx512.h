@@ -28,6 +28,7 @@ JEPA_AVX512 inline void block(int64_t K, int64_t N, float alpha, const float* a,
                               const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
                               const float* bias) {
   const __m512 al = _mm512_set1_ps(alpha);
+  const bool scaled = alpha != 1.0f;
   for (int64_t j0 = 0; j0 < N; j0 += 32) {
     const int64_t w = N - j0;
     const __mmask16 m0 = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1u);
@@ -55,7 +56,11 @@ JEPA_AVX512 inline void block(int64_t K, int64_t N, float alpha, const float* a,
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       float* cr = c + r * ldc + j0;
-      __m512 v0 = _mm512_mul_ps(acc[r][0], al), v1 = _mm512_mul_ps(acc[r][1], al);
+      __m512 v0 = acc[r][0], v1 = acc[r][1];
+      if (scaled) {   // the linear layers' products have alpha = 1: no multiply per stored vector
+        v0 = _mm512_mul_ps(v0, al);
+        v1 = _mm512_mul_ps(v1, al);
+      }
       if (bias != nullptr) {
         v0 = _mm512_add_ps(v0, bias0);
         v1 = _mm512_add_ps(v1, bias1);
