@@ -93,15 +93,24 @@ def test_sums_that_cancel_to_zero_are_held_to_their_terms():
 def test_thread_counts_agree(threads):
     g = torch.Generator().manual_seed(4)
     x, w, b = torch.randn(1000, 192, generator=g), torch.randn(300, 192, generator=g), torch.randn(300, generator=g)
+    gy = torch.randn(1000, 300, generator=g)
+
+    def products():
+        xg, wg, bg = (t.clone().requires_grad_(True) for t in (x, w, b))
+        y = kernels.linear(xg, wg, bg)
+        y.backward(gy)   # 1000 rows: the weight gradient sums two row groups
+        return y, xg.grad, wg.grad, bg.grad
+
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        y1 = kernels.linear(x, w, b)
+        one = products()
         torch.set_num_threads(threads)
-        y2 = kernels.linear(x, w, b)
+        many = products()
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(y1, y2)   # every row block sums in the same order whichever thread runs it
+    for a, b_ in zip(one, many):   # every sum runs in the same order whichever thread runs it
+        assert torch.equal(a, b_)
 
 
 def test_other_calls_are_f_linear():
@@ -124,7 +133,8 @@ def test_linear_module_keeps_nn_linear_state():
 
 
 @loop
-@pytest.mark.parametrize("T,I,O", [(0, 5, 7), (6, 0, 7), (6, 5, 0), (1, 1, 1), (600, 96, 100), (257, 33, 129)])
+@pytest.mark.parametrize("T,I,O", [(0, 5, 7), (6, 0, 7), (6, 5, 0), (1, 1, 1), (600, 96, 100), (257, 33, 129),
+                                   (800, 0, 9), (1537, 40, 3), (3100, 17, 70)])   # 2, 4 and 8 row groups
 def test_weight_gradient_op_sums_the_bias_gradient_in_the_same_pass(T, I, O):
     g = torch.Generator().manual_seed(T + I + O)
     gy = torch.randn(T, O + 3, generator=g)[:, 2:O + 2] * 4                 # rows with a stride, as a view
