@@ -1,6 +1,7 @@
 """A linear layer whose products run on the C++ register-blocked loop on AVX-512 CPUs.
 
     y = kernels.linear(x, weight, bias)          # = F.linear(x, weight, bias), differentiable
+    y = kernels.linear(x, weight, bias, residual=r)   # = r + F.linear(x, weight, bias): r added as y is stored
     dx, dw, db = kernels.linear_grads(g, x, weight, need_b=True)  # g @ weight, g^T x and g summed over x's rows
 
 At a ViT block's widths BLAS's sgemm spends part of every call packing both operands; the loop of
@@ -52,13 +53,13 @@ def fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bo
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """t as [rows, features] with unit inner stride (a view where its layout allows)."""
-    t2 = t.reshape(-1, t.shape[-1])
+    t2 = t.reshape(t.shape[:-1].numel(), t.shape[-1])   # not -1: ambiguous where a width is 0
     return t2 if t2.stride(-1) == 1 or t2.shape[-1] <= 1 else t2.contiguous()
 
 
-def _forward(x, weight, bias):
-    y = torch.ops.jepa_cpp.linear_fwd(_rows(x), weight.contiguous(),
-                                      None if bias is None else bias.contiguous())
+def _forward(x, weight, bias, residual=None):
+    y = torch.ops.jepa_cpp.linear_fwd(_rows(x), weight.contiguous(), None if bias is None else bias.contiguous(),
+                                      None if residual is None else _rows(residual))
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -70,7 +71,7 @@ def linear_grads(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x:
     backward with create_graph=True: the C++ ops have no derivative). g: [..., out] as y; x: [..., in].
     fitted: the forward took the loop (its backward then skips fits()). The bias gradient (need_b) is
     summed in the weight gradient's pass over g."""
-    g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+    g2, x2 = g.reshape(g.shape[:-1].numel(), g.shape[-1]), x.reshape(x.shape[:-1].numel(), x.shape[-1])
     differentiated = torch.is_grad_enabled() and (g.requires_grad or x.requires_grad or weight.requires_grad)
     if differentiated or not (fitted or fits(g, weight, None)):
         dx = (g2 @ weight).view(x.shape) if need_x else None
@@ -85,25 +86,39 @@ def linear_grads(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x:
 
 class _LinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, residual):
         ctx.save_for_backward(x, weight)   # x as given: saved-tensor hooks (a norm's recipe) see the caller's
         ctx.has_bias = bias is not None
-        return _forward(x, weight, bias)
+        return _forward(x, weight, bias, residual)
 
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        return linear_grads(g, x, weight, need_x, need_w, fitted=True, need_b=ctx.has_bias and need_b)
+        need_x, need_w, need_b, need_r = ctx.needs_input_grad
+        dx, dw, db = linear_grads(g, x, weight, need_x, need_w, fitted=True, need_b=ctx.has_bias and need_b)
+        return dx, dw, db, (g if need_r else None)   # the residual's gradient is the output's, as an add's
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) (x [..., in], weight [out, in], bias [out] or None), on the C++ loop where
-    fits(). A backward with create_graph=True takes torch's matmuls (linear_grads), so it differentiates again."""
-    if not fits(x, weight, bias):
-        return F.linear(x, weight, bias)
+def residual_fits(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the C++ loop adds `residual` as it stores the product: an fp32 CPU tensor of the output's
+    shape (no broadcast, no type promotion); the add is a separate op otherwise."""
+    return (residual.dtype is torch.float32 and residual.is_cpu
+            and residual.shape == (*x.shape[:-1], weight.shape[0]))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) (x [..., in], weight [out, in], bias [out] or None), plus `residual` (the
+    output's shape; a block's residual stream) where given, on the C++ loop where fits(): the residual is
+    added as the product's rows are stored, the same sum residual + (x weight^T + bias) as a separate add,
+    without its pass over memory or the product's own tensor. A backward with create_graph=True takes
+    torch's matmuls (linear_grads), so it differentiates again."""
+    if not fits(x, weight, bias) or (residual is not None and not residual_fits(residual, x, weight)):
+        y = F.linear(x, weight, bias)
+        return y if residual is None else residual + y
     grads = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                         or (bias is not None and bias.requires_grad))
+                                         or (bias is not None and bias.requires_grad)
+                                         or (residual is not None and residual.requires_grad))
     if not grads:
-        return _forward(x, weight, bias)
-    return _LinearFn.apply(x, weight, bias)
+        return _forward(x, weight, bias, residual)
+    return _LinearFn.apply(x, weight, bias, residual)

@@ -1,8 +1,8 @@
 // The register-blocked AVX-512 product shared by the short attention kernel (block_attention.cpp) and the
 // linear layers (linear.cpp).
 //
-// Row-major C[M, N] = alpha A B (+ bias[j]) (+ C where accumulate), A(i, k) = a[i * sa + k * sk],
-// B(k, j) = b[k * ldb + j]: 8 rows x 32 columns of C in 16 registers, one broadcast of A and two loads of B
+// Row-major C[M, N] = alpha A B (+ bias[j]) (+ R[i, j] = res[i * ldr + j] where res is given) (+ C where
+// accumulate), A(i, k) = a[i * sa + k * sk], B(k, j) = b[k * ldb + j]: 8 rows x 32 columns of C in 16 registers, one broadcast of A and two loads of B
 // per k; A and B read in place, nothing packed. At the sizes these callers have (K or N a head's width, or a
 // layer's width up to 768; B up to ~600 KB, in L2) BLAS's packing of both operands on every call costs
 // more than it saves: this loop ran 1.02-1.24x MKL's sgemm's rate on the tiny V-JEPA step's linear-layer
@@ -26,7 +26,7 @@ constexpr int kRows = 8;
 template <int R>
 JEPA_AVX512 inline void block(int64_t K, int64_t N, float alpha, const float* a, int64_t sa, int64_t sk,
                               const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
-                              const float* bias) {
+                              const float* bias, const float* res, int64_t ldr) {
   const __m512 al = _mm512_set1_ps(alpha);
   const bool scaled = alpha != 1.0f;
   for (int64_t j0 = 0; j0 < N; j0 += 32) {
@@ -65,6 +65,10 @@ JEPA_AVX512 inline void block(int64_t K, int64_t N, float alpha, const float* a,
         v0 = _mm512_add_ps(v0, bias0);
         v1 = _mm512_add_ps(v1, bias1);
       }
+      if (res != nullptr) {   // a residual stream added as the rows are stored: no pass of its own
+        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, res + r * ldr + j0));
+        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, res + r * ldr + j0 + 16));
+      }
       if (accumulate) {
         v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
         v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
@@ -77,20 +81,22 @@ JEPA_AVX512 inline void block(int64_t K, int64_t N, float alpha, const float* a,
 
 JEPA_AVX512 inline void gemm_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t sa,
                                     int64_t sk, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
-                                    const float* bias = nullptr) {
+                                    const float* bias = nullptr, const float* res = nullptr, int64_t ldr = 0) {
   int64_t i = 0;
   for (; i + kRows <= M; i += kRows)
-    block<kRows>(K, N, alpha, a + i * sa, sa, sk, b, ldb, c + i * ldc, ldc, accumulate, bias);
+    block<kRows>(K, N, alpha, a + i * sa, sa, sk, b, ldb, c + i * ldc, ldc, accumulate, bias,
+                 res != nullptr ? res + i * ldr : nullptr, ldr);
   const float* ai = a + i * sa;
   float* ci = c + i * ldc;
+  const float* ri = res != nullptr ? res + i * ldr : nullptr;
   switch (M - i) {
-    case 7: block<7>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias); break;
-    case 6: block<6>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias); break;
-    case 5: block<5>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias); break;
-    case 4: block<4>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias); break;
-    case 3: block<3>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias); break;
-    case 2: block<2>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias); break;
-    case 1: block<1>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias); break;
+    case 7: block<7>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias, ri, ldr); break;
+    case 6: block<6>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias, ri, ldr); break;
+    case 5: block<5>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias, ri, ldr); break;
+    case 4: block<4>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias, ri, ldr); break;
+    case 3: block<3>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias, ri, ldr); break;
+    case 2: block<2>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias, ri, ldr); break;
+    case 1: block<1>(K, N, alpha, ai, sa, sk, b, ldb, ci, ldc, accumulate, bias, ri, ldr); break;
     default: break;
   }
 }

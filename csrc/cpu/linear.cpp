@@ -1,6 +1,6 @@
 // A linear layer's three products in fp32 on AVX-512, on the register-blocked loop of gemm_avx512.h:
 //
-//   y  = torch.ops.jepa_cpp.linear_fwd(x, w, b)   y [T, O] = x [T, I] w^T + b   (b may be None)
+//   y  = torch.ops.jepa_cpp.linear_fwd(x, w, b, r)   y [T, O] = x [T, I] w^T + b (+ r [T, O])  (b, r: or None)
 //   dx = torch.ops.jepa_cpp.linear_dx(g, w)       dx [T, I] = g [T, O] w        (the input's gradient)
 //   dw, db = torch.ops.jepa_cpp.linear_dw(g, x, bias)   dw [O, I] = g^T x  (the weight's gradient), and
 //                                                  db [O] = g's column sums (the bias's) when bias, else empty
@@ -11,7 +11,8 @@
 // 0.99x). Only the forward's w^T is copied (one
 // pass over w, not over x), so that its rows are the loop's B; the gradients read g, w and x where they
 // are (dw reads g by columns: 8 consecutive floats of a row per k). The bias is added as the rows are
-// stored, not copied into the output first. Rows of y and dx are spread over ATen's intra-op threads; dw
+// stored, not copied into the output first, and so is a residual stream r (a block's x + proj(a): no add of
+// its own, no product tensor in between). Rows of y and dx are spread over ATen's intra-op threads; dw
 // sums over T in row groups (each into its own partial, added in a fixed order: see linear_dw), each group
 // in chunks of kChunk rows, so that x's chunk stays in L2 while every row block of dw reads it. No sum's
 // order depends on the thread count.
@@ -55,9 +56,11 @@ void check_ready(const char* op) {
   TORCH_CHECK(mk::avx512(), "jepa ", op, ": this CPU does not run the AVX-512 loop (see linear_ok())");
 }
 
-// C [T, N] = A B (+ bias) for A [T, K] (a: unit inner stride, any row stride) and B [K, N] row-major: the
-// forward (B = w^T) and the input gradient (B = w), rows spread over ATen's threads.
-Tensor row_product(const Tensor& a, const float* b, int64_t N, const float* bias) {
+// C [T, N] = A B (+ bias) (+ R) for A [T, K] (a: unit inner stride, any row stride), B [K, N] row-major and
+// R [T, N] (row stride ldr) or null: the forward (B = w^T) and the input gradient (B = w), rows spread over
+// ATen's threads.
+Tensor row_product(const Tensor& a, const float* b, int64_t N, const float* bias, const float* res = nullptr,
+                   int64_t ldr = 0) {
   const int64_t T = a.size(0), K = a.size(1), lda = a.stride(0);
   Tensor c = at::empty({T, N}, a.options());
   if (T == 0 || N == 0) return c;
@@ -65,7 +68,8 @@ Tensor row_product(const Tensor& a, const float* b, int64_t N, const float* bias
   float* cp = c.data_ptr<float>();
   at::parallel_for(0, T, kRowGrain, [&](int64_t m0, int64_t m1) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    mk::gemm_avx512(m1 - m0, N, K, 1.0f, ap + m0 * lda, lda, 1, b, N, cp + m0 * N, N, false, bias);
+    mk::gemm_avx512(m1 - m0, N, K, 1.0f, ap + m0 * lda, lda, 1, b, N, cp + m0 * N, N, false, bias,
+                    res != nullptr ? res + m0 * ldr : nullptr, ldr);
 #endif
   });
   return c;
@@ -111,7 +115,7 @@ void transpose(const float* src, int64_t R, int64_t C, float* dst) {
   });
 }
 
-Tensor linear_fwd(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b) {
+Tensor linear_fwd(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b, const std::optional<Tensor>& r) {
   check_ready("linear_fwd");
   check_2d(x, "linear_fwd", "x");
   check_2d(w, "linear_fwd", "w");
@@ -125,13 +129,21 @@ Tensor linear_fwd(const Tensor& x, const Tensor& w, const std::optional<Tensor>&
                 "jepa linear_fwd: b must be a contiguous CPU float32 [", O, "], got ", b->sizes());
     bias = b->data_ptr<float>();
   }
+  if (r.has_value()) {
+    check_2d(*r, "linear_fwd", "r");
+    TORCH_CHECK(r->size(0) == T && r->size(1) == O, "jepa linear_fwd: r must be [", T, ", ", O, "], got ", r->sizes());
+  }
   if (T == 0 || O == 0) return at::empty({T, O}, x.options());
-  if (I == 0) return bias ? b->unsqueeze(0).expand({T, O}).clone() : at::zeros({T, O}, x.options());
+  if (I == 0) {
+    Tensor y = bias ? b->unsqueeze(0).expand({T, O}).clone() : at::zeros({T, O}, x.options());
+    return r.has_value() ? y.add_(*r) : y;
+  }
   // w^T [I, O], the loop's B: one pass over w
   thread_local std::vector<float> wt;
   wt.resize(I * O);
   transpose(w.data_ptr<float>(), O, I, wt.data());
-  return row_product(x, wt.data(), O, bias);
+  return r.has_value() ? row_product(x, wt.data(), O, bias, r->data_ptr<float>(), r->stride(0))
+                       : row_product(x, wt.data(), O, bias);
 }
 
 Tensor linear_dx(const Tensor& g, const Tensor& w) {
@@ -245,7 +257,7 @@ std::tuple<Tensor, Tensor> linear_dw(const Tensor& g, const Tensor& x, bool bias
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(jepa_cpp, m) {
-  m.def("linear_fwd(Tensor x, Tensor w, Tensor? b) -> Tensor", &linear_fwd);
+  m.def("linear_fwd(Tensor x, Tensor w, Tensor? b, Tensor? r=None) -> Tensor", &linear_fwd);
   m.def("linear_dx(Tensor g, Tensor w) -> Tensor", &linear_dx);
   m.def("linear_dw(Tensor g, Tensor x, bool bias=False) -> (Tensor, Tensor)", &linear_dw);
   m.def("linear_ok() -> bool", []() { return mk::avx512(); });

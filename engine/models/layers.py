@@ -98,8 +98,10 @@ class Linear(nn.Linear):
     """nn.Linear (its parameters, names and ZeRO-3 gathering) whose product runs on kernels.linear: the C++
     loop on AVX-512 CPUs in fp32, F.linear elsewhere."""
 
-    def forward(self, x):
-        return kernels.linear(x, self.weight, self.bias)
+    def forward(self, x, residual=None):
+        """x W^T + b, plus `residual` (the output's shape: a block's residual stream) where given: on the C++
+        loop it is added as the product is stored (kernels.linear)."""
+        return kernels.linear(x, self.weight, self.bias, residual)
 
 
 class Attention(nn.Module):
@@ -119,7 +121,8 @@ class Attention(nn.Module):
         self.proj = Linear(dim, dim)
         self.rope = rope
 
-    def forward(self, x, tok: Tokens, out: Optional[QueryRows] = None):
+    def forward(self, x, tok: Tokens, out: Optional[QueryRows] = None, residual=None):
+        """residual: added to the output (the projection's store: Linear.forward), rows as the output's."""
         lead = x.shape[:-1]                                         # (B, N) or (T,)
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)  # [..., H, Dh]
         if self.rope is not None:
@@ -132,19 +135,19 @@ class Attention(nn.Module):
             q = q.index_select(0, out.rows)
             o = kernels.block_attention(q, k, v, out.cu_seqlens, tok.cu_seqlens, max_seqlen_q=out.max_seqlen,
                                         max_seqlen_k=tok.max_seqlen, scale=self.scale)
-            return self.proj(o.reshape(q.shape[0], self.num_heads * self.head_dim))
+            return self.proj(o.reshape(q.shape[0], self.num_heads * self.head_dim), residual)
         if tok.packed:
             o = kernels.block_attention(q, k, v, tok.cu_seqlens, tok.cu_seqlens, max_seqlen_q=tok.max_seqlen,
                                         max_seqlen_k=tok.max_seqlen, scale=self.scale, block_causal=tok.frames)
         else:
             o = kernels.sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                              scale=self.scale).transpose(1, 2)
-        return self.proj(o.reshape(*lead, self.num_heads * self.head_dim))   # -1 is ambiguous for no rows
+        return self.proj(o.reshape(*lead, self.num_heads * self.head_dim), residual)   # -1: ambiguous for no rows
 
 
 class _GeluLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias):
+    def forward(ctx, h, weight, bias, residual):
         # Under autocast the product runs in the autocast dtype, as F.linear would, and the backward (which
         # runs outside autocast) uses the same cast weight; the gradients return in each input's dtype.
         dev = h.device.type
@@ -156,12 +159,12 @@ class _GeluLinearFn(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         with torch.autocast(dev, enabled=False):
-            return kernels.linear(F.gelu(h), w, b)
+            return kernels.linear(F.gelu(h), w, b, residual)
 
     @staticmethod
     def backward(ctx, g):
         h, weight = ctx.saved_tensors
-        g = g.to(h.dtype)
+        g_out, g = g, g.to(h.dtype)
         g_RO = g.reshape(-1, g.shape[-1])
         d_weight = d_bias = d_h = None
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
@@ -176,7 +179,7 @@ class _GeluLinearFn(torch.autograd.Function):
             d_bias = g_RO.sum(0)
         if d_bias is not None:
             d_bias = d_bias.to(ctx.dtypes[1])
-        return d_h, d_weight, d_bias
+        return d_h, d_weight, d_bias, (g_out if ctx.needs_input_grad[3] else None)   # an add's gradient
 
 
 class GeluLinear(nn.Linear):
@@ -192,12 +195,14 @@ class GeluLinear(nn.Linear):
     # then runs in place, one pass over the block's widest activation instead of a new tensor.
     overwrites_input = False
 
-    def forward(self, h):
+    def forward(self, h, residual=None):
+        """linear(gelu(h)), plus `residual` where given (added as the product is stored: kernels.linear)."""
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return _GeluLinearFn.apply(h, self.weight, self.bias)
+            return _GeluLinearFn.apply(h, self.weight, self.bias, residual)
         if self.overwrites_input and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return kernels.linear(torch.ops.aten.gelu_(h), self.weight, self.bias)
-        return F.linear(F.gelu(h), self.weight, self.bias)
+            return kernels.linear(torch.ops.aten.gelu_(h), self.weight, self.bias, residual)
+        y = F.linear(F.gelu(h), self.weight, self.bias)
+        return y if residual is None else residual + y
 
 
 class MLP(nn.Module):
@@ -207,8 +212,8 @@ class MLP(nn.Module):
         self.fc2 = GeluLinear(hidden, dim)   # GELU inside
         self.fc2.overwrites_input = True     # its input is fc1's output, used nowhere else
 
-    def forward(self, x):
-        return self.fc2(self.fc1(x))
+    def forward(self, x, residual=None):
+        return self.fc2(self.fc1(x), residual)
 
 
 class SwiGLU(nn.Module):
@@ -222,10 +227,10 @@ class SwiGLU(nn.Module):
         self.fc2 = Linear(dim, hidden)
         self.fc3 = Linear(hidden, dim)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling():   # in place: both are our own
-            return self.fc3(F.silu(self.fc1(x), inplace=True).mul_(self.fc2(x)))
-        return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
+            return self.fc3(F.silu(self.fc1(x), inplace=True).mul_(self.fc2(x)), residual)
+        return self.fc3(F.silu(self.fc1(x)) * self.fc2(x), residual)
 
 
 class _RecomputedNorm:
@@ -295,12 +300,12 @@ class Block(nn.Module):
         """out: return only these rows (packed input without a frame mask): every row still serves as a
         key and value, but the queries, the projection and the MLP run on the wanted rows alone."""
         y, hooks = normed(self.norm1, x, self.recompute_norms)
-        with hooks:
-            a = self.attn(y, tok, out) if out is not None else self.attn(y, tok)
-        x = (x.index_select(0, out.rows) if out is not None else x) + a
+        r = x.index_select(0, out.rows) if out is not None else x
+        with hooks:   # x + attn and x + mlp: each residual added as its projection's rows are stored
+            x = self.attn(y, tok, out, residual=r) if out is not None else self.attn(y, tok, residual=r)
         y, hooks = normed(self.norm2, x, self.recompute_norms)
         with hooks:
-            return x + self.mlp(y)
+            return self.mlp(y, residual=x)
 
 
 def run_blocks(blocks: nn.ModuleList, x, tok: Tokens, checkpoint: bool, out: Optional[QueryRows] = None):

@@ -360,8 +360,10 @@ def test_gelu_linear_gradcheck_on_a_non_contiguous_input():
     h = torch.randn(4, 6, dtype=torch.float64).t().requires_grad_()   # [6, 4], column-major
     w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)   # a residual stream added to the output
     assert not h.is_contiguous()
-    assert torch.autograd.gradcheck(_GeluLinearFn.apply, (h, w, b))
+    assert torch.autograd.gradcheck(_GeluLinearFn.apply, (h, w, b, None))
+    assert torch.autograd.gradcheck(_GeluLinearFn.apply, (h, w, b, r))
 
 
 def test_mlp_keeps_the_reference_parameter_names_and_saves_less():
@@ -502,6 +504,33 @@ def test_block_recomputing_its_norms_gives_the_plain_gradients_bit_for_bit(packe
         blk.recompute_norms = recompute
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             runs.append(_block_grads(blk, x, tok, g))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_block_adds_its_residuals_in_the_projections_as_separate_adds_would(packed, autocast, grad):
+    # x + attn(norm1(x)) and x + mlp(norm2(x)): the block hands x to the projections, which add it as they
+    # store their rows; outputs and gradients are those of the two separate adds, to the bit
+    from engine.models.layers import Block
+
+    def separate_adds(blk, x, tok):
+        y = x + blk.attn(blk.norm1(x), tok)
+        return y + blk.mlp(blk.norm2(y))
+
+    torch.manual_seed(0)
+    blk = Block(24, 3)
+    blk.recompute_norms = False   # the plain autograd of the composition above
+    x, tok = _tokens(packed)
+    g = torch.randn_like(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        if grad:
+            runs = [_block_grads(blk, x, tok, g), _block_grads(blk, x, tok, g, wrap=separate_adds)]
+        else:
+            with torch.no_grad():
+                runs = [[blk(x.clone(), tok)], [separate_adds(blk, x.clone(), tok)]]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 

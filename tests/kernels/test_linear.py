@@ -113,6 +113,37 @@ def test_thread_counts_agree(threads):
         assert torch.equal(a, b_)
 
 
+@loop
+@pytest.mark.parametrize("T,I,O", [(0, 5, 7), (1, 1, 1), (13, 33, 17), (300, 768, 192), (257, 192, 97), (9, 0, 4)])
+def test_a_residual_is_added_as_the_rows_are_stored_bit_for_bit(T, I, O):
+    # residual + (x w^T + b) in the product's store: the sum a separate add makes of the same product, to the
+    # bit, and the residual's gradient is the output's (an add's backward)
+    g = torch.Generator().manual_seed(T + I + O)
+    x, w, b = torch.randn(T, I, generator=g), torch.randn(O, I, generator=g), torch.randn(O, generator=g)
+    r = torch.randn(T, O + 5, generator=g)[:, 3:O + 3]   # a view with a row stride, as a residual slice is
+    gy = torch.randn(T, O, generator=g)
+    runs = []
+    for fused in (True, False):
+        xg, wg, bg, rg = (t.clone().requires_grad_(True) for t in (x, w, b, r))
+        y = kernels.linear(xg, wg, bg, residual=rg) if fused else rg + kernels.linear(xg, wg, bg)
+        y.backward(gy)
+        runs.append([y, xg.grad, wg.grad, bg.grad, rg.grad])
+    for a, b_ in zip(*runs):
+        assert torch.equal(a, b_)
+    with torch.no_grad():   # without autograd, the op itself
+        assert torch.equal(kernels.linear(x, w, b, residual=r), r + kernels.linear(x, w, b))
+
+
+def test_a_residual_that_is_not_the_output_shape_is_a_separate_add():
+    g = torch.Generator().manual_seed(6)
+    x, w, b = torch.randn(5, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(4, generator=g)
+    for r in (torch.randn(4, generator=g), torch.randn(5, 4, dtype=torch.float64, generator=g)):   # broadcast, fp64
+        assert not linear_mod.residual_fits(r, x, w)
+        out = kernels.linear(x, w, b, residual=r)
+        ref = r + F.linear(x, w, b)
+        assert out.dtype == ref.dtype and torch.allclose(out, ref, atol=1e-5)
+
+
 def test_other_calls_are_f_linear():
     g = torch.Generator().manual_seed(5)
     x, w, b = torch.randn(6, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(4, generator=g)
