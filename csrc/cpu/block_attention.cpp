@@ -163,6 +163,18 @@ Tensor out_like(const Tensor& x, bool written) {
   return written ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::zeros_like(x, at::MemoryFormat::Contiguous);
 }
 
+// (dq, dk, dv) as out_like. Where q, k and v have one shape (a self-attention's, from one qkv projection)
+// they are the three slices of one [T, 3, H, Dh] buffer, the layout of that projection's output: its
+// gradient is then the buffer as it stands, not a stack of three copies (engine.models.layers.split_qkv).
+std::tuple<Tensor, Tensor, Tensor> grads_like(const Tensor& q, const Tensor& k, const Tensor& v, bool q_written,
+                                              bool k_written) {
+  if (q.dim() != 3 || !q.sizes().equals(k.sizes()) || !q.sizes().equals(v.sizes()))
+    return {out_like(q, q_written), out_like(k, k_written), out_like(v, k_written)};
+  const auto shape = std::vector<int64_t>{q.size(0), 3, q.size(1), q.size(2)};
+  Tensor d = q_written && k_written ? at::empty(shape, q.options()) : at::zeros(shape, q.options());
+  return {d.select(1, 0), d.select(1, 1), d.select(1, 2)};
+}
+
 // -- short sequences in fp32: the whole score matrix of one (sequence, head) at once ---------------------
 // ATen's flash kernel cuts a sequence into query blocks of 32-64 rows and pays a call, output and
 // buffer allocations and small GEMMs for each, and this op then copies its outputs into the packed rows.
@@ -586,9 +598,8 @@ std::tuple<Tensor, Tensor, Tensor> block_attention_bwd(
     return {rows_of(std::get<0>(g)), rows_of(std::get<1>(g)), rows_of(std::get<2>(g))};
   }
   bool q_written = all_live(cq, ck, false), k_written = all_live(cq, ck, true);
-  Tensor dq = out_like(q, q_written);
-  Tensor dk = out_like(k, k_written);
-  Tensor dv = out_like(v, k_written);
+  Tensor dq, dk, dv;
+  std::tie(dq, dk, dv) = grads_like(q, k, v, q_written, k_written);
   for_each_item(items(live_order(cq, ck), q.size(1)), [&](const Item& it) {
     int64_t s = it.s, h0 = it.h0, h1 = it.h1;
     int64_t q0 = cq[s], q1 = cq[s + 1], k0 = ck[s], k1 = ck[s + 1];

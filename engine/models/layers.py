@@ -104,6 +104,55 @@ class Linear(nn.Linear):
         return kernels.linear(x, self.weight, self.bias, residual)
 
 
+class _SplitQKV(torch.autograd.Function):
+    """q, k, v: the three [..., H, Dh] views of a fused projection's output [..., 3 H Dh], as unflatten and
+    unbind take them. Backward: where the three gradients are already those slices of one buffer (the
+    attention backward lays them out so: kernels.block_attention), that buffer is the input's gradient as it
+    stands; otherwise they are stacked, as unbind's backward does."""
+
+    @staticmethod
+    def forward(ctx, qkv, heads: int):
+        ctx.width = qkv.shape[-1] // 3
+        return tuple(qkv.unflatten(-1, (3, heads, ctx.width // heads)).unbind(-3))
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        if _slices_of_one(dq, dk, dv, ctx.width):
+            lead = dq.shape[:-2]
+            return dq.as_strided((*lead, 3 * ctx.width), (*dq.stride()[:-2], 1), dq.storage_offset()), None
+        return torch.stack([dq, dk, dv], dim=-3).flatten(-3), None
+
+
+def _slices_of_one(dq, dk, dv, width: int) -> bool:
+    """Whether dq, dk, dv [..., H, Dh] are the q, k, v slices of one [..., 3, H, Dh] buffer, rows of 3 * width."""
+    if not (dq.shape == dk.shape == dv.shape and dq.dtype == dk.dtype == dv.dtype and dq.device == dk.device == dv.device
+            and dq.stride() == dk.stride() == dv.stride() and dq.dim() >= 3):
+        return False
+    H, Dh = dq.shape[-2:]
+    lead_rows = dq.shape[:-2].numel()
+    if dq.stride()[-2:] != (Dh, 1) or lead_rows == 0 or _storage_ptr(dq) is None:
+        return False
+    if not (_storage_ptr(dq) == _storage_ptr(dk) == _storage_ptr(dv)
+            and dk.storage_offset() == dq.storage_offset() + width
+            and dv.storage_offset() == dq.storage_offset() + 2 * width):
+        return False
+    step = 3 * width   # the lead dims row-major over rows of 3 * width
+    for size, stride in zip(reversed(dq.shape[:-2]), reversed(dq.stride()[:-2])):
+        if size > 1 and stride != step:
+            return False
+        step *= size
+    return True
+
+
+def split_qkv(qkv, heads: int):
+    """(q, k, v), each [..., heads, Dh], of a fused projection's output [..., 3 heads Dh] (_SplitQKV).
+    Compiled graphs take unflatten and unbind themselves."""
+    if torch.compiler.is_compiling() or not qkv.requires_grad:
+        width = qkv.shape[-1] // 3
+        return qkv.unflatten(-1, (3, heads, width // heads)).unbind(-3)
+    return _SplitQKV.apply(qkv, heads)
+
+
 class Attention(nn.Module):
     # False turns q and k one at a time the plain-torch way (kernels.rope_ref), as the reference does (for
     # benchmarks). Compiled graphs take those plain ops too: inductor fuses them with their neighbours.
@@ -124,7 +173,7 @@ class Attention(nn.Module):
     def forward(self, x, tok: Tokens, out: Optional[QueryRows] = None, residual=None):
         """residual: added to the output (the projection's store: Linear.forward), rows as the output's."""
         lead = x.shape[:-1]                                         # (B, N) or (T,)
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)  # [..., H, Dh]
+        q, k, v = split_qkv(self.qkv(x), self.num_heads)                 # [..., H, Dh]
         if self.rope is not None:
             cos, sin = tok.rope
             if self.fused_rope and not torch.compiler.is_compiling():

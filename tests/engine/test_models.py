@@ -535,6 +535,43 @@ def test_block_adds_its_residuals_in_the_projections_as_separate_adds_would(pack
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_split_qkv_takes_the_attention_gradients_buffer_as_the_projections_gradient(packed, monkeypatch):
+    # The packed attention's backward lays dq, dk, dv out as the slices of one [T, 3, H, Dh] buffer: that
+    # buffer is the qkv projection's gradient as it stands (no stack). Same gradients, to the bit, as unbind.
+    from engine.models import layers
+    from engine.models.layers import Block
+    torch.manual_seed(0)
+    blk = Block(24, 3)
+    x, tok = _tokens(packed)
+    g = torch.randn_like(x)
+    seen = []
+    slices_of_one = layers._slices_of_one
+    monkeypatch.setattr(layers, "_slices_of_one", lambda *a: seen.append(slices_of_one(*a)) or seen[-1])
+    fused = _block_grads(blk, x, tok, g)
+    monkeypatch.setattr(layers, "split_qkv", lambda t, h: t.unflatten(-1, (3, h, t.shape[-1] // 3 // h)).unbind(-3))
+    plain = _block_grads(blk, x, tok, g)
+    for a, b in zip(fused, plain):
+        assert torch.equal(a, b)
+    assert seen == [packed]   # the packed kernel's buffer is taken whole; the dense path's grads are stacked
+
+
+def test_split_qkv_stacks_gradients_that_are_not_one_buffer():
+    from engine.models.layers import _slices_of_one, split_qkv
+    qkv = torch.randn(5, 18, requires_grad=True)
+    q, k, v = split_qkv(qkv, 2)
+    assert q.shape == (5, 2, 3) and torch.equal(v, qkv[:, 12:].view(5, 2, 3))
+    (q.sum() + 2 * k.sum() + 3 * v.sum()).backward()   # three separate gradients
+    assert torch.equal(qkv.grad, torch.tensor([1.0] * 6 + [2.0] * 6 + [3.0] * 6).expand(5, -1))
+    buf = torch.randn(5, 3, 2, 3)
+    assert _slices_of_one(buf[:, 0], buf[:, 1], buf[:, 2], 6)
+    assert not _slices_of_one(buf[:, 0], buf[:, 2], buf[:, 1], 6)   # out of order
+    other = torch.randn(5, 3, 2, 3)
+    assert not _slices_of_one(buf[:, 0], other[:, 1], buf[:, 2], 6)   # another storage
+    wide = torch.randn(5, 4, 2, 3)                                    # rows of 4 slices, not 3
+    assert not _slices_of_one(wide[:, 0], wide[:, 1], wide[:, 2], 6)
+
+
 def test_block_drops_its_norm_outputs_from_the_saved_tensors():
     # Without recomputing, the graph keeps both norms' outputs alive after the forward; with it, nothing does.
     from engine.models.layers import Block
