@@ -126,8 +126,9 @@ def reference_blocks(model) -> None:
     and both fc1's output and its GELU (autograd through nn.GELU and nn.Linear): the reference_style
     model's blocks keep their norms' outputs and its GeluLinear layers run those plain ops. With RoPE, q and k
     are turned one at a time by the plain ops (kernels.rope_ref), as V-JEPA 2's attention does."""
-    def plain(self, h):
-        return F.linear(F.gelu(h), self.weight, self.bias)
+    def plain(self, h, residual=None):   # the block's residual add a separate op, as the reference's
+        y = F.linear(F.gelu(h), self.weight, self.bias)
+        return y if residual is None else residual + y
     for m in model.modules():
         if isinstance(m, GeluLinear):
             m.forward = types.MethodType(plain, m)
