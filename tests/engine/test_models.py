@@ -489,16 +489,21 @@ def _tokens(packed: bool):
     return torch.randn(2, 13, 24), Tokens(torch.arange(13).expand(2, -1))
 
 
+def _block_case(packed: bool):
+    """A seeded Block(24, 3), its input x, tokens and an output gradient g."""
+    from engine.models.layers import Block
+    torch.manual_seed(0)
+    blk = Block(24, 3)
+    x, tok = _tokens(packed)
+    return blk, x, tok, torch.randn_like(x)
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_block_recomputing_its_norms_gives_the_plain_gradients_bit_for_bit(packed, autocast):
     # The norms' outputs are dropped from what the next linear layers save and recomputed by calling the
     # norm again in the backward: the same values, so the same gradients to the bit (fp32 and CPU bf16).
-    from engine.models.layers import Block
-    torch.manual_seed(0)
-    blk = Block(24, 3)
-    x, tok = _tokens(packed)
-    g = torch.randn_like(x)
+    blk, x, tok, g = _block_case(packed)
     runs = []
     for recompute in (False, True):
         blk.recompute_norms = recompute
@@ -514,17 +519,13 @@ def test_block_recomputing_its_norms_gives_the_plain_gradients_bit_for_bit(packe
 def test_block_adds_its_residuals_in_the_projections_as_separate_adds_would(packed, autocast, grad):
     # x + attn(norm1(x)) and x + mlp(norm2(x)): the block hands x to the projections, which add it as they
     # store their rows; outputs and gradients are those of the two separate adds, to the bit
-    from engine.models.layers import Block
 
     def separate_adds(blk, x, tok):
         y = x + blk.attn(blk.norm1(x), tok)
         return y + blk.mlp(blk.norm2(y))
 
-    torch.manual_seed(0)
-    blk = Block(24, 3)
+    blk, x, tok, g = _block_case(packed)
     blk.recompute_norms = False   # the plain autograd of the composition above
-    x, tok = _tokens(packed)
-    g = torch.randn_like(x)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         if grad:
             runs = [_block_grads(blk, x, tok, g), _block_grads(blk, x, tok, g, wrap=separate_adds)]
@@ -540,11 +541,7 @@ def test_split_qkv_takes_the_attention_gradients_buffer_as_the_projections_gradi
     # The packed attention's backward lays dq, dk, dv out as the slices of one [T, 3, H, Dh] buffer: that
     # buffer is the qkv projection's gradient as it stands (no stack). Same gradients, to the bit, as unbind.
     from engine.models import layers
-    from engine.models.layers import Block
-    torch.manual_seed(0)
-    blk = Block(24, 3)
-    x, tok = _tokens(packed)
-    g = torch.randn_like(x)
+    blk, x, tok, g = _block_case(packed)
     seen = []
     slices_of_one = layers._slices_of_one
     monkeypatch.setattr(layers, "_slices_of_one", lambda *a: seen.append(slices_of_one(*a)) or seen[-1])
